@@ -1,0 +1,63 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+)
+
+// Problem is an RFC 9457 problem details body. Code is stable and
+// machine-readable; Detail is for humans and may change.
+type Problem struct {
+	Type          string `json:"type"`
+	Title         string `json:"title"`
+	Status        int    `json:"status"`
+	Detail        string `json:"detail,omitempty"`
+	Code          string `json:"code"`
+	AttestationID uint64 `json:"attestation_id,omitempty"`
+}
+
+// Error makes a Problem usable as a Go error on the client side.
+func (p *Problem) Error() string {
+	return fmt.Sprintf("%s (%d %s): %s", p.Code, p.Status, http.StatusText(p.Status), p.Detail)
+}
+
+// StatusCode returns the HTTP status, like step-ca's errors.
+func (p *Problem) StatusCode() int { return p.Status }
+
+// ProblemType returns the type URI for a code.
+func ProblemType(code string) string { return "urn:gatehouse:problem:" + code }
+
+// Stable problem codes.
+const (
+	// 400: the request is not well formed.
+	CodeMalformed = "malformed_request"
+	// 413: the body is larger than the endpoint allows.
+	CodeTooLarge = "body_too_large"
+
+	// 403: verification failed.
+	CodeEKInvalid          = "ek_invalid"            // EK certificate or public key unusable
+	CodeEKUntrusted        = "ek_untrusted"          // EK chain does not reach a manufacturer root
+	CodeAKInvalid          = "ak_invalid"            // AK is not a restricted TPM-resident signing key
+	CodeTokenInvalid       = "session_token_invalid" // tampered or not ours
+	CodeTokenExpired       = "session_token_expired"
+	CodeActivationFailed   = "activation_failed" // wrong activated secret: AK and EK are not in one TPM
+	CodeQuoteNonceMismatch = "quote_nonce_mismatch"
+	CodePCRMismatch        = "pcr_mismatch" // PCR values do not match the quoted digest
+	CodeQuoteInvalid       = "quote_invalid"
+	CodeEventLogInvalid    = "event_log_invalid"
+	CodeCertifyInvalid     = "device_key_not_certified"
+	CodeCertifyBinding     = "device_key_binding_mismatch" // certify qualifying data not from this session
+	CodeCSRInvalid         = "csr_invalid"
+	CodeCSRKeyMismatch     = "csr_key_mismatch"
+	CodeUnauthenticated    = "unauthenticated"
+
+	// 404
+	CodeNotFound = "not_found"
+
+	// 409: replay or conflict.
+	CodeSessionReplayed = "session_replayed"
+
+	// 5xx
+	CodeInternal    = "internal_error"
+	CodeUnavailable = "unavailable" // no leader, retry
+)

@@ -1,0 +1,259 @@
+package attest
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/subtle"
+	"crypto/x509"
+	"fmt"
+	"sort"
+
+	goattest "github.com/google/go-attestation/attest"
+	"github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/legacy/tpm2/credactivation"
+)
+
+// Check names, as recorded in attestation records.
+const (
+	CheckEKChain           = "ek_chain"
+	CheckAK                = "ak_parameters"
+	CheckActivation        = "credential_activation"
+	CheckQuoteNonce        = "quote_nonce"
+	CheckPCRDigest         = "pcr_digest"
+	CheckQuoteSignature    = "quote_signature"
+	CheckEventLog          = "event_log_replay"
+	CheckCertifyBinding    = "device_key_binding"
+	CheckCertify           = "device_key_certification"
+	CheckCSRSignature      = "csr_signature"
+	CheckCSRKey            = "csr_key"
+	activationSymBlockSize = 16 // AES-128 inner wrapping, as go-attestation uses
+)
+
+// Check is the outcome of one verification step.
+type Check struct {
+	Name   string
+	Passed bool
+	Detail string
+}
+
+// AK is a verified attestation key.
+type AK struct {
+	Public       *goattest.AKPublic
+	PublicSHA256 string
+	Algorithm    string // "rsa" | "ecdsa"
+	params       goattest.AttestationParameters
+}
+
+// VerifyAK checks that the AK is a restricted signing key created inside a
+// TPM: its creation attestation is TPM-generated, self-signed, names this key,
+// and the key is fixedTPM, fixedParent, sensitiveDataOrigin and restricted.
+func VerifyAK(p goattest.AttestationParameters) (*AK, error) {
+	ap := goattest.ActivationParameters{AK: p}
+	if err := ap.CheckAKParameters(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAKInvalid, err)
+	}
+	pub, err := goattest.ParseAKPublic(p.Public)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAKInvalid, err)
+	}
+	sum, err := PublicKeySHA256(pub.Public)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAKInvalid, err)
+	}
+	return &AK{Public: pub, PublicSHA256: sum, Algorithm: keyAlgorithm(pub.Public), params: p}, nil
+}
+
+// MakeCredential returns a credential-activation challenge that only the TPM
+// holding ek can open, and only for the AK whose name it names, plus the
+// secret it wraps.
+func (ak *AK) MakeCredential(ek crypto.PublicKey, secret []byte) (*goattest.EncryptedCredential, error) {
+	att, err := tpm2.DecodeAttestationData(ak.params.CreateAttestation)
+	if err != nil || att.AttestedCreationInfo == nil || att.AttestedCreationInfo.Name.Digest == nil {
+		return nil, fmt.Errorf("%w: creation attestation has no name", ErrAKInvalid)
+	}
+	cred, encSecret, err := credactivation.Generate(att.AttestedCreationInfo.Name.Digest, ek, activationSymBlockSize, secret)
+	if err != nil {
+		return nil, fmt.Errorf("%w: make credential: %v", ErrEKInvalid, err)
+	}
+	return &goattest.EncryptedCredential{Credential: cred, Secret: encSecret}, nil
+}
+
+// Completion is the evidence of an enrollment's second round trip, together
+// with what the first round trip fixed (AK, nonce, secret).
+type Completion struct {
+	AK                    *goattest.AKPublic
+	Nonce                 []byte
+	ExpectedSecret        []byte
+	ActivatedSecret       []byte
+	Quote                 goattest.Quote
+	PCRs                  []goattest.PCR
+	EventLog              []byte // optional
+	DeviceKey             goattest.CertificationParameters
+	CertifyQualifyingData []byte
+	CSR                   []byte
+}
+
+// Result describes what VerifyCompletion established. On failure it holds the
+// checks that passed and the one that failed.
+type Result struct {
+	Checks             []Check
+	DeviceKey          crypto.PublicKey
+	DeviceKeySHA256    string
+	DeviceKeyAlgorithm string
+	CSR                *x509.CertificateRequest
+	EventLogEvents     int
+}
+
+func (r *Result) pass(name, detail string) { r.Checks = append(r.Checks, Check{name, true, detail}) }
+
+func (r *Result) fail(name string, err error) error {
+	r.Checks = append(r.Checks, Check{name, false, err.Error()})
+	return err
+}
+
+// VerifyCompletion verifies the second round trip: activation, quote, event
+// log, device-key certification and CSR, in that order. It stops at the
+// first failure and returns an error wrapping one of the package's sentinels.
+func VerifyCompletion(c Completion) (*Result, error) {
+	r := &Result{}
+
+	if len(c.ExpectedSecret) == 0 || subtle.ConstantTimeCompare(c.ExpectedSecret, c.ActivatedSecret) != 1 {
+		return r, r.fail(CheckActivation, fmt.Errorf("%w: the activated secret is wrong, so the AK is not in the TPM that holds the EK", ErrActivationFailed))
+	}
+	r.pass(CheckActivation, "")
+
+	if err := verifyQuote(r, c); err != nil {
+		return r, err
+	}
+
+	if len(c.EventLog) > 0 {
+		el, err := goattest.ParseEventLog(c.EventLog)
+		if err != nil {
+			return r, r.fail(CheckEventLog, fmt.Errorf("%w: parse: %v", ErrEventLogInvalid, err))
+		}
+		events, err := el.Verify(c.PCRs)
+		if err != nil {
+			return r, r.fail(CheckEventLog, fmt.Errorf("%w: replay: %v", ErrEventLogInvalid, err))
+		}
+		r.EventLogEvents = len(events)
+		r.pass(CheckEventLog, fmt.Sprintf("%d events replay to the quoted PCRs", len(events)))
+	}
+
+	pub, err := verifyCertify(r, c)
+	if err != nil {
+		return r, err
+	}
+
+	csr, err := x509.ParseCertificateRequest(c.CSR)
+	if err == nil {
+		err = csr.CheckSignature()
+	}
+	if err != nil {
+		return r, r.fail(CheckCSRSignature, fmt.Errorf("%w: %v", ErrCSRInvalid, err))
+	}
+	r.pass(CheckCSRSignature, "")
+	if !publicKeysEqual(csr.PublicKey, pub) {
+		return r, r.fail(CheckCSRKey, fmt.Errorf("%w: the CSR is signed by a different key than the one the TPM certified", ErrCSRKeyMismatch))
+	}
+	r.pass(CheckCSRKey, "")
+	r.CSR = csr
+	return r, nil
+}
+
+// verifyQuote checks nonce and PCR digest itself, so each failure has its own
+// error, then lets go-attestation verify the whole quote and signature.
+func verifyQuote(r *Result, c Completion) error {
+	att, err := tpm2.DecodeAttestationData(c.Quote.Quote)
+	if err != nil || att.Type != tpm2.TagAttestQuote || att.AttestedQuoteInfo == nil {
+		return r.fail(CheckQuoteSignature, fmt.Errorf("%w: not a TPM quote", ErrQuoteInvalid))
+	}
+	if !bytes.Equal(att.ExtraData, c.Nonce) {
+		return r.fail(CheckQuoteNonce, fmt.Errorf("%w: quote nonce %x, session nonce %x", ErrQuoteNonce, []byte(att.ExtraData), c.Nonce))
+	}
+	r.pass(CheckQuoteNonce, "")
+
+	sel := att.AttestedQuoteInfo.PCRSelection
+	hashAlg, err := sel.Hash.Hash()
+	if err != nil {
+		return r.fail(CheckPCRDigest, fmt.Errorf("%w: quoted bank %v: %v", ErrQuoteInvalid, sel.Hash, err))
+	}
+	byIndex := map[int][]byte{}
+	for _, p := range c.PCRs {
+		if p.DigestAlg == hashAlg {
+			byIndex[p.Index] = p.Digest
+		}
+	}
+	indexes := append([]int(nil), sel.PCRs...)
+	sort.Ints(indexes)
+	h := c.AK.Hash.New()
+	var missing []int
+	for _, i := range indexes {
+		d, ok := byIndex[i]
+		if !ok {
+			missing = append(missing, i)
+		}
+		h.Write(d)
+	}
+	if len(missing) > 0 {
+		return r.fail(CheckPCRDigest, fmt.Errorf("%w: quoted PCRs %v were not sent", ErrPCRMismatch, missing))
+	}
+	if !bytes.Equal(h.Sum(nil), att.AttestedQuoteInfo.PCRDigest) {
+		return r.fail(CheckPCRDigest, fmt.Errorf("%w: the digest of the sent %v PCRs %v differs from the quoted digest", ErrPCRMismatch, hashAlg, indexes))
+	}
+	r.pass(CheckPCRDigest, fmt.Sprintf("%v PCRs %v", hashAlg, indexes))
+
+	if err := c.AK.Verify(c.Quote, c.PCRs, c.Nonce); err != nil {
+		return r.fail(CheckQuoteSignature, fmt.Errorf("%w: %v", ErrQuoteInvalid, err))
+	}
+	r.pass(CheckQuoteSignature, "")
+	return nil
+}
+
+// verifyCertify checks the TPM2_Certify of the device key. go-attestation's
+// Verify checks signature and attributes but not the qualifying data, so the
+// session binding is checked here.
+func verifyCertify(r *Result, c Completion) (crypto.PublicKey, error) {
+	att, err := tpm2.DecodeAttestationData(c.DeviceKey.CreateAttestation)
+	if err != nil {
+		return nil, r.fail(CheckCertify, fmt.Errorf("%w: decode attestation: %v", ErrCertifyInvalid, err))
+	}
+	if len(c.CertifyQualifyingData) == 0 || !bytes.Equal(att.ExtraData, c.CertifyQualifyingData) {
+		return nil, r.fail(CheckCertifyBinding, fmt.Errorf("%w: qualifying data %x, expected %x", ErrCertifyBinding, []byte(att.ExtraData), c.CertifyQualifyingData))
+	}
+	r.pass(CheckCertifyBinding, "")
+	if err := c.DeviceKey.Verify(goattest.VerifyOpts{Public: c.AK.Public, Hash: c.AK.Hash}); err != nil {
+		return nil, r.fail(CheckCertify, fmt.Errorf("%w: %v", ErrCertifyInvalid, err))
+	}
+	tpub, err := tpm2.DecodePublic(c.DeviceKey.Public)
+	if err != nil {
+		return nil, r.fail(CheckCertify, fmt.Errorf("%w: %v", ErrCertifyInvalid, err))
+	}
+	pub, err := tpub.Key()
+	if err != nil {
+		return nil, r.fail(CheckCertify, fmt.Errorf("%w: %v", ErrCertifyInvalid, err))
+	}
+	sum, err := PublicKeySHA256(pub)
+	if err != nil {
+		return nil, r.fail(CheckCertify, fmt.Errorf("%w: %v", ErrCertifyInvalid, err))
+	}
+	r.DeviceKey, r.DeviceKeySHA256, r.DeviceKeyAlgorithm = pub, sum, keyAlgorithm(pub)
+	r.pass(CheckCertify, "fixedTPM, fixedParent, sensitiveDataOrigin, not restricted; signed by the AK")
+	return pub, nil
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ak.Equal(b)
+}
+
+func keyAlgorithm(pub crypto.PublicKey) string {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		return fmt.Sprintf("rsa-%d", k.N.BitLen())
+	case *ecdsa.PublicKey:
+		return "ecdsa-" + k.Curve.Params().Name
+	}
+	return fmt.Sprintf("%T", pub)
+}

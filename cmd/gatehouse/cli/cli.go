@@ -1,0 +1,178 @@
+// Package cli is the gatehouse command tree. Each command parses flags and
+// calls into server; no logic lives here.
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatehouse-dev/gatehouse/server"
+)
+
+// Run executes the command line and returns the exit code.
+func Run(args []string) int {
+	root := newRoot(os.Stdout, os.Stderr)
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "gatehouse:", err)
+		return 1
+	}
+	return 0
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "gatehouse",
+		Short:         "TPM-backed zero-touch provisioning appliance",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.PersistentFlags().String("data-dir", "gatehouse-data", "node data directory")
+	root.AddCommand(initCmd(), serveCmd(), statusCmd(), devicesCmd(), attestationsCmd())
+	return root
+}
+
+func dataDir(cmd *cobra.Command) string {
+	d, _ := cmd.Flags().GetString("data-dir")
+	return d
+}
+
+func initCmd() *cobra.Command {
+	def := server.DefaultConfig()
+	cfg := def
+	var passwordFile, ekRoots string
+	var validity time.Duration
+	c := &cobra.Command{
+		Use:   "init",
+		Short: "Create a new appliance: configuration, encrypted PKI, manufacturer roots",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if ekRoots == "" {
+				return errors.New("--ek-roots is required: a PEM bundle of TPM manufacturer roots (and intermediates) that EK certificates must chain to")
+			}
+			roots, err := os.ReadFile(ekRoots)
+			if err != nil {
+				return err
+			}
+			pw, created, err := passwordForInit(passwordFile)
+			if err != nil {
+				return err
+			}
+			cfg.CertValidity = server.Duration{Duration: validity}
+			if err := server.Init(dataDir(cmd), pw, cfg, roots); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if created {
+				fmt.Fprintf(out, "wrote a new CA key password to %s; keep it apart from the data directory\n", passwordFile)
+			}
+			fmt.Fprintf(out, "initialized %s: node %s, trust domain %s, root %s/ca/root.crt\n", dataDir(cmd), cfg.NodeID, cfg.TrustDomain, dataDir(cmd))
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&passwordFile, "password-file", "", "file holding the CA key password (created with a random password if missing)")
+	f.StringVar(&ekRoots, "ek-roots", "", "PEM bundle of TPM manufacturer roots and intermediates")
+	f.StringVar(&cfg.NodeID, "node-id", def.NodeID, "this node's Raft ID")
+	f.StringVar(&cfg.TrustDomain, "trust-domain", def.TrustDomain, "SPIFFE trust domain of device identities")
+	f.StringVar(&cfg.Listen, "listen", def.Listen, "device API address (HTTPS)")
+	f.StringVar(&cfg.RaftAddr, "raft-addr", def.RaftAddr, "Raft transport address")
+	f.StringSliceVar(&cfg.Hostnames, "hostname", def.Hostnames, "DNS names and IPs for the HTTPS certificate")
+	f.DurationVar(&validity, "cert-validity", def.CertValidity.Duration, "device certificate validity")
+	_ = c.MarkFlagRequired("password-file")
+	return c
+}
+
+// passwordForInit reads the password file, or creates it with a random
+// password when it does not exist.
+func passwordForInit(path string) ([]byte, bool, error) {
+	pw, err := readPassword(path)
+	if err == nil {
+		return pw, false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, false, err
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, false, err
+	}
+	pw = []byte(base64.RawURLEncoding.EncodeToString(b))
+	if err := os.WriteFile(path, append(pw, '\n'), 0o600); err != nil {
+		return nil, false, err
+	}
+	return pw, true, nil
+}
+
+func readPassword(path string) ([]byte, error) {
+	if path == "" {
+		return nil, errors.New("--password-file is required")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pw := []byte(strings.TrimRight(string(b), "\r\n"))
+	if len(pw) == 0 {
+		return nil, fmt.Errorf("%s is empty", path)
+	}
+	return pw, nil
+}
+
+func serveCmd() *cobra.Command {
+	var passwordFile, listen, level string
+	c := &cobra.Command{
+		Use:   "serve",
+		Short: "Run this node until SIGINT or SIGTERM",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pw, err := readPassword(passwordFile)
+			if err != nil {
+				return err
+			}
+			var lv slog.Level
+			if err := lv.UnmarshalText([]byte(level)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lv}))
+			opts := []server.Option{server.WithLogger(log)}
+			if listen != "" {
+				opts = append(opts, server.WithListen(listen))
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			a, err := server.Open(dataDir(cmd), pw, opts...)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			if err := a.WaitReady(readyCtx); err != nil {
+				return fmt.Errorf("waiting for Raft leadership: %w", err)
+			}
+			log.Info("ready", "device_api", "https://"+a.Addr())
+			<-ctx.Done()
+			log.Info("shutting down")
+			return a.Close()
+		},
+	}
+	c.Flags().StringVar(&passwordFile, "password-file", "", "file holding the CA key password")
+	c.Flags().StringVar(&listen, "listen", "", "override the configured device API address")
+	c.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	return c
+}

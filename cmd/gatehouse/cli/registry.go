@@ -1,0 +1,211 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatehouse-dev/gatehouse/cluster"
+	"github.com/gatehouse-dev/gatehouse/server"
+)
+
+func addOutputFlag(c *cobra.Command) {
+	c.Flags().StringP("output", "o", "table", "output format: table or json")
+}
+
+// render prints v as JSON, or calls table for the human form.
+func render(cmd *cobra.Command, v any, table func(w io.Writer)) error {
+	format, _ := cmd.Flags().GetString("output")
+	w := cmd.OutOrStdout()
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "table":
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		table(tw)
+		return tw.Flush()
+	}
+	return fmt.Errorf("unknown output format %q (want table or json)", format)
+}
+
+func statusCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "Show this node's status",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := server.NewAdminClient(dataDir(cmd)).Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return render(cmd, s, func(w io.Writer) {
+				fmt.Fprintf(w, "node:\t%s\nleader:\t%v\ntrust domain:\t%s\ndevice API:\t%s\nstate hash:\t%s\n", s.NodeID, s.Leader, s.TrustDomain, s.DeviceAPI, s.StateHash)
+			})
+		},
+	}
+	addOutputFlag(c)
+	return c
+}
+
+func devicesCmd() *cobra.Command {
+	c := &cobra.Command{Use: "devices", Short: "Query the device registry"}
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List devices",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			devs, err := server.NewAdminClient(dataDir(cmd)).Devices(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return render(cmd, devs, func(w io.Writer) {
+				fmt.Fprintln(w, "ID\tSTATUS\tTPM\tMODEL (CLAIMED)\tENROLLMENTS\tLAST ENROLLED\tSERIAL")
+				for _, d := range devs {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, d.Status, orDash(d.EK.Manufacturer), orDash(d.Claims.Model), d.Enrollments, d.LastEnrolledAt.Format(time.RFC3339), d.CertificateSerial)
+				}
+			})
+		},
+	}
+	show := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show one device",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			d, err := server.NewAdminClient(dataDir(cmd)).Device(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return render(cmd, d, func(w io.Writer) { printDevice(w, d) })
+		},
+	}
+	addOutputFlag(list)
+	addOutputFlag(show)
+	c.AddCommand(list, show)
+	return c
+}
+
+func printDevice(w io.Writer, d cluster.Device) {
+	fmt.Fprintf(w, "device:\t%s\n", d.ID)
+	fmt.Fprintf(w, "status:\t%s\n", d.Status)
+	fmt.Fprintf(w, "enrolled:\t%s (%d enrollments, last %s)\n", d.EnrolledAt.Format(time.RFC3339), d.Enrollments, d.LastEnrolledAt.Format(time.RFC3339))
+	fmt.Fprintf(w, "certificate serial:\t%s\n", d.CertificateSerial)
+	fmt.Fprintf(w, "last attestation:\t%d\n", d.LastAttestationID)
+	printEK(w, &d.EK)
+	fmt.Fprintf(w, "AK sha256:\t%s\n", d.AKPublicSHA256)
+	fmt.Fprintf(w, "claims (untrusted):\tserial=%s model=%s firmware=%s\n", orDash(d.Claims.Serial), orDash(d.Claims.Model), orDash(d.Claims.FirmwareVersion))
+}
+
+func printEK(w io.Writer, ek *cluster.EKInfo) {
+	if ek == nil {
+		return
+	}
+	fmt.Fprintf(w, "EK public sha256:\t%s\n", ek.PublicSHA256)
+	if ek.CertificateSHA256 != "" {
+		fmt.Fprintf(w, "EK certificate:\tissuer %s, serial %s\n", ek.Issuer, ek.Serial)
+		fmt.Fprintf(w, "TPM:\tmanufacturer %s, model %s, version %s\n", orDash(ek.Manufacturer), orDash(ek.Model), orDash(ek.Version))
+	}
+}
+
+func attestationsCmd() *cobra.Command {
+	c := &cobra.Command{Use: "attestations", Short: "Query attestation records"}
+	var device string
+	var limit int
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List attestation records, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			recs, err := server.NewAdminClient(dataDir(cmd)).Attestations(cmd.Context(), device, limit)
+			if err != nil {
+				return err
+			}
+			return render(cmd, recs, func(w io.Writer) {
+				fmt.Fprintln(w, "ID\tTIME\tSTAGE\tOUTCOME\tCODE\tDEVICE")
+				for _, r := range recs {
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Time.Format(time.RFC3339), r.Stage, r.Outcome, orDash(r.Code), orDash(r.DeviceID))
+				}
+			})
+		},
+	}
+	list.Flags().StringVar(&device, "device", "", "only this device's records")
+	list.Flags().IntVar(&limit, "limit", 100, "at most this many records")
+	show := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show what one attestation proved, and why it passed or failed",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := strconv.ParseUint(args[0], 10, 64)
+			if err != nil {
+				return fmt.Errorf("attestation IDs are positive integers: %q", args[0])
+			}
+			r, err := server.NewAdminClient(dataDir(cmd)).Attestation(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			return render(cmd, r, func(w io.Writer) { printAttestation(w, r) })
+		},
+	}
+	addOutputFlag(list)
+	addOutputFlag(show)
+	c.AddCommand(list, show)
+	return c
+}
+
+func printAttestation(w io.Writer, r cluster.AttestationRecord) {
+	fmt.Fprintf(w, "attestation:\t%d\n", r.ID)
+	fmt.Fprintf(w, "outcome:\t%s (stage %s)\n", strings.ToUpper(r.Outcome), r.Stage)
+	if r.Code != "" {
+		fmt.Fprintf(w, "code:\t%s\n", r.Code)
+		fmt.Fprintf(w, "reason:\t%s\n", r.Reason)
+	}
+	fmt.Fprintf(w, "time:\t%s (node %s)\n", r.Time.Format(time.RFC3339Nano), r.Node)
+	fmt.Fprintf(w, "device:\t%s\n", orDash(r.DeviceID))
+	fmt.Fprintf(w, "session:\t%s\n", orDash(r.SessionID))
+	if r.CertificateSerial != "" {
+		fmt.Fprintf(w, "certificate serial:\t%s\n", r.CertificateSerial)
+	}
+	if len(r.Checks) > 0 {
+		fmt.Fprintln(w, "checks:")
+		for _, c := range r.Checks {
+			mark := "FAIL"
+			if c.Passed {
+				mark = "ok"
+			}
+			fmt.Fprintf(w, "  %s\t%s\t%s\n", mark, c.Name, c.Detail)
+		}
+	}
+	e := r.Evidence
+	fmt.Fprintln(w, "evidence:")
+	printEK(w, e.EK)
+	if e.AKPublicSHA256 != "" {
+		fmt.Fprintf(w, "AK:\t%s sha256 %s\n", e.AKAlgorithm, e.AKPublicSHA256)
+	}
+	if e.Nonce != "" {
+		fmt.Fprintf(w, "nonce:\t%s\n", e.Nonce)
+	}
+	for _, p := range e.PCRs {
+		fmt.Fprintf(w, "PCR %s[%d]:\t%s\n", e.PCRBank, p.Index, p.Digest)
+	}
+	if e.EventLogSHA256 != "" {
+		fmt.Fprintf(w, "event log:\t%d events, sha256 %s\n", e.EventLogEvents, e.EventLogSHA256)
+	}
+	if e.DeviceKeySHA256 != "" {
+		fmt.Fprintf(w, "device key:\t%s sha256 %s\n", e.DeviceKeyAlgorithm, e.DeviceKeySHA256)
+	}
+	fmt.Fprintf(w, "claims (untrusted):\tserial=%s model=%s firmware=%s\n", orDash(e.Claims.Serial), orDash(e.Claims.Model), orDash(e.Claims.FirmwareVersion))
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

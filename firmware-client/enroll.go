@@ -1,0 +1,305 @@
+// Package fwclient is the device side of Gatehouse: it proves to an
+// appliance that this device holds a genuine TPM, reports its boot state,
+// and obtains an X.509 identity whose private key never leaves the TPM.
+package fwclient
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/go-attestation/attest"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+)
+
+// Identity is what a successful enrollment yields.
+type Identity struct {
+	DeviceID      string
+	AttestationID uint64
+	Certificate   *x509.Certificate
+	Chain         []*x509.Certificate // intermediates, leaf's issuer first
+	Configuration json.RawMessage
+	// KeyBlob is the TPM-wrapped device key (go-attestation's opaque
+	// encoding). It is useless without the TPM that created it.
+	KeyBlob []byte
+}
+
+// Option configures Enroll.
+type Option func(*options)
+
+type options struct {
+	akAlg    attest.Algorithm
+	claims   api.Claims
+	eventLog []byte
+	hc       *http.Client
+}
+
+// WithAKAlgorithm chooses the attestation key type (default ECDSA, which a
+// TPM creates in milliseconds; RSA takes up to a few hundred).
+func WithAKAlgorithm(alg attest.Algorithm) Option { return func(o *options) { o.akAlg = alg } }
+
+// WithClaims sets what the device says about itself (recorded, not trusted).
+func WithClaims(c api.Claims) Option { return func(o *options) { o.claims = c } }
+
+// WithEventLog sends this firmware event log instead of the TPM's own.
+func WithEventLog(b []byte) Option { return func(o *options) { o.eventLog = b } }
+
+// WithHTTPClient replaces the HTTP client (its TLS settings are the caller's).
+func WithHTTPClient(hc *http.Client) Option { return func(o *options) { o.hc = hc } }
+
+// Client talks to one appliance, trusting only its root.
+type Client struct {
+	server string
+	root   *x509.Certificate
+	hc     *http.Client
+}
+
+// NewClient returns a client for server (https://host:port) that trusts only
+// root for the server's certificate.
+func NewClient(server string, root *x509.Certificate) *Client {
+	return &Client{server: strings.TrimRight(server, "/"), root: root, hc: newHTTPClient(root, nil)}
+}
+
+func newHTTPClient(root *x509.Certificate, cert *tls.Certificate) *http.Client {
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+}
+
+// Enroll runs the two-round-trip enrollment with the TPM and returns the
+// device's identity. The AK is transient: it is flushed when Enroll returns.
+func (c *Client) Enroll(ctx context.Context, tpm *attest.TPM, opts ...Option) (*Identity, error) {
+	o := options{akAlg: attest.ECDSA, hc: c.hc}
+	for _, fn := range opts {
+		fn(&o)
+	}
+	ek, err := EndorsementKey(tpm)
+	if err != nil {
+		return nil, err
+	}
+	ak, err := tpm.NewAK(&attest.AKConfig{Algorithm: o.akAlg})
+	if err != nil {
+		return nil, fmt.Errorf("create AK: %w", err)
+	}
+	defer ak.Close(tpm)
+
+	chReq, err := NewChallengeRequest(ek, ak, o.claims)
+	if err != nil {
+		return nil, err
+	}
+	var ch api.ChallengeResponse
+	if err := c.post(ctx, o.hc, api.PathChallenge, chReq, &ch); err != nil {
+		return nil, fmt.Errorf("challenge: %w", err)
+	}
+	secret, err := ak.ActivateCredentialWithEK(tpm, attest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, ek)
+	if err != nil {
+		return nil, fmt.Errorf("activate credential: %w", err)
+	}
+	ev, key, err := Evidence(tpm, ak, &ch, secret, o.eventLog)
+	if err != nil {
+		return nil, err
+	}
+	defer key.Close()
+
+	var done api.CompleteResponse
+	if err := c.post(ctx, o.hc, api.PathComplete, ev, &done); err != nil {
+		return nil, fmt.Errorf("complete: %w", err)
+	}
+	id, err := c.identity(&done, key)
+	if err != nil {
+		return nil, err
+	}
+	if id.KeyBlob, err = key.Marshal(); err != nil {
+		return nil, fmt.Errorf("marshal device key: %w", err)
+	}
+	return id, nil
+}
+
+// NewChallengeRequest builds the first round trip's request.
+func NewChallengeRequest(ek attest.EK, ak *attest.AK, claims api.Claims) (*api.ChallengeRequest, error) {
+	ekPub, err := x509.MarshalPKIXPublicKey(ek.Public)
+	if err != nil {
+		return nil, fmt.Errorf("EK public key: %w", err)
+	}
+	p := ak.AttestationParameters()
+	req := &api.ChallengeRequest{
+		EKPublic: ekPub,
+		AK:       api.KeyParameters{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature},
+		Claims:   claims,
+	}
+	if ek.Certificate != nil {
+		req.EKCertificate = ek.Certificate.Raw
+	}
+	return req, nil
+}
+
+// Evidence answers a challenge given the activated secret: it quotes the
+// PCRs over the nonce, creates a device key certified by the AK for this
+// session, and signs a CSR with it. The caller closes the returned key.
+// Activation stays outside so tests can send evidence with a wrong secret.
+func Evidence(tpm *attest.TPM, ak *attest.AK, ch *api.ChallengeResponse, secret, eventLog []byte) (*api.CompleteRequest, *attest.Key, error) {
+	bank, err := pcrBank(tpm)
+	if err != nil {
+		return nil, nil, err
+	}
+	quote, err := ak.Quote(tpm, ch.Nonce, bank)
+	if err != nil {
+		return nil, nil, fmt.Errorf("quote: %w", err)
+	}
+	pcrs, err := tpm.PCRs(bank)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read PCRs: %w", err)
+	}
+	if eventLog == nil {
+		if eventLog, err = tpm.MeasurementLog(); err != nil {
+			eventLog = nil // no firmware log (swtpm, some VMs): the quote still binds the PCRs
+		}
+	}
+	key, err := tpm.NewKey(ak, &attest.KeyConfig{Algorithm: attest.ECDSA, Size: 256, QualifyingData: api.CertifyQualifyingData(ch.Nonce)})
+	if err != nil {
+		return nil, nil, fmt.Errorf("create device key: %w", err)
+	}
+	csr, err := CSR(key)
+	if err != nil {
+		key.Close()
+		return nil, nil, err
+	}
+	cp := key.CertificationParameters()
+	req := &api.CompleteRequest{
+		SessionToken:    ch.SessionToken,
+		ActivatedSecret: secret,
+		Quote:           api.Quote{Quote: quote.Quote, Signature: quote.Signature},
+		EventLog:        eventLog,
+		DeviceKey:       api.KeyParameters{Public: cp.Public, CreateData: cp.CreateData, CreateAttestation: cp.CreateAttestation, CreateSignature: cp.CreateSignature},
+		CSR:             csr,
+	}
+	bankName := strings.ToLower(bank.String())
+	for _, p := range pcrs {
+		req.PCRs = append(req.PCRs, api.PCR{Index: p.Index, Bank: bankName, Digest: p.Digest})
+	}
+	return req, key, nil
+}
+
+// CSR makes a certificate request signed inside the TPM by key. The
+// appliance sets the subject; the CSR only proves possession.
+func CSR(key *attest.Key) ([]byte, error) {
+	priv, err := key.Private(key.Public())
+	if err != nil {
+		return nil, fmt.Errorf("device key signer: %w", err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "gatehouse-device"}}, priv)
+	if err != nil {
+		return nil, fmt.Errorf("sign CSR in the TPM: %w", err)
+	}
+	return der, nil
+}
+
+// EndorsementKey picks the TPM's EK, preferring one with a certificate.
+func EndorsementKey(tpm *attest.TPM) (attest.EK, error) {
+	eks, err := tpm.EKs()
+	if err != nil {
+		return attest.EK{}, fmt.Errorf("read EKs: %w", err)
+	}
+	for _, ek := range eks {
+		if ek.Certificate != nil {
+			return ek, nil
+		}
+	}
+	if len(eks) == 0 {
+		return attest.EK{}, errors.New("the TPM has no endorsement key")
+	}
+	return eks[0], nil
+}
+
+// pcrBank prefers SHA-256, the bank every current firmware extends.
+func pcrBank(tpm *attest.TPM) (attest.HashAlg, error) {
+	banks, err := tpm.PCRBanks()
+	if err != nil {
+		return 0, fmt.Errorf("read PCR banks: %w", err)
+	}
+	for _, b := range banks {
+		if b == attest.HashSHA256 {
+			return b, nil
+		}
+	}
+	if len(banks) == 0 {
+		return 0, errors.New("the TPM reports no active PCR bank")
+	}
+	return banks[0], nil
+}
+
+// identity checks the issued certificate before the device relies on it: it
+// must chain to the pinned root and certify the TPM-resident key.
+func (c *Client) identity(r *api.CompleteResponse, key *attest.Key) (*Identity, error) {
+	leaf, err := x509.ParseCertificate(r.Certificate)
+	if err != nil {
+		return nil, fmt.Errorf("issued certificate: %w", err)
+	}
+	id := &Identity{DeviceID: r.DeviceID, AttestationID: r.AttestationID, Certificate: leaf, Configuration: r.Configuration}
+	inter := x509.NewCertPool()
+	for _, der := range r.Chain {
+		ic, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("issued chain: %w", err)
+		}
+		id.Chain = append(id.Chain, ic)
+		inter.AddCert(ic)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(c.root)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return nil, fmt.Errorf("issued certificate does not verify to the appliance root: %w", err)
+	}
+	if k, ok := leaf.PublicKey.(interface{ Equal(any) bool }); !ok || !k.Equal(key.Public()) {
+		return nil, errors.New("issued certificate is not for the TPM device key")
+	}
+	return id, nil
+}
+
+func (c *Client) post(ctx context.Context, hc *http.Client, path string, in, out any) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.server+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	return decodeResponse(resp, out)
+}
+
+func decodeResponse(resp *http.Response, out any) error {
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var p api.Problem
+		if json.Unmarshal(b, &p) == nil && p.Code != "" {
+			return &p
+		}
+		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
+	}
+	return json.Unmarshal(b, out)
+}

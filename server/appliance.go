@@ -1,0 +1,370 @@
+// Package server wires a Gatehouse appliance node together: the device API
+// over HTTPS, the admin API over a unix socket, and the enrollment path
+// attest (verify) → cluster (commit) → ca (issue).
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
+
+// Files and folders inside a data directory.
+const (
+	configFile  = "config.json"
+	caDir       = "ca"
+	raftDir     = "raft"
+	ekRootsFile = "ek-roots.pem"
+	adminSocket = "admin.sock"
+)
+
+// ErrNotInitialized is returned by Open for a directory without an appliance.
+var ErrNotInitialized = errors.New("data directory is not initialized (run gatehouse init)")
+
+// ErrAlreadyInitialized is returned by Init for a directory that has one.
+var ErrAlreadyInitialized = errors.New("data directory is already initialized")
+
+// Config is a node's configuration, written by Init to DATADIR/config.json.
+type Config struct {
+	NodeID       string   `json:"node_id"`
+	TrustDomain  string   `json:"trust_domain"`
+	Listen       string   `json:"listen"`    // device API (HTTPS)
+	RaftAddr     string   `json:"raft_addr"` // Raft transport
+	Hostnames    []string `json:"hostnames"` // names and IPs in the HTTPS server certificate
+	CertValidity Duration `json:"cert_validity"`
+	SessionTTL   Duration `json:"session_ttl"`
+}
+
+// Duration is a time.Duration that reads and writes as "24h0m0s".
+type Duration struct{ time.Duration }
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	d.Duration = v
+	return err
+}
+
+var trustDomainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$`)
+
+// DefaultConfig returns the configuration Init fills in for omitted fields.
+func DefaultConfig() Config {
+	return Config{
+		NodeID:       "node-1",
+		TrustDomain:  "gatehouse.local",
+		Listen:       "127.0.0.1:8443",
+		RaftAddr:     "127.0.0.1:8300",
+		Hostnames:    []string{"localhost", "127.0.0.1"},
+		CertValidity: Duration{30 * 24 * time.Hour},
+		SessionTTL:   Duration{5 * time.Minute},
+	}
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.NodeID == "":
+		return errors.New("config: node_id is empty")
+	case !trustDomainRE.MatchString(c.TrustDomain):
+		return fmt.Errorf("config: trust domain %q is not a valid SPIFFE trust domain", c.TrustDomain)
+	case c.CertValidity.Duration <= 0 || c.CertValidity.Duration > 365*24*time.Hour:
+		return fmt.Errorf("config: cert_validity %v must be in (0, 8760h]", c.CertValidity)
+	case c.SessionTTL.Duration <= 0:
+		return errors.New("config: session_ttl must be positive")
+	}
+	return nil
+}
+
+// Init creates a new appliance in dataDir: its configuration, its PKI with
+// keys encrypted under password, and the manufacturer roots that EK
+// certificates must chain to (PEM). The Raft state is created on first
+// start.
+func Init(dataDir string, password []byte, cfg Config, ekRootsPEM []byte) error {
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, configFile)); err == nil {
+		return fmt.Errorf("%s: %w", dataDir, ErrAlreadyInitialized)
+	}
+	if _, err := attest.ParsePEMCertificates(ekRootsPEM); err != nil {
+		return fmt.Errorf("EK roots: %w", err)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return err
+	}
+	if err := ca.Init(filepath.Join(dataDir, caDir), password, ca.WithOrganization("Gatehouse "+cfg.TrustDomain)); err != nil {
+		return fmt.Errorf("init CA: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dataDir, ekRootsFile), ekRootsPEM, 0o644); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	// The config goes last: its presence marks a complete init.
+	return os.WriteFile(filepath.Join(dataDir, configFile), append(b, '\n'), 0o600)
+}
+
+// LoadConfig reads DATADIR/config.json.
+func LoadConfig(dataDir string) (Config, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, configFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return Config{}, fmt.Errorf("%s: %w", dataDir, ErrNotInitialized)
+	} else if err != nil {
+		return Config{}, err
+	}
+	cfg := DefaultConfig()
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return Config{}, fmt.Errorf("%s: %w", configFile, err)
+	}
+	return cfg, cfg.validate()
+}
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	logger      *slog.Logger
+	listen      string
+	clusterOpts []cluster.Option
+	now         func() time.Time
+}
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithListen overrides the configured device API address ("127.0.0.1:0" in tests).
+func WithListen(addr string) Option { return func(o *options) { o.listen = addr } }
+
+// WithClusterOptions passes options to the Raft node (tests shorten timeouts).
+func WithClusterOptions(opts ...cluster.Option) Option {
+	return func(o *options) { o.clusterOpts = append(o.clusterOpts, opts...) }
+}
+
+// WithClock sets the clock used for session expiry and records (tests).
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// Appliance is one running Gatehouse node.
+type Appliance struct {
+	cfg      Config
+	dataDir  string
+	log      *slog.Logger
+	ca       *ca.CA
+	node     *cluster.Node
+	enroller *Enroller
+
+	deviceLn, adminLn net.Listener
+	deviceSrv         *http.Server
+	adminSrv          *http.Server
+	closeOnce         sync.Once
+	closeErr          error
+}
+
+// Open starts a node from an initialized data directory: it unlocks the CA
+// with password, starts Raft, and starts serving the device API and the
+// admin socket. Close stops everything.
+func Open(dataDir string, password []byte, opts ...Option) (a *Appliance, err error) {
+	o := options{logger: slog.New(slog.DiscardHandler), now: time.Now}
+	for _, fn := range opts {
+		fn(&o)
+	}
+	cfg, err := LoadConfig(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	if o.listen != "" {
+		cfg.Listen = o.listen
+	}
+	roots, err := attest.LoadCertificates(filepath.Join(dataDir, ekRootsFile))
+	if err != nil {
+		return nil, fmt.Errorf("EK roots: %w", err)
+	}
+	a = &Appliance{cfg: cfg, dataDir: dataDir, log: o.logger}
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	if a.ca, err = ca.Open(filepath.Join(dataDir, caDir), password); err != nil {
+		return nil, fmt.Errorf("open CA: %w", err)
+	}
+	sealer, err := newSealer(a.ca.TokenKey())
+	if err != nil {
+		return nil, err
+	}
+	a.node, err = cluster.Open(cluster.Config{
+		NodeID:   cfg.NodeID,
+		DataDir:  filepath.Join(dataDir, raftDir),
+		RaftAddr: cfg.RaftAddr,
+		Logger:   o.logger.With("component", "raft"),
+	}, o.clusterOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("open cluster node: %w", err)
+	}
+	a.enroller = &Enroller{
+		ek:           attest.NewEKVerifier(roots),
+		reg:          a.node,
+		ca:           a.ca,
+		tokens:       sealer,
+		nodeID:       cfg.NodeID,
+		trustDomain:  cfg.TrustDomain,
+		certValidity: cfg.CertValidity.Duration,
+		sessionTTL:   cfg.SessionTTL.Duration,
+		now:          o.now,
+		log:          o.logger,
+	}
+	if err := a.serveDevices(); err != nil {
+		return nil, err
+	}
+	if err := a.serveAdmin(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// serveDevices starts the HTTPS device API. Client certificates are optional
+// at the TLS layer (enrollment has none yet) and required by the handlers
+// that need them.
+func (a *Appliance) serveDevices() error {
+	srvCert, err := newServerCertSource(a.ca, a.cfg.Hostnames, a.log)
+	if err != nil {
+		return err
+	}
+	clientCAs := x509.NewCertPool()
+	clientCAs.AddCert(a.ca.Root())
+	for _, c := range a.ca.Intermediates() {
+		clientCAs.AddCert(c) // lets devices that send only their leaf authenticate
+	}
+	tlsCfg := &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: srvCert.get,
+		ClientAuth:     tls.VerifyClientCertIfGiven,
+		ClientCAs:      clientCAs,
+	}
+	ln, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("device API listen %s: %w", a.cfg.Listen, err)
+	}
+	a.deviceLn = ln
+	a.deviceSrv = &http.Server{
+		Handler:           a.deviceHandler(),
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := a.deviceSrv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("device API stopped", "err", err)
+		}
+	}()
+	a.log.Info("device API listening", "addr", "https://"+ln.Addr().String())
+	return nil
+}
+
+// Addr is the device API's address (host:port).
+func (a *Appliance) Addr() string { return a.deviceLn.Addr().String() }
+
+// Root is the appliance's root certificate, which devices pin.
+func (a *Appliance) Root() *x509.Certificate { return a.ca.Root() }
+
+// CertificatesIssued counts device certificates this node issued since it started.
+func (a *Appliance) CertificatesIssued() uint64 { return a.enroller.issued.Load() }
+
+// Enroller runs enrollments in-process, without HTTP (benchmarks, embedding).
+func (a *Appliance) Enroller() *Enroller { return a.enroller }
+
+// Node exposes the Raft node (tests and the admin API read from it).
+func (a *Appliance) Node() *cluster.Node { return a.node }
+
+// WaitReady blocks until the node can commit.
+func (a *Appliance) WaitReady(ctx context.Context) error { return a.node.WaitLeader(ctx) }
+
+// Close stops serving and shuts the node down.
+func (a *Appliance) Close() error {
+	a.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var errs []error
+		for _, s := range []*http.Server{a.deviceSrv, a.adminSrv} {
+			if s != nil {
+				errs = append(errs, s.Shutdown(ctx))
+			}
+		}
+		if a.node != nil {
+			errs = append(errs, a.node.Close())
+		}
+		if a.ca != nil {
+			errs = append(errs, a.ca.Close())
+		}
+		a.closeErr = errors.Join(errs...)
+	})
+	return a.closeErr
+}
+
+// serverCertSource hands out the HTTPS server certificate and reissues it
+// from the CA when two thirds of its lifetime have passed.
+type serverCertSource struct {
+	ca    *ca.CA
+	hosts []string
+	log   *slog.Logger
+	mu    sync.Mutex
+	cert  *tls.Certificate
+}
+
+const serverCertValidity = 7 * 24 * time.Hour
+
+func newServerCertSource(c *ca.CA, hosts []string, log *slog.Logger) (*serverCertSource, error) {
+	s := &serverCertSource{ca: c, hosts: hosts, log: log}
+	if _, err := s.get(nil); err != nil {
+		return nil, fmt.Errorf("issue server certificate: %w", err)
+	}
+	return s, nil
+}
+
+func (s *serverCertSource) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cert != nil {
+		leaf := s.cert.Leaf
+		if time.Now().Before(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) * 2 / 3)) {
+			return s.cert, nil
+		}
+	}
+	c, err := s.ca.IssueServer(s.hosts, serverCertValidity)
+	if err != nil {
+		if s.cert != nil { // keep serving the old one while it is valid
+			s.log.Error("server certificate renewal failed", "err", err)
+			return s.cert, nil
+		}
+		return nil, err
+	}
+	if c.Leaf == nil {
+		if c.Leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
+			return nil, err
+		}
+	}
+	s.cert = &c
+	return s.cert, nil
+}

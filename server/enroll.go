@@ -1,0 +1,405 @@
+package server
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	goattest "github.com/google/go-attestation/attest"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
+
+// registry is what enrollment needs from the replicated store.
+type registry interface {
+	CommitEnrollment(ctx context.Context, sessionID string, sessionExpires time.Time, d cluster.Device, a cluster.AttestationRecord) (uint64, error)
+	CommitRejection(ctx context.Context, sessionID string, sessionExpires time.Time, a cluster.AttestationRecord) (uint64, error)
+	SessionUsed(sessionID string) (bool, error)
+}
+
+// issuer is what enrollment needs from the CA.
+type issuer interface {
+	NewSerial() (*big.Int, error)
+	IssueDevice(ctx context.Context, csr *x509.CertificateRequest, p ca.DeviceProfile) ([]*x509.Certificate, error)
+}
+
+// Enroller runs the enrollment protocol: attest (verify), then cluster
+// (commit), then ca (issue). It keeps no per-session state.
+type Enroller struct {
+	ek           *attest.EKVerifier
+	reg          registry
+	ca           issuer
+	tokens       *sealer
+	nodeID       string
+	trustDomain  string
+	certValidity time.Duration
+	sessionTTL   time.Duration
+	now          func() time.Time
+	log          *slog.Logger
+	issued       atomic.Uint64 // certificates issued since start
+}
+
+// Stage names in attestation records.
+const (
+	stageChallenge = "challenge"
+	stageComplete  = "complete"
+)
+
+// Challenge verifies the EK and AK and returns a credential challenge.
+func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (*api.ChallengeResponse, error) {
+	now := e.now()
+	rec := cluster.AttestationRecord{Time: now, Node: e.nodeID, Stage: stageChallenge, Evidence: cluster.Evidence{Claims: claims(req.Claims)}}
+	sess := &session{Expires: now.Add(e.sessionTTL), Claims: rec.Evidence.Claims}
+
+	ekPub, err := e.verifyEK(req, sess)
+	rec.DeviceID, rec.Checks = sess.DeviceID, sess.Checks
+	if sess.EK.PublicSHA256 != "" {
+		ekCopy := sess.EK
+		rec.Evidence.EK = &ekCopy
+	}
+	if err != nil {
+		return nil, e.reject(ctx, rec, nil, err)
+	}
+
+	ak, err := attest.VerifyAK(goattest.AttestationParameters{
+		Public:            req.AK.Public,
+		CreateData:        req.AK.CreateData,
+		CreateAttestation: req.AK.CreateAttestation,
+		CreateSignature:   req.AK.CreateSignature,
+	})
+	if err != nil {
+		rec.Checks = append(rec.Checks, cluster.Check{Name: attest.CheckAK, Detail: err.Error()})
+		return nil, e.reject(ctx, rec, nil, err)
+	}
+	sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckAK, Passed: true, Detail: "restricted signing key created in a TPM"})
+	sess.AKPublic, sess.AKSHA256, sess.AKAlg = req.AK.Public, ak.PublicSHA256, ak.Algorithm
+
+	sess.ID, sess.Nonce, sess.Secret = randomHex(16), randomBytes(32), randomBytes(32)
+	cred, err := ak.MakeCredential(ekPub, sess.Secret)
+	if err != nil {
+		rec.Evidence.AKPublicSHA256, rec.Evidence.AKAlgorithm = ak.PublicSHA256, ak.Algorithm
+		return nil, e.reject(ctx, rec, nil, err)
+	}
+	token, err := e.tokens.seal(sess)
+	if err != nil {
+		return nil, e.internal(err)
+	}
+	return &api.ChallengeResponse{
+		SessionToken: token,
+		Nonce:        sess.Nonce,
+		Credential:   api.Credential{Credential: cred.Credential, Secret: cred.Secret},
+		ExpiresAt:    sess.Expires,
+	}, nil
+}
+
+// verifyEK establishes the EK public key and the device ID, recording what it
+// learned in sess.
+func (e *Enroller) verifyEK(req *api.ChallengeRequest, sess *session) (crypto.PublicKey, error) {
+	var ekPub crypto.PublicKey
+	if len(req.EKPublic) > 0 {
+		pub, err := x509.ParsePKIXPublicKey(req.EKPublic)
+		if err != nil {
+			return nil, fmt.Errorf("%w: EK public key: %v", attest.ErrEKInvalid, err)
+		}
+		ekPub = pub
+	}
+	if len(req.EKCertificate) == 0 {
+		if ekPub == nil {
+			return nil, malformed("an EK certificate or EK public key is required")
+		}
+		e.recordEK(sess, ekPub)
+		// Without a certificate nothing vouches for the EK. Pre-registered
+		// EKs (individual enrollment) are how such devices get in.
+		return nil, fmt.Errorf("%w: no EK certificate was sent and the EK is not pre-registered", attest.ErrEKUntrusted)
+	}
+	ek, err := attest.ParseEKCertificate(req.EKCertificate)
+	if err != nil {
+		if ekPub != nil {
+			e.recordEK(sess, ekPub)
+		}
+		return nil, err
+	}
+	if ekPub != nil && !publicKeysEqual(ekPub, ek.Cert.PublicKey) {
+		e.recordEK(sess, ekPub)
+		return nil, fmt.Errorf("%w: the EK public key does not match the EK certificate", attest.ErrEKInvalid)
+	}
+	ekPub = ek.Cert.PublicKey
+	e.recordEK(sess, ekPub)
+	sum := sha256.Sum256(ek.Cert.Raw)
+	sess.EK.CertificateSHA256 = hex.EncodeToString(sum[:])
+	sess.EK.Issuer = attest.Name(ek.Cert.Issuer)
+	sess.EK.Serial = ek.Cert.SerialNumber.Text(16)
+	sess.EK.Manufacturer, sess.EK.Model, sess.EK.Version = ek.Manufacturer, ek.Model, ek.Version
+
+	chain, err := e.ek.Verify(ek)
+	if err != nil {
+		sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckEKChain, Detail: err.Error()})
+		return nil, err
+	}
+	sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckEKChain, Passed: true, Detail: "root: " + attest.Name(chain[len(chain)-1].Subject)})
+	return ekPub, nil
+}
+
+func (e *Enroller) recordEK(sess *session, ekPub crypto.PublicKey) {
+	if sum, err := attest.PublicKeySHA256(ekPub); err == nil {
+		sess.EK.PublicSHA256 = sum
+	}
+	if id, err := attest.DeviceID(ekPub); err == nil {
+		sess.DeviceID = id
+	}
+}
+
+// Complete verifies the second round trip, commits, then issues.
+func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (*api.CompleteResponse, error) {
+	now := e.now()
+	rec := cluster.AttestationRecord{Time: now, Node: e.nodeID, Stage: stageComplete}
+
+	sess, err := e.tokens.open(req.SessionToken, now)
+	if errors.Is(err, errTokenInvalid) {
+		return nil, e.reject(ctx, rec, nil, err)
+	}
+	// From here on the session is authentic: attribute the record to it.
+	rec.DeviceID, rec.SessionID, rec.Checks = sess.DeviceID, sess.ID, append([]cluster.Check(nil), sess.Checks...)
+	ek := sess.EK
+	rec.Evidence = cluster.Evidence{EK: &ek, AKPublicSHA256: sess.AKSHA256, AKAlgorithm: sess.AKAlg, Claims: sess.Claims, Nonce: hex.EncodeToString(sess.Nonce)}
+	if err != nil { // expired
+		return nil, e.reject(ctx, rec, sess, err)
+	}
+	if used, err := e.reg.SessionUsed(sess.ID); err != nil {
+		return nil, e.internal(err)
+	} else if used {
+		return nil, e.reject(ctx, rec, sess, cluster.ErrSessionUsed)
+	}
+
+	akPub, err := goattest.ParseAKPublic(sess.AKPublic)
+	if err != nil { // sealed by us after VerifyAK: cannot happen unless the code changed
+		return nil, e.internal(err)
+	}
+	pcrs, bank, err := convertPCRs(req.PCRs)
+	if err != nil {
+		return nil, e.reject(ctx, rec, sess, err)
+	}
+	rec.Evidence.PCRBank = bank
+	for _, p := range pcrs {
+		rec.Evidence.PCRs = append(rec.Evidence.PCRs, cluster.PCRValue{Index: p.Index, Digest: hex.EncodeToString(p.Digest)})
+	}
+	if len(req.EventLog) > 0 {
+		sum := sha256.Sum256(req.EventLog)
+		rec.Evidence.EventLogSHA256 = hex.EncodeToString(sum[:])
+	}
+
+	res, err := attest.VerifyCompletion(attest.Completion{
+		AK:              akPub,
+		Nonce:           sess.Nonce,
+		ExpectedSecret:  sess.Secret,
+		ActivatedSecret: req.ActivatedSecret,
+		Quote:           goattest.Quote{Quote: req.Quote.Quote, Signature: req.Quote.Signature},
+		PCRs:            pcrs,
+		EventLog:        req.EventLog,
+		DeviceKey: goattest.CertificationParameters{
+			Public:            req.DeviceKey.Public,
+			CreateData:        req.DeviceKey.CreateData,
+			CreateAttestation: req.DeviceKey.CreateAttestation,
+			CreateSignature:   req.DeviceKey.CreateSignature,
+		},
+		CertifyQualifyingData: api.CertifyQualifyingData(sess.Nonce),
+		CSR:                   req.CSR,
+	})
+	for _, c := range res.Checks {
+		rec.Checks = append(rec.Checks, cluster.Check{Name: c.Name, Passed: c.Passed, Detail: c.Detail})
+	}
+	rec.Evidence.EventLogEvents = res.EventLogEvents
+	rec.Evidence.DeviceKeySHA256, rec.Evidence.DeviceKeyAlgorithm = res.DeviceKeySHA256, res.DeviceKeyAlgorithm
+	if err != nil {
+		return nil, e.reject(ctx, rec, sess, err)
+	}
+
+	// Reserve the serial in the committed record, so no certificate can
+	// exist that the registry does not know about.
+	serial, err := e.ca.NewSerial()
+	if err != nil {
+		return nil, e.internal(err)
+	}
+	rec.Outcome, rec.CertificateSerial = cluster.OutcomeAccepted, serial.Text(16)
+	dev := cluster.Device{
+		ID:                sess.DeviceID,
+		Status:            cluster.DeviceActive,
+		EK:                sess.EK,
+		AKPublicSHA256:    sess.AKSHA256,
+		Claims:            sess.Claims,
+		CertificateSerial: rec.CertificateSerial,
+	}
+	attID, err := e.reg.CommitEnrollment(ctx, sess.ID, sess.Expires, dev, rec)
+	if errors.Is(err, cluster.ErrSessionUsed) { // lost a race with a concurrent completion
+		rec.Outcome, rec.CertificateSerial = "", ""
+		return nil, e.reject(ctx, rec, sess, err)
+	}
+	if err != nil {
+		return nil, e.commitFailed(err)
+	}
+
+	chain, err := e.ca.IssueDevice(ctx, res.CSR, ca.DeviceProfile{
+		DeviceID:    sess.DeviceID,
+		TrustDomain: e.trustDomain,
+		Serial:      serial,
+		Validity:    e.certValidity,
+	})
+	if err != nil {
+		e.log.Error("certificate issuance failed after commit", "device_id", sess.DeviceID, "attestation_id", attID, "err", err)
+		return nil, newProblem(http.StatusInternalServerError, api.CodeInternal, "certificate issuance failed")
+	}
+	e.issued.Add(1)
+	e.log.Info("device enrolled", "device_id", sess.DeviceID, "attestation_id", attID, "serial", rec.CertificateSerial)
+	out := &api.CompleteResponse{
+		DeviceID:      sess.DeviceID,
+		AttestationID: attID,
+		Certificate:   chain[0].Raw,
+		Configuration: json.RawMessage("{}"),
+	}
+	for _, c := range chain[1:] {
+		out.Chain = append(out.Chain, c.Raw)
+	}
+	return out, nil
+}
+
+// reject commits a rejected attestation record and returns the problem the
+// device sees. The record is committed even for requests that cannot be
+// attributed to a device, so security teams see every refusal.
+func (e *Enroller) reject(ctx context.Context, rec cluster.AttestationRecord, sess *session, cause error) error {
+	p := problemFor(cause)
+	rec.Outcome, rec.Code, rec.Reason = cluster.OutcomeRejected, p.Code, p.Detail
+	var sid string
+	var exp time.Time
+	if sess != nil {
+		sid, exp = sess.ID, sess.Expires
+	}
+	id, err := e.reg.CommitRejection(ctx, sid, exp, rec)
+	if err != nil {
+		e.log.Error("could not commit rejected attestation", "device_id", rec.DeviceID, "code", p.Code, "err", err)
+		return e.commitFailed(err)
+	}
+	p.AttestationID = id
+	e.log.Info("enrollment rejected", "stage", rec.Stage, "device_id", rec.DeviceID, "code", p.Code, "attestation_id", id)
+	return p
+}
+
+// rejectRequest records a request refused before it could be decoded.
+func (e *Enroller) rejectRequest(ctx context.Context, stage string, cause error) error {
+	return e.reject(ctx, cluster.AttestationRecord{Time: e.now(), Node: e.nodeID, Stage: stage}, nil, cause)
+}
+
+var pcrBanks = map[string]crypto.Hash{"sha1": crypto.SHA1, "sha256": crypto.SHA256, "sha384": crypto.SHA384, "sha512": crypto.SHA512}
+
+func convertPCRs(in []api.PCR) ([]goattest.PCR, string, error) {
+	if len(in) == 0 {
+		return nil, "", malformed("no PCR values were sent")
+	}
+	out := make([]goattest.PCR, 0, len(in))
+	bank := in[0].Bank
+	for _, p := range in {
+		h, ok := pcrBanks[p.Bank]
+		if !ok {
+			return nil, "", malformed(fmt.Sprintf("unknown PCR bank %q", p.Bank))
+		}
+		if p.Index < 0 || p.Index > 23 || len(p.Digest) != h.Size() {
+			return nil, "", malformed(fmt.Sprintf("PCR %d (%s): bad index or digest length", p.Index, p.Bank))
+		}
+		if p.Bank != bank {
+			bank = "mixed"
+		}
+		out = append(out, goattest.PCR{Index: p.Index, Digest: p.Digest, DigestAlg: h})
+	}
+	return out, bank, nil
+}
+
+func claims(c api.Claims) cluster.Claims {
+	return cluster.Claims{Serial: c.Serial, Model: c.Model, FirmwareVersion: c.FirmwareVersion}
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ak.Equal(b)
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on Linux; if it does, nothing is safe
+	}
+	return b
+}
+
+func randomHex(n int) string { return hex.EncodeToString(randomBytes(n)) }
+
+// problemFor maps an error to the problem the device sees.
+func problemFor(err error) *api.Problem {
+	var p *api.Problem
+	if errors.As(err, &p) {
+		return p
+	}
+	for _, m := range problemTable {
+		if errors.Is(err, m.err) {
+			return newProblem(m.status, m.code, err.Error())
+		}
+	}
+	return newProblem(http.StatusInternalServerError, api.CodeInternal, "internal error")
+}
+
+var problemTable = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{attest.ErrEKInvalid, http.StatusForbidden, api.CodeEKInvalid},
+	{attest.ErrEKUntrusted, http.StatusForbidden, api.CodeEKUntrusted},
+	{attest.ErrAKInvalid, http.StatusForbidden, api.CodeAKInvalid},
+	{attest.ErrActivationFailed, http.StatusForbidden, api.CodeActivationFailed},
+	{attest.ErrQuoteNonce, http.StatusForbidden, api.CodeQuoteNonceMismatch},
+	{attest.ErrPCRMismatch, http.StatusForbidden, api.CodePCRMismatch},
+	{attest.ErrQuoteInvalid, http.StatusForbidden, api.CodeQuoteInvalid},
+	{attest.ErrEventLogInvalid, http.StatusForbidden, api.CodeEventLogInvalid},
+	{attest.ErrCertifyBinding, http.StatusForbidden, api.CodeCertifyBinding},
+	{attest.ErrCertifyInvalid, http.StatusForbidden, api.CodeCertifyInvalid},
+	{attest.ErrCSRInvalid, http.StatusForbidden, api.CodeCSRInvalid},
+	{attest.ErrCSRKeyMismatch, http.StatusForbidden, api.CodeCSRKeyMismatch},
+	{errTokenInvalid, http.StatusForbidden, api.CodeTokenInvalid},
+	{errTokenExpired, http.StatusForbidden, api.CodeTokenExpired},
+	{cluster.ErrSessionUsed, http.StatusConflict, api.CodeSessionReplayed},
+}
+
+func newProblem(status int, code, detail string) *api.Problem {
+	return &api.Problem{Type: api.ProblemType(code), Title: http.StatusText(status), Status: status, Code: code, Detail: detail}
+}
+
+func malformed(detail string) *api.Problem {
+	return newProblem(http.StatusBadRequest, api.CodeMalformed, detail)
+}
+
+// internal logs the cause and returns a problem that does not leak it.
+func (e *Enroller) internal(err error) *api.Problem {
+	e.log.Error("internal error", "err", err)
+	return newProblem(http.StatusInternalServerError, api.CodeInternal, "internal error")
+}
+
+// commitFailed maps a failed Raft commit: without a leader the device should
+// retry; anything else is an internal error.
+func (e *Enroller) commitFailed(err error) *api.Problem {
+	if errors.Is(err, cluster.ErrNotLeader) {
+		return newProblem(http.StatusServiceUnavailable, api.CodeUnavailable, "the cluster has no leader; retry")
+	}
+	return e.internal(fmt.Errorf("commit: %w", err))
+}

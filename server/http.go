@@ -1,0 +1,119 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
+
+// deviceHandler serves the device API on the HTTPS port.
+func (a *Appliance) deviceHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+api.PathChallenge, func(w http.ResponseWriter, r *http.Request) {
+		var req api.ChallengeRequest
+		if err := a.decode(w, r, stageChallenge, api.MaxChallengeBody, &req); err != nil {
+			writeProblem(w, err)
+			return
+		}
+		resp, err := a.enroller.Challenge(r.Context(), &req)
+		writeResult(w, http.StatusOK, resp, err)
+	})
+	mux.HandleFunc("POST "+api.PathComplete, func(w http.ResponseWriter, r *http.Request) {
+		var req api.CompleteRequest
+		if err := a.decode(w, r, stageComplete, api.MaxCompleteBody, &req); err != nil {
+			writeProblem(w, err)
+			return
+		}
+		resp, err := a.enroller.Complete(r.Context(), &req)
+		writeResult(w, http.StatusOK, resp, err)
+	})
+	mux.HandleFunc("GET "+api.PathWhoAmI, a.whoami)
+	return mux
+}
+
+// decode reads a size-limited JSON body. A body that is too large or not
+// well formed is refused and recorded as a rejected attestation.
+func (a *Appliance) decode(w http.ResponseWriter, r *http.Request, stage string, limit int64, v any) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return a.enroller.rejectRequest(r.Context(), stage, newProblem(http.StatusRequestEntityTooLarge, api.CodeTooLarge,
+				fmt.Sprintf("request body exceeds %d bytes", limit)))
+		}
+		return a.enroller.rejectRequest(r.Context(), stage, malformed("reading body: "+err.Error()))
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return a.enroller.rejectRequest(r.Context(), stage, malformed("invalid JSON: "+err.Error()))
+	}
+	if dec.More() {
+		return a.enroller.rejectRequest(r.Context(), stage, malformed("trailing data after the JSON body"))
+	}
+	return nil
+}
+
+// whoami proves a device identity works: it is served only to a client that
+// authenticated with a certificate from this appliance's CA, whose key the
+// device holds in its TPM.
+func (a *Appliance) whoami(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "a device certificate is required"))
+		return
+	}
+	leaf := r.TLS.VerifiedChains[0][0]
+	id, ok := a.deviceIDFromURIs(leaf.URIs)
+	if !ok {
+		writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "the certificate is not a device certificate of this trust domain"))
+		return
+	}
+	dev, err := a.node.Device(id)
+	if errors.Is(err, cluster.ErrNotFound) {
+		writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "unknown device"))
+		return
+	} else if err != nil {
+		writeProblem(w, a.enroller.internal(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.WhoAmIResponse{DeviceID: dev.ID, Status: dev.Status, CertificateSerial: leaf.SerialNumber.Text(16)})
+}
+
+func (a *Appliance) deviceIDFromURIs(uris []*url.URL) (string, bool) {
+	for _, u := range uris {
+		if u.Scheme == "spiffe" && u.Host == a.cfg.TrustDomain && strings.HasPrefix(u.Path, "/device/") {
+			id := strings.TrimPrefix(u.Path, "/device/")
+			return id, id != "" && !strings.Contains(id, "/")
+		}
+	}
+	return "", false
+}
+
+func writeResult(w http.ResponseWriter, status int, v any, err error) {
+	if err != nil {
+		writeProblem(w, err)
+		return
+	}
+	writeJSON(w, status, v)
+}
+
+func writeProblem(w http.ResponseWriter, err error) {
+	p := problemFor(err)
+	w.Header().Set("Content-Type", api.ContentTypeProblem)
+	w.WriteHeader(p.Status)
+	_ = json.NewEncoder(w).Encode(p)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
