@@ -26,11 +26,11 @@ func BenchmarkEnrollment(b *testing.B) {
 	}{{"ECDSA-AK", goattest.ECDSA}, {"RSA-AK", goattest.RSA}} {
 		b.Run(tc.name, func(b *testing.B) {
 			e := newEnv(b)
-			d := e.newDevice(e.mfr)
-			ak := d.newAK(b, tc.alg) // one AK per device, as a device re-enrolling would reuse it
-			enroller := e.app.Enroller()
+			d := e.newDevice(e.Mfr)
+			ak := d.NewAK(b, tc.alg) // one AK per device, as a device re-enrolling would reuse it
+			enroller := e.App.Enroller()
 			ctx := context.Background()
-			chReq, err := fwclient.NewChallengeRequest(d.ek, ak, api.Claims{Model: "bench"})
+			chReq, err := fwclient.NewChallengeRequest(d.EK, ak, api.Claims{Model: "bench"})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -45,11 +45,11 @@ func BenchmarkEnrollment(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.StopTimer()
-				secret, err := ak.ActivateCredentialWithEK(d.tpm, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, d.ek)
+				secret, err := ak.ActivateCredentialWithEK(d.TPM, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, d.EK)
 				if err != nil {
 					b.Fatal(err)
 				}
-				ev, key, err := fwclient.Evidence(d.tpm, ak, ch, secret, nil)
+				ev, key, err := fwclient.Evidence(d.TPM, ak, ch, secret, nil)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -31,114 +31,24 @@ import (
 	"github.com/gatehouse-dev/gatehouse/server"
 )
 
-const trustDomain = "test.gatehouse.internal"
+const trustDomain = servertest.TrustDomain
 
-var testPassword = []byte("correct horse battery staple")
-
-// clock is a settable clock shared with the appliance.
-type clock struct {
-	mu     sync.Mutex
-	offset time.Duration
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return time.Now().Add(c.offset) }
-func (c *clock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.offset += d
-}
-
-// env is one appliance node on loopback plus a test TPM manufacturer.
+// env wraps servertest.Env with request helpers.
 type env struct {
-	t      testing.TB
-	dir    string
-	mfr    *swtpm.Manufacturer
-	app    *server.Appliance
-	client *fwclient.Client
-	clock  *clock
-	hc     *http.Client
+	*servertest.Env
+	t testing.TB
 }
 
-func fastRaft(c *raft.Config) {
-	c.HeartbeatTimeout = 150 * time.Millisecond
-	c.ElectionTimeout = 150 * time.Millisecond
-	c.LeaderLeaseTimeout = 100 * time.Millisecond
-	c.CommitTimeout = 5 * time.Millisecond
-}
+func newEnv(t testing.TB) *env { return &env{Env: servertest.New(t), t: t} }
 
-func newEnv(t testing.TB) *env {
-	t.Helper()
-	m := swtpm.NewTestManufacturer(t)
-	e := &env{t: t, dir: t.TempDir(), mfr: m, clock: &clock{}}
-	cfg := server.DefaultConfig()
-	cfg.TrustDomain = trustDomain
-	cfg.Listen = "127.0.0.1:0"
-	cfg.RaftAddr = "127.0.0.1:0"
-	roots := append(m.RootPEM(), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.Intermediate.Raw})...)
-	if err := server.Init(e.dir, testPassword, cfg, roots); err != nil {
-		t.Fatalf("init: %v", err)
-	}
-	e.start()
-	return e
-}
+type device = servertest.Device
 
-func (e *env) start() {
-	e.t.Helper()
-	app, err := server.Open(e.dir, testPassword,
-		server.WithClock(e.clock.now),
-		server.WithClusterOptions(cluster.WithRaftConfig(fastRaft)))
-	if err != nil {
-		e.t.Fatalf("open appliance: %v", err)
-	}
-	e.t.Cleanup(func() { app.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := app.WaitReady(ctx); err != nil {
-		e.t.Fatalf("appliance not ready: %v", err)
-	}
-	e.app = app
-	e.client = fwclient.NewClient("https://"+app.Addr(), app.Root())
-	pool := x509.NewCertPool()
-	pool.AddCert(app.Root())
-	e.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-}
-
-// device is a started swtpm with an open go-attestation handle.
-type device struct {
-	proc *swtpm.Process
-	tpm  *goattest.TPM
-	ek   goattest.EK
-}
-
-func (e *env) newDevice(m *swtpm.Manufacturer) *device {
-	e.t.Helper()
-	p := swtpm.StartTest(e.t, m)
-	tpm, err := p.Open()
-	if err != nil {
-		e.t.Fatalf("open swtpm: %v", err)
-	}
-	e.t.Cleanup(func() { tpm.Close() })
-	ek, err := fwclient.EndorsementKey(tpm)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return &device{proc: p, tpm: tpm, ek: ek}
-}
-
-func (d *device) newAK(t testing.TB, alg goattest.Algorithm) *goattest.AK {
-	t.Helper()
-	ak, err := d.tpm.NewAK(&goattest.AKConfig{Algorithm: alg})
-	if err != nil {
-		t.Fatalf("NewAK: %v", err)
-	}
-	t.Cleanup(func() { ak.Close(d.tpm) })
-	return ak
-}
+func (e *env) newDevice(m *swtpm.Manufacturer) *device { return servertest.NewDevice(e.t, m) }
 
 // post sends a JSON body and decodes either the response or the problem.
 func (e *env) post(path string, body []byte, out any) *api.Problem {
 	e.t.Helper()
-	resp, err := e.hc.Post("https://"+e.app.Addr()+path, "application/json", bytes.NewReader(body))
+	resp, err := e.HTTP.Post(e.URL()+path, "application/json", bytes.NewReader(body))
 	if err != nil {
 		e.t.Fatalf("POST %s: %v", path, err)
 	}
@@ -175,7 +85,7 @@ func (e *env) postJSON(path string, in, out any) *api.Problem {
 // challenge runs the first round trip and activates the credential.
 func (e *env) challenge(d *device, ak *goattest.AK) (*api.ChallengeResponse, []byte) {
 	e.t.Helper()
-	req, err := fwclient.NewChallengeRequest(d.ek, ak, api.Claims{Serial: "SN-1", Model: "test-gw"})
+	req, err := fwclient.NewChallengeRequest(d.EK, ak, api.Claims{Serial: "SN-1", Model: "test-gw"})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -183,7 +93,7 @@ func (e *env) challenge(d *device, ak *goattest.AK) (*api.ChallengeResponse, []b
 	if p := e.postJSON(api.PathChallenge, req, &ch); p != nil {
 		e.t.Fatalf("challenge refused: %v", p)
 	}
-	secret, err := ak.ActivateCredentialWithEK(d.tpm, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, d.ek)
+	secret, err := ak.ActivateCredentialWithEK(d.TPM, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, d.EK)
 	if err != nil {
 		e.t.Fatalf("activate: %v", err)
 	}
@@ -192,7 +102,7 @@ func (e *env) challenge(d *device, ak *goattest.AK) (*api.ChallengeResponse, []b
 
 func (e *env) evidence(d *device, ak *goattest.AK, ch *api.ChallengeResponse, secret []byte) *api.CompleteRequest {
 	e.t.Helper()
-	req, key, err := fwclient.Evidence(d.tpm, ak, ch, secret, nil)
+	req, key, err := fwclient.Evidence(d.TPM, ak, ch, secret, nil)
 	if err != nil {
 		e.t.Fatalf("evidence: %v", err)
 	}
@@ -217,14 +127,14 @@ func (e *env) expectRejected(p *api.Problem, status int, code string, issuedBefo
 	if p.AttestationID == 0 {
 		e.t.Fatalf("problem carries no attestation ID: %+v", p)
 	}
-	rec, err := e.app.Node().Attestation(p.AttestationID)
+	rec, err := e.App.Node().Attestation(p.AttestationID)
 	if err != nil {
 		e.t.Fatalf("rejected attestation %d not committed: %v", p.AttestationID, err)
 	}
 	if rec.Outcome != cluster.OutcomeRejected || rec.Code != code || rec.Reason == "" || rec.CertificateSerial != "" {
 		e.t.Fatalf("attestation record %+v, want rejected with code %s", rec, code)
 	}
-	if got := e.app.CertificatesIssued(); got != issuedBefore {
+	if got := e.App.CertificatesIssued(); got != issuedBefore {
 		e.t.Fatalf("certificates issued went from %d to %d on a rejection", issuedBefore, got)
 	}
 	return rec
@@ -232,11 +142,11 @@ func (e *env) expectRejected(p *api.Problem, status int, code string, issuedBefo
 
 func (e *env) expectNoDevice(d *device) {
 	e.t.Helper()
-	id, err := attest.DeviceID(d.ek.Public)
+	id, err := attest.DeviceID(d.EK.Public)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if _, err := e.app.Node().Device(id); !errors.Is(err, cluster.ErrNotFound) {
+	if _, err := e.App.Node().Device(id); !errors.Is(err, cluster.ErrNotFound) {
 		e.t.Fatalf("device %s is in the registry after a rejection (err=%v)", id, err)
 	}
 }
@@ -248,14 +158,14 @@ func TestEnrollHappyPath(t *testing.T) {
 		alg  goattest.Algorithm
 	}{{"ECDSA-AK", goattest.ECDSA}, {"RSA-AK", goattest.RSA}} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := e.newDevice(e.mfr)
+			d := e.newDevice(e.Mfr)
 			ctx := context.Background()
-			before := e.app.CertificatesIssued()
-			id, err := e.client.Enroll(ctx, d.tpm, fwclient.WithAKAlgorithm(tc.alg), fwclient.WithClaims(api.Claims{Serial: "SN-42", Model: "gw-1"}))
+			before := e.App.CertificatesIssued()
+			id, err := e.Client.Enroll(ctx, d.TPM, fwclient.WithAKAlgorithm(tc.alg), fwclient.WithClaims(api.Claims{Serial: "SN-42", Model: "gw-1"}))
 			if err != nil {
 				t.Fatalf("enroll: %v", err)
 			}
-			wantID, _ := attest.DeviceID(d.ek.Public)
+			wantID, _ := attest.DeviceID(d.EK.Public)
 			if id.DeviceID != wantID {
 				t.Fatalf("device ID %s, want %s (derived from the EK)", id.DeviceID, wantID)
 			}
@@ -263,7 +173,7 @@ func TestEnrollHappyPath(t *testing.T) {
 			// The certificate chains to the appliance root and names the device.
 			cert := id.Certificate
 			roots, inter := x509.NewCertPool(), x509.NewCertPool()
-			roots.AddCert(e.app.Root())
+			roots.AddCert(e.App.Root())
 			for _, c := range id.Chain {
 				inter.AddCert(c)
 			}
@@ -282,14 +192,14 @@ func TestEnrollHappyPath(t *testing.T) {
 			}
 
 			// The registry committed the device and an accepted record.
-			dev, err := e.app.Node().Device(wantID)
+			dev, err := e.App.Node().Device(wantID)
 			if err != nil {
 				t.Fatalf("device not committed: %v", err)
 			}
 			if dev.Status != cluster.DeviceActive || dev.CertificateSerial != cert.SerialNumber.Text(16) || dev.Claims.Serial != "SN-42" {
 				t.Fatalf("device record %+v does not match certificate serial %s", dev, cert.SerialNumber.Text(16))
 			}
-			rec, err := e.app.Node().Attestation(id.AttestationID)
+			rec, err := e.App.Node().Attestation(id.AttestationID)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -309,12 +219,12 @@ func TestEnrollHappyPath(t *testing.T) {
 			if rec.Evidence.PCRBank != "sha256" || len(rec.Evidence.PCRs) != 24 || rec.Evidence.EK == nil || rec.Evidence.EK.Issuer == "" {
 				t.Fatalf("evidence not recorded: %+v", rec.Evidence)
 			}
-			if got := e.app.CertificatesIssued(); got != before+1 {
+			if got := e.App.CertificatesIssued(); got != before+1 {
 				t.Fatalf("certificates issued %d, want %d", got, before+1)
 			}
 
 			// The identity works: whoami over mTLS with the TPM-resident key.
-			who, err := e.client.WhoAmI(ctx, d.tpm, id)
+			who, err := e.Client.WhoAmI(ctx, d.TPM, id)
 			if err != nil {
 				t.Fatalf("whoami: %v", err)
 			}
@@ -323,11 +233,11 @@ func TestEnrollHappyPath(t *testing.T) {
 			}
 
 			// Enrolling the same TPM again maps to the same device.
-			id2, err := e.client.Enroll(ctx, d.tpm, fwclient.WithAKAlgorithm(tc.alg))
+			id2, err := e.Client.Enroll(ctx, d.TPM, fwclient.WithAKAlgorithm(tc.alg))
 			if err != nil {
 				t.Fatalf("second enroll: %v", err)
 			}
-			dev2, _ := e.app.Node().Device(wantID)
+			dev2, _ := e.App.Node().Device(wantID)
 			if id2.DeviceID != wantID || dev2.Enrollments != 2 || !dev2.EnrolledAt.Equal(dev.EnrolledAt) {
 				t.Fatalf("second enrollment: id %s, record %+v", id2.DeviceID, dev2)
 			}
@@ -337,7 +247,7 @@ func TestEnrollHappyPath(t *testing.T) {
 
 func TestWhoAmIRequiresDeviceCertificate(t *testing.T) {
 	e := newEnv(t)
-	resp, err := e.hc.Get("https://" + e.app.Addr() + api.PathWhoAmI)
+	resp, err := e.HTTP.Get(e.URL() + api.PathWhoAmI)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,16 +259,16 @@ func TestWhoAmIRequiresDeviceCertificate(t *testing.T) {
 
 func TestEnrollRejections(t *testing.T) {
 	e := newEnv(t)
-	d := e.newDevice(e.mfr)
+	d := e.newDevice(e.Mfr)
 
 	t.Run("untrusted EK CA", func(t *testing.T) {
 		other := e.newDevice(swtpm.NewTestManufacturer(t))
-		ak := other.newAK(t, goattest.ECDSA)
-		req, _ := fwclient.NewChallengeRequest(other.ek, ak, api.Claims{})
-		before := e.app.CertificatesIssued()
+		ak := other.NewAK(t, goattest.ECDSA)
+		req, _ := fwclient.NewChallengeRequest(other.EK, ak, api.Claims{})
+		before := e.App.CertificatesIssued()
 		p := e.postJSON(api.PathChallenge, req, &api.ChallengeResponse{})
 		rec := e.expectRejected(p, http.StatusForbidden, api.CodeEKUntrusted, before)
-		wantID, _ := attest.DeviceID(other.ek.Public)
+		wantID, _ := attest.DeviceID(other.EK.Public)
 		if rec.DeviceID != wantID || rec.Stage != "challenge" || len(rec.Checks) != 1 || rec.Checks[0].Passed {
 			t.Fatalf("record %+v", rec)
 		}
@@ -366,25 +276,25 @@ func TestEnrollRejections(t *testing.T) {
 	})
 
 	t.Run("AK from another TPM", func(t *testing.T) {
-		other := e.newDevice(e.mfr)
-		foreignAK := other.newAK(t, goattest.ECDSA)
-		req, _ := fwclient.NewChallengeRequest(d.ek, foreignAK, api.Claims{})
+		other := e.newDevice(e.Mfr)
+		foreignAK := other.NewAK(t, goattest.ECDSA)
+		req, _ := fwclient.NewChallengeRequest(d.EK, foreignAK, api.Claims{})
 		var ch api.ChallengeResponse
 		if p := e.postJSON(api.PathChallenge, req, &ch); p != nil {
 			t.Fatalf("challenge: %v", p)
 		}
 		// The credential is sealed to d's EK: other's TPM cannot open it.
-		if _, err := foreignAK.ActivateCredentialWithEK(other.tpm, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, other.ek); err == nil {
+		if _, err := foreignAK.ActivateCredentialWithEK(other.TPM, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, other.EK); err == nil {
 			t.Fatal("a foreign TPM activated the credential")
 		}
 		guess := make([]byte, 32)
 		rand.Read(guess)
 		ev := e.evidence(other, foreignAK, &ch, guess)
-		before := e.app.CertificatesIssued()
+		before := e.App.CertificatesIssued()
 		e.expectRejected(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), http.StatusForbidden, api.CodeActivationFailed, before)
 	})
 
-	ak := d.newAK(t, goattest.ECDSA)
+	ak := d.NewAK(t, goattest.ECDSA)
 	fresh := func() (*api.ChallengeResponse, *api.CompleteRequest) {
 		ch, secret := e.challenge(d, ak)
 		return ch, e.evidence(d, ak, ch, secret)
@@ -399,7 +309,7 @@ func TestEnrollRejections(t *testing.T) {
 			ev.ActivatedSecret[0] ^= 1
 		}, http.StatusForbidden, api.CodeActivationFailed},
 		{"quote with wrong nonce", func(t *testing.T, _ *api.ChallengeResponse, ev *api.CompleteRequest) {
-			q, err := ak.Quote(d.tpm, bytes.Repeat([]byte{7}, 32), goattest.HashSHA256)
+			q, err := ak.Quote(d.TPM, bytes.Repeat([]byte{7}, 32), goattest.HashSHA256)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -433,15 +343,15 @@ func TestEnrollRejections(t *testing.T) {
 		}, http.StatusForbidden, api.CodeTokenInvalid},
 		{"expired token", func(t *testing.T, ch *api.ChallengeResponse, _ *api.CompleteRequest) {
 			skip := time.Until(ch.ExpiresAt) + time.Second
-			e.clock.advance(skip)
-			t.Cleanup(func() { e.clock.advance(-skip) })
+			e.Clock.Advance(skip)
+			t.Cleanup(func() { e.Clock.Advance(-skip) })
 		}, http.StatusForbidden, api.CodeTokenExpired},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			ch, ev := fresh()
 			tc.mutate(t, ch, ev)
-			before := e.app.CertificatesIssued()
+			before := e.App.CertificatesIssued()
 			rec := e.expectRejected(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), tc.status, tc.code, before)
 			if rec.Stage != "complete" {
 				t.Fatalf("stage %s", rec.Stage)
@@ -468,10 +378,10 @@ func TestEnrollRejections(t *testing.T) {
 		if p := e.postJSON(api.PathComplete, ev, &ok); p != nil {
 			t.Fatalf("first completion: %v", p)
 		}
-		dev, _ := e.app.Node().Device(ok.DeviceID)
-		before := e.app.CertificatesIssued()
+		dev, _ := e.App.Node().Device(ok.DeviceID)
+		before := e.App.CertificatesIssued()
 		e.expectRejected(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), http.StatusConflict, api.CodeSessionReplayed, before)
-		if again, _ := e.app.Node().Device(ok.DeviceID); again.Enrollments != dev.Enrollments {
+		if again, _ := e.App.Node().Device(ok.DeviceID); again.Enrollments != dev.Enrollments {
 			t.Fatalf("replay changed the device: %d enrollments, was %d", again.Enrollments, dev.Enrollments)
 		}
 	})
@@ -480,14 +390,14 @@ func TestEnrollRejections(t *testing.T) {
 		_, ev := fresh()
 		good := ev.ActivatedSecret
 		ev.ActivatedSecret = bytes.Repeat([]byte{1}, 32)
-		before := e.app.CertificatesIssued()
+		before := e.App.CertificatesIssued()
 		e.expectRejected(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), http.StatusForbidden, api.CodeActivationFailed, before)
 		ev.ActivatedSecret = good
 		e.expectRejected(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), http.StatusConflict, api.CodeSessionReplayed, before)
 	})
 
 	t.Run("oversized body", func(t *testing.T) {
-		before := e.app.CertificatesIssued()
+		before := e.App.CertificatesIssued()
 		big := `{"session_token":"` + strings.Repeat("A", api.MaxCompleteBody) + `"}`
 		e.expectRejected(e.post(api.PathComplete, []byte(big), &api.CompleteResponse{}), http.StatusRequestEntityTooLarge, api.CodeTooLarge, before)
 		big = `{"ek_public":"` + strings.Repeat("A", api.MaxChallengeBody) + `"}`
@@ -495,7 +405,7 @@ func TestEnrollRejections(t *testing.T) {
 	})
 
 	t.Run("malformed JSON", func(t *testing.T) {
-		before := e.app.CertificatesIssued()
+		before := e.App.CertificatesIssued()
 		e.expectRejected(e.post(api.PathChallenge, []byte(`{"ak":`), &api.ChallengeResponse{}), http.StatusBadRequest, api.CodeMalformed, before)
 		e.expectRejected(e.post(api.PathChallenge, []byte(`{}`), &api.ChallengeResponse{}), http.StatusBadRequest, api.CodeMalformed, before)
 	})
@@ -533,41 +443,41 @@ func softwareCSR(t *testing.T, k *ecdsa.PrivateKey) []byte {
 
 func TestRestartKeepsRecords(t *testing.T) {
 	e := newEnv(t)
-	d := e.newDevice(e.mfr)
-	id, err := e.client.Enroll(context.Background(), d.tpm)
+	d := e.newDevice(e.Mfr)
+	id, err := e.Client.Enroll(context.Background(), d.TPM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hash, err := e.app.Node().StateHash()
+	hash, err := e.App.Node().StateHash()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.app.Close(); err != nil {
+	if err := e.App.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
-	if _, err := server.Open(e.dir, []byte("wrong password")); err == nil {
+	if _, err := server.Open(e.Dir, []byte("wrong password")); err == nil {
 		t.Fatal("opened with a wrong CA password")
 	}
-	e.start()
-	if h, _ := e.app.Node().StateHash(); h != hash {
+	e.Start()
+	if h, _ := e.App.Node().StateHash(); h != hash {
 		t.Fatalf("state hash after restart %s, before %s", h, hash)
 	}
-	dev, err := e.app.Node().Device(id.DeviceID)
+	dev, err := e.App.Node().Device(id.DeviceID)
 	if err != nil || dev.CertificateSerial != id.Certificate.SerialNumber.Text(16) {
 		t.Fatalf("device after restart: %+v, %v", dev, err)
 	}
-	if _, err := e.app.Node().Attestation(id.AttestationID); err != nil {
+	if _, err := e.App.Node().Attestation(id.AttestationID); err != nil {
 		t.Fatalf("attestation after restart: %v", err)
 	}
 	// The restarted node keeps enrolling, and the old identity still works.
-	if _, err := e.client.WhoAmI(context.Background(), d.tpm, id); err != nil {
+	if _, err := e.Client.WhoAmI(context.Background(), d.TPM, id); err != nil {
 		t.Fatalf("whoami after restart: %v", err)
 	}
-	d2 := e.newDevice(e.mfr)
-	if _, err := e.client.Enroll(context.Background(), d2.tpm); err != nil {
+	d2 := e.newDevice(e.Mfr)
+	if _, err := e.Client.Enroll(context.Background(), d2.tpm); err != nil {
 		t.Fatalf("enroll after restart: %v", err)
 	}
-	if devs, _ := e.app.Node().Devices(); len(devs) != 2 {
+	if devs, _ := e.App.Node().Devices(); len(devs) != 2 {
 		t.Fatalf("%d devices after restart, want 2", len(devs))
 	}
 }

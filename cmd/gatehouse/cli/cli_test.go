@@ -1,0 +1,103 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/gatehouse-dev/gatehouse/cluster"
+	"github.com/gatehouse-dev/gatehouse/server/servertest"
+)
+
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	root := newRoot(&out, &errOut)
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+func TestInitCreatesPasswordAndRefusesTwice(t *testing.T) {
+	m := servertest.New(t).Mfr
+	dir := t.TempDir()
+	roots := filepath.Join(dir, "roots.pem")
+	if err := os.WriteFile(roots, servertest.EKRoots(m), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pw := filepath.Join(dir, "pw")
+	data := filepath.Join(dir, "data")
+	args := []string{"init", "--data-dir", data, "--password-file", pw, "--ek-roots", roots, "--trust-domain", "fleet.example.com"}
+	out, err := run(t, args...)
+	if err != nil {
+		t.Fatalf("init: %v", err)
+	}
+	if !strings.Contains(out, "wrote a new CA key password") {
+		t.Fatalf("init output %q", out)
+	}
+	st, err := os.Stat(pw)
+	if err != nil || st.Mode().Perm() != 0o600 || st.Size() < 32 {
+		t.Fatalf("password file %v %v", st, err)
+	}
+	if _, err := run(t, args...); err == nil || !strings.Contains(err.Error(), "already initialized") {
+		t.Fatalf("second init: %v", err)
+	}
+	if _, err := run(t, "init", "--data-dir", filepath.Join(dir, "d2"), "--password-file", pw); err == nil {
+		t.Fatal("init without --ek-roots succeeded")
+	}
+	if _, err := run(t, "init", "--data-dir", filepath.Join(dir, "d3"), "--password-file", pw, "--ek-roots", roots, "--trust-domain", "Not A Domain"); err == nil {
+		t.Fatal("init accepted a bad trust domain")
+	}
+}
+
+// The registry commands read a running node through its admin socket.
+func TestRegistryCommands(t *testing.T) {
+	e := servertest.New(t)
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(context.Background(), d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	out, err := run(t, "devices", "list", "--data-dir", e.Dir, "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var devs []cluster.Device
+	if err := json.Unmarshal([]byte(out), &devs); err != nil || len(devs) != 1 || devs[0].ID != id.DeviceID {
+		t.Fatalf("devices list -o json: %v %s", err, out)
+	}
+	out, err = run(t, "devices", "list", "--data-dir", e.Dir)
+	if err != nil || !strings.Contains(out, id.DeviceID) || !strings.Contains(out, "active") {
+		t.Fatalf("devices list: %v %s", err, out)
+	}
+	out, err = run(t, "devices", "show", id.DeviceID, "--data-dir", e.Dir)
+	if err != nil || !strings.Contains(out, id.Certificate.SerialNumber.Text(16)) {
+		t.Fatalf("devices show: %v %s", err, out)
+	}
+	if _, err := run(t, "devices", "show", "nope", "--data-dir", e.Dir); err == nil || !strings.Contains(err.Error(), "not_found") {
+		t.Fatalf("devices show unknown: %v", err)
+	}
+
+	out, err = run(t, "attestations", "show", strconv.FormatUint(id.AttestationID, 10), "--data-dir", e.Dir)
+	if err != nil || !strings.Contains(out, "ACCEPTED") || !strings.Contains(out, "credential_activation") || !strings.Contains(out, "PCR sha256[0]") {
+		t.Fatalf("attestations show: %v\n%s", err, out)
+	}
+	out, err = run(t, "attestations", "list", "--data-dir", e.Dir, "--device", id.DeviceID, "-o", "json")
+	var recs []cluster.AttestationRecord
+	if err != nil || json.Unmarshal([]byte(out), &recs) != nil || len(recs) != 1 || recs[0].ID != id.AttestationID {
+		t.Fatalf("attestations list: %v %s", err, out)
+	}
+	out, err = run(t, "status", "--data-dir", e.Dir, "-o", "json")
+	if err != nil || !strings.Contains(out, `"leader": true`) || !strings.Contains(out, `"certificates_issued": 1`) {
+		t.Fatalf("status: %v %s", err, out)
+	}
+	if _, err := run(t, "devices", "list", "--data-dir", t.TempDir()); err == nil || !strings.Contains(err.Error(), "is gatehouse serve running") {
+		t.Fatalf("devices list without a node: %v", err)
+	}
+}

@@ -1,0 +1,150 @@
+// Package servertest starts real appliance nodes and swtpm devices for
+// tests in any package. Nothing here is faked: the node runs Raft, step-ca
+// and the HTTPS device API on loopback.
+package servertest
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	goattest "github.com/google/go-attestation/attest"
+	"github.com/hashicorp/raft"
+
+	"github.com/gatehouse-dev/gatehouse/cluster"
+	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
+	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
+	"github.com/gatehouse-dev/gatehouse/server"
+)
+
+// TrustDomain is the trust domain of test appliances.
+const TrustDomain = "test.gatehouse.internal"
+
+// Password unlocks test appliances' CA keys.
+var Password = []byte("correct horse battery staple")
+
+// Clock is a settable clock shared with the appliance.
+type Clock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+// Now is the appliance's idea of the time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+// Advance moves the clock.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.offset += d
+}
+
+// FastRaft shortens Raft's timeouts so a single node elects itself quickly.
+func FastRaft(c *raft.Config) {
+	c.HeartbeatTimeout = 150 * time.Millisecond
+	c.ElectionTimeout = 150 * time.Millisecond
+	c.LeaderLeaseTimeout = 100 * time.Millisecond
+	c.CommitTimeout = 5 * time.Millisecond
+}
+
+// Env is one appliance node on loopback plus a test TPM manufacturer whose
+// CA the appliance trusts.
+type Env struct {
+	T      testing.TB
+	Dir    string
+	Mfr    *swtpm.Manufacturer
+	App    *server.Appliance
+	Client *fwclient.Client
+	Clock  *Clock
+	// HTTP is a plain HTTPS client trusting the appliance root.
+	HTTP *http.Client
+}
+
+// New initializes and starts an appliance. Everything stops when the test ends.
+func New(t testing.TB) *Env {
+	t.Helper()
+	m := swtpm.NewTestManufacturer(t)
+	e := &Env{T: t, Dir: t.TempDir(), Mfr: m, Clock: &Clock{}}
+	cfg := server.DefaultConfig()
+	cfg.TrustDomain = TrustDomain
+	cfg.Listen = "127.0.0.1:0"
+	cfg.RaftAddr = "127.0.0.1:0"
+	if err := server.Init(e.Dir, Password, cfg, EKRoots(m)); err != nil {
+		t.Fatalf("init appliance: %v", err)
+	}
+	e.Start()
+	return e
+}
+
+// EKRoots is the PEM bundle trusting m's EK certificates.
+func EKRoots(m *swtpm.Manufacturer) []byte {
+	return append(m.RootPEM(), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.Intermediate.Raw})...)
+}
+
+// Start opens the appliance in e.Dir (again, after Close: a restart).
+func (e *Env) Start() {
+	e.T.Helper()
+	app, err := server.Open(e.Dir, Password,
+		server.WithClock(e.Clock.Now),
+		server.WithClusterOptions(cluster.WithRaftConfig(FastRaft)))
+	if err != nil {
+		e.T.Fatalf("open appliance: %v", err)
+	}
+	e.T.Cleanup(func() { app.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := app.WaitReady(ctx); err != nil {
+		e.T.Fatalf("appliance not ready: %v", err)
+	}
+	e.App = app
+	e.Client = fwclient.NewClient(e.URL(), app.Root())
+	pool := x509.NewCertPool()
+	pool.AddCert(app.Root())
+	e.HTTP = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+// URL is the device API's base URL.
+func (e *Env) URL() string { return "https://" + e.App.Addr() }
+
+// Device is a running swtpm with an open go-attestation handle.
+type Device struct {
+	Proc *swtpm.Process
+	TPM  *goattest.TPM
+	EK   goattest.EK
+}
+
+// NewDevice starts a fresh swtpm whose EK certificate m issued.
+func NewDevice(t testing.TB, m *swtpm.Manufacturer) *Device {
+	t.Helper()
+	p := swtpm.StartTest(t, m)
+	tpm, err := p.Open()
+	if err != nil {
+		t.Fatalf("open swtpm: %v", err)
+	}
+	t.Cleanup(func() { tpm.Close() })
+	ek, err := fwclient.EndorsementKey(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Device{Proc: p, TPM: tpm, EK: ek}
+}
+
+// NewAK creates an AK that is flushed when the test ends.
+func (d *Device) NewAK(t testing.TB, alg goattest.Algorithm) *goattest.AK {
+	t.Helper()
+	ak, err := d.TPM.NewAK(&goattest.AKConfig{Algorithm: alg})
+	if err != nil {
+		t.Fatalf("NewAK: %v", err)
+	}
+	t.Cleanup(func() { ak.Close(d.TPM) })
+	return ak
+}
