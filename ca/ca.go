@@ -1,0 +1,369 @@
+// Package ca is Gatehouse's embedded step-ca: it creates the appliance PKI
+// and issues device and server certificates through step-ca's authority.
+//
+// Guarantees:
+//   - Private keys are encrypted at rest (PKCS#8, password-based); the data
+//     directory alone does not yield a usable key.
+//   - Device certificates carry exactly the identity the appliance decided:
+//     CN = device ID and one SPIFFE URI SAN; whatever names the CSR asks
+//     for are dropped. They are valid now (notBefore is backdated one minute,
+//     notAfter set explicitly), for client authentication only.
+//   - The serial of a device certificate is chosen by the caller, so it can be
+//     committed to the registry before the certificate exists.
+//
+// Non-guarantees:
+//   - Nothing here checks that the caller verified the device; the caller
+//     (server) issues only after attestation and a Raft commit.
+//   - Revocation and CRLs are not wired yet (no step-ca database).
+//   - The decrypted intermediate key lives in process memory while open.
+package ca
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/smallstep/certificates/authority"
+	"github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/authority/provisioner"
+	"go.step.sm/crypto/pemutil"
+	"go.step.sm/crypto/x509util"
+	"golang.org/x/crypto/hkdf"
+)
+
+// Files in a CA directory.
+const (
+	RootCertFile         = "root.crt"
+	IntermediateCertFile = "intermediate.crt"
+	rootKeyFile          = "root.key"
+	intermediateKeyFile  = "intermediate.key"
+)
+
+// Sentinel errors.
+var (
+	ErrExists      = errors.New("a CA already exists in this directory")
+	ErrNoPassword  = errors.New("a non-empty password is required to encrypt CA keys")
+	ErrBadPassword = errors.New("CA key password is incorrect")
+	ErrBadProfile  = errors.New("invalid certificate profile")
+)
+
+const (
+	rootValidity         = 20 * 365 * 24 * time.Hour
+	intermediateValidity = 10 * 365 * 24 * time.Hour
+	backdate             = time.Minute
+	maxLeafValidity      = 365 * 24 * time.Hour
+)
+
+// InitOption configures Init.
+type InitOption func(*initOptions)
+
+type initOptions struct{ org string }
+
+// WithOrganization sets the organization in the CA names (default "Gatehouse").
+func WithOrganization(org string) InitOption { return func(o *initOptions) { o.org = org } }
+
+// Init creates a root and an intermediate (ECDSA P-256) in dir. Both keys
+// are written encrypted under password.
+func Init(dir string, password []byte, opts ...InitOption) error {
+	o := initOptions{org: "Gatehouse"}
+	for _, fn := range opts {
+		fn(&o)
+	}
+	if len(password) == 0 {
+		return ErrNoPassword
+	}
+	if _, err := os.Stat(filepath.Join(dir, RootCertFile)); err == nil {
+		return fmt.Errorf("%s: %w", dir, ErrExists)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	now := time.Now()
+	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	root, err := caCertificate(o.org+" Root CA", o.org, x509util.DefaultRootTemplate, rootKey, nil, rootKey, now, rootValidity)
+	if err != nil {
+		return fmt.Errorf("create root: %w", err)
+	}
+	intKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	inter, err := caCertificate(o.org+" Intermediate CA", o.org, x509util.DefaultIntermediateTemplate, intKey, root, rootKey, now, intermediateValidity)
+	if err != nil {
+		return fmt.Errorf("create intermediate: %w", err)
+	}
+	for _, f := range []struct {
+		name string
+		key  crypto.Signer
+	}{{rootKeyFile, rootKey}, {intermediateKeyFile, intKey}} {
+		blk, err := pemutil.Serialize(f.key, pemutil.WithPassword(password), pemutil.WithPKCS8(true))
+		if err != nil {
+			return fmt.Errorf("encrypt %s: %w", f.name, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f.name), pem.EncodeToMemory(blk), 0o600); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, IntermediateCertFile), pemCert(inter), 0o644); err != nil {
+		return err
+	}
+	// The root certificate goes last: its presence marks a complete PKI.
+	return os.WriteFile(filepath.Join(dir, RootCertFile), pemCert(root), 0o644)
+}
+
+func caCertificate(cn, org, tmpl string, key crypto.Signer, parent *x509.Certificate, parentKey crypto.Signer, now time.Time, validity time.Duration) (*x509.Certificate, error) {
+	cr, err := x509util.CreateCertificateRequest(cn, nil, key)
+	if err != nil {
+		return nil, err
+	}
+	data := x509util.CreateTemplateData(cn, nil)
+	data.SetSubject(x509util.Subject{CommonName: cn, Organization: x509util.MultiString{org}})
+	cert, err := x509util.NewCertificate(cr, x509util.WithTemplate(tmpl, data))
+	if err != nil {
+		return nil, err
+	}
+	t := cert.GetCertificate()
+	t.NotBefore, t.NotAfter = now.Add(-backdate), now.Add(validity)
+	if parent == nil {
+		parent = t
+	}
+	return x509util.CreateCertificate(t, parent, key.Public(), parentKey)
+}
+
+func pemCert(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
+
+// CA is an open, unlocked CA.
+type CA struct {
+	auth         *authority.Authority
+	root         *x509.Certificate
+	intermediate *x509.Certificate
+	tokenKey     []byte
+}
+
+// Option configures Open. There are none yet; the type keeps Open's
+// signature stable for the replicated database and CRL options to come.
+type Option func(*CA)
+
+// Open decrypts the intermediate key in dir and starts an in-process step-ca
+// authority that signs with it.
+func Open(dir string, password []byte, opts ...Option) (*CA, error) {
+	root, err := readCert(filepath.Join(dir, RootCertFile))
+	if err != nil {
+		return nil, err
+	}
+	inter, err := readCert(filepath.Join(dir, IntermediateCertFile))
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, intermediateKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	key, err := pemutil.Parse(keyPEM, pemutil.WithPassword(password))
+	if err != nil {
+		if strings.Contains(err.Error(), "password") || strings.Contains(err.Error(), "decrypt") {
+			return nil, fmt.Errorf("%s: %w", intermediateKeyFile, ErrBadPassword)
+		}
+		return nil, fmt.Errorf("%s: %w", intermediateKeyFile, err)
+	}
+	signer, ok := key.(*ecdsa.PrivateKey)
+	if !ok || !signer.PublicKey.Equal(inter.PublicKey) {
+		return nil, fmt.Errorf("%s does not match %s", intermediateKeyFile, IntermediateCertFile)
+	}
+	auth, err := authority.NewEmbedded(
+		authority.WithConfig(&config.Config{AuthorityConfig: &config.AuthConfig{
+			Backdate: &provisioner.Duration{Duration: backdate},
+		}}),
+		authority.WithX509RootCerts(root),
+		authority.WithX509Signer(inter, signer),
+		authority.WithQuietInit(),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("start step-ca authority: %w", err)
+	}
+	c := &CA{auth: auth, root: root, intermediate: inter, tokenKey: deriveTokenKey(signer)}
+	for _, fn := range opts {
+		fn(c)
+	}
+	return c, nil
+}
+
+func readCert(path string) (*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return pemutil.ParseCertificate(b)
+}
+
+// deriveTokenKey derives the session-token sealing key from the intermediate
+// key, so every node that can issue can also open every session token, and
+// no further secret has to be stored or replicated.
+func deriveTokenKey(k *ecdsa.PrivateKey) []byte {
+	key := make([]byte, 32)
+	r := hkdf.New(sha256.New, k.D.Bytes(), nil, []byte("gatehouse session-token v1"))
+	if _, err := io.ReadFull(r, key); err != nil {
+		panic(err) // HKDF-SHA256 can produce 32 bytes
+	}
+	return key
+}
+
+// Root is the appliance root certificate.
+func (c *CA) Root() *x509.Certificate { return c.root }
+
+// Intermediates is the issuing chain below the root.
+func (c *CA) Intermediates() []*x509.Certificate { return []*x509.Certificate{c.intermediate} }
+
+// TokenKey is the 32-byte session-token sealing key.
+func (c *CA) TokenKey() []byte { return append([]byte(nil), c.tokenKey...) }
+
+// NewSerial returns a random 128-bit positive serial number.
+func (c *CA) NewSerial() (*big.Int, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	b[0] &= 0x7f // positive in DER
+	b[0] |= 0x40 // and always 16 bytes long
+	return new(big.Int).SetBytes(b), nil
+}
+
+// DeviceProfile is what a device certificate says.
+type DeviceProfile struct {
+	DeviceID    string
+	TrustDomain string
+	Serial      *big.Int
+	Validity    time.Duration
+}
+
+var (
+	deviceIDRE    = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
+	trustDomainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$`)
+)
+
+func (p DeviceProfile) validate() error {
+	switch {
+	case !deviceIDRE.MatchString(p.DeviceID):
+		return fmt.Errorf("%w: device ID %q", ErrBadProfile, p.DeviceID)
+	case !trustDomainRE.MatchString(p.TrustDomain):
+		return fmt.Errorf("%w: trust domain %q", ErrBadProfile, p.TrustDomain)
+	case p.Serial == nil || p.Serial.Sign() <= 0:
+		return fmt.Errorf("%w: a positive serial is required", ErrBadProfile)
+	case p.Validity <= 0 || p.Validity > maxLeafValidity:
+		return fmt.Errorf("%w: validity %v must be in (0, %v]", ErrBadProfile, p.Validity, maxLeafValidity)
+	}
+	return nil
+}
+
+// IssueDevice signs a device certificate for the CSR's key through step-ca.
+// It returns the leaf followed by the intermediate.
+func (c *CA) IssueDevice(ctx context.Context, csr *x509.CertificateRequest, p DeviceProfile) ([]*x509.Certificate, error) {
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
+	spiffeID := &url.URL{Scheme: "spiffe", Host: p.TrustDomain, Path: "/device/" + p.DeviceID}
+	return c.sign(ctx, csr, p.Validity, func(crt *x509.Certificate) {
+		crt.SerialNumber = new(big.Int).Set(p.Serial)
+		crt.Subject = pkix.Name{CommonName: p.DeviceID}
+		crt.DNSNames, crt.IPAddresses, crt.EmailAddresses = nil, nil, nil
+		crt.URIs = []*url.URL{spiffeID}
+		crt.KeyUsage = x509.KeyUsageDigitalSignature
+		crt.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	})
+}
+
+// sign runs step-ca's SignWithContext with validity set explicitly: a bare
+// step-ca sign yields notBefore == notAfter, an already-expired certificate.
+func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, validity time.Duration, shape func(*x509.Certificate)) ([]*x509.Certificate, error) {
+	now := time.Now()
+	notBefore, notAfter := now.Add(-backdate), now.Add(validity)
+	chain, err := c.auth.SignWithContext(ctx, csr, provisioner.SignOptions{
+		NotBefore: provisioner.NewTimeDuration(notBefore),
+		NotAfter:  provisioner.NewTimeDuration(notAfter),
+	}, provisioner.CertificateModifierFunc(func(crt *x509.Certificate, _ provisioner.SignOptions) error {
+		// step-ca copies the CSR's extensions into ExtraExtensions, which
+		// would override the SANs set here: the CSR requests nothing.
+		crt.ExtraExtensions = nil
+		shape(crt)
+		crt.NotBefore, crt.NotAfter = notBefore, notAfter
+		crt.BasicConstraintsValid, crt.IsCA = true, false
+		return nil
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("step-ca sign: %w", err)
+	}
+	if leaf := chain[0]; now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter) {
+		return nil, fmt.Errorf("step-ca issued a certificate not valid now (%v..%v)", leaf.NotBefore, leaf.NotAfter)
+	}
+	return chain, nil
+}
+
+// IssueServer issues the appliance's HTTPS certificate for hosts (DNS names
+// or IP addresses), with a fresh P-256 key that never touches disk.
+func (c *CA) IssueServer(hosts []string, validity time.Duration) (tls.Certificate, error) {
+	if len(hosts) == 0 {
+		return tls.Certificate{}, fmt.Errorf("%w: no server hosts", ErrBadProfile)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.CertificateRequest{Subject: pkix.Name{CommonName: hosts[0]}}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	chain, err := c.sign(context.Background(), csr, validity, func(crt *x509.Certificate) {
+		crt.Subject = pkix.Name{CommonName: hosts[0]}
+		crt.DNSNames, crt.IPAddresses, crt.URIs, crt.EmailAddresses = nil, nil, nil, nil
+		for _, h := range hosts {
+			if ip := net.ParseIP(h); ip != nil {
+				crt.IPAddresses = append(crt.IPAddresses, ip)
+			} else {
+				crt.DNSNames = append(crt.DNSNames, h)
+			}
+		}
+		crt.KeyUsage = x509.KeyUsageDigitalSignature
+		crt.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	})
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	out := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, crt := range chain {
+		out.Certificate = append(out.Certificate, crt.Raw)
+	}
+	return out, nil
+}
+
+// Close releases the authority.
+func (c *CA) Close() error {
+	return c.auth.Shutdown()
+}
