@@ -265,7 +265,11 @@ func (c *Client) identity(r *api.CompleteResponse, key *attest.Key) (*Identity, 
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return nil, fmt.Errorf("issued certificate does not verify to the appliance root: %w", err)
 	}
-	if k, ok := leaf.PublicKey.(interface{ Equal(any) bool }); !ok || !k.Equal(key.Public()) {
+	want, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return nil, fmt.Errorf("device key: %w", err)
+	}
+	if !bytes.Equal(leaf.RawSubjectPublicKeyInfo, want) {
 		return nil, errors.New("issued certificate is not for the TPM device key")
 	}
 	return id, nil

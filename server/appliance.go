@@ -183,7 +183,7 @@ type Appliance struct {
 // Open starts a node from an initialized data directory: it unlocks the CA
 // with password, starts Raft, and starts serving the device API and the
 // admin socket. Close stops everything.
-func Open(dataDir string, password []byte, opts ...Option) (a *Appliance, err error) {
+func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err error) {
 	o := options{logger: slog.New(slog.DiscardHandler), now: time.Now}
 	for _, fn := range opts {
 		fn(&o)
@@ -199,7 +199,7 @@ func Open(dataDir string, password []byte, opts ...Option) (a *Appliance, err er
 	if err != nil {
 		return nil, fmt.Errorf("EK roots: %w", err)
 	}
-	a = &Appliance{cfg: cfg, dataDir: dataDir, log: o.logger}
+	a := &Appliance{cfg: cfg, dataDir: dataDir, log: o.logger}
 	defer func() {
 		if err != nil {
 			a.Close()

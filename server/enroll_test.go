@@ -6,22 +6,18 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	goattest "github.com/google/go-attestation/attest"
 	"github.com/google/go-tpm/legacy/tpm2"
-	"github.com/hashicorp/raft"
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
@@ -29,6 +25,7 @@ import (
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
 	"github.com/gatehouse-dev/gatehouse/server"
+	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
 
 const trustDomain = servertest.TrustDomain
@@ -474,7 +471,7 @@ func TestRestartKeepsRecords(t *testing.T) {
 		t.Fatalf("whoami after restart: %v", err)
 	}
 	d2 := e.newDevice(e.Mfr)
-	if _, err := e.Client.Enroll(context.Background(), d2.tpm); err != nil {
+	if _, err := e.Client.Enroll(context.Background(), d2.TPM); err != nil {
 		t.Fatalf("enroll after restart: %v", err)
 	}
 	if devs, _ := e.App.Node().Devices(); len(devs) != 2 {

@@ -5,8 +5,8 @@ package agent
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"

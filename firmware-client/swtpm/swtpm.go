@@ -160,7 +160,9 @@ func NewManufacturer(dir, name string) (*Manufacturer, error) {
 	return &Manufacturer{Dir: dir, Root: root, Intermediate: ekca}, nil
 }
 
-func pemCert(der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}) }
+func pemCert(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
 
 // LoadManufacturer loads a manufacturer created by NewManufacturer.
 func LoadManufacturer(dir string) (*Manufacturer, error) {

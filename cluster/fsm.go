@@ -1,0 +1,351 @@
+package cluster
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bDevices              = []byte("devices")
+	bAttestations         = []byte("attestations")
+	bAttestationsByDevice = []byte("attestations_by_device")
+	bSessions             = []byte("sessions")
+	bSessionsByExpiry     = []byte("sessions_by_expiry")
+	bMeta                 = []byte("meta")
+	allBuckets            = [][]byte{bAttestations, bAttestationsByDevice, bDevices, bMeta, bSessions, bSessionsByExpiry}
+	keyAppliedIndex       = []byte("applied_index")
+)
+
+// fsm is the registry state machine, kept in bbolt. The applied index is
+// stored in the same transaction as the entries it covers, so after a
+// restart the FSM resumes where it stopped instead of replaying the log
+// from the last snapshot.
+type fsm struct {
+	path  string
+	fatal func(error)
+
+	mu sync.RWMutex // guards db against Restore swapping it
+	db *bolt.DB
+}
+
+var (
+	_ raft.FSM         = (*fsm)(nil)
+	_ raft.BatchingFSM = (*fsm)(nil)
+)
+
+func openFSM(path string, fatal func(error)) (*fsm, error) {
+	db, err := openBolt(path)
+	if err != nil {
+		return nil, err
+	}
+	return &fsm{path: path, fatal: fatal, db: db}, nil
+}
+
+func openBolt(path string) (*bolt.DB, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+func (f *fsm) close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.db.Close()
+}
+
+func (f *fsm) view(fn func(tx *bolt.Tx) error) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.db.View(fn)
+}
+
+// appliedIndex is the index of the last entry whose effects are stored.
+func (f *fsm) appliedIndex() (idx uint64) {
+	_ = f.view(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bMeta).Get(keyAppliedIndex); len(v) == 8 {
+			idx = binary.BigEndian.Uint64(v)
+		}
+		return nil
+	})
+	return idx
+}
+
+// Apply applies one entry.
+func (f *fsm) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
+
+// ApplyBatch decodes the entries outside the write transaction, then applies
+// them all in one bolt transaction: one fsync per batch instead of per entry.
+func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
+	results := make([]any, len(logs))
+	type decoded struct {
+		cmd *command
+		op  op
+	}
+	ops := make([]decoded, len(logs))
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		c, o, err := decodeCommand(l.Data)
+		if err != nil {
+			f.fatal(fmt.Errorf("raft index %d: %w", l.Index, err))
+			results[i] = applyResult{Err: err}
+			continue
+		}
+		ops[i] = decoded{c, o}
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	err := f.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bMeta)
+		var applied uint64
+		if v := meta.Get(keyAppliedIndex); len(v) == 8 {
+			applied = binary.BigEndian.Uint64(v)
+		}
+		var last time.Time
+		for i, l := range logs {
+			if l.Index <= applied || ops[i].op == nil {
+				continue // already applied before a restart, or not a command
+			}
+			results[i] = ops[i].op.apply(tx, l.Index, ops[i].cmd.Time)
+			last = ops[i].cmd.Time
+		}
+		if !last.IsZero() {
+			if err := pruneSessions(tx, last); err != nil {
+				return err
+			}
+		}
+		if top := logs[len(logs)-1].Index; top > applied {
+			return meta.Put(keyAppliedIndex, be64(top))
+		}
+		return nil
+	})
+	if err != nil {
+		// The store cannot take writes: continuing would diverge.
+		f.fatal(fmt.Errorf("apply batch ending at raft index %d: %w", logs[len(logs)-1].Index, err))
+		for i := range results {
+			results[i] = applyResult{Err: err}
+		}
+	}
+	return results
+}
+
+// Snapshot opens a read transaction (cheap); Persist streams it.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	tx, err := f.db.Begin(false)
+	if err != nil {
+		return nil, err
+	}
+	return &fsmSnapshot{tx: tx}, nil
+}
+
+type fsmSnapshot struct{ tx *bolt.Tx }
+
+// Persist writes a consistent copy of the whole database.
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := s.tx.WriteTo(sink); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() { _ = s.tx.Rollback() }
+
+// Restore replaces all state with the snapshot's. The applied index is reset:
+// a snapshot restored into another cluster (disaster recovery) comes with
+// indexes that mean nothing there, and raft re-applies everything after the
+// snapshot anyway.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	tmp := f.path + ".restore"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, rc); err != nil {
+		out.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("restore: %w", err)
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	// Check the copy opens before discarding the current state.
+	check, err := openBolt(tmp)
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("restore: snapshot is not a registry: %w", err)
+	}
+	err = check.Update(func(tx *bolt.Tx) error { return tx.Bucket(bMeta).Delete(keyAppliedIndex) })
+	check.Close()
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.db.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, f.path); err != nil {
+		return err
+	}
+	f.db, err = openBolt(f.path)
+	return err
+}
+
+// stateHash hashes every bucket but meta, in a fixed order: two replicas
+// with equal hashes hold the same registry.
+func (f *fsm) stateHash() (string, error) {
+	h := sha256.New()
+	err := f.view(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if bytes.Equal(name, bMeta) {
+				continue
+			}
+			writeLenPrefixed(h, name)
+			if err := tx.Bucket(name).ForEach(func(k, v []byte) error {
+				writeLenPrefixed(h, k)
+				writeLenPrefixed(h, v)
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return hex.EncodeToString(h.Sum(nil)), err
+}
+
+func writeLenPrefixed(w io.Writer, b []byte) {
+	w.Write(be64(uint64(len(b))))
+	w.Write(b)
+}
+
+func getDevice(tx *bolt.Tx, id string) (Device, error) {
+	var d Device
+	v := tx.Bucket(bDevices).Get([]byte(id))
+	if v == nil {
+		return d, fmt.Errorf("device %q: %w", id, ErrNotFound)
+	}
+	return d, json.Unmarshal(v, &d)
+}
+
+func (f *fsm) device(id string) (d Device, err error) {
+	err = f.view(func(tx *bolt.Tx) error {
+		d, err = getDevice(tx, id)
+		return err
+	})
+	return d, err
+}
+
+func (f *fsm) devices() ([]Device, error) {
+	var out []Device
+	err := f.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bDevices).ForEach(func(_, v []byte) error {
+			var d Device
+			if err := json.Unmarshal(v, &d); err != nil {
+				return err
+			}
+			out = append(out, d)
+			return nil
+		})
+	})
+	return out, err
+}
+
+func (f *fsm) attestation(id uint64) (a AttestationRecord, err error) {
+	err = f.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bAttestations).Get(be64(id))
+		if v == nil {
+			return fmt.Errorf("attestation %d: %w", id, ErrNotFound)
+		}
+		return json.Unmarshal(v, &a)
+	})
+	return a, err
+}
+
+func (f *fsm) attestations(q AttestationQuery) ([]AttestationRecord, error) {
+	var out []AttestationRecord
+	full := func() bool { return q.Limit > 0 && len(out) >= q.Limit }
+	err := f.view(func(tx *bolt.Tx) error {
+		recs := tx.Bucket(bAttestations)
+		add := func(v []byte) error {
+			var a AttestationRecord
+			if err := json.Unmarshal(v, &a); err != nil {
+				return err
+			}
+			out = append(out, a)
+			return nil
+		}
+		if q.DeviceID == "" {
+			c := recs.Cursor()
+			for k, v := c.Last(); k != nil && !full(); k, v = c.Prev() {
+				if err := add(v); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		prefix := append([]byte(q.DeviceID), 0)
+		c := tx.Bucket(bAttestationsByDevice).Cursor()
+		// Seek past the device's last key, then walk back.
+		k, _ := c.Seek(append(append([]byte(nil), prefix...), bytes.Repeat([]byte{0xff}, 9)...))
+		if k == nil {
+			k, _ = c.Last()
+		} else {
+			k, _ = c.Prev()
+		}
+		for ; k != nil && bytes.HasPrefix(k, prefix) && !full(); k, _ = c.Prev() {
+			v := recs.Get(k[len(prefix):])
+			if v == nil {
+				return errors.New("attestation index points at a missing record")
+			}
+			if err := add(v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (f *fsm) sessionUsed(id string) (used bool, err error) {
+	err = f.view(func(tx *bolt.Tx) error {
+		used = sessionUsed(tx, id)
+		return nil
+	})
+	return used, err
+}

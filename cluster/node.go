@@ -1,0 +1,264 @@
+// Package cluster is Gatehouse's replicated device registry: a Raft node
+// (hashicorp/raft with raft-boltdb) whose state machine keeps devices,
+// attestation records and used enrollment sessions in bbolt.
+//
+// Every write is a versioned command applied through Raft; a write
+// acknowledged by Commit* is durable on a quorum and applied to the local
+// state before the call returns.
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+)
+
+// Config identifies a node and where it keeps its state.
+type Config struct {
+	NodeID   string
+	DataDir  string
+	RaftAddr string // bind address of the Raft transport, e.g. 127.0.0.1:8300 (port 0 picks one)
+	Logger   *slog.Logger
+}
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	raftConfig   func(*raft.Config)
+	fatal        func(error)
+	applyTimeout time.Duration
+}
+
+// WithRaftConfig adjusts the Raft configuration (tests shorten timeouts).
+func WithRaftConfig(fn func(*raft.Config)) Option { return func(o *options) { o.raftConfig = fn } }
+
+// WithFatalHook replaces what happens when the FSM meets an entry it cannot
+// apply (default: log and panic, so the replica stops instead of diverging).
+func WithFatalHook(fn func(error)) Option { return func(o *options) { o.fatal = fn } }
+
+// WithApplyTimeout bounds how long a commit waits to enter the Raft pipeline.
+func WithApplyTimeout(d time.Duration) Option { return func(o *options) { o.applyTimeout = d } }
+
+// Node is one member of the registry's Raft cluster.
+type Node struct {
+	cfg          Config
+	log          *slog.Logger
+	raft         *raft.Raft
+	fsm          *fsm
+	store        *raftboltdb.BoltStore
+	transport    *raft.NetworkTransport
+	applyTimeout time.Duration
+	closeOnce    sync.Once
+	closeErr     error
+}
+
+// Open starts a node. A node with no Raft state bootstraps a single-node
+// cluster of itself.
+func Open(cfg Config, opts ...Option) (n *Node, err error) {
+	if cfg.NodeID == "" || cfg.DataDir == "" || cfg.RaftAddr == "" {
+		return nil, errors.New("cluster: NodeID, DataDir and RaftAddr are required")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	o := options{applyTimeout: 10 * time.Second}
+	o.fatal = func(err error) {
+		log.Error("registry state machine cannot continue", "err", err)
+		panic(err)
+	}
+	for _, fn := range opts {
+		fn(&o)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	n = &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	raftLog := &slogWriter{log: log}
+	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: raftLog})
+
+	if n.fsm, err = openFSM(filepath.Join(cfg.DataDir, "fsm.db"), o.fatal); err != nil {
+		return nil, err
+	}
+	if n.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
+		return nil, fmt.Errorf("open raft log: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hlog)
+	if err != nil {
+		return nil, fmt.Errorf("open snapshot store: %w", err)
+	}
+	if n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, hlog); err != nil {
+		return nil, fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
+	}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = hlog
+	if o.raftConfig != nil {
+		o.raftConfig(rc)
+	}
+	// The FSM persists its applied index; restoring a snapshot over it at
+	// start would only roll it back. Restore only when it is missing or
+	// behind the newest snapshot (fsm.db lost or replaced).
+	applied := n.fsm.appliedIndex()
+	if metas, err := snaps.List(); err == nil {
+		rc.NoSnapshotRestoreOnStart = applied > 0 && (len(metas) == 0 || applied >= metas[0].Index)
+	}
+
+	existing, err := raft.HasExistingState(n.store, n.store, snaps)
+	if err != nil {
+		return nil, err
+	}
+	if n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, n.transport); err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	if !existing {
+		boot := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: n.transport.LocalAddr()}}}
+		if err := n.raft.BootstrapCluster(boot).Error(); err != nil {
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+	return n, nil
+}
+
+// WaitLeader blocks until the cluster has a leader.
+func (n *Node) WaitLeader(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if addr, _ := n.raft.LeaderWithID(); addr != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no Raft leader: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// IsLeader reports whether this node leads.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// RaftAddr is the transport's bound address.
+func (n *Node) RaftAddr() string { return string(n.transport.LocalAddr()) }
+
+// CommitEnrollment records a verified enrollment and consumes its session.
+// It fails with ErrSessionUsed, changing nothing, if the session was used.
+func (n *Node) CommitEnrollment(ctx context.Context, sessionID string, sessionExpires time.Time, d Device, a AttestationRecord) (uint64, error) {
+	if sessionID == "" || d.ID == "" {
+		return 0, errors.New("cluster: an enrollment needs a session and a device ID")
+	}
+	return n.apply(ctx, "enrollment.accept", 1, &acceptEnrollment{SessionID: sessionID, SessionExpires: sessionExpires, Device: d, Attestation: a})
+}
+
+// CommitRejection records a refused attempt; sessionID, if set, is consumed.
+func (n *Node) CommitRejection(ctx context.Context, sessionID string, sessionExpires time.Time, a AttestationRecord) (uint64, error) {
+	return n.apply(ctx, "attestation.reject", 1, &rejectAttestation{SessionID: sessionID, SessionExpires: sessionExpires, Attestation: a})
+}
+
+func (n *Node) apply(ctx context.Context, typ string, version int, payload any) (uint64, error) {
+	b, err := encodeCommand(typ, version, time.Now().UTC(), payload)
+	if err != nil {
+		return 0, err
+	}
+	timeout := n.applyTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = time.Until(dl)
+	}
+	f := n.raft.Apply(b, timeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrRaftShutdown) {
+			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		return 0, err
+	}
+	res, ok := f.Response().(applyResult)
+	if !ok {
+		return 0, fmt.Errorf("cluster: unexpected apply response %T", f.Response())
+	}
+	return res.AttestationID, res.Err
+}
+
+// Device returns a device, or an error wrapping ErrNotFound. Reads are
+// local: on a single node they see every acknowledged write.
+func (n *Node) Device(id string) (Device, error) { return n.fsm.device(id) }
+
+// Devices lists every device, sorted by ID.
+func (n *Node) Devices() ([]Device, error) {
+	ds, err := n.fsm.devices()
+	sort.Slice(ds, func(i, j int) bool { return ds[i].ID < ds[j].ID })
+	return ds, err
+}
+
+// Attestation returns one record, or an error wrapping ErrNotFound.
+func (n *Node) Attestation(id uint64) (AttestationRecord, error) { return n.fsm.attestation(id) }
+
+// Attestations lists records, newest first.
+func (n *Node) Attestations(q AttestationQuery) ([]AttestationRecord, error) {
+	return n.fsm.attestations(q)
+}
+
+// SessionUsed reports whether a session has been consumed.
+func (n *Node) SessionUsed(sessionID string) (bool, error) { return n.fsm.sessionUsed(sessionID) }
+
+// StateHash is a content hash of the registry.
+func (n *Node) StateHash() (string, error) { return n.fsm.stateHash() }
+
+// Snapshot makes Raft take a snapshot now.
+func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
+
+// Close stops Raft and closes the stores. It is idempotent.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		var errs []error
+		if n.raft != nil {
+			errs = append(errs, n.raft.Shutdown().Error())
+		}
+		if n.transport != nil {
+			errs = append(errs, n.transport.Close())
+		}
+		if n.store != nil {
+			errs = append(errs, n.store.Close())
+		}
+		if n.fsm != nil {
+			errs = append(errs, n.fsm.close())
+		}
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
+}
+
+// slogWriter forwards hclog's lines to slog at warn level.
+type slogWriter struct{ log *slog.Logger }
+
+func (w *slogWriter) Write(p []byte) (int, error) {
+	s := bufio.NewScanner(strings.NewReader(string(p)))
+	for s.Scan() {
+		if line := strings.TrimSpace(s.Text()); line != "" {
+			w.log.Warn(line)
+		}
+	}
+	return len(p), nil
+}
+
+var _ io.Writer = (*slogWriter)(nil)

@@ -1,0 +1,116 @@
+package cluster
+
+import (
+	"errors"
+	"time"
+)
+
+// Sentinel errors.
+var (
+	// ErrNotFound: no such device or attestation record.
+	ErrNotFound = errors.New("not found")
+	// ErrSessionUsed: an enrollment session completes at most once; a
+	// command naming a used session changes nothing.
+	ErrSessionUsed = errors.New("enrollment session already used")
+	// ErrUnknownCommand: a command type or version this build cannot apply.
+	// A replica that met one stops (see WithFatalHook) rather than diverge.
+	ErrUnknownCommand = errors.New("unknown command")
+	// ErrNotLeader: this node cannot commit now; retry (against the leader).
+	ErrNotLeader = errors.New("not the Raft leader")
+)
+
+// Device states.
+const DeviceActive = "active"
+
+// Attestation outcomes.
+const (
+	OutcomeAccepted = "accepted"
+	OutcomeRejected = "rejected"
+)
+
+// Claims are what a device says about itself: recorded, never trusted.
+type Claims struct {
+	Serial          string `json:"serial,omitempty"`
+	Model           string `json:"model,omitempty"`
+	FirmwareVersion string `json:"firmware_version,omitempty"`
+}
+
+// EKInfo describes a device's endorsement key.
+type EKInfo struct {
+	PublicSHA256      string `json:"public_sha256"` // hex SHA-256 of the PKIX DER
+	CertificateSHA256 string `json:"certificate_sha256,omitempty"`
+	Issuer            string `json:"issuer,omitempty"`
+	Serial            string `json:"serial,omitempty"`
+	Manufacturer      string `json:"manufacturer,omitempty"`
+	Model             string `json:"model,omitempty"`
+	Version           string `json:"version,omitempty"`
+}
+
+// Device is a registry entry.
+type Device struct {
+	ID                string    `json:"id"`
+	Status            string    `json:"status"`
+	EK                EKInfo    `json:"ek"`
+	AKPublicSHA256    string    `json:"ak_public_sha256"`
+	Claims            Claims    `json:"claims"`
+	CertificateSerial string    `json:"certificate_serial"`
+	EnrolledAt        time.Time `json:"enrolled_at"`
+	LastEnrolledAt    time.Time `json:"last_enrolled_at"`
+	Enrollments       int       `json:"enrollments"`
+	LastAttestationID uint64    `json:"last_attestation_id"`
+}
+
+// PCRValue is one PCR as quoted.
+type PCRValue struct {
+	Index  int    `json:"index"`
+	Digest string `json:"digest"` // hex
+}
+
+// Evidence summarizes what a device presented.
+type Evidence struct {
+	EK                 *EKInfo    `json:"ek,omitempty"`
+	AKPublicSHA256     string     `json:"ak_public_sha256,omitempty"`
+	AKAlgorithm        string     `json:"ak_algorithm,omitempty"`
+	Claims             Claims     `json:"claims"`
+	Nonce              string     `json:"nonce,omitempty"`
+	PCRBank            string     `json:"pcr_bank,omitempty"`
+	PCRs               []PCRValue `json:"pcrs,omitempty"`
+	EventLogSHA256     string     `json:"event_log_sha256,omitempty"`
+	EventLogEvents     int        `json:"event_log_events,omitempty"`
+	DeviceKeySHA256    string     `json:"device_key_sha256,omitempty"`
+	DeviceKeyAlgorithm string     `json:"device_key_algorithm,omitempty"`
+}
+
+// Check is one verification step's outcome.
+type Check struct {
+	Name   string `json:"name"`
+	Passed bool   `json:"passed"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// AttestationRecord is what was proven in one enrollment attempt, and why it
+// passed or failed.
+type AttestationRecord struct {
+	// ID is the Raft log index of the command that stored the record: the
+	// same on every replica, and increasing in commit order.
+	ID        uint64    `json:"id"`
+	Time      time.Time `json:"time"`
+	Node      string    `json:"node"`
+	DeviceID  string    `json:"device_id,omitempty"`
+	SessionID string    `json:"session_id,omitempty"`
+	Stage     string    `json:"stage"`   // "challenge" | "complete"
+	Outcome   string    `json:"outcome"` // OutcomeAccepted | OutcomeRejected
+	Code      string    `json:"code,omitempty"`
+	Reason    string    `json:"reason,omitempty"`
+	Checks    []Check   `json:"checks,omitempty"`
+	Evidence  Evidence  `json:"evidence"`
+	// CertificateSerial (hex) is reserved before commit; the certificate is
+	// issued only after this record commits.
+	CertificateSerial string `json:"certificate_serial,omitempty"`
+}
+
+// AttestationQuery selects attestation records, newest first.
+type AttestationQuery struct {
+	DeviceID string // empty: all devices
+	Limit    int    // <= 0: no limit
+}
