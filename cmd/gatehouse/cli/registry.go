@@ -191,8 +191,8 @@ func printAttestation(w io.Writer, r cluster.AttestationRecord) {
 	if e.Nonce != "" {
 		fmt.Fprintf(w, "nonce:\t%s\n", e.Nonce)
 	}
-	for _, p := range e.PCRs {
-		fmt.Fprintf(w, "PCR %s[%d]:\t%s\n", e.PCRBank, p.Index, p.Digest)
+	for _, g := range groupPCRs(e.PCRs) {
+		fmt.Fprintf(w, "PCR %s[%s]:\t%s\n", e.PCRBank, g.indexes, g.digest)
 	}
 	if e.EventLogSHA256 != "" {
 		fmt.Fprintf(w, "event log:\t%d events, sha256 %s\n", e.EventLogEvents, e.EventLogSHA256)
@@ -208,4 +208,41 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+type pcrGroup struct{ indexes, digest string }
+
+// groupPCRs folds PCRs with the same value into one line ("0-7,23"), so
+// the unextended ones do not drown the interesting ones.
+func groupPCRs(pcrs []cluster.PCRValue) []pcrGroup {
+	var groups []pcrGroup
+	byDigest := map[string][]int{}
+	var order []string
+	for _, p := range pcrs {
+		if _, ok := byDigest[p.Digest]; !ok {
+			order = append(order, p.Digest)
+		}
+		byDigest[p.Digest] = append(byDigest[p.Digest], p.Index)
+	}
+	for _, d := range order {
+		groups = append(groups, pcrGroup{indexes: ranges(byDigest[d]), digest: d})
+	}
+	return groups
+}
+
+func ranges(idx []int) string {
+	var parts []string
+	for i := 0; i < len(idx); {
+		j := i
+		for j+1 < len(idx) && idx[j+1] == idx[j]+1 {
+			j++
+		}
+		if j > i {
+			parts = append(parts, fmt.Sprintf("%d-%d", idx[i], idx[j]))
+		} else {
+			parts = append(parts, strconv.Itoa(idx[i]))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ",")
 }
