@@ -2,7 +2,9 @@
 // demo. Each device gets a hermetic TPM state whose EK certificate is issued
 // by a test manufacturer CA that this package generates, through
 // swtpm_setup's own certificate tool (swtpm_localca), so the EK certificate
-// has the same shape as a vendor's: empty subject, critical TPM SAN, EK EKU.
+// has a vendor's shape: a critical SAN with TPM manufacturer, model and
+// version, and the EK EKU. (swtpm_localca puts CN=unknown in the subject,
+// where vendors leave it empty.)
 //
 // swtpm processes are children of the test process, stopped by PID.
 package swtpm

@@ -1,0 +1,346 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+func fastRaft(c *raft.Config) {
+	c.HeartbeatTimeout = 150 * time.Millisecond
+	c.ElectionTimeout = 150 * time.Millisecond
+	c.LeaderLeaseTimeout = 100 * time.Millisecond
+	c.CommitTimeout = 5 * time.Millisecond
+}
+
+func openNode(t *testing.T, dir string, opts ...Option) *Node {
+	t.Helper()
+	n, err := Open(Config{NodeID: "n1", DataDir: dir, RaftAddr: "127.0.0.1:0"}, append([]Option{WithRaftConfig(fastRaft)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+var t0 = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+
+func record(dev string, outcome string) AttestationRecord {
+	return AttestationRecord{Time: t0, Node: "n1", DeviceID: dev, Stage: "complete", Outcome: outcome, Evidence: Evidence{Nonce: "00"}}
+}
+
+func enroll(t *testing.T, n *Node, session, dev string) uint64 {
+	t.Helper()
+	id, err := n.CommitEnrollment(context.Background(), session, time.Now().Add(time.Minute),
+		Device{ID: dev, Status: DeviceActive, CertificateSerial: "s-" + session}, record(dev, OutcomeAccepted))
+	if err != nil {
+		t.Fatalf("commit %s: %v", session, err)
+	}
+	return id
+}
+
+func TestCommitAndRead(t *testing.T) {
+	n := openNode(t, t.TempDir())
+	ctx := context.Background()
+	a1 := enroll(t, n, "sess-1", "dev-a")
+	r1, err := n.CommitRejection(ctx, "sess-2", time.Now().Add(time.Minute), record("dev-a", OutcomeRejected))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2 := enroll(t, n, "sess-3", "dev-b")
+	if !(a1 < r1 && r1 < a2) {
+		t.Fatalf("attestation IDs not increasing in commit order: %d %d %d", a1, r1, a2)
+	}
+	d, err := n.Device("dev-a")
+	if err != nil || d.Enrollments != 1 || d.LastAttestationID != a1 || !d.EnrolledAt.Equal(t0) || d.CertificateSerial != "s-sess-1" {
+		t.Fatalf("device %+v %v", d, err)
+	}
+	recs, err := n.Attestations(AttestationQuery{DeviceID: "dev-a"})
+	if err != nil || len(recs) != 2 || recs[0].ID != r1 || recs[1].ID != a1 || recs[0].Outcome != OutcomeRejected {
+		t.Fatalf("dev-a records %+v %v", recs, err)
+	}
+	all, _ := n.Attestations(AttestationQuery{Limit: 2})
+	if len(all) != 2 || all[0].ID != a2 || all[1].ID != r1 {
+		t.Fatalf("newest two: %+v", all)
+	}
+	if devs, _ := n.Devices(); len(devs) != 2 || devs[0].ID != "dev-a" || devs[1].ID != "dev-b" {
+		t.Fatalf("devices %+v", devs)
+	}
+	if _, err := n.Device("nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing device: %v", err)
+	}
+	if _, err := n.Attestation(9999); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing attestation: %v", err)
+	}
+	// A rejection never creates a device.
+	if _, err := n.CommitRejection(ctx, "", time.Time{}, record("dev-z", OutcomeRejected)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Device("dev-z"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("rejection created a device: %v", err)
+	}
+}
+
+func TestSessionCompletesOnce(t *testing.T) {
+	n := openNode(t, t.TempDir())
+	enroll(t, n, "s1", "dev")
+	before, _ := n.StateHash()
+	_, err := n.CommitEnrollment(context.Background(), "s1", time.Now().Add(time.Minute), Device{ID: "dev"}, record("dev", OutcomeAccepted))
+	if !errors.Is(err, ErrSessionUsed) {
+		t.Fatalf("reused session: %v", err)
+	}
+	if after, _ := n.StateHash(); after != before {
+		t.Fatal("a refused command changed the state")
+	}
+	// A session consumed by a rejection cannot be completed either.
+	if _, err := n.CommitRejection(context.Background(), "s2", time.Now().Add(time.Minute), record("dev", OutcomeRejected)); err != nil {
+		t.Fatal(err)
+	}
+	if used, _ := n.SessionUsed("s2"); !used {
+		t.Fatal("rejection did not consume the session")
+	}
+	if _, err := n.CommitEnrollment(context.Background(), "s2", time.Now().Add(time.Minute), Device{ID: "dev"}, record("dev", OutcomeAccepted)); !errors.Is(err, ErrSessionUsed) {
+		t.Fatalf("session consumed by a rejection: %v", err)
+	}
+	// A new session for the same device is a second enrollment.
+	enroll(t, n, "s3", "dev")
+	if d, _ := n.Device("dev"); d.Enrollments != 2 || !d.EnrolledAt.Equal(t0) {
+		t.Fatalf("second enrollment: %+v", d)
+	}
+}
+
+func TestUnknownCommandIsFatal(t *testing.T) {
+	if _, _, err := decodeCommand([]byte(`{"type":"device.teleport","version":1,"payload":{}}`)); !errors.Is(err, ErrUnknownCommand) {
+		t.Fatalf("unknown type: %v", err)
+	}
+	if _, _, err := decodeCommand([]byte(`{"type":"enrollment.accept","version":9,"payload":{}}`)); !errors.Is(err, ErrUnknownCommand) {
+		t.Fatalf("unknown version: %v", err)
+	}
+	if _, _, err := decodeCommand([]byte(`not json`)); !errors.Is(err, ErrUnknownCommand) {
+		t.Fatalf("garbage: %v", err)
+	}
+
+	fatal := make(chan error, 4)
+	n := openNode(t, t.TempDir(), WithFatalHook(func(err error) { fatal <- err }))
+	before, _ := n.StateHash()
+	f := n.raft.Apply([]byte(`{"type":"device.teleport","version":1,"time":"2026-01-01T00:00:00Z","payload":{}}`), time.Second)
+	if err := f.Error(); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := f.Response().(applyResult); !errors.Is(res.Err, ErrUnknownCommand) {
+		t.Fatalf("response %+v", f.Response())
+	}
+	select {
+	case err := <-fatal:
+		if !errors.Is(err, ErrUnknownCommand) {
+			t.Fatalf("fatal hook got %v", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("fatal hook not called for an unknown command")
+	}
+	if after, _ := n.StateHash(); after != before {
+		t.Fatal("unknown command changed the state")
+	}
+}
+
+func TestSessionsArePruned(t *testing.T) {
+	n := openNode(t, t.TempDir())
+	ctx := context.Background()
+	old := time.Now().Add(-time.Hour)
+	if _, err := n.CommitRejection(ctx, "old", old, record("d", OutcomeRejected)); err != nil {
+		t.Fatal(err)
+	}
+	// The next command's time is now: "old" expired an hour ago, past retention.
+	if _, err := n.CommitRejection(ctx, "fresh", time.Now().Add(time.Minute), record("d", OutcomeRejected)); err != nil {
+		t.Fatal(err)
+	}
+	if used, _ := n.SessionUsed("old"); used {
+		t.Fatal("expired session not pruned")
+	}
+	if used, _ := n.SessionUsed("fresh"); !used {
+		t.Fatal("live session pruned")
+	}
+}
+
+// memSink is a raft.SnapshotSink in memory.
+type memSink struct {
+	bytes.Buffer
+	cancelled bool
+}
+
+func (s *memSink) ID() string    { return "mem" }
+func (s *memSink) Close() error  { return nil }
+func (s *memSink) Cancel() error { s.cancelled = true; return nil }
+
+func TestFSMSnapshotRestore(t *testing.T) {
+	n := openNode(t, t.TempDir())
+	for i := 0; i < 20; i++ {
+		enroll(t, n, fmt.Sprintf("s%d", i), fmt.Sprintf("dev-%d", i%7))
+	}
+	want, _ := n.StateHash()
+	snap, err := n.fsm.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil || sink.cancelled {
+		t.Fatal(err)
+	}
+	snap.Release()
+
+	fatal := func(err error) { t.Errorf("fatal: %v", err) }
+	other, err := openFSM(filepath.Join(t.TempDir(), "fsm.db"), fatal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.close()
+	// Pre-existing state must disappear on restore.
+	other.ApplyBatch([]*raft.Log{mustLog(t, 1, "stale-session", "stale-device")})
+	if err := other.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := other.stateHash(); got != want {
+		t.Fatalf("restored hash %s, want %s", got, want)
+	}
+	if _, err := other.device("stale-device"); !errors.Is(err, ErrNotFound) {
+		t.Fatal("restore kept state that was not in the snapshot")
+	}
+	if other.appliedIndex() != 0 {
+		t.Fatal("restore kept an applied index from another log")
+	}
+	if err := other.Restore(io.NopCloser(bytes.NewReader([]byte("garbage")))); err == nil {
+		t.Fatal("restored garbage")
+	}
+	if got, _ := other.stateHash(); got != want {
+		t.Fatal("a failed restore damaged the state")
+	}
+}
+
+func mustLog(t *testing.T, index uint64, session, dev string) *raft.Log {
+	t.Helper()
+	b, err := encodeCommand("enrollment.accept", 1, t0, &acceptEnrollment{SessionID: session, SessionExpires: t0.Add(time.Minute), Device: Device{ID: dev}, Attestation: record(dev, OutcomeAccepted)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &raft.Log{Index: index, Type: raft.LogCommand, Data: b}
+}
+
+func TestApplyBatch(t *testing.T) {
+	f, err := openFSM(filepath.Join(t.TempDir(), "fsm.db"), func(err error) { t.Errorf("fatal: %v", err) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.close()
+	res := f.ApplyBatch([]*raft.Log{
+		mustLog(t, 1, "a", "d1"),
+		{Index: 2, Type: raft.LogNoop},
+		mustLog(t, 3, "a", "d2"), // same session: refused
+		mustLog(t, 4, "b", "d1"),
+	})
+	if r := res[0].(applyResult); r.Err != nil || r.AttestationID != 1 {
+		t.Fatalf("entry 1: %+v", r)
+	}
+	if res[1] != nil {
+		t.Fatalf("no-op entry produced %v", res[1])
+	}
+	if r := res[2].(applyResult); !errors.Is(r.Err, ErrSessionUsed) {
+		t.Fatalf("entry 3: %+v", r)
+	}
+	if r := res[3].(applyResult); r.Err != nil || r.AttestationID != 4 {
+		t.Fatalf("entry 4: %+v", r)
+	}
+	if _, err := f.device("d2"); !errors.Is(err, ErrNotFound) {
+		t.Fatal("refused entry wrote a device")
+	}
+	if d, _ := f.device("d1"); d.Enrollments != 2 {
+		t.Fatalf("d1 %+v", d)
+	}
+	// Replaying entries at or below the applied index changes nothing.
+	before, _ := f.stateHash()
+	res = f.ApplyBatch([]*raft.Log{mustLog(t, 3, "c", "d3")})
+	if after, _ := f.stateHash(); after != before || res[0] != nil {
+		t.Fatal("an already-applied index was applied again")
+	}
+}
+
+func TestRestartRecovers(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		snapshot     bool
+		deleteFSM    bool
+		trailingLogs uint64
+	}{
+		{"log only", false, false, 10240},
+		{"snapshot and log", true, false, 2},
+		{"fsm.db lost: snapshot and log", true, true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := func(c *raft.Config) {
+				fastRaft(c)
+				c.TrailingLogs = tc.trailingLogs
+				c.SnapshotThreshold = 1 << 30 // only explicit snapshots
+			}
+			n, err := Open(Config{NodeID: "n1", DataDir: dir, RaftAddr: "127.0.0.1:0"}, WithRaftConfig(cfg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := n.WaitLeader(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 10; i++ {
+				enroll(t, n, fmt.Sprintf("s%d", i), fmt.Sprintf("dev-%d", i))
+			}
+			if tc.snapshot {
+				if err := n.Snapshot(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := 10; i < 15; i++ {
+				enroll(t, n, fmt.Sprintf("s%d", i), fmt.Sprintf("dev-%d", i))
+			}
+			want, _ := n.StateHash()
+			if err := n.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if tc.deleteFSM {
+				if err := os.Remove(filepath.Join(dir, "fsm.db")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n2 := openNode(t, dir, WithRaftConfig(cfg))
+			// Raft applies the log tail asynchronously after a restart.
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				got, _ := n2.StateHash()
+				if got == want {
+					break
+				}
+				if time.Now().After(deadline) {
+					devs, _ := n2.Devices()
+					t.Fatalf("state after restart differs: %d devices", len(devs))
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			enroll(t, n2, "after", "dev-new")
+			if used, _ := n2.SessionUsed("s3"); !used {
+				t.Fatal("used session forgotten across restart")
+			}
+		})
+	}
+}
