@@ -150,7 +150,11 @@ func (e *Enroller) verifyEK(req *api.ChallengeRequest, sess *session) (crypto.Pu
 		sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckEKChain, Detail: err.Error()})
 		return nil, err
 	}
-	sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckEKChain, Passed: true, Detail: "root: " + attest.Name(chain[len(chain)-1].Subject)})
+	detail := "anchor: " + attest.Name(chain[len(chain)-1].Subject)
+	if !ek.HasEKUsage() {
+		detail += "; no EK EKU (2.23.133.8.1)"
+	}
+	sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckEKChain, Passed: true, Detail: detail})
 	return ekPub, nil
 }
 
