@@ -344,3 +344,25 @@ func TestRestartRecovers(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkCommitRejection measures one Raft commit of an attestation record
+// (log append with fsync, FSM transaction with fsync) on a single node.
+func BenchmarkCommitRejection(b *testing.B) {
+	n, err := Open(Config{NodeID: "n1", DataDir: b.TempDir(), RaftAddr: "127.0.0.1:0"}, WithRaftConfig(fastRaft))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer n.Close()
+	ctx := context.Background()
+	if err := n.WaitLeader(ctx); err != nil {
+		b.Fatal(err)
+	}
+	rec := record("dev", OutcomeRejected)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := n.CommitRejection(ctx, fmt.Sprintf("s%d", i), time.Now().Add(time.Minute), rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
