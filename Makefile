@@ -38,7 +38,7 @@ test: deps vet
 	$(GO) test -count=1 -timeout 9m $(PKGS)
 
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 200x ./server/ ./ca/ ./attest/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 200x ./server/ ./cluster/ ./ca/
 
 demo: deps build
 	bash ./demo.sh

@@ -154,7 +154,7 @@ func VerifyCompletion(c Completion) (*Result, error) {
 		return r, r.fail(CheckCSRSignature, fmt.Errorf("%w: %v", ErrCSRInvalid, err))
 	}
 	r.pass(CheckCSRSignature, "")
-	if !publicKeysEqual(csr.PublicKey, pub) {
+	if !PublicKeysEqual(csr.PublicKey, pub) {
 		return r, r.fail(CheckCSRKey, fmt.Errorf("%w: the CSR is signed by a different key than the one the TPM certified", ErrCSRKeyMismatch))
 	}
 	r.pass(CheckCSRKey, "")
@@ -243,7 +243,8 @@ func verifyCertify(r *Result, c Completion) (crypto.PublicKey, error) {
 	return pub, nil
 }
 
-func publicKeysEqual(a, b crypto.PublicKey) bool {
+// PublicKeysEqual reports whether two public keys are the same key.
+func PublicKeysEqual(a, b crypto.PublicKey) bool {
 	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && ak.Equal(b)
 }

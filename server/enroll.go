@@ -133,7 +133,7 @@ func (e *Enroller) verifyEK(req *api.ChallengeRequest, sess *session) (crypto.Pu
 		}
 		return nil, err
 	}
-	if ekPub != nil && !publicKeysEqual(ekPub, ek.Cert.PublicKey) {
+	if ekPub != nil && !attest.PublicKeysEqual(ekPub, ek.Cert.PublicKey) {
 		e.recordEK(sess, ekPub)
 		return nil, fmt.Errorf("%w: the EK public key does not match the EK certificate", attest.ErrEKInvalid)
 	}
@@ -332,11 +332,6 @@ func convertPCRs(in []api.PCR) ([]goattest.PCR, string, error) {
 
 func claims(c api.Claims) cluster.Claims {
 	return cluster.Claims{Serial: c.Serial, Model: c.Model, FirmwareVersion: c.FirmwareVersion}
-}
-
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && ak.Equal(b)
 }
 
 func randomBytes(n int) []byte {
