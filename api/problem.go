@@ -50,6 +50,10 @@ const (
 	CodeCSRInvalid         = "csr_invalid"
 	CodeCSRKeyMismatch     = "csr_key_mismatch"
 	CodeUnauthenticated    = "unauthenticated"
+	CodeJoinTokenInvalid   = "join_token_invalid"
+	CodeJoinTokenExpired   = "join_token_expired"
+	CodeJoinTokenUsed      = "join_token_used"
+	CodeUnknownCommand     = "unknown_command" // a forwarded Raft command this leader cannot apply
 
 	// 404
 	CodeNotFound = "not_found"

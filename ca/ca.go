@@ -260,13 +260,13 @@ type DeviceProfile struct {
 }
 
 var (
-	deviceIDRE    = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
+	idRE    = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
 	trustDomainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$`)
 )
 
 func (p DeviceProfile) validate() error {
 	switch {
-	case !deviceIDRE.MatchString(p.DeviceID):
+	case !idRE.MatchString(p.DeviceID):
 		return fmt.Errorf("%w: device ID %q", ErrBadProfile, p.DeviceID)
 	case !trustDomainRE.MatchString(p.TrustDomain):
 		return fmt.Errorf("%w: trust domain %q", ErrBadProfile, p.TrustDomain)
@@ -327,12 +327,32 @@ func (c *CA) IssueServer(hosts []string, validity time.Duration) (tls.Certificat
 	if len(hosts) == 0 {
 		return tls.Certificate{}, fmt.Errorf("%w: no server hosts", ErrBadProfile)
 	}
+	return c.issueWithFreshKey(validity, func(crt *x509.Certificate) {
+		crt.Subject = pkix.Name{CommonName: hosts[0]}
+		setHosts(crt, hosts)
+		crt.KeyUsage = x509.KeyUsageDigitalSignature
+		crt.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	})
+}
+
+func setHosts(crt *x509.Certificate, hosts []string) {
+	crt.DNSNames, crt.IPAddresses = nil, nil
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			crt.IPAddresses = append(crt.IPAddresses, ip)
+		} else {
+			crt.DNSNames = append(crt.DNSNames, h)
+		}
+	}
+}
+
+// issueWithFreshKey signs a certificate for a new in-memory P-256 key.
+func (c *CA) issueWithFreshKey(validity time.Duration, shape func(*x509.Certificate)) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	tmpl := &x509.CertificateRequest{Subject: pkix.Name{CommonName: hosts[0]}}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
@@ -341,17 +361,8 @@ func (c *CA) IssueServer(hosts []string, validity time.Duration) (tls.Certificat
 		return tls.Certificate{}, err
 	}
 	chain, err := c.sign(context.Background(), csr, validity, func(crt *x509.Certificate) {
-		crt.Subject = pkix.Name{CommonName: hosts[0]}
-		crt.DNSNames, crt.IPAddresses, crt.URIs, crt.EmailAddresses = nil, nil, nil, nil
-		for _, h := range hosts {
-			if ip := net.ParseIP(h); ip != nil {
-				crt.IPAddresses = append(crt.IPAddresses, ip)
-			} else {
-				crt.DNSNames = append(crt.DNSNames, h)
-			}
-		}
-		crt.KeyUsage = x509.KeyUsageDigitalSignature
-		crt.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		crt.URIs, crt.EmailAddresses = nil, nil
+		shape(crt)
 	})
 	if err != nil {
 		return tls.Certificate{}, err
@@ -361,6 +372,54 @@ func (c *CA) IssueServer(hosts []string, validity time.Duration) (tls.Certificat
 		out.Certificate = append(out.Certificate, crt.Raw)
 	}
 	return out, nil
+}
+
+// IssueNode issues a cluster node's certificate: client and server auth, URI
+// SAN spiffe://<trust domain>/node/<id>, a fresh P-256 key in memory. Peers
+// admit each other on Raft and cluster RPC by this identity.
+func (c *CA) IssueNode(nodeID, trustDomain string, hosts []string, validity time.Duration) (tls.Certificate, error) {
+	if !idRE.MatchString(nodeID) || !trustDomainRE.MatchString(trustDomain) || validity <= 0 || validity > maxLeafValidity {
+		return tls.Certificate{}, fmt.Errorf("%w: node %q in %q for %v", ErrBadProfile, nodeID, trustDomain, validity)
+	}
+	id := &url.URL{Scheme: "spiffe", Host: trustDomain, Path: "/node/" + nodeID}
+	return c.issueWithFreshKey(validity, func(crt *x509.Certificate) {
+		crt.Subject = pkix.Name{CommonName: "gatehouse node " + nodeID}
+		crt.URIs = []*url.URL{id}
+		setHosts(crt, hosts)
+		crt.KeyUsage = x509.KeyUsageDigitalSignature
+		crt.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	})
+}
+
+// EncryptedKeyPEM returns the intermediate key exactly as stored: encrypted.
+// A joining node receives it and unlocks it with its own password file.
+func EncryptedKeyPEM(dir string) ([]byte, error) {
+	return os.ReadFile(filepath.Join(dir, intermediateKeyFile))
+}
+
+// Install writes a CA received from a cluster (root and intermediate
+// certificates, the encrypted intermediate key) into dir, then checks that
+// password unlocks it.
+func Install(dir string, rootPEM, intermediatePEM, encryptedKeyPEM, password []byte) error {
+	if _, err := os.Stat(filepath.Join(dir, RootCertFile)); err == nil {
+		return fmt.Errorf("%s: %w", dir, ErrExists)
+	}
+	if _, err := pemutil.Parse(encryptedKeyPEM, pemutil.WithPassword(password)); err != nil {
+		return fmt.Errorf("the cluster's CA key: %w (every node needs the same password file)", ErrBadPassword)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{{intermediateKeyFile, encryptedKeyPEM, 0o600}, {IntermediateCertFile, intermediatePEM, 0o644}, {RootCertFile, rootPEM, 0o644}} {
+		if err := os.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Close releases the authority.

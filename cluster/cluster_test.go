@@ -23,7 +23,7 @@ func fastRaft(c *raft.Config) {
 
 func openNode(t *testing.T, dir string, opts ...Option) *Node {
 	t.Helper()
-	n, err := Open(Config{NodeID: "n1", DataDir: dir, RaftAddr: "127.0.0.1:0"}, append([]Option{WithRaftConfig(fastRaft)}, opts...)...)
+	n, err := Open(Config{NodeID: "n1", DataDir: dir, RaftAddr: "127.0.0.1:0", Bootstrap: true}, append([]Option{WithRaftConfig(fastRaft)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func TestRestartRecovers(t *testing.T) {
 				c.TrailingLogs = tc.trailingLogs
 				c.SnapshotThreshold = 1 << 30 // only explicit snapshots
 			}
-			n, err := Open(Config{NodeID: "n1", DataDir: dir, RaftAddr: "127.0.0.1:0"}, WithRaftConfig(cfg))
+			n, err := Open(Config{NodeID: "n1", DataDir: dir, RaftAddr: "127.0.0.1:0", Bootstrap: true}, WithRaftConfig(cfg))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -348,7 +348,7 @@ func TestRestartRecovers(t *testing.T) {
 // BenchmarkCommitRejection measures one Raft commit of an attestation record
 // (log append with fsync, FSM transaction with fsync) on a single node.
 func BenchmarkCommitRejection(b *testing.B) {
-	n, err := Open(Config{NodeID: "n1", DataDir: b.TempDir(), RaftAddr: "127.0.0.1:0"}, WithRaftConfig(fastRaft))
+	n, err := Open(Config{NodeID: "n1", DataDir: b.TempDir(), RaftAddr: "127.0.0.1:0", Bootstrap: true}, WithRaftConfig(fastRaft))
 	if err != nil {
 		b.Fatal(err)
 	}

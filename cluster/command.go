@@ -41,6 +41,9 @@ type applyResult struct {
 var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"enrollment.accept", 1}:  decodeAs[acceptEnrollment],
 	{"attestation.reject", 1}: decodeAs[rejectAttestation],
+	{"member.set", 1}:         decodeAs[setMember],
+	{"jointoken.create", 1}:   decodeAs[createJoinToken],
+	{"jointoken.consume", 1}:  decodeAs[consumeJoinToken],
 }
 
 func decodeAs[T any, PT interface {

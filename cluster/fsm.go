@@ -24,8 +24,9 @@ var (
 	bSessions             = []byte("sessions")
 	bSessionsByExpiry     = []byte("sessions_by_expiry")
 	bMeta                 = []byte("meta")
-	allBuckets            = [][]byte{bAttestations, bAttestationsByDevice, bDevices, bMeta, bSessions, bSessionsByExpiry}
-	keyAppliedIndex       = []byte("applied_index")
+	// allBuckets is in name order: stateHash depends on it.
+	allBuckets      = [][]byte{bAttestations, bAttestationsByDevice, bDevices, bJoinTokens, bMembers, bMeta, bSessions, bSessionsByExpiry}
+	keyAppliedIndex = []byte("applied_index")
 )
 
 // fsm is the registry state machine, kept in bbolt. The applied index is

@@ -10,6 +10,7 @@ package cluster
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -31,7 +32,20 @@ type Config struct {
 	NodeID   string
 	DataDir  string
 	RaftAddr string // bind address of the Raft transport, e.g. 127.0.0.1:8300 (port 0 picks one)
-	Logger   *slog.Logger
+	// TLS, when set, carries Raft over mutual TLS with this config for both
+	// accepting and dialing; it must require client certificates. Nil means
+	// plain TCP (this package's own tests).
+	TLS *tls.Config
+	// Bootstrap makes a node without Raft state form a single-node cluster.
+	// A joining node leaves it false and waits for the leader to add it.
+	Bootstrap bool
+	Logger    *slog.Logger
+}
+
+// Forwarder carries an encoded command to the leader and returns what the
+// leader's ApplyForwarded returned. The appliance implements it over mTLS.
+type Forwarder interface {
+	Forward(ctx context.Context, leaderID string, cmd []byte) (uint64, error)
 }
 
 // Option configures Open.
@@ -41,7 +55,12 @@ type options struct {
 	raftConfig   func(*raft.Config)
 	fatal        func(error)
 	applyTimeout time.Duration
+	forwarder    Forwarder
 }
+
+// WithForwarder lets a follower forward writes to the leader. Without one, a
+// write on a follower fails with ErrNotLeader.
+func WithForwarder(f Forwarder) Option { return func(o *options) { o.forwarder = f } }
 
 // WithRaftConfig adjusts the Raft configuration (tests shorten timeouts).
 func WithRaftConfig(fn func(*raft.Config)) Option { return func(o *options) { o.raftConfig = fn } }
@@ -62,6 +81,8 @@ type Node struct {
 	store        *raftboltdb.BoltStore
 	transport    *raft.NetworkTransport
 	applyTimeout time.Duration
+	forwarder    Forwarder
+	existing     bool // had Raft state when opened
 	closeOnce    sync.Once
 	closeErr     error
 }
@@ -87,7 +108,7 @@ func Open(cfg Config, opts ...Option) (n *Node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	n = &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout}
+	n = &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, forwarder: o.forwarder}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -106,7 +127,13 @@ func Open(cfg Config, opts ...Option) (n *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
-	if n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, hlog); err != nil {
+	if cfg.TLS != nil {
+		stream, err := newTLSStreamLayer(cfg.RaftAddr, cfg.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
+		}
+		n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog})
+	} else if n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, hlog); err != nil {
 		return nil, fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 	}
 
@@ -124,14 +151,13 @@ func Open(cfg Config, opts ...Option) (n *Node, err error) {
 		rc.NoSnapshotRestoreOnStart = applied > 0 && (len(metas) == 0 || applied >= metas[0].Index)
 	}
 
-	existing, err := raft.HasExistingState(n.store, n.store, snaps)
-	if err != nil {
+	if n.existing, err = raft.HasExistingState(n.store, n.store, snaps); err != nil {
 		return nil, err
 	}
 	if n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, n.transport); err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	if !existing {
+	if !n.existing && cfg.Bootstrap {
 		boot := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: n.transport.LocalAddr()}}}
 		if err := n.raft.BootstrapCluster(boot).Error(); err != nil {
 			return nil, fmt.Errorf("bootstrap: %w", err)
@@ -139,6 +165,9 @@ func Open(cfg Config, opts ...Option) (n *Node, err error) {
 	}
 	return n, nil
 }
+
+// Fresh reports whether the node started without Raft state (a new node).
+func (n *Node) Fresh() bool { return !n.existing }
 
 // WaitLeader blocks until the cluster has a leader.
 func (n *Node) WaitLeader(ctx context.Context) error {
@@ -154,6 +183,14 @@ func (n *Node) WaitLeader(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// TransferLeadership hands leadership to another voter (leader only).
+func (n *Node) TransferLeadership() error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	return n.raft.LeadershipTransfer().Error()
 }
 
 // IsLeader reports whether this node leads.
@@ -181,6 +218,30 @@ func (n *Node) apply(ctx context.Context, typ string, version int, payload any) 
 	if err != nil {
 		return 0, err
 	}
+	if n.raft.State() != raft.Leader && n.forwarder != nil {
+		leader := n.LeaderID()
+		if leader == "" {
+			return 0, fmt.Errorf("%w: no leader elected", ErrNotLeader)
+		}
+		return n.forwarder.Forward(ctx, leader, b)
+	}
+	return n.applyLocal(ctx, b)
+}
+
+// ApplyForwarded applies a command a follower forwarded. The command is
+// decoded first: a command this leader does not know is refused here rather
+// than reaching the log, where every replica would have to stop on it.
+func (n *Node) ApplyForwarded(ctx context.Context, cmd []byte) (uint64, error) {
+	if _, _, err := decodeCommand(cmd); err != nil {
+		return 0, err
+	}
+	if n.raft.State() != raft.Leader {
+		return 0, ErrNotLeader
+	}
+	return n.applyLocal(ctx, cmd)
+}
+
+func (n *Node) applyLocal(ctx context.Context, b []byte) (uint64, error) {
 	timeout := n.applyTimeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)

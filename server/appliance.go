@@ -48,6 +48,9 @@ type Config struct {
 	Hostnames    []string `json:"hostnames"` // names and IPs in the HTTPS server certificate
 	CertValidity Duration `json:"cert_validity"`
 	SessionTTL   Duration `json:"session_ttl"`
+	// JoinSeed is the API address (host:port) this node joined through;
+	// empty for the node that created the cluster.
+	JoinSeed string `json:"join_seed,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes as "24h0m0s".
@@ -114,6 +117,12 @@ func Init(dataDir string, password []byte, cfg Config, ekRootsPEM []byte) error 
 	if err := ca.Init(filepath.Join(dataDir, caDir), password, ca.WithOrganization("Gatehouse "+cfg.TrustDomain)); err != nil {
 		return fmt.Errorf("init CA: %w", err)
 	}
+	return writeNodeFiles(dataDir, cfg, ekRootsPEM)
+}
+
+// writeNodeFiles writes the EK roots and, last, the configuration: its
+// presence marks a complete data directory.
+func writeNodeFiles(dataDir string, cfg Config, ekRootsPEM []byte) error {
 	if err := os.WriteFile(filepath.Join(dataDir, ekRootsFile), ekRootsPEM, 0o644); err != nil {
 		return err
 	}
@@ -121,7 +130,6 @@ func Init(dataDir string, password []byte, cfg Config, ekRootsPEM []byte) error 
 	if err != nil {
 		return err
 	}
-	// The config goes last: its presence marks a complete init.
 	return os.WriteFile(filepath.Join(dataDir, configFile), append(b, '\n'), 0o600)
 }
 
@@ -176,6 +184,11 @@ type Appliance struct {
 	deviceLn, adminLn net.Listener
 	deviceSrv         *http.Server
 	adminSrv          *http.Server
+	serverCert        *certSource
+	nodeCert          *certSource
+	nodeHTTP          *http.Client
+	ctx               context.Context // cancelled by Close: stops background loops
+	cancel            context.CancelFunc
 	closeOnce         sync.Once
 	closeErr          error
 }
@@ -200,6 +213,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		return nil, fmt.Errorf("EK roots: %w", err)
 	}
 	a := &Appliance{cfg: cfg, dataDir: dataDir, log: o.logger}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
 			a.Close()
@@ -212,12 +226,23 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	if err != nil {
 		return nil, err
 	}
+	if a.serverCert, err = newCertSource(func() (tls.Certificate, error) { return a.ca.IssueServer(cfg.Hostnames, serverCertValidity) }, a.log); err != nil {
+		return nil, fmt.Errorf("server certificate: %w", err)
+	}
+	if a.nodeCert, err = newCertSource(func() (tls.Certificate, error) {
+		return a.ca.IssueNode(cfg.NodeID, cfg.TrustDomain, cfg.Hostnames, nodeCertValidity)
+	}, a.log); err != nil {
+		return nil, fmt.Errorf("node certificate: %w", err)
+	}
+	a.nodeHTTP = a.nodeClient()
 	a.node, err = cluster.Open(cluster.Config{
-		NodeID:   cfg.NodeID,
-		DataDir:  filepath.Join(dataDir, raftDir),
-		RaftAddr: cfg.RaftAddr,
-		Logger:   o.logger.With("component", "raft"),
-	}, o.clusterOpts...)
+		NodeID:    cfg.NodeID,
+		DataDir:   filepath.Join(dataDir, raftDir),
+		RaftAddr:  cfg.RaftAddr,
+		TLS:       a.raftTLS(),
+		Bootstrap: cfg.JoinSeed == "",
+		Logger:    o.logger.With("component", "raft"),
+	}, append([]cluster.Option{cluster.WithForwarder(forwarder{a})}, o.clusterOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("open cluster node: %w", err)
 	}
@@ -239,6 +264,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	if err := a.serveAdmin(); err != nil {
 		return nil, err
 	}
+	go a.registerLoop(cfg.JoinSeed, a.node.Fresh())
 	return a, nil
 }
 
@@ -246,10 +272,6 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 // at the TLS layer (enrollment has none yet) and required by the handlers
 // that need them.
 func (a *Appliance) serveDevices() error {
-	srvCert, err := newServerCertSource(a.ca, a.cfg.Hostnames, a.log)
-	if err != nil {
-		return err
-	}
 	clientCAs := x509.NewCertPool()
 	clientCAs.AddCert(a.ca.Root())
 	for _, c := range a.ca.Intermediates() {
@@ -257,7 +279,7 @@ func (a *Appliance) serveDevices() error {
 	}
 	tlsCfg := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		GetCertificate: srvCert.get,
+		GetCertificate: a.serverCert.get,
 		ClientAuth:     tls.VerifyClientCertIfGiven,
 		ClientCAs:      clientCAs,
 	}
@@ -304,6 +326,9 @@ func (a *Appliance) WaitReady(ctx context.Context) error { return a.node.WaitLea
 // Close stops serving and shuts the node down.
 func (a *Appliance) Close() error {
 	a.closeOnce.Do(func() {
+		if a.cancel != nil {
+			a.cancel()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		var errs []error
@@ -323,11 +348,10 @@ func (a *Appliance) Close() error {
 	return a.closeErr
 }
 
-// serverCertSource hands out the HTTPS server certificate and reissues it
-// from the CA when two thirds of its lifetime have passed.
-type serverCertSource struct {
-	ca    *ca.CA
-	hosts []string
+// certSource hands out a certificate issued in memory and reissues it when
+// two thirds of its lifetime have passed.
+type certSource struct {
+	issue func() (tls.Certificate, error)
 	log   *slog.Logger
 	mu    sync.Mutex
 	cert  *tls.Certificate
@@ -335,15 +359,15 @@ type serverCertSource struct {
 
 const serverCertValidity = 7 * 24 * time.Hour
 
-func newServerCertSource(c *ca.CA, hosts []string, log *slog.Logger) (*serverCertSource, error) {
-	s := &serverCertSource{ca: c, hosts: hosts, log: log}
+func newCertSource(issue func() (tls.Certificate, error), log *slog.Logger) (*certSource, error) {
+	s := &certSource{issue: issue, log: log}
 	if _, err := s.get(nil); err != nil {
-		return nil, fmt.Errorf("issue server certificate: %w", err)
+		return nil, err
 	}
 	return s, nil
 }
 
-func (s *serverCertSource) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+func (s *certSource) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cert != nil {
@@ -352,18 +376,13 @@ func (s *serverCertSource) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return s.cert, nil
 		}
 	}
-	c, err := s.ca.IssueServer(s.hosts, serverCertValidity)
+	c, err := s.issue()
 	if err != nil {
 		if s.cert != nil { // keep serving the old one while it is valid
-			s.log.Error("server certificate renewal failed", "err", err)
+			s.log.Error("certificate renewal failed", "err", err)
 			return s.cert, nil
 		}
 		return nil, err
-	}
-	if c.Leaf == nil {
-		if c.Leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
-			return nil, err
-		}
 	}
 	s.cert = &c
 	return s.cert, nil

@@ -36,6 +36,7 @@ func (a *Appliance) deviceHandler() http.Handler {
 		writeResult(w, http.StatusOK, resp, err)
 	})
 	mux.HandleFunc("GET "+api.PathWhoAmI, a.whoami)
+	a.clusterRoutes(mux)
 	return mux
 }
 

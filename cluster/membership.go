@@ -1,0 +1,178 @@
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Join-token errors.
+var (
+	ErrJoinTokenInvalid = errors.New("join token is not valid")
+	ErrJoinTokenExpired = errors.New("join token has expired")
+	ErrJoinTokenUsed    = errors.New("join token was already used")
+)
+
+// Member is a node's addresses, kept in the replicated state so any node can
+// reach the leader's API to forward a write.
+type Member struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	APIAddr  string `json:"api_addr"` // host:port of the node's HTTPS API
+	// From the live Raft configuration (not stored):
+	Voter  bool `json:"voter"`
+	Leader bool `json:"leader"`
+}
+
+var (
+	bMembers    = []byte("members")
+	bJoinTokens = []byte("join_tokens")
+)
+
+type setMember struct {
+	Member Member `json:"member"`
+}
+
+func (c *setMember) apply(tx *bolt.Tx, _ uint64, _ time.Time) applyResult {
+	m := c.Member
+	m.Voter, m.Leader = false, false
+	return applyResult{Err: putJSON(tx.Bucket(bMembers), []byte(m.ID), m)}
+}
+
+type joinToken struct {
+	SecretSHA256 []byte    `json:"secret_sha256"`
+	Expires      time.Time `json:"expires"`
+	UsedBy       string    `json:"used_by,omitempty"`
+}
+
+type createJoinToken struct {
+	ID           string    `json:"id"`
+	SecretSHA256 []byte    `json:"secret_sha256"`
+	Expires      time.Time `json:"expires"`
+}
+
+func (c *createJoinToken) apply(tx *bolt.Tx, _ uint64, _ time.Time) applyResult {
+	return applyResult{Err: putJSON(tx.Bucket(bJoinTokens), []byte(c.ID), joinToken{SecretSHA256: c.SecretSHA256, Expires: c.Expires})}
+}
+
+type consumeJoinToken struct {
+	ID           string `json:"id"`
+	SecretSHA256 []byte `json:"secret_sha256"`
+	NodeID       string `json:"node_id"`
+}
+
+// apply checks the token against the command's time (the leader's clock), so
+// every replica reaches the same verdict.
+func (c *consumeJoinToken) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
+	b := tx.Bucket(bJoinTokens)
+	v := b.Get([]byte(c.ID))
+	var t joinToken
+	if v == nil || json.Unmarshal(v, &t) != nil || subtle.ConstantTimeCompare(t.SecretSHA256, c.SecretSHA256) != 1 {
+		return applyResult{Err: ErrJoinTokenInvalid}
+	}
+	switch {
+	case t.UsedBy != "":
+		return applyResult{Err: ErrJoinTokenUsed}
+	case !at.Before(t.Expires):
+		return applyResult{Err: ErrJoinTokenExpired}
+	}
+	t.UsedBy = c.NodeID
+	return applyResult{Err: putJSON(b, []byte(c.ID), t)}
+}
+
+// CreateJoinToken stores a one-time join token: only the SHA-256 of its
+// secret is kept.
+func (n *Node) CreateJoinToken(ctx context.Context, id string, secret []byte, expires time.Time) error {
+	sum := sha256.Sum256(secret)
+	_, err := n.apply(ctx, "jointoken.create", 1, &createJoinToken{ID: id, SecretSHA256: sum[:], Expires: expires})
+	return err
+}
+
+// ConsumeJoinToken uses a join token up, or fails with ErrJoinTokenInvalid,
+// ErrJoinTokenExpired or ErrJoinTokenUsed.
+func (n *Node) ConsumeJoinToken(ctx context.Context, id string, secret []byte, nodeID string) error {
+	sum := sha256.Sum256(secret)
+	_, err := n.apply(ctx, "jointoken.consume", 1, &consumeJoinToken{ID: id, SecretSHA256: sum[:], NodeID: nodeID})
+	return err
+}
+
+// SetMember records a node's addresses.
+func (n *Node) SetMember(ctx context.Context, m Member) error {
+	_, err := n.apply(ctx, "member.set", 1, &setMember{Member: m})
+	return err
+}
+
+// AddVoter makes a node a voting member. Only the leader can; like rqlite,
+// a node already present with the same ID and address is a no-op, and an
+// entry that matches only one of them is removed first.
+func (n *Node) AddVoter(id, raftAddr string) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	for _, s := range cf.Configuration().Servers {
+		sameID, sameAddr := s.ID == raft.ServerID(id), s.Address == raft.ServerAddress(raftAddr)
+		if sameID && sameAddr {
+			return nil
+		}
+		if sameID || sameAddr {
+			if err := n.raft.RemoveServer(s.ID, 0, 0).Error(); err != nil {
+				return fmt.Errorf("remove stale member %s: %w", s.ID, err)
+			}
+		}
+	}
+	return n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, 0).Error()
+}
+
+// RemoveServer removes a node from the cluster (leader only).
+func (n *Node) RemoveServer(id string) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	return n.raft.RemoveServer(raft.ServerID(id), 0, 0).Error()
+}
+
+// LeaderID is the current leader's node ID, or "" when there is none.
+func (n *Node) LeaderID() string {
+	_, id := n.raft.LeaderWithID()
+	return string(id)
+}
+
+// Members lists the Raft configuration with each node's recorded addresses.
+func (n *Node) Members() ([]Member, error) {
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return nil, err
+	}
+	leader := n.LeaderID()
+	var out []Member
+	for _, s := range cf.Configuration().Servers {
+		m, _ := n.Member(string(s.ID))
+		m.ID, m.RaftAddr = string(s.ID), string(s.Address)
+		m.Voter, m.Leader = s.Suffrage == raft.Voter, string(s.ID) == leader
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// Member returns a node's recorded addresses, or ErrNotFound.
+func (n *Node) Member(id string) (m Member, err error) {
+	err = n.fsm.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bMembers).Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("member %q: %w", id, ErrNotFound)
+		}
+		return json.Unmarshal(v, &m)
+	})
+	return m, err
+}

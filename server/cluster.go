@@ -1,0 +1,493 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
+
+// Cluster RPC lives on the HTTPS API port. /cluster/v1/ca and
+// /cluster/v1/join are open (the join token is the credential); the others
+// require a node certificate: a certificate from the cluster CA whose URI is
+// spiffe://<trust domain>/node/<id>. Device certificates do not qualify.
+const (
+	pathClusterCA      = "/cluster/v1/ca"
+	pathClusterJoin    = "/cluster/v1/join"
+	pathClusterMembers = "/cluster/v1/members"
+	pathClusterApply   = "/cluster/v1/apply"
+	headerLeader       = "Gatehouse-Leader" // API address of the leader, on 421 answers
+	nodeCertValidity   = 7 * 24 * time.Hour
+	maxRPCBody         = 4 << 20
+)
+
+// joinResponse hands a new node what every node shares: the CA (key still
+// encrypted under the cluster password) and cluster-wide settings.
+type joinResponse struct {
+	RootPEM         []byte   `json:"root_pem"`
+	IntermediatePEM []byte   `json:"intermediate_pem"`
+	EncryptedKeyPEM []byte   `json:"encrypted_key_pem"`
+	EKRootsPEM      []byte   `json:"ek_roots_pem"`
+	TrustDomain     string   `json:"trust_domain"`
+	CertValidity    Duration `json:"cert_validity"`
+	SessionTTL      Duration `json:"session_ttl"`
+}
+
+type joinRequest struct {
+	Token  string `json:"token"`
+	NodeID string `json:"node_id"`
+}
+
+type applyResponse struct {
+	AttestationID uint64 `json:"attestation_id"`
+}
+
+// JoinToken is a parsed join token: "gh1.<id>.<secret>.<root sha256>". The
+// last part pins the cluster root the way kubeadm's discovery hash does, so
+// a joining node cannot be fooled by an impostor.
+type JoinToken struct {
+	ID       string
+	Secret   []byte
+	RootHash string // hex SHA-256 of the root certificate (DER)
+}
+
+func (t JoinToken) String() string {
+	return "gh1." + t.ID + "." + hex.EncodeToString(t.Secret) + "." + t.RootHash
+}
+
+// ParseJoinToken parses a token made by CreateJoinToken.
+func ParseJoinToken(s string) (JoinToken, error) {
+	parts := strings.Split(strings.TrimSpace(s), ".")
+	if len(parts) != 4 || parts[0] != "gh1" || len(parts[1]) != 16 || len(parts[3]) != 64 {
+		return JoinToken{}, errors.New("malformed join token (want gh1.<id>.<secret>.<root sha256>)")
+	}
+	secret, err := hex.DecodeString(parts[2])
+	if err != nil || len(secret) != 32 {
+		return JoinToken{}, errors.New("malformed join token secret")
+	}
+	return JoinToken{ID: parts[1], Secret: secret, RootHash: parts[3]}, nil
+}
+
+func rootHash(root *x509.Certificate) string {
+	sum := sha256.Sum256(root.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// CreateJoinToken makes a one-time token valid for ttl.
+func (a *Appliance) CreateJoinToken(ctx context.Context, ttl time.Duration) (JoinToken, error) {
+	t := JoinToken{ID: randomHex(8), Secret: randomBytes(32), RootHash: rootHash(a.ca.Root())}
+	return t, a.node.CreateJoinToken(ctx, t.ID, t.Secret, time.Now().Add(ttl))
+}
+
+// nodeID returns the node ID a certificate names, if it is a node
+// certificate of this trust domain.
+func (a *Appliance) nodeIDOf(c *x509.Certificate) (string, bool) {
+	for _, u := range c.URIs {
+		if u.Scheme == "spiffe" && u.Host == a.cfg.TrustDomain && strings.HasPrefix(u.Path, "/node/") {
+			id := strings.TrimPrefix(u.Path, "/node/")
+			return id, id != "" && !strings.Contains(id, "/")
+		}
+	}
+	return "", false
+}
+
+// verifyNode checks a peer's chain to the cluster root and its node identity.
+func (a *Appliance) verifyNode(certs []*x509.Certificate) (string, error) {
+	if len(certs) == 0 {
+		return "", errors.New("no node certificate")
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(a.ca.Root())
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return "", fmt.Errorf("node certificate: %w", err)
+	}
+	id, ok := a.nodeIDOf(certs[0])
+	if !ok {
+		return "", errors.New("the certificate is not a node certificate of this cluster")
+	}
+	return id, nil
+}
+
+// raftTLS is the mutual-TLS config of the Raft transport: each side presents
+// its node certificate and admits only peers with one. Peers are addressed
+// by IP, so the client side checks identity (node URI), not host names.
+func (a *Appliance) raftTLS() *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AddCert(a.ca.Root())
+	return &tls.Config{
+		MinVersion:           tls.VersionTLS13,
+		GetCertificate:       a.nodeCert.get,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return a.nodeCert.get(nil) },
+		ClientAuth:           tls.RequireAndVerifyClientCert,
+		ClientCAs:            pool,
+		InsecureSkipVerify:   true, // replaced by VerifyConnection below, on both sides
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := a.verifyNode(cs.PeerCertificates)
+			return err
+		},
+	}
+}
+
+// nodeClient is an HTTPS client that authenticates as this node.
+func (a *Appliance) nodeClient() *http.Client {
+	pool := x509.NewCertPool()
+	pool.AddCert(a.ca.Root())
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		MinVersion:           tls.VersionTLS12,
+		RootCAs:              pool,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return a.nodeCert.get(nil) },
+	}}}
+}
+
+// apiAddr is the address peers use to reach this node's API.
+func (a *Appliance) apiAddr() string {
+	host, port, _ := net.SplitHostPort(a.Addr())
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() && len(a.cfg.Hostnames) > 0 {
+		host = a.cfg.Hostnames[0]
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func (a *Appliance) clusterRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+pathClusterCA, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		w.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Root().Raw}))
+	})
+	mux.HandleFunc("POST "+pathClusterJoin, a.handleJoin)
+	mux.HandleFunc("POST "+pathClusterMembers, a.requireNode(a.handleAddMember))
+	mux.HandleFunc("POST "+pathClusterApply, a.requireNode(a.handleApply))
+}
+
+func (a *Appliance) requireNode(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil {
+			writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "a node certificate is required"))
+			return
+		}
+		if _, err := a.verifyNode(r.TLS.PeerCertificates); err != nil {
+			writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, err.Error()))
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
+	var req joinRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&req); err != nil {
+		writeProblem(w, malformed("join request: "+err.Error()))
+		return
+	}
+	tok, err := ParseJoinToken(req.Token)
+	if err != nil {
+		writeProblem(w, newProblem(http.StatusForbidden, api.CodeJoinTokenInvalid, err.Error()))
+		return
+	}
+	if err := a.node.ConsumeJoinToken(r.Context(), tok.ID, tok.Secret, req.NodeID); err != nil {
+		a.log.Warn("join refused", "node_id", req.NodeID, "err", err)
+		writeProblem(w, a.clusterProblem(err))
+		return
+	}
+	key, err := ca.EncryptedKeyPEM(filepath.Join(a.dataDir, caDir))
+	if err != nil {
+		writeProblem(w, a.enroller.internal(err))
+		return
+	}
+	ekRoots, err := os.ReadFile(filepath.Join(a.dataDir, ekRootsFile))
+	if err != nil {
+		writeProblem(w, a.enroller.internal(err))
+		return
+	}
+	a.log.Info("node joining", "node_id", req.NodeID)
+	writeJSON(w, http.StatusOK, joinResponse{
+		RootPEM:         pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Root().Raw}),
+		IntermediatePEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Intermediates()[0].Raw}),
+		EncryptedKeyPEM: key,
+		EKRootsPEM:      ekRoots,
+		TrustDomain:     a.cfg.TrustDomain,
+		CertValidity:    a.cfg.CertValidity,
+		SessionTTL:      a.cfg.SessionTTL,
+	})
+}
+
+// handleAddMember makes the calling node (identified by its certificate) a
+// voter. Only the leader can; others answer 421 naming the leader.
+func (a *Appliance) handleAddMember(w http.ResponseWriter, r *http.Request) {
+	var m cluster.Member
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&m); err != nil {
+		writeProblem(w, malformed("member: "+err.Error()))
+		return
+	}
+	if id, _ := a.verifyNode(r.TLS.PeerCertificates); id != m.ID {
+		writeProblem(w, newProblem(http.StatusForbidden, api.CodeUnauthenticated, "a node can only add itself"))
+		return
+	}
+	if !a.node.IsLeader() {
+		a.misdirected(w)
+		return
+	}
+	if err := a.node.AddVoter(m.ID, m.RaftAddr); err != nil {
+		writeProblem(w, a.clusterProblem(err))
+		return
+	}
+	if err := a.node.SetMember(r.Context(), m); err != nil {
+		writeProblem(w, a.clusterProblem(err))
+		return
+	}
+	a.log.Info("voter added", "node_id", m.ID, "raft_addr", m.RaftAddr)
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+func (a *Appliance) handleApply(w http.ResponseWriter, r *http.Request) {
+	cmd, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRPCBody))
+	if err != nil {
+		writeProblem(w, malformed(err.Error()))
+		return
+	}
+	id, err := a.node.ApplyForwarded(r.Context(), cmd)
+	if errors.Is(err, cluster.ErrNotLeader) {
+		a.misdirected(w)
+		return
+	}
+	if err != nil {
+		writeProblem(w, a.clusterProblem(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, applyResponse{AttestationID: id})
+}
+
+func (a *Appliance) misdirected(w http.ResponseWriter) {
+	if m, err := a.node.Member(a.node.LeaderID()); err == nil {
+		w.Header().Set(headerLeader, m.APIAddr)
+	}
+	writeProblem(w, newProblem(http.StatusMisdirectedRequest, api.CodeUnavailable, "not the leader"))
+}
+
+// clusterErrors maps cluster sentinels to problem codes and back: the
+// forwarding RPC must carry "session already used" as exactly that.
+var clusterErrors = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{cluster.ErrSessionUsed, http.StatusConflict, api.CodeSessionReplayed},
+	{cluster.ErrJoinTokenInvalid, http.StatusForbidden, api.CodeJoinTokenInvalid},
+	{cluster.ErrJoinTokenExpired, http.StatusForbidden, api.CodeJoinTokenExpired},
+	{cluster.ErrJoinTokenUsed, http.StatusForbidden, api.CodeJoinTokenUsed},
+	{cluster.ErrUnknownCommand, http.StatusBadRequest, api.CodeUnknownCommand},
+	{cluster.ErrNotLeader, http.StatusServiceUnavailable, api.CodeUnavailable},
+}
+
+func (a *Appliance) clusterProblem(err error) *api.Problem {
+	for _, m := range clusterErrors {
+		if errors.Is(err, m.err) {
+			return newProblem(m.status, m.code, err.Error())
+		}
+	}
+	return a.enroller.internal(err)
+}
+
+func clusterError(p *api.Problem) error {
+	for _, m := range clusterErrors {
+		if p.Code == m.code {
+			return fmt.Errorf("%w (leader said: %s)", m.err, p.Detail)
+		}
+	}
+	return p
+}
+
+// forwarder sends commands to the leader's API (cluster.Forwarder).
+type forwarder struct{ a *Appliance }
+
+func (f forwarder) Forward(ctx context.Context, leaderID string, cmd []byte) (uint64, error) {
+	m, err := f.a.node.Member(leaderID)
+	if err != nil {
+		return 0, fmt.Errorf("%w: leader %s has not registered its address yet", cluster.ErrNotLeader, leaderID)
+	}
+	var out applyResponse
+	if err := f.a.nodeRPC(ctx, m.APIAddr, pathClusterApply, bytes.NewReader(cmd), &out); err != nil {
+		return 0, err
+	}
+	return out.AttestationID, nil
+}
+
+// nodeRPC POSTs to a peer as this node. A 421 answer is returned as
+// ErrNotLeader, so callers retry.
+func (a *Appliance) nodeRPC(ctx context.Context, addr, path string, body io.Reader, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := a.nodeHTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: %v", cluster.ErrNotLeader, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxRPCBody))
+	if resp.StatusCode == http.StatusMisdirectedRequest {
+		return &notLeaderError{addr: addr, leader: resp.Header.Get(headerLeader)}
+	}
+	if resp.StatusCode != http.StatusOK {
+		var p api.Problem
+		if json.Unmarshal(b, &p) == nil && p.Code != "" {
+			return clusterError(&p)
+		}
+		return fmt.Errorf("%s%s: %s", addr, path, resp.Status)
+	}
+	return json.Unmarshal(b, out)
+}
+
+// notLeaderError is a peer's "not the leader" answer, naming the leader's
+// API address when it knows it.
+type notLeaderError struct{ addr, leader string }
+
+func (e *notLeaderError) Error() string {
+	return fmt.Sprintf("%s is not the leader (leader: %q)", e.addr, e.leader)
+}
+
+func (e *notLeaderError) Unwrap() error { return cluster.ErrNotLeader }
+
+// registerLoop records this node's addresses in the replicated state and, for
+// a node that joined, asks the leader to make it a voter. It retries until it
+// succeeds or the appliance closes.
+func (a *Appliance) registerLoop(joinSeed string, fresh bool) {
+	self := cluster.Member{ID: a.cfg.NodeID, RaftAddr: a.node.RaftAddr(), APIAddr: a.apiAddr()}
+	body, _ := json.Marshal(self)
+	target := joinSeed
+	for attempt := 0; ; attempt++ {
+		var err error
+		if fresh && joinSeed != "" {
+			err = a.nodeRPC(a.ctx, target, pathClusterMembers, bytes.NewReader(body), &struct{}{})
+			var nl *notLeaderError
+			if errors.As(err, &nl) && nl.leader != "" {
+				target = nl.leader
+			}
+		} else {
+			err = a.node.SetMember(a.ctx, self)
+		}
+		if err == nil {
+			a.log.Info("registered in the cluster", "node_id", self.ID, "api", self.APIAddr, "raft", self.RaftAddr)
+			return
+		}
+		if attempt%20 == 19 {
+			a.log.Warn("still registering in the cluster", "err", err)
+		}
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// Join prepares dataDir for a node joining the cluster that seedAddr
+// (host:port of any member's API) belongs to. It pins the cluster root from
+// the token before sending the token, installs the CA (checking that
+// password unlocks it), and writes the node's configuration; Open then starts
+// the node, which asks the leader to add it as a voter.
+func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token string, cfg Config) error {
+	tok, err := ParseJoinToken(token)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, configFile)); err == nil {
+		return fmt.Errorf("%s: %w", dataDir, ErrAlreadyInitialized)
+	}
+	// The root is public; fetch it without trust, then trust it only if it
+	// matches the token's pin.
+	insecure := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	rootPEM, err := httpGet(ctx, insecure, "https://"+seedAddr+pathClusterCA)
+	if err != nil {
+		return fmt.Errorf("fetch cluster root from %s: %w", seedAddr, err)
+	}
+	blk, _ := pem.Decode(rootPEM)
+	if blk == nil {
+		return errors.New("the seed sent no root certificate")
+	}
+	root, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return err
+	}
+	if rootHash(root) != tok.RootHash {
+		return fmt.Errorf("the seed's root %s does not match the token's pin %s: refusing to join (impostor, or a token for another cluster)", rootHash(root), tok.RootHash)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	trusted := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	reqBody, _ := json.Marshal(joinRequest{Token: token, NodeID: cfg.NodeID})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+seedAddr+pathClusterJoin, bytes.NewReader(reqBody))
+	if err != nil {
+		return err
+	}
+	resp, err := trusted.Do(req)
+	if err != nil {
+		return fmt.Errorf("join via %s: %w", seedAddr, err)
+	}
+	var jr joinResponse
+	if err := decodeProblemOr(resp, &jr); err != nil {
+		return fmt.Errorf("join via %s: %w", seedAddr, err)
+	}
+	cfg.TrustDomain, cfg.CertValidity, cfg.SessionTTL, cfg.JoinSeed = jr.TrustDomain, jr.CertValidity, jr.SessionTTL, seedAddr
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return err
+	}
+	if err := ca.Install(filepath.Join(dataDir, caDir), jr.RootPEM, jr.IntermediatePEM, jr.EncryptedKeyPEM, password); err != nil {
+		return err
+	}
+	return writeNodeFiles(dataDir, cfg, jr.EKRootsPEM)
+}
+
+func httpGet(ctx context.Context, hc *http.Client, u string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+}
+
+func decodeProblemOr(resp *http.Response, out any) error {
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxRPCBody))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var p api.Problem
+		if json.Unmarshal(b, &p) == nil && p.Code != "" {
+			return &p
+		}
+		return errors.New(resp.Status)
+	}
+	return json.Unmarshal(b, out)
+}
