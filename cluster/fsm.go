@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -39,6 +40,11 @@ type fsm struct {
 
 	mu sync.RWMutex // guards db against Restore swapping it
 	db *bolt.DB
+
+	// last is the index of the last entry this FSM has processed. Unlike
+	// raft.AppliedIndex, which moves when entries are queued for the FSM, it
+	// moves after they are applied: waiting on it gives read-your-writes.
+	last atomic.Uint64
 }
 
 var (
@@ -51,7 +57,9 @@ func openFSM(path string, fatal func(error)) (*fsm, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &fsm{path: path, fatal: fatal, db: db}, nil
+	f := &fsm{path: path, fatal: fatal, db: db}
+	f.last.Store(f.appliedIndex())
+	return f, nil
 }
 
 func openBolt(path string) (*bolt.DB, error) {
@@ -147,6 +155,9 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		}
 		return nil
 	})
+	if err == nil {
+		f.last.Store(logs[len(logs)-1].Index)
+	}
 	if err != nil {
 		// The store cannot take writes: continuing would diverge.
 		f.fatal(fmt.Errorf("apply batch ending at raft index %d: %w", logs[len(logs)-1].Index, err))
@@ -210,7 +221,13 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		os.Remove(tmp)
 		return fmt.Errorf("restore: snapshot is not a registry: %w", err)
 	}
-	err = check.Update(func(tx *bolt.Tx) error { return tx.Bucket(bMeta).Delete(keyAppliedIndex) })
+	var snapIndex uint64
+	err = check.Update(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bMeta).Get(keyAppliedIndex); len(v) == 8 {
+			snapIndex = binary.BigEndian.Uint64(v)
+		}
+		return tx.Bucket(bMeta).Delete(keyAppliedIndex)
+	})
 	check.Close()
 	if err != nil {
 		return err
@@ -224,6 +241,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	f.db, err = openBolt(f.path)
+	f.last.Store(snapIndex)
 	return err
 }
 

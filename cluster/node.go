@@ -20,6 +20,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -42,10 +43,18 @@ type Config struct {
 	Logger    *slog.Logger
 }
 
-// Forwarder carries an encoded command to the leader and returns what the
-// leader's ApplyForwarded returned. The appliance implements it over mTLS.
+// Forwarder reaches the leader for a follower; the appliance implements it
+// over mTLS. Forward returns what the leader's ApplyForwarded returned;
+// ReadIndex what its ReadIndex returned.
 type Forwarder interface {
-	Forward(ctx context.Context, leaderID string, cmd []byte) (uint64, error)
+	Forward(ctx context.Context, leaderID string, cmd []byte) (Applied, error)
+	ReadIndex(ctx context.Context, leaderID string) (uint64, error)
+}
+
+// Applied is the outcome of a committed command.
+type Applied struct {
+	AttestationID uint64 `json:"attestation_id,omitempty"`
+	Index         uint64 `json:"index"` // Raft log index of the command
 }
 
 // Option configures Open.
@@ -83,6 +92,7 @@ type Node struct {
 	applyTimeout time.Duration
 	forwarder    Forwarder
 	existing     bool // had Raft state when opened
+	barrierTerm  atomic.Uint64
 	closeOnce    sync.Once
 	closeErr     error
 }
@@ -223,25 +233,31 @@ func (n *Node) apply(ctx context.Context, typ string, version int, payload any) 
 		if leader == "" {
 			return 0, fmt.Errorf("%w: no leader elected", ErrNotLeader)
 		}
-		return n.forwarder.Forward(ctx, leader, b)
+		res, err := n.forwarder.Forward(ctx, leader, b)
+		if err != nil {
+			return 0, err
+		}
+		// Read-your-writes: a write acknowledged by this node is visible here.
+		return res.AttestationID, n.waitApplied(ctx, res.Index)
 	}
-	return n.applyLocal(ctx, b)
+	res, err := n.applyLocal(ctx, b)
+	return res.AttestationID, err
 }
 
 // ApplyForwarded applies a command a follower forwarded. The command is
 // decoded first: a command this leader does not know is refused here rather
 // than reaching the log, where every replica would have to stop on it.
-func (n *Node) ApplyForwarded(ctx context.Context, cmd []byte) (uint64, error) {
+func (n *Node) ApplyForwarded(ctx context.Context, cmd []byte) (Applied, error) {
 	if _, _, err := decodeCommand(cmd); err != nil {
-		return 0, err
+		return Applied{}, err
 	}
 	if n.raft.State() != raft.Leader {
-		return 0, ErrNotLeader
+		return Applied{}, ErrNotLeader
 	}
 	return n.applyLocal(ctx, cmd)
 }
 
-func (n *Node) applyLocal(ctx context.Context, b []byte) (uint64, error) {
+func (n *Node) applyLocal(ctx context.Context, b []byte) (Applied, error) {
 	timeout := n.applyTimeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
@@ -249,15 +265,76 @@ func (n *Node) applyLocal(ctx context.Context, b []byte) (uint64, error) {
 	f := n.raft.Apply(b, timeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrRaftShutdown) {
-			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+			return Applied{}, fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
-		return 0, err
+		return Applied{}, err
 	}
 	res, ok := f.Response().(applyResult)
 	if !ok {
-		return 0, fmt.Errorf("cluster: unexpected apply response %T", f.Response())
+		return Applied{}, fmt.Errorf("cluster: unexpected apply response %T", f.Response())
 	}
-	return res.AttestationID, res.Err
+	return Applied{AttestationID: res.AttestationID, Index: f.Index()}, res.Err
+}
+
+// ReadIndex is the leader's side of a linearizable read. Every write this
+// term was acknowledged only after the leader's FSM applied it, and a
+// barrier once per term covers writes from earlier terms; so once the leader
+// confirms it still leads, its FSM's last index bounds every acknowledged
+// write. That index names an entry every replica's FSM will process, so a
+// follower can wait for it.
+func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
+	if n.raft.State() != raft.Leader {
+		return 0, ErrNotLeader
+	}
+	if term := n.raft.CurrentTerm(); n.barrierTerm.Load() != term {
+		if err := n.raft.Barrier(n.applyTimeout).Error(); err != nil {
+			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		n.barrierTerm.Store(term)
+	}
+	idx := n.fsm.last.Load()
+	if err := n.raft.VerifyLeader().Error(); err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+	}
+	return idx, nil
+}
+
+// Linearize makes the next local read linearizable (rqlite's read-index):
+// it learns the leader's commit index after the leader confirmed its
+// leadership, then waits until this node has applied that far. A read after
+// Linearize sees every write acknowledged before it began.
+func (n *Node) Linearize(ctx context.Context) error {
+	var idx uint64
+	var err error
+	if n.raft.State() == raft.Leader {
+		idx, err = n.ReadIndex(ctx)
+	} else if leader := n.LeaderID(); leader == "" || n.forwarder == nil {
+		return fmt.Errorf("%w: no leader to confirm a consistent read", ErrNotLeader)
+	} else {
+		idx, err = n.forwarder.ReadIndex(ctx, leader)
+	}
+	if err != nil {
+		return err
+	}
+	return n.waitApplied(ctx, idx)
+}
+
+func (n *Node) waitApplied(ctx context.Context, idx uint64) error {
+	if n.fsm.last.Load() >= idx {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.applyTimeout)
+	defer cancel()
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for n.fsm.last.Load() < idx {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: waiting to apply index %d (at %d): %v", ErrNotLeader, idx, n.fsm.last.Load(), ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 // Device returns a device, or an error wrapping ErrNotFound. Reads are

@@ -33,6 +33,7 @@ const (
 	pathClusterJoin    = "/cluster/v1/join"
 	pathClusterMembers = "/cluster/v1/members"
 	pathClusterApply   = "/cluster/v1/apply"
+	pathClusterRead    = "/cluster/v1/read-index"
 	headerLeader       = "Gatehouse-Leader" // API address of the leader, on 421 answers
 	nodeCertValidity   = 7 * 24 * time.Hour
 	maxRPCBody         = 4 << 20
@@ -55,8 +56,8 @@ type joinRequest struct {
 	NodeID string `json:"node_id"`
 }
 
-type applyResponse struct {
-	AttestationID uint64 `json:"attestation_id"`
+type readIndexResponse struct {
+	Index uint64 `json:"index"`
 }
 
 // JoinToken is a parsed join token: "gh1.<id>.<secret>.<root sha256>". The
@@ -176,6 +177,7 @@ func (a *Appliance) clusterRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+pathClusterJoin, a.handleJoin)
 	mux.HandleFunc("POST "+pathClusterMembers, a.requireNode(a.handleAddMember))
 	mux.HandleFunc("POST "+pathClusterApply, a.requireNode(a.handleApply))
+	mux.HandleFunc("POST "+pathClusterRead, a.requireNode(a.handleReadIndex))
 }
 
 func (a *Appliance) requireNode(h http.HandlerFunc) http.HandlerFunc {
@@ -264,7 +266,7 @@ func (a *Appliance) handleApply(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, malformed(err.Error()))
 		return
 	}
-	id, err := a.node.ApplyForwarded(r.Context(), cmd)
+	res, err := a.node.ApplyForwarded(r.Context(), cmd)
 	if errors.Is(err, cluster.ErrNotLeader) {
 		a.misdirected(w)
 		return
@@ -273,7 +275,20 @@ func (a *Appliance) handleApply(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, a.clusterProblem(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, applyResponse{AttestationID: id})
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (a *Appliance) handleReadIndex(w http.ResponseWriter, r *http.Request) {
+	idx, err := a.node.ReadIndex(r.Context())
+	if errors.Is(err, cluster.ErrNotLeader) {
+		a.misdirected(w)
+		return
+	}
+	if err != nil {
+		writeProblem(w, a.clusterProblem(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, readIndexResponse{Index: idx})
 }
 
 func (a *Appliance) misdirected(w http.ResponseWriter) {
@@ -319,16 +334,30 @@ func clusterError(p *api.Problem) error {
 // forwarder sends commands to the leader's API (cluster.Forwarder).
 type forwarder struct{ a *Appliance }
 
-func (f forwarder) Forward(ctx context.Context, leaderID string, cmd []byte) (uint64, error) {
-	m, err := f.a.node.Member(leaderID)
+func (f forwarder) Forward(ctx context.Context, leaderID string, cmd []byte) (cluster.Applied, error) {
+	var out cluster.Applied
+	addr, err := f.leaderAPI(leaderID)
 	if err != nil {
-		return 0, fmt.Errorf("%w: leader %s has not registered its address yet", cluster.ErrNotLeader, leaderID)
+		return out, err
 	}
-	var out applyResponse
-	if err := f.a.nodeRPC(ctx, m.APIAddr, pathClusterApply, bytes.NewReader(cmd), &out); err != nil {
+	return out, f.a.nodeRPC(ctx, addr, pathClusterApply, bytes.NewReader(cmd), &out)
+}
+
+func (f forwarder) ReadIndex(ctx context.Context, leaderID string) (uint64, error) {
+	var out readIndexResponse
+	addr, err := f.leaderAPI(leaderID)
+	if err != nil {
 		return 0, err
 	}
-	return out.AttestationID, nil
+	return out.Index, f.a.nodeRPC(ctx, addr, pathClusterRead, http.NoBody, &out)
+}
+
+func (f forwarder) leaderAPI(leaderID string) (string, error) {
+	m, err := f.a.node.Member(leaderID)
+	if err != nil {
+		return "", fmt.Errorf("%w: leader %s has not registered its address yet", cluster.ErrNotLeader, leaderID)
+	}
+	return m.APIAddr, nil
 }
 
 // nodeRPC POSTs to a peer as this node. A 421 answer is returned as

@@ -77,6 +77,10 @@ func (a *Appliance) whoami(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "the certificate is not a device certificate of this trust domain"))
 		return
 	}
+	if err := a.node.Linearize(r.Context()); err != nil {
+		writeProblem(w, a.enroller.commitFailed(err))
+		return
+	}
 	dev, err := a.node.Device(id)
 	if errors.Is(err, cluster.ErrNotFound) {
 		writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "unknown device"))

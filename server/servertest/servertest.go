@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"net"
 	"net/http"
 	"sync"
 	"testing"
@@ -147,4 +148,53 @@ func (d *Device) NewAK(t testing.TB, alg goattest.Algorithm) *goattest.AK {
 	}
 	t.Cleanup(func() { ak.Close(d.TPM) })
 	return ak
+}
+
+// Join adds a node to e's cluster through e's API with a fresh join token,
+// starts it, and waits until it sees a leader. It stops when the test ends.
+func (e *Env) Join(t testing.TB, nodeID string) (*server.Appliance, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tok, err := e.App.CreateJoinToken(ctx, time.Minute)
+	if err != nil {
+		t.Fatalf("join token: %v", err)
+	}
+	dir := t.TempDir()
+	cfg := server.DefaultConfig()
+	cfg.NodeID = nodeID
+	cfg.Listen = "127.0.0.1:0"
+	cfg.RaftAddr = FreeAddr(t)
+	if err := server.Join(ctx, dir, Password, e.App.Addr(), tok.String(), cfg); err != nil {
+		t.Fatalf("join %s: %v", nodeID, err)
+	}
+	return StartNode(t, dir), dir
+}
+
+// StartNode opens the node in dir and waits until it sees a leader.
+func StartNode(t testing.TB, dir string) *server.Appliance {
+	t.Helper()
+	app, err := server.Open(dir, Password, server.WithClusterOptions(cluster.WithRaftConfig(FastRaft)))
+	if err != nil {
+		t.Fatalf("open %s: %v", dir, err)
+	}
+	t.Cleanup(func() { app.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := app.WaitReady(ctx); err != nil {
+		t.Fatalf("node in %s not ready: %v", dir, err)
+	}
+	return app
+}
+
+// FreeAddr returns a loopback address with a port nobody listens on. Raft
+// addresses are part of the cluster configuration, so they must be fixed.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

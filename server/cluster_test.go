@@ -1,0 +1,229 @@
+package server_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+
+	goattest "github.com/google/go-attestation/attest"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
+	"github.com/gatehouse-dev/gatehouse/server"
+	"github.com/gatehouse-dev/gatehouse/server/servertest"
+)
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func voters(t *testing.T, a *server.Appliance) int {
+	ms, err := a.Node().Members()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, m := range ms {
+		if m.Voter && m.APIAddr != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// Three nodes form; enrollments go through every node, including a session
+// that starts on one node and completes on another; all registries end up
+// identical.
+func TestThreeNodeCluster(t *testing.T) {
+	e := servertest.New(t)
+	n2, _ := e.Join(t, "node-2")
+	n3, _ := e.Join(t, "node-3")
+	nodes := []*server.Appliance{e.App, n2, n3}
+	for _, n := range nodes {
+		waitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
+	}
+
+	ctx := context.Background()
+	var ids []string
+	for _, n := range nodes {
+		d := servertest.NewDevice(t, e.Mfr)
+		client := fwclient.NewClient("https://"+n.Addr(), n.Root())
+		id, err := client.Enroll(ctx, d.TPM)
+		if err != nil {
+			t.Fatalf("enroll through %s: %v", n.Addr(), err)
+		}
+		ids = append(ids, id.DeviceID)
+		// The identity works against every node.
+		for _, other := range nodes {
+			if _, err := fwclient.NewClient("https://"+other.Addr(), other.Root()).WhoAmI(ctx, d.TPM, id); err != nil {
+				t.Fatalf("whoami at %s for a device enrolled at %s: %v", other.Addr(), n.Addr(), err)
+			}
+		}
+	}
+
+	// Challenge on node 2, complete on node 3: no node keeps session state.
+	d := servertest.NewDevice(t, e.Mfr)
+	ak := d.NewAK(t, goattest.ECDSA)
+	req, _ := fwclient.NewChallengeRequest(d.EK, ak, api.Claims{})
+	ch, err := n2.Enroller().Challenge(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := ak.ActivateCredentialWithEK(d.TPM, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, d.EK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, key, err := fwclient.Evidence(d.TPM, ak, ch, secret, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key.Close()
+	done, err := n3.Enroller().Complete(ctx, ev)
+	if err != nil {
+		t.Fatalf("complete on another node: %v", err)
+	}
+	ids = append(ids, done.DeviceID)
+	// The same token replayed on yet another node is refused.
+	if _, err := e.App.Enroller().Complete(ctx, ev); err == nil || !strings.Contains(err.Error(), api.CodeSessionReplayed) {
+		t.Fatalf("replay on a third node: %v", err)
+	}
+
+	want, _ := e.App.Node().StateHash()
+	for _, n := range nodes {
+		waitFor(t, "identical registries", 10*time.Second, func() bool {
+			h, _ := n.Node().StateHash()
+			if h == want {
+				return true
+			}
+			want, _ = e.App.Node().StateHash() // the leader may still apply
+			return false
+		})
+		for _, id := range ids {
+			if _, err := n.Node().Device(id); err != nil {
+				t.Fatalf("device %s missing on a node: %v", id, err)
+			}
+		}
+	}
+}
+
+// A peer without a node certificate of this cluster cannot talk Raft: not
+// a stranger's certificate, and not a device certificate from the cluster's
+// own CA.
+func TestRaftPortRefusesNonMembers(t *testing.T) {
+	e := servertest.New(t)
+	addr := e.App.Node().RaftAddr()
+	try := func(cert *tls.Certificate) error {
+		cfg := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+		c, err := tls.Dial("tcp", addr, cfg)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		// TLS 1.3 reports a refused client certificate on the first read.
+		if _, err := c.Write([]byte{0}); err != nil {
+			return err
+		}
+		_, err = c.Read(make([]byte, 1))
+		return err
+	}
+	if err := try(nil); err == nil {
+		t.Fatal("a peer without a certificate was accepted")
+	}
+	stranger := selfSigned(t)
+	if err := try(&stranger); err == nil {
+		t.Fatal("a peer with a foreign certificate was accepted")
+	}
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(context.Background(), d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devCert, key, err := id.TLSCertificate(d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer key.Close()
+	if err := try(&devCert); err == nil {
+		t.Fatal("a device certificate was accepted on the Raft port")
+	}
+}
+
+func TestJoinTokens(t *testing.T) {
+	e := servertest.New(t)
+	ctx := context.Background()
+	cfg := server.DefaultConfig()
+	cfg.Listen, cfg.RaftAddr = "127.0.0.1:0", "127.0.0.1:0"
+
+	tok, err := e.App.CreateJoinToken(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.NodeID = "node-2"
+	if err := server.Join(ctx, t.TempDir(), servertest.Password, e.App.Addr(), tok.String(), cfg); err != nil {
+		t.Fatalf("first use: %v", err)
+	}
+	cfg.NodeID = "node-3"
+	var p *api.Problem
+	if err := server.Join(ctx, t.TempDir(), servertest.Password, e.App.Addr(), tok.String(), cfg); !errors.As(err, &p) || p.Code != api.CodeJoinTokenUsed {
+		t.Fatalf("reused token: %v", err)
+	}
+
+	short, err := e.App.CreateJoinToken(ctx, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	if err := server.Join(ctx, t.TempDir(), servertest.Password, e.App.Addr(), short.String(), cfg); !errors.As(err, &p) || p.Code != api.CodeJoinTokenExpired {
+		t.Fatalf("expired token: %v", err)
+	}
+
+	forged := tok
+	forged.ID, forged.Secret = short.ID, tok.Secret
+	if err := server.Join(ctx, t.TempDir(), servertest.Password, e.App.Addr(), forged.String(), cfg); !errors.As(err, &p) || p.Code != api.CodeJoinTokenInvalid {
+		t.Fatalf("wrong secret: %v", err)
+	}
+
+	// A token pinning another root is refused before it is ever sent.
+	fresh, _ := e.App.CreateJoinToken(ctx, time.Minute)
+	pinned := fresh
+	pinned.RootHash = strings.Repeat("0", 64)
+	if err := server.Join(ctx, t.TempDir(), servertest.Password, e.App.Addr(), pinned.String(), cfg); err == nil || !strings.Contains(err.Error(), "does not match the token's pin") {
+		t.Fatalf("impostor pin: %v", err)
+	}
+	if err := server.Join(ctx, t.TempDir(), []byte("another password"), e.App.Addr(), fresh.String(), cfg); err == nil || !strings.Contains(err.Error(), "password") {
+		t.Fatalf("wrong cluster password: %v", err)
+	}
+}
+
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "stranger"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
+}
