@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/api"
@@ -21,21 +23,38 @@ import (
 // The admin API is served only on a unix socket inside the data directory
 // (mode 0600, directory 0700): reaching it requires the appliance's own OS
 // user. Remote admin with mTLS roles comes with the lifecycle issue.
+//
+// Reads are linearizable unless ?stale=true: the node confirms with the
+// leader how far the log has committed and waits to apply that far.
 const (
 	adminDevices     = "/admin/v1/devices"
 	adminAttestation = "/admin/v1/attestations"
 	adminStatus      = "/admin/v1/status"
+	adminTokens      = "/admin/v1/cluster/tokens"
+	adminMembers     = "/admin/v1/cluster/members"
+	adminTransfer    = "/admin/v1/cluster/transfer-leadership"
 )
 
 // Status is what GET /admin/v1/status returns.
 type Status struct {
 	NodeID      string `json:"node_id"`
 	Leader      bool   `json:"leader"`
+	LeaderID    string `json:"leader_id"`
 	TrustDomain string `json:"trust_domain"`
 	DeviceAPI   string `json:"device_api"`
+	RaftAddr    string `json:"raft_addr"`
 	StateHash   string `json:"state_hash"`
 	// CertificatesIssued counts device certificates this node issued since it started.
 	CertificatesIssued uint64 `json:"certificates_issued"`
+}
+
+type tokenRequest struct {
+	TTL Duration `json:"ttl"`
+}
+
+type tokenResponse struct {
+	Token   string    `json:"token"`
+	Expires time.Time `json:"expires"`
 }
 
 func (a *Appliance) serveAdmin() error {
@@ -59,24 +78,37 @@ func (a *Appliance) serveAdmin() error {
 	return nil
 }
 
+// read wraps a read handler: linearizable unless the caller asked for stale.
+func (a *Appliance) read(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("stale") != "true" {
+			if err := a.node.Linearize(r.Context()); err != nil {
+				writeProblem(w, a.clusterProblem(err))
+				return
+			}
+		}
+		h(w, r)
+	}
+}
+
 func (a *Appliance) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+adminStatus, func(w http.ResponseWriter, r *http.Request) {
 		h, err := a.node.StateHash()
 		writeResult(w, http.StatusOK, Status{
-			NodeID: a.cfg.NodeID, Leader: a.node.IsLeader(), TrustDomain: a.cfg.TrustDomain,
-			DeviceAPI: "https://" + a.Addr(), StateHash: h, CertificatesIssued: a.CertificatesIssued(),
+			NodeID: a.cfg.NodeID, Leader: a.node.IsLeader(), LeaderID: a.node.LeaderID(), TrustDomain: a.cfg.TrustDomain,
+			DeviceAPI: "https://" + a.Addr(), RaftAddr: a.node.RaftAddr(), StateHash: h, CertificatesIssued: a.CertificatesIssued(),
 		}, a.adminErr(err))
 	})
-	mux.HandleFunc("GET "+adminDevices, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+adminDevices, a.read(func(w http.ResponseWriter, r *http.Request) {
 		devs, err := a.node.Devices()
 		writeResult(w, http.StatusOK, devs, a.adminErr(err))
-	})
-	mux.HandleFunc("GET "+adminDevices+"/{id}", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("GET "+adminDevices+"/{id}", a.read(func(w http.ResponseWriter, r *http.Request) {
 		dev, err := a.node.Device(r.PathValue("id"))
 		writeResult(w, http.StatusOK, dev, a.adminErr(err))
-	})
-	mux.HandleFunc("GET "+adminAttestation, func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("GET "+adminAttestation, a.read(func(w http.ResponseWriter, r *http.Request) {
 		q := cluster.AttestationQuery{DeviceID: r.URL.Query().Get("device"), Limit: 100}
 		if s := r.URL.Query().Get("limit"); s != "" {
 			n, err := strconv.Atoi(s)
@@ -88,8 +120,8 @@ func (a *Appliance) adminHandler() http.Handler {
 		}
 		recs, err := a.node.Attestations(q)
 		writeResult(w, http.StatusOK, recs, a.adminErr(err))
-	})
-	mux.HandleFunc("GET "+adminAttestation+"/{id}", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("GET "+adminAttestation+"/{id}", a.read(func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 		if err != nil {
 			writeProblem(w, malformed("attestation IDs are positive integers"))
@@ -97,8 +129,75 @@ func (a *Appliance) adminHandler() http.Handler {
 		}
 		rec, err := a.node.Attestation(id)
 		writeResult(w, http.StatusOK, rec, a.adminErr(err))
+	}))
+	mux.HandleFunc("POST "+adminTokens, func(w http.ResponseWriter, r *http.Request) {
+		var req tokenRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.TTL.Duration <= 0 {
+			writeProblem(w, malformed("want {\"ttl\": \"15m\"} with a positive duration"))
+			return
+		}
+		tok, err := a.CreateJoinToken(r.Context(), req.TTL.Duration)
+		if err != nil {
+			writeProblem(w, a.clusterProblem(err))
+			return
+		}
+		writeJSON(w, http.StatusOK, tokenResponse{Token: tok.String(), Expires: time.Now().Add(req.TTL.Duration)})
+	})
+	mux.HandleFunc("GET "+adminMembers, func(w http.ResponseWriter, r *http.Request) {
+		ms, err := a.node.Members()
+		writeResult(w, http.StatusOK, ms, a.adminErr(err))
+	})
+	mux.HandleFunc("DELETE "+adminMembers+"/{id}", func(w http.ResponseWriter, r *http.Request) {
+		err := a.leaderOp(r.Context(), leaderOp{Op: "remove", NodeID: r.PathValue("id")})
+		writeResult(w, http.StatusOK, struct{}{}, err)
+	})
+	mux.HandleFunc("POST "+adminTransfer, func(w http.ResponseWriter, r *http.Request) {
+		err := a.leaderOp(r.Context(), leaderOp{Op: "transfer-leadership"})
+		writeResult(w, http.StatusOK, struct{}{}, err)
 	})
 	return mux
+}
+
+// leaderOp is a membership operation only the leader can carry out; a
+// follower forwards it.
+type leaderOp struct {
+	Op     string `json:"op"`
+	NodeID string `json:"node_id,omitempty"`
+}
+
+func (a *Appliance) leaderOp(ctx context.Context, op leaderOp) error {
+	if !a.node.IsLeader() {
+		leader := a.node.LeaderID()
+		if leader == "" {
+			return newProblem(http.StatusServiceUnavailable, api.CodeUnavailable, "no leader")
+		}
+		addr, err := forwarder{a}.leaderAPI(leader)
+		if err != nil {
+			return a.clusterProblem(err)
+		}
+		body, _ := json.Marshal(op)
+		if err := a.nodeRPC(ctx, addr, pathClusterOp, bytes.NewReader(body), &struct{}{}); err != nil {
+			return a.clusterProblem(err)
+		}
+		return nil
+	}
+	var err error
+	switch op.Op {
+	case "remove":
+		if op.NodeID == a.cfg.NodeID {
+			return newProblem(http.StatusConflict, api.CodeMalformed, "the leader cannot remove itself: transfer leadership first")
+		}
+		err = a.node.RemoveServer(op.NodeID)
+	case "transfer-leadership":
+		err = a.node.TransferLeadership()
+	default:
+		return malformed("unknown operation " + op.Op)
+	}
+	if err != nil {
+		return a.clusterProblem(err)
+	}
+	a.log.Info("membership changed", "op", op.Op, "node_id", op.NodeID)
+	return nil
 }
 
 func (a *Appliance) adminErr(err error) error {
@@ -115,6 +214,9 @@ func (a *Appliance) adminErr(err error) error {
 // AdminClient talks to a node's admin socket.
 type AdminClient struct {
 	hc *http.Client
+	// StaleReads serves reads from the node's local state without asking
+	// the leader: faster, and available without a quorum, but possibly behind.
+	StaleReads bool
 }
 
 // NewAdminClient returns a client for the node whose data directory is dataDir.
@@ -170,8 +272,50 @@ func (c *AdminClient) Attestation(ctx context.Context, id uint64) (cluster.Attes
 	return rec, c.get(ctx, adminAttestation+"/"+strconv.FormatUint(id, 10), &rec)
 }
 
+// CreateJoinToken makes a one-time join token valid for ttl.
+func (c *AdminClient) CreateJoinToken(ctx context.Context, ttl time.Duration) (string, time.Time, error) {
+	var out tokenResponse
+	err := c.do(ctx, http.MethodPost, adminTokens, tokenRequest{TTL: Duration{ttl}}, &out)
+	return out.Token, out.Expires, err
+}
+
+// Members lists the cluster's members.
+func (c *AdminClient) Members(ctx context.Context) ([]cluster.Member, error) {
+	var ms []cluster.Member
+	return ms, c.get(ctx, adminMembers, &ms)
+}
+
+// RemoveMember removes a node from the cluster.
+func (c *AdminClient) RemoveMember(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, adminMembers+"/"+url.PathEscape(id), nil, &struct{}{})
+}
+
+// TransferLeadership asks the leader to hand leadership to another voter.
+func (c *AdminClient) TransferLeadership(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, adminTransfer, struct{}{}, &struct{}{})
+}
+
 func (c *AdminClient) get(ctx context.Context, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://gatehouse"+path, nil)
+	if c.StaleReads {
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		path += sep + "stale=true"
+	}
+	return c.do(ctx, http.MethodGet, path, nil, v)
+}
+
+func (c *AdminClient) do(ctx context.Context, method, path string, in, v any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://gatehouse"+path, body)
 	if err != nil {
 		return err
 	}
@@ -180,16 +324,16 @@ func (c *AdminClient) get(ctx context.Context, path string, v any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
 		var p api.Problem
-		if json.Unmarshal(body, &p) == nil && p.Code != "" {
+		if json.Unmarshal(out, &p) == nil && p.Code != "" {
 			return &p
 		}
 		return fmt.Errorf("admin API: %s", resp.Status)
 	}
-	return json.Unmarshal(body, v)
+	return json.Unmarshal(out, v)
 }

@@ -34,6 +34,7 @@ const (
 	pathClusterMembers = "/cluster/v1/members"
 	pathClusterApply   = "/cluster/v1/apply"
 	pathClusterRead    = "/cluster/v1/read-index"
+	pathClusterOp      = "/cluster/v1/leader-op"
 	headerLeader       = "Gatehouse-Leader" // API address of the leader, on 421 answers
 	nodeCertValidity   = 7 * 24 * time.Hour
 	maxRPCBody         = 4 << 20
@@ -178,6 +179,18 @@ func (a *Appliance) clusterRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+pathClusterMembers, a.requireNode(a.handleAddMember))
 	mux.HandleFunc("POST "+pathClusterApply, a.requireNode(a.handleApply))
 	mux.HandleFunc("POST "+pathClusterRead, a.requireNode(a.handleReadIndex))
+	mux.HandleFunc("POST "+pathClusterOp, a.requireNode(func(w http.ResponseWriter, r *http.Request) {
+		var op leaderOp
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&op); err != nil {
+			writeProblem(w, malformed(err.Error()))
+			return
+		}
+		if !a.node.IsLeader() {
+			a.misdirected(w)
+			return
+		}
+		writeResult(w, http.StatusOK, struct{}{}, a.leaderOp(r.Context(), op))
+	}))
 }
 
 func (a *Appliance) requireNode(h http.HandlerFunc) http.HandlerFunc {

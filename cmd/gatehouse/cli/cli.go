@@ -42,7 +42,8 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().String("data-dir", "gatehouse-data", "node data directory")
-	root.AddCommand(initCmd(), serveCmd(), statusCmd(), devicesCmd(), attestationsCmd())
+	root.PersistentFlags().Bool("stale", false, "read this node's local state without confirming with the leader")
+	root.AddCommand(initCmd(), serveCmd(), statusCmd(), devicesCmd(), attestationsCmd(), clusterCmd())
 	return root
 }
 
@@ -134,10 +135,11 @@ func readPassword(path string) ([]byte, error) {
 }
 
 func serveCmd() *cobra.Command {
-	var passwordFile, listen, level string
+	var passwordFile, listen, level, join, tokenFile string
+	joinCfg := server.DefaultConfig()
 	c := &cobra.Command{
 		Use:   "serve",
-		Short: "Run this node until SIGINT or SIGTERM",
+		Short: "Run this node until SIGINT or SIGTERM (with --join, first join a cluster)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			pw, err := readPassword(passwordFile)
@@ -149,21 +151,43 @@ func serveCmd() *cobra.Command {
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lv}))
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if join != "" {
+				if _, err := server.LoadConfig(dataDir(cmd)); err == nil {
+					log.Info("already a member; ignoring --join", "data_dir", dataDir(cmd))
+				} else if errors.Is(err, server.ErrNotInitialized) {
+					if joinCfg.NodeID == "" {
+						return errors.New("--join needs --node-id")
+					}
+					if listen != "" {
+						joinCfg.Listen = listen
+					}
+					tok, err := os.ReadFile(tokenFile)
+					if err != nil {
+						return fmt.Errorf("--token-file: %w", err)
+					}
+					if err := server.Join(ctx, dataDir(cmd), pw, join, strings.TrimSpace(string(tok)), joinCfg); err != nil {
+						return err
+					}
+					log.Info("joined", "seed", join, "node_id", joinCfg.NodeID)
+				} else {
+					return err
+				}
+			}
 			opts := []server.Option{server.WithLogger(log)}
 			if listen != "" {
 				opts = append(opts, server.WithListen(listen))
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
 			a, err := server.Open(dataDir(cmd), pw, opts...)
 			if err != nil {
 				return err
 			}
 			defer a.Close()
-			readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			readyCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 			defer cancel()
 			if err := a.WaitReady(readyCtx); err != nil {
-				return fmt.Errorf("waiting for Raft leadership: %w", err)
+				return fmt.Errorf("waiting for a Raft leader: %w", err)
 			}
 			log.Info("ready", "device_api", "https://"+a.Addr())
 			<-ctx.Done()
@@ -171,8 +195,14 @@ func serveCmd() *cobra.Command {
 			return a.Close()
 		},
 	}
-	c.Flags().StringVar(&passwordFile, "password-file", "", "file holding the CA key password")
-	c.Flags().StringVar(&listen, "listen", "", "override the configured device API address")
-	c.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	f := c.Flags()
+	f.StringVar(&passwordFile, "password-file", "", "file holding the CA key password (the same on every node)")
+	f.StringVar(&listen, "listen", "", "device API address (with --join: recorded in the new node's configuration)")
+	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&join, "join", "", "API address (host:port) of a member to join through, for a new node")
+	f.StringVar(&tokenFile, "token-file", "", "file holding a join token (gatehouse cluster token create)")
+	f.StringVar(&joinCfg.NodeID, "node-id", "", "with --join: this node's ID")
+	f.StringVar(&joinCfg.RaftAddr, "raft-addr", joinCfg.RaftAddr, "with --join: this node's Raft address")
+	f.StringSliceVar(&joinCfg.Hostnames, "hostname", joinCfg.Hostnames, "with --join: DNS names and IPs for this node's certificates")
 	return c
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gatehouse-dev/gatehouse/cluster"
-	"github.com/gatehouse-dev/gatehouse/server"
 )
 
 func addOutputFlag(c *cobra.Command) {
@@ -42,7 +41,7 @@ func statusCmd() *cobra.Command {
 		Short: "Show this node's status",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := server.NewAdminClient(dataDir(cmd)).Status(cmd.Context())
+			s, err := adminClient(cmd).Status(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -62,7 +61,7 @@ func devicesCmd() *cobra.Command {
 		Short: "List devices",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			devs, err := server.NewAdminClient(dataDir(cmd)).Devices(cmd.Context())
+			devs, err := adminClient(cmd).Devices(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -79,7 +78,7 @@ func devicesCmd() *cobra.Command {
 		Short: "Show one device",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			d, err := server.NewAdminClient(dataDir(cmd)).Device(cmd.Context(), args[0])
+			d, err := adminClient(cmd).Device(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -123,7 +122,7 @@ func attestationsCmd() *cobra.Command {
 		Short: "List attestation records, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			recs, err := server.NewAdminClient(dataDir(cmd)).Attestations(cmd.Context(), device, limit)
+			recs, err := adminClient(cmd).Attestations(cmd.Context(), device, limit)
 			if err != nil {
 				return err
 			}
@@ -146,7 +145,7 @@ func attestationsCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("attestation IDs are positive integers: %q", args[0])
 			}
-			r, err := server.NewAdminClient(dataDir(cmd)).Attestation(cmd.Context(), id)
+			r, err := adminClient(cmd).Attestation(cmd.Context(), id)
 			if err != nil {
 				return err
 			}
