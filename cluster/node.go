@@ -65,6 +65,7 @@ type options struct {
 	fatal        func(error)
 	applyTimeout time.Duration
 	forwarder    Forwarder
+	faults       *Faults
 }
 
 // WithForwarder lets a follower forward writes to the leader. Without one, a
@@ -138,7 +139,7 @@ func Open(cfg Config, opts ...Option) (n *Node, err error) {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
 	if cfg.TLS != nil {
-		stream, err := newTLSStreamLayer(cfg.RaftAddr, cfg.TLS)
+		stream, err := newTLSStreamLayer(cfg.RaftAddr, cfg.TLS, o.faults)
 		if err != nil {
 			return nil, fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 		}
@@ -358,6 +359,9 @@ func (n *Node) Attestations(q AttestationQuery) ([]AttestationRecord, error) {
 
 // SessionUsed reports whether a session has been consumed.
 func (n *Node) SessionUsed(sessionID string) (bool, error) { return n.fsm.sessionUsed(sessionID) }
+
+// Stats are Raft's own counters (state, term, indexes, snapshot).
+func (n *Node) Stats() map[string]string { return n.raft.Stats() }
 
 // StateHash is a content hash of the registry.
 func (n *Node) StateHash() (string, error) { return n.fsm.stateHash() }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -16,12 +17,13 @@ import (
 // valid node certificate fails the handshake and never reaches Raft.
 type tlsStreamLayer struct {
 	net.Listener
-	cfg *tls.Config
+	cfg    *tls.Config
+	faults *Faults // nil outside partition tests
 }
 
 var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
 
-func newTLSStreamLayer(addr string, cfg *tls.Config) (*tlsStreamLayer, error) {
+func newTLSStreamLayer(addr string, cfg *tls.Config, faults *Faults) (*tlsStreamLayer, error) {
 	if cfg == nil || (cfg.GetCertificate == nil && len(cfg.Certificates) == 0) || cfg.ClientAuth != tls.RequireAndVerifyClientCert {
 		return nil, errors.New("cluster: the Raft TLS config must present a node certificate and require one from peers")
 	}
@@ -29,7 +31,7 @@ func newTLSStreamLayer(addr string, cfg *tls.Config) (*tlsStreamLayer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tlsStreamLayer{Listener: ln, cfg: cfg}, nil
+	return &tlsStreamLayer{Listener: ln, cfg: cfg, faults: faults}, nil
 }
 
 // Accept wraps each connection in TLS. The handshake runs on Raft's
@@ -37,9 +39,15 @@ func newTLSStreamLayer(addr string, cfg *tls.Config) (*tlsStreamLayer, error) {
 // accepting others; a peer that fails it is disconnected before Raft decodes
 // anything.
 func (s *tlsStreamLayer) Accept() (net.Conn, error) {
-	c, err := s.Listener.Accept()
-	if err != nil {
-		return nil, err
+	var c net.Conn
+	for {
+		var err error
+		if c, err = s.Listener.Accept(); err != nil {
+			return nil, err
+		}
+		if s.faults.track(c) == nil {
+			break
+		}
 	}
 	tc := tls.Server(c, s.cfg)
 	_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
@@ -67,9 +75,70 @@ func (c *handshakeConn) Read(b []byte) (int, error) {
 // Dial connects to a peer and verifies it is a member.
 func (s *tlsStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	d := &net.Dialer{Timeout: timeout}
-	c, err := tls.DialWithDialer(d, "tcp", string(addr), s.cfg)
+	c, err := d.Dial("tcp", string(addr))
 	if err != nil {
 		return nil, fmt.Errorf("raft dial %s: %w", addr, err)
 	}
-	return c, nil
+	if err := s.faults.track(c); err != nil {
+		return nil, fmt.Errorf("raft dial %s: %w", addr, err)
+	}
+	tc := tls.Client(c, s.cfg)
+	_ = tc.SetDeadline(time.Now().Add(timeout))
+	if err := tc.Handshake(); err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("raft dial %s: %w", addr, err)
+	}
+	_ = tc.SetDeadline(time.Time{})
+	return tc, nil
 }
+
+// Faults cuts a node's Raft traffic on demand, for partition tests: while
+// isolated, dials fail, accepted connections are dropped, and connections
+// already open are closed. It injects faults at the stream layer, so Raft
+// itself runs unmodified.
+type Faults struct {
+	mu       sync.Mutex
+	isolated bool
+	conns    map[net.Conn]struct{}
+}
+
+// Isolate cuts the node off.
+func (f *Faults) Isolate() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.isolated = true
+	for c := range f.conns {
+		c.Close()
+	}
+	f.conns = nil
+}
+
+// Heal reconnects the node.
+func (f *Faults) Heal() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.isolated = false
+}
+
+// track admits a connection, or closes it when isolated.
+func (f *Faults) track(c net.Conn) error {
+	if f == nil {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.isolated {
+		c.Close()
+		return errIsolated
+	}
+	if f.conns == nil {
+		f.conns = map[net.Conn]struct{}{}
+	}
+	f.conns[c] = struct{}{}
+	return nil
+}
+
+var errIsolated = errors.New("isolated by fault injection")
+
+// WithFaults lets a test partition this node (TLS transport only).
+func WithFaults(f *Faults) Option { return func(o *options) { o.faults = f } }

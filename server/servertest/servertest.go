@@ -50,11 +50,14 @@ func (c *Clock) Advance(d time.Duration) {
 }
 
 // FastRaft shortens Raft's timeouts so a single node elects itself quickly.
+// It also keeps few trailing logs, so a forced snapshot truncates the log
+// and a late joiner must install the snapshot.
 func FastRaft(c *raft.Config) {
 	c.HeartbeatTimeout = 150 * time.Millisecond
 	c.ElectionTimeout = 150 * time.Millisecond
 	c.LeaderLeaseTimeout = 100 * time.Millisecond
 	c.CommitTimeout = 5 * time.Millisecond
+	c.TrailingLogs = 16
 }
 
 // Env is one appliance node on loopback plus a test TPM manufacturer whose
@@ -78,7 +81,7 @@ func New(t testing.TB) *Env {
 	cfg := server.DefaultConfig()
 	cfg.TrustDomain = TrustDomain
 	cfg.Listen = "127.0.0.1:0"
-	cfg.RaftAddr = "127.0.0.1:0"
+	cfg.RaftAddr = FreeAddr(t) // fixed: the cluster configuration records it
 	if err := server.Init(e.Dir, Password, cfg, EKRoots(m)); err != nil {
 		t.Fatalf("init appliance: %v", err)
 	}
@@ -152,7 +155,7 @@ func (d *Device) NewAK(t testing.TB, alg goattest.Algorithm) *goattest.AK {
 
 // Join adds a node to e's cluster through e's API with a fresh join token,
 // starts it, and waits until it sees a leader. It stops when the test ends.
-func (e *Env) Join(t testing.TB, nodeID string) (*server.Appliance, string) {
+func (e *Env) Join(t testing.TB, nodeID string, opts ...cluster.Option) (*server.Appliance, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -168,13 +171,13 @@ func (e *Env) Join(t testing.TB, nodeID string) (*server.Appliance, string) {
 	if err := server.Join(ctx, dir, Password, e.App.Addr(), tok.String(), cfg); err != nil {
 		t.Fatalf("join %s: %v", nodeID, err)
 	}
-	return StartNode(t, dir), dir
+	return StartNode(t, dir, opts...), dir
 }
 
 // StartNode opens the node in dir and waits until it sees a leader.
-func StartNode(t testing.TB, dir string) *server.Appliance {
+func StartNode(t testing.TB, dir string, opts ...cluster.Option) *server.Appliance {
 	t.Helper()
-	app, err := server.Open(dir, Password, server.WithClusterOptions(cluster.WithRaftConfig(FastRaft)))
+	app, err := server.Open(dir, Password, server.WithClusterOptions(append([]cluster.Option{cluster.WithRaftConfig(FastRaft)}, opts...)...))
 	if err != nil {
 		t.Fatalf("open %s: %v", dir, err)
 	}
