@@ -404,3 +404,34 @@ func (w *slogWriter) Write(p []byte) (int, error) {
 }
 
 var _ io.Writer = (*slogWriter)(nil)
+
+// WriteState writes a consistent copy of the registry (a bbolt file) to w and
+// returns the index of the last entry it includes.
+func (n *Node) WriteState(w io.Writer) (uint64, error) {
+	snap, err := n.fsm.Snapshot()
+	if err != nil {
+		return 0, err
+	}
+	defer snap.Release()
+	tx := snap.(*fsmSnapshot).tx
+	if _, err := tx.WriteTo(w); err != nil {
+		return 0, err
+	}
+	return n.fsm.last.Load(), nil
+}
+
+// RestoreState replaces the whole cluster's registry with state (as written
+// by WriteState), through Raft's user restore: the leader installs it and
+// followers receive it as a snapshot. For disaster recovery into a fresh
+// cluster; leader only.
+func (n *Node) RestoreState(state io.Reader, size int64) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size, Configuration: cf.Configuration(), ConfigurationIndex: cf.Index()}
+	return n.raft.Restore(meta, state, n.applyTimeout)
+}

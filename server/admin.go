@@ -33,6 +33,8 @@ const (
 	adminTokens      = "/admin/v1/cluster/tokens"
 	adminMembers     = "/admin/v1/cluster/members"
 	adminTransfer    = "/admin/v1/cluster/transfer-leadership"
+	adminBackup      = "/admin/v1/cluster/backup"
+	adminRestore     = "/admin/v1/cluster/restore"
 )
 
 // Status is what GET /admin/v1/status returns.
@@ -154,6 +156,34 @@ func (a *Appliance) adminHandler() http.Handler {
 	mux.HandleFunc("POST "+adminTransfer, func(w http.ResponseWriter, r *http.Request) {
 		err := a.leaderOp(r.Context(), leaderOp{Op: "transfer-leadership"})
 		writeResult(w, http.StatusOK, struct{}{}, err)
+	})
+	mux.HandleFunc("GET "+adminBackup, func(w http.ResponseWriter, r *http.Request) {
+		var buf bytes.Buffer // whole, so a failure is a clean error rather than a cut archive
+		meta, err := a.WriteBackup(r.Context(), &buf)
+		if err != nil {
+			writeProblem(w, a.clusterProblem(err))
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-tar")
+		w.Header().Set("Gatehouse-Raft-Index", strconv.FormatUint(meta.RaftIndex, 10))
+		w.Write(buf.Bytes())
+	})
+	mux.HandleFunc("POST "+adminRestore, func(w http.ResponseWriter, r *http.Request) {
+		b, err := ReadBackup(r.Body)
+		if err != nil {
+			writeProblem(w, malformed(err.Error()))
+			return
+		}
+		if !a.node.IsLeader() {
+			writeProblem(w, newProblem(http.StatusConflict, api.CodeUnavailable, "restore on the leader ("+a.node.LeaderID()+")"))
+			return
+		}
+		if err := a.RestoreBackup(r.Context(), b); err != nil {
+			writeProblem(w, newProblem(http.StatusConflict, api.CodeMalformed, err.Error()))
+			return
+		}
+		a.log.Info("registry restored from backup", "backup_node", b.Meta.NodeID, "backup_created", b.Meta.Created)
+		writeJSON(w, http.StatusOK, b.Meta)
 	})
 	return mux
 }
@@ -293,6 +323,42 @@ func (c *AdminClient) RemoveMember(ctx context.Context, id string) error {
 // TransferLeadership asks the leader to hand leadership to another voter.
 func (c *AdminClient) TransferLeadership(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, adminTransfer, struct{}{}, &struct{}{})
+}
+
+// Backup writes a backup archive of the cluster to w.
+func (c *AdminClient) Backup(ctx context.Context, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://gatehouse"+adminBackup, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var p api.Problem
+		if json.NewDecoder(resp.Body).Decode(&p) == nil && p.Code != "" {
+			return &p
+		}
+		return fmt.Errorf("backup: %s", resp.Status)
+	}
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
+// Restore replaces the cluster's registry with a backup's.
+func (c *AdminClient) Restore(ctx context.Context, archive io.Reader) (BackupMeta, error) {
+	var meta BackupMeta
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://gatehouse"+adminRestore, archive)
+	if err != nil {
+		return meta, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return meta, err
+	}
+	return meta, decodeProblemOr(resp, &meta)
 }
 
 func (c *AdminClient) get(ctx context.Context, path string, v any) error {

@@ -399,6 +399,10 @@ func (a *Appliance) nodeRPC(ctx context.Context, addr, path string, body io.Read
 	return json.Unmarshal(b, out)
 }
 
+func (a *Appliance) self() cluster.Member {
+	return cluster.Member{ID: a.cfg.NodeID, RaftAddr: a.node.RaftAddr(), APIAddr: a.apiAddr()}
+}
+
 // notLeaderError is a peer's "not the leader" answer, naming the leader's
 // API address when it knows it.
 type notLeaderError struct{ addr, leader string }
@@ -413,7 +417,7 @@ func (e *notLeaderError) Unwrap() error { return cluster.ErrNotLeader }
 // a node that joined, asks the leader to make it a voter. It retries until it
 // succeeds or the appliance closes.
 func (a *Appliance) registerLoop(joinSeed string, fresh bool) {
-	self := cluster.Member{ID: a.cfg.NodeID, RaftAddr: a.node.RaftAddr(), APIAddr: a.apiAddr()}
+	self := a.self()
 	body, _ := json.Marshal(self)
 	target := joinSeed
 	for attempt := 0; ; attempt++ {

@@ -55,13 +55,17 @@ func dataDir(cmd *cobra.Command) string {
 func initCmd() *cobra.Command {
 	def := server.DefaultConfig()
 	cfg := def
-	var passwordFile, ekRoots string
+	var passwordFile, ekRoots, fromBackup string
 	var validity time.Duration
 	c := &cobra.Command{
 		Use:   "init",
 		Short: "Create a new appliance: configuration, encrypted PKI, manufacturer roots",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.CertValidity = server.Duration{Duration: validity}
+			if fromBackup != "" {
+				return initFromBackup(cmd, fromBackup, passwordFile, cfg)
+			}
 			if ekRoots == "" {
 				return errors.New("--ek-roots is required: a PEM bundle of TPM manufacturer roots (and intermediates) that EK certificates must chain to")
 			}
@@ -73,7 +77,6 @@ func initCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg.CertValidity = server.Duration{Duration: validity}
 			if err := server.Init(dataDir(cmd), pw, cfg, roots); err != nil {
 				return err
 			}
@@ -94,8 +97,30 @@ func initCmd() *cobra.Command {
 	f.StringVar(&cfg.RaftAddr, "raft-addr", def.RaftAddr, "Raft transport address")
 	f.StringSliceVar(&cfg.Hostnames, "hostname", def.Hostnames, "DNS names and IPs for the HTTPS certificate")
 	f.DurationVar(&validity, "cert-validity", def.CertValidity.Duration, "device certificate validity")
+	f.StringVar(&fromBackup, "from-backup", "", "take the CA, trust domain and manufacturer roots from this backup (then: serve, cluster restore)")
 	_ = c.MarkFlagRequired("password-file")
 	return c
+}
+
+func initFromBackup(cmd *cobra.Command, path, passwordFile string, cfg server.Config) error {
+	pw, err := readPassword(passwordFile)
+	if err != nil {
+		return fmt.Errorf("the backup's CA key needs its password: %w", err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b, err := server.ReadBackup(f)
+	if err != nil {
+		return err
+	}
+	if err := server.InitFromBackup(dataDir(cmd), pw, cfg, b); err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "initialized %s from %s (trust domain %s); start it, then run: gatehouse cluster restore %s\n", dataDir(cmd), path, b.Meta.TrustDomain, path)
+	return nil
 }
 
 // passwordForInit reads the password file, or creates it with a random

@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -79,7 +80,50 @@ func clusterCmd() *cobra.Command {
 			return nil
 		},
 	}
-	c.AddCommand(token, members, remove, transfer, statusCmd())
+	backup := &cobra.Command{
+		Use:   "backup FILE",
+		Short: "Write a checksummed backup archive of the registry and the CA",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			tmp := args[0] + ".partial"
+			f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+			if err != nil {
+				return err
+			}
+			err = adminClient(cmd).Backup(cmd.Context(), f)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				os.Remove(tmp)
+				return err
+			}
+			if err := os.Rename(tmp, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s\n", args[0])
+			return nil
+		},
+	}
+	restore := &cobra.Command{
+		Use:   "restore FILE",
+		Short: "Replace the registry with a backup's (disaster recovery into a cluster made with init --from-backup)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			meta, err := adminClient(cmd).Restore(cmd.Context(), f)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "restored the registry from %s (taken %s on %s at index %d)\n", args[0], meta.Created.Format(time.RFC3339), meta.NodeID, meta.RaftIndex)
+			return nil
+		},
+	}
+	c.AddCommand(token, members, remove, transfer, backup, restore, statusCmd())
 	return c
 }
 
