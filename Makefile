@@ -1,6 +1,9 @@
 # Gatehouse. Quick start: `make demo`, `make test`.
 GO      ?= go
 BIN     := bin
+# Raft reports to hashicorp/go-metrics (not armon) with this tag, so its
+# metrics reach the Prometheus sink behind /metrics.
+export GOFLAGS := -tags=hashicorpmetrics
 PKGS    := ./...
 # Debian packages the TPM tests and the demo need.
 APT_PKGS := swtpm swtpm-tools openssl

@@ -235,6 +235,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		return nil, fmt.Errorf("node certificate: %w", err)
 	}
 	a.nodeHTTP = a.nodeClient()
+	installRaftMetrics()
 	a.node, err = cluster.Open(cluster.Config{
 		NodeID:    cfg.NodeID,
 		DataDir:   filepath.Join(dataDir, raftDir),
@@ -257,6 +258,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		sessionTTL:   cfg.SessionTTL.Duration,
 		now:          o.now,
 		log:          o.logger,
+		metrics:      newEnrollMetrics(),
 	}
 	if err := a.serveDevices(); err != nil {
 		return nil, err

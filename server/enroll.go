@@ -51,6 +51,7 @@ type Enroller struct {
 	now          func() time.Time
 	log          *slog.Logger
 	issued       atomic.Uint64 // certificates issued since start
+	metrics      *enrollMetrics
 }
 
 // Stage names in attestation records.
@@ -60,7 +61,8 @@ const (
 )
 
 // Challenge verifies the EK and AK and returns a credential challenge.
-func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (*api.ChallengeResponse, error) {
+func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (resp *api.ChallengeResponse, err error) {
+	defer func(start time.Time) { e.metrics.observe(stageChallenge, start, err) }(time.Now())
 	now := e.now()
 	rec := cluster.AttestationRecord{Time: now, Node: e.nodeID, Stage: stageChallenge, Evidence: cluster.Evidence{Claims: claims(req.Claims)}}
 	sess := &session{Expires: now.Add(e.sessionTTL), Claims: rec.Evidence.Claims}
@@ -168,7 +170,8 @@ func (e *Enroller) recordEK(sess *session, ekPub crypto.PublicKey) {
 }
 
 // Complete verifies the second round trip, commits, then issues.
-func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (*api.CompleteResponse, error) {
+func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp *api.CompleteResponse, err error) {
+	defer func(start time.Time) { e.metrics.observe(stageComplete, start, err) }(time.Now())
 	now := e.now()
 	rec := cluster.AttestationRecord{Time: now, Node: e.nodeID, Stage: stageComplete}
 
@@ -267,6 +270,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (*api
 		return nil, newProblem(http.StatusInternalServerError, api.CodeInternal, "certificate issuance failed")
 	}
 	e.issued.Add(1)
+	e.metrics.certsDone.Inc()
 	e.log.Info("device enrolled", "device_id", sess.DeviceID, "attestation_id", attID, "serial", rec.CertificateSerial)
 	out := &api.CompleteResponse{
 		DeviceID:      sess.DeviceID,
@@ -303,7 +307,9 @@ func (e *Enroller) reject(ctx context.Context, rec cluster.AttestationRecord, se
 
 // rejectRequest records a request refused before it could be decoded.
 func (e *Enroller) rejectRequest(ctx context.Context, stage string, cause error) error {
-	return e.reject(ctx, cluster.AttestationRecord{Time: e.now(), Node: e.nodeID, Stage: stage}, nil, cause)
+	err := e.reject(ctx, cluster.AttestationRecord{Time: e.now(), Node: e.nodeID, Stage: stage}, nil, cause)
+	e.metrics.observe(stage, time.Now(), err)
+	return err
 }
 
 var pcrBanks = map[string]crypto.Hash{"sha1": crypto.SHA1, "sha256": crypto.SHA256, "sha384": crypto.SHA384, "sha512": crypto.SHA512}

@@ -37,6 +37,7 @@ func (a *Appliance) deviceHandler() http.Handler {
 	})
 	mux.HandleFunc("GET "+api.PathWhoAmI, a.whoami)
 	a.clusterRoutes(mux)
+	mux.Handle("GET /metrics", a.metricsHandler())
 	return mux
 }
 
