@@ -8,7 +8,7 @@ PKGS    := ./...
 # Debian packages the TPM tests and the demo need.
 APT_PKGS := swtpm swtpm-tools openssl
 
-.PHONY: all build test bench demo deps vet clean
+.PHONY: all build test bench demo deps vet clean chaos cluster cluster-stop
 
 all: build
 
@@ -45,6 +45,16 @@ bench: deps
 
 demo: deps build
 	bash ./demo.sh
+
+# chaos: three node processes, a random one SIGKILLed every 5-10 s for
+# CHAOS_DURATION (default 3m); the last line is the invariants line.
+CHAOS_DURATION ?= 3m
+chaos: deps build
+	@mkdir -p build
+	@CHAOS_DURATION=$(CHAOS_DURATION) $(GO) test -tags=hashicorpmetrics,chaos -run '^TestChaos$$' -count=1 -timeout 6m -v ./server/ > build/chaos.log 2>&1; \
+	  rc=$$?; grep -E '^\s+chaos_test.go' build/chaos.log | tail -n 5; \
+	  grep '^invariants:' build/chaos.log | tail -n 1 || { tail -n 30 build/chaos.log; echo "invariants: chaos run failed before the check (see build/chaos.log)"; }; \
+	  exit $$rc
 
 clean:
 	rm -rf $(BIN) build
