@@ -41,7 +41,10 @@ test: deps vet
 	$(GO) test -count=1 -timeout 9m $(PKGS)
 
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 200x ./server/ ./cluster/ ./ca/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 200x ./cluster/ ./ca/
+	$(GO) test -run '^$$' -bench 'Enrollment' -benchmem -benchtime 200x ./server/
+	$(GO) test -run '^$$' -bench 'ClusterCommits' -benchtime 20000x ./server/
+	$(GO) test -run '^$$' -bench 'Failover' -benchtime 3x ./server/
 
 demo: deps build
 	bash ./demo.sh

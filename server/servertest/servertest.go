@@ -71,13 +71,15 @@ type Env struct {
 	Clock  *Clock
 	// HTTP is a plain HTTPS client trusting the appliance root.
 	HTTP *http.Client
+	opts []cluster.Option
 }
 
-// New initializes and starts an appliance. Everything stops when the test ends.
-func New(t testing.TB) *Env {
+// New initializes and starts an appliance. Everything stops when the test
+// ends. opts go to its Raft node after FastRaft (WithRaftConfig replaces it).
+func New(t testing.TB, opts ...cluster.Option) *Env {
 	t.Helper()
 	m := swtpm.NewTestManufacturer(t)
-	e := &Env{T: t, Dir: t.TempDir(), Mfr: m, Clock: &Clock{}}
+	e := &Env{T: t, Dir: t.TempDir(), Mfr: m, Clock: &Clock{}, opts: opts}
 	cfg := server.DefaultConfig()
 	cfg.TrustDomain = TrustDomain
 	cfg.Listen = "127.0.0.1:0"
@@ -99,7 +101,7 @@ func (e *Env) Start() {
 	e.T.Helper()
 	app, err := server.Open(e.Dir, Password,
 		server.WithClock(e.Clock.Now),
-		server.WithClusterOptions(cluster.WithRaftConfig(FastRaft)))
+		server.WithClusterOptions(append([]cluster.Option{cluster.WithRaftConfig(FastRaft)}, e.opts...)...))
 	if err != nil {
 		e.T.Fatalf("open appliance: %v", err)
 	}
