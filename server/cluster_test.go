@@ -227,3 +227,31 @@ func selfSigned(t *testing.T) tls.Certificate {
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
 }
+
+// Removing a member works from any node (a follower forwards it to the
+// leader); the leader does not remove itself.
+func TestRemoveMember(t *testing.T) {
+	e, nodes, dirs := threeNodes(t)
+	ctx := context.Background()
+	li := leaderIndex(nodes)
+	fi := (li + 1) % 3
+	victim := (li + 2) % 3
+	victimID := []string{"node-1", "node-2", "node-3"}[victim]
+	if err := server.NewAdminClient(dirs[fi]).RemoveMember(ctx, victimID); err != nil {
+		t.Fatalf("remove through a follower: %v", err)
+	}
+	waitFor(t, "two members", 10*time.Second, func() bool {
+		ms, _ := nodes[li].Node().Members()
+		return len(ms) == 2
+	})
+	leaderID := []string{"node-1", "node-2", "node-3"}[li]
+	var p *api.Problem
+	if err := server.NewAdminClient(dirs[li]).RemoveMember(ctx, leaderID); !errors.As(err, &p) || p.Status != 409 {
+		t.Fatalf("the leader removed itself: %v", err)
+	}
+	// The two remaining nodes still commit.
+	d := servertest.NewDevice(t, e.Mfr)
+	if _, err := fwclient.NewClient("https://"+nodes[fi].Addr(), nodes[fi].Root()).Enroll(ctx, d.TPM); err != nil {
+		t.Fatalf("enroll after removal: %v", err)
+	}
+}

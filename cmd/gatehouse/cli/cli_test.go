@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/gatehouse-dev/gatehouse/cluster"
+	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
 
@@ -99,5 +100,31 @@ func TestRegistryCommands(t *testing.T) {
 	}
 	if _, err := run(t, "devices", "list", "--data-dir", t.TempDir()); err == nil || !strings.Contains(err.Error(), "is gatehouse serve running") {
 		t.Fatalf("devices list without a node: %v", err)
+	}
+}
+
+func TestClusterCommands(t *testing.T) {
+	e := servertest.New(t)
+	out, err := run(t, "cluster", "token", "create", "--data-dir", e.Dir, "--ttl", "1m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.ParseJoinToken(out); err != nil {
+		t.Fatalf("token %q: %v", out, err)
+	}
+	out, err = run(t, "cluster", "members", "--data-dir", e.Dir, "-o", "json")
+	var ms []cluster.Member
+	if err != nil || json.Unmarshal([]byte(out), &ms) != nil || len(ms) != 1 || !ms[0].Leader || !ms[0].Voter {
+		t.Fatalf("members: %v %s", err, out)
+	}
+	backup := filepath.Join(t.TempDir(), "b.tar")
+	if _, err := run(t, "cluster", "backup", backup, "--data-dir", e.Dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(backup); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run(t, "cluster", "transfer-leadership", "--data-dir", e.Dir); err == nil {
+		t.Fatal("a single node transferred leadership to nobody")
 	}
 }
