@@ -1,0 +1,396 @@
+package attest
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"unicode/utf16"
+
+	goattest "github.com/google/go-attestation/attest"
+)
+
+// TCG PC Client event types used here.
+const (
+	evNoAction             = 0x00000003
+	evSeparator            = 0x00000004
+	evAction               = 0x00000005
+	evSCRTMVersion         = 0x00000008
+	evEFIVariableDriver    = 0x80000001
+	evEFIBootApplication   = 0x80000003
+	evEFIBootDriver        = 0x80000004
+	evEFIAction            = 0x80000007
+	evEFIVariableAuthority = 0x800000e0
+	maxPCR                 = 23
+)
+
+// EventLog is a parsed TCG event log with its own replay and the facts it
+// states. Nothing in it is trusted until Verify matches the replay against
+// PCR values from a verified quote.
+type EventLog struct {
+	Banks []string // digest banks present, e.g. "sha1", "sha256"
+	// Events are in log order. Number counts from 0 at the first event in
+	// the file (the Spec ID event, when there is one), as tpm2_eventlog does.
+	Events []LogEvent
+	// Replayed holds each bank's PCR values computed from the log alone,
+	// starting PCR0 at the locality a StartupLocality event names.
+	Replayed map[string]map[int][]byte
+	Facts    Facts
+	// Problems are facts the log states badly (malformed SecureBoot or
+	// S-CRTM events): they do not stop replay, and policy decides.
+	Problems []string
+
+	log *goattest.EventLog
+}
+
+// LogEvent is one event.
+type LogEvent struct {
+	Number      int               `json:"number"`
+	PCR         int               `json:"pcr"`
+	Type        string            `json:"type"`
+	TypeCode    uint32            `json:"type_code"`
+	Digests     map[string]string `json:"digests"` // bank → hex
+	Description string            `json:"description,omitempty"`
+}
+
+// Facts are what the log says about the boot.
+type Facts struct {
+	StartupLocality int          `json:"startup_locality"`
+	SCRTMVersion    string       `json:"scrtm_version,omitempty"`
+	SecureBoot      *bool        `json:"secure_boot,omitempty"`
+	PK              []string     `json:"pk,omitempty"`  // certificate subjects, or "sha256:<hex>" for hashes
+	KEK             []string     `json:"kek,omitempty"` //
+	DB              []string     `json:"db,omitempty"`
+	DBXEntries      int          `json:"dbx_entries"`
+	Authorities     []string     `json:"authorities,omitempty"` // db entries that authorized a boot binary
+	BootApps        []DigestFact `json:"boot_applications,omitempty"`
+	Drivers         []DigestFact `json:"boot_drivers,omitempty"` // option ROMs and other EFI drivers (PCR2)
+	Separators      map[int]bool `json:"separators,omitempty"`   // PCR → separator seen (true: normal, false: error value)
+	Actions         []string     `json:"actions,omitempty"`
+}
+
+// DigestFact is a measured binary: where it came from and its digests.
+type DigestFact struct {
+	Event   int               `json:"event"`
+	PCR     int               `json:"pcr"`
+	Path    string            `json:"path,omitempty"`
+	Digests map[string]string `json:"digests"`
+}
+
+var bankNames = map[goattest.HashAlg]string{goattest.HashSHA1: "sha1", goattest.HashSHA256: "sha256", goattest.HashAlg(0x0C): "sha384", goattest.HashAlg(0x0D): "sha512"}
+
+var bankHashes = map[string]crypto.Hash{"sha1": crypto.SHA1, "sha256": crypto.SHA256, "sha384": crypto.SHA384, "sha512": crypto.SHA512}
+
+// ParseEventLog parses and replays a TCG event log (legacy SHA-1 or crypto
+// agile). A log that is empty, truncated, or names a PCR beyond 23 is
+// refused with an error wrapping ErrEventLogInvalid.
+func ParseEventLog(b []byte) (*EventLog, error) {
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%w: the log is empty", ErrEventLogInvalid)
+	}
+	raw, err := goattest.ParseEventLog(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrEventLogInvalid, err)
+	}
+	l := &EventLog{log: raw, Replayed: map[string]map[int][]byte{}}
+	for _, a := range raw.Algs {
+		if name, ok := bankNames[a]; ok {
+			l.Banks = append(l.Banks, name)
+		}
+	}
+	if len(l.Banks) == 0 {
+		return nil, fmt.Errorf("%w: no supported digest bank", ErrEventLogInvalid)
+	}
+	offset := 0
+	if len(raw.Algs) != 1 || raw.Algs[0] != goattest.HashSHA1 || isAgile(b) {
+		offset = 1 // the Spec ID event is event 0
+	}
+	perBank := map[string][]goattest.Event{}
+	for _, a := range raw.Algs {
+		if name, ok := bankNames[a]; ok {
+			perBank[name] = raw.Events(a)
+		}
+	}
+	first := perBank[l.Banks[0]]
+	for i, e := range first {
+		if e.Index < 0 || e.Index > maxPCR {
+			return nil, fmt.Errorf("%w: event %d extends PCR %d (0x%x), beyond PCR %d: not a TCG log", ErrEventLogInvalid, i+offset, e.Index, e.Index, maxPCR)
+		}
+		le := LogEvent{Number: i + offset, PCR: e.Index, Type: eventTypeName(uint32(e.Type)), TypeCode: uint32(e.Type), Digests: map[string]string{}}
+		for _, bank := range l.Banks {
+			if d := perBank[bank][i].Digest; d != nil {
+				le.Digests[bank] = hex.EncodeToString(d)
+			}
+		}
+		le.Description = l.describe(e, le)
+		l.Events = append(l.Events, le)
+	}
+	for _, bank := range l.Banks {
+		l.Replayed[bank] = replay(perBank[bank], bankHashes[bank])
+	}
+	l.secureBoot(raw)
+	return l, nil
+}
+
+// isAgile reports whether the first event is a Spec ID event.
+func isAgile(b []byte) bool {
+	return len(b) > 32+16 && bytes.HasPrefix(b[32:], []byte("Spec ID Event03"))
+}
+
+// replay extends every measured event into a PCR bank. EV_NO_ACTION events
+// are not measured; a StartupLocality event sets PCR0's initial value.
+func replay(events []goattest.Event, h crypto.Hash) map[int][]byte {
+	pcrs := map[int][]byte{}
+	for _, e := range events {
+		if uint32(e.Type) == evNoAction {
+			if e.Index == 0 && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality\x00")) {
+				init := make([]byte, h.Size())
+				init[len(init)-1] = e.Data[16]
+				pcrs[0] = init
+			}
+			continue
+		}
+		if e.Digest == nil {
+			continue
+		}
+		cur, ok := pcrs[e.Index]
+		if !ok {
+			cur = make([]byte, h.Size())
+		}
+		hh := h.New()
+		hh.Write(cur)
+		hh.Write(e.Digest)
+		pcrs[e.Index] = hh.Sum(nil)
+	}
+	return pcrs
+}
+
+// describe makes an event readable and collects its facts.
+func (l *EventLog) describe(e goattest.Event, le LogEvent) string {
+	f := &l.Facts
+	switch le.TypeCode {
+	case evNoAction:
+		if e.Index == 0 && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality\x00")) {
+			f.StartupLocality = int(e.Data[16])
+			return fmt.Sprintf("StartupLocality %d", e.Data[16])
+		}
+		if i := bytes.IndexByte(e.Data, 0); i > 0 {
+			return "no action: " + printable(e.Data[:i])
+		}
+	case evSeparator:
+		if f.Separators == nil {
+			f.Separators = map[int]bool{}
+		}
+		ok := len(e.Data) == 4 && binary.LittleEndian.Uint32(e.Data) == 0
+		f.Separators[e.Index] = ok
+		if !ok {
+			return "separator (error value)"
+		}
+		return "separator"
+	case evSCRTMVersion:
+		v, err := scrtmVersion(e.Data)
+		if err != nil {
+			l.Problems = append(l.Problems, fmt.Sprintf("event %d: invalid SCRTM version event for PCR%d: %v", le.Number, e.Index, err))
+			return "S-CRTM version (malformed)"
+		}
+		f.SCRTMVersion = v
+		return "S-CRTM version " + v
+	case evEFIBootApplication, evEFIBootDriver:
+		path := imageLoadPath(e.Data)
+		fact := DigestFact{Event: le.Number, PCR: e.Index, Path: path, Digests: le.Digests}
+		kind := "EFI boot application"
+		if le.TypeCode == evEFIBootDriver {
+			kind = "EFI boot services driver"
+			f.Drivers = append(f.Drivers, fact)
+		} else {
+			f.BootApps = append(f.BootApps, fact)
+		}
+		if path == "" {
+			return kind
+		}
+		return kind + " " + path
+	case evEFIAction, evAction:
+		s := printable(e.Data)
+		f.Actions = append(f.Actions, s)
+		return s
+	case evEFIVariableDriver, evEFIVariableAuthority, 0x80000002:
+		if name := efiVariableName(e.Data); name != "" {
+			return "EFI variable " + name
+		}
+	}
+	return ""
+}
+
+// secureBoot extracts Secure Boot facts with go-attestation's parser.
+func (l *EventLog) secureBoot(raw *goattest.EventLog) {
+	bank := goattest.HashSHA256
+	if len(raw.Algs) == 1 {
+		bank = raw.Algs[0]
+	}
+	sb, err := goattest.ParseSecurebootState(raw.Events(bank))
+	if err != nil {
+		l.Problems = append(l.Problems, "Secure Boot state: "+err.Error())
+		return
+	}
+	enabled := sb.Enabled
+	l.Facts.SecureBoot = &enabled
+	l.Facts.PK = certNames(sb.PlatformKeys, sb.PlatformKeyHashes)
+	l.Facts.KEK = certNames(sb.ExchangeKeys, sb.ExchangeKeyHashes)
+	l.Facts.DB = certNames(sb.PermittedKeys, sb.PermittedHashes)
+	l.Facts.DBXEntries = len(sb.ForbiddenKeys) + len(sb.ForbiddenHashes)
+	l.Facts.Authorities = certNames(append(sb.PreSeparatorAuthority, sb.PostSeparatorAuthority...), nil)
+}
+
+// Verify checks the log against PCR values from a verified quote: replaying
+// it must produce every quoted PCR it touches. go-attestation's replay is
+// used, with its workarounds for known firmware bugs (a missing
+// ExitBootServices event in PCR5). On a mismatch the error names each PCR
+// whose replay differs, with both values.
+func (l *EventLog) Verify(pcrs []goattest.PCR) error {
+	if _, err := l.log.Verify(pcrs); err == nil {
+		return nil
+	}
+	var diffs []string
+	for _, p := range pcrs {
+		bank := hashBank(p.DigestAlg)
+		got, ok := l.Replayed[bank][p.Index]
+		if !ok {
+			continue
+		}
+		if !bytes.Equal(got, p.Digest) {
+			diffs = append(diffs, fmt.Sprintf("PCR %d (%s): the log replays to %x, the quote has %x", p.Index, bank, got, p.Digest))
+		}
+	}
+	if len(diffs) == 0 {
+		diffs = append(diffs, "the log does not replay to the quoted PCRs")
+	}
+	return fmt.Errorf("%w: %s", ErrEventLogInvalid, strings.Join(diffs, "; "))
+}
+
+func hashBank(h crypto.Hash) string {
+	for name, hh := range bankHashes {
+		if hh == h {
+			return name
+		}
+	}
+	return h.String()
+}
+
+// scrtmVersion decodes an EV_S_CRTM_VERSION: a NUL-terminated UCS-2 string,
+// or a 16-byte GUID.
+func scrtmVersion(b []byte) (string, error) {
+	if len(b) == 16 && !bytes.HasSuffix(b, []byte{0, 0}) {
+		return fmt.Sprintf("GUID %x", b), nil
+	}
+	if len(b) < 2 || len(b)%2 != 0 || !bytes.HasSuffix(b, []byte{0, 0}) {
+		return "", fmt.Errorf("%d bytes are neither a NUL-terminated UCS-2 string nor a GUID", len(b))
+	}
+	u := make([]uint16, 0, len(b)/2)
+	for i := 0; i+1 < len(b)-2; i += 2 {
+		u = append(u, binary.LittleEndian.Uint16(b[i:]))
+	}
+	s := string(utf16.Decode(u))
+	if s == "" {
+		return "", errors.New("empty version string")
+	}
+	return s, nil
+}
+
+// imageLoadPath extracts the file path from a UEFI_IMAGE_LOAD_EVENT's device
+// path (media file path nodes, type 4 subtype 4).
+func imageLoadPath(b []byte) string {
+	if len(b) < 32 {
+		return ""
+	}
+	n := binary.LittleEndian.Uint64(b[24:32])
+	if n > uint64(len(b)-32) {
+		return ""
+	}
+	dp := b[32 : 32+n]
+	var parts []string
+	for len(dp) >= 4 {
+		typ, sub, l := dp[0], dp[1], int(binary.LittleEndian.Uint16(dp[2:4]))
+		if l < 4 || l > len(dp) || typ == 0x7f {
+			break
+		}
+		if typ == 4 && sub == 4 {
+			parts = append(parts, ucs2(dp[4:l]))
+		}
+		dp = dp[l:]
+	}
+	return strings.Join(parts, "")
+}
+
+// efiVariableName reads UEFI_VARIABLE_DATA's name.
+func efiVariableName(b []byte) string {
+	if len(b) < 32 {
+		return ""
+	}
+	n := binary.LittleEndian.Uint64(b[16:24])
+	if n > 256 || 32+2*n > uint64(len(b)) {
+		return ""
+	}
+	return ucs2(b[32 : 32+2*n])
+}
+
+func ucs2(b []byte) string {
+	u := make([]uint16, 0, len(b)/2)
+	for i := 0; i+1 < len(b); i += 2 {
+		c := binary.LittleEndian.Uint16(b[i:])
+		if c == 0 {
+			break
+		}
+		u = append(u, c)
+	}
+	return string(utf16.Decode(u))
+}
+
+func printable(b []byte) string {
+	b = bytes.TrimRight(b, "\x00")
+	var sb strings.Builder
+	for _, c := range b {
+		if c >= 0x20 && c < 0x7f {
+			sb.WriteByte(c)
+		} else {
+			sb.WriteByte('.')
+		}
+	}
+	return sb.String()
+}
+
+func certNames(certs []x509.Certificate, hashes [][]byte) []string {
+	var out []string
+	for _, c := range certs {
+		out = append(out, Name(c.Subject))
+	}
+	for _, h := range hashes {
+		out = append(out, "sha256:"+hex.EncodeToString(h))
+	}
+	sort.Strings(out)
+	return out
+}
+
+var eventTypeNames = map[uint32]string{
+	0x0: "EV_PREBOOT_CERT", 0x1: "EV_POST_CODE", 0x2: "EV_UNUSED", 0x3: "EV_NO_ACTION", 0x4: "EV_SEPARATOR", 0x5: "EV_ACTION",
+	0x6: "EV_EVENT_TAG", 0x7: "EV_S_CRTM_CONTENTS", 0x8: "EV_S_CRTM_VERSION", 0x9: "EV_CPU_MICROCODE", 0xa: "EV_PLATFORM_CONFIG_FLAGS",
+	0xb: "EV_TABLE_OF_DEVICES", 0xc: "EV_COMPACT_HASH", 0xd: "EV_IPL", 0xe: "EV_IPL_PARTITION_DATA", 0xf: "EV_NONHOST_CODE",
+	0x10: "EV_NONHOST_CONFIG", 0x11: "EV_NONHOST_INFO", 0x12: "EV_OMIT_BOOT_DEVICE_EVENTS",
+	0x80000001: "EV_EFI_VARIABLE_DRIVER_CONFIG", 0x80000002: "EV_EFI_VARIABLE_BOOT", 0x80000003: "EV_EFI_BOOT_SERVICES_APPLICATION",
+	0x80000004: "EV_EFI_BOOT_SERVICES_DRIVER", 0x80000005: "EV_EFI_RUNTIME_SERVICES_DRIVER", 0x80000006: "EV_EFI_GPT_EVENT",
+	0x80000007: "EV_EFI_ACTION", 0x80000008: "EV_EFI_PLATFORM_FIRMWARE_BLOB", 0x80000009: "EV_EFI_HANDOFF_TABLES",
+	0x8000000a: "EV_EFI_PLATFORM_FIRMWARE_BLOB2", 0x8000000b: "EV_EFI_HANDOFF_TABLES2", 0x8000000c: "EV_EFI_VARIABLE_BOOT2",
+	0x80000010: "EV_EFI_HCRTM_EVENT", 0x800000e0: "EV_EFI_VARIABLE_AUTHORITY", 0x800000e1: "EV_EFI_SPDM_FIRMWARE_BLOB",
+	0x800000e2: "EV_EFI_SPDM_FIRMWARE_CONFIG",
+}
+
+func eventTypeName(t uint32) string {
+	if n, ok := eventTypeNames[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("0x%08x", t)
+}
