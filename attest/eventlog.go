@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -118,7 +117,9 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 	}
 	first := perBank[l.Banks[0]]
 	for i, e := range first {
-		if e.Index < 0 || e.Index > maxPCR {
+		// Windows logs EV_NO_ACTION events against PCR 0xFFFFFFFF; they
+		// extend nothing, so only measured events must name a real PCR.
+		if (e.Index < 0 || e.Index > maxPCR) && uint32(e.Type) != evNoAction {
 			return nil, fmt.Errorf("%w: event %d extends PCR %d (0x%x), beyond PCR %d: not a TCG log", ErrEventLogInvalid, i+offset, e.Index, e.Index, maxPCR)
 		}
 		le := LogEvent{Number: i + offset, PCR: e.Index, Type: eventTypeName(uint32(e.Type)), TypeCode: uint32(e.Type), Digests: map[string]string{}}
@@ -193,11 +194,16 @@ func (l *EventLog) describe(e goattest.Event, le LogEvent) string {
 		}
 		return "separator"
 	case evSCRTMVersion:
-		v, err := scrtmVersion(e.Data)
-		if err != nil {
-			l.Problems = append(l.Problems, fmt.Sprintf("event %d: invalid SCRTM version event for PCR%d: %v", le.Number, e.Index, err))
-			return "S-CRTM version (malformed)"
+		// The digest must be the hash of the version string it describes;
+		// otherwise the version the log states is not the one measured.
+		if h, ok := bankHashes[l.Banks[0]]; ok && e.Digest != nil {
+			hh := h.New()
+			hh.Write(e.Data)
+			if !bytes.Equal(hh.Sum(nil), e.Digest) {
+				l.Problems = append(l.Problems, fmt.Sprintf("event %d: invalid SCRTM version event for PCR%d: its %s digest is not the hash of its data", le.Number, e.Index, l.Banks[0]))
+			}
 		}
+		v := scrtmVersion(e.Data)
 		f.SCRTMVersion = v
 		return "S-CRTM version " + v
 	case evEFIBootApplication, evEFIBootDriver:
@@ -248,28 +254,72 @@ func (l *EventLog) secureBoot(raw *goattest.EventLog) {
 
 // Verify checks the log against PCR values from a verified quote: replaying
 // it must produce every quoted PCR it touches. go-attestation's replay is
-// used, with its workarounds for known firmware bugs (a missing
-// ExitBootServices event in PCR5). On a mismatch the error names each PCR
-// whose replay differs, with both values.
+// used, with its workaround for one known firmware bug (ExitBootServices
+// events missing from PCR5); when that workaround was needed, it is added to
+// Problems so that policy and auditors see it. On a mismatch the error wraps
+// ErrEventLogInvalid and a *PCRMismatch naming each PCR that differs.
 func (l *EventLog) Verify(pcrs []goattest.PCR) error {
+	mm := l.diff(pcrs)
 	if _, err := l.log.Verify(pcrs); err == nil {
+		if len(mm.PCRs) > 0 {
+			l.Problems = append(l.Problems, fmt.Sprintf("%s matches only with the ExitBootServices events the firmware did not log", mm.PCRs[0].label()))
+		}
 		return nil
 	}
-	var diffs []string
+	if len(mm.PCRs) == 0 {
+		return fmt.Errorf("%w: the log does not replay to the quoted PCRs", ErrEventLogInvalid)
+	}
+	return fmt.Errorf("%w: %w", ErrEventLogInvalid, mm)
+}
+
+func (l *EventLog) diff(pcrs []goattest.PCR) *PCRMismatch {
+	mm := &PCRMismatch{}
 	for _, p := range pcrs {
 		bank := hashBank(p.DigestAlg)
 		got, ok := l.Replayed[bank][p.Index]
 		if !ok {
-			continue
+			continue // the log does not touch this PCR
 		}
 		if !bytes.Equal(got, p.Digest) {
-			diffs = append(diffs, fmt.Sprintf("PCR %d (%s): the log replays to %x, the quote has %x", p.Index, bank, got, p.Digest))
+			mm.PCRs = append(mm.PCRs, PCRDiff{Index: p.Index, Bank: bank, Expected: hex.EncodeToString(p.Digest), Actual: hex.EncodeToString(got)})
 		}
 	}
-	if len(diffs) == 0 {
-		diffs = append(diffs, "the log does not replay to the quoted PCRs")
+	return mm
+}
+
+// EventsFor returns the events that extend one PCR, in log order.
+func (l *EventLog) EventsFor(pcr int) []LogEvent {
+	var out []LogEvent
+	for _, e := range l.Events {
+		if e.PCR == pcr && e.TypeCode != evNoAction {
+			out = append(out, e)
+		}
 	}
-	return fmt.Errorf("%w: %s", ErrEventLogInvalid, strings.Join(diffs, "; "))
+	return out
+}
+
+// PCRMismatch lists PCRs whose two values differ. For a log check, Expected
+// is the quoted value and Actual the log's replay.
+type PCRMismatch struct {
+	PCRs []PCRDiff
+}
+
+// PCRDiff is one differing PCR.
+type PCRDiff struct {
+	Index    int    `json:"pcr"`
+	Bank     string `json:"bank"`
+	Expected string `json:"expected"`
+	Actual   string `json:"actual"`
+}
+
+func (d PCRDiff) label() string { return fmt.Sprintf("PCR %d (%s)", d.Index, d.Bank) }
+
+func (m *PCRMismatch) Error() string {
+	var parts []string
+	for _, d := range m.PCRs {
+		parts = append(parts, fmt.Sprintf("%s: the log replays to %s, the quote has %s", d.label(), d.Actual, d.Expected))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func hashBank(h crypto.Hash) string {
@@ -282,23 +332,15 @@ func hashBank(h crypto.Hash) string {
 }
 
 // scrtmVersion decodes an EV_S_CRTM_VERSION: a NUL-terminated UCS-2 string,
-// or a 16-byte GUID.
-func scrtmVersion(b []byte) (string, error) {
+// or a 16-byte GUID; anything else is shown as hex.
+func scrtmVersion(b []byte) string {
 	if len(b) == 16 && !bytes.HasSuffix(b, []byte{0, 0}) {
-		return fmt.Sprintf("GUID %x", b), nil
+		return fmt.Sprintf("GUID %x", b)
 	}
 	if len(b) < 2 || len(b)%2 != 0 || !bytes.HasSuffix(b, []byte{0, 0}) {
-		return "", fmt.Errorf("%d bytes are neither a NUL-terminated UCS-2 string nor a GUID", len(b))
+		return "0x" + hex.EncodeToString(b)
 	}
-	u := make([]uint16, 0, len(b)/2)
-	for i := 0; i+1 < len(b)-2; i += 2 {
-		u = append(u, binary.LittleEndian.Uint16(b[i:]))
-	}
-	s := string(utf16.Decode(u))
-	if s == "" {
-		return "", errors.New("empty version string")
-	}
-	return s, nil
+	return ucs2(b)
 }
 
 // imageLoadPath extracts the file path from a UEFI_IMAGE_LOAD_EVENT's device
