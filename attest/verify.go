@@ -104,6 +104,7 @@ type Result struct {
 	DeviceKeyAlgorithm string
 	CSR                *x509.CertificateRequest
 	EventLogEvents     int
+	EventLog           *EventLog // parsed and verified against the quote; nil when none was sent
 }
 
 func (r *Result) pass(name, detail string) { r.Checks = append(r.Checks, Check{name, true, detail}) }
@@ -129,16 +130,15 @@ func VerifyCompletion(c Completion) (*Result, error) {
 	}
 
 	if len(c.EventLog) > 0 {
-		el, err := goattest.ParseEventLog(c.EventLog)
+		el, err := ParseEventLog(c.EventLog)
 		if err != nil {
-			return r, r.fail(CheckEventLog, fmt.Errorf("%w: parse: %v", ErrEventLogInvalid, err))
+			return r, r.fail(CheckEventLog, err)
 		}
-		events, err := el.Verify(c.PCRs)
-		if err != nil {
-			return r, r.fail(CheckEventLog, fmt.Errorf("%w: replay: %v", ErrEventLogInvalid, err))
+		if err := el.Verify(c.PCRs); err != nil {
+			return r, r.fail(CheckEventLog, err)
 		}
-		r.EventLogEvents = len(events)
-		r.pass(CheckEventLog, fmt.Sprintf("%d events replay to the quoted PCRs", len(events)))
+		r.EventLog, r.EventLogEvents = el, len(el.Events)
+		r.pass(CheckEventLog, fmt.Sprintf("%d events replay to the quoted PCRs", len(el.Events)))
 	}
 
 	pub, err := verifyCertify(r, c)

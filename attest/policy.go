@@ -1,0 +1,586 @@
+package attest
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"text/template"
+	"time"
+)
+
+// ErrPolicyInvalid: a policy document that cannot be enforced as written.
+var ErrPolicyInvalid = errors.New("policy invalid")
+
+// ErrPolicyDenied: the evidence is genuine but the policy refuses it.
+var ErrPolicyDenied = errors.New("policy refused the device")
+
+// Enrollment modes.
+const (
+	ModeAuto    = "auto"    // enroll at once
+	ModeApprove = "approve" // wait for an operator
+)
+
+// Policy decides which devices enroll and how. Groups are tried in order;
+// the first whose Match selects the device decides. A device no group
+// selects is refused.
+//
+// Guarantees: Evaluate reads nothing but its arguments, and a Decision lists
+// the outcome of every rule of the deciding group. Non-guarantees: the
+// policy judges only evidence that VerifyCompletion has already verified;
+// it cannot make an unverified log or quote trustworthy.
+type Policy struct {
+	// Version is assigned by the registry when the policy is applied.
+	Version int     `json:"version,omitempty"`
+	Groups  []Group `json:"groups"`
+}
+
+// Group is one enrollment group.
+type Group struct {
+	Name        string          `json:"name"`
+	Match       Match           `json:"match"`
+	Mode        string          `json:"mode"`
+	Require     Requirements    `json:"require"`
+	Certificate CertProfile     `json:"certificate"`
+	Config      json.RawMessage `json:"config,omitempty"`
+}
+
+// Match selects devices. Every non-empty field must match; an empty Match
+// selects every device.
+type Match struct {
+	EKIssuers      []string          `json:"ek_issuers,omitempty"`       // exact issuer names, as Name prints them
+	Manufacturers  []string          `json:"manufacturers,omitempty"`    // TPM manufacturer IDs from the EK SAN, e.g. "id:49465800"
+	EKPublicSHA256 []string          `json:"ek_public_sha256,omitempty"` // individual enrollment: pre-registered EKs
+	Models         []string          `json:"models,omitempty"`           // claimed device model (untrusted)
+	Labels         map[string]string `json:"labels,omitempty"`           // registry labels of a known device
+}
+
+// Requirements are what the boot evidence must show.
+type Requirements struct {
+	// PCRs are golden values: bank → PCR index → hex digest.
+	PCRs map[string]map[string]string `json:"pcrs,omitempty"`
+	// EventLog requires a log that replays to the quote.
+	EventLog   bool  `json:"event_log,omitempty"`
+	SecureBoot *bool `json:"secure_boot,omitempty"`
+	// FirmwareVersions allows these S-CRTM versions from the log.
+	FirmwareVersions []string `json:"firmware_versions,omitempty"`
+	// BootDigests allows these EFI boot application digests (hex, any bank):
+	// every bootloader and kernel the log shows must be listed.
+	BootDigests []string `json:"boot_digests,omitempty"`
+	// DBXMinEntries requires at least this many dbx entries (revoked
+	// signers and hashes) in the log's dbx measurement.
+	DBXMinEntries int `json:"dbx_min_entries,omitempty"`
+	// Reference holds, per PCR index, the events of a known-good boot. It
+	// is not a rule: it lets a PCR mismatch name the event that differs.
+	Reference map[string][]ReferenceEvent `json:"reference_events,omitempty"`
+}
+
+// ReferenceEvent is one event of a known-good log.
+type ReferenceEvent struct {
+	Type        string            `json:"type"`
+	Description string            `json:"description,omitempty"`
+	Digests     map[string]string `json:"digests"`
+}
+
+// CertProfile shapes the device certificate.
+type CertProfile struct {
+	Validity string   `json:"validity,omitempty"` // Go duration, e.g. "720h"; empty: the appliance default
+	DNSNames []string `json:"dns_names,omitempty"` // templates over DeviceID, Serial, Model, Group
+	URIs     []string `json:"uris,omitempty"`      // added to the SPIFFE ID
+}
+
+// Input is the verified evidence a policy judges.
+type Input struct {
+	EKIssuer       string
+	Manufacturer   string
+	EKPublicSHA256 string
+	Model          string // claimed
+	Serial         string // claimed
+	DeviceID       string
+	Labels         map[string]string
+	// PCRs are the quoted values: bank → index → digest.
+	PCRs map[string]map[int][]byte
+	Log  *EventLog // verified against the quote; nil without a log
+}
+
+// Rule names in decisions.
+const (
+	RuleGroup       = "group"
+	RulePCRs        = "pcrs"
+	RuleEventLog    = "event_log"
+	RuleSecureBoot  = "secure_boot"
+	RuleFirmware    = "firmware_version"
+	RuleBootDigests = "boot_digests"
+	RuleDBX         = "dbx"
+	RuleLogProblems = "event_log_problems"
+)
+
+// Outcome is one rule's result.
+type Outcome struct {
+	Rule   string `json:"rule"`
+	Passed bool   `json:"passed"`
+	Detail string `json:"detail"`
+	// PCRs explain a PCR rule failure: one entry per differing PCR.
+	PCRs []PCRExplanation `json:"pcrs,omitempty"`
+}
+
+// PCRExplanation names one PCR that differs from its golden value and, when
+// the policy carries reference events, the first event that differs.
+type PCRExplanation struct {
+	PCRDiff
+	Event *EventDiff `json:"event,omitempty"`
+}
+
+// EventDiff is one event that differs from the reference boot.
+type EventDiff struct {
+	Number      int    `json:"number"`
+	Type        string `json:"type"`
+	Description string `json:"description,omitempty"`
+	Expected    string `json:"expected"` // reference digest; empty: the reference has no such event
+	Actual      string `json:"actual"`   // device digest; empty: the device has no such event
+}
+
+// Decision is a policy's verdict on one device.
+type Decision struct {
+	PolicyVersion int             `json:"policy_version"`
+	Group         string          `json:"group,omitempty"`
+	Mode          string          `json:"mode,omitempty"`
+	Passed        bool            `json:"passed"`
+	Outcomes      []Outcome       `json:"rules"`
+	Certificate   CertProfile     `json:"-"`
+	Config        json.RawMessage `json:"-"`
+}
+
+// Err returns nil for a pass, else an error wrapping ErrPolicyDenied that
+// names every failing rule.
+func (d *Decision) Err() error {
+	if d.Passed {
+		return nil
+	}
+	var parts []string
+	for _, o := range d.Outcomes {
+		if !o.Passed {
+			parts = append(parts, o.Rule+": "+o.Detail)
+		}
+	}
+	return fmt.Errorf("%w (policy v%d, group %q): %s", ErrPolicyDenied, d.PolicyVersion, d.Group, strings.Join(parts, "; "))
+}
+
+// DefaultPolicy admits any device whose evidence verifies: one auto group
+// with no boot requirements. It is in force until an operator applies one.
+func DefaultPolicy() *Policy {
+	return &Policy{Groups: []Group{{Name: "default", Mode: ModeAuto}}}
+}
+
+var (
+	hexDigest = regexp.MustCompile(`^[0-9a-f]+$`)
+	groupName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+)
+
+// ParsePolicy decodes and validates a policy document. Unknown fields are
+// refused, so a misspelt requirement cannot silently allow everything.
+func ParsePolicy(b []byte) (*Policy, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var p Policy
+	if err := dec.Decode(&p); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrPolicyInvalid, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data after the document", ErrPolicyInvalid)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// Validate checks every field a decision depends on.
+func (p *Policy) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrPolicyInvalid, fmt.Sprintf(format, a...))
+	}
+	if len(p.Groups) == 0 {
+		return bad("no groups: no device could enroll")
+	}
+	seen := map[string]bool{}
+	for i, g := range p.Groups {
+		at := fmt.Sprintf("group %d (%q)", i, g.Name)
+		if !groupName.MatchString(g.Name) {
+			return bad("%s: name must be lower-case letters, digits, '.', '_' or '-'", at)
+		}
+		if seen[g.Name] {
+			return bad("%s: duplicate name", at)
+		}
+		seen[g.Name] = true
+		if g.Mode != ModeAuto && g.Mode != ModeApprove {
+			return bad("%s: mode must be %q or %q", at, ModeAuto, ModeApprove)
+		}
+		for _, h := range g.Match.EKPublicSHA256 {
+			if len(h) != 64 || !hexDigest.MatchString(h) {
+				return bad("%s: ek_public_sha256 %q is not 64 lower-case hex digits", at, h)
+			}
+		}
+		for bank, vals := range g.Require.PCRs {
+			size, ok := bankHashes[bank]
+			if !ok {
+				return bad("%s: unknown PCR bank %q", at, bank)
+			}
+			for idx, v := range vals {
+				n, err := strconv.Atoi(idx)
+				if err != nil || n < 0 || n > maxPCR {
+					return bad("%s: PCR index %q is not 0-%d", at, idx, maxPCR)
+				}
+				if len(v) != 2*size.Size() || !hexDigest.MatchString(v) {
+					return bad("%s: %s PCR %s: %q is not a %d-byte lower-case hex digest", at, bank, idx, v, size.Size())
+				}
+			}
+		}
+		for _, d := range g.Require.BootDigests {
+			if !hexDigest.MatchString(d) || (len(d) != 40 && len(d) != 64 && len(d) != 96 && len(d) != 128) {
+				return bad("%s: boot digest %q is not a lower-case hex SHA digest", at, d)
+			}
+		}
+		if g.Require.DBXMinEntries < 0 {
+			return bad("%s: dbx_min_entries is negative", at)
+		}
+		if g.Certificate.Validity != "" {
+			d, err := time.ParseDuration(g.Certificate.Validity)
+			if err != nil || d < time.Hour || d > 5*365*24*time.Hour {
+				return bad("%s: certificate validity %q must be a duration between 1h and 5 years", at, g.Certificate.Validity)
+			}
+		}
+		for _, t := range append(append([]string(nil), g.Certificate.DNSNames...), g.Certificate.URIs...) {
+			if _, err := template.New("").Option("missingkey=error").Parse(t); err != nil {
+				return bad("%s: SAN template %q: %v", at, t, err)
+			}
+		}
+		if len(g.Config) > 0 {
+			var obj map[string]any
+			if err := json.Unmarshal(g.Config, &obj); err != nil {
+				return bad("%s: config must be a JSON object: %v", at, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Select returns the first group whose Match selects the device, or nil.
+func (p *Policy) Select(in *Input) *Group {
+	for i := range p.Groups {
+		if p.Groups[i].Match.selects(in) {
+			return &p.Groups[i]
+		}
+	}
+	return nil
+}
+
+// PreRegistered returns the group that lists this EK by its public-key hash.
+func (p *Policy) PreRegistered(ekPublicSHA256 string) *Group {
+	for i := range p.Groups {
+		if slices.Contains(p.Groups[i].Match.EKPublicSHA256, ekPublicSHA256) {
+			return &p.Groups[i]
+		}
+	}
+	return nil
+}
+
+func (m *Match) selects(in *Input) bool {
+	if len(m.EKIssuers) > 0 && !slices.Contains(m.EKIssuers, in.EKIssuer) {
+		return false
+	}
+	if len(m.Manufacturers) > 0 && !slices.Contains(m.Manufacturers, in.Manufacturer) {
+		return false
+	}
+	if len(m.EKPublicSHA256) > 0 && !slices.Contains(m.EKPublicSHA256, in.EKPublicSHA256) {
+		return false
+	}
+	if len(m.Models) > 0 && !slices.Contains(m.Models, in.Model) {
+		return false
+	}
+	for k, v := range m.Labels {
+		if in.Labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Evaluate judges verified evidence. Every rule of the deciding group is
+// evaluated, so a decision lists all that fail, not just the first.
+func (p *Policy) Evaluate(in *Input) *Decision {
+	d := &Decision{PolicyVersion: p.Version}
+	g := p.Select(in)
+	if g == nil {
+		d.Outcomes = []Outcome{{Rule: RuleGroup, Detail: fmt.Sprintf("no enrollment group selects this device (EK issuer %q, manufacturer %q, model %q)", in.EKIssuer, in.Manufacturer, in.Model)}}
+		return d
+	}
+	d.Group, d.Mode, d.Certificate, d.Config = g.Name, g.Mode, g.Certificate, g.Config
+	d.Outcomes = append(d.Outcomes, Outcome{Rule: RuleGroup, Passed: true, Detail: "selected by group " + g.Name})
+	r := &g.Require
+	if r.EventLog || r.SecureBoot != nil || len(r.FirmwareVersions) > 0 || len(r.BootDigests) > 0 || r.DBXMinEntries > 0 {
+		d.Outcomes = append(d.Outcomes, ruleEventLog(in))
+	}
+	if len(r.PCRs) > 0 {
+		d.Outcomes = append(d.Outcomes, rulePCRs(r, in))
+	}
+	if in.Log != nil {
+		if r.SecureBoot != nil {
+			d.Outcomes = append(d.Outcomes, ruleSecureBoot(*r.SecureBoot, in.Log))
+		}
+		if len(r.FirmwareVersions) > 0 {
+			d.Outcomes = append(d.Outcomes, ruleFirmware(r.FirmwareVersions, in.Log))
+		}
+		if len(r.BootDigests) > 0 {
+			d.Outcomes = append(d.Outcomes, ruleBootDigests(r.BootDigests, in.Log))
+		}
+		if r.DBXMinEntries > 0 {
+			o := Outcome{Rule: RuleDBX, Passed: in.Log.Facts.DBXEntries >= r.DBXMinEntries}
+			o.Detail = fmt.Sprintf("dbx has %d entries, the policy requires at least %d", in.Log.Facts.DBXEntries, r.DBXMinEntries)
+			d.Outcomes = append(d.Outcomes, o)
+		}
+	}
+	d.Passed = true
+	for _, o := range d.Outcomes {
+		d.Passed = d.Passed && o.Passed
+	}
+	return d
+}
+
+func ruleEventLog(in *Input) Outcome {
+	if in.Log == nil {
+		return Outcome{Rule: RuleEventLog, Detail: "the group's requirements need an event log and the device sent none"}
+	}
+	return Outcome{Rule: RuleEventLog, Passed: true, Detail: fmt.Sprintf("%d events replay to the quoted PCRs", len(in.Log.Events))}
+}
+
+func rulePCRs(r *Requirements, in *Input) Outcome {
+	o := Outcome{Rule: RulePCRs}
+	n := 0
+	for _, bank := range sortedKeys(r.PCRs) {
+		for _, idx := range sortedIndexes(r.PCRs[bank]) {
+			n++
+			want := r.PCRs[bank][strconv.Itoa(idx)]
+			got, ok := in.PCRs[bank][idx]
+			if !ok {
+				o.PCRs = append(o.PCRs, PCRExplanation{PCRDiff: PCRDiff{Index: idx, Bank: bank, Expected: want}})
+				continue
+			}
+			if hex.EncodeToString(got) != want {
+				e := PCRExplanation{PCRDiff: PCRDiff{Index: idx, Bank: bank, Expected: want, Actual: hex.EncodeToString(got)}}
+				e.Event = firstDifferingEvent(r.Reference[strconv.Itoa(idx)], in.Log, idx, bank)
+				o.PCRs = append(o.PCRs, e)
+			}
+		}
+	}
+	if len(o.PCRs) == 0 {
+		o.Passed, o.Detail = true, fmt.Sprintf("%d PCR values equal the golden values", n)
+		return o
+	}
+	var parts []string
+	for _, e := range o.PCRs {
+		parts = append(parts, e.String())
+	}
+	o.Detail = strings.Join(parts, "; ")
+	return o
+}
+
+// String explains one PCR difference in words.
+func (e PCRExplanation) String() string {
+	if e.Actual == "" {
+		return fmt.Sprintf("PCR %d (%s) was not quoted; the policy requires %s", e.Index, e.Bank, e.Expected)
+	}
+	s := fmt.Sprintf("PCR %d (%s) is %s, the policy requires %s", e.Index, e.Bank, e.Actual, e.Expected)
+	if ev := e.Event; ev != nil {
+		what := ev.Type
+		if ev.Description != "" {
+			what += " \"" + ev.Description + "\""
+		}
+		switch {
+		case ev.Expected == "":
+			s += fmt.Sprintf(": event %d %s (digest %s) is not in the reference boot", ev.Number, what, ev.Actual)
+		case ev.Actual == "":
+			s += fmt.Sprintf(": the reference boot's %s (digest %s) is missing from the device's log", what, ev.Expected)
+		default:
+			s += fmt.Sprintf(": event %d %s has digest %s, the reference has %s", ev.Number, what, ev.Actual, ev.Expected)
+		}
+	}
+	return s
+}
+
+// firstDifferingEvent walks the device's events for one PCR alongside the
+// reference boot's and returns the first that differs.
+func firstDifferingEvent(ref []ReferenceEvent, log *EventLog, pcr int, bank string) *EventDiff {
+	if len(ref) == 0 || log == nil {
+		return nil
+	}
+	events := log.EventsFor(pcr)
+	for i := 0; i < len(events) || i < len(ref); i++ {
+		switch {
+		case i >= len(events):
+			return &EventDiff{Number: -1, Type: ref[i].Type, Description: ref[i].Description, Expected: ref[i].Digests[bank]}
+		case i >= len(ref):
+			e := events[i]
+			return &EventDiff{Number: e.Number, Type: e.Type, Description: e.Description, Actual: e.Digests[bank]}
+		case events[i].Type != ref[i].Type || events[i].Digests[bank] != ref[i].Digests[bank]:
+			e := events[i]
+			return &EventDiff{Number: e.Number, Type: e.Type, Description: e.Description, Expected: ref[i].Digests[bank], Actual: e.Digests[bank]}
+		}
+	}
+	return nil
+}
+
+func ruleSecureBoot(want bool, l *EventLog) Outcome {
+	o := Outcome{Rule: RuleSecureBoot}
+	switch {
+	case l.Facts.SecureBoot == nil:
+		o.Detail = "the log does not state the Secure Boot state"
+	case *l.Facts.SecureBoot == want:
+		o.Passed, o.Detail = true, "Secure Boot is "+onOff(want)
+	default:
+		o.Detail = fmt.Sprintf("Secure Boot is %s, the policy requires %s", onOff(*l.Facts.SecureBoot), onOff(want))
+	}
+	return o
+}
+
+func ruleFirmware(allowed []string, l *EventLog) Outcome {
+	o := Outcome{Rule: RuleFirmware}
+	v := l.Facts.SCRTMVersion
+	switch {
+	case v == "":
+		o.Detail = "the log has no S-CRTM version event"
+	case slices.Contains(allowed, v):
+		o.Passed, o.Detail = true, fmt.Sprintf("firmware %q is allowed", v)
+	default:
+		o.Detail = fmt.Sprintf("firmware %q is not among the allowed %q", v, allowed)
+	}
+	return o
+}
+
+func ruleBootDigests(allowed []string, l *EventLog) Outcome {
+	o := Outcome{Rule: RuleBootDigests}
+	if len(l.Facts.BootApps) == 0 {
+		o.Detail = "the log shows no EFI boot application"
+		return o
+	}
+	for _, app := range l.Facts.BootApps {
+		ok := false
+		for _, d := range app.Digests {
+			ok = ok || slices.Contains(allowed, d)
+		}
+		if !ok {
+			o.Detail = fmt.Sprintf("event %d EFI boot application %q (PCR %d, digests %v) is not an allowed boot digest", app.Event, app.Path, app.PCR, app.Digests)
+			return o
+		}
+	}
+	o.Passed, o.Detail = true, fmt.Sprintf("all %d boot applications are allowed", len(l.Facts.BootApps))
+	return o
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func sortedIndexes(m map[string]string) []int {
+	out := make([]int, 0, len(m))
+	for k := range m {
+		n, _ := strconv.Atoi(k)
+		out = append(out, n)
+	}
+	sort.Ints(out)
+	return out
+}
+
+// SANs renders a group's SAN templates for one device.
+func (c CertProfile) SANs(in *Input, group string) (dns, uris []string, err error) {
+	data := map[string]string{"DeviceID": in.DeviceID, "Serial": in.Serial, "Model": in.Model, "Group": group}
+	render := func(ts []string) ([]string, error) {
+		var out []string
+		for _, t := range ts {
+			tpl, err := template.New("").Option("missingkey=error").Parse(t)
+			if err != nil {
+				return nil, err
+			}
+			var b strings.Builder
+			if err := tpl.Execute(&b, data); err != nil {
+				return nil, err
+			}
+			out = append(out, b.String())
+		}
+		return out, nil
+	}
+	if dns, err = render(c.DNSNames); err != nil {
+		return nil, nil, err
+	}
+	uris, err = render(c.URIs)
+	return dns, uris, err
+}
+
+// Capture drafts a group from one device's accepted evidence: its EK
+// manufacturer, every PCR its log touches as golden values, the Secure Boot
+// state, firmware version and boot digests it showed, and the log's events
+// as the reference boot.
+func Capture(name string, in *Input) Group {
+	g := Group{Name: name, Mode: ModeAuto}
+	if in.Manufacturer != "" {
+		g.Match.Manufacturers = []string{in.Manufacturer}
+	}
+	if in.Model != "" {
+		g.Match.Models = []string{in.Model}
+	}
+	r := &g.Require
+	r.PCRs = map[string]map[string]string{}
+	for bank, vals := range in.PCRs {
+		for idx, v := range vals {
+			if in.Log != nil {
+				if _, touched := in.Log.Replayed[bank][idx]; !touched {
+					continue
+				}
+			}
+			if r.PCRs[bank] == nil {
+				r.PCRs[bank] = map[string]string{}
+			}
+			r.PCRs[bank][strconv.Itoa(idx)] = hex.EncodeToString(v)
+		}
+	}
+	if in.Log == nil {
+		return g
+	}
+	r.EventLog = true
+	r.SecureBoot = in.Log.Facts.SecureBoot
+	if v := in.Log.Facts.SCRTMVersion; v != "" {
+		r.FirmwareVersions = []string{v}
+	}
+	for _, app := range in.Log.Facts.BootApps {
+		if d := app.Digests["sha256"]; d != "" && !slices.Contains(r.BootDigests, d) {
+			r.BootDigests = append(r.BootDigests, d)
+		}
+	}
+	r.Reference = map[string][]ReferenceEvent{}
+	for _, e := range in.Log.Events {
+		if e.TypeCode == evNoAction {
+			continue
+		}
+		k := strconv.Itoa(e.PCR)
+		r.Reference[k] = append(r.Reference[k], ReferenceEvent{Type: e.Type, Description: e.Description, Digests: e.Digests})
+	}
+	return g
+}

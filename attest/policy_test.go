@@ -1,0 +1,151 @@
+package attest
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/gatehouse-dev/gatehouse/testvectors"
+)
+
+// inputFromLog builds the evidence of a device whose quote equals the log's
+// replay, as VerifyCompletion would have accepted it.
+func inputFromLog(t testing.TB, raw []byte) *Input {
+	t.Helper()
+	l, err := ParseEventLog(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Input{Manufacturer: "id:49465800", EKIssuer: "CN=Test EK CA", Model: "edge-1", DeviceID: "d1", PCRs: l.Replayed, Log: l}
+}
+
+const ubuntuLog = "eventlogs/go-tpm-tools/ubuntu-2104-no-secure-boot.bin"
+
+func TestPolicyCaptureThenExplain(t *testing.T) {
+	raw := readVector(t, ubuntuLog)
+	good := inputFromLog(t, raw)
+	p := &Policy{Version: 3, Groups: []Group{Capture("edge", good)}}
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParsePolicy(b); err != nil {
+		t.Fatalf("captured policy does not validate: %v", err)
+	}
+	d := p.Evaluate(good)
+	if !d.Passed || d.Group != "edge" || d.PolicyVersion != 3 || len(d.Outcomes) < 5 {
+		t.Fatalf("the captured device fails its own policy: %+v", d)
+	}
+
+	// Change the shim's measurement: PCR 4 and the boot digests rule fail,
+	// and the explanation names the event with both digests.
+	shim := good.Log.Facts.BootApps[0]
+	bad, err := testvectors.FlipDigest(raw, shim.Digests["sha256"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	d = p.Evaluate(inputFromLog(t, bad))
+	if d.Passed {
+		t.Fatal("a changed bootloader passed")
+	}
+	err = d.Err()
+	if !errors.Is(err, ErrPolicyDenied) {
+		t.Fatalf("err %v", err)
+	}
+	var pcr *Outcome
+	for i, o := range d.Outcomes {
+		if o.Rule == RulePCRs {
+			pcr = &d.Outcomes[i]
+		}
+	}
+	if pcr == nil || pcr.Passed || len(pcr.PCRs) != 1 {
+		t.Fatalf("PCR outcome %+v", pcr)
+	}
+	e := pcr.PCRs[0]
+	if e.Index != 4 || e.Bank != "sha256" || e.Event == nil || e.Event.Number != shim.Event || e.Event.Expected != shim.Digests["sha256"] || e.Event.Actual == shim.Digests["sha256"] {
+		t.Fatalf("explanation %+v / %+v", e, e.Event)
+	}
+	if !strings.Contains(err.Error(), `EV_EFI_BOOT_SERVICES_APPLICATION "EFI boot application `+shim.Path+`"`) || shim.Path == "" {
+		t.Fatalf("explanation does not name the event: %v", err)
+	}
+	if !strings.Contains(err.Error(), "boot_digests: event") {
+		t.Fatalf("boot digests rule not named: %v", err)
+	}
+}
+
+func TestPolicyRules(t *testing.T) {
+	in := inputFromLog(t, readVector(t, "eventlogs/keylime/binary_bios_measurements-secureboot"))
+	on, off := true, false
+	for _, tc := range []struct {
+		name   string
+		group  Group
+		passed bool
+		failed string
+	}{
+		{"empty group admits", Group{Name: "a", Mode: ModeAuto}, true, ""},
+		{"secure boot on", Group{Name: "a", Mode: ModeAuto, Require: Requirements{SecureBoot: &on}}, true, ""},
+		{"secure boot off", Group{Name: "a", Mode: ModeAuto, Require: Requirements{SecureBoot: &off}}, false, RuleSecureBoot},
+		{"firmware not allowed", Group{Name: "a", Mode: ModeAuto, Require: Requirements{FirmwareVersions: []string{"1.0"}}}, false, RuleFirmware},
+		{"dbx too short", Group{Name: "a", Mode: ModeAuto, Require: Requirements{DBXMinEntries: 100000}}, false, RuleDBX},
+		{"boot digest unknown", Group{Name: "a", Mode: ModeAuto, Require: Requirements{BootDigests: []string{strings.Repeat("ab", 32)}}}, false, RuleBootDigests},
+		{"pcr not quoted", Group{Name: "a", Mode: ModeAuto, Require: Requirements{PCRs: map[string]map[string]string{"sha256": {"23": strings.Repeat("00", 32)}}}}, false, RulePCRs},
+		{"no group", Group{Name: "a", Mode: ModeAuto, Match: Match{Models: []string{"other"}}}, false, RuleGroup},
+		{"manufacturer matches", Group{Name: "a", Mode: ModeApprove, Match: Match{Manufacturers: []string{"id:49465800"}}}, true, ""},
+		{"labels", Group{Name: "a", Mode: ModeAuto, Match: Match{Labels: map[string]string{"site": "x"}}}, false, RuleGroup},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := (&Policy{Groups: []Group{tc.group}}).Evaluate(in)
+			if d.Passed != tc.passed {
+				t.Fatalf("passed %v, want %v: %v", d.Passed, tc.passed, d.Err())
+			}
+			if tc.failed == "" {
+				return
+			}
+			for _, o := range d.Outcomes {
+				if o.Rule == tc.failed && !o.Passed && o.Detail != "" {
+					return
+				}
+			}
+			t.Fatalf("rule %s not failed: %+v", tc.failed, d.Outcomes)
+		})
+	}
+	// Requirements on a device without a log fail the event_log rule.
+	noLog := *in
+	noLog.Log = nil
+	d := (&Policy{Groups: []Group{{Name: "a", Mode: ModeAuto, Require: Requirements{SecureBoot: &on}}}}).Evaluate(&noLog)
+	if d.Passed || d.Outcomes[1].Rule != RuleEventLog {
+		t.Fatalf("%+v", d)
+	}
+}
+
+func TestParsePolicyRefuses(t *testing.T) {
+	for _, doc := range []string{
+		``, `{}`, `{"groups":[]}`, `[]`,
+		`{"groups":[{"name":"a","mode":"auto"}],"extra":1}`,
+		`{"groups":[{"name":"a","mode":"sometimes"}]}`,
+		`{"groups":[{"name":"A B","mode":"auto"}]}`,
+		`{"groups":[{"name":"a","mode":"auto"},{"name":"a","mode":"auto"}]}`,
+		`{"groups":[{"name":"a","mode":"auto","require":{"pcrs":{"sha256":{"0":"00"}}}}]}`,
+		`{"groups":[{"name":"a","mode":"auto","require":{"pcrs":{"md5":{}}}}]}`,
+		`{"groups":[{"name":"a","mode":"auto","require":{"pcrs":{"sha1":{"24":"0000000000000000000000000000000000000000"}}}}]}`,
+		`{"groups":[{"name":"a","mode":"auto","require":{"secure_bot":true}}]}`,
+		`{"groups":[{"name":"a","mode":"auto","match":{"ek_public_sha256":["xyz"]}}]}`,
+		`{"groups":[{"name":"a","mode":"auto","certificate":{"validity":"1s"}}]}`,
+		`{"groups":[{"name":"a","mode":"auto","certificate":{"dns_names":["{{.DeviceID"]}}]}`,
+		`{"groups":[{"name":"a","mode":"auto","config":[1,2]}]}`,
+		`{"groups":[{"name":"a","mode":"auto"}]} {}`,
+	} {
+		if _, err := ParsePolicy([]byte(doc)); !errors.Is(err, ErrPolicyInvalid) {
+			t.Errorf("%s: %v", doc, err)
+		}
+	}
+	p, err := ParsePolicy([]byte(`{"groups":[{"name":"edge","mode":"approve","certificate":{"validity":"720h","dns_names":["{{.DeviceID}}.devices.example.com"]},"config":{"ntp":"pool.example.com"}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dns, _, err := p.Groups[0].Certificate.SANs(&Input{DeviceID: "abc"}, "edge")
+	if err != nil || len(dns) != 1 || dns[0] != "abc.devices.example.com" {
+		t.Fatalf("SANs %v %v", dns, err)
+	}
+}
