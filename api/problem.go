@@ -49,6 +49,7 @@ const (
 	CodeCertifyBinding     = "device_key_binding_mismatch" // certify qualifying data not from this session
 	CodeCSRInvalid         = "csr_invalid"
 	CodeCSRKeyMismatch     = "csr_key_mismatch"
+	CodePolicyDenied       = "policy_denied" // genuine evidence the enrollment policy refuses
 	CodeUnauthenticated    = "unauthenticated"
 	CodeJoinTokenInvalid   = "join_token_invalid"
 	CodeJoinTokenExpired   = "join_token_expired"

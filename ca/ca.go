@@ -257,14 +257,20 @@ type DeviceProfile struct {
 	TrustDomain string
 	Serial      *big.Int
 	Validity    time.Duration
+	// DNSNames and URIs come from the enrollment group's profile; the
+	// SPIFFE ID is always the first URI.
+	DNSNames []string
+	URIs     []string
 }
 
 var (
-	idRE    = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
+	idRE          = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
 	trustDomainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$`)
+	dnsNameRE     = regexp.MustCompile(`^[a-zA-Z0-9*]([a-zA-Z0-9.-]{0,251}[a-zA-Z0-9])?$`)
 )
 
-func (p DeviceProfile) validate() error {
+// Validate checks a profile before anything depends on it.
+func (p DeviceProfile) Validate() error {
 	switch {
 	case !idRE.MatchString(p.DeviceID):
 		return fmt.Errorf("%w: device ID %q", ErrBadProfile, p.DeviceID)
@@ -275,21 +281,39 @@ func (p DeviceProfile) validate() error {
 	case p.Validity <= 0 || p.Validity > maxLeafValidity:
 		return fmt.Errorf("%w: validity %v must be in (0, %v]", ErrBadProfile, p.Validity, maxLeafValidity)
 	}
+	for _, d := range p.DNSNames {
+		if !dnsNameRE.MatchString(d) {
+			return fmt.Errorf("%w: DNS name %q", ErrBadProfile, d)
+		}
+	}
+	for _, u := range p.URIs {
+		if parsed, err := url.Parse(u); err != nil || parsed.Scheme == "" {
+			return fmt.Errorf("%w: URI %q", ErrBadProfile, u)
+		}
+	}
 	return nil
+}
+
+func (p DeviceProfile) uris() []*url.URL {
+	out := []*url.URL{{Scheme: "spiffe", Host: p.TrustDomain, Path: "/device/" + p.DeviceID}}
+	for _, u := range p.URIs {
+		parsed, _ := url.Parse(u) // validated
+		out = append(out, parsed)
+	}
+	return out
 }
 
 // IssueDevice signs a device certificate for the CSR's key through step-ca.
 // It returns the leaf followed by the intermediate.
 func (c *CA) IssueDevice(ctx context.Context, csr *x509.CertificateRequest, p DeviceProfile) ([]*x509.Certificate, error) {
-	if err := p.validate(); err != nil {
+	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	spiffeID := &url.URL{Scheme: "spiffe", Host: p.TrustDomain, Path: "/device/" + p.DeviceID}
 	return c.sign(ctx, csr, p.Validity, func(crt *x509.Certificate) {
 		crt.SerialNumber = new(big.Int).Set(p.Serial)
 		crt.Subject = pkix.Name{CommonName: p.DeviceID}
-		crt.DNSNames, crt.IPAddresses, crt.EmailAddresses = nil, nil, nil
-		crt.URIs = []*url.URL{spiffeID}
+		crt.DNSNames, crt.IPAddresses, crt.EmailAddresses = p.DNSNames, nil, nil
+		crt.URIs = p.uris()
 		crt.KeyUsage = x509.KeyUsageDigitalSignature
 		crt.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	})

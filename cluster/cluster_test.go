@@ -250,7 +250,7 @@ func TestApplyBatch(t *testing.T) {
 		mustLog(t, 3, "a", "d2"), // same session: refused
 		mustLog(t, 4, "b", "d1"),
 	})
-	if r := res[0].(applyResult); r.Err != nil || r.AttestationID != 1 {
+	if r := res[0].(applyResult); r.Err != nil || r.Result != 1 {
 		t.Fatalf("entry 1: %+v", r)
 	}
 	if res[1] != nil {
@@ -259,7 +259,7 @@ func TestApplyBatch(t *testing.T) {
 	if r := res[2].(applyResult); !errors.Is(r.Err, ErrSessionUsed) {
 		t.Fatalf("entry 3: %+v", r)
 	}
-	if r := res[3].(applyResult); r.Err != nil || r.AttestationID != 4 {
+	if r := res[3].(applyResult); r.Err != nil || r.Result != 4 {
 		t.Fatalf("entry 4: %+v", r)
 	}
 	if _, err := f.device("d2"); !errors.Is(err, ErrNotFound) {

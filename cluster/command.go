@@ -31,8 +31,8 @@ type op interface {
 
 // applyResult is what Raft's ApplyFuture.Response returns.
 type applyResult struct {
-	AttestationID uint64
-	Err           error
+	Result uint64 // what the command made: an attestation ID, a policy version
+	Err    error
 }
 
 // commandTypes is the registry of every command this build can apply. A new
@@ -44,6 +44,7 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"member.set", 1}:         decodeAs[setMember],
 	{"jointoken.create", 1}:   decodeAs[createJoinToken],
 	{"jointoken.consume", 1}:  decodeAs[consumeJoinToken],
+	{"policy.apply", 1}:       decodeAs[applyPolicy],
 }
 
 func decodeAs[T any, PT interface {
@@ -100,7 +101,7 @@ func (c *acceptEnrollment) apply(tx *bolt.Tx, index uint64, _ time.Time) applyRe
 	a.ID = index
 	d := c.Device
 	if old, err := getDevice(tx, d.ID); err == nil {
-		d.EnrolledAt, d.Enrollments = old.EnrolledAt, old.Enrollments
+		d.EnrolledAt, d.Enrollments, d.Labels = old.EnrolledAt, old.Enrollments, old.Labels
 	} else {
 		d.EnrolledAt = a.Time
 	}
@@ -112,7 +113,7 @@ func (c *acceptEnrollment) apply(tx *bolt.Tx, index uint64, _ time.Time) applyRe
 	if err := putAttestation(tx, a); err != nil {
 		return applyResult{Err: err}
 	}
-	return applyResult{AttestationID: index, Err: markSessionUsed(tx, c.SessionID, c.SessionExpires)}
+	return applyResult{Result: index, Err: markSessionUsed(tx, c.SessionID, c.SessionExpires)}
 }
 
 // rejectAttestation records a refused attempt. It never touches devices.
@@ -133,7 +134,7 @@ func (c *rejectAttestation) apply(tx *bolt.Tx, index uint64, _ time.Time) applyR
 			return applyResult{Err: err}
 		}
 	}
-	return applyResult{AttestationID: index}
+	return applyResult{Result: index}
 }
 
 func putJSON(b *bolt.Bucket, k []byte, v any) error {
@@ -145,6 +146,13 @@ func putJSON(b *bolt.Bucket, k []byte, v any) error {
 }
 
 func putAttestation(tx *bolt.Tx, a AttestationRecord) error {
+	if len(a.EventLogGzip) > 0 {
+		if err := tx.Bucket(bEvidence).Put(be64(a.ID), a.EventLogGzip); err != nil {
+			return err
+		}
+		a.EventLogGzip = nil
+		a.HasEventLog = true
+	}
 	if err := putJSON(tx.Bucket(bAttestations), be64(a.ID), a); err != nil {
 		return err
 	}

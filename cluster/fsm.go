@@ -22,11 +22,13 @@ var (
 	bDevices              = []byte("devices")
 	bAttestations         = []byte("attestations")
 	bAttestationsByDevice = []byte("attestations_by_device")
+	bEvidence             = []byte("evidence") // attestation ID → gzip event log
+	bPolicies             = []byte("policies") // version → PolicyRecord
 	bSessions             = []byte("sessions")
 	bSessionsByExpiry     = []byte("sessions_by_expiry")
 	bMeta                 = []byte("meta")
 	// allBuckets is in name order: stateHash depends on it.
-	allBuckets      = [][]byte{bAttestations, bAttestationsByDevice, bDevices, bJoinTokens, bMembers, bMeta, bSessions, bSessionsByExpiry}
+	allBuckets      = [][]byte{bAttestations, bAttestationsByDevice, bDevices, bEvidence, bJoinTokens, bMembers, bMeta, bPolicies, bSessions, bSessionsByExpiry}
 	keyAppliedIndex = []byte("applied_index")
 )
 

@@ -53,8 +53,8 @@ type Forwarder interface {
 
 // Applied is the outcome of a committed command.
 type Applied struct {
-	AttestationID uint64 `json:"attestation_id,omitempty"`
-	Index         uint64 `json:"index"` // Raft log index of the command
+	Result uint64 `json:"result,omitempty"` // an attestation ID or a policy version
+	Index  uint64 `json:"index"`            // Raft log index of the command
 }
 
 // Option configures Open.
@@ -239,10 +239,10 @@ func (n *Node) apply(ctx context.Context, typ string, version int, payload any) 
 			return 0, err
 		}
 		// Read-your-writes: a write acknowledged by this node is visible here.
-		return res.AttestationID, n.waitApplied(ctx, res.Index)
+		return res.Result, n.waitApplied(ctx, res.Index)
 	}
 	res, err := n.applyLocal(ctx, b)
-	return res.AttestationID, err
+	return res.Result, err
 }
 
 // ApplyForwarded applies a command a follower forwarded. The command is
@@ -274,7 +274,7 @@ func (n *Node) applyLocal(ctx context.Context, b []byte) (Applied, error) {
 	if !ok {
 		return Applied{}, fmt.Errorf("cluster: unexpected apply response %T", f.Response())
 	}
-	return Applied{AttestationID: res.AttestationID, Index: f.Index()}, res.Err
+	return Applied{Result: res.Result, Index: f.Index()}, res.Err
 }
 
 // ReadIndex is the leader's side of a linearizable read. Every write this

@@ -1,8 +1,11 @@
 package cluster
 
 import (
+	"encoding/json"
 	"errors"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/attest"
 )
 
 // Sentinel errors.
@@ -48,16 +51,21 @@ type EKInfo struct {
 
 // Device is a registry entry.
 type Device struct {
-	ID                string    `json:"id"`
-	Status            string    `json:"status"`
-	EK                EKInfo    `json:"ek"`
-	AKPublicSHA256    string    `json:"ak_public_sha256"`
-	Claims            Claims    `json:"claims"`
-	CertificateSerial string    `json:"certificate_serial"`
-	EnrolledAt        time.Time `json:"enrolled_at"`
-	LastEnrolledAt    time.Time `json:"last_enrolled_at"`
-	Enrollments       int       `json:"enrollments"`
-	LastAttestationID uint64    `json:"last_attestation_id"`
+	ID                string            `json:"id"`
+	Status            string            `json:"status"`
+	EK                EKInfo            `json:"ek"`
+	AKPublicSHA256    string            `json:"ak_public_sha256"`
+	Claims            Claims            `json:"claims"`
+	CertificateSerial string            `json:"certificate_serial"`
+	EnrolledAt        time.Time         `json:"enrolled_at"`
+	LastEnrolledAt    time.Time         `json:"last_enrolled_at"`
+	Enrollments       int               `json:"enrollments"`
+	LastAttestationID uint64            `json:"last_attestation_id"`
+	Labels            map[string]string `json:"labels,omitempty"`
+	// Group and Mode are the enrollment group that admitted the device.
+	Group         string `json:"group,omitempty"`
+	Mode          string `json:"mode,omitempty"`
+	PolicyVersion int    `json:"policy_version"`
 }
 
 // PCRValue is one PCR as quoted.
@@ -107,6 +115,22 @@ type AttestationRecord struct {
 	// CertificateSerial (hex) is reserved before commit; the certificate is
 	// issued only after this record commits.
 	CertificateSerial string `json:"certificate_serial,omitempty"`
+	// Policy is the policy's decision: its version, the deciding group and
+	// every rule's outcome. Nil when verification failed before policy.
+	Policy *attest.Decision `json:"policy,omitempty"`
+	// EventLogGzip carries the raw event log into the commit; the registry
+	// stores it apart (see Node.EventLog) and sets HasEventLog.
+	EventLogGzip []byte `json:"event_log_gzip,omitempty"`
+	HasEventLog  bool   `json:"has_event_log,omitempty"`
+}
+
+// PolicyRecord is one applied version of the enrollment policy.
+type PolicyRecord struct {
+	Version  int             `json:"version"`
+	Time     time.Time       `json:"time"`
+	Actor    string          `json:"actor"`
+	SHA256   string          `json:"sha256"`
+	Document json.RawMessage `json:"document"`
 }
 
 // AttestationQuery selects attestation records, newest first.

@@ -250,6 +250,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	a.enroller = &Enroller{
 		ek:           attest.NewEKVerifier(roots),
 		reg:          a.node,
+		policies:     &policyCache{store: a.node},
 		ca:           a.ca,
 		tokens:       sealer,
 		nodeID:       cfg.NodeID,

@@ -29,6 +29,8 @@ type registry interface {
 	CommitEnrollment(ctx context.Context, sessionID string, sessionExpires time.Time, d cluster.Device, a cluster.AttestationRecord) (uint64, error)
 	CommitRejection(ctx context.Context, sessionID string, sessionExpires time.Time, a cluster.AttestationRecord) (uint64, error)
 	SessionUsed(sessionID string) (bool, error)
+	Device(id string) (cluster.Device, error)
+	policyStore
 }
 
 // issuer is what enrollment needs from the CA.
@@ -42,6 +44,7 @@ type issuer interface {
 type Enroller struct {
 	ek           *attest.EKVerifier
 	reg          registry
+	policies     *policyCache
 	ca           issuer
 	tokens       *sealer
 	nodeID       string
@@ -52,6 +55,16 @@ type Enroller struct {
 	log          *slog.Logger
 	issued       atomic.Uint64 // certificates issued since start
 	metrics      *enrollMetrics
+}
+
+// checkPolicy names the policy's verdict among a record's checks.
+const checkPolicy = "policy"
+
+func configOf(d *attest.Decision) json.RawMessage {
+	if len(d.Config) == 0 {
+		return json.RawMessage("{}")
+	}
+	return d.Config
 }
 
 // Stage names in attestation records.
@@ -124,9 +137,12 @@ func (e *Enroller) verifyEK(req *api.ChallengeRequest, sess *session) (crypto.Pu
 			return nil, malformed("an EK certificate or EK public key is required")
 		}
 		e.recordEK(sess, ekPub)
-		// Without a certificate nothing vouches for the EK. Pre-registered
-		// EKs (individual enrollment) are how such devices get in.
-		return nil, fmt.Errorf("%w: no EK certificate was sent and the EK is not pre-registered", attest.ErrEKUntrusted)
+		// Without a certificate only an operator vouches for the EK: its
+		// public key must be pre-registered (individual enrollment).
+		if err := e.preRegistered(sess); err != nil {
+			return nil, fmt.Errorf("%w: no EK certificate was sent and %v", attest.ErrEKUntrusted, err)
+		}
+		return ekPub, nil
 	}
 	ek, err := attest.ParseEKCertificate(req.EKCertificate)
 	if err != nil {
@@ -148,6 +164,11 @@ func (e *Enroller) verifyEK(req *api.ChallengeRequest, sess *session) (crypto.Pu
 	sess.EK.Manufacturer, sess.EK.Model, sess.EK.Version = ek.Manufacturer, ek.Model, ek.Version
 
 	chain, err := e.ek.Verify(ek)
+	if errors.Is(err, attest.ErrEKUntrusted) {
+		if perr := e.preRegistered(sess); perr == nil {
+			return ekPub, nil
+		}
+	}
 	if err != nil {
 		sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckEKChain, Detail: err.Error()})
 		return nil, err
@@ -158,6 +179,21 @@ func (e *Enroller) verifyEK(req *api.ChallengeRequest, sess *session) (crypto.Pu
 	}
 	sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckEKChain, Passed: true, Detail: detail})
 	return ekPub, nil
+}
+
+// preRegistered passes the EK check for an EK an operator listed by its
+// public-key hash in an enrollment group.
+func (e *Enroller) preRegistered(sess *session) error {
+	p, err := e.policies.current()
+	if err != nil {
+		return err
+	}
+	g := p.PreRegistered(sess.EK.PublicSHA256)
+	if g == nil {
+		return fmt.Errorf("EK %s is not pre-registered in policy v%d", sess.EK.PublicSHA256, p.Version)
+	}
+	sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckEKChain, Passed: true, Detail: fmt.Sprintf("pre-registered in group %s of policy v%d", g.Name, p.Version)})
+	return nil
 }
 
 func (e *Enroller) recordEK(sess *session, ekPub crypto.PublicKey) {
@@ -207,6 +243,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	if len(req.EventLog) > 0 {
 		sum := sha256.Sum256(req.EventLog)
 		rec.Evidence.EventLogSHA256 = hex.EncodeToString(sum[:])
+		rec.EventLogGzip = gzipBytes(req.EventLog)
 	}
 
 	res, err := attest.VerifyCompletion(attest.Completion{
@@ -235,11 +272,40 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		return nil, e.reject(ctx, rec, sess, err)
 	}
 
+	// The evidence is genuine; now the policy judges it.
+	policy, err := e.policies.current()
+	if err != nil {
+		return nil, e.internal(err)
+	}
+	var labels map[string]string
+	if old, err := e.reg.Device(sess.DeviceID); err == nil {
+		labels = old.Labels
+	}
+	in := policyInput(sess.DeviceID, sess.EK, sess.Claims, labels, pcrs, res.EventLog)
+	decision := policy.Evaluate(in)
+	rec.Policy = decision
+	if err := decision.Err(); err != nil {
+		rec.Checks = append(rec.Checks, cluster.Check{Name: checkPolicy, Detail: err.Error()})
+		return nil, e.reject(ctx, rec, sess, err)
+	}
+	rec.Checks = append(rec.Checks, cluster.Check{Name: checkPolicy, Passed: true, Detail: fmt.Sprintf("group %s of policy v%d, mode %s", decision.Group, decision.PolicyVersion, decision.Mode)})
+	profile := ca.DeviceProfile{DeviceID: sess.DeviceID, TrustDomain: e.trustDomain, Validity: e.certValidity}
+	if v := decision.Certificate.Validity; v != "" {
+		profile.Validity, _ = time.ParseDuration(v) // validated with the policy
+	}
+	if profile.DNSNames, profile.URIs, err = decision.Certificate.SANs(in, decision.Group); err != nil {
+		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
+	}
+
 	// Reserve the serial in the committed record, so no certificate can
 	// exist that the registry does not know about.
 	serial, err := e.ca.NewSerial()
 	if err != nil {
 		return nil, e.internal(err)
+	}
+	profile.Serial = serial
+	if err := profile.Validate(); err != nil { // before commit: no record without a certificate
+		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
 	}
 	rec.Outcome, rec.CertificateSerial = cluster.OutcomeAccepted, serial.Text(16)
 	dev := cluster.Device{
@@ -249,6 +315,9 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		AKPublicSHA256:    sess.AKSHA256,
 		Claims:            sess.Claims,
 		CertificateSerial: rec.CertificateSerial,
+		Group:             decision.Group,
+		Mode:              decision.Mode,
+		PolicyVersion:     decision.PolicyVersion,
 	}
 	attID, err := e.reg.CommitEnrollment(ctx, sess.ID, sess.Expires, dev, rec)
 	if errors.Is(err, cluster.ErrSessionUsed) { // lost a race with a concurrent completion
@@ -259,12 +328,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		return nil, e.commitFailed(err)
 	}
 
-	chain, err := e.ca.IssueDevice(ctx, res.CSR, ca.DeviceProfile{
-		DeviceID:    sess.DeviceID,
-		TrustDomain: e.trustDomain,
-		Serial:      serial,
-		Validity:    e.certValidity,
-	})
+	chain, err := e.ca.IssueDevice(ctx, res.CSR, profile)
 	if err != nil {
 		e.log.Error("certificate issuance failed after commit", "device_id", sess.DeviceID, "attestation_id", attID, "err", err)
 		return nil, newProblem(http.StatusInternalServerError, api.CodeInternal, "certificate issuance failed")
@@ -276,7 +340,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		DeviceID:      sess.DeviceID,
 		AttestationID: attID,
 		Certificate:   chain[0].Raw,
-		Configuration: json.RawMessage("{}"),
+		Configuration: configOf(decision),
 	}
 	for _, c := range chain[1:] {
 		out.Chain = append(out.Chain, c.Raw)
@@ -384,6 +448,7 @@ var problemTable = []struct {
 	{errTokenInvalid, http.StatusForbidden, api.CodeTokenInvalid},
 	{errTokenExpired, http.StatusForbidden, api.CodeTokenExpired},
 	{cluster.ErrSessionUsed, http.StatusConflict, api.CodeSessionReplayed},
+	{attest.ErrPolicyDenied, http.StatusForbidden, api.CodePolicyDenied},
 }
 
 func newProblem(status int, code, detail string) *api.Problem {

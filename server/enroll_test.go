@@ -204,7 +204,10 @@ func TestEnrollHappyPath(t *testing.T) {
 				t.Fatalf("attestation record %+v", rec)
 			}
 			wantChecks := []string{attest.CheckEKChain, attest.CheckAK, attest.CheckActivation, attest.CheckQuoteNonce, attest.CheckPCRDigest,
-				attest.CheckQuoteSignature, attest.CheckCertifyBinding, attest.CheckCertify, attest.CheckCSRSignature, attest.CheckCSRKey}
+				attest.CheckQuoteSignature, attest.CheckCertifyBinding, attest.CheckCertify, attest.CheckCSRSignature, attest.CheckCSRKey, checkPolicy}
+			if rec.Policy == nil || !rec.Policy.Passed || rec.Policy.Group != "default" || dev.Group != "default" {
+				t.Fatalf("policy decision %+v, device group %q", rec.Policy, dev.Group)
+			}
 			if len(rec.Checks) != len(wantChecks) {
 				t.Fatalf("checks %+v, want %v", rec.Checks, wantChecks)
 			}

@@ -392,4 +392,3 @@ func TestBackupRestore(t *testing.T) {
 		t.Fatalf("restore into a cluster with another CA: %v", err)
 	}
 }
-

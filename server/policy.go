@@ -1,0 +1,205 @@
+package server
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	goattest "github.com/google/go-attestation/attest"
+
+	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
+
+// policyStore is what enrollment needs to read the policy in force.
+type policyStore interface {
+	Policy(version int) (cluster.PolicyRecord, error)
+}
+
+// policyCache parses each policy version once.
+type policyCache struct {
+	store policyStore
+	mu    sync.Mutex
+	cur   *attest.Policy
+	sum   string
+}
+
+// current returns the newest applied policy, or the built-in default when
+// none was applied. It reads the local replica: a follower that has not yet
+// applied a new version judges by the previous one, and the record says which.
+func (c *policyCache) current() (*attest.Policy, error) {
+	rec, err := c.store.Policy(0)
+	if errors.Is(err, cluster.ErrNotFound) {
+		return attest.DefaultPolicy(), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur != nil && c.sum == rec.SHA256 && c.cur.Version == rec.Version {
+		return c.cur, nil
+	}
+	p, err := decodePolicyRecord(rec)
+	if err != nil {
+		return nil, err
+	}
+	c.cur, c.sum = p, rec.SHA256
+	return p, nil
+}
+
+func decodePolicyRecord(rec cluster.PolicyRecord) (*attest.Policy, error) {
+	p, err := attest.ParsePolicy(rec.Document)
+	if err != nil {
+		return nil, fmt.Errorf("stored policy v%d: %w", rec.Version, err)
+	}
+	p.Version = rec.Version
+	return p, nil
+}
+
+// policyInput assembles what a policy judges from verified evidence.
+func policyInput(deviceID string, ek cluster.EKInfo, claims cluster.Claims, labels map[string]string, pcrs []goattest.PCR, log *attest.EventLog) *attest.Input {
+	in := &attest.Input{
+		EKIssuer: ek.Issuer, Manufacturer: ek.Manufacturer, EKPublicSHA256: ek.PublicSHA256,
+		Model: claims.Model, Serial: claims.Serial, DeviceID: deviceID, Labels: labels,
+		PCRs: map[string]map[int][]byte{}, Log: log,
+	}
+	for _, p := range pcrs {
+		bank := bankName(p.DigestAlg)
+		if in.PCRs[bank] == nil {
+			in.PCRs[bank] = map[int][]byte{}
+		}
+		in.PCRs[bank][p.Index] = p.Digest
+	}
+	return in
+}
+
+func bankName(h crypto.Hash) string {
+	for name, hh := range pcrBanks {
+		if hh == h {
+			return name
+		}
+	}
+	return h.String()
+}
+
+// gzipBytes compresses evidence before it enters the Raft log, so every
+// replica stores the same bytes.
+func gzipBytes(b []byte) []byte {
+	var buf bytes.Buffer
+	w := gzip.NewWriter(&buf)
+	w.Write(b) // writes to a bytes.Buffer cannot fail
+	w.Close()
+	return buf.Bytes()
+}
+
+func gunzipBytes(b []byte) ([]byte, error) {
+	r, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(io.LimitReader(r, maxEventLog+1))
+}
+
+// maxEventLog bounds a stored log once decompressed.
+const maxEventLog = 4 << 20
+
+// storedInput rebuilds a past attestation's policy input from the registry:
+// the record's quoted PCRs (verified when it was made) and its stored log.
+func storedInput(n *cluster.Node, rec cluster.AttestationRecord, labels map[string]string) (*attest.Input, error) {
+	var pcrs []goattest.PCR
+	for _, p := range rec.Evidence.PCRs {
+		d, err := hex.DecodeString(p.Digest)
+		if err != nil {
+			return nil, err
+		}
+		pcrs = append(pcrs, goattest.PCR{Index: p.Index, Digest: d, DigestAlg: pcrBanks[rec.Evidence.PCRBank]})
+	}
+	var log *attest.EventLog
+	if rec.HasEventLog {
+		gz, err := n.EventLog(rec.ID)
+		if err != nil {
+			return nil, err
+		}
+		raw, err := gunzipBytes(gz)
+		if err != nil {
+			return nil, fmt.Errorf("attestation %d event log: %w", rec.ID, err)
+		}
+		if log, err = attest.ParseEventLog(raw); err != nil {
+			return nil, fmt.Errorf("attestation %d: %w", rec.ID, err)
+		}
+	}
+	var ek cluster.EKInfo
+	if rec.Evidence.EK != nil {
+		ek = *rec.Evidence.EK
+	}
+	return policyInput(rec.DeviceID, ek, rec.Evidence.Claims, labels, pcrs, log), nil
+}
+
+// DryRunResult is one device's verdict under a candidate policy.
+type DryRunResult struct {
+	DeviceID      string           `json:"device_id"`
+	AttestationID uint64           `json:"attestation_id"` // the evidence judged
+	Current       string           `json:"current"`        // outcome recorded then
+	Decision      *attest.Decision `json:"decision"`
+}
+
+// DryRun judges the newest verified evidence of every device (accepted or
+// refused by policy) under a candidate policy. Nothing is written.
+func DryRun(n *cluster.Node, p *attest.Policy) ([]DryRunResult, error) {
+	recs, err := n.Attestations(cluster.AttestationQuery{})
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []DryRunResult
+	for _, rec := range recs { // newest first
+		if rec.Policy == nil || rec.DeviceID == "" || seen[rec.DeviceID] {
+			continue // verification failed before policy: nothing to judge
+		}
+		seen[rec.DeviceID] = true
+		var labels map[string]string
+		if d, err := n.Device(rec.DeviceID); err == nil {
+			labels = d.Labels
+		}
+		in, err := storedInput(n, rec, labels)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, DryRunResult{DeviceID: rec.DeviceID, AttestationID: rec.ID, Current: rec.Outcome, Decision: p.Evaluate(in)})
+	}
+	return out, nil
+}
+
+// CapturePolicy drafts a one-group policy from a device's newest accepted
+// evidence.
+func CapturePolicy(n *cluster.Node, deviceID, group string) (*attest.Policy, error) {
+	dev, err := n.Device(deviceID)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := n.Attestation(dev.LastAttestationID)
+	if err != nil {
+		return nil, err
+	}
+	in, err := storedInput(n, rec, dev.Labels)
+	if err != nil {
+		return nil, err
+	}
+	if group == "" {
+		group = "captured-" + deviceID[:8]
+	}
+	return &attest.Policy{Groups: []attest.Group{attest.Capture(group, in)}}, nil
+}
+
+func marshalPolicy(p *attest.Policy) ([]byte, error) {
+	doc := *p
+	doc.Version = 0 // the registry numbers versions
+	return json.MarshalIndent(doc, "", "  ")
+}
