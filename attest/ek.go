@@ -15,6 +15,7 @@ import (
 	"time"
 
 	goattest "github.com/google/go-attestation/attest"
+	"github.com/google/go-tpm/legacy/tpm2"
 )
 
 // TCG EK credential profile OIDs.
@@ -146,7 +147,7 @@ func (v *EKVerifier) Verify(ek *EKCertificate) ([]*x509.Certificate, error) {
 	return chains[0], nil
 }
 
-// LoadCertificates reads every PEM certificate in the given files.
+// LoadCertificates reads every certificate in the given files, PEM or DER.
 func LoadCertificates(paths ...string) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	for _, p := range paths {
@@ -154,7 +155,7 @@ func LoadCertificates(paths ...string) ([]*x509.Certificate, error) {
 		if err != nil {
 			return nil, err
 		}
-		cs, err := ParsePEMCertificates(b)
+		cs, err := ParseCertificates(b)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", p, err)
 		}
@@ -163,28 +164,43 @@ func LoadCertificates(paths ...string) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-// ParsePEMCertificates parses every CERTIFICATE block in b.
-func ParsePEMCertificates(b []byte) ([]*x509.Certificate, error) {
+// ParseCertificates parses every CERTIFICATE block of a PEM file, or one DER
+// certificate. Bytes after a DER certificate's outer SEQUENCE (some vendor
+// CA files carry a trailing byte) are ignored.
+func ParseCertificates(b []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
+	rest := b
 	for {
 		var blk *pem.Block
-		blk, b = pem.Decode(b)
+		blk, rest = pem.Decode(rest)
 		if blk == nil {
 			break
 		}
 		if blk.Type != "CERTIFICATE" {
 			continue
 		}
-		c, err := x509.ParseCertificate(blk.Bytes)
+		c, err := parseDER(blk.Bytes)
 		if err != nil {
 			return nil, err
 		}
 		certs = append(certs, c)
 	}
 	if len(certs) == 0 {
-		return nil, errors.New("no PEM certificates found")
+		c, err := parseDER(b)
+		if err != nil {
+			return nil, errors.New("no PEM certificates found, and not a DER certificate")
+		}
+		certs = append(certs, c)
 	}
 	return certs, nil
+}
+
+func parseDER(b []byte) (*x509.Certificate, error) {
+	var seq asn1.RawValue
+	if _, err := asn1.Unmarshal(b, &seq); err == nil {
+		b = seq.FullBytes
+	}
+	return x509.ParseCertificate(b)
 }
 
 // PublicKeySHA256 is the hex SHA-256 of a public key's PKIX DER encoding.
@@ -216,4 +232,17 @@ func Name(n pkix.Name) string {
 		return "(empty)"
 	}
 	return strings.TrimSpace(s)
+}
+
+// ParseTPM2BPublic decodes a TPM2B_PUBLIC (or a bare TPMT_PUBLIC) as a TPM
+// returns it, and gives its public key.
+func ParseTPM2BPublic(b []byte) (crypto.PublicKey, error) {
+	if len(b) > 2 && int(b[0])<<8|int(b[1]) == len(b)-2 {
+		b = b[2:]
+	}
+	pub, err := tpm2.DecodePublic(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: TPM public area: %v", ErrEKInvalid, err)
+	}
+	return pub.Key()
 }

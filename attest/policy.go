@@ -90,7 +90,7 @@ type ReferenceEvent struct {
 
 // CertProfile shapes the device certificate.
 type CertProfile struct {
-	Validity string   `json:"validity,omitempty"` // Go duration, e.g. "720h"; empty: the appliance default
+	Validity string   `json:"validity,omitempty"`  // Go duration, e.g. "720h"; empty: the appliance default
 	DNSNames []string `json:"dns_names,omitempty"` // templates over DeviceID, Serial, Model, Group
 	URIs     []string `json:"uris,omitempty"`      // added to the SPIFFE ID
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
@@ -35,7 +36,14 @@ const (
 	adminTransfer    = "/admin/v1/cluster/transfer-leadership"
 	adminBackup      = "/admin/v1/cluster/backup"
 	adminRestore     = "/admin/v1/cluster/restore"
+	adminPolicy      = "/admin/v1/policy"
 )
+
+// PolicyApply is the body of PUT /admin/v1/policy.
+type PolicyApply struct {
+	Actor    string          `json:"actor"`
+	Document json.RawMessage `json:"document"`
+}
 
 // Status is what GET /admin/v1/status returns.
 type Status struct {
@@ -131,6 +139,65 @@ func (a *Appliance) adminHandler() http.Handler {
 		}
 		rec, err := a.node.Attestation(id)
 		writeResult(w, http.StatusOK, rec, a.adminErr(err))
+	}))
+	mux.HandleFunc("PUT "+adminPolicy, func(w http.ResponseWriter, r *http.Request) {
+		var req PolicyApply
+		if err := json.NewDecoder(io.LimitReader(r.Body, 8<<20)).Decode(&req); err != nil {
+			writeProblem(w, malformed("body: "+err.Error()))
+			return
+		}
+		if _, err := attest.ParsePolicy(req.Document); err != nil {
+			writeProblem(w, malformed(err.Error()))
+			return
+		}
+		v, err := a.node.ApplyPolicy(r.Context(), req.Actor, req.Document)
+		if err != nil {
+			writeProblem(w, a.clusterProblem(err))
+			return
+		}
+		rec, err := a.node.Policy(v)
+		a.log.Info("policy applied", "version", v, "actor", req.Actor, "sha256", rec.SHA256)
+		writeResult(w, http.StatusOK, rec, a.adminErr(err))
+	})
+	mux.HandleFunc("GET "+adminPolicy, a.read(func(w http.ResponseWriter, r *http.Request) {
+		v := 0
+		if s := r.URL.Query().Get("version"); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n <= 0 {
+				writeProblem(w, malformed("version must be a positive integer"))
+				return
+			}
+			v = n
+		}
+		rec, err := a.node.Policy(v)
+		writeResult(w, http.StatusOK, rec, a.adminErr(err))
+	}))
+	mux.HandleFunc("GET "+adminPolicy+"/history", a.read(func(w http.ResponseWriter, r *http.Request) {
+		recs, err := a.node.PolicyHistory()
+		writeResult(w, http.StatusOK, recs, a.adminErr(err))
+	}))
+	mux.HandleFunc("POST "+adminPolicy+"/test", a.read(func(w http.ResponseWriter, r *http.Request) {
+		doc, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
+		if err != nil {
+			writeProblem(w, malformed(err.Error()))
+			return
+		}
+		p, err := attest.ParsePolicy(doc)
+		if err != nil {
+			writeProblem(w, malformed(err.Error()))
+			return
+		}
+		res, err := DryRun(a.node, p)
+		writeResult(w, http.StatusOK, res, a.adminErr(err))
+	}))
+	mux.HandleFunc("GET "+adminPolicy+"/capture", a.read(func(w http.ResponseWriter, r *http.Request) {
+		p, err := CapturePolicy(a.node, r.URL.Query().Get("device"), r.URL.Query().Get("group"))
+		if err != nil {
+			writeProblem(w, a.adminErr(err))
+			return
+		}
+		doc, err := marshalPolicy(p)
+		writeResult(w, http.StatusOK, json.RawMessage(doc), a.adminErr(err))
 	}))
 	mux.HandleFunc("POST "+adminTokens, func(w http.ResponseWriter, r *http.Request) {
 		var req tokenRequest
@@ -359,6 +426,41 @@ func (c *AdminClient) Restore(ctx context.Context, archive io.Reader) (BackupMet
 		return meta, err
 	}
 	return meta, decodeProblemOr(resp, &meta)
+}
+
+// ApplyPolicy validates and commits a policy document as the next version.
+func (c *AdminClient) ApplyPolicy(ctx context.Context, actor string, doc []byte) (cluster.PolicyRecord, error) {
+	var rec cluster.PolicyRecord
+	return rec, c.do(ctx, http.MethodPut, adminPolicy, PolicyApply{Actor: actor, Document: doc}, &rec)
+}
+
+// Policy returns one policy version (0: the one in force).
+func (c *AdminClient) Policy(ctx context.Context, version int) (cluster.PolicyRecord, error) {
+	var rec cluster.PolicyRecord
+	path := adminPolicy
+	if version > 0 {
+		path += "?version=" + strconv.Itoa(version)
+	}
+	return rec, c.get(ctx, path, &rec)
+}
+
+// PolicyHistory returns every applied version, newest first.
+func (c *AdminClient) PolicyHistory(ctx context.Context) ([]cluster.PolicyRecord, error) {
+	var recs []cluster.PolicyRecord
+	return recs, c.get(ctx, adminPolicy+"/history", &recs)
+}
+
+// TestPolicy judges every device's stored evidence under a candidate.
+func (c *AdminClient) TestPolicy(ctx context.Context, doc []byte) ([]DryRunResult, error) {
+	var res []DryRunResult
+	return res, c.do(ctx, http.MethodPost, adminPolicy+"/test", json.RawMessage(doc), &res)
+}
+
+// CapturePolicy drafts a policy from a device's accepted evidence.
+func (c *AdminClient) CapturePolicy(ctx context.Context, deviceID, group string) (json.RawMessage, error) {
+	var doc json.RawMessage
+	q := url.Values{"device": {deviceID}, "group": {group}}
+	return doc, c.get(ctx, adminPolicy+"/capture?"+q.Encode(), &doc)
 }
 
 func (c *AdminClient) get(ctx context.Context, path string, v any) error {

@@ -108,7 +108,7 @@ func Init(dataDir string, password []byte, cfg Config, ekRootsPEM []byte) error 
 	if _, err := os.Stat(filepath.Join(dataDir, configFile)); err == nil {
 		return fmt.Errorf("%s: %w", dataDir, ErrAlreadyInitialized)
 	}
-	if _, err := attest.ParsePEMCertificates(ekRootsPEM); err != nil {
+	if _, err := attest.ParseCertificates(ekRootsPEM); err != nil {
 		return fmt.Errorf("EK roots: %w", err)
 	}
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {

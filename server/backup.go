@@ -184,7 +184,7 @@ func InitFromBackup(dataDir string, password []byte, cfg Config, b *Backup) erro
 	if err := ca.Install(filepath.Join(dataDir, caDir), f["ca/"+ca.RootCertFile], f["ca/"+ca.IntermediateCertFile], f["ca/intermediate.key"], password); err != nil {
 		return err
 	}
-	if _, err := attest.ParsePEMCertificates(f[ekRootsFile]); err != nil {
+	if _, err := attest.ParseCertificates(f[ekRootsFile]); err != nil {
 		return fmt.Errorf("%w: EK roots: %v", ErrBadBackup, err)
 	}
 	return writeNodeFiles(dataDir, cfg, f[ekRootsFile])
