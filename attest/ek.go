@@ -123,11 +123,24 @@ type EKVerifier struct {
 	now     func() time.Time
 }
 
-// NewEKVerifier builds a verifier trusting certs.
-func NewEKVerifier(certs []*x509.Certificate) *EKVerifier {
+// EKOption configures an EKVerifier.
+type EKOption func(*EKVerifier)
+
+// WithVerifyTime checks validity periods at t instead of now: to ask whether
+// a certificate was valid when a device enrolled.
+func WithVerifyTime(t time.Time) EKOption {
+	return func(v *EKVerifier) { v.now = func() time.Time { return t } }
+}
+
+// NewEKVerifier builds a verifier trusting certs. Intermediates among them
+// are parsed once here, so verification does no parsing.
+func NewEKVerifier(certs []*x509.Certificate, opts ...EKOption) *EKVerifier {
 	v := &EKVerifier{anchors: x509.NewCertPool(), now: time.Now}
 	for _, c := range certs {
 		v.anchors.AddCert(c)
+	}
+	for _, o := range opts {
+		o(v)
 	}
 	return v
 }

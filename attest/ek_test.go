@@ -57,10 +57,9 @@ func TestVendorEKCertificates(t *testing.T) {
 			if tc.manufacturer != "" && !ek.HasEKUsage() {
 				t.Fatal("EK certificate EKU 2.23.133.8.1 not found")
 			}
-			v := NewEKVerifier(store)
 			// A fixed date inside every chain's validity keeps the test from
 			// expiring with the vendors' certificates (STM ECC in 2028).
-			v.now = func() time.Time { return time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC) }
+			v := NewEKVerifier(store, WithVerifyTime(time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)))
 			chain, err := v.Verify(ek)
 			if err != nil {
 				t.Fatalf("chain: %v", err)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/server"
 )
 
@@ -43,7 +45,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.PersistentFlags().String("data-dir", "gatehouse-data", "node data directory")
 	root.PersistentFlags().Bool("stale", false, "read this node's local state without confirming with the leader")
-	root.AddCommand(initCmd(), serveCmd(), statusCmd(), devicesCmd(), attestationsCmd(), clusterCmd())
+	root.AddCommand(initCmd(), serveCmd(), statusCmd(), devicesCmd(), attestationsCmd(), clusterCmd(), policyCmd(), eventlogCmd(), ekcertCmd())
 	return root
 }
 
@@ -52,10 +54,35 @@ func dataDir(cmd *cobra.Command) string {
 	return d
 }
 
+// manufacturerRoots is the shipped bundle plus the operator's CAs, or only
+// the operator's when replace is set.
+func manufacturerRoots(files []string, replace bool) ([]byte, error) {
+	if replace && len(files) == 0 {
+		return nil, errors.New("--replace-ek-roots needs at least one --ek-roots file")
+	}
+	var out []byte
+	if !replace {
+		out = attest.ManufacturerRootsPEM()
+	}
+	for _, f := range files {
+		certs, err := attest.LoadCertificates(f)
+		if err != nil {
+			return nil, fmt.Errorf("--ek-roots: %w", err)
+		}
+		for _, c := range certs {
+			out = append(out, fmt.Sprintf("\n# added at init from %s: %s\n", f, attest.Name(c.Subject))...)
+			out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+		}
+	}
+	return out, nil
+}
+
 func initCmd() *cobra.Command {
 	def := server.DefaultConfig()
 	cfg := def
-	var passwordFile, ekRoots, fromBackup string
+	var passwordFile, fromBackup string
+	var ekRoots []string
+	var replaceRoots bool
 	var validity time.Duration
 	c := &cobra.Command{
 		Use:   "init",
@@ -66,10 +93,7 @@ func initCmd() *cobra.Command {
 			if fromBackup != "" {
 				return initFromBackup(cmd, fromBackup, passwordFile, cfg)
 			}
-			if ekRoots == "" {
-				return errors.New("--ek-roots is required: a PEM bundle of TPM manufacturer roots (and intermediates) that EK certificates must chain to")
-			}
-			roots, err := os.ReadFile(ekRoots)
+			roots, err := manufacturerRoots(ekRoots, replaceRoots)
 			if err != nil {
 				return err
 			}
@@ -90,7 +114,8 @@ func initCmd() *cobra.Command {
 	}
 	f := c.Flags()
 	f.StringVar(&passwordFile, "password-file", "", "file holding the CA key password (created with a random password if missing)")
-	f.StringVar(&ekRoots, "ek-roots", "", "PEM bundle of TPM manufacturer roots and intermediates")
+	f.StringSliceVar(&ekRoots, "ek-roots", nil, "PEM or DER files of TPM manufacturer CAs to trust besides the shipped bundle")
+	f.BoolVar(&replaceRoots, "replace-ek-roots", false, "trust only the --ek-roots files, not the shipped bundle")
 	f.StringVar(&cfg.NodeID, "node-id", def.NodeID, "this node's Raft ID")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", def.TrustDomain, "SPIFFE trust domain of device identities")
 	f.StringVar(&cfg.Listen, "listen", def.Listen, "device API address (HTTPS)")

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/cluster"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
@@ -48,8 +49,26 @@ func TestInitCreatesPasswordAndRefusesTwice(t *testing.T) {
 	if _, err := run(t, args...); err == nil || !strings.Contains(err.Error(), "already initialized") {
 		t.Fatalf("second init: %v", err)
 	}
-	if _, err := run(t, "init", "--data-dir", filepath.Join(dir, "d2"), "--password-file", pw); err == nil {
-		t.Fatal("init without --ek-roots succeeded")
+	// Without --ek-roots the shipped vendor bundle alone is trusted.
+	if _, err := run(t, "init", "--data-dir", filepath.Join(dir, "d2"), "--password-file", pw); err != nil {
+		t.Fatalf("init with the shipped bundle: %v", err)
+	}
+	shipped, err := attest.LoadCertificates(filepath.Join(dir, "d2", "ek-roots.pem"))
+	if err != nil || len(shipped) < 100 {
+		t.Fatalf("shipped bundle: %d certificates, %v", len(shipped), err)
+	}
+	added, err := attest.LoadCertificates(filepath.Join(data, "ek-roots.pem"))
+	if err != nil || len(added) != len(shipped)+2 {
+		t.Fatalf("bundle plus the test manufacturer's CAs: %d certificates, want %d: %v", len(added), len(shipped)+2, err)
+	}
+	if _, err := run(t, "init", "--data-dir", filepath.Join(dir, "d4"), "--password-file", pw, "--replace-ek-roots"); err == nil {
+		t.Fatal("--replace-ek-roots without --ek-roots succeeded")
+	}
+	if _, err := run(t, "init", "--data-dir", filepath.Join(dir, "d5"), "--password-file", pw, "--ek-roots", roots, "--replace-ek-roots"); err != nil {
+		t.Fatal(err)
+	}
+	if only, _ := attest.LoadCertificates(filepath.Join(dir, "d5", "ek-roots.pem")); len(only) != 2 {
+		t.Fatalf("replaced bundle has %d certificates, want 2", len(only))
 	}
 	if _, err := run(t, "init", "--data-dir", filepath.Join(dir, "d3"), "--password-file", pw, "--ek-roots", roots, "--trust-domain", "Not A Domain"); err == nil {
 		t.Fatal("init accepted a bad trust domain")

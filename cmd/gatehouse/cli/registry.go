@@ -97,6 +97,7 @@ func printDevice(w io.Writer, d cluster.Device) {
 	fmt.Fprintf(w, "enrolled:\t%s (%d enrollments, last %s)\n", d.EnrolledAt.Format(time.RFC3339), d.Enrollments, d.LastEnrolledAt.Format(time.RFC3339))
 	fmt.Fprintf(w, "certificate serial:\t%s\n", d.CertificateSerial)
 	fmt.Fprintf(w, "last attestation:\t%d\n", d.LastAttestationID)
+	fmt.Fprintf(w, "group:\t%s (mode %s, policy v%d)\n", orDash(d.Group), orDash(d.Mode), d.PolicyVersion)
 	printEK(w, &d.EK)
 	fmt.Fprintf(w, "AK sha256:\t%s\n", d.AKPublicSHA256)
 	fmt.Fprintf(w, "claims (untrusted):\tserial=%s model=%s firmware=%s\n", orDash(d.Claims.Serial), orDash(d.Claims.Model), orDash(d.Claims.FirmwareVersion))
@@ -180,6 +181,9 @@ func printAttestation(w io.Writer, r cluster.AttestationRecord) {
 			}
 			fmt.Fprintf(w, "  %s\t%s\t%s\n", mark, c.Name, c.Detail)
 		}
+	}
+	if r.Policy != nil {
+		printDecision(w, r.Policy)
 	}
 	e := r.Evidence
 	fmt.Fprintln(w, "evidence:")
