@@ -25,23 +25,9 @@ const eventLogPath = "/sys/kernel/security/tpm0/binary_bios_measurements"
 //   - a device path such as /dev/tpmrm0 (the kernel resource manager);
 //   - swtpm://HOST:PORT, a swtpm data port.
 func OpenTPM(uri string) (*attest.TPM, error) {
-	var ch attest.CommandChannelTPM20
-	switch {
-	case strings.HasPrefix(uri, "swtpm://"):
-		addr := strings.TrimPrefix(uri, "swtpm://")
-		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			return nil, fmt.Errorf("open TPM %q: %w", uri, err)
-		}
-		ch = &framedChannel{rw: conn, log: func() ([]byte, error) { return nil, ErrNoEventLog }}
-	case strings.HasPrefix(uri, "/"):
-		f, err := os.OpenFile(uri, os.O_RDWR, 0)
-		if err != nil {
-			return nil, fmt.Errorf("open TPM %q: %w", uri, err)
-		}
-		ch = &framedChannel{rw: f, log: readEventLog}
-	default:
-		return nil, fmt.Errorf("open TPM %q: want a device path (/dev/tpmrm0) or swtpm://HOST:PORT", uri)
+	ch, err := openChannel(uri)
+	if err != nil {
+		return nil, err
 	}
 	tpm, err := attest.OpenTPM(&attest.OpenConfig{CommandChannel: ch})
 	if err != nil {
@@ -49,6 +35,29 @@ func OpenTPM(uri string) (*attest.TPM, error) {
 		return nil, fmt.Errorf("open TPM %q: %w", uri, err)
 	}
 	return tpm, nil
+}
+
+// OpenTransport opens a raw TPM command transport by the same URIs as
+// OpenTPM, for commands go-attestation does not offer.
+func OpenTransport(uri string) (io.ReadWriteCloser, error) { return openChannel(uri) }
+
+func openChannel(uri string) (*framedChannel, error) {
+	switch {
+	case strings.HasPrefix(uri, "swtpm://"):
+		addr := strings.TrimPrefix(uri, "swtpm://")
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("open TPM %q: %w", uri, err)
+		}
+		return &framedChannel{rw: conn, log: func() ([]byte, error) { return nil, ErrNoEventLog }}, nil
+	case strings.HasPrefix(uri, "/"):
+		f, err := os.OpenFile(uri, os.O_RDWR, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open TPM %q: %w", uri, err)
+		}
+		return &framedChannel{rw: f, log: readEventLog}, nil
+	}
+	return nil, fmt.Errorf("open TPM %q: want a device path (/dev/tpmrm0) or swtpm://HOST:PORT", uri)
 }
 
 func readEventLog() ([]byte, error) {

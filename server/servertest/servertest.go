@@ -131,7 +131,19 @@ type Device struct {
 // NewDevice starts a fresh swtpm whose EK certificate m issued.
 func NewDevice(t testing.TB, m *swtpm.Manufacturer) *Device {
 	t.Helper()
+	return NewBootedDevice(t, m, nil)
+}
+
+// NewBootedDevice starts a fresh swtpm and, when log is set, extends the
+// log's events into its PCRs first, as firmware would (see Process.Boot).
+func NewBootedDevice(t testing.TB, m *swtpm.Manufacturer, log []byte) *Device {
+	t.Helper()
 	p := swtpm.StartTest(t, m)
+	if log != nil {
+		if err := p.Boot(log); err != nil {
+			t.Fatal(err)
+		}
+	}
 	tpm, err := p.Open()
 	if err != nil {
 		t.Fatalf("open swtpm: %v", err)
