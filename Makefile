@@ -8,7 +8,7 @@ PKGS    := ./...
 # Debian packages the TPM tests and the demo need.
 APT_PKGS := swtpm swtpm-tools openssl
 
-.PHONY: all build test bench demo deps vet clean chaos cluster cluster-stop
+.PHONY: all build test bench demo deps vet clean chaos cluster cluster-stop fuzz roots
 
 all: build
 
@@ -41,10 +41,23 @@ test: deps vet
 	$(GO) test -count=1 -timeout 9m $(PKGS)
 
 bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./attest/
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 200x ./cluster/ ./ca/
 	$(GO) test -run '^$$' -bench 'Enrollment' -benchmem -benchtime 200x ./server/
 	$(GO) test -run '^$$' -bench 'ClusterCommits' -benchtime 20000x ./server/
 	$(GO) test -run '^$$' -bench 'Failover' -benchtime 3x ./server/
+
+# fuzz runs every fuzz target for FUZZTIME each (the seed corpora also run
+# in `make test`). Crashers land in attest/testdata/fuzz/: commit them.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := FuzzParseEventLog FuzzParseEKCertificate FuzzParsePolicy
+fuzz:
+	@for f in $(FUZZ_TARGETS); do echo "fuzz: $$f for $(FUZZTIME)"; \
+	  $(GO) test ./attest/ -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) || exit 1; done
+
+# roots regenerates the shipped TPM manufacturer CA bundle from testvectors/ca.
+roots:
+	$(GO) run ./testvectors/mkroots > attest/roots/manufacturers.pem
 
 demo: deps build
 	bash ./demo.sh

@@ -3,12 +3,15 @@ package attest
 import (
 	"bytes"
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"unicode/utf16"
 
 	goattest "github.com/google/go-attestation/attest"
@@ -36,15 +39,30 @@ type EventLog struct {
 	// Events are in log order. Number counts from 0 at the first event in
 	// the file (the Spec ID event, when there is one), as tpm2_eventlog does.
 	Events []LogEvent
-	// Replayed holds each bank's PCR values computed from the log alone,
-	// starting PCR0 at the locality a StartupLocality event names.
-	Replayed map[string]map[int][]byte
-	Facts    Facts
+	Facts Facts
 	// Problems are facts the log states badly (malformed SecureBoot or
 	// S-CRTM events): they do not stop replay, and policy decides.
 	Problems []string
 
-	log *goattest.EventLog
+	log      *goattest.EventLog
+	events   map[string][]goattest.Event // per bank, as go-attestation splits them
+	replayed map[string]map[int][]byte
+}
+
+// Replay returns one bank's PCR values computed from the log alone,
+// starting PCR0 at the locality a StartupLocality event names; nil for a
+// bank the log does not carry. Banks are replayed on first use.
+func (l *EventLog) Replay(bank string) map[int][]byte {
+	if pcrs, ok := l.replayed[bank]; ok {
+		return pcrs
+	}
+	events, ok := l.events[bank]
+	if !ok {
+		return nil
+	}
+	pcrs := replay(events, bankHashes[bank])
+	l.replayed[bank] = pcrs
+	return pcrs
 }
 
 // LogEvent is one event.
@@ -96,7 +114,7 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrEventLogInvalid, err)
 	}
-	l := &EventLog{log: raw, Replayed: map[string]map[int][]byte{}}
+	l := &EventLog{log: raw, replayed: map[string]map[int][]byte{}}
 	for _, a := range raw.Algs {
 		if name, ok := bankNames[a]; ok {
 			l.Banks = append(l.Banks, name)
@@ -116,25 +134,42 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 		}
 	}
 	first := perBank[l.Banks[0]]
+	// All hex digests go into one string and events hold substrings of it:
+	// one allocation instead of one per digest.
+	size := 0
+	for _, bank := range l.Banks {
+		for _, e := range perBank[bank] {
+			size += 2 * len(e.Digest)
+		}
+	}
+	buf := make([]byte, 0, size)
+	next := make(map[string]int, len(l.Banks)) // each bank's next digest in buf
+	for _, bank := range l.Banks {
+		next[bank] = len(buf)
+		for _, e := range perBank[bank] {
+			buf = hex.AppendEncode(buf, e.Digest)
+		}
+	}
+	hexAll := string(buf)
+	l.Events = make([]LogEvent, 0, len(first))
 	for i, e := range first {
 		// Windows logs EV_NO_ACTION events against PCR 0xFFFFFFFF; they
 		// extend nothing, so only measured events must name a real PCR.
 		if (e.Index < 0 || e.Index > maxPCR) && uint32(e.Type) != evNoAction {
 			return nil, fmt.Errorf("%w: event %d extends PCR %d (0x%x), beyond PCR %d: not a TCG log", ErrEventLogInvalid, i+offset, e.Index, e.Index, maxPCR)
 		}
-		le := LogEvent{Number: i + offset, PCR: e.Index, Type: eventTypeName(uint32(e.Type)), TypeCode: uint32(e.Type), Digests: map[string]string{}}
+		le := LogEvent{Number: i + offset, PCR: e.Index, Type: eventTypeName(uint32(e.Type)), TypeCode: uint32(e.Type), Digests: make(map[string]string, len(l.Banks))}
 		for _, bank := range l.Banks {
-			if d := perBank[bank][i].Digest; d != nil {
-				le.Digests[bank] = hex.EncodeToString(d)
+			if n := 2 * len(perBank[bank][i].Digest); n > 0 {
+				le.Digests[bank] = hexAll[next[bank] : next[bank]+n]
+				next[bank] += n
 			}
 		}
 		le.Description = l.describe(e, le)
 		l.Events = append(l.Events, le)
 	}
-	for _, bank := range l.Banks {
-		l.Replayed[bank] = replay(perBank[bank], bankHashes[bank])
-	}
-	l.secureBoot(raw)
+	l.events = perBank
+	l.secureBoot()
 	return l, nil
 }
 
@@ -147,6 +182,7 @@ func isAgile(b []byte) bool {
 // are not measured; a StartupLocality event sets PCR0's initial value.
 func replay(events []goattest.Event, h crypto.Hash) map[int][]byte {
 	pcrs := map[int][]byte{}
+	hh := h.New()
 	for _, e := range events {
 		if uint32(e.Type) == evNoAction {
 			if e.Index == 0 && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality\x00")) {
@@ -162,11 +198,12 @@ func replay(events []goattest.Event, h crypto.Hash) map[int][]byte {
 		cur, ok := pcrs[e.Index]
 		if !ok {
 			cur = make([]byte, h.Size())
+			pcrs[e.Index] = cur
 		}
-		hh := h.New()
+		hh.Reset()
 		hh.Write(cur)
 		hh.Write(e.Digest)
-		pcrs[e.Index] = hh.Sum(nil)
+		hh.Sum(cur[:0])
 	}
 	return pcrs
 }
@@ -232,51 +269,174 @@ func (l *EventLog) describe(e goattest.Event, le LogEvent) string {
 	return ""
 }
 
-// secureBoot extracts Secure Boot facts with go-attestation's parser.
-func (l *EventLog) secureBoot(raw *goattest.EventLog) {
-	bank := goattest.HashSHA256
-	if len(raw.Algs) == 1 {
-		bank = raw.Algs[0]
+// secureBoot extracts Secure Boot facts with go-attestation's parser. That
+// parser reads only PCR 2 and PCR 7 events, and decoding a dbx of hundreds
+// of entries is most of a log's parsing cost, while a fleet's devices share
+// a handful of Secure Boot configurations: so results are memoized under a
+// hash of exactly those events (PCR, type, digest and data).
+func (l *EventLog) secureBoot() {
+	events, ok := l.events["sha256"]
+	if !ok {
+		events = l.events[l.Banks[0]]
 	}
-	sb, err := goattest.ParseSecurebootState(raw.Events(bank))
-	if err != nil {
-		l.Problems = append(l.Problems, "Secure Boot state: "+err.Error())
+	h := sha256.New()
+	var hdr [16]byte
+	for _, e := range events {
+		if e.Index != 2 && e.Index != 7 {
+			continue
+		}
+		binary.LittleEndian.PutUint32(hdr[0:], uint32(e.Index))
+		binary.LittleEndian.PutUint32(hdr[4:], uint32(e.Type))
+		binary.LittleEndian.PutUint32(hdr[8:], uint32(len(e.Digest)))
+		binary.LittleEndian.PutUint32(hdr[12:], uint32(len(e.Data)))
+		h.Write(hdr[:])
+		h.Write(e.Digest)
+		h.Write(e.Data)
+	}
+	var key [32]byte
+	h.Sum(key[:0])
+	if r, ok := secureBootMemo.get(key); ok {
+		l.applySecureBoot(r)
 		return
 	}
-	enabled := sb.Enabled
-	l.Facts.SecureBoot = &enabled
-	l.Facts.PK = certNames(sb.PlatformKeys, sb.PlatformKeyHashes)
-	l.Facts.KEK = certNames(sb.ExchangeKeys, sb.ExchangeKeyHashes)
-	l.Facts.DB = certNames(sb.PermittedKeys, sb.PermittedHashes)
-	l.Facts.DBXEntries = len(sb.ForbiddenKeys) + len(sb.ForbiddenHashes)
-	l.Facts.Authorities = certNames(append(sb.PreSeparatorAuthority, sb.PostSeparatorAuthority...), nil)
+	var r secureBootResult
+	sb, err := goattest.ParseSecurebootState(events)
+	if err != nil {
+		r.problem = "Secure Boot state: " + err.Error()
+	} else {
+		r.enabled = sb.Enabled
+		r.pk = certNames(sb.PlatformKeys, sb.PlatformKeyHashes)
+		r.kek = certNames(sb.ExchangeKeys, sb.ExchangeKeyHashes)
+		r.db = certNames(sb.PermittedKeys, sb.PermittedHashes)
+		r.dbx = len(sb.ForbiddenKeys) + len(sb.ForbiddenHashes)
+		r.authorities = certNames(append(sb.PreSeparatorAuthority, sb.PostSeparatorAuthority...), nil)
+	}
+	secureBootMemo.put(key, r)
+	l.applySecureBoot(r)
+}
+
+type secureBootResult struct {
+	problem                  string
+	enabled                  bool
+	pk, kek, db, authorities []string
+	dbx                      int
+}
+
+func (l *EventLog) applySecureBoot(r secureBootResult) {
+	if r.problem != "" {
+		l.Problems = append(l.Problems, r.problem)
+		return
+	}
+	enabled := r.enabled
+	f := &l.Facts
+	f.SecureBoot = &enabled
+	f.PK, f.KEK, f.DB, f.Authorities = slices.Clone(r.pk), slices.Clone(r.kek), slices.Clone(r.db), slices.Clone(r.authorities)
+	f.DBXEntries = r.dbx
+}
+
+// memo is a small bounded map; when full it forgets everything, which is
+// simple and keeps a flood of distinct configurations from growing memory.
+type memo[K comparable, V any] struct {
+	mu  sync.Mutex
+	max int
+	m   map[K]V
+}
+
+var secureBootMemo = &memo[[32]byte, secureBootResult]{max: 256}
+
+func (c *memo[K, V]) get(k K) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.m[k]
+	return v, ok
+}
+
+func (c *memo[K, V]) put(k K, v V) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= c.max {
+		c.m = make(map[K]V, c.max)
+	}
+	c.m[k] = v
 }
 
 // Verify checks the log against PCR values from a verified quote: replaying
-// it must produce every quoted PCR it touches. go-attestation's replay is
-// used, with its workaround for one known firmware bug (ExitBootServices
-// events missing from PCR5); when that workaround was needed, it is added to
-// Problems so that policy and auditors see it. On a mismatch the error wraps
+// the log must produce each quoted value it touches. Events extending PCRs
+// the quote does not cover are bound to nothing, so the facts drawn from
+// them are dropped (and a Problem says so): after Verify, Facts rest only on
+// quoted PCRs, as far as event digests bind event data. When the replay differs, go-attestation's replay is consulted for its
+// workaround for one known firmware bug (ExitBootServices events missing
+// from PCR5); when that workaround was needed, it is added to Problems so
+// that policy and auditors see it. On a mismatch the error wraps
 // ErrEventLogInvalid and a *PCRMismatch naming each PCR that differs.
 func (l *EventLog) Verify(pcrs []goattest.PCR) error {
-	mm := l.diff(pcrs)
-	if _, err := l.log.Verify(pcrs); err == nil {
-		if len(mm.PCRs) > 0 {
-			l.Problems = append(l.Problems, fmt.Sprintf("%s matches only with the ExitBootServices events the firmware did not log", mm.PCRs[0].label()))
+	quoted := map[string]map[int]bool{}
+	for _, p := range pcrs {
+		bank := hashBank(p.DigestAlg)
+		if quoted[bank] == nil {
+			quoted[bank] = map[int]bool{}
 		}
+		quoted[bank][p.Index] = true
+	}
+	var uncovered []string
+	for bank, idx := range quoted {
+		for i := range l.Replay(bank) {
+			if !idx[i] {
+				uncovered = append(uncovered, fmt.Sprintf("PCR %d (%s)", i, bank))
+			}
+		}
+	}
+	if len(quoted) == 0 {
+		return fmt.Errorf("%w: no PCR in a bank the log carries was quoted", ErrEventLogInvalid)
+	}
+	if len(uncovered) > 0 {
+		sort.Strings(uncovered)
+		l.Problems = append(l.Problems, fmt.Sprintf("the quote does not cover %s: facts from those events are not trusted", strings.Join(uncovered, ", ")))
+		l.dropFacts(func(pcr int) bool {
+			for _, idx := range quoted {
+				if idx[pcr] {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	mm := l.diff(pcrs)
+	if len(mm.PCRs) == 0 {
 		return nil
 	}
-	if len(mm.PCRs) == 0 {
-		return fmt.Errorf("%w: the log does not replay to the quoted PCRs", ErrEventLogInvalid)
+	if _, err := l.log.Verify(pcrs); err == nil {
+		l.Problems = append(l.Problems, fmt.Sprintf("%s matches only with the ExitBootServices events the firmware did not log", mm.PCRs[0].label()))
+		return nil
 	}
 	return fmt.Errorf("%w: %w", ErrEventLogInvalid, mm)
+}
+
+// dropFacts forgets facts drawn from PCRs the quote does not cover.
+func (l *EventLog) dropFacts(uncovered func(pcr int) bool) {
+	f := &l.Facts
+	if uncovered(0) {
+		f.SCRTMVersion, f.StartupLocality = "", 0
+	}
+	if uncovered(7) {
+		f.SecureBoot, f.PK, f.KEK, f.DB, f.DBXEntries, f.Authorities = nil, nil, nil, nil, 0, nil
+	}
+	keep := func(in []DigestFact) []DigestFact {
+		return slices.DeleteFunc(in, func(d DigestFact) bool { return uncovered(d.PCR) })
+	}
+	f.BootApps, f.Drivers = keep(f.BootApps), keep(f.Drivers)
+	for pcr := range f.Separators {
+		if uncovered(pcr) {
+			delete(f.Separators, pcr)
+		}
+	}
 }
 
 func (l *EventLog) diff(pcrs []goattest.PCR) *PCRMismatch {
 	mm := &PCRMismatch{}
 	for _, p := range pcrs {
 		bank := hashBank(p.DigestAlg)
-		got, ok := l.Replayed[bank][p.Index]
+		got, ok := l.Replay(bank)[p.Index]
 		if !ok {
 			continue // the log does not touch this PCR
 		}

@@ -118,7 +118,6 @@ const (
 	RuleFirmware    = "firmware_version"
 	RuleBootDigests = "boot_digests"
 	RuleDBX         = "dbx"
-	RuleLogProblems = "event_log_problems"
 )
 
 // Outcome is one rule's result.
@@ -338,7 +337,7 @@ func (p *Policy) Evaluate(in *Input) *Decision {
 			d.Outcomes = append(d.Outcomes, ruleFirmware(r.FirmwareVersions, in.Log))
 		}
 		if len(r.BootDigests) > 0 {
-			d.Outcomes = append(d.Outcomes, ruleBootDigests(r.BootDigests, in.Log))
+			d.Outcomes = append(d.Outcomes, ruleBootDigests(r.BootDigests, in))
 		}
 		if r.DBXMinEntries > 0 {
 			o := Outcome{Rule: RuleDBX, Passed: in.Log.Facts.DBXEntries >= r.DBXMinEntries}
@@ -357,7 +356,11 @@ func ruleEventLog(in *Input) Outcome {
 	if in.Log == nil {
 		return Outcome{Rule: RuleEventLog, Detail: "the group's requirements need an event log and the device sent none"}
 	}
-	return Outcome{Rule: RuleEventLog, Passed: true, Detail: fmt.Sprintf("%d events replay to the quoted PCRs", len(in.Log.Events))}
+	o := Outcome{Rule: RuleEventLog, Passed: true, Detail: fmt.Sprintf("%d events replay to the quoted PCRs", len(in.Log.Events))}
+	if len(in.Log.Problems) > 0 {
+		o.Detail += "; noted: " + strings.Join(in.Log.Problems, "; ")
+	}
+	return o
 }
 
 func rulePCRs(r *Requirements, in *Input) Outcome {
@@ -463,7 +466,8 @@ func ruleFirmware(allowed []string, l *EventLog) Outcome {
 	return o
 }
 
-func ruleBootDigests(allowed []string, l *EventLog) Outcome {
+func ruleBootDigests(allowed []string, in *Input) Outcome {
+	l := in.Log
 	o := Outcome{Rule: RuleBootDigests}
 	if len(l.Facts.BootApps) == 0 {
 		o.Detail = "the log shows no EFI boot application"
@@ -471,8 +475,10 @@ func ruleBootDigests(allowed []string, l *EventLog) Outcome {
 	}
 	for _, app := range l.Facts.BootApps {
 		ok := false
-		for _, d := range app.Digests {
-			ok = ok || slices.Contains(allowed, d)
+		for bank, d := range app.Digests {
+			// Only a quoted bank's digests are bound to the quote.
+			_, quoted := in.PCRs[bank]
+			ok = ok || (quoted && slices.Contains(allowed, d))
 		}
 		if !ok {
 			o.Detail = fmt.Sprintf("event %d EFI boot application %q (PCR %d, digests %v) is not an allowed boot digest", app.Event, app.Path, app.PCR, app.Digests)
@@ -551,7 +557,7 @@ func Capture(name string, in *Input) Group {
 	for bank, vals := range in.PCRs {
 		for idx, v := range vals {
 			if in.Log != nil {
-				if _, touched := in.Log.Replayed[bank][idx]; !touched {
+				if _, touched := in.Log.Replay(bank)[idx]; !touched {
 					continue
 				}
 			}

@@ -17,7 +17,11 @@ func inputFromLog(t testing.TB, raw []byte) *Input {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Input{Manufacturer: "id:49465800", EKIssuer: "CN=Test EK CA", Model: "edge-1", DeviceID: "d1", PCRs: l.Replayed, Log: l}
+	pcrs := map[string]map[int][]byte{}
+	for _, bank := range l.Banks {
+		pcrs[bank] = l.Replay(bank)
+	}
+	return &Input{Manufacturer: "id:49465800", EKIssuer: "CN=Test EK CA", Model: "edge-1", DeviceID: "d1", PCRs: pcrs, Log: l}
 }
 
 const ubuntuLog = "eventlogs/go-tpm-tools/ubuntu-2104-no-secure-boot.bin"

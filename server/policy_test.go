@@ -59,7 +59,7 @@ func TestPolicyOnRealBootLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := captured.Groups[0]
-	if g.Require.PCRs["sha256"]["4"] != hex.EncodeToString(parsed.Replayed["sha256"][4]) || len(g.Require.PCRs["sha256"]) != len(parsed.Replayed["sha256"]) {
+	if g.Require.PCRs["sha256"]["4"] != hex.EncodeToString(parsed.Replay("sha256")[4]) || len(g.Require.PCRs["sha256"]) != len(parsed.Replay("sha256")) {
 		t.Fatalf("captured PCRs %v", g.Require.PCRs)
 	}
 	if g.Require.SecureBoot == nil || *g.Require.SecureBoot || len(g.Require.BootDigests) == 0 || len(g.Require.Reference["4"]) == 0 {

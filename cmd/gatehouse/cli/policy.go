@@ -257,7 +257,8 @@ func inspectEventLog(b []byte) eventLogReport {
 	}
 	rep.Banks, rep.Events, rep.Facts = l.Banks, l.Events, &l.Facts
 	rep.Errors = append(rep.Errors, l.Problems...)
-	for bank, pcrs := range l.Replayed {
+	for _, bank := range l.Banks {
+		pcrs := l.Replay(bank)
 		rep.ReplayedPCRs[bank] = map[string]string{}
 		for i, d := range pcrs {
 			rep.ReplayedPCRs[bank][fmt.Sprint(i)] = fmt.Sprintf("%x", d)
