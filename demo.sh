@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make demo: a three-node appliance enrolls three swtpm devices end to end,
-# each through a different node.
+# make demo: a three-node appliance enrolls swtpm devices end to end, each
+# through a different node, under a policy captured from a real boot log.
 # Everything it starts, it stops; artifacts stay in build/demo/.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,15 +19,19 @@ trap cleanup EXIT
 step() { printf '\n==> %s\n' "$*"; }
 die() { echo "demo: FAILED: $*" >&2; exit 1; }
 
-step "creating 3 swtpm devices with EK certificates from a test manufacturer CA"
-bin/mkdevices -dir "$D/tpms" -n 3 -run >"$D/mkdevices.log" 2>&1 &
+BOOTLOG=testvectors/eventlogs/go-tpm-tools/ubuntu-2104-no-secure-boot.bin
+step "the boot the devices will prove: a real Ubuntu 21.04 event log from a GCE VM ($BOOTLOG)"
+bin/gatehouse eventlog inspect "$BOOTLOG" | sed -n '/^facts:/,/^replayed sha1/p' | grep -v '^replayed' | sed 's/^/    /'
+
+step "creating 4 swtpm devices with EK certificates from a test manufacturer CA, booted by extending that log into their PCRs (device-4's shim measurement differs)"
+bin/mkdevices -dir "$D/tpms" -n 4 -run -boot-log "$BOOTLOG" -tamper-last >"$D/mkdevices.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 600); do
-  [ "$(grep -c '^swtpm://' "$D/tpms/devices.txt" 2>/dev/null)" = 3 ] && break
+  [ "$(grep -c '^swtpm://' "$D/tpms/devices.txt" 2>/dev/null)" = 4 ] && break
   kill -0 "${pids[0]}" 2>/dev/null || { cat "$D/mkdevices.log" >&2; die "mkdevices exited"; }
   sleep 0.1
 done
-[ "$(grep -c '^swtpm://' "$D/tpms/devices.txt" 2>/dev/null)" = 3 ] || die "expected 3 devices in $D/tpms/devices.txt"
+[ "$(grep -c '^swtpm://' "$D/tpms/devices.txt" 2>/dev/null)" = 4 ] || die "expected 4 devices in $D/tpms/devices.txt"
 cat "$D/tpms/manufacturer/root.pem" "$D/tpms/manufacturer/issuercert.pem" >"$D/ek-roots.pem"
 sed 's/^/    /' "$D/tpms/devices.txt"
 
@@ -38,28 +42,59 @@ declare -a API
 for i in 1 2 3; do API[$i]=$(cut -d: -f2 "$D/api-$i"); done
 bin/gatehouse cluster members --data-dir "$D/node-1"
 
-i=0
-while read -r tpm; do
-  i=$((i + 1))
-  out="$D/device-$i"
-  ak=ecdsa; [ "$i" -eq 2 ] && ak=rsa
-  other=$((i % 3 + 1))
-  step "device-$i: enrolling through node-$i ($tpm, $ak AK)"
-  bin/gatehouse-agent enroll --server "https://127.0.0.1:${API[$i]}" --server-root "$D/root.crt" --tpm "$tpm" \
-    --out "$out" --ak "$ak" --serial "SN-000$i" --model demo-gateway --firmware-version "1.0.$i"
+mapfile -t TPM <"$D/tpms/devices.txt"
+enroll() { # enroll N: device-N through node ((N-1)%3+1)
+  local i=$1 node=$(( ($1 - 1) % 3 + 1 )) ak=ecdsa
+  [ "$i" -eq 2 ] && ak=rsa
+  step "device-$i: enrolling through node-$node (${TPM[i-1]}, $ak AK, sending its event log)"
+  bin/gatehouse-agent enroll --server "https://127.0.0.1:${API[$node]}" --server-root "$D/root.crt" --tpm "${TPM[i-1]}" \
+    --out "$D/device-$i" --ak "$ak" --serial "SN-000$i" --model demo-gateway --firmware-version "1.0.$i" \
+    --event-log "$D/tpms/device-$i.eventlog"
+}
+show() { # show N: verify device-N's certificate, then read its record at another node
+  local i=$1 out="$D/device-$1" other=$(( $1 % 3 + 1 ))
   echo "    openssl verify:"
   openssl verify -CAfile "$D/root.crt" -untrusted "$out/chain.pem" "$out/cert.pem" | sed 's/^/      /'
   openssl x509 -in "$out/cert.pem" -noout -subject -ext subjectAltName,extendedKeyUsage | sed 's/^/      /'
   echo "    whoami at node-$other over mTLS, signed inside the TPM:"
-  bin/gatehouse-agent whoami --server "https://127.0.0.1:${API[other]}" --server-root "$D/root.crt" --tpm "$tpm" --dir "$out" | sed 's/^/      /'
+  bin/gatehouse-agent whoami --server "https://127.0.0.1:${API[other]}" --server-root "$D/root.crt" --tpm "${TPM[i-1]}" --dir "$out" | sed 's/^/      /'
   att=$(sed -n 's/.*"attestation_id": *\([0-9]*\).*/\1/p' "$out/identity.json")
   echo "    attestation record $att, read at node-$other:"
   bin/gatehouse attestations show "$att" --data-dir "$D/node-$other" | sed 's/^/      /'
-done <"$D/tpms/devices.txt"
+}
+
+enroll 1
+show 1
+
+step "capturing a policy from device-1's accepted evidence: golden PCRs, Secure Boot off, boot digests, the reference events"
+id1=$(sed -n 's/.*"device_id": *"\([0-9a-f]*\)".*/\1/p' "$D/device-1/identity.json")
+bin/gatehouse policy capture --device "$id1" --group demo-gateways --data-dir "$D/node-1" >"$D/policy.json"
+# Give the group a certificate profile and a device configuration.
+sed -i 's|"certificate": {}|"certificate": {"validity": "720h", "dns_names": ["{{.DeviceID}}.gateways.demo.internal"]},\n      "config": {"ntp": "pool.ntp.org", "telemetry": "https://telemetry.demo.internal"}|' "$D/policy.json"
+grep -q gateways.demo.internal "$D/policy.json" || die "could not add the certificate profile to $D/policy.json"
+echo "    $D/policy.json: $(grep -o '"[0-9]*": "[0-9a-f]\{64\}"' "$D/policy.json" | wc -l) golden sha256 PCRs, group demo-gateways"
+step "dry run: who would pass it (nothing is enforced yet)"
+bin/gatehouse policy test "$D/policy.json" --data-dir "$D/node-2" | sed 's/^/    /'
+step "applying it (replicated, versioned)"
+bin/gatehouse policy apply "$D/policy.json" --data-dir "$D/node-2" | sed 's/^/    /'
+bin/gatehouse policy history --data-dir "$D/node-3" | sed 's/^/    /'
+
+for i in 2 3; do
+  enroll "$i"
+  show "$i"
+done
+
+enroll 4 >"$D/device-4.out" 2>&1 && die "device-4 booted a different shim and was admitted"
+sed 's/^/    /' "$D/device-4.out"
+att=$(bin/gatehouse attestations list --limit 1 -o json --data-dir "$D/node-1" | sed -n 's/.*"id": *\([0-9]*\).*/\1/p' | head -n1)
+echo "    device-4 refused; its attestation record $att explains why:"
+bin/gatehouse attestations show "$att" --data-dir "$D/node-1" | sed -n '/^policy:/,/^evidence:/p' | grep -v '^evidence:' | sed 's/^/      /'
+bin/gatehouse attestations show "$att" --data-dir "$D/node-1" | grep -q 'shimx64.efi' || die "the refusal does not name the shim event"
+[ -e "$D/device-4/cert.pem" ] && die "device-4 has a certificate"
 
 step "running the agent again on device-1: it already has a valid certificate"
 bin/gatehouse-agent enroll --server "https://127.0.0.1:${API[1]}" --server-root "$D/root.crt" \
-  --tpm "$(sed -n 1p "$D/tpms/devices.txt")" --out "$D/device-1"
+  --tpm "${TPM[0]}" --out "$D/device-1"
 
 step "device registry (read at node-3)"
 bin/gatehouse devices list --data-dir "$D/node-3"

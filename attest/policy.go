@@ -481,7 +481,13 @@ func ruleBootDigests(allowed []string, in *Input) Outcome {
 			ok = ok || (quoted && slices.Contains(allowed, d))
 		}
 		if !ok {
-			o.Detail = fmt.Sprintf("event %d EFI boot application %q (PCR %d, digests %v) is not an allowed boot digest", app.Event, app.Path, app.PCR, app.Digests)
+			var ds []string
+			for _, bank := range sortedKeys(app.Digests) {
+				if _, quoted := in.PCRs[bank]; quoted {
+					ds = append(ds, bank+" "+app.Digests[bank])
+				}
+			}
+			o.Detail = fmt.Sprintf("event %d EFI boot application %s (PCR %d, %s) is not an allowed boot digest", app.Event, app.Path, app.PCR, strings.Join(ds, ", "))
 			return o
 		}
 	}

@@ -2,7 +2,8 @@
 // certificates: a test manufacturer CA in DIR/manufacturer (root.pem,
 // issuercert.pem) and N TPM states in DIR/tpm-001 …. With -run it also
 // starts them, writes their URIs to DIR/devices.txt, and stops them on
-// SIGINT or SIGTERM. `make demo` uses it.
+// SIGINT or SIGTERM; with -boot-log it first "boots" each device by
+// extending a real event log into its PCRs. `make demo` uses it.
 package main
 
 import (
@@ -14,23 +15,49 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
+	"github.com/gatehouse-dev/gatehouse/testvectors"
 )
 
 func main() {
 	dir := flag.String("dir", "", "output directory (required)")
 	n := flag.Int("n", 3, "number of devices")
 	run := flag.Bool("run", false, "start the devices and keep them running until SIGINT/SIGTERM")
+	bootLog := flag.String("boot-log", "", "with -run: extend this TCG event log into every device's PCRs, as firmware would, and write each device's log to DIR/device-N.eventlog")
+	tamperLast := flag.Bool("tamper-last", false, "with -boot-log: the last device boots a log whose first EFI boot application measurement differs")
 	flag.Parse()
-	if err := mkdevices(*dir, *n, *run); err != nil {
+	if err := mkdevices(*dir, *n, *run, *bootLog, *tamperLast); err != nil {
 		fmt.Fprintln(os.Stderr, "mkdevices:", err)
 		os.Exit(1)
 	}
 }
 
-func mkdevices(dir string, n int, run bool) error {
-	if dir == "" || n < 1 {
-		return fmt.Errorf("usage: mkdevices -dir DIR [-n N] [-run]")
+func mkdevices(dir string, n int, run bool, bootLog string, tamperLast bool) error {
+	if dir == "" || n < 1 || (bootLog != "" && !run) || (tamperLast && bootLog == "") {
+		return fmt.Errorf("usage: mkdevices -dir DIR [-n N] [-run [-boot-log FILE [-tamper-last]]]")
+	}
+	var logs [][]byte
+	if bootLog != "" {
+		b, err := os.ReadFile(bootLog)
+		if err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			logs = append(logs, b)
+		}
+		if tamperLast {
+			l, err := attest.ParseEventLog(b)
+			if err != nil {
+				return err
+			}
+			if len(l.Facts.BootApps) == 0 {
+				return fmt.Errorf("%s has no EFI boot application to tamper with", bootLog)
+			}
+			if logs[n-1], err = testvectors.FlipDigest(b, l.Facts.BootApps[0].Digests["sha256"]); err != nil {
+				return err
+			}
+		}
 	}
 	if err := swtpm.Check(); err != nil {
 		return err
@@ -57,13 +84,21 @@ func mkdevices(dir string, n int, run bool) error {
 		}
 	}()
 	var uris []string
-	for _, d := range devs {
+	for i, d := range devs {
 		p, err := d.Start()
 		if err != nil {
 			return err
 		}
 		procs = append(procs, p)
 		uris = append(uris, p.URI())
+		if logs != nil {
+			if err := p.Boot(logs[i]); err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("device-%d.eventlog", i+1)), logs[i], 0o644); err != nil {
+				return err
+			}
+		}
 	}
 	list := filepath.Join(dir, "devices.txt")
 	if err := os.WriteFile(list+".tmp", []byte(strings.Join(uris, "\n")+"\n"), 0o644); err != nil {
