@@ -39,7 +39,7 @@ type EventLog struct {
 	// Events are in log order. Number counts from 0 at the first event in
 	// the file (the Spec ID event, when there is one), as tpm2_eventlog does.
 	Events []LogEvent
-	Facts Facts
+	Facts  Facts
 	// Problems are facts the log states badly (malformed SecureBoot or
 	// S-CRTM events): they do not stop replay, and policy decides.
 	Problems []string

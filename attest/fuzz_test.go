@@ -39,7 +39,7 @@ func FuzzParseEventLog(f *testing.F) {
 			}
 		}
 		for _, bank := range l.Banks {
-		pcrs := l.Replay(bank)
+			pcrs := l.Replay(bank)
 			for i, d := range pcrs {
 				if !touched[i] && i != 0 {
 					t.Fatalf("%s PCR %d replayed without an event", bank, i)
