@@ -44,11 +44,12 @@ bin/gatehouse cluster members --data-dir "$D/node-1"
 
 mapfile -t TPM <"$D/tpms/devices.txt"
 enroll() { # enroll N: device-N through node ((N-1)%3+1)
-  local i=$1 node=$(( ($1 - 1) % 3 + 1 )) ak=ecdsa
+  local i=$1 node=$(( ($1 - 1) % 3 + 1 )) ak=ecdsa ek=rsa-2048
   [ "$i" -eq 2 ] && ak=rsa
-  step "device-$i: enrolling through node-$node (${TPM[i-1]}, $ak AK, sending its event log)"
+  [ "$i" -eq 3 ] && ek=ecc-p384
+  step "device-$i: enrolling through node-$node (${TPM[i-1]}, $ek EK, $ak AK, sending its event log)"
   bin/gatehouse-agent enroll --server "https://127.0.0.1:${API[$node]}" --server-root "$D/root.crt" --tpm "${TPM[i-1]}" \
-    --out "$D/device-$i" --ak "$ak" --serial "SN-000$i" --model demo-gateway --firmware-version "1.0.$i" \
+    --out "$D/device-$i" --ek "$ek" --ak "$ak" --serial "SN-000$i" --model demo-gateway --firmware-version "1.0.$i" \
     --event-log "$D/tpms/device-$i.eventlog"
 }
 show() { # show N: verify device-N's certificate, then read its record at another node
@@ -88,8 +89,9 @@ enroll 4 >"$D/device-4.out" 2>&1 && die "device-4 booted a different shim and wa
 sed 's/^/    /' "$D/device-4.out"
 att=$(bin/gatehouse attestations list --limit 1 -o json --data-dir "$D/node-1" | sed -n 's/.*"id": *\([0-9]*\).*/\1/p' | head -n1)
 echo "    device-4 refused; its attestation record $att explains why:"
-bin/gatehouse attestations show "$att" --data-dir "$D/node-1" | sed -n '/^policy:/,/^evidence:/p' | grep -v '^evidence:' | sed 's/^/      /'
-bin/gatehouse attestations show "$att" --data-dir "$D/node-1" | grep -q 'shimx64.efi' || die "the refusal does not name the shim event"
+refusal=$(bin/gatehouse attestations show "$att" --data-dir "$D/node-1")
+sed -n '/^policy:/,/^evidence:/p' <<<"$refusal" | grep -v '^evidence:' | sed 's/^/      /'
+[[ "$refusal" == *'event 23'*'shimx64.efi'* ]] || die "the refusal does not name the shim event"
 [ -e "$D/device-4/cert.pem" ] && die "device-4 has a certificate"
 
 step "running the agent again on device-1: it already has a valid certificate"

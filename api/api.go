@@ -67,10 +67,15 @@ type ChallengeRequest struct {
 	// EKCertificate is the EK certificate as read from NV (DER, NV padding
 	// allowed). EKPublic is the EK public key (PKIX DER). At least one is
 	// required; when both are sent they must match.
-	EKCertificate []byte        `json:"ek_certificate,omitempty"`
-	EKPublic      []byte        `json:"ek_public,omitempty"`
-	AK            KeyParameters `json:"ak"`
-	Claims        Claims        `json:"claims"`
+	EKCertificate []byte `json:"ek_certificate,omitempty"`
+	EKPublic      []byte `json:"ek_public,omitempty"`
+	// EKPublicArea is the EK's TPM2B_PUBLIC as the TPM reports it. Send it
+	// for any EK but the default RSA-2048 one: its name algorithm and
+	// symmetric scheme decide how the credential must be wrapped (the
+	// P-384 EK swtpm and some TPMs provision uses SHA-384 and AES-256).
+	EKPublicArea []byte        `json:"ek_public_area,omitempty"`
+	AK           KeyParameters `json:"ak"`
+	Claims       Claims        `json:"claims"`
 }
 
 // Credential is a TPM2_MakeCredential output for the device to activate.

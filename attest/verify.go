@@ -4,15 +4,18 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/subtle"
 	"crypto/x509"
+	"encoding/binary"
 	"fmt"
 	"sort"
 
 	goattest "github.com/google/go-attestation/attest"
 	"github.com/google/go-tpm/legacy/tpm2"
 	"github.com/google/go-tpm/legacy/tpm2/credactivation"
+	tpm2new "github.com/google/go-tpm/tpm2"
 )
 
 // Check names, as recorded in attestation records.
@@ -67,18 +70,56 @@ func VerifyAK(p goattest.AttestationParameters) (*AK, error) {
 
 // MakeCredential returns a credential-activation challenge that only the TPM
 // holding ek can open, and only for the AK whose name it names, plus the
-// secret it wraps.
-func (ak *AK) MakeCredential(ek crypto.PublicKey, secret []byte) (*goattest.EncryptedCredential, error) {
+// secret it wraps. ekArea, the EK's TPM2B_PUBLIC, is needed for any EK but
+// the default RSA-2048 template: it must hold ek's key and be a restricted
+// decryption key, and its name algorithm and symmetric scheme shape the
+// wrapping. Credential and Secret are TPM2B-encoded, as go-attestation's
+// ActivateCredential expects.
+func (ak *AK) MakeCredential(ek crypto.PublicKey, ekArea, secret []byte) (*goattest.EncryptedCredential, error) {
 	att, err := tpm2.DecodeAttestationData(ak.params.CreateAttestation)
 	if err != nil || att.AttestedCreationInfo == nil || att.AttestedCreationInfo.Name.Digest == nil {
 		return nil, fmt.Errorf("%w: creation attestation has no name", ErrAKInvalid)
 	}
-	cred, encSecret, err := credactivation.Generate(att.AttestedCreationInfo.Name.Digest, ek, activationSymBlockSize, secret)
+	name := att.AttestedCreationInfo.Name.Digest
+	if len(ekArea) == 0 {
+		cred, encSecret, err := credactivation.Generate(name, ek, activationSymBlockSize, secret)
+		if err != nil {
+			return nil, fmt.Errorf("%w: make credential: %v", ErrEKInvalid, err)
+		}
+		return &goattest.EncryptedCredential{Credential: cred, Secret: encSecret}, nil
+	}
+	area, err := tpm2new.Unmarshal[tpm2new.TPM2BPublic](ekArea)
+	if err != nil {
+		return nil, fmt.Errorf("%w: EK public area: %v", ErrEKInvalid, err)
+	}
+	pub, err := area.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("%w: EK public area: %v", ErrEKInvalid, err)
+	}
+	if !pub.ObjectAttributes.Restricted || !pub.ObjectAttributes.Decrypt || pub.ObjectAttributes.SignEncrypt {
+		return nil, fmt.Errorf("%w: the EK public area is not a restricted decryption key", ErrEKInvalid)
+	}
+	areaKey, err := ParseTPM2BPublic(ekArea)
+	if err != nil {
+		return nil, err
+	}
+	if !PublicKeysEqual(areaKey, ek) {
+		return nil, fmt.Errorf("%w: the EK public area holds a different key than the EK", ErrEKInvalid)
+	}
+	kem, err := tpm2new.ImportEncapsulationKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: EK public area: %v", ErrEKInvalid, err)
+	}
+	nameBytes := binary.BigEndian.AppendUint16(nil, uint16(name.Alg))
+	nameBytes = append(nameBytes, name.Value...)
+	idObject, encSecret, err := tpm2new.CreateCredential(rand.Reader, kem, nameBytes, secret)
 	if err != nil {
 		return nil, fmt.Errorf("%w: make credential: %v", ErrEKInvalid, err)
 	}
-	return &goattest.EncryptedCredential{Credential: cred, Secret: encSecret}, nil
+	return &goattest.EncryptedCredential{Credential: tpm2b(idObject), Secret: tpm2b(encSecret)}, nil
 }
+
+func tpm2b(b []byte) []byte { return append(binary.BigEndian.AppendUint16(nil, uint16(len(b))), b...) }
 
 // Completion is the evidence of an enrollment's second round trip, together
 // with what the first round trip fixed (AK, nonce, secret).

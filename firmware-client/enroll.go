@@ -39,6 +39,7 @@ type Identity struct {
 type Option func(*options)
 
 type options struct {
+	ek       string
 	akAlg    attest.Algorithm
 	claims   api.Claims
 	eventLog []byte
@@ -48,6 +49,9 @@ type options struct {
 // WithAKAlgorithm chooses the attestation key type (default ECDSA, which a
 // TPM creates in milliseconds; RSA takes up to a few hundred).
 func WithAKAlgorithm(alg attest.Algorithm) Option { return func(o *options) { o.akAlg = alg } }
+
+// WithEK chooses the endorsement key: EKRSA2048 (default) or EKECCP384.
+func WithEK(kind string) Option { return func(o *options) { o.ek = kind } }
 
 // WithClaims sets what the device says about itself (recorded, not trusted).
 func WithClaims(c api.Claims) Option { return func(o *options) { o.claims = c } }
@@ -83,30 +87,47 @@ func newHTTPClient(root *x509.Certificate, cert *tls.Certificate) *http.Client {
 
 // Enroll runs the two-round-trip enrollment with the TPM and returns the
 // device's identity. The AK is transient: it is flushed when Enroll returns.
-func (c *Client) Enroll(ctx context.Context, tpm *attest.TPM, opts ...Option) (*Identity, error) {
+func (c *Client) Enroll(ctx context.Context, tpm *TPM, opts ...Option) (*Identity, error) {
 	o := options{akAlg: attest.ECDSA, hc: c.hc}
 	for _, fn := range opts {
 		fn(&o)
-	}
-	ek, err := EndorsementKey(tpm)
-	if err != nil {
-		return nil, err
 	}
 	ak, err := tpm.NewAK(&attest.AKConfig{Algorithm: o.akAlg})
 	if err != nil {
 		return nil, fmt.Errorf("create AK: %w", err)
 	}
-	defer ak.Close(tpm)
+	defer ak.Close(tpm.TPM)
 
-	chReq, err := NewChallengeRequest(ek, ak, o.claims)
-	if err != nil {
-		return nil, err
+	var chReq *api.ChallengeRequest
+	var activate func(attest.EncryptedCredential) ([]byte, error)
+	switch o.ek {
+	case "", EKRSA2048:
+		ek, err := EndorsementKey(tpm)
+		if err != nil {
+			return nil, err
+		}
+		if chReq, err = NewChallengeRequest(ek, ak, o.claims); err != nil {
+			return nil, err
+		}
+		activate = func(c attest.EncryptedCredential) ([]byte, error) { return ak.ActivateCredentialWithEK(tpm.TPM, c, ek) }
+	case EKECCP384:
+		ek, err := ReadEK(tpm.raw, NVIndexECCP384EKCert, HandleECCP384EK)
+		if err != nil {
+			return nil, err
+		}
+		if chReq, err = NewChallengeRequest(attest.EK{Public: ek.Public}, ak, o.claims); err != nil {
+			return nil, err
+		}
+		chReq.EKCertificate, chReq.EKPublicArea = ek.Certificate, ek.Area
+		activate = func(c attest.EncryptedCredential) ([]byte, error) { return tpm.activateWithEK(ak, c, ek) }
+	default:
+		return nil, fmt.Errorf("unknown EK %q (want %s or %s)", o.ek, EKRSA2048, EKECCP384)
 	}
 	var ch api.ChallengeResponse
 	if err := c.post(ctx, o.hc, api.PathChallenge, chReq, &ch); err != nil {
 		return nil, fmt.Errorf("challenge: %w", err)
 	}
-	secret, err := ak.ActivateCredentialWithEK(tpm, attest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, ek)
+	secret, err := activate(attest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret})
 	if err != nil {
 		return nil, fmt.Errorf("activate credential: %w", err)
 	}
@@ -152,12 +173,12 @@ func NewChallengeRequest(ek attest.EK, ak *attest.AK, claims api.Claims) (*api.C
 // PCRs over the nonce, creates a device key certified by the AK for this
 // session, and signs a CSR with it. The caller closes the returned key.
 // Activation stays outside so tests can send evidence with a wrong secret.
-func Evidence(tpm *attest.TPM, ak *attest.AK, ch *api.ChallengeResponse, secret, eventLog []byte) (*api.CompleteRequest, *attest.Key, error) {
+func Evidence(tpm *TPM, ak *attest.AK, ch *api.ChallengeResponse, secret, eventLog []byte) (*api.CompleteRequest, *attest.Key, error) {
 	bank, err := pcrBank(tpm)
 	if err != nil {
 		return nil, nil, err
 	}
-	quote, err := ak.Quote(tpm, ch.Nonce, bank)
+	quote, err := ak.Quote(tpm.TPM, ch.Nonce, bank)
 	if err != nil {
 		return nil, nil, fmt.Errorf("quote: %w", err)
 	}
@@ -210,7 +231,7 @@ func CSR(key *attest.Key) ([]byte, error) {
 }
 
 // EndorsementKey picks the TPM's EK, preferring one with a certificate.
-func EndorsementKey(tpm *attest.TPM) (attest.EK, error) {
+func EndorsementKey(tpm *TPM) (attest.EK, error) {
 	eks, err := tpm.EKs()
 	if err != nil {
 		return attest.EK{}, fmt.Errorf("read EKs: %w", err)
@@ -227,7 +248,7 @@ func EndorsementKey(tpm *attest.TPM) (attest.EK, error) {
 }
 
 // pcrBank prefers SHA-256, the bank every current firmware extends.
-func pcrBank(tpm *attest.TPM) (attest.HashAlg, error) {
+func pcrBank(tpm *TPM) (attest.HashAlg, error) {
 	banks, err := tpm.PCRBanks()
 	if err != nil {
 		return 0, fmt.Errorf("read PCR banks: %w", err)

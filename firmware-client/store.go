@@ -138,7 +138,7 @@ func (id *Identity) Valid(now time.Time) bool {
 // TLSCertificate loads the device key into tpm and returns a TLS client
 // certificate whose signatures are made inside the TPM. The caller closes
 // the returned key when done with the certificate.
-func (id *Identity) TLSCertificate(tpm *attest.TPM) (tls.Certificate, *attest.Key, error) {
+func (id *Identity) TLSCertificate(tpm *TPM) (tls.Certificate, *attest.Key, error) {
 	key, err := tpm.LoadKey(id.KeyBlob)
 	if err != nil {
 		return tls.Certificate{}, nil, fmt.Errorf("load device key into the TPM: %w", err)
@@ -156,7 +156,7 @@ func (id *Identity) TLSCertificate(tpm *attest.TPM) (tls.Certificate, *attest.Ke
 }
 
 // WhoAmI calls GET /v1/whoami authenticated by the identity's TPM key.
-func (c *Client) WhoAmI(ctx context.Context, tpm *attest.TPM, id *Identity) (*api.WhoAmIResponse, error) {
+func (c *Client) WhoAmI(ctx context.Context, tpm *TPM, id *Identity) (*api.WhoAmIResponse, error) {
 	cert, key, err := id.TLSCertificate(tpm)
 	if err != nil {
 		return nil, err

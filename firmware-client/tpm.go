@@ -24,7 +24,7 @@ const eventLogPath = "/sys/kernel/security/tpm0/binary_bios_measurements"
 // OpenTPM opens a TPM 2.0 by URI:
 //   - a device path such as /dev/tpmrm0 (the kernel resource manager);
 //   - swtpm://HOST:PORT, a swtpm data port.
-func OpenTPM(uri string) (*attest.TPM, error) {
+func OpenTPM(uri string) (*TPM, error) {
 	ch, err := openChannel(uri)
 	if err != nil {
 		return nil, err
@@ -34,7 +34,15 @@ func OpenTPM(uri string) (*attest.TPM, error) {
 		ch.Close()
 		return nil, fmt.Errorf("open TPM %q: %w", uri, err)
 	}
-	return tpm, nil
+	return &TPM{TPM: tpm, raw: ch}, nil
+}
+
+// TPM is go-attestation's TPM plus raw access to the same command channel,
+// for what go-attestation does not do (the P-384 EK). A TPM is used by one
+// goroutine at a time.
+type TPM struct {
+	*attest.TPM
+	raw io.ReadWriter
 }
 
 // OpenTransport opens a raw TPM command transport by the same URIs as

@@ -45,7 +45,7 @@ func BenchmarkEnrollment(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.StopTimer()
-				secret, err := ak.ActivateCredentialWithEK(d.TPM, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, d.EK)
+				secret, err := ak.ActivateCredentialWithEK(d.TPM.TPM, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, d.EK)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -104,7 +104,7 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 	sess.AKPublic, sess.AKSHA256, sess.AKAlg = req.AK.Public, ak.PublicSHA256, ak.Algorithm
 
 	sess.ID, sess.Nonce, sess.Secret = randomHex(16), randomBytes(32), randomBytes(32)
-	cred, err := ak.MakeCredential(ekPub, sess.Secret)
+	cred, err := ak.MakeCredential(ekPub, req.EKPublicArea, sess.Secret)
 	if err != nil {
 		rec.Evidence.AKPublicSHA256, rec.Evidence.AKAlgorithm = ak.PublicSHA256, ak.Algorithm
 		return nil, e.reject(ctx, rec, nil, err)

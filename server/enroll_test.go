@@ -90,7 +90,7 @@ func (e *env) challenge(d *device, ak *goattest.AK) (*api.ChallengeResponse, []b
 	if p := e.postJSON(api.PathChallenge, req, &ch); p != nil {
 		e.t.Fatalf("challenge refused: %v", p)
 	}
-	secret, err := ak.ActivateCredentialWithEK(d.TPM, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, d.EK)
+	secret, err := ak.ActivateCredentialWithEK(d.TPM.TPM, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, d.EK)
 	if err != nil {
 		e.t.Fatalf("activate: %v", err)
 	}
@@ -284,7 +284,7 @@ func TestEnrollRejections(t *testing.T) {
 			t.Fatalf("challenge: %v", p)
 		}
 		// The credential is sealed to d's EK: other's TPM cannot open it.
-		if _, err := foreignAK.ActivateCredentialWithEK(other.TPM, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, other.EK); err == nil {
+		if _, err := foreignAK.ActivateCredentialWithEK(other.TPM.TPM, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, other.EK); err == nil {
 			t.Fatal("a foreign TPM activated the credential")
 		}
 		guess := make([]byte, 32)
@@ -309,7 +309,7 @@ func TestEnrollRejections(t *testing.T) {
 			ev.ActivatedSecret[0] ^= 1
 		}, http.StatusForbidden, api.CodeActivationFailed},
 		{"quote with wrong nonce", func(t *testing.T, _ *api.ChallengeResponse, ev *api.CompleteRequest) {
-			q, err := ak.Quote(d.TPM, bytes.Repeat([]byte{7}, 32), goattest.HashSHA256)
+			q, err := ak.Quote(d.TPM.TPM, bytes.Repeat([]byte{7}, 32), goattest.HashSHA256)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -5,9 +5,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
+
+	goattest "github.com/google/go-attestation/attest"
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
@@ -196,4 +199,51 @@ func TestPolicyOnRealBootLog(t *testing.T) {
 	if err != nil || len(hist) != 1 || hist[0].Actor != "test" {
 		t.Fatalf("history %+v %v", hist, err)
 	}
+}
+
+// A device enrolls with swtpm's P-384 EK (certificate at NV 0x01c00016),
+// which go-attestation does not read: the appliance wraps the credential for
+// the EK's own SHA-384/AES-256 template from the public area the device
+// sends, and refuses a public area that holds another key.
+func TestEnrollWithECCP384EK(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM, fwclient.WithEK(fwclient.EKECCP384))
+	if err != nil {
+		t.Fatalf("ECC EK enrollment: %v", err)
+	}
+	rec, err := e.App.Node().Attestation(id.AttestationID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Outcome != cluster.OutcomeAccepted || rec.Evidence.EK == nil || rec.Evidence.EK.Manufacturer == "" {
+		t.Fatalf("record %+v", rec)
+	}
+	if !strings.HasPrefix(rec.Evidence.EK.PublicSHA256, id.DeviceID) {
+		t.Fatalf("device ID %s is not derived from the EK %s", id.DeviceID, rec.Evidence.EK.PublicSHA256)
+	}
+	// The same TPM's RSA EK is another identity.
+	rsa, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rsa.DeviceID == id.DeviceID {
+		t.Fatal("RSA and ECC EKs enrolled as one device")
+	}
+
+	// A public area holding another EK's key (Infineon's, from the test
+	// vectors) next to this TPM's certificate: refused, recorded.
+	foreign, err := os.ReadFile(testvectors.Path("ek-certs/tpm2b_public/keylime_infineon_slb9670_rsa_ek.tpm2b_public"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak := d.NewAK(t, goattest.ECDSA)
+	req, err := fwclient.NewChallengeRequest(d.EK, ak, api.Claims{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.EKPublicArea = foreign
+	before := e.App.CertificatesIssued()
+	e.expectRejected(e.postJSON(api.PathChallenge, req, &api.ChallengeResponse{}), http.StatusForbidden, api.CodeEKInvalid, before)
 }

@@ -54,7 +54,7 @@ func (c *common) flags(cmd *cobra.Command, dirFlag string) {
 	}
 }
 
-func (c *common) open() (*fwclient.Client, *attest.TPM, error) {
+func (c *common) open() (*fwclient.Client, *fwclient.TPM, error) {
 	b, err := os.ReadFile(c.serverRoot)
 	if err != nil {
 		return nil, nil, err
@@ -73,7 +73,7 @@ func (c *common) open() (*fwclient.Client, *attest.TPM, error) {
 func enrollCmd() *cobra.Command {
 	var c common
 	var force bool
-	var akAlg, eventLog string
+	var akAlg, eventLog, ek string
 	var claims api.Claims
 	cmd := &cobra.Command{
 		Use:   "enroll",
@@ -105,7 +105,7 @@ func enrollCmd() *cobra.Command {
 				}
 				opts = append(opts, fwclient.WithEventLog(b))
 			}
-			opts = append(opts, fwclient.WithClaims(claims))
+			opts = append(opts, fwclient.WithClaims(claims), fwclient.WithEK(ek))
 			client, tpm, err := c.open()
 			if err != nil {
 				return err
@@ -136,6 +136,7 @@ func enrollCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.BoolVar(&force, "force", false, "enroll even if a valid certificate exists")
 	f.StringVar(&akAlg, "ak", "ecdsa", "attestation key type: ecdsa or rsa")
+	f.StringVar(&ek, "ek", fwclient.EKRSA2048, "endorsement key: rsa-2048, or ecc-p384 (the high-range EK at 0x81010016, certificate in NV 0x01c00016)")
 	f.StringVar(&eventLog, "event-log", "", "send this event log file instead of the firmware's")
 	f.StringVar(&claims.Serial, "serial", "", "claimed serial number (recorded, untrusted)")
 	f.StringVar(&claims.Model, "model", "", "claimed model (recorded, untrusted)")

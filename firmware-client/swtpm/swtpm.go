@@ -31,7 +31,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-attestation/attest"
 	"golang.org/x/sync/errgroup"
 
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
@@ -329,7 +328,7 @@ func freePortPair() (int, error) {
 func (p *Process) URI() string { return "swtpm://" + p.Addr }
 
 // Open connects go-attestation to the TPM.
-func (p *Process) Open() (*attest.TPM, error) { return fwclient.OpenTPM(p.URI()) }
+func (p *Process) Open() (*fwclient.TPM, error) { return fwclient.OpenTPM(p.URI()) }
 
 // Stop terminates swtpm (SIGTERM, then SIGKILL after 3 s) and reaps it.
 // It is idempotent.

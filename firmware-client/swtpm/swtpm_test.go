@@ -56,7 +56,7 @@ func TestDevicesHaveManufacturerEKCertificates(t *testing.T) {
 			t.Fatal(err)
 		}
 		nonce := []byte("0123456789abcdef0123456789abcdef")
-		q, err := ak.Quote(tpm, nonce, attest.HashSHA256)
+		q, err := ak.Quote(tpm.TPM, nonce, attest.HashSHA256)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,7 +71,7 @@ func TestDevicesHaveManufacturerEKCertificates(t *testing.T) {
 		if err := akPub.Verify(*q, pcrs, nonce); err != nil {
 			t.Fatalf("quote does not verify: %v", err)
 		}
-		ak.Close(tpm)
+		ak.Close(tpm.TPM)
 	}
 	if bytes.Equal(ekPubs[0], ekPubs[1]) {
 		t.Fatal("two devices share an EK")

@@ -124,7 +124,7 @@ func (e *Env) URL() string { return "https://" + e.App.Addr() }
 // Device is a running swtpm with an open go-attestation handle.
 type Device struct {
 	Proc *swtpm.Process
-	TPM  *goattest.TPM
+	TPM  *fwclient.TPM
 	EK   goattest.EK
 }
 
@@ -163,7 +163,7 @@ func (d *Device) NewAK(t testing.TB, alg goattest.Algorithm) *goattest.AK {
 	if err != nil {
 		t.Fatalf("NewAK: %v", err)
 	}
-	t.Cleanup(func() { ak.Close(d.TPM) })
+	t.Cleanup(func() { ak.Close(d.TPM.TPM) })
 	return ak
 }
 
