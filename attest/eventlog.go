@@ -139,18 +139,21 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 	size := 0
 	for _, bank := range l.Banks {
 		for _, e := range perBank[bank] {
-			size += 2 * len(e.Digest)
+			size += 2 * min(len(e.Digest), 64)
 		}
 	}
-	buf := make([]byte, 0, size)
-	next := make(map[string]int, len(l.Banks)) // each bank's next digest in buf
+	var sb strings.Builder // String() does not copy
+	sb.Grow(size)
+	next := make(map[string]int, len(l.Banks)) // each bank's next digest in sb
+	var tmp [2 * 64]byte
 	for _, bank := range l.Banks {
-		next[bank] = len(buf)
+		next[bank] = sb.Len()
 		for _, e := range perBank[bank] {
-			buf = hex.AppendEncode(buf, e.Digest)
+			n := hex.Encode(tmp[:], e.Digest[:min(len(e.Digest), 64)])
+			sb.Write(tmp[:n])
 		}
 	}
-	hexAll := string(buf)
+	hexAll := sb.String()
 	l.Events = make([]LogEvent, 0, len(first))
 	for i, e := range first {
 		// Windows logs EV_NO_ACTION events against PCR 0xFFFFFFFF; they
@@ -160,7 +163,7 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 		}
 		le := LogEvent{Number: i + offset, PCR: e.Index, Type: eventTypeName(uint32(e.Type)), TypeCode: uint32(e.Type), Digests: make(map[string]string, len(l.Banks))}
 		for _, bank := range l.Banks {
-			if n := 2 * len(perBank[bank][i].Digest); n > 0 {
+			if n := 2 * min(len(perBank[bank][i].Digest), 64); n > 0 {
 				le.Digests[bank] = hexAll[next[bank] : next[bank]+n]
 				next[bank] += n
 			}
