@@ -49,7 +49,9 @@ const (
 	CodeCertifyBinding     = "device_key_binding_mismatch" // certify qualifying data not from this session
 	CodeCSRInvalid         = "csr_invalid"
 	CodeCSRKeyMismatch     = "csr_key_mismatch"
-	CodePolicyDenied       = "policy_denied" // genuine evidence the enrollment policy refuses
+	CodePolicyDenied       = "policy_denied"      // genuine evidence the enrollment policy refuses
+	CodeDeviceInactive     = "device_inactive"    // the device is disabled, quarantined, revoked or deleted
+	CodeIllegalTransition  = "illegal_transition" // a device operation its state does not allow
 	CodeUnauthenticated    = "unauthenticated"
 	CodeJoinTokenInvalid   = "join_token_invalid"
 	CodeJoinTokenExpired   = "join_token_expired"

@@ -366,3 +366,41 @@ func BenchmarkCommitRejection(b *testing.B) {
 		}
 	}
 }
+
+// Every (state, operation) pair: the legal ones lead where the state machine
+// says, every other one is refused with ErrIllegalTransition.
+func TestDeviceStateMachine(t *testing.T) {
+	states := []string{DevicePending, DeviceActive, DeviceDisabled, DeviceQuarantined, DeviceRevoked, DeviceDeleted}
+	legal := map[[2]string]string{
+		{DevicePending, OpApprove}:     DeviceActive,
+		{DevicePending, OpDisable}:     DeviceDisabled,
+		{DeviceActive, OpDisable}:      DeviceDisabled,
+		{DeviceQuarantined, OpDisable}: DeviceDisabled,
+		{DeviceDisabled, OpEnable}:     DeviceActive,
+		{DeviceQuarantined, OpEnable}:  DeviceActive,
+		{DeviceActive, OpQuarantine}:   DeviceQuarantined,
+		{DevicePending, OpDelete}:      DeviceDeleted,
+		{DeviceActive, OpDelete}:       DeviceDeleted,
+		{DeviceDisabled, OpDelete}:     DeviceDeleted,
+		{DeviceQuarantined, OpDelete}:  DeviceDeleted,
+		{DeviceRevoked, OpDelete}:      DeviceDeleted,
+	}
+	n := 0
+	for _, s := range states {
+		for _, op := range append(Ops(), "explode") {
+			to, err := Transition(s, op)
+			want, ok := legal[[2]string{s, op}]
+			switch {
+			case ok && (err != nil || to != want):
+				t.Errorf("%s from %s: %q, %v; want %s", op, s, to, err, want)
+			case !ok && !errors.Is(err, ErrIllegalTransition):
+				t.Errorf("%s from %s allowed (→ %s)", op, s, to)
+			case ok:
+				n++
+			}
+		}
+	}
+	if n != len(legal) {
+		t.Fatalf("%d legal transitions exercised, want %d", n, len(legal))
+	}
+}

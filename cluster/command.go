@@ -45,6 +45,7 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"jointoken.create", 1}:   decodeAs[createJoinToken],
 	{"jointoken.consume", 1}:  decodeAs[consumeJoinToken],
 	{"policy.apply", 1}:       decodeAs[applyPolicy],
+	{"device.transition", 1}:  decodeAs[transitionDevice],
 }
 
 func decodeAs[T any, PT interface {
@@ -101,7 +102,12 @@ func (c *acceptEnrollment) apply(tx *bolt.Tx, index uint64, _ time.Time) applyRe
 	a.ID = index
 	d := c.Device
 	if old, err := getDevice(tx, d.ID); err == nil {
-		d.EnrolledAt, d.Enrollments, d.Labels = old.EnrolledAt, old.Enrollments, old.Labels
+		// Checked again here: an operator may have disabled the device
+		// after the enroller looked.
+		if old.Status != DeviceActive {
+			return applyResult{Err: fmt.Errorf("%w: device %s is %s", ErrDeviceInactive, d.ID, old.Status)}
+		}
+		d.EnrolledAt, d.Enrollments, d.Labels, d.History = old.EnrolledAt, old.Enrollments, old.Labels, old.History
 	} else {
 		d.EnrolledAt = a.Time
 	}

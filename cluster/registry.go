@@ -18,12 +18,12 @@ var (
 	// ErrUnknownCommand: a command type or version this build cannot apply.
 	// A replica that met one stops (see WithFatalHook) rather than diverge.
 	ErrUnknownCommand = errors.New("unknown command")
+	// ErrDeviceInactive: a disabled, quarantined, revoked or deleted device
+	// cannot enroll again until an operator changes its state.
+	ErrDeviceInactive = errors.New("device is not active")
 	// ErrNotLeader: this node cannot commit now; retry (against the leader).
 	ErrNotLeader = errors.New("not the Raft leader")
 )
-
-// Device states.
-const DeviceActive = "active"
 
 // Attestation outcomes.
 const (
@@ -66,6 +66,8 @@ type Device struct {
 	Group         string `json:"group,omitempty"`
 	Mode          string `json:"mode,omitempty"`
 	PolicyVersion int    `json:"policy_version"`
+	// History lists every state change after enrollment, oldest first.
+	History []StateChange `json:"history,omitempty"`
 }
 
 // PCRValue is one PCR as quoted.

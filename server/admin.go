@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,12 @@ const (
 	adminRestore     = "/admin/v1/cluster/restore"
 	adminPolicy      = "/admin/v1/policy"
 )
+
+// DeviceOp is the body of POST /admin/v1/devices/{id}/{op}.
+type DeviceOp struct {
+	Actor  string `json:"actor"`
+	Reason string `json:"reason"`
+}
 
 // PolicyApply is the body of PUT /admin/v1/policy.
 type PolicyApply struct {
@@ -112,8 +119,25 @@ func (a *Appliance) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET "+adminDevices, a.read(func(w http.ResponseWriter, r *http.Request) {
 		devs, err := a.node.Devices()
+		if state := r.URL.Query().Get("state"); state != "" && err == nil {
+			devs = slices.DeleteFunc(devs, func(d cluster.Device) bool { return d.Status != state })
+		}
 		writeResult(w, http.StatusOK, devs, a.adminErr(err))
 	}))
+	mux.HandleFunc("POST "+adminDevices+"/{id}/{op}", func(w http.ResponseWriter, r *http.Request) {
+		var req DeviceOp
+		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+			writeProblem(w, malformed("body: "+err.Error()))
+			return
+		}
+		dev, err := a.node.TransitionDevice(r.Context(), r.PathValue("id"), r.PathValue("op"), req.Actor, req.Reason)
+		if err != nil {
+			writeProblem(w, a.clusterProblem(err))
+			return
+		}
+		a.log.Info("device state changed", "device_id", dev.ID, "op", r.PathValue("op"), "state", dev.Status, "actor", req.Actor)
+		writeJSON(w, http.StatusOK, dev)
+	})
 	mux.HandleFunc("GET "+adminDevices+"/{id}", a.read(func(w http.ResponseWriter, r *http.Request) {
 		dev, err := a.node.Device(r.PathValue("id"))
 		writeResult(w, http.StatusOK, dev, a.adminErr(err))
@@ -338,11 +362,6 @@ func (c *AdminClient) Status(ctx context.Context) (Status, error) {
 	return s, c.get(ctx, adminStatus, &s)
 }
 
-// Devices lists all devices.
-func (c *AdminClient) Devices(ctx context.Context) ([]cluster.Device, error) {
-	var d []cluster.Device
-	return d, c.get(ctx, adminDevices, &d)
-}
 
 // Device returns one device.
 func (c *AdminClient) Device(ctx context.Context, id string) (cluster.Device, error) {
@@ -426,6 +445,22 @@ func (c *AdminClient) Restore(ctx context.Context, archive io.Reader) (BackupMet
 		return meta, err
 	}
 	return meta, decodeProblemOr(resp, &meta)
+}
+
+// Devices lists devices; with state set, only those in it.
+func (c *AdminClient) Devices(ctx context.Context, state string) ([]cluster.Device, error) {
+	var devs []cluster.Device
+	path := adminDevices
+	if state != "" {
+		path += "?state=" + url.QueryEscape(state)
+	}
+	return devs, c.get(ctx, path, &devs)
+}
+
+// TransitionDevice performs a lifecycle operation (approve, disable, …).
+func (c *AdminClient) TransitionDevice(ctx context.Context, id, op, actor, reason string) (cluster.Device, error) {
+	var dev cluster.Device
+	return dev, c.do(ctx, http.MethodPost, adminDevices+"/"+url.PathEscape(id)+"/"+url.PathEscape(op), DeviceOp{Actor: actor, Reason: reason}, &dev)
 }
 
 // ApplyPolicy validates and commits a policy document as the next version.

@@ -255,7 +255,7 @@ func TestChaos(t *testing.T) {
 				withoutRecord[s] = true
 			}
 		}
-		devs, err := c.Devices(context.Background())
+		devs, err := c.Devices(context.Background(), "")
 		if err != nil {
 			t.Fatal(err)
 		}

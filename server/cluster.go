@@ -324,6 +324,9 @@ var clusterErrors = []struct {
 	{cluster.ErrJoinTokenUsed, http.StatusForbidden, api.CodeJoinTokenUsed},
 	{cluster.ErrUnknownCommand, http.StatusBadRequest, api.CodeUnknownCommand},
 	{cluster.ErrNotLeader, http.StatusServiceUnavailable, api.CodeUnavailable},
+	{cluster.ErrDeviceInactive, http.StatusForbidden, api.CodeDeviceInactive},
+	{cluster.ErrIllegalTransition, http.StatusConflict, api.CodeIllegalTransition},
+	{cluster.ErrNotFound, http.StatusNotFound, api.CodeNotFound},
 }
 
 func (a *Appliance) clusterProblem(err error) *api.Problem {

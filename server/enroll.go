@@ -279,6 +279,9 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	}
 	var labels map[string]string
 	if old, err := e.reg.Device(sess.DeviceID); err == nil {
+		if old.Status != cluster.DeviceActive {
+			return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: device %s is %s", cluster.ErrDeviceInactive, old.ID, old.Status))
+		}
 		labels = old.Labels
 	}
 	in := policyInput(sess.DeviceID, sess.EK, sess.Claims, labels, pcrs, res.EventLog)
@@ -320,7 +323,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		PolicyVersion:     decision.PolicyVersion,
 	}
 	attID, err := e.reg.CommitEnrollment(ctx, sess.ID, sess.Expires, dev, rec)
-	if errors.Is(err, cluster.ErrSessionUsed) { // lost a race with a concurrent completion
+	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrDeviceInactive) { // lost a race with a completion or an operator
 		rec.Outcome, rec.CertificateSerial = "", ""
 		return nil, e.reject(ctx, rec, sess, err)
 	}
@@ -449,6 +452,7 @@ var problemTable = []struct {
 	{errTokenExpired, http.StatusForbidden, api.CodeTokenExpired},
 	{cluster.ErrSessionUsed, http.StatusConflict, api.CodeSessionReplayed},
 	{attest.ErrPolicyDenied, http.StatusForbidden, api.CodePolicyDenied},
+	{cluster.ErrDeviceInactive, http.StatusForbidden, api.CodeDeviceInactive},
 }
 
 func newProblem(status int, code, detail string) *api.Problem {

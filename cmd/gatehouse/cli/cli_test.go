@@ -117,6 +117,27 @@ func TestRegistryCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"leader": true`) || !strings.Contains(out, `"certificates_issued": 1`) {
 		t.Fatalf("status: %v %s", err, out)
 	}
+	if _, err := run(t, "devices", "quarantine", id.DeviceID, "--data-dir", e.Dir); err == nil || !strings.Contains(err.Error(), "--reason") {
+		t.Fatalf("quarantine without a reason: %v", err)
+	}
+	out, err = run(t, "devices", "quarantine", id.DeviceID, "--reason", "odd PCR 7", "--data-dir", e.Dir)
+	if err != nil || !strings.Contains(out, "is now quarantined") {
+		t.Fatalf("devices quarantine: %v %s", err, out)
+	}
+	out, err = run(t, "devices", "list", "--state", "quarantined", "--data-dir", e.Dir, "-o", "json")
+	if err != nil || json.Unmarshal([]byte(out), &devs) != nil || len(devs) != 1 {
+		t.Fatalf("devices list --state quarantined: %v %s", err, out)
+	}
+	if out, err = run(t, "devices", "list", "--state", "active", "--data-dir", e.Dir, "-o", "json"); err != nil || json.Unmarshal([]byte(out), &devs) != nil || len(devs) != 0 {
+		t.Fatalf("devices list --state active: %v %s", err, out)
+	}
+	out, err = run(t, "devices", "show", id.DeviceID, "--data-dir", e.Dir)
+	if err != nil || !strings.Contains(out, "quarantine: active → quarantined by local:") || !strings.Contains(out, "odd PCR 7") {
+		t.Fatalf("devices show history: %v %s", err, out)
+	}
+	if _, err := run(t, "devices", "approve", id.DeviceID, "--reason", "x", "--data-dir", e.Dir); err == nil || !strings.Contains(err.Error(), "illegal_transition") {
+		t.Fatalf("approve of a quarantined device: %v", err)
+	}
 	if _, err := run(t, "devices", "list", "--data-dir", t.TempDir()); err == nil || !strings.Contains(err.Error(), "is gatehouse serve running") {
 		t.Fatalf("devices list without a node: %v", err)
 	}

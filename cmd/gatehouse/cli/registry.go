@@ -55,13 +55,14 @@ func statusCmd() *cobra.Command {
 }
 
 func devicesCmd() *cobra.Command {
-	c := &cobra.Command{Use: "devices", Short: "Query the device registry"}
+	c := &cobra.Command{Use: "devices", Short: "Query the device registry and change device states"}
+	var state string
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List devices",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			devs, err := adminClient(cmd).Devices(cmd.Context())
+			devs, err := adminClient(cmd).Devices(cmd.Context(), state)
 			if err != nil {
 				return err
 			}
@@ -85,9 +86,36 @@ func devicesCmd() *cobra.Command {
 			return render(cmd, d, func(w io.Writer) { printDevice(w, d) })
 		},
 	}
+	list.Flags().StringVar(&state, "state", "", "only devices in this state (pending, active, disabled, quarantined, revoked, deleted)")
 	addOutputFlag(list)
 	addOutputFlag(show)
 	c.AddCommand(list, show)
+	for _, op := range cluster.Ops() {
+		c.AddCommand(deviceOpCmd(op))
+	}
+	return c
+}
+
+// deviceOpCmd is `devices approve|disable|enable|quarantine|delete ID --reason R`.
+func deviceOpCmd(op string) *cobra.Command {
+	var reason string
+	c := &cobra.Command{
+		Use:   op + " ID --reason TEXT",
+		Short: strings.ToUpper(op[:1]) + op[1:] + " a device (recorded with you as the actor and the reason)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if reason == "" {
+				return fmt.Errorf("--reason is required: every state change is recorded with why")
+			}
+			d, err := adminClient(cmd).TransitionDevice(cmd.Context(), args[0], op, actor(), reason)
+			if err != nil {
+				return err
+			}
+			return render(cmd, d, func(w io.Writer) { fmt.Fprintf(w, "device %s is now %s\n", d.ID, d.Status) })
+		},
+	}
+	c.Flags().StringVar(&reason, "reason", "", "why (required)")
+	addOutputFlag(c)
 	return c
 }
 
@@ -101,6 +129,9 @@ func printDevice(w io.Writer, d cluster.Device) {
 	printEK(w, &d.EK)
 	fmt.Fprintf(w, "AK sha256:\t%s\n", d.AKPublicSHA256)
 	fmt.Fprintf(w, "claims (untrusted):\tserial=%s model=%s firmware=%s\n", orDash(d.Claims.Serial), orDash(d.Claims.Model), orDash(d.Claims.FirmwareVersion))
+	for _, h := range d.History {
+		fmt.Fprintf(w, "history:\t%s %s: %s → %s by %s: %s\n", h.Time.Format(time.RFC3339), h.Op, h.From, h.To, h.Actor, h.Reason)
+	}
 }
 
 func printEK(w io.Writer, ek *cluster.EKInfo) {
