@@ -362,7 +362,6 @@ func (c *AdminClient) Status(ctx context.Context) (Status, error) {
 	return s, c.get(ctx, adminStatus, &s)
 }
 
-
 // Device returns one device.
 func (c *AdminClient) Device(ctx context.Context, id string) (cluster.Device, error) {
 	var d cluster.Device
