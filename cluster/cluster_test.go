@@ -231,7 +231,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 
 func mustLog(t *testing.T, index uint64, session, dev string) *raft.Log {
 	t.Helper()
-	b, err := encodeCommand("enrollment.accept", 1, t0, &acceptEnrollment{SessionID: session, SessionExpires: t0.Add(time.Minute), Device: Device{ID: dev}, Attestation: record(dev, OutcomeAccepted)})
+	b, err := encodeCommand("enrollment.accept", 1, t0, &acceptEnrollment{SessionID: session, SessionExpires: t0.Add(time.Minute), Device: Device{ID: dev, Status: DeviceActive}, Attestation: record(dev, OutcomeAccepted)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,5 +402,31 @@ func TestDeviceStateMachine(t *testing.T) {
 	}
 	if n != len(legal) {
 		t.Fatalf("%d legal transitions exercised, want %d", n, len(legal))
+	}
+}
+
+// The FSM re-checks a device's state when an enrollment commits: a device
+// disabled between the enroller's look and the commit stays disabled, and
+// the refused command writes nothing.
+func TestEnrollmentOfDisabledDeviceRefusedAtApply(t *testing.T) {
+	n := openNode(t, t.TempDir())
+	ctx := context.Background()
+	enroll(t, n, "s1", "dev")
+	if _, err := n.TransitionDevice(ctx, "dev", OpDisable, "ops", "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.TransitionDevice(ctx, "dev", OpQuarantine, "ops", "x"); !errors.Is(err, ErrIllegalTransition) {
+		t.Fatalf("quarantine of a disabled device: %v", err)
+	}
+	before, _ := n.StateHash()
+	_, err := n.CommitEnrollment(ctx, "s2", time.Now().Add(time.Minute), Device{ID: "dev", Status: DeviceActive}, record("dev", OutcomeAccepted))
+	if !errors.Is(err, ErrDeviceInactive) {
+		t.Fatalf("enrollment of a disabled device: %v", err)
+	}
+	if after, _ := n.StateHash(); after != before {
+		t.Fatal("a refused enrollment changed the state")
+	}
+	if d, _ := n.Device("dev"); d.Status != DeviceDisabled || len(d.History) != 1 || d.History[0].Reason != "stolen" {
+		t.Fatalf("device %+v", d)
 	}
 }
