@@ -33,7 +33,8 @@ const (
 
 // EventLog is a parsed TCG event log with its own replay and the facts it
 // states. Nothing in it is trusted until Verify matches the replay against
-// PCR values from a verified quote.
+// PCR values from a verified quote. An EventLog is not safe for concurrent
+// use (Replay and Verify update it).
 type EventLog struct {
 	Banks []string // digest banks present, e.g. "sha1", "sha256"
 	// Events are in log order. Number counts from 0 at the first event in
@@ -102,6 +103,13 @@ type DigestFact struct {
 var bankNames = map[goattest.HashAlg]string{goattest.HashSHA1: "sha1", goattest.HashSHA256: "sha256", goattest.HashAlg(0x0C): "sha384", goattest.HashAlg(0x0D): "sha512"}
 
 var bankHashes = map[string]crypto.Hash{"sha1": crypto.SHA1, "sha256": crypto.SHA256, "sha384": crypto.SHA384, "sha512": crypto.SHA512}
+
+// BankHash returns the hash of a PCR bank named as in policies and the wire
+// protocol ("sha1", "sha256", "sha384", "sha512").
+func BankHash(bank string) (crypto.Hash, bool) {
+	h, ok := bankHashes[bank]
+	return h, ok
+}
 
 // ParseEventLog parses and replays a TCG event log (legacy SHA-1 or crypto
 // agile). A log that is empty, truncated, or names a PCR beyond 23 is
@@ -337,28 +345,30 @@ func (l *EventLog) applySecureBoot(r secureBootResult) {
 	f.DBXEntries = r.dbx
 }
 
-// memo is a small bounded map; when full it forgets everything, which is
-// simple and keeps a flood of distinct configurations from growing memory.
-type memo[K comparable, V any] struct {
-	mu  sync.Mutex
-	max int
-	m   map[K]V
+// secureBootCache is a small bounded map; when full it forgets everything,
+// which is simple and keeps a flood of distinct configurations from growing
+// memory.
+type secureBootCache struct {
+	mu sync.Mutex
+	m  map[[32]byte]secureBootResult
 }
 
-var secureBootMemo = &memo[[32]byte, secureBootResult]{max: 256}
+const secureBootCacheSize = 256
 
-func (c *memo[K, V]) get(k K) (V, bool) {
+var secureBootMemo = &secureBootCache{}
+
+func (c *secureBootCache) get(k [32]byte) (secureBootResult, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	v, ok := c.m[k]
 	return v, ok
 }
 
-func (c *memo[K, V]) put(k K, v V) {
+func (c *secureBootCache) put(k [32]byte, v secureBootResult) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= c.max {
-		c.m = make(map[K]V, c.max)
+	if c.m == nil || len(c.m) >= secureBootCacheSize {
+		c.m = make(map[[32]byte]secureBootResult, secureBootCacheSize)
 	}
 	c.m[k] = v
 }
@@ -375,7 +385,7 @@ func (c *memo[K, V]) put(k K, v V) {
 func (l *EventLog) Verify(pcrs []goattest.PCR) error {
 	quoted := map[string]map[int]bool{}
 	for _, p := range pcrs {
-		bank := hashBank(p.DigestAlg)
+		bank := BankName(p.DigestAlg)
 		if quoted[bank] == nil {
 			quoted[bank] = map[int]bool{}
 		}
@@ -438,7 +448,7 @@ func (l *EventLog) dropFacts(uncovered func(pcr int) bool) {
 func (l *EventLog) diff(pcrs []goattest.PCR) *PCRMismatch {
 	mm := &PCRMismatch{}
 	for _, p := range pcrs {
-		bank := hashBank(p.DigestAlg)
+		bank := BankName(p.DigestAlg)
 		got, ok := l.Replay(bank)[p.Index]
 		if !ok {
 			continue // the log does not touch this PCR
@@ -485,7 +495,8 @@ func (m *PCRMismatch) Error() string {
 	return strings.Join(parts, "; ")
 }
 
-func hashBank(h crypto.Hash) string {
+// BankName is BankHash's inverse; other hashes keep crypto's name.
+func BankName(h crypto.Hash) string {
 	for name, hh := range bankHashes {
 		if hh == h {
 			return name

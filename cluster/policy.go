@@ -77,6 +77,18 @@ func (n *Node) PolicyHistory() ([]PolicyRecord, error) {
 	return out, err
 }
 
+// PolicyVersion returns the newest applied policy version, 0 for none.
+func (n *Node) PolicyVersion() (int, error) {
+	v := 0
+	err := n.fsm.view(func(tx *bolt.Tx) error {
+		if k, _ := tx.Bucket(bPolicies).Cursor().Last(); k != nil {
+			v = int(binary.BigEndian.Uint64(k))
+		}
+		return nil
+	})
+	return v, err
+}
+
 // EventLog returns the gzip-compressed event log stored with an attestation
 // record, or ErrNotFound.
 func (n *Node) EventLog(attestationID uint64) ([]byte, error) {

@@ -2,6 +2,8 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -10,6 +12,9 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
+	"github.com/gatehouse-dev/gatehouse/server"
+	"github.com/gatehouse-dev/gatehouse/server/servertest"
+	"github.com/gatehouse-dev/gatehouse/testvectors"
 )
 
 // BenchmarkEnrollment measures the appliance's side of one enrollment
@@ -18,15 +23,25 @@ import (
 // in-process. The device's TPM work runs with the timer stopped. cpu-µs/op
 // is the process CPU time (user+system) spent inside the two calls, which
 // includes Raft's background goroutines; ns/op also includes the fsyncs of
-// the commit.
+// the commit. The CapturedPolicy case sends a real 105-event log (the device
+// booted it) and is judged by a policy captured from its first enrollment:
+// golden PCRs, Secure Boot, firmware, boot digests and reference events.
 func BenchmarkEnrollment(b *testing.B) {
+	bootLog, err := os.ReadFile(testvectors.Path("eventlogs/go-tpm-tools/ubuntu-2104-no-secure-boot.bin"))
+	if err != nil {
+		b.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		alg  goattest.Algorithm
-	}{{"ECDSA-AK", goattest.ECDSA}, {"RSA-AK", goattest.RSA}} {
+		log  []byte
+	}{{"ECDSA-AK", goattest.ECDSA, nil}, {"RSA-AK", goattest.RSA, nil}, {"ECDSA-AK-CapturedPolicy", goattest.ECDSA, bootLog}} {
 		b.Run(tc.name, func(b *testing.B) {
 			e := newEnv(b)
-			d := e.newDevice(e.Mfr)
+			d := servertest.NewBootedDevice(b, e.Mfr, tc.log)
+			if tc.log != nil {
+				applyCapturedPolicy(b, e, d, tc.log)
+			}
 			ak := d.NewAK(b, tc.alg) // one AK per device, as a device re-enrolling would reuse it
 			enroller := e.App.Enroller()
 			ctx := context.Background()
@@ -49,21 +64,45 @@ func BenchmarkEnrollment(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				ev, key, err := fwclient.Evidence(d.TPM, ak, ch, secret, nil)
+				ev, key, err := fwclient.Evidence(d.TPM, ak, ch, secret, tc.log)
 				if err != nil {
 					b.Fatal(err)
 				}
 				key.Close()
 				b.StartTimer()
 				c0 = cpuTime()
-				_, err = enroller.Complete(ctx, ev)
+				resp, err := enroller.Complete(ctx, ev)
 				cpu += cpuTime() - c0
 				if err != nil {
 					b.Fatal(err)
 				}
+				if tc.log != nil && string(resp.Configuration) != `{"bench":true}` {
+					b.Fatalf("not judged by the captured policy: config %s", resp.Configuration)
+				}
 			}
 			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
 		})
+	}
+}
+
+// applyCapturedPolicy enrolls d once with its log under the default policy,
+// then applies a policy captured from that evidence.
+func applyCapturedPolicy(b *testing.B, e *env, d *device, log []byte) {
+	id, err := e.Client.Enroll(context.Background(), d.TPM, fwclient.WithEventLog(log))
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := server.CapturePolicy(e.App.Node(), id.DeviceID, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	p.Groups[0].Config = json.RawMessage(`{"bench":true}`)
+	doc, err := json.Marshal(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := e.App.Node().ApplyPolicy(context.Background(), "bench", doc); err != nil {
+		b.Fatal(err)
 	}
 }
 

@@ -379,8 +379,6 @@ func (e *Enroller) rejectRequest(ctx context.Context, stage string, cause error)
 	return err
 }
 
-var pcrBanks = map[string]crypto.Hash{"sha1": crypto.SHA1, "sha256": crypto.SHA256, "sha384": crypto.SHA384, "sha512": crypto.SHA512}
-
 func convertPCRs(in []api.PCR) ([]goattest.PCR, string, error) {
 	if len(in) == 0 {
 		return nil, "", malformed("no PCR values were sent")
@@ -388,7 +386,7 @@ func convertPCRs(in []api.PCR) ([]goattest.PCR, string, error) {
 	out := make([]goattest.PCR, 0, len(in))
 	bank := in[0].Bank
 	for _, p := range in {
-		h, ok := pcrBanks[p.Bank]
+		h, ok := attest.BankHash(p.Bank)
 		if !ok {
 			return nil, "", malformed(fmt.Sprintf("unknown PCR bank %q", p.Bank))
 		}
