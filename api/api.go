@@ -23,6 +23,7 @@ package api
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -31,6 +32,12 @@ const (
 	PathChallenge = "/v1/enroll/challenge"
 	PathComplete  = "/v1/enroll/complete"
 	PathWhoAmI    = "/v1/whoami"
+	// Over mTLS with the device certificate:
+	PathRenewChallenge = "/v1/renew/challenge"
+	PathRenew          = "/v1/renew"
+	PathConfig         = "/v1/config"
+	// PathCRL serves the DER CRL (application/pkix-crl) to anyone.
+	PathCRL = "/crl"
 )
 
 // Request body limits. A real UEFI event log is tens of kilobytes; 1 MiB
@@ -124,6 +131,51 @@ type CompleteResponse struct {
 	// issuer first. The root is not included: the device already pins it.
 	Certificate   []byte          `json:"certificate"`
 	Chain         [][]byte        `json:"chain"`
+	Configuration json.RawMessage `json:"configuration"`
+}
+
+// Pending answers complete (HTTP 202, header Retry-After) when the device's
+// group wants an operator's approval. The device enrolls again after
+// RetryAfterSeconds; once approved, that enrollment gets a certificate.
+// It is returned as an error by clients.
+type Pending struct {
+	DeviceID          string `json:"device_id"`
+	AttestationID     uint64 `json:"attestation_id"`
+	Status            string `json:"status"` // "pending"
+	RetryAfterSeconds int    `json:"retry_after_seconds"`
+	Detail            string `json:"detail"`
+}
+
+func (p *Pending) Error() string {
+	return fmt.Sprintf("device %s is pending approval (attestation %d): %s", p.DeviceID, p.AttestationID, p.Detail)
+}
+
+// RenewChallengeResponse opens a renewal: a fresh nonce for the quote.
+type RenewChallengeResponse struct {
+	SessionToken string    `json:"session_token"`
+	Nonce        []byte    `json:"nonce"`
+	ExpiresAt    time.Time `json:"expires_at"`
+}
+
+// RenewRequest re-attests: the enrolled AK's public area (its hash must
+// match the registry's), a quote over the nonce, the PCRs, the event log,
+// and a CSR signed by the current device key (the certified TPM key).
+type RenewRequest struct {
+	SessionToken string `json:"session_token"`
+	AKPublic     []byte `json:"ak_public"` // TPMT_PUBLIC
+	Quote        Quote  `json:"quote"`
+	PCRs         []PCR  `json:"pcrs"`
+	EventLog     []byte `json:"event_log,omitempty"`
+	CSR          []byte `json:"csr"`
+}
+
+// ConfigResponse is the device's effective configuration: the group's,
+// with the device's overrides merged over it.
+type ConfigResponse struct {
+	DeviceID      string          `json:"device_id"`
+	Group         string          `json:"group"`
+	PolicyVersion int             `json:"policy_version"`
+	DeviceVersion int             `json:"device_version"`
 	Configuration json.RawMessage `json:"configuration"`
 }
 

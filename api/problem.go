@@ -53,6 +53,10 @@ const (
 	CodeDeviceInactive     = "device_inactive"    // the device is disabled, quarantined, revoked or deleted
 	CodeIllegalTransition  = "illegal_transition" // a device operation its state does not allow
 	CodeUnauthenticated    = "unauthenticated"
+	CodeCertificateRevoked = "certificate_revoked" // 401: the client certificate is revoked
+	CodeForbidden          = "forbidden"           // 403: the admin role does not allow this
+	CodeReprovisionRefused = "reprovision_refused" // same EK with a new AK, and the group rejects that
+	CodeApprovalPending    = "approval_pending"    // 202 on complete: see Pending
 	CodeJoinTokenInvalid   = "join_token_invalid"
 	CodeJoinTokenExpired   = "join_token_expired"
 	CodeJoinTokenUsed      = "join_token_used"

@@ -27,6 +27,14 @@ const (
 	ModeApprove = "approve" // wait for an operator
 )
 
+// What a group does when an enrolled device comes back with the same EK and
+// a new AK (its TPM was cleared or the device re-imaged).
+const (
+	ReprovisionReissue         = "reissue"          // accept and issue (the default)
+	ReprovisionRequireApproval = "require-approval" // back to pending until an operator approves
+	ReprovisionReject          = "reject"           // refuse
+)
+
 // Policy decides which devices enroll and how. Groups are tried in order;
 // the first whose Match selects the device decides. A device no group
 // selects is refused.
@@ -49,6 +57,28 @@ type Group struct {
 	Require     Requirements    `json:"require"`
 	Certificate CertProfile     `json:"certificate"`
 	Config      json.RawMessage `json:"config,omitempty"`
+	// Reprovision is ReprovisionReissue (default), ReprovisionRequireApproval
+	// or ReprovisionReject.
+	Reprovision string `json:"reprovision,omitempty"`
+	// ReattestInterval (a Go duration) marks a device stale when it has not
+	// renewed or re-enrolled within it; empty: never.
+	ReattestInterval string `json:"reattest_interval,omitempty"`
+}
+
+// ReprovisionAction is the group's re-provisioning choice with the default
+// applied.
+func (g *Group) ReprovisionAction() string {
+	if g.Reprovision == "" {
+		return ReprovisionReissue
+	}
+	return g.Reprovision
+}
+
+// ReattestEvery is ReattestInterval parsed (0: never); validated with the
+// policy.
+func (g *Group) ReattestEvery() time.Duration {
+	d, _ := time.ParseDuration(g.ReattestInterval)
+	return d
 }
 
 // Match selects devices. Every non-empty field must match; an empty Match
@@ -154,6 +184,7 @@ type Decision struct {
 	Outcomes      []Outcome       `json:"rules"`
 	Certificate   CertProfile     `json:"-"`
 	Config        json.RawMessage `json:"-"`
+	Reprovision   string          `json:"-"`
 }
 
 // Err returns nil for a pass, else an error wrapping ErrPolicyDenied that
@@ -221,6 +252,22 @@ func (p *Policy) Validate() error {
 		if g.Mode != ModeAuto && g.Mode != ModeApprove {
 			return bad("%s: mode must be %q or %q", at, ModeAuto, ModeApprove)
 		}
+		switch g.Reprovision {
+		case "", ReprovisionReissue, ReprovisionRequireApproval, ReprovisionReject:
+		default:
+			return bad("%s: reprovision must be %q, %q or %q", at, ReprovisionReissue, ReprovisionRequireApproval, ReprovisionReject)
+		}
+		if g.ReattestInterval != "" {
+			if d, err := time.ParseDuration(g.ReattestInterval); err != nil || d < time.Minute {
+				return bad("%s: reattest_interval %q must be a duration of at least 1m", at, g.ReattestInterval)
+			}
+		}
+		if len(g.Config) > 0 {
+			var obj map[string]json.RawMessage
+			if err := json.Unmarshal(g.Config, &obj); err != nil || obj == nil {
+				return bad("%s: config must be a JSON object", at)
+			}
+		}
 		for _, h := range g.Match.EKPublicSHA256 {
 			if len(h) != 64 || !hexDigest.MatchString(h) {
 				return bad("%s: ek_public_sha256 %q is not 64 lower-case hex digits", at, h)
@@ -280,6 +327,16 @@ func (p *Policy) Select(in *Input) *Group {
 	return nil
 }
 
+// GroupNamed returns the group called name, or nil.
+func (p *Policy) GroupNamed(name string) *Group {
+	for i := range p.Groups {
+		if p.Groups[i].Name == name {
+			return &p.Groups[i]
+		}
+	}
+	return nil
+}
+
 // PreRegistered returns the group that lists this EK by its public-key hash.
 func (p *Policy) PreRegistered(ekPublicSHA256 string) *Group {
 	for i := range p.Groups {
@@ -320,7 +377,7 @@ func (p *Policy) Evaluate(in *Input) *Decision {
 		d.Outcomes = []Outcome{{Rule: RuleGroup, Detail: fmt.Sprintf("no enrollment group selects this device (EK issuer %q, manufacturer %q, model %q)", in.EKIssuer, in.Manufacturer, in.Model)}}
 		return d
 	}
-	d.Group, d.Mode, d.Certificate, d.Config = g.Name, g.Mode, g.Certificate, g.Config
+	d.Group, d.Mode, d.Certificate, d.Config, d.Reprovision = g.Name, g.Mode, g.Certificate, g.Config, g.ReprovisionAction()
 	d.Outcomes = append(d.Outcomes, Outcome{Rule: RuleGroup, Passed: true, Detail: "selected by group " + g.Name})
 	r := &g.Require
 	if r.EventLog || r.SecureBoot != nil || len(r.FirmwareVersions) > 0 || len(r.BootDigests) > 0 || r.DBXMinEntries > 0 {

@@ -65,7 +65,7 @@ func VerifyAK(p goattest.AttestationParameters) (*AK, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrAKInvalid, err)
 	}
-	return &AK{Public: pub, PublicSHA256: sum, Algorithm: keyAlgorithm(pub.Public), params: p}, nil
+	return &AK{Public: pub, PublicSHA256: sum, Algorithm: KeyAlgorithm(pub.Public), params: p}, nil
 }
 
 // MakeCredential returns a credential-activation challenge that only the TPM
@@ -279,7 +279,7 @@ func verifyCertify(r *Result, c Completion) (crypto.PublicKey, error) {
 	if err != nil {
 		return nil, r.fail(CheckCertify, fmt.Errorf("%w: %v", ErrCertifyInvalid, err))
 	}
-	r.DeviceKey, r.DeviceKeySHA256, r.DeviceKeyAlgorithm = pub, sum, keyAlgorithm(pub)
+	r.DeviceKey, r.DeviceKeySHA256, r.DeviceKeyAlgorithm = pub, sum, KeyAlgorithm(pub)
 	r.pass(CheckCertify, "fixedTPM, fixedParent, sensitiveDataOrigin, not restricted; signed by the AK")
 	return pub, nil
 }
@@ -290,7 +290,8 @@ func PublicKeysEqual(a, b crypto.PublicKey) bool {
 	return ok && ak.Equal(b)
 }
 
-func keyAlgorithm(pub crypto.PublicKey) string {
+// KeyAlgorithm names a public key's algorithm and size, e.g. "ecdsa-P-256".
+func KeyAlgorithm(pub crypto.PublicKey) string {
 	switch k := pub.(type) {
 	case *rsa.PublicKey:
 		return fmt.Sprintf("rsa-%d", k.N.BitLen())
@@ -298,4 +299,59 @@ func keyAlgorithm(pub crypto.PublicKey) string {
 		return "ecdsa-" + k.Curve.Params().Name
 	}
 	return fmt.Sprintf("%T", pub)
+}
+
+// Renewal is the evidence of a re-attestation by an enrolled device: a
+// fresh quote by its enrolled AK and a CSR from its enrolled device key.
+type Renewal struct {
+	AK        *goattest.AKPublic // the AK the registry holds for the device
+	Nonce     []byte
+	Quote     goattest.Quote
+	PCRs      []goattest.PCR
+	EventLog  []byte // optional
+	DeviceKey crypto.PublicKey // the key of the device's current certificate
+	CSR       []byte
+}
+
+// VerifyRenewal verifies a renewal: quote, event log and CSR, in that order.
+//
+// Guarantees: the quote is fresh (nonce) and by the enrolled AK, the PCRs
+// are the quoted ones, a log replays to them, and the CSR is signed by the
+// key the TPM certified at enrollment (it is the certificate's key).
+// Non-guarantees: the caller establishes that the AK and device key belong
+// to the authenticated device; the policy judges the boot state.
+func VerifyRenewal(rn Renewal) (*Result, error) {
+	r := &Result{}
+	if err := verifyQuote(r, Completion{AK: rn.AK, Nonce: rn.Nonce, Quote: rn.Quote, PCRs: rn.PCRs}); err != nil {
+		return r, err
+	}
+	if len(rn.EventLog) > 0 {
+		el, err := ParseEventLog(rn.EventLog)
+		if err != nil {
+			return r, r.fail(CheckEventLog, err)
+		}
+		if err := el.Verify(rn.PCRs); err != nil {
+			return r, r.fail(CheckEventLog, err)
+		}
+		r.EventLog, r.EventLogEvents = el, len(el.Events)
+		r.pass(CheckEventLog, fmt.Sprintf("%d events replay to the quoted PCRs", len(el.Events)))
+	}
+	csr, err := x509.ParseCertificateRequest(rn.CSR)
+	if err == nil {
+		err = csr.CheckSignature()
+	}
+	if err != nil {
+		return r, r.fail(CheckCSRSignature, fmt.Errorf("%w: %v", ErrCSRInvalid, err))
+	}
+	r.pass(CheckCSRSignature, "")
+	if !PublicKeysEqual(csr.PublicKey, rn.DeviceKey) {
+		return r, r.fail(CheckCSRKey, fmt.Errorf("%w: the CSR is not signed by the enrolled device key", ErrCSRKeyMismatch))
+	}
+	r.pass(CheckCSRKey, "same TPM key as the current certificate")
+	r.CSR = csr
+	r.DeviceKey = rn.DeviceKey
+	if sum, err := PublicKeySHA256(rn.DeviceKey); err == nil {
+		r.DeviceKeySHA256, r.DeviceKeyAlgorithm = sum, KeyAlgorithm(rn.DeviceKey)
+	}
+	return r, nil
 }

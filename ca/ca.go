@@ -14,7 +14,9 @@
 // Non-guarantees:
 //   - Nothing here checks that the caller verified the device; the caller
 //     (server) issues only after attestation and a Raft commit.
-//   - Revocation and CRLs are not wired yet (no step-ca database).
+//   - Revocation needs a database (WithDatabase); without one, Revoke fails
+//     and IsRevoked reports false. step-ca itself checks revocation only on
+//     renewal: callers authenticating a certificate must call IsRevoked.
 //   - The decrypted intermediate key lives in process memory while open.
 package ca
 
@@ -22,6 +24,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
@@ -44,6 +47,7 @@ import (
 	"github.com/smallstep/certificates/authority"
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
+	"github.com/smallstep/certificates/db"
 	"go.step.sm/crypto/pemutil"
 	"go.step.sm/crypto/x509util"
 	"golang.org/x/crypto/hkdf"
@@ -158,14 +162,29 @@ func pemCert(c *x509.Certificate) []byte {
 // CA is an open, unlocked CA.
 type CA struct {
 	auth         *authority.Authority
+	db           *authDB // nil without WithDatabase
 	root         *x509.Certificate
 	intermediate *x509.Certificate
+	signer       *ecdsa.PrivateKey
 	tokenKey     []byte
+	auditKey     ed25519.PrivateKey
+	auditCert    *x509.Certificate
+	crlURL       string
+	crl          crlCache
 }
 
-// Option configures Open. There are none yet; the type keeps Open's
-// signature stable for the replicated database and CRL options to come.
+// Option configures Open.
 type Option func(*CA)
+
+// WithDatabase keeps step-ca's database (issued device certificates,
+// revocations) in kv, normally the replicated registry.
+func WithDatabase(kv KV) Option {
+	return func(c *CA) { c.db = &authDB{DB: &db.DB{DB: nosqlKV{kv}}} }
+}
+
+// WithCRLDistributionPoint puts url into every device certificate as its
+// CRL distribution point.
+func WithCRLDistributionPoint(url string) Option { return func(c *CA) { c.crlURL = url } }
 
 // Open decrypts the intermediate key in dir and starts an in-process step-ca
 // authority that signs with it.
@@ -193,20 +212,26 @@ func Open(dir string, password []byte, opts ...Option) (*CA, error) {
 	if !ok || !signer.PublicKey.Equal(inter.PublicKey) {
 		return nil, fmt.Errorf("%s does not match %s", intermediateKeyFile, IntermediateCertFile)
 	}
-	auth, err := authority.NewEmbedded(
+	c := &CA{root: root, intermediate: inter, signer: signer, tokenKey: deriveKey(signer, "gatehouse session-token v1")}
+	for _, fn := range opts {
+		fn(c)
+	}
+	authOpts := []authority.Option{
 		authority.WithConfig(&config.Config{AuthorityConfig: &config.AuthConfig{
 			Backdate: &provisioner.Duration{Duration: backdate},
 		}}),
 		authority.WithX509RootCerts(root),
 		authority.WithX509Signer(inter, signer),
 		authority.WithQuietInit(),
-	)
-	if err != nil {
+	}
+	if c.db != nil {
+		authOpts = append(authOpts, authority.WithDatabase(c.db))
+	}
+	if c.auth, err = authority.NewEmbedded(authOpts...); err != nil {
 		return nil, fmt.Errorf("start step-ca authority: %w", err)
 	}
-	c := &CA{auth: auth, root: root, intermediate: inter, tokenKey: deriveTokenKey(signer)}
-	for _, fn := range opts {
-		fn(c)
+	if err := c.initAuditKey(); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -219,12 +244,12 @@ func readCert(path string) (*x509.Certificate, error) {
 	return pemutil.ParseCertificate(b)
 }
 
-// deriveTokenKey derives the session-token sealing key from the intermediate
-// key, so every node that can issue can also open every session token, and
+// deriveKey derives a 32-byte key for purpose from the intermediate key, so
+// every node that can issue holds the same session-token and audit keys, and
 // no further secret has to be stored or replicated.
-func deriveTokenKey(k *ecdsa.PrivateKey) []byte {
+func deriveKey(k *ecdsa.PrivateKey, purpose string) []byte {
 	key := make([]byte, 32)
-	r := hkdf.New(sha256.New, k.D.Bytes(), nil, []byte("gatehouse session-token v1"))
+	r := hkdf.New(sha256.New, k.D.Bytes(), nil, []byte(purpose))
 	if _, err := io.ReadFull(r, key); err != nil {
 		panic(err) // HKDF-SHA256 can produce 32 bytes
 	}
@@ -316,6 +341,9 @@ func (c *CA) IssueDevice(ctx context.Context, csr *x509.CertificateRequest, p De
 		crt.URIs = p.uris()
 		crt.KeyUsage = x509.KeyUsageDigitalSignature
 		crt.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		if c.crlURL != "" {
+			crt.CRLDistributionPoints = []string{c.crlURL}
+		}
 	})
 }
 

@@ -384,6 +384,10 @@ func TestDeviceStateMachine(t *testing.T) {
 		{DeviceDisabled, OpDelete}:     DeviceDeleted,
 		{DeviceQuarantined, OpDelete}:  DeviceDeleted,
 		{DeviceRevoked, OpDelete}:      DeviceDeleted,
+		{DevicePending, OpRevoke}:      DeviceRevoked,
+		{DeviceActive, OpRevoke}:       DeviceRevoked,
+		{DeviceDisabled, OpRevoke}:     DeviceRevoked,
+		{DeviceQuarantined, OpRevoke}:  DeviceRevoked,
 	}
 	n := 0
 	for _, s := range states {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -46,6 +47,13 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"jointoken.consume", 1}:  decodeAs[consumeJoinToken],
 	{"policy.apply", 1}:       decodeAs[applyPolicy],
 	{"device.transition", 1}:  decodeAs[transitionDevice],
+	{"device.labels", 1}:      decodeAs[labelDevice],
+	{"device.config", 1}:      decodeAs[configureDevice],
+	{"device.stale", 1}:       decodeAs[markStale],
+	{"renewal.accept", 1}:     decodeAs[acceptRenewal],
+	{"audit.append", 1}:       decodeAs[appendAuditCmd],
+	{"audit.checkpoint", 1}:   decodeAs[checkpointAudit],
+	{"stepca.update", 1}:      decodeAs[stepCAUpdate],
 }
 
 func decodeAs[T any, PT interface {
@@ -85,16 +93,20 @@ func encodeCommand(typ string, version int, at time.Time, payload any) ([]byte, 
 	return json.Marshal(command{Type: typ, Version: version, Time: at, Payload: p})
 }
 
-// acceptEnrollment records a verified enrollment: the attestation record and
-// the device, in one transaction, and consumes the session.
+// acceptEnrollment records an enrollment the policy admitted: the
+// attestation record and the device, in one transaction, and consumes the
+// session. Device.Status is active (a certificate follows) or pending (the
+// group wants an operator's approval first); Flags are anomalies the
+// enroller found, raised on the device.
 type acceptEnrollment struct {
 	SessionID      string            `json:"session_id"`
 	SessionExpires time.Time         `json:"session_expires"`
 	Device         Device            `json:"device"`
 	Attestation    AttestationRecord `json:"attestation"`
+	Flags          []Flag            `json:"flags,omitempty"`
 }
 
-func (c *acceptEnrollment) apply(tx *bolt.Tx, index uint64, _ time.Time) applyResult {
+func (c *acceptEnrollment) apply(tx *bolt.Tx, index uint64, at time.Time) applyResult {
 	if sessionUsed(tx, c.SessionID) {
 		return applyResult{Err: ErrSessionUsed}
 	}
@@ -102,24 +114,71 @@ func (c *acceptEnrollment) apply(tx *bolt.Tx, index uint64, _ time.Time) applyRe
 	a.ID = index
 	d := c.Device
 	if old, err := getDevice(tx, d.ID); err == nil {
-		// Checked again here: an operator may have disabled the device
-		// after the enroller looked.
-		if old.Status != DeviceActive {
+		// Checked again here: an operator may have changed the device's
+		// state after the enroller looked.
+		if !(old.Status == DeviceActive || old.Status == DevicePending && d.Status == DevicePending) {
 			return applyResult{Err: fmt.Errorf("%w: device %s is %s", ErrDeviceInactive, d.ID, old.Status)}
 		}
-		d.EnrolledAt, d.Enrollments, d.Labels, d.History = old.EnrolledAt, old.Enrollments, old.Labels, old.History
+		d.EnrolledAt, d.Enrollments, d.Labels, d.History, d.Serials, d.Flags = old.EnrolledAt, old.Enrollments, old.Labels, old.History, old.Serials, old.Flags
+		d.Config, d.ConfigVersion, d.LastAttestedAt, d.Stale = old.Config, old.ConfigVersion, old.LastAttestedAt, old.Stale
+		if old.Status == DeviceActive && d.Status == DevicePending {
+			d.History = append(d.History, StateChange{Time: at, Op: "reprovision", From: old.Status, To: d.Status, Actor: "gatehouse", Reason: "same EK with a new AK; the group requires approval"})
+		}
+		if d.CertificateSerial == "" { // pending: the old certificate, if any, is still the newest
+			d.CertificateSerial, d.CertificateNotAfter = old.CertificateSerial, old.CertificateNotAfter
+		}
 	} else {
 		d.EnrolledAt = a.Time
 	}
 	d.Enrollments++
 	d.LastEnrolledAt, d.LastAttestationID = a.Time, index
+	if a.Outcome == OutcomeAccepted {
+		d.LastAttestedAt, d.Stale = a.Time, false
+		d.Serials = append(d.Serials, a.CertificateSerial)
+	}
+	if err := raiseFlags(tx, &d, c.Flags, index, at); err != nil {
+		return applyResult{Err: err}
+	}
 	if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
 		return applyResult{Err: err}
 	}
 	if err := putAttestation(tx, a); err != nil {
 		return applyResult{Err: err}
 	}
+	typ := AuditEnrollmentAccepted
+	if d.Status == DevicePending {
+		typ = AuditEnrollmentPending
+	}
+	if err := appendAudit(tx, at, typ, "device:"+d.ID, d.ID, attestationSummary(a)); err != nil {
+		return applyResult{Err: err}
+	}
 	return applyResult{Result: index, Err: markSessionUsed(tx, c.SessionID, c.SessionExpires)}
+}
+
+// auditAttestation is what the audit log says about an attestation record;
+// the record itself (by ID) holds the evidence.
+type auditAttestation struct {
+	AttestationID uint64 `json:"attestation_id"`
+	Stage         string `json:"stage"`
+	Outcome       string `json:"outcome"`
+	Code          string `json:"code,omitempty"`
+	Reason        string `json:"reason,omitempty"`
+	EKSHA256      string `json:"ek_sha256,omitempty"`
+	Serial        string `json:"certificate_serial,omitempty"`
+	PolicyVersion int    `json:"policy_version,omitempty"`
+	Group         string `json:"group,omitempty"`
+	Node          string `json:"node"`
+}
+
+func attestationSummary(a AttestationRecord) auditAttestation {
+	s := auditAttestation{AttestationID: a.ID, Stage: a.Stage, Outcome: a.Outcome, Code: a.Code, Reason: a.Reason, Serial: a.CertificateSerial, Node: a.Node}
+	if a.Evidence.EK != nil {
+		s.EKSHA256 = a.Evidence.EK.PublicSHA256
+	}
+	if a.Policy != nil {
+		s.PolicyVersion, s.Group = a.Policy.PolicyVersion, a.Policy.Group
+	}
+	return s
 }
 
 // rejectAttestation records a refused attempt. It never touches devices.
@@ -127,12 +186,42 @@ type rejectAttestation struct {
 	SessionID      string            `json:"session_id,omitempty"`
 	SessionExpires time.Time         `json:"session_expires"`
 	Attestation    AttestationRecord `json:"attestation"`
+	// Quarantine moves the device to quarantined in the same transaction
+	// (a failed renewal).
+	Quarantine bool `json:"quarantine,omitempty"`
+	// Flags are raised on the device, if it is registered.
+	Flags []Flag `json:"flags,omitempty"`
 }
 
-func (c *rejectAttestation) apply(tx *bolt.Tx, index uint64, _ time.Time) applyResult {
+func (c *rejectAttestation) apply(tx *bolt.Tx, index uint64, at time.Time) applyResult {
 	a := c.Attestation
 	a.ID = index
+	if c.Quarantine && a.DeviceID != "" {
+		if err := quarantine(tx, a.DeviceID, at, fmt.Sprintf("%s failed (attestation %d): %s", a.Stage, index, a.Code)); err != nil {
+			return applyResult{Err: err}
+		}
+	}
+	if len(c.Flags) > 0 && a.DeviceID != "" {
+		if d, err := getDevice(tx, a.DeviceID); err == nil {
+			if err := raiseFlags(tx, &d, c.Flags, index, at); err != nil {
+				return applyResult{Err: err}
+			}
+			if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+				return applyResult{Err: err}
+			}
+		}
+	}
 	if err := putAttestation(tx, a); err != nil {
+		return applyResult{Err: err}
+	}
+	actor := "unauthenticated"
+	if a.DeviceID != "" {
+		actor = "device:" + a.DeviceID
+	}
+	if err := appendAudit(tx, at, AuditEnrollmentRejected, actor, a.DeviceID, attestationSummary(a)); err != nil {
+		return applyResult{Err: err}
+	}
+	if err := countFailure(tx, a, at); err != nil {
 		return applyResult{Err: err}
 	}
 	if c.SessionID != "" && !sessionUsed(tx, c.SessionID) {
@@ -212,4 +301,64 @@ func be64(v uint64) []byte {
 	b := make([]byte, 8)
 	binary.BigEndian.PutUint64(b, v)
 	return b
+}
+
+// acceptRenewal records a renewal: fresh evidence for an active device and
+// the serial of the certificate about to be issued.
+type acceptRenewal struct {
+	SessionID      string            `json:"session_id"`
+	SessionExpires time.Time         `json:"session_expires"`
+	Attestation    AttestationRecord `json:"attestation"`
+	NotAfter       time.Time         `json:"not_after"`
+}
+
+func (c *acceptRenewal) apply(tx *bolt.Tx, index uint64, at time.Time) applyResult {
+	if sessionUsed(tx, c.SessionID) {
+		return applyResult{Err: ErrSessionUsed}
+	}
+	a := c.Attestation
+	a.ID = index
+	d, err := getDevice(tx, a.DeviceID)
+	if err != nil {
+		return applyResult{Err: err}
+	}
+	if d.Status != DeviceActive {
+		return applyResult{Err: fmt.Errorf("%w: device %s is %s", ErrDeviceInactive, d.ID, d.Status)}
+	}
+	d.CertificateSerial, d.CertificateNotAfter = a.CertificateSerial, c.NotAfter
+	d.Serials = append(d.Serials, a.CertificateSerial)
+	d.LastAttestedAt, d.LastAttestationID, d.Stale = a.Time, index, false
+	if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+		return applyResult{Err: err}
+	}
+	if err := putAttestation(tx, a); err != nil {
+		return applyResult{Err: err}
+	}
+	if err := appendAudit(tx, at, AuditRenewalAccepted, "device:"+d.ID, d.ID, attestationSummary(a)); err != nil {
+		return applyResult{Err: err}
+	}
+	return applyResult{Result: index, Err: markSessionUsed(tx, c.SessionID, c.SessionExpires)}
+}
+
+// CommitRenewal records an accepted renewal and returns the attestation ID.
+func (n *Node) CommitRenewal(ctx context.Context, sessionID string, sessionExpires time.Time, a AttestationRecord, notAfter time.Time) (uint64, error) {
+	return n.apply(ctx, "renewal.accept", 1, &acceptRenewal{SessionID: sessionID, SessionExpires: sessionExpires, Attestation: a, NotAfter: notAfter})
+}
+
+// CommitFailedRenewal records a refused renewal and quarantines the device
+// in the same transaction.
+func (n *Node) CommitFailedRenewal(ctx context.Context, sessionID string, sessionExpires time.Time, a AttestationRecord) (uint64, error) {
+	return n.apply(ctx, "attestation.reject", 1, &rejectAttestation{SessionID: sessionID, SessionExpires: sessionExpires, Attestation: a, Quarantine: true})
+}
+
+// raiseFlags appends flags to d (the caller stores d) and audits each.
+func raiseFlags(tx *bolt.Tx, d *Device, flags []Flag, index uint64, at time.Time) error {
+	for _, f := range flags {
+		f.AttestationID, f.Time = index, at
+		d.Flags = append(d.Flags, f)
+		if err := appendAudit(tx, at, AuditDeviceFlag, "gatehouse", d.ID, f); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -1,9 +1,12 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"time"
 
@@ -30,6 +33,7 @@ const (
 	OpEnable     = "enable"
 	OpQuarantine = "quarantine"
 	OpDelete     = "delete"
+	OpRevoke     = "revoke"
 )
 
 // transitions is the whole state machine: operation → states it applies to
@@ -43,6 +47,7 @@ var transitions = map[string]struct {
 	OpEnable:     {[]string{DeviceDisabled, DeviceQuarantined}, DeviceActive},
 	OpQuarantine: {[]string{DeviceActive}, DeviceQuarantined},
 	OpDelete:     {[]string{DevicePending, DeviceActive, DeviceDisabled, DeviceQuarantined, DeviceRevoked}, DeviceDeleted},
+	OpRevoke:     {[]string{DevicePending, DeviceActive, DeviceDisabled, DeviceQuarantined}, DeviceRevoked},
 }
 
 // Ops lists the operations, for help texts and tests.
@@ -96,9 +101,200 @@ func (c *transitionDevice) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResul
 	if err != nil {
 		return applyResult{Err: err}
 	}
-	d.History = append(d.History, StateChange{Time: at, Op: c.Op, From: d.Status, To: to, Actor: c.Actor, Reason: c.Reason})
+	return applyResult{Err: setState(tx, d, c.Op, to, c.Actor, c.Reason, at)}
+}
+
+func setState(tx *bolt.Tx, d Device, op, to, actor, reason string, at time.Time) error {
+	ch := StateChange{Time: at, Op: op, From: d.Status, To: to, Actor: actor, Reason: reason}
+	d.History = append(d.History, ch)
 	d.Status = to
-	return applyResult{Err: putJSON(tx.Bucket(bDevices), []byte(d.ID), d)}
+	if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+		return err
+	}
+	return appendAudit(tx, at, AuditDeviceState, actor, d.ID, ch)
+}
+
+// quarantine moves an active device to quarantined on the appliance's own
+// authority (a failed renewal). A device in any other state keeps it.
+func quarantine(tx *bolt.Tx, id string, at time.Time, reason string) error {
+	d, err := getDevice(tx, id)
+	if err != nil || d.Status != DeviceActive {
+		return nil
+	}
+	return setState(tx, d, OpQuarantine, DeviceQuarantined, "gatehouse", reason, at)
+}
+
+// Repeated failures: FailureThreshold refusals for one device ID (one EK)
+// within FailureWindow raise FlagRepeatedFailures once per window.
+const (
+	FailureThreshold = 5
+	FailureWindow    = time.Hour
+)
+
+var bFailures = []byte("failures") // device ID → failureCount
+
+type failureCount struct {
+	WindowStart time.Time `json:"window_start"`
+	Count       int       `json:"count"`
+}
+
+func countFailure(tx *bolt.Tx, a AttestationRecord, at time.Time) error {
+	if a.DeviceID == "" {
+		return nil
+	}
+	b := tx.Bucket(bFailures)
+	var fc failureCount
+	if v := b.Get([]byte(a.DeviceID)); v != nil {
+		if err := json.Unmarshal(v, &fc); err != nil {
+			return err
+		}
+	}
+	if at.Sub(fc.WindowStart) > FailureWindow {
+		fc = failureCount{WindowStart: at}
+	}
+	fc.Count++
+	if err := putJSON(b, []byte(a.DeviceID), fc); err != nil {
+		return err
+	}
+	if fc.Count != FailureThreshold {
+		return nil
+	}
+	f := Flag{Name: FlagRepeatedFailures, Time: at, AttestationID: a.ID,
+		Detail: fmt.Sprintf("%d refused attempts since %s; the last: %s", fc.Count, fc.WindowStart.Format(time.RFC3339), a.Code)}
+	if d, err := getDevice(tx, a.DeviceID); err == nil {
+		d.Flags = append(d.Flags, f)
+		if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+			return err
+		}
+	}
+	return appendAudit(tx, at, AuditDeviceFlag, "gatehouse", a.DeviceID, f)
+}
+
+// labelDevice sets and removes labels.
+type labelDevice struct {
+	DeviceID string            `json:"device_id"`
+	Set      map[string]string `json:"set,omitempty"`
+	Remove   []string          `json:"remove,omitempty"`
+	Actor    string            `json:"actor"`
+}
+
+func (c *labelDevice) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
+	d, err := getDevice(tx, c.DeviceID)
+	if err != nil {
+		return applyResult{Err: err}
+	}
+	if d.Labels == nil {
+		d.Labels = map[string]string{}
+	}
+	for k, v := range c.Set {
+		d.Labels[k] = v
+	}
+	for _, k := range c.Remove {
+		delete(d.Labels, k)
+	}
+	if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+		return applyResult{Err: err}
+	}
+	return applyResult{Err: appendAudit(tx, at, AuditDeviceLabels, c.Actor, d.ID, map[string]any{"set": c.Set, "remove": c.Remove, "labels": d.Labels})}
+}
+
+// ErrInvalidLabel: a label key or value the registry does not accept.
+var ErrInvalidLabel = errors.New("invalid label")
+
+var labelKeyRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._/-]{0,62}[a-z0-9])?$`)
+
+// LabelDevice sets (key=value) and removes labels on a device.
+func (n *Node) LabelDevice(ctx context.Context, deviceID, actor string, set map[string]string, remove []string) (Device, error) {
+	for k, v := range set {
+		if !labelKeyRE.MatchString(k) || len(v) > 256 {
+			return Device{}, fmt.Errorf("%w: %q=%q (keys: lower-case letters, digits, . _ / -, up to 64; values up to 256 bytes)", ErrInvalidLabel, k, v)
+		}
+	}
+	if _, err := n.apply(ctx, "device.labels", 1, &labelDevice{DeviceID: deviceID, Set: set, Remove: remove, Actor: actor}); err != nil {
+		return Device{}, err
+	}
+	return n.Device(deviceID)
+}
+
+// configureDevice replaces a device's configuration override.
+type configureDevice struct {
+	DeviceID string          `json:"device_id"`
+	Config   json.RawMessage `json:"config"`
+	Actor    string          `json:"actor"`
+}
+
+func (c *configureDevice) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
+	d, err := getDevice(tx, c.DeviceID)
+	if err != nil {
+		return applyResult{Err: err}
+	}
+	d.Config = c.Config
+	d.ConfigVersion++
+	if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+		return applyResult{Err: err}
+	}
+	return applyResult{Result: uint64(d.ConfigVersion), Err: appendAudit(tx, at, AuditDeviceConfig, c.Actor, d.ID, map[string]any{"version": d.ConfigVersion, "config": c.Config})}
+}
+
+// ErrInvalidConfig: configuration must be a JSON object.
+var ErrInvalidConfig = errors.New("configuration must be a JSON object")
+
+// ConfigureDevice replaces a device's configuration override (a JSON
+// object; {} clears it) and returns the device.
+func (n *Node) ConfigureDevice(ctx context.Context, deviceID, actor string, config json.RawMessage) (Device, error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(config, &obj); err != nil || obj == nil {
+		return Device{}, ErrInvalidConfig
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, config); err != nil {
+		return Device{}, ErrInvalidConfig
+	}
+	if _, err := n.apply(ctx, "device.config", 1, &configureDevice{DeviceID: deviceID, Config: buf.Bytes(), Actor: actor}); err != nil {
+		return Device{}, err
+	}
+	return n.Device(deviceID)
+}
+
+// markStale flags devices that have not re-attested in time. The leader
+// proposes the list; the FSM re-checks each against the same cutoff.
+type markStale struct {
+	DeviceIDs []string    `json:"device_ids"`
+	Cutoffs   []time.Time `json:"cutoffs"`
+}
+
+func (c *markStale) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
+	for i, id := range c.DeviceIDs {
+		d, err := getDevice(tx, id)
+		if err != nil || d.Stale || d.Status != DeviceActive || !d.LastAttestedAt.Before(c.Cutoffs[i]) {
+			continue
+		}
+		d.Stale = true
+		f := Flag{Name: FlagStale, Time: at, Detail: "no re-attestation since " + d.LastAttestedAt.Format(time.RFC3339)}
+		d.Flags = append(d.Flags, f)
+		if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+			return applyResult{Err: err}
+		}
+		if err := appendAudit(tx, at, AuditDeviceFlag, "gatehouse", d.ID, f); err != nil {
+			return applyResult{Err: err}
+		}
+	}
+	return applyResult{}
+}
+
+// MarkStale marks active devices whose last attestation is before their
+// cutoff (one per device).
+func (n *Node) MarkStale(ctx context.Context, cutoffs map[string]time.Time) error {
+	c := &markStale{}
+	for id, t := range cutoffs {
+		c.DeviceIDs = append(c.DeviceIDs, id)
+		c.Cutoffs = append(c.Cutoffs, t)
+	}
+	if len(c.DeviceIDs) == 0 {
+		return nil
+	}
+	_, err := n.apply(ctx, "device.stale", 1, c)
+	return err
 }
 
 // TransitionDevice performs op on a device. Every operation needs an actor

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -40,10 +41,21 @@ type setMember struct {
 	Member Member `json:"member"`
 }
 
-func (c *setMember) apply(tx *bolt.Tx, _ uint64, _ time.Time) applyResult {
+func (c *setMember) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 	m := c.Member
 	m.Voter, m.Leader = false, false
-	return applyResult{Err: putJSON(tx.Bucket(bMembers), []byte(m.ID), m)}
+	b := tx.Bucket(bMembers)
+	buf, err := json.Marshal(m)
+	if err != nil {
+		return applyResult{Err: err}
+	}
+	if bytes.Equal(b.Get([]byte(m.ID)), buf) {
+		return applyResult{} // a node re-announcing itself unchanged
+	}
+	if err := b.Put([]byte(m.ID), buf); err != nil {
+		return applyResult{Err: err}
+	}
+	return applyResult{Err: appendAudit(tx, at, AuditMemberSet, "node:"+m.ID, m.ID, m)}
 }
 
 type joinToken struct {
@@ -58,8 +70,11 @@ type createJoinToken struct {
 	Expires      time.Time `json:"expires"`
 }
 
-func (c *createJoinToken) apply(tx *bolt.Tx, _ uint64, _ time.Time) applyResult {
-	return applyResult{Err: putJSON(tx.Bucket(bJoinTokens), []byte(c.ID), joinToken{SecretSHA256: c.SecretSHA256, Expires: c.Expires})}
+func (c *createJoinToken) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
+	if err := putJSON(tx.Bucket(bJoinTokens), []byte(c.ID), joinToken{SecretSHA256: c.SecretSHA256, Expires: c.Expires}); err != nil {
+		return applyResult{Err: err}
+	}
+	return applyResult{Err: appendAudit(tx, at, AuditJoinTokenCreated, "operator", c.ID, map[string]any{"expires": c.Expires})}
 }
 
 type consumeJoinToken struct {
@@ -84,7 +99,10 @@ func (c *consumeJoinToken) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResul
 		return applyResult{Err: ErrJoinTokenExpired}
 	}
 	t.UsedBy = c.NodeID
-	return applyResult{Err: putJSON(b, []byte(c.ID), t)}
+	if err := putJSON(b, []byte(c.ID), t); err != nil {
+		return applyResult{Err: err}
+	}
+	return applyResult{Err: appendAudit(tx, at, AuditJoinTokenUsed, "node:"+c.NodeID, c.ID, nil)}
 }
 
 // CreateJoinToken stores a one-time join token: only the SHA-256 of its

@@ -212,16 +212,16 @@ func (n *Node) RaftAddr() string { return string(n.transport.LocalAddr()) }
 
 // CommitEnrollment records a verified enrollment and consumes its session.
 // It fails with ErrSessionUsed, changing nothing, if the session was used.
-func (n *Node) CommitEnrollment(ctx context.Context, sessionID string, sessionExpires time.Time, d Device, a AttestationRecord) (uint64, error) {
+func (n *Node) CommitEnrollment(ctx context.Context, sessionID string, sessionExpires time.Time, d Device, a AttestationRecord, flags ...Flag) (uint64, error) {
 	if sessionID == "" || d.ID == "" {
 		return 0, errors.New("cluster: an enrollment needs a session and a device ID")
 	}
-	return n.apply(ctx, "enrollment.accept", 1, &acceptEnrollment{SessionID: sessionID, SessionExpires: sessionExpires, Device: d, Attestation: a})
+	return n.apply(ctx, "enrollment.accept", 1, &acceptEnrollment{SessionID: sessionID, SessionExpires: sessionExpires, Device: d, Attestation: a, Flags: flags})
 }
 
 // CommitRejection records a refused attempt; sessionID, if set, is consumed.
-func (n *Node) CommitRejection(ctx context.Context, sessionID string, sessionExpires time.Time, a AttestationRecord) (uint64, error) {
-	return n.apply(ctx, "attestation.reject", 1, &rejectAttestation{SessionID: sessionID, SessionExpires: sessionExpires, Attestation: a})
+func (n *Node) CommitRejection(ctx context.Context, sessionID string, sessionExpires time.Time, a AttestationRecord, flags ...Flag) (uint64, error) {
+	return n.apply(ctx, "attestation.reject", 1, &rejectAttestation{SessionID: sessionID, SessionExpires: sessionExpires, Attestation: a, Flags: flags})
 }
 
 func (n *Node) apply(ctx context.Context, typ string, version int, payload any) (uint64, error) {

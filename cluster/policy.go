@@ -30,6 +30,9 @@ func (c *applyPolicy) apply(tx *bolt.Tx, index uint64, at time.Time) applyResult
 	if err := putJSON(b, be64(uint64(version)), rec); err != nil {
 		return applyResult{Err: err}
 	}
+	if err := appendAudit(tx, at, AuditPolicyApplied, c.Actor, fmt.Sprintf("policy/v%d", version), map[string]any{"version": version, "sha256": rec.SHA256}); err != nil {
+		return applyResult{Err: err}
+	}
 	return applyResult{Result: uint64(version)}
 }
 

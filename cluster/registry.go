@@ -29,6 +29,7 @@ var (
 const (
 	OutcomeAccepted = "accepted"
 	OutcomeRejected = "rejected"
+	OutcomePending  = "pending" // genuine and admitted by policy, awaiting an operator
 )
 
 // Claims are what a device says about itself: recorded, never trusted.
@@ -51,23 +52,54 @@ type EKInfo struct {
 
 // Device is a registry entry.
 type Device struct {
-	ID                string            `json:"id"`
-	Status            string            `json:"status"`
-	EK                EKInfo            `json:"ek"`
-	AKPublicSHA256    string            `json:"ak_public_sha256"`
-	Claims            Claims            `json:"claims"`
-	CertificateSerial string            `json:"certificate_serial"`
-	EnrolledAt        time.Time         `json:"enrolled_at"`
-	LastEnrolledAt    time.Time         `json:"last_enrolled_at"`
-	Enrollments       int               `json:"enrollments"`
-	LastAttestationID uint64            `json:"last_attestation_id"`
-	Labels            map[string]string `json:"labels,omitempty"`
+	ID                string `json:"id"`
+	Status            string `json:"status"`
+	EK                EKInfo `json:"ek"`
+	AKPublicSHA256    string `json:"ak_public_sha256"`
+	Claims            Claims `json:"claims"`
+	CertificateSerial string `json:"certificate_serial"`
+	// CertificateNotAfter is when the newest certificate expires.
+	CertificateNotAfter time.Time         `json:"certificate_not_after"`
+	EnrolledAt          time.Time         `json:"enrolled_at"`
+	LastEnrolledAt      time.Time         `json:"last_enrolled_at"`
+	Enrollments         int               `json:"enrollments"`
+	LastAttestationID   uint64            `json:"last_attestation_id"`
+	Labels              map[string]string `json:"labels,omitempty"`
 	// Group and Mode are the enrollment group that admitted the device.
 	Group         string `json:"group,omitempty"`
 	Mode          string `json:"mode,omitempty"`
 	PolicyVersion int    `json:"policy_version"`
 	// History lists every state change after enrollment, oldest first.
 	History []StateChange `json:"history,omitempty"`
+	// Serials lists every certificate serial (hex) issued to the device,
+	// oldest first; revocation revokes them all.
+	Serials []string `json:"serials,omitempty"`
+	// LastAttestedAt is the newest accepted enrollment or renewal; a device
+	// that does not re-attest within its group's interval is marked Stale.
+	LastAttestedAt time.Time `json:"last_attested_at"`
+	Stale          bool      `json:"stale,omitempty"`
+	// Flags are anomalies raised on the device, oldest first.
+	Flags []Flag `json:"flags,omitempty"`
+	// Config is the per-device configuration override (a JSON object),
+	// merged over the group's; ConfigVersion counts its changes.
+	Config        json.RawMessage `json:"config,omitempty"`
+	ConfigVersion int             `json:"config_version,omitempty"`
+}
+
+// Device flags.
+const (
+	FlagReprovisioned    = "reprovisioned"     // same EK, new AK: the TPM was cleared or the device re-imaged
+	FlagPossibleClone    = "possible_clone"    // a new AK while the old identity's certificate is still valid
+	FlagRepeatedFailures = "repeated_failures" // FailureThreshold refusals for one EK within FailureWindow
+	FlagStale            = "stale"             // no re-attestation within the group's interval
+)
+
+// Flag is one anomaly raised on a device.
+type Flag struct {
+	Name          string    `json:"name"`
+	Time          time.Time `json:"time"`
+	AttestationID uint64    `json:"attestation_id,omitempty"`
+	Detail        string    `json:"detail"`
 }
 
 // PCRValue is one PCR as quoted.

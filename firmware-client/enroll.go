@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,6 +34,9 @@ type Identity struct {
 	// KeyBlob is the TPM-wrapped device key (go-attestation's opaque
 	// encoding). It is useless without the TPM that created it.
 	KeyBlob []byte
+	// AKBlob is the TPM-wrapped attestation key the appliance registered;
+	// renewals quote with it.
+	AKBlob []byte
 }
 
 // Option configures Enroll.
@@ -148,7 +152,33 @@ func (c *Client) Enroll(ctx context.Context, tpm *TPM, opts ...Option) (*Identit
 	if id.KeyBlob, err = key.Marshal(); err != nil {
 		return nil, fmt.Errorf("marshal device key: %w", err)
 	}
+	if id.AKBlob, err = ak.Marshal(); err != nil {
+		return nil, fmt.Errorf("marshal AK: %w", err)
+	}
 	return id, nil
+}
+
+// EnrollWaiting enrolls, and while the appliance answers that the device is
+// pending approval, waits the hinted time and enrolls again (fresh
+// evidence each time) until it is approved, refused, or ctx ends. pending,
+// if set, is told about each wait.
+func (c *Client) EnrollWaiting(ctx context.Context, tpm *TPM, pending func(*api.Pending), opts ...Option) (*Identity, error) {
+	for {
+		id, err := c.Enroll(ctx, tpm, opts...)
+		var p *api.Pending
+		if !errors.As(err, &p) {
+			return id, err
+		}
+		if pending != nil {
+			pending(p)
+		}
+		wait := time.Duration(max(p.RetryAfterSeconds, 1)) * time.Second
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("still pending approval: %w (%v)", ctx.Err(), p)
+		case <-time.After(wait):
+		}
+	}
 }
 
 // NewChallengeRequest builds the first round trip's request.
@@ -318,6 +348,18 @@ func decodeResponse(resp *http.Response, out any) error {
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if err != nil {
 		return err
+	}
+	if resp.StatusCode == http.StatusAccepted {
+		var p api.Pending
+		if err := json.Unmarshal(b, &p); err != nil || p.Status == "" {
+			return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
+		}
+		if p.RetryAfterSeconds <= 0 {
+			if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
+				p.RetryAfterSeconds = s
+			}
+		}
+		return &p
 	}
 	if resp.StatusCode != http.StatusOK {
 		var p api.Problem

@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -25,6 +24,7 @@ const (
 	ChainFile    = "chain.pem"
 	ConfigFile   = "config.json"
 	KeyBlobFile  = "key.blob"
+	AKBlobFile   = "ak.blob"
 	IdentityFile = "identity.json"
 )
 
@@ -62,6 +62,7 @@ func (id *Identity) Save(dir, server string) error {
 		mode os.FileMode
 	}{
 		{KeyBlobFile, id.KeyBlob, 0o600},
+		{AKBlobFile, id.AKBlob, 0o600},
 		{ChainFile, chain, 0o644},
 		{ConfigFile, append([]byte(cfg), '\n'), 0o644},
 		{IdentityFile, append(meta, '\n'), 0o644},
@@ -117,6 +118,9 @@ func LoadIdentity(dir string) (*Identity, error) {
 	if id.KeyBlob, err = os.ReadFile(filepath.Join(dir, KeyBlobFile)); err != nil {
 		return nil, err
 	}
+	if id.AKBlob, err = os.ReadFile(filepath.Join(dir, AKBlobFile)); err != nil {
+		return nil, err
+	}
 	if id.Configuration, err = os.ReadFile(filepath.Join(dir, ConfigFile)); err != nil {
 		return nil, err
 	}
@@ -157,24 +161,6 @@ func (id *Identity) TLSCertificate(tpm *TPM) (tls.Certificate, *attest.Key, erro
 
 // WhoAmI calls GET /v1/whoami authenticated by the identity's TPM key.
 func (c *Client) WhoAmI(ctx context.Context, tpm *TPM, id *Identity) (*api.WhoAmIResponse, error) {
-	cert, key, err := id.TLSCertificate(tpm)
-	if err != nil {
-		return nil, err
-	}
-	defer key.Close()
-	hc := newHTTPClient(c.root, &cert)
-	defer hc.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.server+api.PathWhoAmI, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
 	var out api.WhoAmIResponse
-	if err := decodeResponse(resp, &out); err != nil {
-		return nil, fmt.Errorf("whoami: %w", err)
-	}
-	return &out, nil
+	return &out, c.getMTLS(ctx, tpm, id, api.PathWhoAmI, &out)
 }

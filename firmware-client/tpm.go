@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/go-attestation/attest"
+	"github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/tpmutil"
 )
 
 // ErrNoEventLog means the TPM's platform has no firmware event log (swtpm,
@@ -121,3 +123,13 @@ func (c *framedChannel) Read(b []byte) (int, error) {
 func (c *framedChannel) Close() error { return c.rw.Close() }
 
 func (c *framedChannel) MeasurementLog() ([]byte, error) { return c.log() }
+
+// ExtendPCR extends a SHA-256 PCR with digest, as a boot component measures
+// the next one. Agents that measure their own payload use it; tests use it
+// to change a device's boot state.
+func (t *TPM) ExtendPCR(index int, digest []byte) error {
+	if len(digest) != 32 {
+		return fmt.Errorf("extend PCR %d: want a 32-byte SHA-256 digest, got %d bytes", index, len(digest))
+	}
+	return tpm2.PCRExtend(t.raw, tpmutil.Handle(index), tpm2.AlgSHA256, digest, "")
+}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
@@ -108,41 +109,57 @@ func (a *Appliance) read(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// adminHandler is the admin API on the unix socket: whoever can reach the
+// socket (the appliance's OS user) is an operator.
 func (a *Appliance) adminHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+adminStatus, func(w http.ResponseWriter, r *http.Request) {
+	a.registerAdmin(func(role, pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, h) })
+	return mux
+}
+
+// registerAdmin hands every admin route, with the least role that may call
+// it, to add.
+func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerFunc)) {
+	add(ca.RoleAuditor, "GET "+adminStatus, func(w http.ResponseWriter, r *http.Request) {
 		h, err := a.node.StateHash()
 		writeResult(w, http.StatusOK, Status{
 			NodeID: a.cfg.NodeID, Leader: a.node.IsLeader(), LeaderID: a.node.LeaderID(), TrustDomain: a.cfg.TrustDomain,
 			DeviceAPI: "https://" + a.Addr(), RaftAddr: a.node.RaftAddr(), StateHash: h, CertificatesIssued: a.CertificatesIssued(),
 		}, a.adminErr(err))
 	})
-	mux.HandleFunc("GET "+adminDevices, a.read(func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleAuditor, "GET "+adminDevices, a.read(func(w http.ResponseWriter, r *http.Request) {
 		devs, err := a.node.Devices()
 		if state := r.URL.Query().Get("state"); state != "" && err == nil {
 			devs = slices.DeleteFunc(devs, func(d cluster.Device) bool { return d.Status != state })
 		}
 		writeResult(w, http.StatusOK, devs, a.adminErr(err))
 	}))
-	mux.HandleFunc("POST "+adminDevices+"/{id}/{op}", func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleOperator, "POST "+adminDevices+"/{id}/{op}", func(w http.ResponseWriter, r *http.Request) {
 		var req DeviceOp
 		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
 			writeProblem(w, malformed("body: "+err.Error()))
 			return
 		}
-		dev, err := a.node.TransitionDevice(r.Context(), r.PathValue("id"), r.PathValue("op"), req.Actor, req.Reason)
+		who := actor(r, req.Actor)
+		var dev cluster.Device
+		var err error
+		if r.PathValue("op") == cluster.OpRevoke {
+			dev, err = a.RevokeDevice(r.Context(), r.PathValue("id"), who, req.Reason)
+		} else {
+			dev, err = a.node.TransitionDevice(r.Context(), r.PathValue("id"), r.PathValue("op"), who, req.Reason)
+		}
 		if err != nil {
 			writeProblem(w, a.clusterProblem(err))
 			return
 		}
-		a.log.Info("device state changed", "device_id", dev.ID, "op", r.PathValue("op"), "state", dev.Status, "actor", req.Actor)
+		a.log.Info("device state changed", "device_id", dev.ID, "op", r.PathValue("op"), "state", dev.Status, "actor", who)
 		writeJSON(w, http.StatusOK, dev)
 	})
-	mux.HandleFunc("GET "+adminDevices+"/{id}", a.read(func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleAuditor, "GET "+adminDevices+"/{id}", a.read(func(w http.ResponseWriter, r *http.Request) {
 		dev, err := a.node.Device(r.PathValue("id"))
 		writeResult(w, http.StatusOK, dev, a.adminErr(err))
 	}))
-	mux.HandleFunc("GET "+adminAttestation, a.read(func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleAuditor, "GET "+adminAttestation, a.read(func(w http.ResponseWriter, r *http.Request) {
 		q := cluster.AttestationQuery{DeviceID: r.URL.Query().Get("device"), Limit: 100}
 		if s := r.URL.Query().Get("limit"); s != "" {
 			n, err := strconv.Atoi(s)
@@ -155,7 +172,7 @@ func (a *Appliance) adminHandler() http.Handler {
 		recs, err := a.node.Attestations(q)
 		writeResult(w, http.StatusOK, recs, a.adminErr(err))
 	}))
-	mux.HandleFunc("GET "+adminAttestation+"/{id}", a.read(func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleAuditor, "GET "+adminAttestation+"/{id}", a.read(func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 		if err != nil {
 			writeProblem(w, malformed("attestation IDs are positive integers"))
@@ -164,7 +181,7 @@ func (a *Appliance) adminHandler() http.Handler {
 		rec, err := a.node.Attestation(id)
 		writeResult(w, http.StatusOK, rec, a.adminErr(err))
 	}))
-	mux.HandleFunc("PUT "+adminPolicy, func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleOperator, "PUT "+adminPolicy, func(w http.ResponseWriter, r *http.Request) {
 		var req PolicyApply
 		if err := json.NewDecoder(io.LimitReader(r.Body, 8<<20)).Decode(&req); err != nil {
 			writeProblem(w, malformed("body: "+err.Error()))
@@ -174,16 +191,16 @@ func (a *Appliance) adminHandler() http.Handler {
 			writeProblem(w, malformed(err.Error()))
 			return
 		}
-		v, err := a.node.ApplyPolicy(r.Context(), req.Actor, req.Document)
+		v, err := a.node.ApplyPolicy(r.Context(), actor(r, req.Actor), req.Document)
 		if err != nil {
 			writeProblem(w, a.clusterProblem(err))
 			return
 		}
 		rec, err := a.node.Policy(v)
-		a.log.Info("policy applied", "version", v, "actor", req.Actor, "sha256", rec.SHA256)
+		a.log.Info("policy applied", "version", v, "actor", actor(r, req.Actor), "sha256", rec.SHA256)
 		writeResult(w, http.StatusOK, rec, a.adminErr(err))
 	})
-	mux.HandleFunc("GET "+adminPolicy, a.read(func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleAuditor, "GET "+adminPolicy, a.read(func(w http.ResponseWriter, r *http.Request) {
 		v := 0
 		if s := r.URL.Query().Get("version"); s != "" {
 			n, err := strconv.Atoi(s)
@@ -196,11 +213,11 @@ func (a *Appliance) adminHandler() http.Handler {
 		rec, err := a.node.Policy(v)
 		writeResult(w, http.StatusOK, rec, a.adminErr(err))
 	}))
-	mux.HandleFunc("GET "+adminPolicy+"/history", a.read(func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleAuditor, "GET "+adminPolicy+"/history", a.read(func(w http.ResponseWriter, r *http.Request) {
 		recs, err := a.node.PolicyHistory()
 		writeResult(w, http.StatusOK, recs, a.adminErr(err))
 	}))
-	mux.HandleFunc("POST "+adminPolicy+"/test", a.read(func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleAuditor, "POST "+adminPolicy+"/test", a.read(func(w http.ResponseWriter, r *http.Request) {
 		doc, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
 		if err != nil {
 			writeProblem(w, malformed(err.Error()))
@@ -214,7 +231,7 @@ func (a *Appliance) adminHandler() http.Handler {
 		res, err := DryRun(a.node, p)
 		writeResult(w, http.StatusOK, res, a.adminErr(err))
 	}))
-	mux.HandleFunc("GET "+adminPolicy+"/capture", a.read(func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleOperator, "GET "+adminPolicy+"/capture", a.read(func(w http.ResponseWriter, r *http.Request) {
 		p, err := CapturePolicy(a.node, r.URL.Query().Get("device"), r.URL.Query().Get("group"))
 		if err != nil {
 			writeProblem(w, a.adminErr(err))
@@ -223,7 +240,7 @@ func (a *Appliance) adminHandler() http.Handler {
 		doc, err := marshalPolicy(p)
 		writeResult(w, http.StatusOK, json.RawMessage(doc), a.adminErr(err))
 	}))
-	mux.HandleFunc("POST "+adminTokens, func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleOperator, "POST "+adminTokens, func(w http.ResponseWriter, r *http.Request) {
 		var req tokenRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.TTL.Duration <= 0 {
 			writeProblem(w, malformed("want {\"ttl\": \"15m\"} with a positive duration"))
@@ -236,19 +253,19 @@ func (a *Appliance) adminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, tokenResponse{Token: tok.String(), Expires: time.Now().Add(req.TTL.Duration)})
 	})
-	mux.HandleFunc("GET "+adminMembers, func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleOperator, "GET "+adminMembers, func(w http.ResponseWriter, r *http.Request) {
 		ms, err := a.node.Members()
 		writeResult(w, http.StatusOK, ms, a.adminErr(err))
 	})
-	mux.HandleFunc("DELETE "+adminMembers+"/{id}", func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleOperator, "DELETE "+adminMembers+"/{id}", func(w http.ResponseWriter, r *http.Request) {
 		err := a.leaderOp(r.Context(), leaderOp{Op: "remove", NodeID: r.PathValue("id")})
 		writeResult(w, http.StatusOK, struct{}{}, err)
 	})
-	mux.HandleFunc("POST "+adminTransfer, func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleOperator, "POST "+adminTransfer, func(w http.ResponseWriter, r *http.Request) {
 		err := a.leaderOp(r.Context(), leaderOp{Op: "transfer-leadership"})
 		writeResult(w, http.StatusOK, struct{}{}, err)
 	})
-	mux.HandleFunc("GET "+adminBackup, func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleOperator, "GET "+adminBackup, func(w http.ResponseWriter, r *http.Request) {
 		var buf bytes.Buffer // whole, so a failure is a clean error rather than a cut archive
 		meta, err := a.WriteBackup(r.Context(), &buf)
 		if err != nil {
@@ -259,7 +276,7 @@ func (a *Appliance) adminHandler() http.Handler {
 		w.Header().Set("Gatehouse-Raft-Index", strconv.FormatUint(meta.RaftIndex, 10))
 		w.Write(buf.Bytes())
 	})
-	mux.HandleFunc("POST "+adminRestore, func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleOperator, "POST "+adminRestore, func(w http.ResponseWriter, r *http.Request) {
 		b, err := ReadBackup(r.Body)
 		if err != nil {
 			writeProblem(w, malformed(err.Error()))
@@ -276,7 +293,7 @@ func (a *Appliance) adminHandler() http.Handler {
 		a.log.Info("registry restored from backup", "backup_node", b.Meta.NodeID, "backup_created", b.Meta.Created)
 		writeJSON(w, http.StatusOK, b.Meta)
 	})
-	return mux
+	a.registerRegistryAdmin(add)
 }
 
 // leaderOp is a membership operation only the leader can carry out; a

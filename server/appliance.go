@@ -48,6 +48,10 @@ type Config struct {
 	Hostnames    []string `json:"hostnames"` // names and IPs in the HTTPS server certificate
 	CertValidity Duration `json:"cert_validity"`
 	SessionTTL   Duration `json:"session_ttl"`
+	// ApprovalRetry is the Retry-After given to a device pending approval.
+	ApprovalRetry Duration `json:"approval_retry"`
+	// AuditCheckpointEvery is how often the leader signs the audit head.
+	AuditCheckpointEvery Duration `json:"audit_checkpoint_every"`
 	// JoinSeed is the API address (host:port) this node joined through;
 	// empty for the node that created the cluster.
 	JoinSeed string `json:"join_seed,omitempty"`
@@ -73,13 +77,15 @@ var trustDomainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$`)
 // DefaultConfig returns the configuration Init fills in for omitted fields.
 func DefaultConfig() Config {
 	return Config{
-		NodeID:       "node-1",
-		TrustDomain:  "gatehouse.local",
-		Listen:       "127.0.0.1:8443",
-		RaftAddr:     "127.0.0.1:8300",
-		Hostnames:    []string{"localhost", "127.0.0.1"},
-		CertValidity: Duration{30 * 24 * time.Hour},
-		SessionTTL:   Duration{5 * time.Minute},
+		NodeID:               "node-1",
+		TrustDomain:          "gatehouse.local",
+		Listen:               "127.0.0.1:8443",
+		RaftAddr:             "127.0.0.1:8300",
+		Hostnames:            []string{"localhost", "127.0.0.1"},
+		CertValidity:         Duration{30 * 24 * time.Hour},
+		SessionTTL:           Duration{5 * time.Minute},
+		ApprovalRetry:        Duration{30 * time.Second},
+		AuditCheckpointEvery: Duration{5 * time.Minute},
 	}
 }
 
@@ -91,8 +97,14 @@ func (c Config) validate() error {
 		return fmt.Errorf("config: trust domain %q is not a valid SPIFFE trust domain", c.TrustDomain)
 	case c.CertValidity.Duration <= 0 || c.CertValidity.Duration > 365*24*time.Hour:
 		return fmt.Errorf("config: cert_validity %v must be in (0, 8760h]", c.CertValidity)
+	case len(c.Hostnames) == 0:
+		return errors.New("config: hostnames is empty (the HTTPS certificate needs a name)")
 	case c.SessionTTL.Duration <= 0:
 		return errors.New("config: session_ttl must be positive")
+	case c.ApprovalRetry.Duration < time.Second:
+		return errors.New("config: approval_retry must be at least 1s")
+	case c.AuditCheckpointEvery.Duration < time.Second:
+		return errors.New("config: audit_checkpoint_every must be at least 1s")
 	}
 	return nil
 }
@@ -191,6 +203,7 @@ type Appliance struct {
 	cancel            context.CancelFunc
 	closeOnce         sync.Once
 	closeErr          error
+	deniedLimit       deniedLimiter
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA
@@ -219,7 +232,16 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 			a.Close()
 		}
 	}()
-	if a.ca, err = ca.Open(filepath.Join(dataDir, caDir), password); err != nil {
+	// Listen first: the CRL distribution point in certificates names the port.
+	if a.deviceLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("device API listen %s: %w", cfg.Listen, err)
+	}
+	_, port, _ := net.SplitHostPort(a.deviceLn.Addr().String())
+	kv := &registryKV{}
+	if a.ca, err = ca.Open(filepath.Join(dataDir, caDir), password,
+		ca.WithDatabase(kv),
+		ca.WithCRLDistributionPoint("https://"+net.JoinHostPort(cfg.Hostnames[0], port)+"/crl"),
+	); err != nil {
 		return nil, fmt.Errorf("open CA: %w", err)
 	}
 	sealer, err := newSealer(a.ca.TokenKey())
@@ -247,19 +269,21 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	if err != nil {
 		return nil, fmt.Errorf("open cluster node: %w", err)
 	}
+	kv.node.Store(a.node)
 	a.enroller = &Enroller{
-		ek:           attest.NewEKVerifier(roots),
-		reg:          a.node,
-		policies:     &policyCache{store: a.node},
-		ca:           a.ca,
-		tokens:       sealer,
-		nodeID:       cfg.NodeID,
-		trustDomain:  cfg.TrustDomain,
-		certValidity: cfg.CertValidity.Duration,
-		sessionTTL:   cfg.SessionTTL.Duration,
-		now:          o.now,
-		log:          o.logger,
-		metrics:      newEnrollMetrics(),
+		ek:            attest.NewEKVerifier(roots),
+		reg:           a.node,
+		policies:      &policyCache{store: a.node},
+		ca:            a.ca,
+		tokens:        sealer,
+		nodeID:        cfg.NodeID,
+		trustDomain:   cfg.TrustDomain,
+		certValidity:  cfg.CertValidity.Duration,
+		sessionTTL:    cfg.SessionTTL.Duration,
+		approvalRetry: cfg.ApprovalRetry.Duration,
+		now:           o.now,
+		log:           o.logger,
+		metrics:       newEnrollMetrics(),
 	}
 	if err := a.serveDevices(); err != nil {
 		return nil, err
@@ -268,6 +292,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		return nil, err
 	}
 	go a.registerLoop(cfg.JoinSeed, a.node.Fresh())
+	go a.leaderLoop(cfg.AuditCheckpointEvery.Duration)
 	return a, nil
 }
 
@@ -286,11 +311,7 @@ func (a *Appliance) serveDevices() error {
 		ClientAuth:     tls.VerifyClientCertIfGiven,
 		ClientCAs:      clientCAs,
 	}
-	ln, err := net.Listen("tcp", a.cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("device API listen %s: %w", a.cfg.Listen, err)
-	}
-	a.deviceLn = ln
+	ln := a.deviceLn
 	a.deviceSrv = &http.Server{
 		Handler:           a.deviceHandler(),
 		TLSConfig:         tlsCfg,
@@ -313,6 +334,9 @@ func (a *Appliance) Addr() string { return a.deviceLn.Addr().String() }
 
 // Root is the appliance's root certificate, which devices pin.
 func (a *Appliance) Root() *x509.Certificate { return a.ca.Root() }
+
+// Intermediates is the chain that signs device certificates and the CRL.
+func (a *Appliance) Intermediates() []*x509.Certificate { return a.ca.Intermediates() }
 
 // CertificatesIssued counts device certificates this node issued since it started.
 func (a *Appliance) CertificatesIssued() uint64 { return a.enroller.issued.Load() }
@@ -339,6 +363,9 @@ func (a *Appliance) Close() error {
 			if s != nil {
 				errs = append(errs, s.Shutdown(ctx))
 			}
+		}
+		if a.deviceSrv == nil && a.deviceLn != nil {
+			a.deviceLn.Close()
 		}
 		if a.node != nil {
 			errs = append(errs, a.node.Close())

@@ -327,6 +327,9 @@ var clusterErrors = []struct {
 	{cluster.ErrDeviceInactive, http.StatusForbidden, api.CodeDeviceInactive},
 	{cluster.ErrIllegalTransition, http.StatusConflict, api.CodeIllegalTransition},
 	{cluster.ErrNotFound, http.StatusNotFound, api.CodeNotFound},
+	{cluster.ErrInvalidLabel, http.StatusBadRequest, api.CodeMalformed},
+	{cluster.ErrInvalidConfig, http.StatusBadRequest, api.CodeMalformed},
+	{cluster.ErrAuditCheckpoint, http.StatusConflict, api.CodeMalformed},
 }
 
 func (a *Appliance) clusterProblem(err error) *api.Problem {

@@ -26,8 +26,10 @@ import (
 
 // registry is what enrollment needs from the replicated store.
 type registry interface {
-	CommitEnrollment(ctx context.Context, sessionID string, sessionExpires time.Time, d cluster.Device, a cluster.AttestationRecord) (uint64, error)
-	CommitRejection(ctx context.Context, sessionID string, sessionExpires time.Time, a cluster.AttestationRecord) (uint64, error)
+	CommitEnrollment(ctx context.Context, sessionID string, sessionExpires time.Time, d cluster.Device, a cluster.AttestationRecord, flags ...cluster.Flag) (uint64, error)
+	CommitRejection(ctx context.Context, sessionID string, sessionExpires time.Time, a cluster.AttestationRecord, flags ...cluster.Flag) (uint64, error)
+	CommitRenewal(ctx context.Context, sessionID string, sessionExpires time.Time, a cluster.AttestationRecord, notAfter time.Time) (uint64, error)
+	CommitFailedRenewal(ctx context.Context, sessionID string, sessionExpires time.Time, a cluster.AttestationRecord) (uint64, error)
 	SessionUsed(sessionID string) (bool, error)
 	Device(id string) (cluster.Device, error)
 	policyStore
@@ -51,20 +53,48 @@ type Enroller struct {
 	trustDomain  string
 	certValidity time.Duration
 	sessionTTL   time.Duration
-	now          func() time.Time
-	log          *slog.Logger
-	issued       atomic.Uint64 // certificates issued since start
-	metrics      *enrollMetrics
+	// approvalRetry is the Retry-After a pending device is given.
+	approvalRetry time.Duration
+	now           func() time.Time
+	log           *slog.Logger
+	issued        atomic.Uint64 // certificates issued since start
+	metrics       *enrollMetrics
 }
 
 // checkPolicy names the policy's verdict among a record's checks.
 const checkPolicy = "policy"
 
-func configOf(d *attest.Decision) json.RawMessage {
-	if len(d.Config) == 0 {
-		return json.RawMessage("{}")
+// checkReprovision names the re-provisioning verdict among a record's checks.
+const checkReprovision = "reprovision"
+
+// errReprovisionRefused: same EK, new AK, and the group rejects that.
+var errReprovisionRefused = errors.New("re-provisioning refused")
+
+// pend commits a pending enrollment (no certificate) and returns the
+// Pending answer.
+func (e *Enroller) pend(ctx context.Context, rec cluster.AttestationRecord, sess *session, decision *attest.Decision, why string, flags []cluster.Flag) error {
+	rec.Outcome, rec.Reason = cluster.OutcomePending, why
+	dev := cluster.Device{
+		ID:             sess.DeviceID,
+		Status:         cluster.DevicePending,
+		EK:             sess.EK,
+		AKPublicSHA256: sess.AKSHA256,
+		Claims:         sess.Claims,
+		Group:          decision.Group,
+		Mode:           decision.Mode,
+		PolicyVersion:  decision.PolicyVersion,
 	}
-	return d.Config
+	attID, err := e.reg.CommitEnrollment(ctx, sess.ID, sess.Expires, dev, rec, flags...)
+	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrDeviceInactive) {
+		rec.Outcome, rec.Reason = "", ""
+		return e.reject(ctx, rec, sess, err)
+	}
+	if err != nil {
+		return e.commitFailed(err)
+	}
+	e.log.Info("enrollment pending approval", "device_id", sess.DeviceID, "attestation_id", attID, "group", decision.Group)
+	return &api.Pending{DeviceID: sess.DeviceID, AttestationID: attID, Status: cluster.DevicePending,
+		RetryAfterSeconds: int(e.approvalRetry.Round(time.Second) / time.Second), Detail: why}
 }
 
 // Stage names in attestation records.
@@ -212,8 +242,8 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	rec := cluster.AttestationRecord{Time: now, Node: e.nodeID, Stage: stageComplete}
 
 	sess, err := e.tokens.open(req.SessionToken, now)
-	if errors.Is(err, errTokenInvalid) {
-		return nil, e.reject(ctx, rec, nil, err)
+	if errors.Is(err, errTokenInvalid) || err == nil && sess.Purpose != "" {
+		return nil, e.reject(ctx, rec, nil, errTokenInvalid)
 	}
 	// From here on the session is authentic: attribute the record to it.
 	rec.DeviceID, rec.SessionID, rec.Checks = sess.DeviceID, sess.ID, append([]cluster.Check(nil), sess.Checks...)
@@ -277,11 +307,17 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	if err != nil {
 		return nil, e.internal(err)
 	}
-	var labels map[string]string
-	if old, err := e.reg.Device(sess.DeviceID); err == nil {
-		if old.Status != cluster.DeviceActive {
-			return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: device %s is %s", cluster.ErrDeviceInactive, old.ID, old.Status))
+	var old *cluster.Device
+	if d, err := e.reg.Device(sess.DeviceID); err == nil {
+		if d.Status != cluster.DeviceActive && d.Status != cluster.DevicePending {
+			return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: device %s is %s", cluster.ErrDeviceInactive, d.ID, d.Status))
 		}
+		old = &d
+	} else if !errors.Is(err, cluster.ErrNotFound) {
+		return nil, e.internal(err)
+	}
+	var labels map[string]string
+	if old != nil {
 		labels = old.Labels
 	}
 	in := policyInput(sess.DeviceID, sess.EK, sess.Claims, labels, pcrs, res.EventLog)
@@ -292,6 +328,31 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		return nil, e.reject(ctx, rec, sess, err)
 	}
 	rec.Checks = append(rec.Checks, cluster.Check{Name: checkPolicy, Passed: true, Detail: fmt.Sprintf("group %s of policy v%d, mode %s", decision.Group, decision.PolicyVersion, decision.Mode)})
+
+	// Pending or active, and anomalies: see DESIGN.md, "Re-provisioning".
+	status, why := cluster.DeviceActive, ""
+	var flags []cluster.Flag
+	switch {
+	case old == nil && decision.Mode == attest.ModeApprove:
+		status, why = cluster.DevicePending, fmt.Sprintf("group %s enrolls in approve mode", decision.Group)
+	case old != nil && old.Status == cluster.DevicePending:
+		status, why = cluster.DevicePending, "awaiting an operator's approval"
+	case old != nil && old.AKPublicSHA256 != sess.AKSHA256:
+		flags = append(flags, cluster.Flag{Name: cluster.FlagReprovisioned, Detail: fmt.Sprintf("same EK, new AK %.16s (was %.16s); group %s: %s", sess.AKSHA256, old.AKPublicSHA256, decision.Group, decision.Reprovision)})
+		if now.Before(old.CertificateNotAfter) {
+			flags = append(flags, cluster.Flag{Name: cluster.FlagPossibleClone, Detail: fmt.Sprintf("a new AK while certificate %s is valid until %s", old.CertificateSerial, old.CertificateNotAfter.Format(time.RFC3339))})
+		}
+		switch decision.Reprovision {
+		case attest.ReprovisionReject:
+			rec.Checks = append(rec.Checks, cluster.Check{Name: checkReprovision, Detail: "group " + decision.Group + " rejects re-provisioning"})
+			return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: device %s came back with a new AK and group %s rejects re-provisioning", errReprovisionRefused, sess.DeviceID, decision.Group), flags...)
+		case attest.ReprovisionRequireApproval:
+			status, why = cluster.DevicePending, fmt.Sprintf("device came back with a new AK; group %s requires approval", decision.Group)
+		}
+	}
+	if status == cluster.DevicePending {
+		return nil, e.pend(ctx, rec, sess, decision, why, flags)
+	}
 	profile := ca.DeviceProfile{DeviceID: sess.DeviceID, TrustDomain: e.trustDomain, Validity: e.certValidity}
 	if v := decision.Certificate.Validity; v != "" {
 		profile.Validity, _ = time.ParseDuration(v) // validated with the policy
@@ -312,17 +373,18 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	}
 	rec.Outcome, rec.CertificateSerial = cluster.OutcomeAccepted, serial.Text(16)
 	dev := cluster.Device{
-		ID:                sess.DeviceID,
-		Status:            cluster.DeviceActive,
-		EK:                sess.EK,
-		AKPublicSHA256:    sess.AKSHA256,
-		Claims:            sess.Claims,
-		CertificateSerial: rec.CertificateSerial,
-		Group:             decision.Group,
-		Mode:              decision.Mode,
-		PolicyVersion:     decision.PolicyVersion,
+		ID:                  sess.DeviceID,
+		Status:              cluster.DeviceActive,
+		EK:                  sess.EK,
+		AKPublicSHA256:      sess.AKSHA256,
+		Claims:              sess.Claims,
+		CertificateSerial:   rec.CertificateSerial,
+		CertificateNotAfter: now.Add(profile.Validity),
+		Group:               decision.Group,
+		Mode:                decision.Mode,
+		PolicyVersion:       decision.PolicyVersion,
 	}
-	attID, err := e.reg.CommitEnrollment(ctx, sess.ID, sess.Expires, dev, rec)
+	attID, err := e.reg.CommitEnrollment(ctx, sess.ID, sess.Expires, dev, rec, flags...)
 	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrDeviceInactive) { // lost a race with a completion or an operator
 		rec.Outcome, rec.CertificateSerial = "", ""
 		return nil, e.reject(ctx, rec, sess, err)
@@ -339,11 +401,15 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	e.issued.Add(1)
 	e.metrics.certsDone.Inc()
 	e.log.Info("device enrolled", "device_id", sess.DeviceID, "attestation_id", attID, "serial", rec.CertificateSerial)
+	var override json.RawMessage
+	if old != nil {
+		override = old.Config
+	}
 	out := &api.CompleteResponse{
 		DeviceID:      sess.DeviceID,
 		AttestationID: attID,
 		Certificate:   chain[0].Raw,
-		Configuration: configOf(decision),
+		Configuration: mergeConfig(decision.Config, override),
 	}
 	for _, c := range chain[1:] {
 		out.Chain = append(out.Chain, c.Raw)
@@ -354,7 +420,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 // reject commits a rejected attestation record and returns the problem the
 // device sees. The record is committed even for requests that cannot be
 // attributed to a device, so security teams see every refusal.
-func (e *Enroller) reject(ctx context.Context, rec cluster.AttestationRecord, sess *session, cause error) error {
+func (e *Enroller) reject(ctx context.Context, rec cluster.AttestationRecord, sess *session, cause error, flags ...cluster.Flag) error {
 	p := problemFor(cause)
 	rec.Outcome, rec.Code, rec.Reason = cluster.OutcomeRejected, p.Code, p.Detail
 	var sid string
@@ -362,7 +428,7 @@ func (e *Enroller) reject(ctx context.Context, rec cluster.AttestationRecord, se
 	if sess != nil {
 		sid, exp = sess.ID, sess.Expires
 	}
-	id, err := e.reg.CommitRejection(ctx, sid, exp, rec)
+	id, err := e.reg.CommitRejection(ctx, sid, exp, rec, flags...)
 	if err != nil {
 		e.log.Error("could not commit rejected attestation", "device_id", rec.DeviceID, "code", p.Code, "err", err)
 		return e.commitFailed(err)
@@ -451,6 +517,7 @@ var problemTable = []struct {
 	{cluster.ErrSessionUsed, http.StatusConflict, api.CodeSessionReplayed},
 	{attest.ErrPolicyDenied, http.StatusForbidden, api.CodePolicyDenied},
 	{cluster.ErrDeviceInactive, http.StatusForbidden, api.CodeDeviceInactive},
+	{errReprovisionRefused, http.StatusForbidden, api.CodeReprovisionRefused},
 }
 
 func newProblem(status int, code, detail string) *api.Problem {

@@ -8,10 +8,10 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/gatehouse-dev/gatehouse/api"
-	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
 // deviceHandler serves the device API on the HTTPS port.
@@ -33,9 +33,20 @@ func (a *Appliance) deviceHandler() http.Handler {
 			return
 		}
 		resp, err := a.enroller.Complete(r.Context(), &req)
+		var pending *api.Pending
+		if errors.As(err, &pending) {
+			w.Header().Set("Retry-After", strconv.Itoa(pending.RetryAfterSeconds))
+			writeJSON(w, http.StatusAccepted, pending)
+			return
+		}
 		writeResult(w, http.StatusOK, resp, err)
 	})
 	mux.HandleFunc("GET "+api.PathWhoAmI, a.whoami)
+	mux.HandleFunc("GET "+api.PathConfig, a.deviceConfig)
+	mux.HandleFunc("GET "+api.PathCRL, a.crl)
+	mux.HandleFunc("POST "+api.PathRenewChallenge, a.renewChallenge)
+	mux.HandleFunc("POST "+api.PathRenew, a.renew)
+	a.remoteAdminRoutes(mux)
 	a.clusterRoutes(mux)
 	mux.Handle("GET /metrics", a.metricsHandler())
 	return mux
@@ -62,35 +73,6 @@ func (a *Appliance) decode(w http.ResponseWriter, r *http.Request, stage string,
 		return a.enroller.rejectRequest(r.Context(), stage, malformed("trailing data after the JSON body"))
 	}
 	return nil
-}
-
-// whoami proves a device identity works: it is served only to a client that
-// authenticated with a certificate from this appliance's CA, whose key the
-// device holds in its TPM.
-func (a *Appliance) whoami(w http.ResponseWriter, r *http.Request) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-		writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "a device certificate is required"))
-		return
-	}
-	leaf := r.TLS.VerifiedChains[0][0]
-	id, ok := a.deviceIDFromURIs(leaf.URIs)
-	if !ok {
-		writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "the certificate is not a device certificate of this trust domain"))
-		return
-	}
-	if err := a.node.Linearize(r.Context()); err != nil {
-		writeProblem(w, a.enroller.commitFailed(err))
-		return
-	}
-	dev, err := a.node.Device(id)
-	if errors.Is(err, cluster.ErrNotFound) {
-		writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "unknown device"))
-		return
-	} else if err != nil {
-		writeProblem(w, a.enroller.internal(err))
-		return
-	}
-	writeJSON(w, http.StatusOK, api.WhoAmIResponse{DeviceID: dev.ID, Status: dev.Status, CertificateSerial: leaf.SerialNumber.Text(16)})
 }
 
 func (a *Appliance) deviceIDFromURIs(uris []*url.URL) (string, bool) {

@@ -147,13 +147,14 @@ func TestPolicyOnRealBootLog(t *testing.T) {
 		t.Fatalf("structured explanation %+v", expl)
 	}
 
-	// Another model, no log: group lab (approve mode is recorded).
-	lab, err := enroll(nil, "lab-7")
-	if err != nil {
+	// Another model, no log: group lab, in approve mode, so pending.
+	_, err = enroll(nil, "lab-7")
+	var lab *api.Pending
+	if !errors.As(err, &lab) {
 		t.Fatalf("lab device: %v", err)
 	}
 	dev, err := node.Device(lab.DeviceID)
-	if err != nil || dev.Group != "lab" || dev.Mode != attest.ModeApprove || dev.PolicyVersion != 1 {
+	if err != nil || dev.Group != "lab" || dev.Mode != attest.ModeApprove || dev.PolicyVersion != 1 || dev.Status != cluster.DevicePending {
 		t.Fatalf("lab device %+v %v", dev, err)
 	}
 
@@ -182,7 +183,7 @@ func TestPolicyOnRealBootLog(t *testing.T) {
 		ref.DeviceID:  "accepted/secure_boot",
 		good.DeviceID: "accepted/secure_boot",
 		bad.DeviceID:  "rejected/pcrs secure_boot boot_digests",
-		lab.DeviceID:  "accepted/",
+		lab.DeviceID:  "pending/",
 	}
 	for id, w := range want {
 		if verdicts[id] != w {

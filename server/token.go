@@ -40,7 +40,14 @@ type session struct {
 	EK       cluster.EKInfo  `json:"ek"`
 	Claims   cluster.Claims  `json:"claims"`
 	Checks   []cluster.Check `json:"checks"`
+	// Purpose is "" for enrollment and purposeRenew for a renewal; a token
+	// is accepted only for its own purpose.
+	Purpose string `json:"purpose,omitempty"`
+	// Serial (hex) is the certificate a renewal session was opened with.
+	Serial string `json:"serial,omitempty"`
 }
+
+const purposeRenew = "renew"
 
 // sealer seals sessions with AES-256-GCM. Format, base64url without padding:
 // version(1) || nonce(12) || ciphertext+tag.

@@ -84,6 +84,7 @@ func New(t testing.TB, opts ...cluster.Option) *Env {
 	cfg.TrustDomain = TrustDomain
 	cfg.Listen = "127.0.0.1:0"
 	cfg.RaftAddr = FreeAddr(t) // fixed: the cluster configuration records it
+	cfg.ApprovalRetry = server.Duration{Duration: time.Second}
 	if err := server.Init(e.Dir, Password, cfg, EKRoots(m)); err != nil {
 		t.Fatalf("init appliance: %v", err)
 	}

@@ -1,0 +1,314 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
+
+// Admin paths added with the device lifecycle.
+const (
+	adminGroups     = "/admin/v1/groups"
+	adminAudit      = "/admin/v1/audit"
+	adminAdminCerts = "/admin/v1/admin-certs"
+	adminImport     = "/admin/v1/enrollments/import"
+)
+
+// LabelChange is the body of POST /admin/v1/devices/{id}/labels.
+type LabelChange struct {
+	Actor  string            `json:"actor,omitempty"`
+	Set    map[string]string `json:"set,omitempty"`
+	Remove []string          `json:"remove,omitempty"`
+}
+
+// ConfigChange is the body of PUT .../config.
+type ConfigChange struct {
+	Actor  string          `json:"actor,omitempty"`
+	Config json.RawMessage `json:"config"`
+}
+
+// DeviceConfig is what GET /admin/v1/devices/{id}/config returns.
+type DeviceConfig struct {
+	Effective api.ConfigResponse `json:"effective"`
+	Group     json.RawMessage    `json:"group"`
+	Override  json.RawMessage    `json:"override"`
+}
+
+// GroupConfig is what GET /admin/v1/groups/{name}/config returns.
+type GroupConfig struct {
+	Group         string          `json:"group"`
+	PolicyVersion int             `json:"policy_version"`
+	Config        json.RawMessage `json:"config"`
+}
+
+// AdminCertRequest is the body of POST /admin/v1/admin-certs.
+type AdminCertRequest struct {
+	Role     string   `json:"role"`
+	Name     string   `json:"name"`
+	CSR      []byte   `json:"csr"` // PKCS#10 DER
+	Validity Duration `json:"validity"`
+}
+
+// AdminCertResponse carries the issued certificate (PEM, leaf first) and
+// the root the CLI pins for the server.
+type AdminCertResponse struct {
+	Chain []byte `json:"chain"`
+	Root  []byte `json:"root"`
+}
+
+func decodeBody(r *http.Request, limit int64, v any) error {
+	if err := json.NewDecoder(io.LimitReader(r.Body, limit)).Decode(v); err != nil {
+		return malformed("body: " + err.Error())
+	}
+	return nil
+}
+
+func (a *Appliance) registerRegistryAdmin(add func(role, pattern string, h http.HandlerFunc)) {
+	add(ca.RoleOperator, "POST "+adminDevices+"/{id}/labels", func(w http.ResponseWriter, r *http.Request) {
+		var req LabelChange
+		if err := decodeBody(r, 64<<10, &req); err != nil {
+			writeProblem(w, err)
+			return
+		}
+		dev, err := a.node.LabelDevice(r.Context(), r.PathValue("id"), actor(r, req.Actor), req.Set, req.Remove)
+		writeResult(w, http.StatusOK, dev, a.errProblem(err))
+	})
+	add(ca.RoleAuditor, "GET "+adminDevices+"/{id}/config", a.read(func(w http.ResponseWriter, r *http.Request) {
+		dev, err := a.node.Device(r.PathValue("id"))
+		if err != nil {
+			writeProblem(w, a.adminErr(err))
+			return
+		}
+		eff, err := a.effectiveConfig(dev)
+		if err != nil {
+			writeProblem(w, err)
+			return
+		}
+		group := json.RawMessage("{}")
+		if p, err := a.enroller.policies.current(); err == nil {
+			if g := p.GroupNamed(dev.Group); g != nil && len(g.Config) > 0 {
+				group = g.Config
+			}
+		}
+		override := dev.Config
+		if len(override) == 0 {
+			override = json.RawMessage("{}")
+		}
+		writeJSON(w, http.StatusOK, DeviceConfig{Effective: eff, Group: group, Override: override})
+	}))
+	add(ca.RoleOperator, "PUT "+adminDevices+"/{id}/config", func(w http.ResponseWriter, r *http.Request) {
+		var req ConfigChange
+		if err := decodeBody(r, 1<<20, &req); err != nil {
+			writeProblem(w, err)
+			return
+		}
+		dev, err := a.node.ConfigureDevice(r.Context(), r.PathValue("id"), actor(r, req.Actor), req.Config)
+		writeResult(w, http.StatusOK, dev, a.errProblem(err))
+	})
+	add(ca.RoleAuditor, "GET "+adminGroups+"/{name}/config", a.read(func(w http.ResponseWriter, r *http.Request) {
+		p, err := a.enroller.policies.current()
+		if err != nil {
+			writeProblem(w, a.adminErr(err))
+			return
+		}
+		g := p.GroupNamed(r.PathValue("name"))
+		if g == nil {
+			writeProblem(w, newProblem(http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("policy v%d has no group %q", p.Version, r.PathValue("name"))))
+			return
+		}
+		cfg := g.Config
+		if len(cfg) == 0 {
+			cfg = json.RawMessage("{}")
+		}
+		writeJSON(w, http.StatusOK, GroupConfig{Group: g.Name, PolicyVersion: p.Version, Config: cfg})
+	}))
+	add(ca.RoleOperator, "PUT "+adminGroups+"/{name}/config", func(w http.ResponseWriter, r *http.Request) {
+		var req ConfigChange
+		if err := decodeBody(r, 1<<20, &req); err != nil {
+			writeProblem(w, err)
+			return
+		}
+		rec, err := a.setGroupConfig(r.Context(), r.PathValue("name"), actor(r, req.Actor), req.Config)
+		writeResult(w, http.StatusOK, rec, err)
+	})
+	add(ca.RoleAuditor, "GET "+adminAudit, func(w http.ResponseWriter, r *http.Request) {
+		a.exportAudit(w, r)
+	})
+	add(ca.RoleOperator, "POST "+adminAudit+"/checkpoint", func(w http.ResponseWriter, r *http.Request) {
+		key, _ := a.ca.AuditKey()
+		seq, err := a.node.Checkpoint(r.Context(), actor(r, ""), key)
+		writeResult(w, http.StatusOK, map[string]uint64{"seq": seq}, a.errProblem(err))
+	})
+	add(ca.RoleAuditor, "GET "+adminAudit+"/key", func(w http.ResponseWriter, r *http.Request) {
+		_, chain := a.ca.AuditKey()
+		w.Header().Set("Content-Type", "application/pem-certificate-chain")
+		w.Write(pemChain(chain))
+	})
+	add(ca.RoleOperator, "POST "+adminAdminCerts, func(w http.ResponseWriter, r *http.Request) {
+		var req AdminCertRequest
+		if err := decodeBody(r, 64<<10, &req); err != nil {
+			writeProblem(w, err)
+			return
+		}
+		csr, err := x509.ParseCertificateRequest(req.CSR)
+		if err != nil {
+			writeProblem(w, malformed("csr: "+err.Error()))
+			return
+		}
+		if req.Validity.Duration == 0 {
+			req.Validity.Duration = 90 * 24 * time.Hour
+		}
+		chain, err := a.ca.IssueAdmin(r.Context(), csr, a.cfg.TrustDomain, req.Role, req.Name, req.Validity.Duration)
+		if errors.Is(err, ca.ErrBadProfile) {
+			writeProblem(w, malformed(err.Error()))
+			return
+		} else if err != nil {
+			writeProblem(w, a.enroller.internal(err))
+			return
+		}
+		a.log.Info("admin certificate issued", "role", req.Role, "name", req.Name, "serial", chain[0].SerialNumber.Text(16), "actor", actor(r, ""))
+		if err := a.node.AppendAudit(r.Context(), "admin.certificate_issued", actor(r, ""), req.Name, map[string]string{"role": req.Role, "serial": chain[0].SerialNumber.Text(16), "not_after": chain[0].NotAfter.Format(time.RFC3339)}); err != nil {
+			writeProblem(w, a.clusterProblem(err))
+			return
+		}
+		writeJSON(w, http.StatusOK, AdminCertResponse{Chain: pemChain(chain), Root: pemChain([]*x509.Certificate{a.ca.Root()})})
+	})
+}
+
+func pemChain(certs []*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
+}
+
+// errProblem maps registry errors (with their codes) for write routes.
+func (a *Appliance) errProblem(err error) error {
+	if err == nil {
+		return nil
+	}
+	return a.clusterProblem(err)
+}
+
+// RevokeDevice revokes every certificate issued to a device through step-ca
+// (so the CRL lists them and mTLS refuses them on every node), then moves
+// the device to revoked. Interrupted, it can be run again: certificates
+// already revoked are skipped.
+func (a *Appliance) RevokeDevice(ctx context.Context, id, who, reason string) (cluster.Device, error) {
+	if who == "" || reason == "" {
+		return cluster.Device{}, fmt.Errorf("%w: an actor and a reason are required", cluster.ErrIllegalTransition)
+	}
+	if err := a.node.Linearize(ctx); err != nil {
+		return cluster.Device{}, err
+	}
+	dev, err := a.node.Device(id)
+	if err != nil {
+		return cluster.Device{}, err
+	}
+	if _, err := cluster.Transition(dev.Status, cluster.OpRevoke); err != nil {
+		return cluster.Device{}, err
+	}
+	for _, s := range dev.Serials {
+		serial, ok := new(big.Int).SetString(s, 16)
+		if !ok {
+			return cluster.Device{}, fmt.Errorf("device %s: bad serial %q in the registry", id, s)
+		}
+		if err := a.ca.Revoke(ctx, serial, ca.ReasonCessationOfOperation, reason); err != nil && !errors.Is(err, ca.ErrAlreadyRevoked) {
+			return cluster.Device{}, err
+		}
+	}
+	return a.node.TransitionDevice(ctx, id, cluster.OpRevoke, who, reason)
+}
+
+// setGroupConfig applies a new policy version in which group's
+// configuration is config: group configuration is part of the policy, so it
+// is versioned with it.
+func (a *Appliance) setGroupConfig(ctx context.Context, group, who string, config json.RawMessage) (cluster.PolicyRecord, error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(config, &obj); err != nil || obj == nil {
+		return cluster.PolicyRecord{}, malformed("configuration must be a JSON object")
+	}
+	if err := a.node.Linearize(ctx); err != nil {
+		return cluster.PolicyRecord{}, a.clusterProblem(err)
+	}
+	p, err := a.enroller.policies.current()
+	if err != nil {
+		return cluster.PolicyRecord{}, a.enroller.internal(err)
+	}
+	next := *p
+	next.Groups = append([]attest.Group(nil), p.Groups...)
+	g := next.GroupNamed(group)
+	if g == nil {
+		return cluster.PolicyRecord{}, newProblem(http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("policy v%d has no group %q", p.Version, group))
+	}
+	g.Config = config
+	doc, err := marshalPolicy(&next)
+	if err != nil {
+		return cluster.PolicyRecord{}, a.enroller.internal(err)
+	}
+	if _, err := attest.ParsePolicy(doc); err != nil {
+		return cluster.PolicyRecord{}, malformed(err.Error())
+	}
+	v, err := a.node.ApplyPolicy(ctx, who, doc)
+	if err != nil {
+		return cluster.PolicyRecord{}, a.clusterProblem(err)
+	}
+	rec, err := a.node.Policy(v)
+	return rec, a.errProblem(err)
+}
+
+// exportAudit serves GET /admin/v1/audit?since=RFC3339&format=jsonl|csv.
+// It first commits a checkpoint over the head, so every export ends on a
+// signature and a cut tail shows.
+func (a *Appliance) exportAudit(w http.ResponseWriter, r *http.Request) {
+	format := r.URL.Query().Get("format")
+	if format == "" {
+		format = cluster.AuditJSONL
+	}
+	if format != cluster.AuditJSONL && format != cluster.AuditCSV {
+		writeProblem(w, malformed("format must be jsonl or csv"))
+		return
+	}
+	var since time.Time
+	if s := r.URL.Query().Get("since"); s != "" {
+		t, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			writeProblem(w, malformed("since must be an RFC 3339 time"))
+			return
+		}
+		since = t
+	}
+	key, chain := a.ca.AuditKey()
+	upTo, err := a.node.Checkpoint(r.Context(), actor(r, ""), key)
+	if err != nil {
+		writeProblem(w, a.clusterProblem(err))
+		return
+	}
+	entries, err := a.node.AuditEntries(since, upTo)
+	if err != nil {
+		writeProblem(w, a.enroller.internal(err))
+		return
+	}
+	if format == cluster.AuditCSV {
+		w.Header().Set("Content-Type", "text/csv")
+	} else {
+		w.Header().Set("Content-Type", "application/jsonl")
+	}
+	h := cluster.AuditHeader{ExportedAt: time.Now().UTC(), Since: since, KeyCertificate: string(pemChain(chain))}
+	if err := cluster.WriteAudit(w, format, h, entries); err != nil {
+		a.log.Error("audit export interrupted", "err", err)
+	}
+}

@@ -1,0 +1,110 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
+
+// registryKV is step-ca's database on the Raft registry. The CA opens
+// before the Raft node (its certificates secure Raft), so the node is set
+// once it exists; nothing stores into step-ca's database before that.
+type registryKV struct{ node atomic.Pointer[cluster.Node] }
+
+func (k *registryKV) get() (*cluster.Node, error) {
+	n := k.node.Load()
+	if n == nil {
+		return nil, errors.New("the registry is not open yet")
+	}
+	return n, nil
+}
+
+func (k *registryKV) Get(table string, key []byte) ([]byte, error) {
+	n, err := k.get()
+	if err != nil {
+		return nil, err
+	}
+	v, err := n.KVGet(table, key)
+	if errors.Is(err, cluster.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %v", ca.ErrKVNotFound, err)
+	}
+	return v, err
+}
+
+func (k *registryKV) List(table string) ([][]byte, [][]byte, error) {
+	n, err := k.get()
+	if err != nil {
+		return nil, nil, err
+	}
+	return n.KVList(table)
+}
+
+func (k *registryKV) Update(ops []ca.KVOp) (bool, error) {
+	n, err := k.get()
+	if err != nil {
+		return false, err
+	}
+	cops := make([]cluster.KVOp, len(ops))
+	for i, op := range ops {
+		cops[i] = cluster.KVOp{Op: op.Op, Table: op.Table, Key: op.Key, Value: op.Value, Old: op.Old}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return n.KVUpdate(ctx, cops...)
+}
+
+// leaderLoop runs the leader's periodic duties: signing the audit head and
+// marking devices that missed their re-attestation interval stale.
+func (a *Appliance) leaderLoop(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !a.node.IsLeader() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(a.ctx, every)
+		key, _ := a.ca.AuditKey()
+		if _, err := a.node.Checkpoint(ctx, "node:"+a.cfg.NodeID, key); err != nil && !errors.Is(err, cluster.ErrNotFound) {
+			a.log.Warn("audit checkpoint failed", "err", err)
+		}
+		if err := a.markStale(ctx); err != nil {
+			a.log.Warn("stale marking failed", "err", err)
+		}
+		cancel()
+	}
+}
+
+// markStale proposes every active device whose group's reattest_interval
+// has passed since its last accepted attestation.
+func (a *Appliance) markStale(ctx context.Context) error {
+	p, err := a.enroller.policies.current()
+	if err != nil {
+		return err
+	}
+	devs, err := a.node.Devices()
+	if err != nil {
+		return err
+	}
+	now := a.enroller.now()
+	cutoffs := map[string]time.Time{}
+	for _, d := range devs {
+		g := p.GroupNamed(d.Group)
+		if g == nil || d.Status != cluster.DeviceActive || d.Stale {
+			continue
+		}
+		if every := g.ReattestEvery(); every > 0 && now.Sub(d.LastAttestedAt) > every {
+			cutoffs[d.ID] = now.Add(-every)
+		}
+	}
+	return a.node.MarkStale(ctx, cutoffs)
+}

@@ -1,0 +1,195 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	goattest "github.com/google/go-attestation/attest"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
+
+// Stage name of renewal records.
+const (
+	stageRenewChallenge = "renew-challenge"
+	stageRenew          = "renew"
+)
+
+// errRenewalIdentity: the renewal's AK is not the device's enrolled AK.
+var errRenewalIdentity = errors.New("renewal evidence is not from the enrolled TPM")
+
+// RenewChallenge opens a renewal for an authenticated device: a fresh nonce
+// sealed in a token bound to the device and its certificate.
+func (e *Enroller) RenewChallenge(dev cluster.Device, leaf *x509.Certificate) (*api.RenewChallengeResponse, error) {
+	now := e.now()
+	sess := &session{ID: randomHex(16), Expires: now.Add(e.sessionTTL), Nonce: randomBytes(32), DeviceID: dev.ID, EK: dev.EK, Claims: dev.Claims,
+		AKSHA256: dev.AKPublicSHA256, Purpose: purposeRenew, Serial: leaf.SerialNumber.Text(16)}
+	token, err := e.tokens.seal(sess)
+	if err != nil {
+		return nil, e.internal(err)
+	}
+	return &api.RenewChallengeResponse{SessionToken: token, Nonce: sess.Nonce, ExpiresAt: sess.Expires}, nil
+}
+
+// Renew re-attests an authenticated, active device and issues a new
+// certificate for its TPM-resident key when the policy still admits it.
+// Evidence that fails verification or policy moves the device to
+// quarantined, in the same commit as the refusal's record.
+func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Certificate, req *api.RenewRequest) (resp *api.CompleteResponse, err error) {
+	defer func(start time.Time) { e.metrics.observe(stageRenew, start, err) }(time.Now())
+	now := e.now()
+	rec := cluster.AttestationRecord{Time: now, Node: e.nodeID, Stage: stageRenew, DeviceID: dev.ID}
+	ek := dev.EK
+	rec.Evidence = cluster.Evidence{EK: &ek, Claims: dev.Claims}
+
+	sess, err := e.tokens.open(req.SessionToken, now)
+	switch {
+	case errors.Is(err, errTokenInvalid) || sess.Purpose != purposeRenew || sess.DeviceID != dev.ID || sess.Serial != leaf.SerialNumber.Text(16):
+		return nil, e.reject(ctx, rec, nil, errTokenInvalid) // not this device's renewal: no quarantine
+	case err != nil: // expired
+		return nil, e.reject(ctx, rec, sess, err)
+	}
+	rec.SessionID, rec.Evidence.Nonce = sess.ID, hex.EncodeToString(sess.Nonce)
+	if used, err := e.reg.SessionUsed(sess.ID); err != nil {
+		return nil, e.internal(err)
+	} else if used {
+		return nil, e.reject(ctx, rec, sess, cluster.ErrSessionUsed)
+	}
+	pcrs, bank, err := convertPCRs(req.PCRs)
+	if err != nil {
+		return nil, e.reject(ctx, rec, sess, err)
+	}
+	rec.Evidence.PCRBank = bank
+	for _, p := range pcrs {
+		rec.Evidence.PCRs = append(rec.Evidence.PCRs, cluster.PCRValue{Index: p.Index, Digest: hex.EncodeToString(p.Digest)})
+	}
+	if len(req.EventLog) > 0 {
+		sum := sha256.Sum256(req.EventLog)
+		rec.Evidence.EventLogSHA256 = hex.EncodeToString(sum[:])
+		rec.EventLogGzip = gzipBytes(req.EventLog)
+	}
+
+	// From here on, failure is the device's: quarantine.
+	ak, err := goattest.ParseAKPublic(req.AKPublic)
+	var akSum string
+	if err == nil {
+		akSum, err = attest.PublicKeySHA256(ak.Public)
+	}
+	if err != nil || akSum != dev.AKPublicSHA256 {
+		rec.Evidence.AKPublicSHA256 = akSum
+		rec.Checks = append(rec.Checks, cluster.Check{Name: attest.CheckAK, Detail: "not the AK enrolled for this device"})
+		return nil, e.failRenewal(ctx, rec, sess, fmt.Errorf("%w: AK %.16s is not the enrolled AK %.16s", errRenewalIdentity, akSum, dev.AKPublicSHA256))
+	}
+	rec.Evidence.AKPublicSHA256, rec.Evidence.AKAlgorithm = akSum, attest.KeyAlgorithm(ak.Public)
+	rec.Checks = append(rec.Checks, cluster.Check{Name: attest.CheckAK, Passed: true, Detail: "the AK enrolled for this device"})
+	res, err := attest.VerifyRenewal(attest.Renewal{
+		AK: ak, Nonce: sess.Nonce, Quote: goattest.Quote{Quote: req.Quote.Quote, Signature: req.Quote.Signature},
+		PCRs: pcrs, EventLog: req.EventLog, DeviceKey: leaf.PublicKey, CSR: req.CSR,
+	})
+	for _, c := range res.Checks {
+		rec.Checks = append(rec.Checks, cluster.Check{Name: c.Name, Passed: c.Passed, Detail: c.Detail})
+	}
+	rec.Evidence.EventLogEvents = res.EventLogEvents
+	rec.Evidence.DeviceKeySHA256, rec.Evidence.DeviceKeyAlgorithm = res.DeviceKeySHA256, res.DeviceKeyAlgorithm
+	if err != nil {
+		return nil, e.failRenewal(ctx, rec, sess, err)
+	}
+	policy, err := e.policies.current()
+	if err != nil {
+		return nil, e.internal(err)
+	}
+	in := policyInput(dev.ID, dev.EK, dev.Claims, dev.Labels, pcrs, res.EventLog)
+	decision := policy.Evaluate(in)
+	rec.Policy = decision
+	if err := decision.Err(); err != nil {
+		rec.Checks = append(rec.Checks, cluster.Check{Name: checkPolicy, Detail: err.Error()})
+		return nil, e.failRenewal(ctx, rec, sess, err)
+	}
+	rec.Checks = append(rec.Checks, cluster.Check{Name: checkPolicy, Passed: true, Detail: fmt.Sprintf("group %s of policy v%d", decision.Group, decision.PolicyVersion)})
+
+	profile := ca.DeviceProfile{DeviceID: dev.ID, TrustDomain: e.trustDomain, Validity: e.certValidity}
+	if v := decision.Certificate.Validity; v != "" {
+		profile.Validity, _ = time.ParseDuration(v)
+	}
+	if profile.DNSNames, profile.URIs, err = decision.Certificate.SANs(in, decision.Group); err != nil {
+		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
+	}
+	if profile.Serial, err = e.ca.NewSerial(); err != nil {
+		return nil, e.internal(err)
+	}
+	if err := profile.Validate(); err != nil {
+		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
+	}
+	rec.Outcome, rec.CertificateSerial = cluster.OutcomeAccepted, profile.Serial.Text(16)
+	attID, err := e.reg.CommitRenewal(ctx, sess.ID, sess.Expires, rec, now.Add(profile.Validity))
+	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrDeviceInactive) {
+		rec.Outcome, rec.CertificateSerial = "", ""
+		return nil, e.reject(ctx, rec, sess, err)
+	}
+	if err != nil {
+		return nil, e.commitFailed(err)
+	}
+	chain, err := e.ca.IssueDevice(ctx, res.CSR, profile)
+	if err != nil {
+		e.log.Error("certificate issuance failed after commit", "device_id", dev.ID, "attestation_id", attID, "err", err)
+		return nil, newProblem(http.StatusInternalServerError, api.CodeInternal, "certificate issuance failed")
+	}
+	e.issued.Add(1)
+	e.metrics.certsDone.Inc()
+	e.log.Info("device renewed", "device_id", dev.ID, "attestation_id", attID, "serial", rec.CertificateSerial)
+	out := &api.CompleteResponse{DeviceID: dev.ID, AttestationID: attID, Certificate: chain[0].Raw, Configuration: mergeConfig(decision.Config, dev.Config)}
+	for _, c := range chain[1:] {
+		out.Chain = append(out.Chain, c.Raw)
+	}
+	return out, nil
+}
+
+// failRenewal records a refused renewal and quarantines the device.
+func (e *Enroller) failRenewal(ctx context.Context, rec cluster.AttestationRecord, sess *session, cause error) error {
+	p := problemFor(cause)
+	rec.Outcome, rec.Code, rec.Reason = cluster.OutcomeRejected, p.Code, p.Detail
+	id, err := e.reg.CommitFailedRenewal(ctx, sess.ID, sess.Expires, rec)
+	if err != nil {
+		e.log.Error("could not commit failed renewal", "device_id", rec.DeviceID, "code", p.Code, "err", err)
+		return e.commitFailed(err)
+	}
+	p.AttestationID = id
+	e.log.Warn("renewal failed; device quarantined", "device_id", rec.DeviceID, "code", p.Code, "attestation_id", id)
+	return p
+}
+
+// renewChallenge serves POST /v1/renew/challenge.
+func (a *Appliance) renewChallenge(w http.ResponseWriter, r *http.Request) {
+	dev, leaf, err := a.authDevice(r, false)
+	if err != nil {
+		writeProblem(w, err)
+		return
+	}
+	resp, err := a.enroller.RenewChallenge(dev, leaf)
+	writeResult(w, http.StatusOK, resp, err)
+}
+
+// renew serves POST /v1/renew.
+func (a *Appliance) renew(w http.ResponseWriter, r *http.Request) {
+	dev, leaf, err := a.authDevice(r, false)
+	if err != nil {
+		writeProblem(w, err)
+		return
+	}
+	var req api.RenewRequest
+	if err := a.decode(w, r, stageRenew, api.MaxCompleteBody, &req); err != nil {
+		writeProblem(w, err)
+		return
+	}
+	resp, err := a.enroller.Renew(r.Context(), dev, leaf, &req)
+	writeResult(w, http.StatusOK, resp, err)
+}

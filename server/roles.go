@@ -1,0 +1,145 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
+
+// The admin API over HTTPS (on the device API's port) admits only client
+// certificates from this appliance's CA that carry an admin identity,
+// spiffe://<trust domain>/admin/<role>/<name>, and are not revoked:
+//   - operator: every route;
+//   - auditor: read-only routes (devices, attestations, audit, policies).
+//
+// Device certificates and certificates of any other CA get nothing (the
+// latter fail the TLS handshake). Refusals are appended to the audit log,
+// at most adminDeniedBurst per second per node so a flood cannot grow the
+// log without bound.
+
+// AdminRoute is one admin endpoint and the least role it needs.
+type AdminRoute struct {
+	Pattern string // "METHOD /path"
+	Role    string // ca.RoleAuditor or ca.RoleOperator
+}
+
+// AdminRoutes lists every admin endpoint (authorization tests iterate it).
+func (a *Appliance) AdminRoutes() []AdminRoute {
+	var out []AdminRoute
+	a.registerAdmin(func(role, pattern string, _ http.HandlerFunc) { out = append(out, AdminRoute{pattern, role}) })
+	return out
+}
+
+// adminIdentity is an authenticated admin.
+type adminIdentity struct {
+	Role, Name string
+}
+
+type adminKey struct{}
+
+// actor names who did something: the certificate's admin over HTTPS; over
+// the unix socket, what the local CLI said (its OS user).
+func actor(r *http.Request, claimed string) string {
+	if id, ok := r.Context().Value(adminKey{}).(adminIdentity); ok {
+		return "admin:" + id.Name + "(" + id.Role + ")"
+	}
+	if claimed == "" {
+		return "local"
+	}
+	return claimed
+}
+
+// remoteAdminRoutes mounts the admin API on the HTTPS mux behind role checks.
+func (a *Appliance) remoteAdminRoutes(mux *http.ServeMux) {
+	a.registerAdmin(func(role, pattern string, h http.HandlerFunc) {
+		mux.HandleFunc(pattern, a.requireRole(role, h))
+	})
+}
+
+func (a *Appliance) requireRole(role string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, err := a.authAdmin(r)
+		if err == nil && role == ca.RoleOperator && id.Role != ca.RoleOperator {
+			err = newProblem(http.StatusForbidden, api.CodeForbidden, "role "+id.Role+" may not "+r.Method+" "+r.URL.Path)
+		}
+		if err != nil {
+			a.auditDenied(r, id, err)
+			writeProblem(w, err)
+			return
+		}
+		h(w, r.WithContext(context.WithValue(r.Context(), adminKey{}, id)))
+	}
+}
+
+func (a *Appliance) authAdmin(r *http.Request) (adminIdentity, error) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		return adminIdentity{}, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "an admin client certificate is required")
+	}
+	leaf := r.TLS.VerifiedChains[0][0]
+	var id adminIdentity
+	for _, u := range leaf.URIs {
+		parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
+		if u.Scheme == "spiffe" && u.Host == a.cfg.TrustDomain && len(parts) == 3 && parts[0] == "admin" {
+			id = adminIdentity{Role: parts[1], Name: parts[2]}
+		}
+	}
+	if id.Role != ca.RoleOperator && id.Role != ca.RoleAuditor {
+		return adminIdentity{}, newProblem(http.StatusForbidden, api.CodeForbidden, "the certificate carries no admin role")
+	}
+	revoked, err := a.ca.IsRevoked(leaf.SerialNumber)
+	if err != nil {
+		return adminIdentity{}, a.enroller.internal(err)
+	}
+	if revoked {
+		return adminIdentity{}, newProblem(http.StatusUnauthorized, api.CodeCertificateRevoked, "certificate "+leaf.SerialNumber.Text(16)+" is revoked")
+	}
+	return id, nil
+}
+
+const adminDeniedBurst = 10
+
+// deniedLimiter allows adminDeniedBurst audit entries per second.
+type deniedLimiter struct {
+	mu     sync.Mutex
+	second int64
+	n      int
+}
+
+func (l *deniedLimiter) allow(now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s := now.Unix(); s != l.second {
+		l.second, l.n = s, 0
+	}
+	l.n++
+	return l.n <= adminDeniedBurst
+}
+
+// auditDenied records a refused admin request in the audit log.
+func (a *Appliance) auditDenied(r *http.Request, id adminIdentity, cause error) {
+	who := "anonymous"
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		c := r.TLS.PeerCertificates[0]
+		who = "cert:" + c.Subject.CommonName + "/" + c.SerialNumber.Text(16)
+	}
+	if id.Name != "" {
+		who = "admin:" + id.Name + "(" + id.Role + ")"
+	}
+	p := problemFor(cause)
+	a.log.Warn("admin request refused", "who", who, "method", r.Method, "path", r.URL.Path, "code", p.Code, "remote", r.RemoteAddr)
+	if !a.deniedLimit.allow(time.Now()) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	detail := map[string]string{"method": r.Method, "path": r.URL.Path, "code": p.Code, "remote": r.RemoteAddr}
+	if err := a.node.AppendAudit(ctx, cluster.AuditAdminDenied, who, r.URL.Path, detail); err != nil {
+		a.log.Error("could not audit a refused admin request", "err", err)
+	}
+}
