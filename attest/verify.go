@@ -308,7 +308,7 @@ type Renewal struct {
 	Nonce     []byte
 	Quote     goattest.Quote
 	PCRs      []goattest.PCR
-	EventLog  []byte // optional
+	EventLog  []byte           // optional
 	DeviceKey crypto.PublicKey // the key of the device's current certificate
 	CSR       []byte
 }

@@ -3,6 +3,8 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -349,9 +351,11 @@ func (a *Appliance) adminErr(err error) error {
 	}
 }
 
-// AdminClient talks to a node's admin socket.
+// AdminClient talks to a node's admin API: its unix socket (NewAdminClient)
+// or, from anywhere, HTTPS with an admin certificate (NewRemoteAdminClient).
 type AdminClient struct {
-	hc *http.Client
+	hc   *http.Client
+	base string
 	// StaleReads serves reads from the node's local state without asking
 	// the leader: faster, and available without a quorum, but possibly behind.
 	StaleReads bool
@@ -360,7 +364,7 @@ type AdminClient struct {
 // NewAdminClient returns a client for the node whose data directory is dataDir.
 func NewAdminClient(dataDir string) *AdminClient {
 	sock := filepath.Join(dataDir, adminSocket)
-	return &AdminClient{hc: &http.Client{
+	return &AdminClient{base: "http://gatehouse", hc: &http.Client{
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -369,6 +373,20 @@ func NewAdminClient(dataDir string) *AdminClient {
 				return nil, fmt.Errorf("admin socket %s (is gatehouse serve running?): %w", sock, err)
 			}
 			return c, nil
+		}},
+	}}
+}
+
+// NewRemoteAdminClient returns a client for the admin API at server
+// (https://host:port), authenticating with an admin certificate issued by
+// `gatehouse admin issue-cert` and trusting only root for the server.
+func NewRemoteAdminClient(server string, cert tls.Certificate, root *x509.Certificate) *AdminClient {
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	return &AdminClient{base: strings.TrimRight(server, "/"), hc: &http.Client{
+		Timeout: 60 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{
+			MinVersion: tls.VersionTLS12, RootCAs: pool, Certificates: []tls.Certificate{cert},
 		}},
 	}}
 }
@@ -429,7 +447,7 @@ func (c *AdminClient) TransferLeadership(ctx context.Context) error {
 
 // Backup writes a backup archive of the cluster to w.
 func (c *AdminClient) Backup(ctx context.Context, w io.Writer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://gatehouse"+adminBackup, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+adminBackup, nil)
 	if err != nil {
 		return err
 	}
@@ -452,7 +470,7 @@ func (c *AdminClient) Backup(ctx context.Context, w io.Writer) error {
 // Restore replaces the cluster's registry with a backup's.
 func (c *AdminClient) Restore(ctx context.Context, archive io.Reader) (BackupMeta, error) {
 	var meta BackupMeta
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://gatehouse"+adminRestore, archive)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+adminRestore, archive)
 	if err != nil {
 		return meta, err
 	}
@@ -534,7 +552,7 @@ func (c *AdminClient) do(ctx context.Context, method, path string, in, v any) er
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://gatehouse"+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return err
 	}

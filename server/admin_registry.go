@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"math/big"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/api"
@@ -311,4 +313,86 @@ func (a *Appliance) exportAudit(w http.ResponseWriter, r *http.Request) {
 	if err := cluster.WriteAudit(w, format, h, entries); err != nil {
 		a.log.Error("audit export interrupted", "err", err)
 	}
+}
+
+// LabelDevice sets and removes labels on a device.
+func (c *AdminClient) LabelDevice(ctx context.Context, id, actor string, set map[string]string, remove []string) (cluster.Device, error) {
+	var dev cluster.Device
+	return dev, c.do(ctx, http.MethodPost, adminDevices+"/"+url.PathEscape(id)+"/labels", LabelChange{Actor: actor, Set: set, Remove: remove}, &dev)
+}
+
+// DeviceConfig returns a device's effective, group and override configuration.
+func (c *AdminClient) DeviceConfig(ctx context.Context, id string) (DeviceConfig, error) {
+	var out DeviceConfig
+	return out, c.get(ctx, adminDevices+"/"+url.PathEscape(id)+"/config", &out)
+}
+
+// SetDeviceConfig replaces a device's configuration override.
+func (c *AdminClient) SetDeviceConfig(ctx context.Context, id, actor string, config json.RawMessage) (cluster.Device, error) {
+	var dev cluster.Device
+	return dev, c.do(ctx, http.MethodPut, adminDevices+"/"+url.PathEscape(id)+"/config", ConfigChange{Actor: actor, Config: config}, &dev)
+}
+
+// GroupConfig returns a group's configuration in the policy in force.
+func (c *AdminClient) GroupConfig(ctx context.Context, group string) (GroupConfig, error) {
+	var out GroupConfig
+	return out, c.get(ctx, adminGroups+"/"+url.PathEscape(group)+"/config", &out)
+}
+
+// SetGroupConfig applies a policy version with the group's configuration replaced.
+func (c *AdminClient) SetGroupConfig(ctx context.Context, group, actor string, config json.RawMessage) (cluster.PolicyRecord, error) {
+	var rec cluster.PolicyRecord
+	return rec, c.do(ctx, http.MethodPut, adminGroups+"/"+url.PathEscape(group)+"/config", ConfigChange{Actor: actor, Config: config}, &rec)
+}
+
+// Checkpoint signs the audit head now.
+func (c *AdminClient) Checkpoint(ctx context.Context) (uint64, error) {
+	var out map[string]uint64
+	err := c.do(ctx, http.MethodPost, adminAudit+"/checkpoint", struct{}{}, &out)
+	return out["seq"], err
+}
+
+// ExportAudit writes the audit log since since (zero: all) in format to w;
+// the export ends on a fresh checkpoint.
+func (c *AdminClient) ExportAudit(ctx context.Context, since time.Time, format string, w io.Writer) error {
+	q := url.Values{"format": {format}}
+	if !since.IsZero() {
+		q.Set("since", since.UTC().Format(time.RFC3339))
+	}
+	return c.stream(ctx, http.MethodGet, adminAudit+"?"+q.Encode(), w)
+}
+
+// AuditKey returns the audit key's certificate chain (PEM).
+func (c *AdminClient) AuditKey(ctx context.Context) ([]byte, error) {
+	var buf bytes.Buffer
+	err := c.stream(ctx, http.MethodGet, adminAudit+"/key", &buf)
+	return buf.Bytes(), err
+}
+
+// IssueAdminCert asks for an admin certificate for csr (DER).
+func (c *AdminClient) IssueAdminCert(ctx context.Context, role, name string, csr []byte, validity time.Duration) (AdminCertResponse, error) {
+	var out AdminCertResponse
+	return out, c.do(ctx, http.MethodPost, adminAdminCerts, AdminCertRequest{Role: role, Name: name, CSR: csr, Validity: Duration{validity}}, &out)
+}
+
+// stream copies a non-JSON response body to w.
+func (c *AdminClient) stream(ctx context.Context, method, path string, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var p api.Problem
+		if json.NewDecoder(resp.Body).Decode(&p) == nil && p.Code != "" {
+			return &p
+		}
+		return fmt.Errorf("admin API: %s", resp.Status)
+	}
+	_, err = io.Copy(w, resp.Body)
+	return err
 }

@@ -5,12 +5,14 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -337,6 +339,13 @@ func (a *Appliance) Root() *x509.Certificate { return a.ca.Root() }
 
 // Intermediates is the chain that signs device certificates and the CRL.
 func (a *Appliance) Intermediates() []*x509.Certificate { return a.ca.Intermediates() }
+
+// AuditKey is the checkpoint signing key and its certificate chain.
+func (a *Appliance) AuditKey() (ed25519.PrivateKey, []*x509.Certificate) { return a.ca.AuditKey() }
+
+// IsRevoked reports whether step-ca has revoked serial, as this node's
+// replica of the registry says.
+func (a *Appliance) IsRevoked(serial *big.Int) (bool, error) { return a.ca.IsRevoked(serial) }
 
 // CertificatesIssued counts device certificates this node issued since it started.
 func (a *Appliance) CertificatesIssued() uint64 { return a.enroller.issued.Load() }

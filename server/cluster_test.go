@@ -1,14 +1,17 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"strings"
 	"testing"
@@ -17,6 +20,8 @@ import (
 	goattest "github.com/google/go-attestation/attest"
 
 	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
@@ -120,6 +125,50 @@ func TestThreeNodeCluster(t *testing.T) {
 				t.Fatalf("device %s missing on a node: %v", id, err)
 			}
 		}
+	}
+
+	// The audit chain, appended through different nodes (followers forward),
+	// is byte-identical on all of them and verifies.
+	for i, n := range nodes {
+		if err := n.Node().AppendAudit(ctx, cluster.AuditAdminDenied, fmt.Sprintf("test-%d", i), "/admin/v1/x", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A revocation through a follower replicates: the CRL of another node
+	// lists it and that node refuses the certificate.
+	revoked, err := n2.RevokeDevice(ctx, ids[0], "test", "decommissioned")
+	if err != nil {
+		t.Fatalf("revoke through a follower: %v", err)
+	}
+	auditKey, chain := e.App.AuditKey()
+	if _, err := n3.Node().Checkpoint(ctx, "test", auditKey); err != nil {
+		t.Fatalf("checkpoint through a follower: %v", err)
+	}
+	exports := make([][]byte, len(nodes))
+	for i, n := range nodes {
+		waitFor(t, "identical audit chains", 10*time.Second, func() bool {
+			entries, err := n.Node().AuditEntries(time.Time{}, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var buf bytes.Buffer
+			if err := cluster.WriteAudit(&buf, cluster.AuditCSV, cluster.AuditHeader{}, entries); err != nil {
+				t.Fatal(err)
+			}
+			exports[i] = buf.Bytes()
+			return i == 0 || bytes.Equal(exports[i], exports[0])
+		})
+	}
+	_, lines, _ := cluster.ReadAudit(bytes.NewReader(exports[2]))
+	if rep := cluster.VerifyAudit(lines, auditKey.Public().(ed25519.PublicKey)); !rep.OK() || rep.Entries < 10 {
+		t.Fatalf("chain from node 3: %+v", rep)
+	}
+	if _, err := ca.VerifyAuditKey(chain, n3.Root()); err != nil {
+		t.Fatal(err)
+	}
+	serial, _ := new(big.Int).SetString(revoked.Serials[0], 16)
+	if ok, err := n3.IsRevoked(serial); err != nil || !ok {
+		t.Fatalf("node 3 does not see the revocation: %v %v", ok, err)
 	}
 }
 

@@ -1,0 +1,221 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+	"github.com/gatehouse-dev/gatehouse/server"
+	"github.com/gatehouse-dev/gatehouse/server/servertest"
+)
+
+// adminCert has the appliance issue an admin certificate for a fresh key.
+func adminCert(t *testing.T, e *env, role, name string) tls.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := server.NewAdminClient(e.Dir).IssueAdminCert(context.Background(), role, name, csr, time.Hour)
+	if err != nil {
+		t.Fatalf("issue %s certificate: %v", role, err)
+	}
+	var cert tls.Certificate
+	for rest := resp.Chain; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		cert.Certificate = append(cert.Certificate, blk.Bytes)
+	}
+	cert.PrivateKey = key
+	return cert
+}
+
+// foreignCert is an operator-looking admin certificate from another CA.
+func foreignCert(t *testing.T) tls.Certificate {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Evil CA"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	id, _ := url.Parse("spiffe://" + servertest.TrustDomain + "/admin/operator/mallory")
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "mallory"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		URIs: []*url.URL{id}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der, caDER}, PrivateKey: key}
+}
+
+var denialCodes = map[string]bool{api.CodeUnauthenticated: true, api.CodeForbidden: true, api.CodeCertificateRevoked: true}
+
+// Every admin endpoint × every kind of caller against the expected table,
+// over HTTPS: no certificate, a device certificate, a certificate from a
+// foreign CA carrying an admin URI, an auditor, an operator. A request is
+// allowed when it reached its handler (any answer but a refusal of the
+// caller); zero unexpected allows and zero unexpected denials.
+func TestAdminAuthorizationMatrix(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deviceCert, deviceKey, err := id.TLSCertificate(d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deviceKey.Close()
+	callers := []struct {
+		name string
+		cert *tls.Certificate
+		role string // the role the caller should get; "" for none
+	}{
+		{"no certificate", nil, ""},
+		{"device certificate", &deviceCert, ""},
+		{"foreign CA", ptr(foreignCert(t)), ""},
+		{"auditor", ptr(adminCert(t, e, ca.RoleAuditor, "audrey")), ca.RoleAuditor},
+		{"operator", ptr(adminCert(t, e, ca.RoleOperator, "olga")), ca.RoleOperator},
+	}
+	routes := e.App.AdminRoutes()
+	if len(routes) < 25 {
+		t.Fatalf("only %d admin routes", len(routes))
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(e.App.Root())
+	var unexpected []string
+	checked := 0
+	for _, c := range callers {
+		tlsCfg := &tls.Config{RootCAs: pool}
+		if c.cert != nil {
+			tlsCfg.Certificates = []tls.Certificate{*c.cert}
+		}
+		hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+		for _, r := range routes {
+			method, path, _ := strings.Cut(r.Pattern, " ")
+			path = strings.NewReplacer("{id}", "nonexistent", "{op}", "disable", "{name}", "nogroup").Replace(path)
+			req, _ := http.NewRequestWithContext(ctx, method, e.URL()+path, strings.NewReader("{not json"))
+			resp, err := hc.Do(req)
+			allowed := false
+			code := "tls: " + fmt.Sprint(err)
+			if err == nil {
+				var p api.Problem
+				_ = json.NewDecoder(resp.Body).Decode(&p)
+				resp.Body.Close()
+				code = fmt.Sprintf("%d %s", resp.StatusCode, p.Code)
+				allowed = !denialCodes[p.Code]
+			}
+			want := c.role == ca.RoleOperator || c.role == ca.RoleAuditor && r.Role == ca.RoleAuditor
+			if allowed != want {
+				unexpected = append(unexpected, fmt.Sprintf("%s: %s → %s (allowed=%v, want %v)", c.name, r.Pattern, code, allowed, want))
+			}
+			checked++
+		}
+		hc.CloseIdleConnections()
+	}
+	if len(unexpected) > 0 {
+		t.Fatalf("%d of %d checks unexpected:\n%s", len(unexpected), checked, strings.Join(unexpected, "\n"))
+	}
+	// Refusals of callers the appliance could identify are audited.
+	entries, err := e.App.Node().AuditEntries(time.Time{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := 0
+	for _, en := range entries {
+		if en.Type == cluster.AuditAdminDenied {
+			denied++
+		}
+	}
+	if denied == 0 {
+		t.Fatal("no admin refusal reached the audit log")
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// The operator's certificate drives the CLI's remote client; its actor is
+// the certificate's name, whatever the request claims.
+func TestRemoteAdminActor(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := server.NewRemoteAdminClient(e.URL(), adminCert(t, e, ca.RoleOperator, "olga"), e.App.Root())
+	dev, err := op.TransitionDevice(ctx, id.DeviceID, cluster.OpDisable, "someone-else", "maintenance")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := dev.History[0].Actor; got != "admin:olga(operator)" {
+		t.Fatalf("actor %q", got)
+	}
+	aud := server.NewRemoteAdminClient(e.URL(), adminCert(t, e, ca.RoleAuditor, "audrey"), e.App.Root())
+	if _, err := aud.Devices(ctx, ""); err != nil {
+		t.Fatalf("auditor read: %v", err)
+	}
+	var p *api.Problem
+	if _, err := aud.TransitionDevice(ctx, id.DeviceID, cluster.OpEnable, "audrey", "x"); !errors.As(err, &p) || p.Code != api.CodeForbidden {
+		t.Fatalf("auditor write: %v", err)
+	}
+	var buf bytes.Buffer
+	if err := aud.ExportAudit(ctx, time.Time{}, cluster.AuditJSONL, &buf); err != nil {
+		t.Fatalf("auditor export: %v", err)
+	}
+	h, lines, err := cluster.ReadAudit(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := parsePEMChain([]byte(h.KeyCertificate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ca.VerifyAuditKey(chain, e.App.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep := cluster.VerifyAudit(lines, key); !rep.OK() || rep.SignedUpTo != rep.LastSeq-1 {
+		t.Fatalf("export does not verify: %+v", rep)
+	}
+}
+
+func parsePEMChain(b []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		if blk, b = pem.Decode(b); blk == nil {
+			return out, nil
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+}
