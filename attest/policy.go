@@ -134,6 +134,10 @@ type Input struct {
 	Serial         string // claimed
 	DeviceID       string
 	Labels         map[string]string
+	// EnrolledGroup is the group an operator enrolled this EK into one by
+	// one (an imported individual enrollment); it selects that group
+	// before any match is tried.
+	EnrolledGroup string
 	// PCRs are the quoted values: bank → index → digest.
 	PCRs map[string]map[int][]byte
 	Log  *EventLog // verified against the quote; nil without a log
@@ -319,6 +323,9 @@ func (p *Policy) Validate() error {
 
 // Select returns the first group whose Match selects the device, or nil.
 func (p *Policy) Select(in *Input) *Group {
+	if g := p.GroupNamed(in.EnrolledGroup); in.EnrolledGroup != "" && g != nil {
+		return g
+	}
 	for i := range p.Groups {
 		if p.Groups[i].Match.selects(in) {
 			return &p.Groups[i]

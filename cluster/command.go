@@ -54,6 +54,7 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"audit.append", 1}:       decodeAs[appendAuditCmd],
 	{"audit.checkpoint", 1}:   decodeAs[checkpointAudit],
 	{"stepca.update", 1}:      decodeAs[stepCAUpdate],
+	{"enrollment.import", 1}:  decodeAs[importEnrollments],
 }
 
 func decodeAs[T any, PT interface {

@@ -28,7 +28,7 @@ var (
 	bSessionsByExpiry     = []byte("sessions_by_expiry")
 	bMeta                 = []byte("meta")
 	// allBuckets is in name order: stateHash depends on it.
-	allBuckets      = [][]byte{bAttestations, bAttestationsByDevice, bAudit, bDevices, bEvidence, bFailures, bJoinTokens, bMembers, bMeta, bPolicies, bSessions, bSessionsByExpiry, bStepCA}
+	allBuckets      = [][]byte{bAttestations, bAttestationsByDevice, bAudit, bDevices, bEvidence, bFailures, bIndividual, bJoinTokens, bMembers, bMeta, bPolicies, bSessions, bSessionsByExpiry, bStepCA}
 	keyAppliedIndex = []byte("applied_index")
 )
 

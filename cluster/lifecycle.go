@@ -203,12 +203,20 @@ var ErrInvalidLabel = errors.New("invalid label")
 
 var labelKeyRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._/-]{0,62}[a-z0-9])?$`)
 
+// ValidateLabels checks label keys and values.
+func ValidateLabels(labels map[string]string) error {
+	for k, v := range labels {
+		if !labelKeyRE.MatchString(k) || len(v) > 256 {
+			return fmt.Errorf("%w: %q=%q (keys: lower-case letters, digits, . _ / -, up to 64; values up to 256 bytes)", ErrInvalidLabel, k, v)
+		}
+	}
+	return nil
+}
+
 // LabelDevice sets (key=value) and removes labels on a device.
 func (n *Node) LabelDevice(ctx context.Context, deviceID, actor string, set map[string]string, remove []string) (Device, error) {
-	for k, v := range set {
-		if !labelKeyRE.MatchString(k) || len(v) > 256 {
-			return Device{}, fmt.Errorf("%w: %q=%q (keys: lower-case letters, digits, . _ / -, up to 64; values up to 256 bytes)", ErrInvalidLabel, k, v)
-		}
+	if err := ValidateLabels(set); err != nil {
+		return Device{}, err
 	}
 	if _, err := n.apply(ctx, "device.labels", 1, &labelDevice{DeviceID: deviceID, Set: set, Remove: remove, Actor: actor}); err != nil {
 		return Device{}, err

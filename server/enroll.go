@@ -32,6 +32,7 @@ type registry interface {
 	CommitFailedRenewal(ctx context.Context, sessionID string, sessionExpires time.Time, a cluster.AttestationRecord) (uint64, error)
 	SessionUsed(sessionID string) (bool, error)
 	Device(id string) (cluster.Device, error)
+	IndividualEnrollment(ekPublicSHA256 string) (cluster.IndividualEnrollment, error)
 	policyStore
 }
 
@@ -72,7 +73,7 @@ var errReprovisionRefused = errors.New("re-provisioning refused")
 
 // pend commits a pending enrollment (no certificate) and returns the
 // Pending answer.
-func (e *Enroller) pend(ctx context.Context, rec cluster.AttestationRecord, sess *session, decision *attest.Decision, why string, flags []cluster.Flag) error {
+func (e *Enroller) pend(ctx context.Context, rec cluster.AttestationRecord, sess *session, decision *attest.Decision, why string, flags []cluster.Flag, labels map[string]string) error {
 	rec.Outcome, rec.Reason = cluster.OutcomePending, why
 	dev := cluster.Device{
 		ID:             sess.DeviceID,
@@ -83,6 +84,7 @@ func (e *Enroller) pend(ctx context.Context, rec cluster.AttestationRecord, sess
 		Group:          decision.Group,
 		Mode:           decision.Mode,
 		PolicyVersion:  decision.PolicyVersion,
+		Labels:         labels,
 	}
 	attID, err := e.reg.CommitEnrollment(ctx, sess.ID, sess.Expires, dev, rec, flags...)
 	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrDeviceInactive) {
@@ -211,16 +213,21 @@ func (e *Enroller) verifyEK(req *api.ChallengeRequest, sess *session) (crypto.Pu
 	return ekPub, nil
 }
 
-// preRegistered passes the EK check for an EK an operator listed by its
-// public-key hash in an enrollment group.
+// preRegistered passes the EK check for an EK an operator vouched for: an
+// imported individual enrollment, or its public-key hash listed in an
+// enrollment group.
 func (e *Enroller) preRegistered(sess *session) error {
+	if ie, err := e.reg.IndividualEnrollment(sess.EK.PublicSHA256); err == nil {
+		sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckEKChain, Passed: true, Detail: fmt.Sprintf("individual enrollment into group %s, imported by %s", ie.Group, ie.ImportedBy)})
+		return nil
+	}
 	p, err := e.policies.current()
 	if err != nil {
 		return err
 	}
 	g := p.PreRegistered(sess.EK.PublicSHA256)
 	if g == nil {
-		return fmt.Errorf("EK %s is not pre-registered in policy v%d", sess.EK.PublicSHA256, p.Version)
+		return fmt.Errorf("EK %s is not pre-registered in policy v%d nor imported", sess.EK.PublicSHA256, p.Version)
 	}
 	sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckEKChain, Passed: true, Detail: fmt.Sprintf("pre-registered in group %s of policy v%d", g.Name, p.Version)})
 	return nil
@@ -317,10 +324,14 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		return nil, e.internal(err)
 	}
 	var labels map[string]string
+	individual, ierr := e.reg.IndividualEnrollment(sess.EK.PublicSHA256)
 	if old != nil {
 		labels = old.Labels
+	} else if ierr == nil {
+		labels = individual.Labels
 	}
 	in := policyInput(sess.DeviceID, sess.EK, sess.Claims, labels, pcrs, res.EventLog)
+	in.EnrolledGroup = individual.Group
 	decision := policy.Evaluate(in)
 	rec.Policy = decision
 	if err := decision.Err(); err != nil {
@@ -351,7 +362,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		}
 	}
 	if status == cluster.DevicePending {
-		return nil, e.pend(ctx, rec, sess, decision, why, flags)
+		return nil, e.pend(ctx, rec, sess, decision, why, flags, labels)
 	}
 	profile := ca.DeviceProfile{DeviceID: sess.DeviceID, TrustDomain: e.trustDomain, Validity: e.certValidity}
 	if v := decision.Certificate.Validity; v != "" {
@@ -383,6 +394,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		Group:               decision.Group,
 		Mode:                decision.Mode,
 		PolicyVersion:       decision.PolicyVersion,
+		Labels:              labels,
 	}
 	attID, err := e.reg.CommitEnrollment(ctx, sess.ID, sess.Expires, dev, rec, flags...)
 	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrDeviceInactive) { // lost a race with a completion or an operator

@@ -45,7 +45,10 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.PersistentFlags().String("data-dir", "gatehouse-data", "node data directory")
 	root.PersistentFlags().Bool("stale", false, "read this node's local state without confirming with the leader")
-	root.AddCommand(initCmd(), serveCmd(), statusCmd(), devicesCmd(), attestationsCmd(), clusterCmd(), policyCmd(), eventlogCmd(), ekcertCmd())
+	addRemoteFlags(root)
+	root.PersistentPreRunE = loadRemote
+	root.AddCommand(initCmd(), serveCmd(), statusCmd(), devicesCmd(), attestationsCmd(), clusterCmd(), policyCmd(), eventlogCmd(), ekcertCmd(),
+		adminCmd(), configCmd(), auditCmd(), enrollmentsCmd())
 	return root
 }
 

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-
-	"github.com/gatehouse-dev/gatehouse/server"
 )
 
 func clusterCmd() *cobra.Command {
@@ -124,11 +122,5 @@ func clusterCmd() *cobra.Command {
 		},
 	}
 	c.AddCommand(token, members, remove, transfer, backup, restore, statusCmd())
-	return c
-}
-
-func adminClient(cmd *cobra.Command) *server.AdminClient {
-	c := server.NewAdminClient(dataDir(cmd))
-	c.StaleReads, _ = cmd.Flags().GetBool("stale")
 	return c
 }

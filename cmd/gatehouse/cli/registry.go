@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -67,9 +68,9 @@ func devicesCmd() *cobra.Command {
 				return err
 			}
 			return render(cmd, devs, func(w io.Writer) {
-				fmt.Fprintln(w, "ID\tSTATUS\tTPM\tMODEL (CLAIMED)\tENROLLMENTS\tLAST ENROLLED\tSERIAL")
+				fmt.Fprintln(w, "ID\tSTATUS\tGROUP\tMODEL (CLAIMED)\tENROLLMENTS\tLAST ATTESTED\tLABELS\tFLAGS")
 				for _, d := range devs {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, d.Status, orDash(d.EK.Manufacturer), orDash(d.Claims.Model), d.Enrollments, d.LastEnrolledAt.Format(time.RFC3339), d.CertificateSerial)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", d.ID, d.Status, orDash(d.Group), orDash(d.Claims.Model), d.Enrollments, timeOrDash(d.LastAttestedAt), labelString(d.Labels), flagString(d))
 				}
 			})
 		},
@@ -89,7 +90,7 @@ func devicesCmd() *cobra.Command {
 	list.Flags().StringVar(&state, "state", "", "only devices in this state (pending, active, disabled, quarantined, revoked, deleted)")
 	addOutputFlag(list)
 	addOutputFlag(show)
-	c.AddCommand(list, show)
+	c.AddCommand(list, show, labelCmd())
 	for _, op := range cluster.Ops() {
 		c.AddCommand(deviceOpCmd(op))
 	}
@@ -129,9 +130,41 @@ func printDevice(w io.Writer, d cluster.Device) {
 	printEK(w, &d.EK)
 	fmt.Fprintf(w, "AK sha256:\t%s\n", d.AKPublicSHA256)
 	fmt.Fprintf(w, "claims (untrusted):\tserial=%s model=%s firmware=%s\n", orDash(d.Claims.Serial), orDash(d.Claims.Model), orDash(d.Claims.FirmwareVersion))
+	fmt.Fprintf(w, "last attested:\t%s\n", timeOrDash(d.LastAttestedAt))
+	if d.Stale {
+		fmt.Fprintln(w, "stale:\tyes (missed its group's re-attestation interval)")
+	}
+	fmt.Fprintf(w, "certificates:\t%s (newest expires %s)\n", strings.Join(d.Serials, ", "), timeOrDash(d.CertificateNotAfter))
+	fmt.Fprintf(w, "labels:\t%s\n", labelString(d.Labels))
+	if d.ConfigVersion > 0 {
+		fmt.Fprintf(w, "config override:\tv%d %s\n", d.ConfigVersion, d.Config)
+	}
+	for _, f := range d.Flags {
+		fmt.Fprintf(w, "flag:\t%s %s (attestation %d): %s\n", f.Time.Format(time.RFC3339), f.Name, f.AttestationID, f.Detail)
+	}
 	for _, h := range d.History {
 		fmt.Fprintf(w, "history:\t%s %s: %s → %s by %s: %s\n", h.Time.Format(time.RFC3339), h.Op, h.From, h.To, h.Actor, h.Reason)
 	}
+}
+
+func timeOrDash(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Format(time.RFC3339)
+}
+
+func flagString(d cluster.Device) string {
+	var names []string
+	for _, f := range d.Flags {
+		if !slices.Contains(names, f.Name) {
+			names = append(names, f.Name)
+		}
+	}
+	if len(names) == 0 {
+		return "-"
+	}
+	return strings.Join(names, ",")
 }
 
 func printEK(w io.Writer, ek *cluster.EKInfo) {

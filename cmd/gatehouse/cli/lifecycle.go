@@ -1,0 +1,363 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.step.sm/crypto/pemutil"
+
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+	"github.com/gatehouse-dev/gatehouse/server"
+)
+
+// labelCmd is `devices label ID key=value... [--remove key]`.
+func labelCmd() *cobra.Command {
+	var remove []string
+	c := &cobra.Command{
+		Use:   "label ID [KEY=VALUE...] [--remove KEY]",
+		Short: "Set or remove labels on a device (policies match on them)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			set := map[string]string{}
+			for _, kv := range args[1:] {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return fmt.Errorf("%q is not KEY=VALUE", kv)
+				}
+				set[k] = v
+			}
+			if len(set) == 0 && len(remove) == 0 {
+				return errors.New("nothing to change: give KEY=VALUE pairs or --remove KEY")
+			}
+			d, err := adminClient(cmd).LabelDevice(cmd.Context(), args[0], actor(), set, remove)
+			if err != nil {
+				return err
+			}
+			return render(cmd, d, func(w io.Writer) { fmt.Fprintf(w, "device %s labels: %s\n", d.ID, labelString(d.Labels)) })
+		},
+	}
+	c.Flags().StringSliceVar(&remove, "remove", nil, "label keys to remove")
+	addOutputFlag(c)
+	return c
+}
+
+func labelString(l map[string]string) string {
+	if len(l) == 0 {
+		return "-"
+	}
+	var parts []string
+	for k, v := range l {
+		parts = append(parts, k+"="+v)
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ",")
+}
+
+func configCmd() *cobra.Command {
+	c := &cobra.Command{Use: "config", Short: "Device configuration: per group (in the policy) and per device (overrides, merged over the group's)"}
+	var device, group string
+	target := func() error {
+		if (device == "") == (group == "") {
+			return errors.New("give exactly one of --device or --group")
+		}
+		return nil
+	}
+	show := &cobra.Command{
+		Use:   "show --device ID | --group NAME",
+		Short: "Show a device's effective configuration (with its sources) or a group's",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := target(); err != nil {
+				return err
+			}
+			if group != "" {
+				g, err := adminClient(cmd).GroupConfig(cmd.Context(), group)
+				if err != nil {
+					return err
+				}
+				return render(cmd, g, func(w io.Writer) {
+					fmt.Fprintf(w, "group %s (policy v%d):\n%s\n", g.Group, g.PolicyVersion, indentJSON(g.Config))
+				})
+			}
+			dc, err := adminClient(cmd).DeviceConfig(cmd.Context(), device)
+			if err != nil {
+				return err
+			}
+			return render(cmd, dc, func(w io.Writer) {
+				e := dc.Effective
+				fmt.Fprintf(w, "device %s, group %s (policy v%d), device override v%d\n", e.DeviceID, orDash(e.Group), e.PolicyVersion, e.DeviceVersion)
+				fmt.Fprintf(w, "effective:\n%s\ngroup:\n%s\noverride:\n%s\n", indentJSON(e.Configuration), indentJSON(dc.Group), indentJSON(dc.Override))
+			})
+		},
+	}
+	set := &cobra.Command{
+		Use:   "set --device ID | --group NAME FILE",
+		Short: "Replace a device's override or a group's configuration (a JSON object; a group change is a new policy version)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := target(); err != nil {
+				return err
+			}
+			doc, err := readFileOrStdin(args[0])
+			if err != nil {
+				return err
+			}
+			if group != "" {
+				rec, err := adminClient(cmd).SetGroupConfig(cmd.Context(), group, actor(), doc)
+				if err != nil {
+					return err
+				}
+				return render(cmd, rec, func(w io.Writer) { fmt.Fprintf(w, "group %s configured: policy v%d\n", group, rec.Version) })
+			}
+			d, err := adminClient(cmd).SetDeviceConfig(cmd.Context(), device, actor(), doc)
+			if err != nil {
+				return err
+			}
+			return render(cmd, d, func(w io.Writer) { fmt.Fprintf(w, "device %s override v%d\n", d.ID, d.ConfigVersion) })
+		},
+	}
+	for _, sub := range []*cobra.Command{show, set} {
+		sub.Flags().StringVar(&device, "device", "", "device ID")
+		sub.Flags().StringVar(&group, "group", "", "enrollment group")
+		addOutputFlag(sub)
+	}
+	c.AddCommand(show, set)
+	return c
+}
+
+func indentJSON(b []byte) string {
+	var buf bytes.Buffer
+	if json.Indent(&buf, b, "  ", "  ") != nil {
+		return "  " + string(b)
+	}
+	return "  " + buf.String()
+}
+
+func readFileOrStdin(path string) ([]byte, error) {
+	if path == "-" {
+		return io.ReadAll(os.Stdin)
+	}
+	return os.ReadFile(path)
+}
+
+func auditCmd() *cobra.Command {
+	c := &cobra.Command{Use: "audit", Short: "The hash-chained, signed audit log"}
+	var since, format, out string
+	export := &cobra.Command{
+		Use:   "export [--since T] [--format jsonl|csv] [--out FILE]",
+		Short: "Sign the head, then write the log (ending on that checkpoint)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var t time.Time
+			if since != "" {
+				var err error
+				if t, err = time.Parse(time.RFC3339, since); err != nil {
+					return fmt.Errorf("--since: want an RFC 3339 time such as 2026-11-01T00:00:00Z: %w", err)
+				}
+			}
+			w := cmd.OutOrStdout()
+			if out != "" {
+				f, err := os.OpenFile(out, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				w = f
+			}
+			return adminClient(cmd).ExportAudit(cmd.Context(), t, format, w)
+		},
+	}
+	export.Flags().StringVar(&since, "since", "", "only entries at or after this time (RFC 3339)")
+	export.Flags().StringVar(&format, "format", cluster.AuditJSONL, "jsonl or csv")
+	export.Flags().StringVar(&out, "out", "", "write to this file instead of stdout")
+
+	var rootFile, keyCert string
+	verify := &cobra.Command{
+		Use:   "verify FILE --root ROOT.crt [--key-cert CHAIN.pem]",
+		Short: "Verify an export offline: every hash, link and checkpoint signature; report what was changed, removed or reordered, and where",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rep, anchor, err := verifyAuditFile(args[0], rootFile, keyCert)
+			if err != nil {
+				return err
+			}
+			if err := render(cmd, rep, func(w io.Writer) {
+				fmt.Fprintf(w, "entries:\t%d (seq %d..%d)\n", rep.Entries, rep.FirstSeq, rep.LastSeq)
+				fmt.Fprintf(w, "checkpoints:\t%d valid, signed up to seq %d\n", rep.Checkpoints, rep.SignedUpTo)
+				fmt.Fprintf(w, "key:\t%s\n", anchor)
+				for _, p := range rep.Problems {
+					fmt.Fprintf(w, "PROBLEM\t%s\n", p)
+				}
+				if rep.OK() {
+					fmt.Fprintln(w, "result:\tOK")
+				} else {
+					fmt.Fprintf(w, "result:\tFAILED (%d problems)\n", len(rep.Problems))
+				}
+			}); err != nil {
+				return err
+			}
+			if !rep.OK() {
+				return fmt.Errorf("%s: %d problems", args[0], len(rep.Problems))
+			}
+			return nil
+		},
+	}
+	verify.Flags().StringVar(&rootFile, "root", "", "the appliance root certificate you trust (PEM); required")
+	verify.Flags().StringVar(&keyCert, "key-cert", "", "audit key certificate chain (PEM), for CSV exports (`gatehouse audit key`)")
+	_ = verify.MarkFlagRequired("root")
+	addOutputFlag(verify)
+
+	checkpoint := &cobra.Command{
+		Use:   "checkpoint",
+		Short: "Sign the audit head now",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			seq, err := adminClient(cmd).Checkpoint(cmd.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "checkpoint at seq %d\n", seq)
+			return nil
+		},
+	}
+	key := &cobra.Command{
+		Use:   "key",
+		Short: "Print the audit key's certificate chain (PEM)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			b, err := adminClient(cmd).AuditKey(cmd.Context())
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(b)
+			return err
+		},
+	}
+	c.AddCommand(export, verify, checkpoint, key)
+	return c
+}
+
+// verifyAuditFile checks an export against the audit key certified under
+// the root the auditor trusts. It needs nothing from the appliance.
+func verifyAuditFile(path, rootFile, keyCertFile string) (cluster.AuditReport, string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return cluster.AuditReport{}, "", err
+	}
+	defer f.Close()
+	h, lines, err := cluster.ReadAudit(f)
+	if err != nil {
+		return cluster.AuditReport{}, "", fmt.Errorf("%s: %w", path, err)
+	}
+	rootPEM, err := os.ReadFile(rootFile)
+	if err != nil {
+		return cluster.AuditReport{}, "", err
+	}
+	root, err := pemutil.ParseCertificate(rootPEM)
+	if err != nil {
+		return cluster.AuditReport{}, "", fmt.Errorf("%s: %w", rootFile, err)
+	}
+	chainPEM := []byte(h.KeyCertificate)
+	if keyCertFile != "" {
+		if chainPEM, err = os.ReadFile(keyCertFile); err != nil {
+			return cluster.AuditReport{}, "", err
+		}
+	}
+	if len(chainPEM) == 0 {
+		return cluster.AuditReport{}, "", errors.New("no audit key certificate: a CSV export needs --key-cert (gatehouse audit key)")
+	}
+	chain, err := pemutil.ParseCertificateBundle(chainPEM)
+	if err != nil {
+		return cluster.AuditReport{}, "", fmt.Errorf("audit key certificate: %w", err)
+	}
+	key, err := ca.VerifyAuditKey(chain, root)
+	if err != nil {
+		return cluster.AuditReport{}, "", err
+	}
+	rep := cluster.VerifyAudit(lines, key)
+	return rep, fmt.Sprintf("%s, certified under %s (%s)", cluster.KeyID(key)[:16], root.Subject.CommonName, filepath.Base(rootFile)), nil
+}
+
+func enrollmentsCmd() *cobra.Command {
+	c := &cobra.Command{Use: "enrollments", Short: "Individual enrollments: EKs an operator vouches for one by one"}
+	var batch int
+	imp := &cobra.Command{
+		Use:   "import FILE",
+		Short: "Import EK certificates or EK public hashes (CSV or JSON) as individual enrollments",
+		Long: `Import individual enrollments. CSV needs a header with ek_certificate
+(PEM or base64 DER) and/or ek_public_sha256, group, and optionally labels
+("site=lyon;rack=4"). JSON is an array of {"ek_certificate"|"ek_public_sha256",
+"group", "labels"}. Every row is checked; the summary lists refused rows
+and why.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			rows, err := server.ParseImportFile(f)
+			f.Close()
+			if err != nil {
+				return err
+			}
+			ac := adminClient(cmd)
+			total := server.ImportResult{}
+			progress := cmd.ErrOrStderr()
+			for start := 0; start < len(rows); start += batch {
+				end := min(start+batch, len(rows))
+				res, err := ac.ImportEnrollments(cmd.Context(), actor(), filepath.Base(args[0]), rows[start:end])
+				if err != nil {
+					return fmt.Errorf("rows %d-%d: %w (rows before them were imported)", rows[start].Row, rows[end-1].Row, err)
+				}
+				total.Accepted = append(total.Accepted, res.Accepted...)
+				total.Refused = append(total.Refused, res.Refused...)
+				progressBar(progress, end, len(rows))
+			}
+			fmt.Fprintln(progress)
+			return render(cmd, total, func(w io.Writer) {
+				fmt.Fprintf(w, "rows:\t%d\naccepted:\t%d\nrefused:\t%d\n", len(rows), len(total.Accepted), len(total.Refused))
+				for _, r := range total.Refused {
+					fmt.Fprintf(w, "  row %d:\t%s\n", r.Row, r.Reason)
+				}
+			})
+		},
+	}
+	imp.Flags().IntVar(&batch, "batch", 200, "rows per request (one Raft entry each)")
+	addOutputFlag(imp)
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List individual enrollments",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			list, err := adminClient(cmd).IndividualEnrollments(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return render(cmd, list, func(w io.Writer) {
+				fmt.Fprintln(w, "EK PUBLIC SHA256\tGROUP\tLABELS\tSOURCE\tIMPORTED BY")
+				for _, e := range list {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", e.EKPublicSHA256, e.Group, labelString(e.Labels), e.Source, e.ImportedBy)
+				}
+			})
+		},
+	}
+	addOutputFlag(list)
+	c.AddCommand(imp, list)
+	return c
+}
+
+func progressBar(w io.Writer, done, total int) {
+	const width = 30
+	n := width * done / max(total, 1)
+	fmt.Fprintf(w, "\r[%s%s] %d/%d", strings.Repeat("=", n), strings.Repeat(" ", width-n), done, total)
+}

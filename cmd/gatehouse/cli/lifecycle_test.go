@@ -1,0 +1,195 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+	"github.com/gatehouse-dev/gatehouse/server"
+	"github.com/gatehouse-dev/gatehouse/server/servertest"
+)
+
+// An operator's and an auditor's session through the CLI: admin
+// certificates, labels, configuration, revocation, audit export and
+// offline verification of a clean and of damaged exports.
+func TestOperatorAndAuditorCommands(t *testing.T) {
+	e := servertest.New(t)
+	ctx := context.Background()
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, who := range []struct{ role, name string }{{"operator", "olga"}, {"auditor", "audrey"}} {
+		out, err := run(t, "admin", "issue-cert", "--role", who.role, "--name", who.name, "--out", filepath.Join(dir, who.name), "--data-dir", e.Dir)
+		if err != nil || !strings.Contains(out, "--admin-config") {
+			t.Fatalf("issue-cert %s: %v %s", who.role, err, out)
+		}
+		if st, err := os.Stat(filepath.Join(dir, who.name, who.name+".key")); err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("key file: %v %v", st, err)
+		}
+	}
+	op := []string{"--admin-config", filepath.Join(dir, "olga", "admin.json")}
+	aud := []string{"--admin-config", filepath.Join(dir, "audrey", "admin.json")}
+	remote := func(who []string, args ...string) (string, error) { return run(t, append(args, who...)...) }
+
+	out, err := remote(op, "devices", "label", id.DeviceID, "site=lyon", "rack=4")
+	if err != nil || !strings.Contains(out, "rack=4,site=lyon") {
+		t.Fatalf("devices label: %v %s", err, out)
+	}
+	if out, err = remote(op, "devices", "label", id.DeviceID, "--remove", "rack"); err != nil || !strings.Contains(out, "labels: site=lyon") {
+		t.Fatalf("devices label --remove: %v %s", err, out)
+	}
+	if _, err = remote(aud, "devices", "label", id.DeviceID, "x=y"); err == nil || !strings.Contains(err.Error(), "forbidden") {
+		t.Fatalf("auditor labelled a device: %v", err)
+	}
+
+	group := filepath.Join(dir, "group.json")
+	override := filepath.Join(dir, "device.json")
+	os.WriteFile(group, []byte(`{"ntp":"pool.ntp.org","log":{"level":"info","remote":"syslog.example"}}`), 0o644)
+	os.WriteFile(override, []byte(`{"log":{"level":"debug","remote":null}}`), 0o644)
+	if out, err = remote(op, "config", "set", "--group", "default", group); err != nil || !strings.Contains(out, "policy v1") {
+		t.Fatalf("config set --group: %v %s", err, out)
+	}
+	if out, err = remote(op, "config", "set", "--device", id.DeviceID, override); err != nil || !strings.Contains(out, "override v1") {
+		t.Fatalf("config set --device: %v %s", err, out)
+	}
+	out, err = remote(aud, "config", "show", "--device", id.DeviceID, "-o", "json")
+	var dc server.DeviceConfig
+	if err != nil || json.Unmarshal([]byte(out), &dc) != nil {
+		t.Fatalf("config show: %v %s", err, out)
+	}
+	var compact bytes.Buffer
+	json.Compact(&compact, dc.Effective.Configuration)
+	if got := compact.String(); got != `{"log":{"level":"debug"},"ntp":"pool.ntp.org"}` {
+		t.Fatalf("effective configuration %s", got)
+	}
+	// The device sees the same over mTLS.
+	cfg, err := e.Client.Config(ctx, d.TPM, id)
+	if err != nil || string(cfg.Configuration) != compact.String() || cfg.PolicyVersion != 1 || cfg.DeviceVersion != 1 {
+		t.Fatalf("GET /v1/config: %+v %v", cfg, err)
+	}
+
+	if out, err = remote(op, "devices", "revoke", id.DeviceID, "--reason", "returned to vendor"); err != nil || !strings.Contains(out, "is now revoked") {
+		t.Fatalf("devices revoke: %v %s", err, out)
+	}
+	if out, err = remote(aud, "devices", "show", id.DeviceID); err != nil || !strings.Contains(out, "revoke: active → revoked by admin:olga(operator): returned to vendor") {
+		t.Fatalf("devices show: %v %s", err, out)
+	}
+
+	// The auditor exports and verifies offline against the root.
+	root := filepath.Join(dir, "audrey", "root.crt")
+	for _, format := range []string{"jsonl", "csv"} {
+		file := filepath.Join(dir, "audit."+format)
+		if _, err := remote(aud, "audit", "export", "--format", format, "--out", file); err != nil {
+			t.Fatalf("audit export: %v", err)
+		}
+		args := []string{"audit", "verify", file, "--root", root}
+		if format == "csv" {
+			key := filepath.Join(dir, "audit-key.pem")
+			out, err := remote(aud, "audit", "key")
+			if err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(key, []byte(out), 0o644)
+			args = append(args, "--key-cert", key)
+		}
+		out, err := run(t, args...)
+		if err != nil || !strings.Contains(strings.Join(strings.Fields(out), " "), "result: OK") {
+			t.Fatalf("audit verify %s: %v\n%s", format, err, out)
+		}
+		for _, want := range []string{cluster.AuditEnrollmentAccepted, cluster.AuditDeviceLabels, cluster.AuditPolicyApplied, cluster.AuditDeviceConfig, cluster.AuditDeviceState, cluster.AuditAdminDenied} {
+			if b, _ := os.ReadFile(file); !strings.Contains(string(b), want) {
+				t.Fatalf("%s export lacks %s", format, want)
+			}
+		}
+		// Damage: flip one byte in line 3, delete line 5, swap lines 7 and 8.
+		b, _ := os.ReadFile(file)
+		lines := strings.SplitAfter(string(b), "\n")
+		damage := map[string]func([]string) []string{
+			"flip": func(l []string) []string {
+				l[2] = strings.Replace(l[2], "device:", "devicf:", 1)
+				return l
+			},
+			"delete": func(l []string) []string { return append(l[:4], l[5:]...) },
+			"swap": func(l []string) []string {
+				l[6], l[7] = l[7], l[6]
+				return l
+			},
+		}
+		wantProblem := map[string]string{"flip": "line 3 (seq 2): modified", "delete": "line 5 (seq 5): removed", "swap": "line 8 (seq 6): reordered"}
+		for name, fn := range damage {
+			bad := filepath.Join(dir, name+"."+format)
+			os.WriteFile(bad, []byte(strings.Join(fn(append([]string(nil), lines...)), "")), 0o644)
+			out, err := run(t, append([]string{"audit", "verify", bad}, args[3:]...)...)
+			if err == nil || !strings.Contains(out, wantProblem[name]) || !strings.Contains(out, "FAILED") {
+				t.Fatalf("%s %s: %v\n%s", format, name, err, out)
+			}
+		}
+	}
+	// A root the auditor does not trust does not certify the key.
+	other := servertest.New(t)
+	if _, err := run(t, "audit", "verify", filepath.Join(dir, "audit.jsonl"), "--root", filepath.Join(other.Dir, "ca", "root.crt")); err == nil {
+		t.Fatal("verified under a foreign root")
+	}
+}
+
+// Import a CSV of EK certificates and hashes: valid rows become individual
+// enrollments (an EK with no chaining certificate then enrolls into its
+// group with its labels); every refused row is reported with why.
+func TestEnrollmentsImport(t *testing.T) {
+	e := servertest.New(t)
+	ctx := context.Background()
+	if _, err := server.NewAdminClient(e.Dir).ApplyPolicy(ctx, "test", []byte(`{"groups":[{"name":"floor","mode":"auto","match":{"models":["never"]}},{"name":"default","mode":"auto"}]}`)); err != nil {
+		t.Fatal(err)
+	}
+	d := servertest.NewDevice(t, e.Mfr)
+	ekHash, err := attest.PublicKeySHA256(d.EK.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := servertest.NewDevice(t, e.Mfr)
+	csv := fmt.Sprintf("ek_public_sha256,ek_certificate,group,labels\n"+
+		"%s,,floor,site=lyon;rack=4\n"+ // line 2: valid
+		"%s,,floor,\n"+ // line 3: duplicate of line 2
+		"abc,,floor,\n"+ // line 4: bad hash
+		",,floor,\n"+ // line 5: nothing
+		"%s,,nogroup,\n"+ // line 6: unknown group
+		",%s,default,\n", // line 7: a certificate (base64 DER)
+		ekHash, ekHash, strings.Repeat("1", 64), base64.StdEncoding.EncodeToString(other.EK.Certificate.Raw))
+	file := filepath.Join(t.TempDir(), "eks.csv")
+	os.WriteFile(file, []byte(csv), 0o644)
+	out, err := run(t, "enrollments", "import", file, "--data-dir", e.Dir, "--batch", "4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	norm := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{"rows: 6", "accepted: 2", "refused: 4", "row 3: the same EK as row 2", "row 4: ek_public_sha256 \"abc\"", "row 5: neither", "row 6: policy v1 has no group \"nogroup\""} {
+		if !strings.Contains(norm, want) {
+			t.Fatalf("summary lacks %q:\n%s", want, out)
+		}
+	}
+	list, err := server.NewAdminClient(e.Dir).IndividualEnrollments(ctx)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("individual enrollments %+v %v", list, err)
+	}
+	// The imported EK enrolls into floor (its match would never select it)
+	// with the imported labels.
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, _ := e.App.Node().Device(id.DeviceID)
+	if dev.Group != "floor" || dev.Labels["site"] != "lyon" || dev.Labels["rack"] != "4" {
+		t.Fatalf("device %+v", dev)
+	}
+}

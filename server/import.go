@@ -1,0 +1,248 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/csv"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+
+	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
+
+// ImportRow is one individual enrollment to import: an EK certificate (PEM,
+// or base64 DER) or an EK public-key hash, the group it enrolls into, and
+// labels the device starts with.
+type ImportRow struct {
+	Row            int               `json:"row"` // line or index in the source, for the summary
+	EKCertificate  string            `json:"ek_certificate,omitempty"`
+	EKPublicSHA256 string            `json:"ek_public_sha256,omitempty"`
+	Group          string            `json:"group"`
+	Labels         map[string]string `json:"labels,omitempty"`
+	// ParseError is set for a row the file reader could not read; the
+	// appliance refuses it with this reason.
+	ParseError string `json:"parse_error,omitempty"`
+}
+
+// ImportRequest is the body of POST /admin/v1/enrollments/import.
+type ImportRequest struct {
+	Actor  string      `json:"actor,omitempty"`
+	Source string      `json:"source"`
+	Rows   []ImportRow `json:"rows"`
+}
+
+// ImportResult says, row by row, what was imported and what was refused.
+type ImportResult struct {
+	Accepted []ImportedRow `json:"accepted"`
+	Refused  []RefusedRow  `json:"refused"`
+}
+
+// ImportedRow is an accepted row.
+type ImportedRow struct {
+	Row            int    `json:"row"`
+	EKPublicSHA256 string `json:"ek_public_sha256"`
+	Group          string `json:"group"`
+}
+
+// RefusedRow is a refused row and why.
+type RefusedRow struct {
+	Row    int    `json:"row"`
+	Reason string `json:"reason"`
+}
+
+// MaxImportBatch bounds one import request (one Raft entry).
+const MaxImportBatch = 500
+
+var hexSHA256 = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// ParseImportFile reads individual enrollments from CSV (a header row with
+// ek_certificate and/or ek_public_sha256, group, labels as "k=v;k=v") or
+// JSON (an array of ImportRow). Rows are numbered by their line (CSV) or
+// position from 1 (JSON). Rows are not validated here: the appliance
+// validates each and reports every refusal.
+func ParseImportFile(r io.Reader) ([]ImportRow, error) {
+	b, err := io.ReadAll(io.LimitReader(r, 256<<20))
+	if err != nil {
+		return nil, err
+	}
+	if t := bytes.TrimSpace(b); len(t) > 0 && t[0] == '[' {
+		var rows []ImportRow
+		if err := json.Unmarshal(t, &rows); err != nil {
+			return nil, fmt.Errorf("JSON import file: %w", err)
+		}
+		for i := range rows {
+			rows[i].Row = i + 1
+		}
+		return rows, nil
+	}
+	cr := csv.NewReader(bytes.NewReader(b))
+	cr.FieldsPerRecord = -1
+	header, err := cr.Read()
+	if err != nil {
+		return nil, fmt.Errorf("CSV import file: %w", err)
+	}
+	col := map[string]int{}
+	for i, h := range header {
+		col[strings.TrimSpace(strings.ToLower(h))] = i
+	}
+	_, hasCert := col["ek_certificate"]
+	_, hasHash := col["ek_public_sha256"]
+	if !hasCert && !hasHash {
+		return nil, errors.New("CSV import file: the header needs an ek_certificate or ek_public_sha256 column")
+	}
+	field := func(rec []string, name string) string {
+		if i, ok := col[name]; ok && i < len(rec) {
+			return strings.TrimSpace(rec[i])
+		}
+		return ""
+	}
+	var rows []ImportRow
+	for {
+		rec, err := cr.Read()
+		if errors.Is(err, io.EOF) {
+			return rows, nil
+		}
+		line, _ := cr.FieldPos(0)
+		row := ImportRow{Row: line}
+		if err != nil {
+			row.ParseError = err.Error()
+			rows = append(rows, row)
+			continue
+		}
+		row.EKCertificate, row.EKPublicSHA256, row.Group = field(rec, "ek_certificate"), strings.ToLower(field(rec, "ek_public_sha256")), field(rec, "group")
+		if l := field(rec, "labels"); l != "" {
+			row.Labels = map[string]string{}
+			for _, kv := range strings.Split(l, ";") {
+				k, v, _ := strings.Cut(kv, "=")
+				row.Labels[strings.TrimSpace(k)] = strings.TrimSpace(v)
+			}
+		}
+		rows = append(rows, row)
+	}
+}
+
+// ImportEnrollments validates rows against the policy in force and commits
+// the valid ones as one batch.
+func (a *Appliance) ImportEnrollments(ctx context.Context, req ImportRequest) (ImportResult, error) {
+	res := ImportResult{Accepted: []ImportedRow{}, Refused: []RefusedRow{}}
+	if len(req.Rows) > MaxImportBatch {
+		return res, malformed(fmt.Sprintf("at most %d rows per request", MaxImportBatch))
+	}
+	if err := a.node.Linearize(ctx); err != nil {
+		return res, a.clusterProblem(err)
+	}
+	p, err := a.enroller.policies.current()
+	if err != nil {
+		return res, a.enroller.internal(err)
+	}
+	seen := map[string]int{}
+	var entries []cluster.IndividualEnrollment
+	for _, row := range req.Rows {
+		e, err := validateImportRow(row, p)
+		if err == nil {
+			if first, dup := seen[e.EKPublicSHA256]; dup {
+				err = fmt.Errorf("the same EK as row %d", first)
+			}
+		}
+		if err != nil {
+			res.Refused = append(res.Refused, RefusedRow{Row: row.Row, Reason: err.Error()})
+			continue
+		}
+		seen[e.EKPublicSHA256] = row.Row
+		e.Source = fmt.Sprintf("%s:%d", req.Source, row.Row)
+		entries = append(entries, e)
+		res.Accepted = append(res.Accepted, ImportedRow{Row: row.Row, EKPublicSHA256: e.EKPublicSHA256, Group: e.Group})
+	}
+	if len(entries) > 0 {
+		if err := a.node.ImportEnrollments(ctx, req.Actor, entries); err != nil {
+			return ImportResult{}, a.clusterProblem(err)
+		}
+	}
+	return res, nil
+}
+
+func validateImportRow(row ImportRow, p *attest.Policy) (cluster.IndividualEnrollment, error) {
+	var e cluster.IndividualEnrollment
+	if row.ParseError != "" {
+		return e, errors.New(row.ParseError)
+	}
+	if row.EKCertificate == "" && row.EKPublicSHA256 == "" {
+		return e, errors.New("neither ek_certificate nor ek_public_sha256 is set")
+	}
+	if row.EKPublicSHA256 != "" && !hexSHA256.MatchString(row.EKPublicSHA256) {
+		return e, fmt.Errorf("ek_public_sha256 %q is not 64 lower-case hex digits", row.EKPublicSHA256)
+	}
+	e.EKPublicSHA256 = row.EKPublicSHA256
+	if row.EKCertificate != "" {
+		der := []byte(row.EKCertificate)
+		if blk, _ := pem.Decode(der); blk != nil {
+			der = blk.Bytes
+		} else if raw, err := base64.StdEncoding.DecodeString(row.EKCertificate); err == nil {
+			der = raw
+		}
+		ek, err := attest.ParseEKCertificate(der)
+		if err != nil {
+			return e, fmt.Errorf("ek_certificate: %v", err)
+		}
+		sum, err := attest.PublicKeySHA256(ek.Cert.PublicKey)
+		if err != nil {
+			return e, fmt.Errorf("ek_certificate: %v", err)
+		}
+		if e.EKPublicSHA256 != "" && e.EKPublicSHA256 != sum {
+			return e, fmt.Errorf("ek_public_sha256 does not match the certificate's key (%s)", sum)
+		}
+		c := sha256.Sum256(ek.Cert.Raw)
+		e.EKPublicSHA256, e.EKCertificateSHA256 = sum, hex.EncodeToString(c[:])
+	}
+	if row.Group == "" {
+		return e, errors.New("no group")
+	}
+	if p.GroupNamed(row.Group) == nil {
+		return e, fmt.Errorf("policy v%d has no group %q", p.Version, row.Group)
+	}
+	if err := cluster.ValidateLabels(row.Labels); err != nil {
+		return e, err
+	}
+	e.Group, e.Labels = row.Group, row.Labels
+	return e, nil
+}
+
+func (a *Appliance) registerImportAdmin(add func(role, pattern string, h http.HandlerFunc)) {
+	add(ca.RoleOperator, "POST "+adminImport, func(w http.ResponseWriter, r *http.Request) {
+		var req ImportRequest
+		if err := decodeBody(r, 64<<20, &req); err != nil {
+			writeProblem(w, err)
+			return
+		}
+		req.Actor = actor(r, req.Actor)
+		res, err := a.ImportEnrollments(r.Context(), req)
+		writeResult(w, http.StatusOK, res, err)
+	})
+	add(ca.RoleAuditor, "GET /admin/v1/enrollments", a.read(func(w http.ResponseWriter, r *http.Request) {
+		list, err := a.node.IndividualEnrollments()
+		writeResult(w, http.StatusOK, list, a.adminErr(err))
+	}))
+}
+
+// ImportEnrollments sends one batch of rows.
+func (c *AdminClient) ImportEnrollments(ctx context.Context, actor, source string, rows []ImportRow) (ImportResult, error) {
+	var out ImportResult
+	return out, c.do(ctx, http.MethodPost, adminImport, ImportRequest{Actor: actor, Source: source, Rows: rows}, &out)
+}
+
+// IndividualEnrollments lists imported enrollments.
+func (c *AdminClient) IndividualEnrollments(ctx context.Context) ([]cluster.IndividualEnrollment, error) {
+	var out []cluster.IndividualEnrollment
+	return out, c.get(ctx, "/admin/v1/enrollments", &out)
+}
