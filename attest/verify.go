@@ -165,46 +165,53 @@ func VerifyCompletion(c Completion) (*Result, error) {
 		return r, r.fail(CheckActivation, fmt.Errorf("%w: the activated secret is wrong, so the AK is not in the TPM that holds the EK", ErrActivationFailed))
 	}
 	r.pass(CheckActivation, "")
+	return r, verifyEvidence(r, c)
+}
 
+// VerifyEvidence re-checks a completion's stored evidence: quote, event
+// log, device-key certification and CSR. Credential activation is not
+// among them: it was an exchange with the TPM and cannot be repeated from
+// evidence, so an offline re-check trusts the record for it.
+func VerifyEvidence(c Completion) (*Result, error) {
+	r := &Result{}
+	return r, verifyEvidence(r, c)
+}
+
+func verifyEvidence(r *Result, c Completion) error {
 	if err := verifyQuote(r, c); err != nil {
-		return r, err
+		return err
 	}
-
 	if len(c.EventLog) > 0 {
 		el, err := ParseEventLog(c.EventLog)
 		if err != nil {
-			return r, r.fail(CheckEventLog, err)
+			return r.fail(CheckEventLog, err)
 		}
 		if err := el.Verify(c.PCRs); err != nil {
-			return r, r.fail(CheckEventLog, err)
+			return r.fail(CheckEventLog, err)
 		}
 		r.EventLog, r.EventLogEvents = el, len(el.Events)
 		r.pass(CheckEventLog, fmt.Sprintf("%d events replay to the quoted PCRs", len(el.Events)))
 	}
-
 	pub, err := verifyCertify(r, c)
 	if err != nil {
-		return r, err
+		return err
 	}
-
 	csr, err := x509.ParseCertificateRequest(c.CSR)
 	if err == nil {
 		err = csr.CheckSignature()
 	}
 	if err != nil {
-		return r, r.fail(CheckCSRSignature, fmt.Errorf("%w: %v", ErrCSRInvalid, err))
+		return r.fail(CheckCSRSignature, fmt.Errorf("%w: %v", ErrCSRInvalid, err))
 	}
 	r.pass(CheckCSRSignature, "")
 	if !PublicKeysEqual(csr.PublicKey, pub) {
-		return r, r.fail(CheckCSRKey, fmt.Errorf("%w: the CSR is signed by a different key than the one the TPM certified", ErrCSRKeyMismatch))
+		return r.fail(CheckCSRKey, fmt.Errorf("%w: the CSR is signed by a different key than the one the TPM certified", ErrCSRKeyMismatch))
 	}
 	r.pass(CheckCSRKey, "")
 	r.CSR = csr
-	return r, nil
+	return nil
 }
 
-// verifyQuote checks nonce and PCR digest itself, so each failure has its own
-// error, then lets go-attestation verify the whole quote and signature.
 func verifyQuote(r *Result, c Completion) error {
 	att, err := tpm2.DecodeAttestationData(c.Quote.Quote)
 	if err != nil || att.Type != tpm2.TagAttestQuote || att.AttestedQuoteInfo == nil {

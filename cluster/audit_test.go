@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -173,5 +174,79 @@ func TestCheckpointMustMatchChain(t *testing.T) {
 	}
 	if after, _ := n.StateHash(); after != before {
 		t.Fatal("a refused checkpoint changed the state")
+	}
+}
+
+// FailureThreshold refusals for one device within FailureWindow raise one
+// flag on the registered device and one audit entry; the count restarts
+// after the window.
+func TestRepeatedFailuresFlag(t *testing.T) {
+	n := openNode(t, t.TempDir())
+	ctx := context.Background()
+	enroll(t, n, "s0", "dev")
+	fail := func(i int, at time.Time) {
+		t.Helper()
+		rec := record("dev", OutcomeRejected)
+		rec.Time, rec.Code = at, "pcr_mismatch"
+		if _, err := n.CommitRejection(ctx, fmt.Sprintf("f%d-%d", i, at.Unix()), time.Now().Add(time.Minute), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < FailureThreshold-1; i++ {
+		fail(i, time.Now())
+	}
+	if d, _ := n.Device("dev"); len(d.Flags) != 0 {
+		t.Fatalf("flagged after %d failures: %+v", FailureThreshold-1, d.Flags)
+	}
+	fail(99, time.Now())
+	fail(100, time.Now()) // past the threshold: no second flag in the window
+	d, _ := n.Device("dev")
+	if len(d.Flags) != 1 || d.Flags[0].Name != FlagRepeatedFailures || !strings.Contains(d.Flags[0].Detail, "pcr_mismatch") {
+		t.Fatalf("flags %+v", d.Flags)
+	}
+	entries, _ := n.AuditEntries(time.Time{}, 0)
+	flags := 0
+	for _, e := range entries {
+		if e.Type == AuditDeviceFlag && e.Subject == "dev" {
+			flags++
+		}
+	}
+	if flags != 1 {
+		t.Fatalf("%d flag audit entries, want 1", flags)
+	}
+}
+
+// The leader proposes stale devices with cutoffs; the FSM marks only the
+// active ones still behind their cutoff, once.
+func TestMarkStale(t *testing.T) {
+	n := openNode(t, t.TempDir())
+	ctx := context.Background()
+	enroll(t, n, "s1", "old")
+	enroll(t, n, "s2", "fresh")
+	enroll(t, n, "s3", "off")
+	if _, err := n.TransitionDevice(ctx, "off", OpDisable, "ops", "x"); err != nil {
+		t.Fatal(err)
+	}
+	// record() dates attestations at t0.
+	cut := map[string]time.Time{"old": t0.Add(time.Hour), "fresh": t0.Add(-time.Hour), "off": t0.Add(time.Hour), "missing": t0}
+	for i := 0; i < 2; i++ {
+		if err := n.MarkStale(ctx, cut); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, want := range map[string]bool{"old": true, "fresh": false, "off": false} {
+		d, _ := n.Device(id)
+		if d.Stale != want || want && (len(d.Flags) != 1 || d.Flags[0].Name != FlagStale) {
+			t.Fatalf("%s: stale=%v flags=%+v", id, d.Stale, d.Flags)
+		}
+	}
+	// A renewal clears it.
+	rec := record("old", OutcomeAccepted)
+	rec.CertificateSerial = "abc"
+	if _, err := n.CommitRenewal(ctx, "r1", time.Now().Add(time.Minute), rec, t0.Add(24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := n.Device("old"); d.Stale || d.CertificateSerial != "abc" || d.Serials[len(d.Serials)-1] != "abc" {
+		t.Fatalf("after renewal %+v", d)
 	}
 }

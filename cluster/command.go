@@ -242,6 +242,13 @@ func putJSON(b *bolt.Bucket, k []byte, v any) error {
 }
 
 func putAttestation(tx *bolt.Tx, a AttestationRecord) error {
+	if len(a.RawEvidenceGzip) > 0 {
+		if err := tx.Bucket(bRawEvidence).Put(be64(a.ID), a.RawEvidenceGzip); err != nil {
+			return err
+		}
+		a.RawEvidenceGzip = nil
+		a.HasRawEvidence = true
+	}
 	if len(a.EventLogGzip) > 0 {
 		if err := tx.Bucket(bEvidence).Put(be64(a.ID), a.EventLogGzip); err != nil {
 			return err

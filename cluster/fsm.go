@@ -22,13 +22,14 @@ var (
 	bDevices              = []byte("devices")
 	bAttestations         = []byte("attestations")
 	bAttestationsByDevice = []byte("attestations_by_device")
-	bEvidence             = []byte("evidence") // attestation ID → gzip event log
-	bPolicies             = []byte("policies") // version → PolicyRecord
+	bEvidence             = []byte("evidence")     // attestation ID → gzip event log
+	bRawEvidence          = []byte("raw_evidence") // attestation ID → gzip RawEvidence JSON
+	bPolicies             = []byte("policies")     // version → PolicyRecord
 	bSessions             = []byte("sessions")
 	bSessionsByExpiry     = []byte("sessions_by_expiry")
 	bMeta                 = []byte("meta")
 	// allBuckets is in name order: stateHash depends on it.
-	allBuckets      = [][]byte{bAttestations, bAttestationsByDevice, bAudit, bDevices, bEvidence, bFailures, bIndividual, bJoinTokens, bMembers, bMeta, bPolicies, bSessions, bSessionsByExpiry, bStepCA}
+	allBuckets      = [][]byte{bAttestations, bAttestationsByDevice, bAudit, bDevices, bEvidence, bFailures, bIndividual, bJoinTokens, bMembers, bMeta, bPolicies, bRawEvidence, bSessions, bSessionsByExpiry, bStepCA}
 	keyAppliedIndex = []byte("applied_index")
 )
 

@@ -106,3 +106,18 @@ func (n *Node) EventLog(attestationID uint64) ([]byte, error) {
 	})
 	return out, err
 }
+
+// RawEvidence returns the gzip JSON RawEvidence stored with an attestation
+// record, or ErrNotFound.
+func (n *Node) RawEvidence(attestationID uint64) ([]byte, error) {
+	var out []byte
+	err := n.fsm.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bRawEvidence).Get(be64(attestationID))
+		if v == nil {
+			return fmt.Errorf("raw evidence of attestation %d: %w", attestationID, ErrNotFound)
+		}
+		out = append([]byte(nil), v...)
+		return nil
+	})
+	return out, err
+}

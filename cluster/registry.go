@@ -121,6 +121,11 @@ type Evidence struct {
 	EventLogEvents     int        `json:"event_log_events,omitempty"`
 	DeviceKeySHA256    string     `json:"device_key_sha256,omitempty"`
 	DeviceKeyAlgorithm string     `json:"device_key_algorithm,omitempty"`
+	// Labels and EnrolledGroup are what the policy saw besides the
+	// device's own evidence: registry labels, and the group of an
+	// individual enrollment.
+	Labels        map[string]string `json:"labels,omitempty"`
+	EnrolledGroup string            `json:"enrolled_group,omitempty"`
 }
 
 // Check is one verification step's outcome.
@@ -156,6 +161,42 @@ type AttestationRecord struct {
 	// stores it apart (see Node.EventLog) and sets HasEventLog.
 	EventLogGzip []byte `json:"event_log_gzip,omitempty"`
 	HasEventLog  bool   `json:"has_event_log,omitempty"`
+	// RawEvidenceGzip carries the gzip JSON of a RawEvidence into the
+	// commit; it is stored apart (see Node.RawEvidence) and sets
+	// HasRawEvidence.
+	RawEvidenceGzip []byte `json:"raw_evidence_gzip,omitempty"`
+	HasRawEvidence  bool   `json:"has_raw_evidence,omitempty"`
+}
+
+// RawEvidence is every byte a decision rests on, kept so that it can be
+// re-checked offline (`gatehouse attestations verify`). The event log is
+// kept apart (Node.EventLog).
+type RawEvidence struct {
+	EKCertificate  []byte   `json:"ek_certificate,omitempty"` // as read from NV
+	EKPublic       []byte   `json:"ek_public,omitempty"`      // PKIX DER
+	EKPublicArea   []byte   `json:"ek_public_area,omitempty"` // TPM2B_PUBLIC
+	AK             RawKey   `json:"ak"`
+	Nonce          []byte   `json:"nonce,omitempty"`
+	Quote          []byte   `json:"quote,omitempty"`
+	QuoteSignature []byte   `json:"quote_signature,omitempty"`
+	PCRs           []RawPCR `json:"pcrs,omitempty"`
+	DeviceKey      RawKey   `json:"device_key"`
+	CSR            []byte   `json:"csr,omitempty"`
+}
+
+// RawKey is a TPM key's public area and its creation or certify statement.
+type RawKey struct {
+	Public            []byte `json:"public,omitempty"`
+	CreateData        []byte `json:"create_data,omitempty"`
+	CreateAttestation []byte `json:"create_attestation,omitempty"`
+	CreateSignature   []byte `json:"create_signature,omitempty"`
+}
+
+// RawPCR is one PCR as the device sent it.
+type RawPCR struct {
+	Index  int    `json:"index"`
+	Bank   string `json:"bank"`
+	Digest []byte `json:"digest"`
 }
 
 // PolicyRecord is one applied version of the enrollment policy.

@@ -79,6 +79,7 @@ func decodeBody(r *http.Request, limit int64, v any) error {
 
 func (a *Appliance) registerRegistryAdmin(add func(role, pattern string, h http.HandlerFunc)) {
 	a.registerImportAdmin(add)
+	a.registerEvidenceAdmin(add)
 	add(ca.RoleOperator, "POST "+adminDevices+"/{id}/labels", func(w http.ResponseWriter, r *http.Request) {
 		var req LabelChange
 		if err := decodeBody(r, 64<<10, &req); err != nil {

@@ -110,7 +110,11 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 	defer func(start time.Time) { e.metrics.observe(stageChallenge, start, err) }(time.Now())
 	now := e.now()
 	rec := cluster.AttestationRecord{Time: now, Node: e.nodeID, Stage: stageChallenge, Evidence: cluster.Evidence{Claims: claims(req.Claims)}}
-	sess := &session{Expires: now.Add(e.sessionTTL), Claims: rec.Evidence.Claims}
+	sess := &session{Expires: now.Add(e.sessionTTL), Claims: rec.Evidence.Claims, Raw: cluster.RawEvidence{
+		EKCertificate: req.EKCertificate, EKPublic: req.EKPublic, EKPublicArea: req.EKPublicArea,
+		AK: cluster.RawKey{Public: req.AK.Public, CreateData: req.AK.CreateData, CreateAttestation: req.AK.CreateAttestation, CreateSignature: req.AK.CreateSignature},
+	}}
+	rec.RawEvidenceGzip = gzipJSON(sess.Raw)
 
 	ekPub, err := e.verifyEK(req, sess)
 	rec.DeviceID, rec.Checks = sess.DeviceID, sess.Checks
@@ -282,6 +286,13 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		rec.Evidence.EventLogSHA256 = hex.EncodeToString(sum[:])
 		rec.EventLogGzip = gzipBytes(req.EventLog)
 	}
+	raw := sess.Raw
+	raw.Nonce, raw.Quote, raw.QuoteSignature, raw.CSR = sess.Nonce, req.Quote.Quote, req.Quote.Signature, req.CSR
+	raw.DeviceKey = cluster.RawKey{Public: req.DeviceKey.Public, CreateData: req.DeviceKey.CreateData, CreateAttestation: req.DeviceKey.CreateAttestation, CreateSignature: req.DeviceKey.CreateSignature}
+	for _, p := range req.PCRs {
+		raw.PCRs = append(raw.PCRs, cluster.RawPCR{Index: p.Index, Bank: p.Bank, Digest: p.Digest})
+	}
+	rec.RawEvidenceGzip = gzipJSON(raw)
 
 	res, err := attest.VerifyCompletion(attest.Completion{
 		AK:              akPub,
@@ -332,6 +343,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	}
 	in := policyInput(sess.DeviceID, sess.EK, sess.Claims, labels, pcrs, res.EventLog)
 	in.EnrolledGroup = individual.Group
+	rec.Evidence.Labels, rec.Evidence.EnrolledGroup = labels, individual.Group
 	decision := policy.Evaluate(in)
 	rec.Policy = decision
 	if err := decision.Err(); err != nil {

@@ -83,6 +83,15 @@ func policyInput(deviceID string, ek cluster.EKInfo, claims cluster.Claims, labe
 	return in
 }
 
+// gzipJSON is gzipBytes of v's JSON.
+func gzipJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // plain structs of bytes and strings always marshal
+	}
+	return gzipBytes(b)
+}
+
 // gzipBytes compresses evidence before it enters the Raft log, so every
 // replica stores the same bytes. Writers are pooled: a new one allocates
 // about 800 KB, more than the rest of an enrollment together.

@@ -78,6 +78,12 @@ func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Cer
 		rec.EventLogGzip = gzipBytes(req.EventLog)
 	}
 
+	raw := cluster.RawEvidence{AK: cluster.RawKey{Public: req.AKPublic}, Nonce: sess.Nonce, Quote: req.Quote.Quote, QuoteSignature: req.Quote.Signature, CSR: req.CSR}
+	for _, p := range req.PCRs {
+		raw.PCRs = append(raw.PCRs, cluster.RawPCR{Index: p.Index, Bank: p.Bank, Digest: p.Digest})
+	}
+	rec.RawEvidenceGzip = gzipJSON(raw)
+
 	// From here on, failure is the device's: quarantine.
 	ak, err := goattest.ParseAKPublic(req.AKPublic)
 	var akSum string
@@ -108,6 +114,10 @@ func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Cer
 		return nil, e.internal(err)
 	}
 	in := policyInput(dev.ID, dev.EK, dev.Claims, dev.Labels, pcrs, res.EventLog)
+	if ie, err := e.reg.IndividualEnrollment(dev.EK.PublicSHA256); err == nil {
+		in.EnrolledGroup = ie.Group
+	}
+	rec.Evidence.Labels, rec.Evidence.EnrolledGroup = dev.Labels, in.EnrolledGroup
 	decision := policy.Evaluate(in)
 	rec.Policy = decision
 	if err := decision.Err(); err != nil {

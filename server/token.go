@@ -45,6 +45,9 @@ type session struct {
 	Purpose string `json:"purpose,omitempty"`
 	// Serial (hex) is the certificate a renewal session was opened with.
 	Serial string `json:"serial,omitempty"`
+	// Raw is the first round trip's evidence (EK and AK), carried so the
+	// record can keep every byte the decision rests on.
+	Raw cluster.RawEvidence `json:"raw"`
 }
 
 const purposeRenew = "renew"

@@ -193,3 +193,30 @@ func TestEnrollmentsImport(t *testing.T) {
 		t.Fatalf("device %+v", dev)
 	}
 }
+
+// An auditor saves an attestation's evidence and re-checks it offline.
+func TestAttestationsVerify(t *testing.T) {
+	e := servertest.New(t)
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(context.Background(), d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	roots := filepath.Join(dir, "roots.pem")
+	os.WriteFile(roots, servertest.EKRoots(e.Mfr), 0o644)
+	bundle := filepath.Join(dir, "evidence.json")
+	att := fmt.Sprint(id.AttestationID)
+	if _, err := run(t, "attestations", "evidence", att, "--out", bundle, "--data-dir", e.Dir); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "attestations", "verify", "--bundle", bundle, "--ek-roots", roots)
+	if err != nil || !strings.Contains(out, "reproduced from the evidence") || !strings.Contains(out, "credential_activation") {
+		t.Fatalf("verify: %v\n%s", err, out)
+	}
+	// Without the test manufacturer's CA the EK chain no longer verifies.
+	out, err = run(t, "attestations", "verify", att, "--data-dir", e.Dir)
+	if err == nil || !strings.Contains(out, "NOT REPRODUCED") {
+		t.Fatalf("verify without the EK roots: %v\n%s", err, out)
+	}
+}

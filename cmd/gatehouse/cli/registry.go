@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,7 +13,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/cluster"
+	"github.com/gatehouse-dev/gatehouse/server"
 )
 
 func addOutputFlag(c *cobra.Command) {
@@ -219,7 +222,102 @@ func attestationsCmd() *cobra.Command {
 	}
 	addOutputFlag(list)
 	addOutputFlag(show)
-	c.AddCommand(list, show)
+	c.AddCommand(list, show, evidenceCmd(), verifyAttestationCmd())
+	return c
+}
+
+func evidenceCmd() *cobra.Command {
+	var out string
+	c := &cobra.Command{
+		Use:   "evidence ID --out FILE",
+		Short: "Save an attestation's evidence bundle (record, raw TPM evidence, event log, policy) for offline re-checking",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := strconv.ParseUint(args[0], 10, 64)
+			if err != nil {
+				return fmt.Errorf("attestation IDs are positive integers: %q", args[0])
+			}
+			b, err := adminClient(cmd).Evidence(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			data, err := json.MarshalIndent(b, "", "  ")
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(out, append(data, '\n'), 0o600)
+		},
+	}
+	c.Flags().StringVar(&out, "out", "", "file to write")
+	_ = c.MarkFlagRequired("out")
+	return c
+}
+
+func verifyAttestationCmd() *cobra.Command {
+	var bundle string
+	var ekRoots []string
+	c := &cobra.Command{
+		Use:   "verify [ID | --bundle FILE] [--ek-roots FILE]",
+		Short: "Re-check a past decision from its evidence alone (EK chain, AK, quote, event log, certify, CSR, policy)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var b server.EvidenceBundle
+			switch {
+			case bundle != "" && len(args) == 0:
+				data, err := os.ReadFile(bundle)
+				if err != nil {
+					return err
+				}
+				if err := json.Unmarshal(data, &b); err != nil || b.Format != server.EvidenceFormat {
+					return fmt.Errorf("%s: not a %s bundle", bundle, server.EvidenceFormat)
+				}
+			case bundle == "" && len(args) == 1:
+				id, err := strconv.ParseUint(args[0], 10, 64)
+				if err != nil {
+					return fmt.Errorf("attestation IDs are positive integers: %q", args[0])
+				}
+				if b, err = adminClient(cmd).Evidence(cmd.Context(), id); err != nil {
+					return err
+				}
+			default:
+				return fmt.Errorf("give an attestation ID or --bundle FILE")
+			}
+			rootsPEM, err := manufacturerRoots(ekRoots, false)
+			if err != nil {
+				return err
+			}
+			roots, err := attest.ParseCertificates(rootsPEM)
+			if err != nil {
+				return err
+			}
+			rep := server.Recheck(b, roots)
+			if err := render(cmd, rep, func(w io.Writer) {
+				fmt.Fprintf(w, "attestation %d, recorded %s\n", rep.AttestationID, strings.ToUpper(rep.Outcome))
+				fmt.Fprintln(w, "CHECK\tRECORDED\tRECHECK\tAGREES\tDETAIL")
+				for _, r := range rep.Results {
+					agree := "yes"
+					if !r.Agrees {
+						agree = "NO"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", r.Check, r.Recorded, r.Recheck, agree, r.Detail)
+				}
+				if rep.Reproduced {
+					fmt.Fprintln(w, "result:\tthe recorded decision is reproduced from the evidence")
+				} else {
+					fmt.Fprintln(w, "result:\tNOT REPRODUCED")
+				}
+			}); err != nil {
+				return err
+			}
+			if !rep.Reproduced {
+				return fmt.Errorf("attestation %d: the evidence does not reproduce the recorded decision", rep.AttestationID)
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&bundle, "bundle", "", "a bundle saved by `attestations evidence` (offline)")
+	c.Flags().StringSliceVar(&ekRoots, "ek-roots", nil, "manufacturer CA files to trust besides the shipped bundle")
+	addOutputFlag(c)
 	return c
 }
 
