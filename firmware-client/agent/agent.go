@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -30,7 +31,7 @@ func Run(args []string) int {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(enrollCmd(), whoamiCmd())
+	root.AddCommand(enrollCmd(), whoamiCmd(), renewCmd(), configCmd(), runCmd())
 	root.SetArgs(args)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "gatehouse-agent:", err)
@@ -73,6 +74,7 @@ func (c *common) open() (*fwclient.Client, *fwclient.TPM, error) {
 func enrollCmd() *cobra.Command {
 	var c common
 	var force bool
+	var wait time.Duration
 	var akAlg, eventLog, ek string
 	var claims api.Claims
 	cmd := &cobra.Command{
@@ -113,7 +115,16 @@ func enrollCmd() *cobra.Command {
 			defer tpm.Close()
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			id, err := client.Enroll(ctx, tpm, opts...)
+			var id *fwclient.Identity
+			if wait > 0 {
+				wctx, cancel := context.WithTimeout(ctx, wait)
+				defer cancel()
+				id, err = client.EnrollWaiting(wctx, tpm, func(p *api.Pending) {
+					fmt.Fprintf(out, "pending approval (device %s, attestation %d): %s; retrying in %ds\n", p.DeviceID, p.AttestationID, p.Detail, p.RetryAfterSeconds)
+				}, opts...)
+			} else {
+				id, err = client.Enroll(ctx, tpm, opts...)
+			}
 			if err != nil {
 				return err
 			}
@@ -135,6 +146,7 @@ func enrollCmd() *cobra.Command {
 	c.flags(cmd, "out")
 	f := cmd.Flags()
 	f.BoolVar(&force, "force", false, "enroll even if a valid certificate exists")
+	f.DurationVar(&wait, "wait", 24*time.Hour, "while the device is pending an operator's approval, keep retrying this long (0: return at once)")
 	f.StringVar(&akAlg, "ak", "ecdsa", "attestation key type: ecdsa or rsa")
 	f.StringVar(&ek, "ek", fwclient.EKRSA2048, "endorsement key: rsa-2048, or ecc-p384 (the high-range EK at 0x81010016, certificate in NV 0x01c00016)")
 	f.StringVar(&eventLog, "event-log", "", "send this event log file instead of the firmware's")
@@ -178,4 +190,96 @@ func parseRoot(b []byte) (*x509.Certificate, error) {
 		return nil, errors.New("no PEM certificate")
 	}
 	return x509.ParseCertificate(blk.Bytes)
+}
+
+func renewCmd() *cobra.Command {
+	var c common
+	cmd := &cobra.Command{
+		Use:   "renew",
+		Short: "Re-attest with the enrolled AK and obtain a new certificate for the same TPM key",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			id, err := fwclient.LoadIdentity(c.dir)
+			if err != nil {
+				return err
+			}
+			client, tpm, err := c.open()
+			if err != nil {
+				return err
+			}
+			defer tpm.Close()
+			next, err := client.Renew(cmd.Context(), tpm, id, nil)
+			if err != nil {
+				return err
+			}
+			if err := next.Save(c.dir, c.server); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "renewed device %s: serial %s valid until %s\n", next.DeviceID, next.Certificate.SerialNumber.Text(16), next.Certificate.NotAfter.Format(time.RFC3339))
+			return nil
+		},
+	}
+	c.flags(cmd, "dir")
+	return cmd
+}
+
+func configCmd() *cobra.Command {
+	var c common
+	cmd := &cobra.Command{
+		Use:   "config",
+		Short: "Fetch this device's configuration over mTLS and save it to config.json",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			id, err := fwclient.LoadIdentity(c.dir)
+			if err != nil {
+				return err
+			}
+			client, tpm, err := c.open()
+			if err != nil {
+				return err
+			}
+			defer tpm.Close()
+			cfg, err := client.Config(cmd.Context(), tpm, id)
+			if err != nil {
+				return err
+			}
+			id.Configuration = cfg.Configuration
+			if err := id.Save(c.dir, c.server); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s\n", cfg.Configuration)
+			return nil
+		},
+	}
+	c.flags(cmd, "dir")
+	return cmd
+}
+
+func runCmd() *cobra.Command {
+	var c common
+	var level string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Keep the identity alive: enroll at first boot (waiting out approval), then renew before expiry with jitter",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var lv slog.Level
+			if err := lv.UnmarshalText([]byte(level)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			client, tpm, err := c.open()
+			if err != nil {
+				return err
+			}
+			defer tpm.Close()
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			d := &fwclient.Daemon{Client: client, TPM: tpm, Dir: c.dir, Server: c.server,
+				Log: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lv}))}
+			return d.Run(ctx)
+		},
+	}
+	c.flags(cmd, "dir")
+	cmd.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	return cmd
 }

@@ -1,0 +1,110 @@
+package fwclient
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+)
+
+// Daemon keeps a device's identity alive: it enrolls at first boot
+// (waiting out an approval), then renews with fresh attestation before the
+// certificate expires, and enrolls again if the certificate expired
+// anyway. Failures back off; refusals that an operator must lift
+// (quarantine, disable) are retried slowly rather than given up.
+type Daemon struct {
+	Client *Client
+	TPM    *TPM
+	Dir    string   // identity directory
+	Server string   // recorded with the identity
+	Opts   []Option // for enrollment
+	Log    *slog.Logger
+	// Schedule says how long to wait before renewing cert; nil means
+	// RenewalDelay with random jitter.
+	Schedule func(cert *x509.Certificate, now time.Time) time.Duration
+	// Renewed, if set, is called after each new identity is saved.
+	Renewed func(*Identity)
+}
+
+// RenewalDelay is the default schedule: renew at two thirds of the
+// lifetime, plus or minus a twelfth of it at random, so a fleet enrolled at
+// once does not renew at once.
+func RenewalDelay(cert *x509.Certificate, now time.Time) time.Duration {
+	life := cert.NotAfter.Sub(cert.NotBefore)
+	jitter := time.Duration(rand.Int64N(int64(life/6)+1)) - life/12
+	return max(cert.NotBefore.Add(life*2/3+jitter).Sub(now), 0)
+}
+
+const (
+	minBackoff = 30 * time.Second
+	maxBackoff = time.Hour
+)
+
+// Run loops until ctx ends; it returns nil then.
+func (d *Daemon) Run(ctx context.Context) error {
+	log := d.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	schedule := d.Schedule
+	if schedule == nil {
+		schedule = RenewalDelay
+	}
+	backoff := minBackoff
+	for {
+		id, err := LoadIdentity(d.Dir)
+		switch {
+		case errors.Is(err, ErrNoIdentity) || err == nil && !id.Valid(time.Now()):
+			log.Info("enrolling", "dir", d.Dir)
+			id, err = d.Client.EnrollWaiting(ctx, d.TPM, func(p *api.Pending) {
+				log.Info("waiting for approval", "device_id", p.DeviceID, "retry_after_s", p.RetryAfterSeconds)
+			}, d.Opts...)
+		case err == nil:
+			wait := schedule(id.Certificate, time.Now())
+			log.Info("next renewal", "device_id", id.DeviceID, "in", wait.Round(time.Second), "expires", id.Certificate.NotAfter)
+			if !sleep(ctx, wait) {
+				return nil
+			}
+			id, err = d.Client.Renew(ctx, d.TPM, id, nil)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			err = id.Save(d.Dir, d.Server)
+		}
+		if err != nil {
+			var p *api.Problem
+			if errors.As(err, &p) && (p.Code == api.CodeCertificateRevoked) {
+				log.Error("the certificate is revoked; stopping", "err", err)
+				return err
+			}
+			log.Warn("identity upkeep failed; retrying", "err", err, "in", backoff)
+			if !sleep(ctx, backoff) {
+				return nil
+			}
+			backoff = min(backoff*2, maxBackoff)
+			continue
+		}
+		backoff = minBackoff
+		log.Info("identity saved", "device_id", id.DeviceID, "serial", id.Certificate.SerialNumber.Text(16), "expires", id.Certificate.NotAfter)
+		if d.Renewed != nil {
+			d.Renewed(id)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
