@@ -39,7 +39,7 @@ start() {
   done
   bin/gatehouse init --data-dir "$D/node-1" --node-id node-1 --password-file "$D/ca-password" \
     --ek-roots "$roots" --trust-domain demo.gatehouse.internal \
-    --listen "$(cat "$D/api-1")" --raft-addr "$(cat "$D/raft-1")" --cert-validity 720h >/dev/null
+    --listen "$(cat "$D/api-1")" --raft-addr "$(cat "$D/raft-1")" --cert-validity 720h --approval-retry 2s >/dev/null
   cp "$D/node-1/ca/root.crt" "$D/root.crt"
   bin/gatehouse serve --data-dir "$D/node-1" --password-file "$D/ca-password" >>"$D/node-1.log" 2>&1 &
   echo $! >>"$D/pids"

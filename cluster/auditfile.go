@@ -237,7 +237,11 @@ func VerifyAudit(lines []AuditLine, key ed25519.PublicKey) AuditReport {
 	}
 	if n := len(lines); n > 0 && lastValidCheckpoint != n-1 {
 		l := lines[n-1]
-		add(l, "unsigned_tail", "the export does not end on a valid checkpoint: entries after seq %d carry no signature, so a cut tail would go unnoticed", rep.SignedUpTo)
+		covered := "no checkpoint verifies"
+		if rep.SignedUpTo > 0 {
+			covered = fmt.Sprintf("the last valid signature covers seq %d", rep.SignedUpTo)
+		}
+		add(l, "unsigned_tail", "the export does not end on a valid checkpoint (%s), so a cut tail would go unnoticed", covered)
 	}
 	return rep
 }

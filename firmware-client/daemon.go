@@ -22,7 +22,9 @@ type Daemon struct {
 	Dir    string   // identity directory
 	Server string   // recorded with the identity
 	Opts   []Option // for enrollment
-	Log    *slog.Logger
+	// EventLog, if set, is sent instead of the firmware's log.
+	EventLog []byte
+	Log      *slog.Logger
 	// Schedule says how long to wait before renewing cert; nil means
 	// RenewalDelay with random jitter.
 	Schedule func(cert *x509.Certificate, now time.Time) time.Duration
@@ -60,16 +62,20 @@ func (d *Daemon) Run(ctx context.Context) error {
 		switch {
 		case errors.Is(err, ErrNoIdentity) || err == nil && !id.Valid(time.Now()):
 			log.Info("enrolling", "dir", d.Dir)
+			opts := d.Opts
+			if d.EventLog != nil {
+				opts = append(opts[:len(opts):len(opts)], WithEventLog(d.EventLog))
+			}
 			id, err = d.Client.EnrollWaiting(ctx, d.TPM, func(p *api.Pending) {
 				log.Info("waiting for approval", "device_id", p.DeviceID, "retry_after_s", p.RetryAfterSeconds)
-			}, d.Opts...)
+			}, opts...)
 		case err == nil:
 			wait := schedule(id.Certificate, time.Now())
 			log.Info("next renewal", "device_id", id.DeviceID, "in", wait.Round(time.Second), "expires", id.Certificate.NotAfter)
 			if !sleep(ctx, wait) {
 				return nil
 			}
-			id, err = d.Client.Renew(ctx, d.TPM, id, nil)
+			id, err = d.Client.Renew(ctx, d.TPM, id, d.EventLog)
 		}
 		if ctx.Err() != nil {
 			return nil

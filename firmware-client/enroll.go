@@ -92,15 +92,26 @@ func newHTTPClient(root *x509.Certificate, cert *tls.Certificate) *http.Client {
 // Enroll runs the two-round-trip enrollment with the TPM and returns the
 // device's identity. The AK is transient: it is flushed when Enroll returns.
 func (c *Client) Enroll(ctx context.Context, tpm *TPM, opts ...Option) (*Identity, error) {
-	o := options{akAlg: attest.ECDSA, hc: c.hc}
-	for _, fn := range opts {
-		fn(&o)
-	}
+	o := c.options(opts)
 	ak, err := tpm.NewAK(&attest.AKConfig{Algorithm: o.akAlg})
 	if err != nil {
 		return nil, fmt.Errorf("create AK: %w", err)
 	}
 	defer ak.Close(tpm.TPM)
+	return c.enroll(ctx, tpm, ak, o)
+}
+
+func (c *Client) options(opts []Option) options {
+	o := options{akAlg: attest.ECDSA, hc: c.hc}
+	for _, fn := range opts {
+		fn(&o)
+	}
+	return o
+}
+
+// enroll runs both round trips with a given AK.
+func (c *Client) enroll(ctx context.Context, tpm *TPM, ak *attest.AK, o options) (*Identity, error) {
+	var err error
 
 	var chReq *api.ChallengeRequest
 	var activate func(attest.EncryptedCredential) ([]byte, error)
@@ -162,9 +173,18 @@ func (c *Client) Enroll(ctx context.Context, tpm *TPM, opts ...Option) (*Identit
 // pending approval, waits the hinted time and enrolls again (fresh
 // evidence each time) until it is approved, refused, or ctx ends. pending,
 // if set, is told about each wait.
+//
+// Every attempt uses the same AK: an operator approves the device with the
+// AK it showed, and a new AK after approval would be a re-provisioning.
 func (c *Client) EnrollWaiting(ctx context.Context, tpm *TPM, pending func(*api.Pending), opts ...Option) (*Identity, error) {
+	o := c.options(opts)
+	ak, err := tpm.NewAK(&attest.AKConfig{Algorithm: o.akAlg})
+	if err != nil {
+		return nil, fmt.Errorf("create AK: %w", err)
+	}
+	defer ak.Close(tpm.TPM)
 	for {
-		id, err := c.Enroll(ctx, tpm, opts...)
+		id, err := c.enroll(ctx, tpm, ak, o)
 		var p *api.Pending
 		if !errors.As(err, &p) {
 			return id, err

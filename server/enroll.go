@@ -360,7 +360,9 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		status, why = cluster.DevicePending, fmt.Sprintf("group %s enrolls in approve mode", decision.Group)
 	case old != nil && old.Status == cluster.DevicePending:
 		status, why = cluster.DevicePending, "awaiting an operator's approval"
-	case old != nil && old.AKPublicSHA256 != sess.AKSHA256:
+	case old != nil && old.AKPublicSHA256 != sess.AKSHA256 && len(old.Serials) > 0:
+		// A new AK for an EK that already had a certificate. (A device that
+		// was only ever pending makes a new AK on every retry: no anomaly.)
 		flags = append(flags, cluster.Flag{Name: cluster.FlagReprovisioned, Detail: fmt.Sprintf("same EK, new AK %.16s (was %.16s); group %s: %s", sess.AKSHA256, old.AKPublicSHA256, decision.Group, decision.Reprovision)})
 		if now.Before(old.CertificateNotAfter) {
 			flags = append(flags, cluster.Flag{Name: cluster.FlagPossibleClone, Detail: fmt.Sprintf("a new AK while certificate %s is valid until %s", old.CertificateSerial, old.CertificateNotAfter.Format(time.RFC3339))})

@@ -122,7 +122,7 @@ func TestApproveModeOnSwtpm(t *testing.T) {
 		t.Fatalf("whoami %+v %v", who, err)
 	}
 	dev, _ = node.Device(first.DeviceID)
-	if dev.Status != cluster.DeviceActive || len(dev.Serials) != 1 || dev.History[0].Op != cluster.OpApprove || dev.History[0].Actor != "alice" {
+	if dev.Status != cluster.DeviceActive || len(dev.Serials) != 1 || dev.History[0].Op != cluster.OpApprove || dev.History[0].Actor != "alice" || len(dev.Flags) != 0 {
 		t.Fatalf("approved device %+v", dev)
 	}
 	types := auditTypes(t, node, dev.ID)
@@ -172,6 +172,25 @@ func TestReprovisionPolicies(t *testing.T) {
 				}
 				if h := dev.History[len(dev.History)-1]; h.Op != "reprovision" || h.From != cluster.DeviceActive || h.To != cluster.DevicePending {
 					t.Fatalf("history %+v", h)
+				}
+				// The agent waits with one AK; once approved, that AK is
+				// accepted without raising anything new.
+				seen := make(chan *api.Pending, 10)
+				got := make(chan error, 1)
+				go func() {
+					_, err := e.Client.EnrollWaiting(ctx, d.TPM, func(p *api.Pending) { seen <- p }, opt)
+					got <- err
+				}()
+				<-seen
+				if _, err := server.NewAdminClient(e.Dir).TransitionDevice(ctx, dev.ID, cluster.OpApprove, "alice", "re-imaged at the depot"); err != nil {
+					t.Fatal(err)
+				}
+				if err := <-got; err != nil {
+					t.Fatalf("after approval: %v", err)
+				}
+				dev, _ = node.Device(first.DeviceID)
+				if dev.Status != cluster.DeviceActive || len(dev.Flags) != 2 {
+					t.Fatalf("after approval: %s, flags %v", dev.Status, flagNames(dev))
 				}
 			case "strict":
 				if !errors.As(err, &p) || p.Code != api.CodeReprovisionRefused || dev.Status != cluster.DeviceActive {

@@ -139,7 +139,7 @@ func enrollCmd() *cobra.Command {
 			}
 			fmt.Fprintf(out, "  serial:  %s\n", hex.EncodeToString(cert.SerialNumber.Bytes()))
 			fmt.Fprintf(out, "  valid:   %s to %s\n", cert.NotBefore.Format(time.RFC3339), cert.NotAfter.Format(time.RFC3339))
-			fmt.Fprintf(out, "  wrote:   %s/{%s,%s,%s,%s}\n", c.dir, fwclient.CertFile, fwclient.ChainFile, fwclient.ConfigFile, fwclient.KeyBlobFile)
+			fmt.Fprintf(out, "  wrote:   %s/{%s,%s,%s,%s,%s}\n", c.dir, fwclient.CertFile, fwclient.ChainFile, fwclient.ConfigFile, fwclient.KeyBlobFile, fwclient.AKBlobFile)
 			return nil
 		},
 	}
@@ -192,8 +192,17 @@ func parseRoot(b []byte) (*x509.Certificate, error) {
 	return x509.ParseCertificate(blk.Bytes)
 }
 
+// readEventLog reads --event-log; empty means the firmware's own log.
+func readEventLog(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	return os.ReadFile(path)
+}
+
 func renewCmd() *cobra.Command {
 	var c common
+	var eventLog string
 	cmd := &cobra.Command{
 		Use:   "renew",
 		Short: "Re-attest with the enrolled AK and obtain a new certificate for the same TPM key",
@@ -208,7 +217,11 @@ func renewCmd() *cobra.Command {
 				return err
 			}
 			defer tpm.Close()
-			next, err := client.Renew(cmd.Context(), tpm, id, nil)
+			log, err := readEventLog(eventLog)
+			if err != nil {
+				return err
+			}
+			next, err := client.Renew(cmd.Context(), tpm, id, log)
 			if err != nil {
 				return err
 			}
@@ -220,6 +233,7 @@ func renewCmd() *cobra.Command {
 		},
 	}
 	c.flags(cmd, "dir")
+	cmd.Flags().StringVar(&eventLog, "event-log", "", "send this event log file instead of the firmware's")
 	return cmd
 }
 
@@ -257,7 +271,7 @@ func configCmd() *cobra.Command {
 
 func runCmd() *cobra.Command {
 	var c common
-	var level string
+	var level, eventLog string
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Keep the identity alive: enroll at first boot (waiting out approval), then renew before expiry with jitter",
@@ -274,12 +288,17 @@ func runCmd() *cobra.Command {
 			defer tpm.Close()
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			d := &fwclient.Daemon{Client: client, TPM: tpm, Dir: c.dir, Server: c.server,
+			log, err := readEventLog(eventLog)
+			if err != nil {
+				return err
+			}
+			d := &fwclient.Daemon{Client: client, TPM: tpm, Dir: c.dir, Server: c.server, EventLog: log,
 				Log: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lv}))}
 			return d.Run(ctx)
 		},
 	}
 	c.flags(cmd, "dir")
 	cmd.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().StringVar(&eventLog, "event-log", "", "send this event log file instead of the firmware's")
 	return cmd
 }

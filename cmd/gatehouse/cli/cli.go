@@ -125,6 +125,7 @@ func initCmd() *cobra.Command {
 	f.StringVar(&cfg.RaftAddr, "raft-addr", def.RaftAddr, "Raft transport address")
 	f.StringSliceVar(&cfg.Hostnames, "hostname", def.Hostnames, "DNS names and IPs for the HTTPS certificate")
 	f.DurationVar(&validity, "cert-validity", def.CertValidity.Duration, "device certificate validity")
+	f.DurationVar(&cfg.ApprovalRetry.Duration, "approval-retry", def.ApprovalRetry.Duration, "how long a device pending approval is told to wait before it retries")
 	f.StringVar(&fromBackup, "from-backup", "", "take the CA, trust domain and manufacturer roots from this backup (then: serve, cluster restore)")
 	_ = c.MarkFlagRequired("password-file")
 	return c
