@@ -17,7 +17,8 @@
 //   - Revocation needs a database (WithDatabase); without one, Revoke fails
 //     and IsRevoked reports false. step-ca itself checks revocation only on
 //     renewal: callers authenticating a certificate must call IsRevoked.
-//   - The decrypted intermediate key lives in process memory while open.
+//   - The decrypted intermediate key lives in process memory while open;
+//     so do the session-token and audit keys derived from it.
 package ca
 
 import (

@@ -99,14 +99,11 @@ func TestRevokeAndCRL(t *testing.T) {
 		}
 		certs = append(certs, chain[0])
 	}
-	if keys, _, _ := kv.List("x509_certs"); len(keys) != 2 {
-		t.Fatalf("step-ca stored %d device certificates, want 2", len(keys))
-	}
 	if _, err := c.IssueServer([]string{"localhost"}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	if keys, _, _ := kv.List("x509_certs"); len(keys) != 2 {
-		t.Fatalf("server certificates must not be stored: %d", len(keys))
+	if keys, _, _ := kv.List("x509_certs"); len(keys) != 0 {
+		t.Fatalf("step-ca stored %d device or server certificates; the registry keeps their serials", len(keys))
 	}
 	if err := c.Revoke(ctx, certs[0].SerialNumber, ReasonKeyCompromise, "stolen"); err != nil {
 		t.Fatal(err)
