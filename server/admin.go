@@ -260,11 +260,11 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 		writeResult(w, http.StatusOK, ms, a.adminErr(err))
 	})
 	add(ca.RoleOperator, "DELETE "+adminMembers+"/{id}", func(w http.ResponseWriter, r *http.Request) {
-		err := a.leaderOp(r.Context(), leaderOp{Op: "remove", NodeID: r.PathValue("id")})
+		err := a.leaderOp(r.Context(), leaderOp{Op: "remove", NodeID: r.PathValue("id"), Actor: actor(r, "")})
 		writeResult(w, http.StatusOK, struct{}{}, err)
 	})
 	add(ca.RoleOperator, "POST "+adminTransfer, func(w http.ResponseWriter, r *http.Request) {
-		err := a.leaderOp(r.Context(), leaderOp{Op: "transfer-leadership"})
+		err := a.leaderOp(r.Context(), leaderOp{Op: "transfer-leadership", Actor: actor(r, "")})
 		writeResult(w, http.StatusOK, struct{}{}, err)
 	})
 	add(ca.RoleOperator, "GET "+adminBackup, func(w http.ResponseWriter, r *http.Request) {
@@ -293,6 +293,10 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 			return
 		}
 		a.log.Info("registry restored from backup", "backup_node", b.Meta.NodeID, "backup_created", b.Meta.Created)
+		// The restored state carries the backup's audit chain; say so on it.
+		if err := a.node.AppendAudit(r.Context(), cluster.AuditRegistryRestore, actor(r, ""), b.Meta.NodeID, b.Meta); err != nil {
+			a.log.Warn("could not audit the restore", "err", err)
+		}
 		writeJSON(w, http.StatusOK, b.Meta)
 	})
 	a.registerRegistryAdmin(add)
@@ -303,6 +307,14 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 type leaderOp struct {
 	Op     string `json:"op"`
 	NodeID string `json:"node_id,omitempty"`
+	Actor  string `json:"actor,omitempty"`
+}
+
+func orLocal(s string) string {
+	if s == "" {
+		return "local"
+	}
+	return s
 }
 
 func (a *Appliance) leaderOp(ctx context.Context, op leaderOp) error {
@@ -337,6 +349,13 @@ func (a *Appliance) leaderOp(ctx context.Context, op leaderOp) error {
 		return a.clusterProblem(err)
 	}
 	a.log.Info("membership changed", "op", op.Op, "node_id", op.NodeID)
+	typ := cluster.AuditMemberRemoved
+	if op.Op == "transfer-leadership" {
+		typ = cluster.AuditLeaderTransfer
+	}
+	if err := a.node.AppendAudit(ctx, typ, orLocal(op.Actor), op.NodeID, nil); err != nil {
+		a.log.Warn("could not audit a membership change", "err", err)
+	}
 	return nil
 }
 

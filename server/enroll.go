@@ -114,7 +114,6 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 		EKCertificate: req.EKCertificate, EKPublic: req.EKPublic, EKPublicArea: req.EKPublicArea,
 		AK: cluster.RawKey{Public: req.AK.Public, CreateData: req.AK.CreateData, CreateAttestation: req.AK.CreateAttestation, CreateSignature: req.AK.CreateSignature},
 	}}
-	rec.RawEvidenceGzip = gzipJSON(sess.Raw)
 
 	ekPub, err := e.verifyEK(req, sess)
 	rec.DeviceID, rec.Checks = sess.DeviceID, sess.Checks
@@ -123,7 +122,7 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 		rec.Evidence.EK = &ekCopy
 	}
 	if err != nil {
-		return nil, e.reject(ctx, rec, nil, err)
+		return nil, e.reject(ctx, withRaw(rec, &sess.Raw), nil, err)
 	}
 
 	ak, err := attest.VerifyAK(goattest.AttestationParameters{
@@ -134,7 +133,7 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 	})
 	if err != nil {
 		rec.Checks = append(rec.Checks, cluster.Check{Name: attest.CheckAK, Detail: err.Error()})
-		return nil, e.reject(ctx, rec, nil, err)
+		return nil, e.reject(ctx, withRaw(rec, &sess.Raw), nil, err)
 	}
 	sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckAK, Passed: true, Detail: "restricted signing key created in a TPM"})
 	sess.AKPublic, sess.AKSHA256, sess.AKAlg = req.AK.Public, ak.PublicSHA256, ak.Algorithm
@@ -143,7 +142,7 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 	cred, err := ak.MakeCredential(ekPub, req.EKPublicArea, sess.Secret)
 	if err != nil {
 		rec.Evidence.AKPublicSHA256, rec.Evidence.AKAlgorithm = ak.PublicSHA256, ak.Algorithm
-		return nil, e.reject(ctx, rec, nil, err)
+		return nil, e.reject(ctx, withRaw(rec, &sess.Raw), nil, err)
 	}
 	token, err := e.tokens.seal(sess)
 	if err != nil {
@@ -155,6 +154,13 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 		Credential:   api.Credential{Credential: cred.Credential, Secret: cred.Secret},
 		ExpiresAt:    sess.Expires,
 	}, nil
+}
+
+// withRaw attaches the raw evidence to a record about to be committed; it
+// is compressed only then, since a challenge that passes commits nothing.
+func withRaw(rec cluster.AttestationRecord, raw *cluster.RawEvidence) cluster.AttestationRecord {
+	rec.RawEvidenceGzip = gzipJSON(raw)
+	return rec
 }
 
 // verifyEK establishes the EK public key and the device ID, recording what it

@@ -1,10 +1,12 @@
 package server
 
 import (
+	"errors"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/api"
 	gometrics "github.com/hashicorp/go-metrics"
 	gmprom "github.com/hashicorp/go-metrics/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,7 +66,11 @@ func newEnrollMetrics() *enrollMetrics {
 
 func (m *enrollMetrics) observe(stage string, start time.Time, err error) {
 	outcome, code := "accepted", ""
-	if err != nil {
+	var pending *api.Pending
+	switch {
+	case errors.As(err, &pending):
+		outcome = "pending"
+	case err != nil:
 		outcome, code = "rejected", problemFor(err).Code
 	}
 	m.outcomes.WithLabelValues(stage, outcome, code).Inc()
