@@ -466,24 +466,7 @@ func (c *AdminClient) TransferLeadership(ctx context.Context) error {
 
 // Backup writes a backup archive of the cluster to w.
 func (c *AdminClient) Backup(ctx context.Context, w io.Writer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+adminBackup, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var p api.Problem
-		if json.NewDecoder(resp.Body).Decode(&p) == nil && p.Code != "" {
-			return &p
-		}
-		return fmt.Errorf("backup: %s", resp.Status)
-	}
-	_, err = io.Copy(w, resp.Body)
-	return err
+	return c.stream(ctx, http.MethodGet, adminBackup, w)
 }
 
 // Restore replaces the cluster's registry with a backup's.

@@ -425,24 +425,25 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		return nil, e.commitFailed(err)
 	}
 
-	chain, err := e.ca.IssueDevice(ctx, res.CSR, profile)
-	if err != nil {
-		e.log.Error("certificate issuance failed after commit", "device_id", sess.DeviceID, "attestation_id", attID, "err", err)
-		return nil, newProblem(http.StatusInternalServerError, api.CodeInternal, "certificate issuance failed")
-	}
-	e.issued.Add(1)
-	e.metrics.certsDone.Inc()
-	e.log.Info("device enrolled", "device_id", sess.DeviceID, "attestation_id", attID, "serial", rec.CertificateSerial)
 	var override json.RawMessage
 	if old != nil {
 		override = old.Config
 	}
-	out := &api.CompleteResponse{
-		DeviceID:      sess.DeviceID,
-		AttestationID: attID,
-		Certificate:   chain[0].Raw,
-		Configuration: mergeConfig(decision.Config, override),
+	return e.issue(ctx, "enrolled", attID, res.CSR, profile, mergeConfig(decision.Config, override))
+}
+
+// issue signs the certificate whose serial the committed record attID
+// reserved, and builds the device's answer.
+func (e *Enroller) issue(ctx context.Context, what string, attID uint64, csr *x509.CertificateRequest, profile ca.DeviceProfile, config json.RawMessage) (*api.CompleteResponse, error) {
+	chain, err := e.ca.IssueDevice(ctx, csr, profile)
+	if err != nil {
+		e.log.Error("certificate issuance failed after commit", "device_id", profile.DeviceID, "attestation_id", attID, "err", err)
+		return nil, newProblem(http.StatusInternalServerError, api.CodeInternal, "certificate issuance failed")
 	}
+	e.issued.Add(1)
+	e.metrics.certsDone.Inc()
+	e.log.Info("device "+what, "device_id", profile.DeviceID, "attestation_id", attID, "serial", profile.Serial.Text(16))
+	out := &api.CompleteResponse{DeviceID: profile.DeviceID, AttestationID: attID, Certificate: chain[0].Raw, Configuration: config}
 	for _, c := range chain[1:] {
 		out.Chain = append(out.Chain, c.Raw)
 	}

@@ -148,19 +148,7 @@ func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Cer
 	if err != nil {
 		return nil, e.commitFailed(err)
 	}
-	chain, err := e.ca.IssueDevice(ctx, res.CSR, profile)
-	if err != nil {
-		e.log.Error("certificate issuance failed after commit", "device_id", dev.ID, "attestation_id", attID, "err", err)
-		return nil, newProblem(http.StatusInternalServerError, api.CodeInternal, "certificate issuance failed")
-	}
-	e.issued.Add(1)
-	e.metrics.certsDone.Inc()
-	e.log.Info("device renewed", "device_id", dev.ID, "attestation_id", attID, "serial", rec.CertificateSerial)
-	out := &api.CompleteResponse{DeviceID: dev.ID, AttestationID: attID, Certificate: chain[0].Raw, Configuration: mergeConfig(decision.Config, dev.Config)}
-	for _, c := range chain[1:] {
-		out.Chain = append(out.Chain, c.Raw)
-	}
-	return out, nil
+	return e.issue(ctx, "renewed", attID, res.CSR, profile, mergeConfig(decision.Config, dev.Config))
 }
 
 // failRenewal records a refused renewal and quarantines the device.

@@ -55,6 +55,16 @@ func (c *common) flags(cmd *cobra.Command, dirFlag string) {
 	}
 }
 
+// openIdentity loads the saved identity and opens the client and the TPM.
+func (c *common) openIdentity() (*fwclient.Identity, *fwclient.Client, *fwclient.TPM, error) {
+	id, err := fwclient.LoadIdentity(c.dir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	client, tpm, err := c.open()
+	return id, client, tpm, err
+}
+
 func (c *common) open() (*fwclient.Client, *fwclient.TPM, error) {
 	b, err := os.ReadFile(c.serverRoot)
 	if err != nil {
@@ -163,11 +173,7 @@ func whoamiCmd() *cobra.Command {
 		Short: "Call the appliance over mTLS with the TPM-resident device key",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			id, err := fwclient.LoadIdentity(c.dir)
-			if err != nil {
-				return err
-			}
-			client, tpm, err := c.open()
+			id, client, tpm, err := c.openIdentity()
 			if err != nil {
 				return err
 			}
@@ -208,11 +214,7 @@ func renewCmd() *cobra.Command {
 		Short: "Re-attest with the enrolled AK and obtain a new certificate for the same TPM key",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			id, err := fwclient.LoadIdentity(c.dir)
-			if err != nil {
-				return err
-			}
-			client, tpm, err := c.open()
+			id, client, tpm, err := c.openIdentity()
 			if err != nil {
 				return err
 			}
@@ -244,11 +246,7 @@ func configCmd() *cobra.Command {
 		Short: "Fetch this device's configuration over mTLS and save it to config.json",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			id, err := fwclient.LoadIdentity(c.dir)
-			if err != nil {
-				return err
-			}
-			client, tpm, err := c.open()
+			id, client, tpm, err := c.openIdentity()
 			if err != nil {
 				return err
 			}
