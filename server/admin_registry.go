@@ -160,6 +160,15 @@ func (a *Appliance) registerRegistryAdmin(add func(role, pattern string, h http.
 		w.Header().Set("Content-Type", "application/pem-certificate-chain")
 		w.Write(pemChain(chain))
 	})
+	add(ca.RoleOperator, "POST "+adminAdminCerts+"/{serial}/revoke", func(w http.ResponseWriter, r *http.Request) {
+		var req DeviceOp
+		if err := decodeBody(r, 64<<10, &req); err != nil {
+			writeProblem(w, err)
+			return
+		}
+		err := a.RevokeAdminCert(r.Context(), r.PathValue("serial"), actor(r, req.Actor), req.Reason)
+		writeResult(w, http.StatusOK, struct{}{}, err)
+	})
 	add(ca.RoleOperator, "POST "+adminAdminCerts, func(w http.ResponseWriter, r *http.Request) {
 		var req AdminCertRequest
 		if err := decodeBody(r, 64<<10, &req); err != nil {
@@ -189,6 +198,23 @@ func (a *Appliance) registerRegistryAdmin(add func(role, pattern string, h http.
 		}
 		writeJSON(w, http.StatusOK, AdminCertResponse{Chain: pemChain(chain), Root: pemChain([]*x509.Certificate{a.ca.Root()})})
 	})
+}
+
+// RevokeAdminCert revokes an admin certificate by serial (hex) through
+// step-ca: from then on every node refuses it.
+func (a *Appliance) RevokeAdminCert(ctx context.Context, serialHex, who, reason string) error {
+	serial, ok := new(big.Int).SetString(serialHex, 16)
+	if !ok || reason == "" {
+		return malformed("want a hex serial and a reason")
+	}
+	if err := a.ca.Revoke(ctx, serial, ca.ReasonUnspecified, reason); err != nil && !errors.Is(err, ca.ErrAlreadyRevoked) {
+		return a.enroller.internal(err)
+	}
+	if err := a.node.AppendAudit(ctx, "admin.certificate_revoked", who, serialHex, map[string]string{"reason": reason}); err != nil {
+		return a.clusterProblem(err)
+	}
+	a.log.Info("admin certificate revoked", "serial", serialHex, "actor", who)
+	return nil
 }
 
 func pemChain(certs []*x509.Certificate) []byte {
@@ -375,6 +401,11 @@ func (c *AdminClient) AuditKey(ctx context.Context) ([]byte, error) {
 func (c *AdminClient) IssueAdminCert(ctx context.Context, role, name string, csr []byte, validity time.Duration) (AdminCertResponse, error) {
 	var out AdminCertResponse
 	return out, c.do(ctx, http.MethodPost, adminAdminCerts, AdminCertRequest{Role: role, Name: name, CSR: csr, Validity: Duration{validity}}, &out)
+}
+
+// RevokeAdminCert revokes an admin certificate by its hex serial.
+func (c *AdminClient) RevokeAdminCert(ctx context.Context, serialHex, actor, reason string) error {
+	return c.do(ctx, http.MethodPost, adminAdminCerts+"/"+url.PathEscape(serialHex)+"/revoke", DeviceOp{Actor: actor, Reason: reason}, &struct{}{})
 }
 
 // stream copies a non-JSON response body to w.

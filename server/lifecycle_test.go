@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/cluster"
@@ -37,9 +38,17 @@ func TestDeviceDisableEnable(t *testing.T) {
 		t.Fatalf("devices --state disabled: %+v %v", disabled, err)
 	}
 
+	// Its certificate gets nothing on mTLS endpoints while it is disabled.
+	var p *api.Problem
+	if _, err := e.Client.WhoAmI(ctx, d.TPM, id); !errors.As(err, &p) || p.Code != api.CodeDeviceInactive {
+		t.Fatalf("whoami while disabled: %v", err)
+	}
+	if _, err := e.Client.Config(ctx, d.TPM, id); !errors.As(err, &p) || p.Code != api.CodeDeviceInactive {
+		t.Fatalf("config while disabled: %v", err)
+	}
+
 	before := e.App.CertificatesIssued()
 	_, err = e.Client.Enroll(ctx, d.TPM)
-	var p *api.Problem
 	if !errors.As(err, &p) || p.Code != api.CodeDeviceInactive {
 		t.Fatalf("disabled device enrolled: %v", err)
 	}
@@ -75,5 +84,41 @@ func TestDeviceDisableEnable(t *testing.T) {
 	if h[0].Op != cluster.OpDisable || h[0].Actor != "alice" || h[0].Reason != "RMA ticket 42" || h[0].From != cluster.DeviceActive ||
 		h[1].Op != cluster.OpEnable || h[1].Actor != "bob" || h[1].To != cluster.DeviceActive {
 		t.Fatalf("history %+v", h)
+	}
+}
+
+// A device that has not re-attested within its group's interval is marked
+// stale (flag and audit entry) by the leader's sweep; a renewal clears it.
+func TestStaleDevices(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	applyPolicy(t, e, `{"groups":[{"name":"fleet","mode":"auto","reattest_interval":"1h"}]}`)
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.App.MarkStale(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if dev, _ := e.App.Node().Device(id.DeviceID); dev.Stale {
+		t.Fatal("a fresh device was marked stale")
+	}
+	e.Clock.Advance(2 * time.Hour)
+	if err := e.App.MarkStale(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dev, _ := e.App.Node().Device(id.DeviceID)
+	if !dev.Stale || len(dev.Flags) != 1 || dev.Flags[0].Name != cluster.FlagStale {
+		t.Fatalf("device after the interval: stale=%v flags=%+v", dev.Stale, dev.Flags)
+	}
+	if types := auditTypes(t, e.App.Node(), dev.ID); types[len(types)-1] != cluster.AuditDeviceFlag {
+		t.Fatalf("audit trail %v", types)
+	}
+	if _, err := e.Client.Renew(ctx, d.TPM, id, nil); err != nil {
+		t.Fatal(err)
+	}
+	if dev, _ := e.App.Node().Device(id.DeviceID); dev.Stale {
+		t.Fatal("renewal did not clear stale")
 	}
 }

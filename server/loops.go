@@ -77,16 +77,17 @@ func (a *Appliance) leaderLoop(every time.Duration) {
 		if _, err := a.node.Checkpoint(ctx, "node:"+a.cfg.NodeID, key); err != nil && !errors.Is(err, cluster.ErrNotFound) {
 			a.log.Warn("audit checkpoint failed", "err", err)
 		}
-		if err := a.markStale(ctx); err != nil {
+		if err := a.MarkStale(ctx); err != nil {
 			a.log.Warn("stale marking failed", "err", err)
 		}
 		cancel()
 	}
 }
 
-// markStale proposes every active device whose group's reattest_interval
-// has passed since its last accepted attestation.
-func (a *Appliance) markStale(ctx context.Context) error {
+// MarkStale proposes every active device whose group's reattest_interval
+// has passed since its last accepted attestation (the leader does this
+// every audit_checkpoint_every).
+func (a *Appliance) MarkStale(ctx context.Context) error {
 	p, err := a.enroller.policies.current()
 	if err != nil {
 		return err

@@ -176,10 +176,22 @@ func TestRemoteAdminActor(t *testing.T) {
 	if got := dev.History[0].Actor; got != "admin:olga(operator)" {
 		t.Fatalf("actor %q", got)
 	}
-	aud := server.NewRemoteAdminClient(e.URL(), adminCert(t, e, ca.RoleAuditor, "audrey"), e.App.Root())
+	audCert := adminCert(t, e, ca.RoleAuditor, "audrey")
+	aud := server.NewRemoteAdminClient(e.URL(), audCert, e.App.Root())
 	if _, err := aud.Devices(ctx, ""); err != nil {
 		t.Fatalf("auditor read: %v", err)
 	}
+	defer func() {
+		// Revoked, the auditor's certificate gets nothing on any route.
+		leaf, _ := x509.ParseCertificate(audCert.Certificate[0])
+		if err := op.RevokeAdminCert(ctx, leaf.SerialNumber.Text(16), "olga", "left the company"); err != nil {
+			t.Fatal(err)
+		}
+		var p *api.Problem
+		if _, err := aud.Devices(ctx, ""); !errors.As(err, &p) || p.Code != api.CodeCertificateRevoked {
+			t.Fatalf("revoked auditor: %v", err)
+		}
+	}()
 	var p *api.Problem
 	if _, err := aud.TransitionDevice(ctx, id.DeviceID, cluster.OpEnable, "audrey", "x"); !errors.As(err, &p) || p.Code != api.CodeForbidden {
 		t.Fatalf("auditor write: %v", err)

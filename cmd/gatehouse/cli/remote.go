@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -171,6 +172,23 @@ func adminCmd() *cobra.Command {
 	for _, n := range []string{"role", "name", "out"} {
 		_ = issue.MarkFlagRequired(n)
 	}
-	c.AddCommand(issue)
+	var reason string
+	revoke := &cobra.Command{
+		Use:   "revoke-cert SERIAL --reason TEXT",
+		Short: "Revoke an admin certificate (hex serial, as `openssl x509 -serial` prints it)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if reason == "" {
+				return errors.New("--reason is required")
+			}
+			if err := adminClient(cmd).RevokeAdminCert(cmd.Context(), strings.ToLower(args[0]), actor(), reason); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "admin certificate %s revoked\n", args[0])
+			return nil
+		},
+	}
+	revoke.Flags().StringVar(&reason, "reason", "", "why (required)")
+	c.AddCommand(issue, revoke)
 	return c
 }
