@@ -250,3 +250,32 @@ func TestMarkStale(t *testing.T) {
 		t.Fatalf("after renewal %+v", d)
 	}
 }
+
+// However often a device enrolls, its record keeps only the newest serials
+// and flags; the audit log keeps every flag.
+func TestDeviceRecordStaysSmall(t *testing.T) {
+	n := openNode(t, t.TempDir())
+	ctx := context.Background()
+	for i := 0; i < 40; i++ {
+		rec := record("dev", OutcomeAccepted)
+		rec.CertificateSerial = fmt.Sprintf("%x", i+1)
+		if _, err := n.CommitEnrollment(ctx, fmt.Sprintf("s%d", i), time.Now().Add(time.Minute), Device{ID: "dev", Status: DeviceActive, CertificateSerial: rec.CertificateSerial}, rec,
+			Flag{Name: FlagReprovisioned, Detail: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, _ := n.Device("dev")
+	if len(d.Serials) != MaxSerials || d.Serials[MaxSerials-1] != "28" || len(d.Flags) != MaxFlags || d.Flags[MaxFlags-1].Detail != "39" {
+		t.Fatalf("serials %v, %d flags", d.Serials, len(d.Flags))
+	}
+	entries, _ := n.AuditEntries(time.Time{}, 0)
+	flags := 0
+	for _, e := range entries {
+		if e.Type == AuditDeviceFlag {
+			flags++
+		}
+	}
+	if flags != 40 {
+		t.Fatalf("%d flag entries in the audit log, want 40", flags)
+	}
+}

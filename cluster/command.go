@@ -135,7 +135,7 @@ func (c *acceptEnrollment) apply(tx *bolt.Tx, index uint64, at time.Time) applyR
 	d.LastEnrolledAt, d.LastAttestationID = a.Time, index
 	if a.Outcome == OutcomeAccepted {
 		d.LastAttestedAt, d.Stale = a.Time, false
-		d.Serials = append(d.Serials, a.CertificateSerial)
+		d.Serials = keepLast(append(d.Serials, a.CertificateSerial), MaxSerials)
 	}
 	if err := raiseFlags(tx, &d, c.Flags, index, at); err != nil {
 		return applyResult{Err: err}
@@ -334,7 +334,7 @@ func (c *acceptRenewal) apply(tx *bolt.Tx, index uint64, at time.Time) applyResu
 		return applyResult{Err: fmt.Errorf("%w: device %s is %s", ErrDeviceInactive, d.ID, d.Status)}
 	}
 	d.CertificateSerial, d.CertificateNotAfter = a.CertificateSerial, c.NotAfter
-	d.Serials = append(d.Serials, a.CertificateSerial)
+	d.Serials = keepLast(append(d.Serials, a.CertificateSerial), MaxSerials)
 	d.LastAttestedAt, d.LastAttestationID, d.Stale = a.Time, index, false
 	if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
 		return applyResult{Err: err}
@@ -363,7 +363,7 @@ func (n *Node) CommitFailedRenewal(ctx context.Context, sessionID string, sessio
 func raiseFlags(tx *bolt.Tx, d *Device, flags []Flag, index uint64, at time.Time) error {
 	for _, f := range flags {
 		f.AttestationID, f.Time = index, at
-		d.Flags = append(d.Flags, f)
+		d.Flags = keepLast(append(d.Flags, f), MaxFlags)
 		if err := appendAudit(tx, at, AuditDeviceFlag, "gatehouse", d.ID, f); err != nil {
 			return err
 		}

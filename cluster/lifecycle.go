@@ -162,7 +162,7 @@ func countFailure(tx *bolt.Tx, a AttestationRecord, at time.Time) error {
 	f := Flag{Name: FlagRepeatedFailures, Time: at, AttestationID: a.ID,
 		Detail: fmt.Sprintf("%d refused attempts since %s; the last: %s", fc.Count, fc.WindowStart.Format(time.RFC3339), a.Code)}
 	if d, err := getDevice(tx, a.DeviceID); err == nil {
-		d.Flags = append(d.Flags, f)
+		d.Flags = keepLast(append(d.Flags, f), MaxFlags)
 		if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
 			return err
 		}
@@ -279,7 +279,7 @@ func (c *markStale) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 		}
 		d.Stale = true
 		f := Flag{Name: FlagStale, Time: at, Detail: "no re-attestation since " + d.LastAttestedAt.Format(time.RFC3339)}
-		d.Flags = append(d.Flags, f)
+		d.Flags = keepLast(append(d.Flags, f), MaxFlags)
 		if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
 			return applyResult{Err: err}
 		}

@@ -71,19 +71,36 @@ type Device struct {
 	PolicyVersion int    `json:"policy_version"`
 	// History lists every state change after enrollment, oldest first.
 	History []StateChange `json:"history,omitempty"`
-	// Serials lists every certificate serial (hex) issued to the device,
-	// oldest first; revocation revokes them all.
+	// Serials lists the newest MaxSerials certificate serials (hex) issued
+	// to the device, oldest first: the certificates it may present. Every
+	// serial ever issued is also in its accepted attestation records,
+	// which is where revocation finds them all.
 	Serials []string `json:"serials,omitempty"`
 	// LastAttestedAt is the newest accepted enrollment or renewal; a device
 	// that does not re-attest within its group's interval is marked Stale.
 	LastAttestedAt time.Time `json:"last_attested_at"`
 	Stale          bool      `json:"stale,omitempty"`
-	// Flags are anomalies raised on the device, oldest first.
+	// Flags are the newest MaxFlags anomalies raised on the device, oldest
+	// first; the audit log keeps every one.
 	Flags []Flag `json:"flags,omitempty"`
 	// Config is the per-device configuration override (a JSON object),
 	// merged over the group's; ConfigVersion counts its changes.
 	Config        json.RawMessage `json:"config,omitempty"`
 	ConfigVersion int             `json:"config_version,omitempty"`
+}
+
+// A device record stays small however often a device enrolls: it keeps
+// the newest serials and flags only.
+const (
+	MaxSerials = 16
+	MaxFlags   = 32
+)
+
+func keepLast[T any](s []T, n int) []T {
+	if len(s) <= n {
+		return s
+	}
+	return append([]T(nil), s[len(s)-n:]...)
 }
 
 // Device flags.

@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/api"
@@ -251,7 +252,19 @@ func (a *Appliance) RevokeDevice(ctx context.Context, id, who, reason string) (c
 	if _, err := cluster.Transition(dev.Status, cluster.OpRevoke); err != nil {
 		return cluster.Device{}, err
 	}
-	for _, s := range dev.Serials {
+	// Every serial ever issued: the accepted records hold them all, the
+	// device record only the newest.
+	recs, err := a.node.Attestations(cluster.AttestationQuery{DeviceID: id})
+	if err != nil {
+		return cluster.Device{}, err
+	}
+	serials := append([]string(nil), dev.Serials...)
+	for _, r := range recs {
+		if r.Outcome == cluster.OutcomeAccepted && r.CertificateSerial != "" && !slices.Contains(serials, r.CertificateSerial) {
+			serials = append(serials, r.CertificateSerial)
+		}
+	}
+	for _, s := range serials {
 		serial, ok := new(big.Int).SetString(s, 16)
 		if !ok {
 			return cluster.Device{}, fmt.Errorf("device %s: bad serial %q in the registry", id, s)
