@@ -48,12 +48,12 @@ bench: deps
 	$(GO) test -run '^$$' -bench 'Failover' -benchtime 3x ./server/
 
 # fuzz runs every fuzz target for FUZZTIME each (the seed corpora also run
-# in `make test`). Crashers land in attest/testdata/fuzz/: commit them.
+# in `make test`). Crashers land in PKG/testdata/fuzz/: commit them.
 FUZZTIME ?= 30s
-FUZZ_TARGETS := FuzzParseEventLog FuzzParseEKCertificate FuzzParsePolicy
+FUZZ_TARGETS := attest:FuzzParseEventLog attest:FuzzParseEKCertificate attest:FuzzParsePolicy cluster:FuzzVerifyAudit
 fuzz:
-	@for f in $(FUZZ_TARGETS); do echo "fuzz: $$f for $(FUZZTIME)"; \
-	  $(GO) test ./attest/ -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) || exit 1; done
+	@for t in $(FUZZ_TARGETS); do p=$${t%%:*}; f=$${t#*:}; echo "fuzz: $$p $$f for $(FUZZTIME)"; \
+	  $(GO) test ./$$p/ -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) || exit 1; done
 
 # roots regenerates the shipped TPM manufacturer CA bundle from testvectors/ca.
 roots:

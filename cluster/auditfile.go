@@ -131,7 +131,7 @@ func readAuditCSV(r io.Reader) (AuditHeader, []AuditLine, error) {
 		if errors.Is(err, io.EOF) {
 			return AuditHeader{}, out, nil
 		}
-		line, _ := cr.FieldPos(0)
+		line := csvLine(cr, err)
 		if first {
 			if err != nil || strings.Join(rec, ",") != strings.Join(csvHeader, ",") {
 				return AuditHeader{}, nil, fmt.Errorf("line 1: want CSV header %q", strings.Join(csvHeader, ","))
@@ -159,7 +159,7 @@ func readAuditCSV(r io.Reader) (AuditHeader, []AuditLine, error) {
 type AuditProblem struct {
 	Line   int    `json:"line"`
 	Seq    uint64 `json:"seq,omitempty"`
-	Kind   string `json:"kind"` // unreadable | modified | removed | reordered | bad_signature | unsigned_tail
+	Kind   string `json:"kind"` // unreadable | modified | removed | reordered | bad_signature | unsigned_tail | empty
 	Detail string `json:"detail"`
 }
 
@@ -235,6 +235,9 @@ func VerifyAudit(lines []AuditLine, key ed25519.PublicKey) AuditReport {
 		p := e
 		prev = &p
 	}
+	if len(lines) == 0 {
+		rep.Problems = append(rep.Problems, AuditProblem{Kind: "empty", Detail: "the file holds no entries"})
+	}
 	if n := len(lines); n > 0 && lastValidCheckpoint != n-1 {
 		l := lines[n-1]
 		covered := "no checkpoint verifies"
@@ -268,4 +271,18 @@ func verifyCheckpoint(e AuditEntry, key ed25519.PublicKey, hashes map[uint64]str
 		return fmt.Errorf("signed hash of seq %d differs from that entry's content", cp.Seq)
 	}
 	return nil
+}
+
+// csvLine is the line a record (or its read error) starts on. FieldPos
+// panics for a record that failed to read, so the error's line is used.
+func csvLine(cr *csv.Reader, err error) int {
+	var pe *csv.ParseError
+	if errors.As(err, &pe) {
+		return pe.StartLine
+	}
+	if err != nil {
+		return 0
+	}
+	line, _ := cr.FieldPos(0)
+	return line
 }

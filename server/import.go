@@ -113,8 +113,7 @@ func ParseImportFile(r io.Reader) ([]ImportRow, error) {
 		if errors.Is(err, io.EOF) {
 			return rows, nil
 		}
-		line, _ := cr.FieldPos(0)
-		row := ImportRow{Row: line}
+		row := ImportRow{Row: csvLine(cr, err)}
 		if err != nil {
 			row.ParseError = err.Error()
 			rows = append(rows, row)
@@ -245,4 +244,18 @@ func (c *AdminClient) ImportEnrollments(ctx context.Context, actor, source strin
 func (c *AdminClient) IndividualEnrollments(ctx context.Context) ([]cluster.IndividualEnrollment, error) {
 	var out []cluster.IndividualEnrollment
 	return out, c.get(ctx, "/admin/v1/enrollments", &out)
+}
+
+// csvLine is the line a record (or its read error) starts on. FieldPos
+// panics for a record that failed to read, so the error's line is used.
+func csvLine(cr *csv.Reader, err error) int {
+	var pe *csv.ParseError
+	if errors.As(err, &pe) {
+		return pe.StartLine
+	}
+	if err != nil {
+		return 0
+	}
+	line, _ := cr.FieldPos(0)
+	return line
 }
