@@ -50,6 +50,7 @@ const (
 	AuditEnrollmentImport   = "enrollment.imported"
 	// Types appended by the appliance through AppendAudit.
 	AuditAdminDenied     = "admin.denied"
+	AuditTLSRefused      = "tls.refused" // a client certificate that does not verify
 	AuditMemberRemoved   = "member.removed"
 	AuditLeaderTransfer  = "member.leadership_transferred"
 	AuditRegistryRestore = "registry.restored"

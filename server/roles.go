@@ -143,3 +143,28 @@ func (a *Appliance) auditDenied(r *http.Request, id adminIdentity, cause error) 
 		a.log.Error("could not audit a refused admin request", "err", err)
 	}
 }
+
+// tlsRefusals is the HTTPS server's error log. net/http reports a refused
+// TLS handshake only there; one that failed to verify a client certificate
+// (another CA's, or an expired one) is a failed login, so it goes to the
+// audit log as well, under the same rate limit as refused admin requests.
+type tlsRefusals struct{ a *Appliance }
+
+func (t tlsRefusals) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	t.a.log.Warn(msg)
+	const prefix = "http: TLS handshake error from "
+	if rest, ok := strings.CutPrefix(msg, prefix); ok && strings.Contains(rest, "failed to verify certificate") {
+		remote, reason, _ := strings.Cut(rest, ": ")
+		if t.a.deniedLimit.allow(time.Now()) {
+			go func() {
+				ctx, cancel := context.WithTimeout(t.a.ctx, 5*time.Second)
+				defer cancel()
+				if err := t.a.node.AppendAudit(ctx, cluster.AuditTLSRefused, "tls:"+remote, "", map[string]string{"remote": remote, "reason": reason}); err != nil && t.a.ctx.Err() == nil {
+					t.a.log.Error("could not audit a refused TLS handshake", "err", err)
+				}
+			}()
+		}
+	}
+	return len(p), nil
+}

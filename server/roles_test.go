@@ -112,7 +112,10 @@ func TestAdminAuthorizationMatrix(t *testing.T) {
 	for _, c := range callers {
 		tlsCfg := &tls.Config{RootCAs: pool}
 		if c.cert != nil {
-			tlsCfg.Certificates = []tls.Certificate{*c.cert}
+			// Always send it: Go's client would otherwise keep quiet about a
+			// certificate the server's CA list does not name.
+			cert := c.cert
+			tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
 		}
 		hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
 		for _, r := range routes {
@@ -154,6 +157,24 @@ func TestAdminAuthorizationMatrix(t *testing.T) {
 	if denied == 0 {
 		t.Fatal("no admin refusal reached the audit log")
 	}
+	// The foreign CA's certificate never got past TLS; that refusal is in
+	// the log too (after a second, so the refusals above do not use up the
+	// rate limit).
+	time.Sleep(1100 * time.Millisecond)
+	foreign := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return callers[2].cert, nil }}}}
+	if _, err := foreign.Get(e.URL() + "/admin/v1/devices"); err == nil {
+		t.Fatal("a foreign CA's certificate passed TLS")
+	}
+	waitFor(t, "the refused TLS handshake in the audit log", 10*time.Second, func() bool {
+		entries, _ := e.App.Node().AuditEntries(time.Time{}, 0)
+		for _, en := range entries {
+			if en.Type == cluster.AuditTLSRefused && strings.Contains(en.Detail, "certificate") {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 func ptr[T any](v T) *T { return &v }
