@@ -358,7 +358,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	}
 	rec.Checks = append(rec.Checks, cluster.Check{Name: checkPolicy, Passed: true, Detail: fmt.Sprintf("group %s of policy v%d, mode %s", decision.Group, decision.PolicyVersion, decision.Mode)})
 
-	// Pending or active, and anomalies: see DESIGN.md, "Re-provisioning".
+	// Pending or active, and anomalies: see DESIGN.md, "Approval, re-provisioning, anomalies".
 	status, why := cluster.DeviceActive, ""
 	var flags []cluster.Flag
 	switch {
