@@ -120,14 +120,19 @@ func (c *acceptEnrollment) apply(tx *bolt.Tx, index uint64, at time.Time) applyR
 		if !(old.Status == DeviceActive || old.Status == DevicePending && d.Status == DevicePending) {
 			return applyResult{Err: fmt.Errorf("%w: device %s is %s", ErrDeviceInactive, d.ID, old.Status)}
 		}
-		d.EnrolledAt, d.Enrollments, d.Labels, d.History, d.Serials, d.Flags = old.EnrolledAt, old.Enrollments, old.Labels, old.History, old.Serials, old.Flags
-		d.Config, d.ConfigVersion, d.LastAttestedAt, d.Stale = old.Config, old.ConfigVersion, old.LastAttestedAt, old.Stale
+		// Start from the stored device: the enrollment sets only what it
+		// decided; everything the registry keeps (history, labels, flags,
+		// configuration, serials) stays.
+		next := old
+		next.Status, next.EK, next.AKPublicSHA256, next.Claims = d.Status, d.EK, d.AKPublicSHA256, d.Claims
+		next.Group, next.Mode, next.PolicyVersion = d.Group, d.Mode, d.PolicyVersion
+		if d.CertificateSerial != "" { // pending: the old certificate, if any, is still the newest
+			next.CertificateSerial, next.CertificateNotAfter = d.CertificateSerial, d.CertificateNotAfter
+		}
 		if old.Status == DeviceActive && d.Status == DevicePending {
-			d.History = append(d.History, StateChange{Time: at, Op: "reprovision", From: old.Status, To: d.Status, Actor: "gatehouse", Reason: "same EK with a new AK; the group requires approval"})
+			next.History = append(next.History, StateChange{Time: at, Op: "reprovision", From: old.Status, To: d.Status, Actor: "gatehouse", Reason: "same EK with a new AK; the group requires approval"})
 		}
-		if d.CertificateSerial == "" { // pending: the old certificate, if any, is still the newest
-			d.CertificateSerial, d.CertificateNotAfter = old.CertificateSerial, old.CertificateNotAfter
-		}
+		d = next
 	} else {
 		d.EnrolledAt = a.Time
 	}

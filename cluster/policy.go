@@ -95,26 +95,21 @@ func (n *Node) PolicyVersion() (int, error) {
 // EventLog returns the gzip-compressed event log stored with an attestation
 // record, or ErrNotFound.
 func (n *Node) EventLog(attestationID uint64) ([]byte, error) {
-	var out []byte
-	err := n.fsm.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bEvidence).Get(be64(attestationID))
-		if v == nil {
-			return fmt.Errorf("event log of attestation %d: %w", attestationID, ErrNotFound)
-		}
-		out = append([]byte(nil), v...)
-		return nil
-	})
-	return out, err
+	return n.evidence(bEvidence, attestationID, "event log")
 }
 
 // RawEvidence returns the gzip JSON RawEvidence stored with an attestation
 // record, or ErrNotFound.
 func (n *Node) RawEvidence(attestationID uint64) ([]byte, error) {
+	return n.evidence(bRawEvidence, attestationID, "raw evidence")
+}
+
+func (n *Node) evidence(bucket []byte, attestationID uint64, what string) ([]byte, error) {
 	var out []byte
 	err := n.fsm.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bRawEvidence).Get(be64(attestationID))
+		v := tx.Bucket(bucket).Get(be64(attestationID))
 		if v == nil {
-			return fmt.Errorf("raw evidence of attestation %d: %w", attestationID, ErrNotFound)
+			return fmt.Errorf("%s of attestation %d: %w", what, attestationID, ErrNotFound)
 		}
 		out = append([]byte(nil), v...)
 		return nil

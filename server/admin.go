@@ -25,9 +25,9 @@ import (
 	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
-// The admin API is served only on a unix socket inside the data directory
-// (mode 0600, directory 0700): reaching it requires the appliance's own OS
-// user. Remote admin with mTLS roles comes with the lifecycle issue.
+// The admin API is served on a unix socket inside the data directory (mode
+// 0600, directory 0700), where the appliance's OS user is an operator, and
+// on the HTTPS port to admin certificates with a role (roles.go).
 //
 // Reads are linearizable unless ?stale=true: the node confirms with the
 // leader how far the log has committed and waits to apply that far.
@@ -40,6 +40,11 @@ const (
 	adminTransfer    = "/admin/v1/cluster/transfer-leadership"
 	adminBackup      = "/admin/v1/cluster/backup"
 	adminRestore     = "/admin/v1/cluster/restore"
+	adminGroups      = "/admin/v1/groups"
+	adminAudit       = "/admin/v1/audit"
+	adminAdminCerts  = "/admin/v1/admin-certs"
+	adminEnrollments = "/admin/v1/enrollments"
+	adminImport      = adminEnrollments + "/import"
 	adminPolicy      = "/admin/v1/policy"
 )
 

@@ -21,14 +21,6 @@ import (
 	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
-// Admin paths added with the device lifecycle.
-const (
-	adminGroups     = "/admin/v1/groups"
-	adminAudit      = "/admin/v1/audit"
-	adminAdminCerts = "/admin/v1/admin-certs"
-	adminImport     = "/admin/v1/enrollments/import"
-)
-
 // LabelChange is the body of POST /admin/v1/devices/{id}/labels.
 type LabelChange struct {
 	Actor  string            `json:"actor,omitempty"`

@@ -136,7 +136,7 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 		return nil, e.reject(ctx, withRaw(rec, &sess.Raw), nil, err)
 	}
 	sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckAK, Passed: true, Detail: "restricted signing key created in a TPM"})
-	sess.AKPublic, sess.AKSHA256, sess.AKAlg = req.AK.Public, ak.PublicSHA256, ak.Algorithm
+	sess.AKSHA256, sess.AKAlg = ak.PublicSHA256, ak.Algorithm
 
 	sess.ID, sess.Nonce, sess.Secret = randomHex(16), randomBytes(32), randomBytes(32)
 	cred, err := ak.MakeCredential(ekPub, req.EKPublicArea, sess.Secret)
@@ -275,30 +275,16 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		return nil, e.reject(ctx, rec, sess, cluster.ErrSessionUsed)
 	}
 
-	akPub, err := goattest.ParseAKPublic(sess.AKPublic)
+	akPub, err := goattest.ParseAKPublic(sess.Raw.AK.Public)
 	if err != nil { // sealed by us after VerifyAK: cannot happen unless the code changed
 		return nil, e.internal(err)
 	}
-	pcrs, bank, err := convertPCRs(req.PCRs)
+	raw := sess.Raw
+	raw.DeviceKey = cluster.RawKey{Public: req.DeviceKey.Public, CreateData: req.DeviceKey.CreateData, CreateAttestation: req.DeviceKey.CreateAttestation, CreateSignature: req.DeviceKey.CreateSignature}
+	pcrs, err := recordQuote(&rec, raw, sess.Nonce, req.Quote, req.PCRs, req.EventLog, req.CSR)
 	if err != nil {
 		return nil, e.reject(ctx, rec, sess, err)
 	}
-	rec.Evidence.PCRBank = bank
-	for _, p := range pcrs {
-		rec.Evidence.PCRs = append(rec.Evidence.PCRs, cluster.PCRValue{Index: p.Index, Digest: hex.EncodeToString(p.Digest)})
-	}
-	if len(req.EventLog) > 0 {
-		sum := sha256.Sum256(req.EventLog)
-		rec.Evidence.EventLogSHA256 = hex.EncodeToString(sum[:])
-		rec.EventLogGzip = gzipBytes(req.EventLog)
-	}
-	raw := sess.Raw
-	raw.Nonce, raw.Quote, raw.QuoteSignature, raw.CSR = sess.Nonce, req.Quote.Quote, req.Quote.Signature, req.CSR
-	raw.DeviceKey = cluster.RawKey{Public: req.DeviceKey.Public, CreateData: req.DeviceKey.CreateData, CreateAttestation: req.DeviceKey.CreateAttestation, CreateSignature: req.DeviceKey.CreateSignature}
-	for _, p := range req.PCRs {
-		raw.PCRs = append(raw.PCRs, cluster.RawPCR{Index: p.Index, Bank: p.Bank, Digest: p.Digest})
-	}
-	rec.RawEvidenceGzip = gzipJSON(raw)
 
 	res, err := attest.VerifyCompletion(attest.Completion{
 		AK:              akPub,
@@ -454,6 +440,14 @@ func (e *Enroller) issue(ctx context.Context, what string, attID uint64, csr *x5
 // device sees. The record is committed even for requests that cannot be
 // attributed to a device, so security teams see every refusal.
 func (e *Enroller) reject(ctx context.Context, rec cluster.AttestationRecord, sess *session, cause error, flags ...cluster.Flag) error {
+	return e.refuse(rec, sess, cause, func(sid string, exp time.Time, rec cluster.AttestationRecord) (uint64, error) {
+		return e.reg.CommitRejection(ctx, sid, exp, rec, flags...)
+	})
+}
+
+// refuse records cause in rec, commits rec with commit and returns the
+// problem the device sees, naming the committed record.
+func (e *Enroller) refuse(rec cluster.AttestationRecord, sess *session, cause error, commit func(string, time.Time, cluster.AttestationRecord) (uint64, error)) error {
 	p := problemFor(cause)
 	rec.Outcome, rec.Code, rec.Reason = cluster.OutcomeRejected, p.Code, p.Detail
 	var sid string
@@ -461,13 +455,13 @@ func (e *Enroller) reject(ctx context.Context, rec cluster.AttestationRecord, se
 	if sess != nil {
 		sid, exp = sess.ID, sess.Expires
 	}
-	id, err := e.reg.CommitRejection(ctx, sid, exp, rec, flags...)
+	id, err := commit(sid, exp, rec)
 	if err != nil {
-		e.log.Error("could not commit rejected attestation", "device_id", rec.DeviceID, "code", p.Code, "err", err)
+		e.log.Error("could not commit a refusal", "stage", rec.Stage, "device_id", rec.DeviceID, "code", p.Code, "err", err)
 		return e.commitFailed(err)
 	}
 	p.AttestationID = id
-	e.log.Info("enrollment rejected", "stage", rec.Stage, "device_id", rec.DeviceID, "code", p.Code, "attestation_id", id)
+	e.log.Info("attestation refused", "stage", rec.Stage, "device_id", rec.DeviceID, "code", p.Code, "attestation_id", id)
 	return p
 }
 
@@ -476,6 +470,32 @@ func (e *Enroller) rejectRequest(ctx context.Context, stage string, cause error)
 	err := e.reject(ctx, cluster.AttestationRecord{Time: e.now(), Node: e.nodeID, Stage: stage}, nil, cause)
 	e.metrics.observe(stage, time.Now(), err)
 	return err
+}
+
+// recordQuote puts the second round trip's evidence into rec: the PCRs
+// (also validated and converted for verification), the event log's digest
+// and compressed bytes, and the raw evidence, raw completed with the quote,
+// PCRs and CSR. Enrollment and renewal both use it.
+func recordQuote(rec *cluster.AttestationRecord, raw cluster.RawEvidence, nonce []byte, quote api.Quote, in []api.PCR, eventLog, csr []byte) ([]goattest.PCR, error) {
+	raw.Nonce, raw.Quote, raw.QuoteSignature, raw.CSR = nonce, quote.Quote, quote.Signature, csr
+	for _, p := range in {
+		raw.PCRs = append(raw.PCRs, cluster.RawPCR{Index: p.Index, Bank: p.Bank, Digest: p.Digest})
+	}
+	rec.RawEvidenceGzip = gzipJSON(raw)
+	pcrs, bank, err := convertPCRs(in)
+	if err != nil {
+		return nil, err
+	}
+	rec.Evidence.PCRBank = bank
+	for _, p := range pcrs {
+		rec.Evidence.PCRs = append(rec.Evidence.PCRs, cluster.PCRValue{Index: p.Index, Digest: hex.EncodeToString(p.Digest)})
+	}
+	if len(eventLog) > 0 {
+		sum := sha256.Sum256(eventLog)
+		rec.Evidence.EventLogSHA256 = hex.EncodeToString(sum[:])
+		rec.EventLogGzip = gzipBytes(eventLog)
+	}
+	return pcrs, nil
 }
 
 func convertPCRs(in []api.PCR) ([]goattest.PCR, string, error) {

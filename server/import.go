@@ -228,7 +228,7 @@ func (a *Appliance) registerImportAdmin(add func(role, pattern string, h http.Ha
 		res, err := a.ImportEnrollments(r.Context(), req)
 		writeResult(w, http.StatusOK, res, err)
 	})
-	add(ca.RoleAuditor, "GET /admin/v1/enrollments", a.read(func(w http.ResponseWriter, r *http.Request) {
+	add(ca.RoleAuditor, "GET "+adminEnrollments, a.read(func(w http.ResponseWriter, r *http.Request) {
 		list, err := a.node.IndividualEnrollments()
 		writeResult(w, http.StatusOK, list, a.adminErr(err))
 	}))
@@ -243,7 +243,7 @@ func (c *AdminClient) ImportEnrollments(ctx context.Context, actor, source strin
 // IndividualEnrollments lists imported enrollments.
 func (c *AdminClient) IndividualEnrollments(ctx context.Context) ([]cluster.IndividualEnrollment, error) {
 	var out []cluster.IndividualEnrollment
-	return out, c.get(ctx, "/admin/v1/enrollments", &out)
+	return out, c.get(ctx, adminEnrollments, &out)
 }
 
 // csvLine is the line a record (or its read error) starts on. FieldPos

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -31,8 +30,7 @@ var errRenewalIdentity = errors.New("renewal evidence is not from the enrolled T
 // sealed in a token bound to the device and its certificate.
 func (e *Enroller) RenewChallenge(dev cluster.Device, leaf *x509.Certificate) (*api.RenewChallengeResponse, error) {
 	now := e.now()
-	sess := &session{ID: randomHex(16), Expires: now.Add(e.sessionTTL), Nonce: randomBytes(32), DeviceID: dev.ID, EK: dev.EK, Claims: dev.Claims,
-		AKSHA256: dev.AKPublicSHA256, Purpose: purposeRenew, Serial: leaf.SerialNumber.Text(16)}
+	sess := &session{ID: randomHex(16), Expires: now.Add(e.sessionTTL), Nonce: randomBytes(32), DeviceID: dev.ID, Purpose: purposeRenew, Serial: leaf.SerialNumber.Text(16)}
 	token, err := e.tokens.seal(sess)
 	if err != nil {
 		return nil, e.internal(err)
@@ -64,25 +62,10 @@ func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Cer
 	} else if used {
 		return nil, e.reject(ctx, rec, sess, cluster.ErrSessionUsed)
 	}
-	pcrs, bank, err := convertPCRs(req.PCRs)
+	pcrs, err := recordQuote(&rec, cluster.RawEvidence{AK: cluster.RawKey{Public: req.AKPublic}}, sess.Nonce, req.Quote, req.PCRs, req.EventLog, req.CSR)
 	if err != nil {
 		return nil, e.reject(ctx, rec, sess, err)
 	}
-	rec.Evidence.PCRBank = bank
-	for _, p := range pcrs {
-		rec.Evidence.PCRs = append(rec.Evidence.PCRs, cluster.PCRValue{Index: p.Index, Digest: hex.EncodeToString(p.Digest)})
-	}
-	if len(req.EventLog) > 0 {
-		sum := sha256.Sum256(req.EventLog)
-		rec.Evidence.EventLogSHA256 = hex.EncodeToString(sum[:])
-		rec.EventLogGzip = gzipBytes(req.EventLog)
-	}
-
-	raw := cluster.RawEvidence{AK: cluster.RawKey{Public: req.AKPublic}, Nonce: sess.Nonce, Quote: req.Quote.Quote, QuoteSignature: req.Quote.Signature, CSR: req.CSR}
-	for _, p := range req.PCRs {
-		raw.PCRs = append(raw.PCRs, cluster.RawPCR{Index: p.Index, Bank: p.Bank, Digest: p.Digest})
-	}
-	rec.RawEvidenceGzip = gzipJSON(raw)
 
 	// From here on, failure is the device's: quarantine.
 	ak, err := goattest.ParseAKPublic(req.AKPublic)
@@ -153,16 +136,9 @@ func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Cer
 
 // failRenewal records a refused renewal and quarantines the device.
 func (e *Enroller) failRenewal(ctx context.Context, rec cluster.AttestationRecord, sess *session, cause error) error {
-	p := problemFor(cause)
-	rec.Outcome, rec.Code, rec.Reason = cluster.OutcomeRejected, p.Code, p.Detail
-	id, err := e.reg.CommitFailedRenewal(ctx, sess.ID, sess.Expires, rec)
-	if err != nil {
-		e.log.Error("could not commit failed renewal", "device_id", rec.DeviceID, "code", p.Code, "err", err)
-		return e.commitFailed(err)
-	}
-	p.AttestationID = id
-	e.log.Warn("renewal failed; device quarantined", "device_id", rec.DeviceID, "code", p.Code, "attestation_id", id)
-	return p
+	return e.refuse(rec, sess, cause, func(sid string, exp time.Time, rec cluster.AttestationRecord) (uint64, error) {
+		return e.reg.CommitFailedRenewal(ctx, sid, exp, rec)
+	})
 }
 
 // renewChallenge serves POST /v1/renew/challenge.

@@ -33,7 +33,6 @@ type session struct {
 	Expires  time.Time       `json:"exp"`
 	Nonce    []byte          `json:"nonce"`
 	Secret   []byte          `json:"secret"`
-	AKPublic []byte          `json:"ak_public"`
 	AKSHA256 string          `json:"ak_sha256"`
 	AKAlg    string          `json:"ak_alg"`
 	DeviceID string          `json:"device_id"`

@@ -25,6 +25,16 @@ import (
 
 // Run executes the command line and returns the exit code.
 func Run(args []string) int {
+	root := newRoot()
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "gatehouse-agent:", err)
+		return 1
+	}
+	return 0
+}
+
+func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "gatehouse-agent",
 		Short:         "Enroll this device with a Gatehouse appliance using its TPM",
@@ -32,12 +42,7 @@ func Run(args []string) int {
 		SilenceErrors: true,
 	}
 	root.AddCommand(enrollCmd(), whoamiCmd(), renewCmd(), configCmd(), runCmd())
-	root.SetArgs(args)
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "gatehouse-agent:", err)
-		return 1
-	}
-	return 0
+	return root
 }
 
 type common struct {

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spf13/cobra"
-
 	"github.com/gatehouse-dev/gatehouse/cluster"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
@@ -124,8 +122,7 @@ func TestSystemdUnitsMatchTheAgent(t *testing.T) {
 		if len(args) < 2 || filepath.Base(args[0]) != "gatehouse-agent" {
 			t.Fatalf("%s: ExecStart %q", u, exec)
 		}
-		root := &cobra.Command{Use: "gatehouse-agent"}
-		root.AddCommand(enrollCmd(), whoamiCmd(), renewCmd(), configCmd(), runCmd())
+		root := newRoot()
 		cmd, rest, err := root.Find(args[1:])
 		if err != nil || cmd == root {
 			t.Fatalf("%s: no command %q: %v", u, args[1], err)
