@@ -10,7 +10,7 @@ import (
 
 // An audit export is untrusted input to its verifier: reading and
 // verifying any bytes must not panic, and whatever verifies cleanly must
-// end on a checkpoint.
+// end on a checkpoint and a signed range that covers it.
 func FuzzVerifyAudit(f *testing.F) {
 	pub, key, _ := ed25519.GenerateKey(bytes.NewReader(bytes.Repeat([]byte{7}, 64)))
 	var entries []AuditEntry
@@ -30,6 +30,9 @@ func FuzzVerifyAudit(f *testing.F) {
 		if err := WriteAudit(&buf, format, AuditHeader{}, entries); err != nil {
 			f.Fatal(err)
 		}
+		if err := WriteAuditRange(&buf, format, SignRange(key, RangeExport, "td", time.Time{}, time.Unix(5, 0), entries)); err != nil {
+			f.Fatal(err)
+		}
 		f.Add(buf.Bytes())
 	}
 	f.Add([]byte("{\"format\":\"x\"}\n"))
@@ -40,8 +43,13 @@ func FuzzVerifyAudit(f *testing.F) {
 			return
 		}
 		rep := VerifyAudit(lines, pub)
-		if rep.OK() && (len(lines) == 0 || lines[len(lines)-1].Entry.Type != AuditCheckpoint) {
-			t.Fatalf("a chain that does not end on a checkpoint verified: %+v", rep)
+		if !rep.OK() {
+			return
+		}
+		n := len(lines)
+		if n < 2 || lines[n-1].Range == nil || lines[n-2].Entry.Type != AuditCheckpoint || rep.Range == nil ||
+			rep.Range.LastSeq != lines[n-2].Entry.Seq || rep.Range.FirstSeq != rep.FirstSeq {
+			t.Fatalf("a chain that does not end on a checkpoint and its signed range verified: %+v", rep)
 		}
 	})
 }

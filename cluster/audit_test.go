@@ -70,8 +70,8 @@ func TestAuditChainRecordsDecisions(t *testing.T) {
 	if !strings.Contains(entries[3].Detail, "lost in transit") || entries[3].Actor != "admin:alice" {
 		t.Fatalf("state change entry %+v", entries[3])
 	}
-	rep := VerifyAudit(lines(entries), key.Public().(ed25519.PublicKey))
-	if !rep.OK() || rep.Checkpoints != 2 || rep.SignedUpTo != 8 {
+	rep := VerifyAudit(exportLines(entries, key), key.Public().(ed25519.PublicKey))
+	if !rep.OK() || rep.Checkpoints != 2 || rep.SignedUpTo != 8 || rep.Range == nil || rep.Range.LastSeq != 9 {
 		t.Fatalf("report %+v", rep)
 	}
 }
@@ -84,6 +84,34 @@ func lines(entries []AuditEntry) []AuditLine {
 	return out
 }
 
+// exportLines is lines(entries) ended by their signed export range.
+func exportLines(entries []AuditEntry, key ed25519.PrivateKey) []AuditLine {
+	r := SignRange(key, RangeExport, "example.test", time.Time{}, t0, entries)
+	return append(lines(entries), AuditLine{Line: len(entries) + 2, Range: &r})
+}
+
+// writeExport writes entries in format, ended by a range signed by key.
+func writeExport(t *testing.T, format string, key ed25519.PrivateKey, since time.Time, entries []AuditEntry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := WriteAudit(&buf, format, AuditHeader{ExportedAt: t0, Since: since}, entries); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteAuditRange(&buf, format, SignRange(key, RangeExport, "example.test", since, t0, entries)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func verifyBytes(t *testing.T, b []byte, pub ed25519.PublicKey, opts ...VerifyOption) AuditReport {
+	t.Helper()
+	_, ls, err := ReadAudit(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return VerifyAudit(ls, pub, opts...)
+}
+
 // Export in both formats, verify, then damage the file: one flipped byte,
 // one deleted entry, two swapped entries; each is found at its line.
 func TestAuditExportTamperDetection(t *testing.T) {
@@ -91,18 +119,8 @@ func TestAuditExportTamperDetection(t *testing.T) {
 	pub := key.Public().(ed25519.PublicKey)
 	for _, format := range []string{AuditJSONL, AuditCSV} {
 		t.Run(format, func(t *testing.T) {
-			var buf bytes.Buffer
-			if err := WriteAudit(&buf, format, AuditHeader{ExportedAt: t0}, entries); err != nil {
-				t.Fatal(err)
-			}
-			verify := func(b []byte) AuditReport {
-				t.Helper()
-				_, ls, err := ReadAudit(bytes.NewReader(b))
-				if err != nil {
-					t.Fatal(err)
-				}
-				return VerifyAudit(ls, pub)
-			}
+			buf := bytes.NewBuffer(writeExport(t, format, key, time.Time{}, entries))
+			verify := func(b []byte) AuditReport { return verifyBytes(t, b, pub) }
 			if rep := verify(buf.Bytes()); !rep.OK() || rep.Entries != len(entries) {
 				t.Fatalf("clean export: %+v", rep)
 			}
@@ -135,7 +153,7 @@ func TestAuditExportTamperDetection(t *testing.T) {
 			}
 
 			// A cut tail: the export no longer ends on a checkpoint.
-			rep = verify([]byte(strings.Join(rows[:len(rows)-2], "")))
+			rep = verify([]byte(strings.Join(rows[:9], "")))
 			if !hasProblem(rep, 9, 8, "unsigned_tail") {
 				t.Fatalf("cut tail: %v", rep.Problems)
 			}
@@ -143,7 +161,7 @@ func TestAuditExportTamperDetection(t *testing.T) {
 	}
 	// A checkpoint under another key is refused.
 	_, other, _ := ed25519.GenerateKey(rand.Reader)
-	if rep := VerifyAudit(lines(entries), other.Public().(ed25519.PublicKey)); rep.Checkpoints != 0 || rep.OK() {
+	if rep := VerifyAudit(exportLines(entries, key), other.Public().(ed25519.PublicKey)); rep.Checkpoints != 0 || rep.OK() {
 		t.Fatalf("foreign key: %+v", rep)
 	}
 }
@@ -278,4 +296,113 @@ func TestDeviceRecordStaysSmall(t *testing.T) {
 	if flags != 40 {
 		t.Fatalf("%d flag entries in the audit log, want 40", flags)
 	}
+}
+
+// An export is ended by a signed range over exactly its entries: dropping
+// entries at its start, or cutting its end back to an earlier checkpoint
+// (with or without the range line), is reported in both formats.
+func TestAuditExportTruncation(t *testing.T) {
+	_, key, entries := auditChain(t) // seq 1..9, checkpoints at 5 and 9
+	pub := key.Public().(ed25519.PublicKey)
+	for _, format := range []string{AuditJSONL, AuditCSV} {
+		t.Run(format, func(t *testing.T) {
+			rows := strings.SplitAfter(string(writeExport(t, format, key, time.Time{}, entries)), "\n")
+			// rows: 0 header, 1..9 entries seq 1..9, 10 the range, 11 "".
+			if rep := verifyBytes(t, []byte(strings.Join(rows, "")), pub); !rep.OK() || rep.Range == nil || rep.Range.FirstSeq != 1 || rep.Range.LastSeq != 9 {
+				t.Fatalf("clean export: %+v", rep)
+			}
+			// Drop the first three entries.
+			headCut := append([]string{rows[0]}, rows[4:]...)
+			rep := verifyBytes(t, []byte(strings.Join(headCut, "")), pub)
+			if !hasKind(rep, "truncated_head", 4) || rep.OK() {
+				t.Fatalf("head cut: %v", rep.Problems)
+			}
+			// Cut the tail back to the checkpoint at seq 5, keeping the range line.
+			tailCut := append(append([]string(nil), rows[:6]...), rows[10:]...)
+			rep = verifyBytes(t, []byte(strings.Join(tailCut, "")), pub)
+			if !hasKind(rep, "truncated_tail", 5) || hasKind(rep, "unsigned_tail", 5) {
+				t.Fatalf("tail cut to a checkpoint: %v", rep.Problems)
+			}
+			// The same cut, with the range line dropped too.
+			rep = verifyBytes(t, []byte(strings.Join(rows[:6], "")), pub)
+			if !hasKind(rep, "truncated_tail", 5) {
+				t.Fatalf("tail cut without the range: %v", rep.Problems)
+			}
+			// A range signed by another key does not count.
+			_, other, _ := ed25519.GenerateKey(rand.Reader)
+			rep = verifyBytes(t, writeExport(t, format, other, time.Time{}, entries), pub)
+			if rep.Range != nil || !hasKind(rep, "bad_signature", 0) {
+				t.Fatalf("foreign range: %+v", rep)
+			}
+		})
+	}
+	// An export --since starts later; its range signs the filter and that
+	// start, so it verifies, and dropping its first entry does not.
+	since := entries[3].Time
+	part := entries[3:]
+	if rep := verifyBytes(t, writeExport(t, AuditJSONL, key, since, part), pub); !rep.OK() || rep.Range.Since.IsZero() {
+		t.Fatalf("export --since: %+v", rep)
+	}
+	rows := strings.SplitAfter(string(writeExport(t, AuditJSONL, key, since, part)), "\n")
+	if rep := verifyBytes(t, []byte(rows[0]+strings.Join(rows[2:], "")), pub); !hasKind(rep, "truncated_head", 5) {
+		t.Fatalf("head cut of an export --since: %v", rep.Problems)
+	}
+	// An unfiltered range that does not start at seq 1 is reported.
+	if rep := verifyBytes(t, writeExport(t, AuditJSONL, key, time.Time{}, part), pub); !hasKind(rep, "truncated_head", 4) {
+		t.Fatalf("unfiltered export from seq 4: %v", rep.Problems)
+	}
+}
+
+// An auditor compares an export with signed heads kept earlier: an export
+// that ends before one, or whose entry differs from it, is reported.
+func TestAuditExpectHead(t *testing.T) {
+	n, key, entries := auditChain(t)
+	pub := key.Public().(ed25519.PublicKey)
+	ctx := context.Background()
+	early := SignHead(key, RangeHead, "example.test", t0, entries[4])
+	if err := n.AppendAudit(ctx, AuditAdminDenied, "x", "y", nil); err != nil {
+		t.Fatal(err)
+	}
+	head, _ := n.AuditHead()
+	later := SignHead(key, RangeHead, "example.test", t0.Add(time.Hour), head)
+	if later.FirstSeq != 1 || later.LastSeq != 10 || later.Verify(pub) != nil {
+		t.Fatalf("signed head %+v", later)
+	}
+	export := writeExport(t, AuditJSONL, key, time.Time{}, entries) // ends at seq 9
+	if rep := verifyBytes(t, export, pub, ExpectHeads(early)); !rep.OK() || rep.HeadsSeen != 1 {
+		t.Fatalf("export against an earlier head: %+v", rep)
+	}
+	rep := verifyBytes(t, export, pub, ExpectHeads(early, later))
+	if !hasKind(rep, "truncated_tail", 10) || len(rep.Problems) != 1 {
+		t.Fatalf("export against a later head: %v", rep.Problems)
+	}
+	// A head over a rewritten chain (the key holder re-signed it).
+	forged := entries[4]
+	forged.Hash = strings.Repeat("ab", 32)
+	rep = verifyBytes(t, export, pub, ExpectHeads(SignHead(key, RangeHead, "example.test", t0, forged)))
+	if !hasKind(rep, "head_mismatch", 5) {
+		t.Fatalf("forked head: %v", rep.Problems)
+	}
+	// Heads read back from `audit head -o json` or a sink file.
+	var sink bytes.Buffer
+	for _, h := range []AuditRange{early, later} {
+		b, _ := json.Marshal(h)
+		sink.Write(append(b, '\n'))
+	}
+	heads, err := ReadAuditHeads(sink.Bytes())
+	if err != nil || len(heads) != 2 || heads[1] != later {
+		t.Fatalf("read heads: %v %+v", err, heads)
+	}
+	if _, err := ReadAuditHeads([]byte(`{"seq":3}`)); err == nil {
+		t.Fatal("a non-head read as a head")
+	}
+}
+
+func hasKind(rep AuditReport, kind string, seq uint64) bool {
+	for _, p := range rep.Problems {
+		if p.Kind == kind && p.Seq == seq {
+			return true
+		}
+	}
+	return false
 }

@@ -70,11 +70,46 @@ func WriteAudit(w io.Writer, format string, h AuditHeader, entries []AuditEntry)
 	}
 }
 
-// AuditLine is an entry with where it was read from (1-based line).
+// csvRangeSeq marks the CSV row that carries the signed range (as JSON in
+// the detail column).
+const csvRangeSeq = "range"
+
+// rangeLine is the JSONL form of the signed range that ends an export.
+type rangeLine struct {
+	Range *AuditRange `json:"range"`
+}
+
+// WriteAuditRange writes the signed range that ends an export (after
+// WriteAudit, in the same format).
+func WriteAuditRange(w io.Writer, format string, r AuditRange) error {
+	switch format {
+	case AuditJSONL:
+		enc := json.NewEncoder(w)
+		enc.SetEscapeHTML(false)
+		return enc.Encode(rangeLine{Range: &r})
+	case AuditCSV:
+		b, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		cw := csv.NewWriter(w)
+		if err := cw.Write([]string{csvRangeSeq, r.Time.UTC().Format(time.RFC3339Nano), "audit.range", "", "", string(b), "", ""}); err != nil {
+			return err
+		}
+		cw.Flush()
+		return cw.Error()
+	default:
+		return fmt.Errorf("unknown audit format %q (want %s or %s)", format, AuditJSONL, AuditCSV)
+	}
+}
+
+// AuditLine is an entry, or the signed range that ends an export, with
+// where it was read from (1-based line).
 type AuditLine struct {
 	Line  int
 	Entry AuditEntry
-	Err   error // the line could not be read as an entry
+	Range *AuditRange // set on the range line; Entry is zero then
+	Err   error       // the line could not be read as an entry
 }
 
 // ReadAudit reads an export, detecting the format from its first line. The
@@ -109,11 +144,18 @@ func readAuditJSONL(r io.Reader) (AuditHeader, []AuditLine, error) {
 			}
 			continue
 		}
-		var e AuditEntry
-		dec := json.NewDecoder(bytes.NewReader(b))
-		dec.DisallowUnknownFields()
 		l := AuditLine{Line: line}
-		if err := dec.Decode(&e); err != nil {
+		if bytes.HasPrefix(b, []byte(`{"range":`)) {
+			var rl rangeLine
+			if err := strictJSON(b, &rl); err != nil || rl.Range == nil {
+				l.Err = fmt.Errorf("signed range: %v", err)
+			}
+			l.Range = rl.Range
+			out = append(out, l)
+			continue
+		}
+		var e AuditEntry
+		if err := strictJSON(b, &e); err != nil {
 			l.Err = err
 		}
 		l.Entry = e
@@ -143,6 +185,13 @@ func readAuditCSV(r io.Reader) (AuditHeader, []AuditLine, error) {
 			l.Err = err
 		} else if len(rec) != len(csvHeader) {
 			l.Err = fmt.Errorf("%d fields, want %d", len(rec), len(csvHeader))
+		} else if rec[0] == csvRangeSeq {
+			var r AuditRange
+			if err := strictJSON([]byte(rec[5]), &r); err != nil {
+				l.Err = fmt.Errorf("signed range: %v", err)
+			} else {
+				l.Range = &r
+			}
 		} else {
 			e := AuditEntry{Type: rec[2], Actor: rec[3], Subject: rec[4], Detail: rec[5], Prev: rec[6], Hash: rec[7]}
 			var perr error
@@ -155,11 +204,17 @@ func readAuditCSV(r io.Reader) (AuditHeader, []AuditLine, error) {
 	}
 }
 
+func strictJSON(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
 // AuditProblem is one finding of VerifyAudit.
 type AuditProblem struct {
 	Line   int    `json:"line"`
 	Seq    uint64 `json:"seq,omitempty"`
-	Kind   string `json:"kind"` // unreadable | modified | removed | reordered | bad_signature | unsigned_tail | empty
+	Kind   string `json:"kind"` // unreadable | modified | removed | reordered | bad_signature | unsigned_tail | truncated_head | truncated_tail | head_mismatch | empty
 	Detail string `json:"detail"`
 }
 
@@ -177,26 +232,56 @@ type AuditReport struct {
 	LastSeq     uint64         `json:"last_seq"`
 	Checkpoints int            `json:"checkpoints"` // with a valid signature
 	SignedUpTo  uint64         `json:"signed_up_to"`
+	Range       *AuditRange    `json:"range,omitempty"`         // the export's signed range, if it verifies
+	HeadsSeen   int            `json:"heads_checked,omitempty"` // signed heads compared (ExpectHeads)
 	Problems    []AuditProblem `json:"problems,omitempty"`
 }
 
 // OK reports whether nothing was found.
 func (r *AuditReport) OK() bool { return len(r.Problems) == 0 }
 
+// VerifyOption adds a check to VerifyAudit.
+type VerifyOption func(*verifyOptions)
+
+type verifyOptions struct{ heads []AuditRange }
+
+// ExpectHeads compares the export with signed heads the auditor kept (from
+// `audit head` or a checkpoint sink): each must verify under the key, and
+// the export must reach it with the same hash. An export that ends before
+// one is reported as truncated_tail, a different hash as head_mismatch.
+func ExpectHeads(heads ...AuditRange) VerifyOption {
+	return func(o *verifyOptions) { o.heads = append(o.heads, heads...) }
+}
+
 // VerifyAudit checks a chain read by ReadAudit: every entry's hash, each
-// link to the entry before, sequence numbers, and checkpoint signatures
-// under key. The chain may start anywhere (an export --since): its first
-// Prev is taken as given. A chain that does not end on a valid checkpoint
-// is reported, since its tail could have been cut.
-func VerifyAudit(lines []AuditLine, key ed25519.PublicKey) AuditReport {
+// link to the entry before, sequence numbers, checkpoint signatures under
+// key, and the signed range that must end the export. The range signs the
+// first entry's seq and prev and the last entry's seq and hash, so an
+// export cut at its start (truncated_head) or end (truncated_tail) is
+// reported, even where the cut falls on a checkpoint.
+func VerifyAudit(lines []AuditLine, key ed25519.PublicKey, opts ...VerifyOption) AuditReport {
+	var o verifyOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	var rep AuditReport
 	add := func(l AuditLine, kind, format string, args ...any) {
 		rep.Problems = append(rep.Problems, AuditProblem{Line: l.Line, Seq: l.Entry.Seq, Kind: kind, Detail: fmt.Sprintf(format, args...)})
 	}
 	hashes := map[uint64]string{} // seq → hash as recomputed, for checkpoints
-	var prev *AuditEntry
-	lastValidCheckpoint := -1
+	var prev, first *AuditEntry
+	var lastLine AuditLine // the last entry's line
+	var rng *AuditLine
+	lastValidCheckpoint := false
 	for i, l := range lines {
+		if l.Range != nil {
+			if i != len(lines)-1 {
+				add(l, "reordered", "the signed range must be the last line")
+			} else {
+				rng = &lines[i]
+			}
+			continue
+		}
 		if l.Err != nil {
 			add(l, "unreadable", "%v", l.Err)
 			prev = nil
@@ -206,8 +291,11 @@ func VerifyAudit(lines []AuditLine, key ed25519.PublicKey) AuditReport {
 		rep.Entries++
 		if rep.FirstSeq == 0 {
 			rep.FirstSeq = e.Seq
+			f := e
+			first = &f
 		}
 		rep.LastSeq = e.Seq
+		lastLine = l
 		computed := e.ComputeHash()
 		if computed != e.Hash {
 			add(l, "modified", "content does not match its hash")
@@ -223,30 +311,94 @@ func VerifyAudit(lines []AuditLine, key ed25519.PublicKey) AuditReport {
 				add(l, "modified", "prev does not match the hash of seq %d (that entry or this link was changed)", prev.Seq)
 			}
 		}
+		lastValidCheckpoint = false
 		if e.Type == AuditCheckpoint {
 			if err := verifyCheckpoint(e, key, hashes); err != nil {
 				add(l, "bad_signature", "%v", err)
 			} else {
 				rep.Checkpoints++
 				rep.SignedUpTo = e.Seq - 1
-				lastValidCheckpoint = i
+				lastValidCheckpoint = true
 			}
 		}
 		p := e
 		prev = &p
 	}
-	if len(lines) == 0 {
+	if rep.Entries == 0 {
 		rep.Problems = append(rep.Problems, AuditProblem{Kind: "empty", Detail: "the file holds no entries"})
+		return rep
 	}
-	if n := len(lines); n > 0 && lastValidCheckpoint != n-1 {
-		l := lines[n-1]
+	if !lastValidCheckpoint {
 		covered := "no checkpoint verifies"
 		if rep.SignedUpTo > 0 {
 			covered = fmt.Sprintf("the last valid signature covers seq %d", rep.SignedUpTo)
 		}
-		add(l, "unsigned_tail", "the export does not end on a valid checkpoint (%s), so a cut tail would go unnoticed", covered)
+		add(lastLine, "unsigned_tail", "the export does not end on a valid checkpoint (%s), so a cut tail would go unnoticed", covered)
+	}
+	verifyRange(&rep, rng, lastLine, first, key, add)
+	for _, h := range o.heads {
+		checkHead(&rep, h, lastLine, key, hashes, add)
 	}
 	return rep
+}
+
+// verifyRange compares the export's ends with its signed range.
+func verifyRange(rep *AuditReport, rl *AuditLine, lastLine AuditLine, first *AuditEntry, key ed25519.PublicKey, add func(AuditLine, string, string, ...any)) {
+	if rl == nil {
+		add(lastLine, "truncated_tail", "no signed range ends the export, so entries cut from its end (or start) would go unnoticed")
+		return
+	}
+	r := rl.Range
+	if err := r.Verify(key); err != nil {
+		add(*rl, "bad_signature", "signed range: %v", err)
+		return
+	}
+	if r.Kind != RangeExport {
+		add(*rl, "bad_signature", "signed range: kind %q, not %q", r.Kind, RangeExport)
+		return
+	}
+	rep.Range = r
+	firstLine := AuditLine{Line: 0, Entry: *first}
+	switch {
+	case first.Seq > r.FirstSeq:
+		add(firstLine, "truncated_head", "the export starts at seq %d, its signed range at seq %d: entries %d..%d were cut", first.Seq, r.FirstSeq, r.FirstSeq, first.Seq-1)
+	case first.Seq < r.FirstSeq:
+		add(firstLine, "truncated_head", "the export starts at seq %d, before its signed range (seq %d)", first.Seq, r.FirstSeq)
+	case first.Prev != r.FirstPrev:
+		add(firstLine, "modified", "prev differs from the one the signed range names")
+	}
+	if r.Since.IsZero() && (r.FirstSeq != 1 || r.FirstPrev != genesisHash) {
+		add(firstLine, "truncated_head", "the signed range is of an unfiltered export but starts at seq %d", r.FirstSeq)
+	}
+	last := lastLine.Entry
+	switch {
+	case last.Seq < r.LastSeq:
+		add(lastLine, "truncated_tail", "the export ends at seq %d, its signed range at seq %d: entries %d..%d were cut", last.Seq, r.LastSeq, last.Seq+1, r.LastSeq)
+	case last.Seq > r.LastSeq:
+		add(lastLine, "truncated_tail", "the export ends at seq %d, after its signed range (seq %d)", last.Seq, r.LastSeq)
+	case last.Hash != r.LastHash:
+		add(lastLine, "modified", "hash differs from the one the signed range names")
+	}
+}
+
+// checkHead compares the export with one signed head the auditor kept.
+func checkHead(rep *AuditReport, h AuditRange, lastLine AuditLine, key ed25519.PublicKey, hashes map[uint64]string, add func(AuditLine, string, string, ...any)) {
+	at := AuditLine{Line: lastLine.Line, Entry: AuditEntry{Seq: h.LastSeq}}
+	if err := h.Verify(key); err != nil {
+		add(at, "bad_signature", "expected head: %v", err)
+		return
+	}
+	rep.HeadsSeen++
+	if rep.Range != nil && h.TrustDomain != rep.Range.TrustDomain {
+		add(at, "head_mismatch", "the expected head is of trust domain %q, the export of %q", h.TrustDomain, rep.Range.TrustDomain)
+		return
+	}
+	switch got, ok := hashes[h.LastSeq]; {
+	case h.LastSeq > rep.LastSeq:
+		add(at, "truncated_tail", "the export ends at seq %d, before the head at seq %d signed at %s", rep.LastSeq, h.LastSeq, h.Time.Format(time.RFC3339))
+	case ok && got != h.LastHash:
+		add(at, "head_mismatch", "the export's entry differs from the head signed at %s (the chain was rewritten)", h.Time.Format(time.RFC3339))
+	}
 }
 
 func verifyCheckpoint(e AuditEntry, key ed25519.PublicKey, hashes map[uint64]string) error {
