@@ -26,9 +26,10 @@ import (
 // Guarantees: any change to, removal of, or reordering of entries up to the
 // newest checkpoint is detected by VerifyAudit, which names the position.
 // Non-guarantees: entries after the newest checkpoint are covered by the
-// chain only (an attacker who truncates the tail and owns no key is caught
-// only when export ends on a checkpoint, which `audit export` makes sure
-// of); whoever holds the CA key can re-sign a rewritten chain.
+// chain only; an export is covered at both ends by the signed range that
+// ends it (auditrange.go). Whoever holds the CA key can re-sign a rewritten
+// chain: only signed heads kept outside the appliance (a checkpoint sink,
+// an auditor's `audit head`) expose that.
 
 var bAudit = []byte("audit") // be64(seq) → AuditEntry (JSON)
 
@@ -230,6 +231,19 @@ func (n *Node) Checkpoint(ctx context.Context, actor string, key ed25519.Private
 		}
 	}
 	return 0, err
+}
+
+// AuditEntry returns the entry at seq (ErrNotFound if there is none).
+func (n *Node) AuditEntry(seq uint64) (AuditEntry, error) {
+	var e AuditEntry
+	err := n.fsm.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bAudit).Get(be64(seq))
+		if v == nil {
+			return fmt.Errorf("audit entry %d: %w", seq, ErrNotFound)
+		}
+		return json.Unmarshal(v, &e)
+	})
+	return e, err
 }
 
 // AuditEntries returns entries with Time >= since and Seq <= upTo (0: no

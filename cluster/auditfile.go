@@ -269,8 +269,8 @@ func VerifyAudit(lines []AuditLine, key ed25519.PublicKey, opts ...VerifyOption)
 		rep.Problems = append(rep.Problems, AuditProblem{Line: l.Line, Seq: l.Entry.Seq, Kind: kind, Detail: fmt.Sprintf(format, args...)})
 	}
 	hashes := map[uint64]string{} // seq → hash as recomputed, for checkpoints
-	var prev, first *AuditEntry
-	var lastLine AuditLine // the last entry's line
+	var prev *AuditEntry
+	var firstLine, lastLine AuditLine // the first and last entries' lines
 	var rng *AuditLine
 	lastValidCheckpoint := false
 	for i, l := range lines {
@@ -291,8 +291,7 @@ func VerifyAudit(lines []AuditLine, key ed25519.PublicKey, opts ...VerifyOption)
 		rep.Entries++
 		if rep.FirstSeq == 0 {
 			rep.FirstSeq = e.Seq
-			f := e
-			first = &f
+			firstLine = l
 		}
 		rep.LastSeq = e.Seq
 		lastLine = l
@@ -335,7 +334,7 @@ func VerifyAudit(lines []AuditLine, key ed25519.PublicKey, opts ...VerifyOption)
 		}
 		add(lastLine, "unsigned_tail", "the export does not end on a valid checkpoint (%s), so a cut tail would go unnoticed", covered)
 	}
-	verifyRange(&rep, rng, lastLine, first, key, add)
+	verifyRange(&rep, rng, firstLine, lastLine, key, add)
 	for _, h := range o.heads {
 		checkHead(&rep, h, lastLine, key, hashes, add)
 	}
@@ -343,7 +342,7 @@ func VerifyAudit(lines []AuditLine, key ed25519.PublicKey, opts ...VerifyOption)
 }
 
 // verifyRange compares the export's ends with its signed range.
-func verifyRange(rep *AuditReport, rl *AuditLine, lastLine AuditLine, first *AuditEntry, key ed25519.PublicKey, add func(AuditLine, string, string, ...any)) {
+func verifyRange(rep *AuditReport, rl *AuditLine, firstLine, lastLine AuditLine, key ed25519.PublicKey, add func(AuditLine, string, string, ...any)) {
 	if rl == nil {
 		add(lastLine, "truncated_tail", "no signed range ends the export, so entries cut from its end (or start) would go unnoticed")
 		return
@@ -358,7 +357,7 @@ func verifyRange(rep *AuditReport, rl *AuditLine, lastLine AuditLine, first *Aud
 		return
 	}
 	rep.Range = r
-	firstLine := AuditLine{Line: 0, Entry: *first}
+	first := firstLine.Entry
 	switch {
 	case first.Seq > r.FirstSeq:
 		add(firstLine, "truncated_head", "the export starts at seq %d, its signed range at seq %d: entries %d..%d were cut", first.Seq, r.FirstSeq, r.FirstSeq, first.Seq-1)

@@ -144,9 +144,12 @@ func (a *Appliance) registerRegistryAdmin(add func(role, pattern string, h http.
 		a.exportAudit(w, r)
 	})
 	add(ca.RoleOperator, "POST "+adminAudit+"/checkpoint", func(w http.ResponseWriter, r *http.Request) {
-		key, _ := a.ca.AuditKey()
-		seq, err := a.node.Checkpoint(r.Context(), actor(r, ""), key)
+		seq, err := a.checkpoint(r.Context(), actor(r, ""))
 		writeResult(w, http.StatusOK, map[string]uint64{"seq": seq}, a.errProblem(err))
+	})
+	add(ca.RoleAuditor, "GET "+adminAudit+"/head", func(w http.ResponseWriter, r *http.Request) {
+		head, err := a.auditHead(r.Context())
+		writeResult(w, http.StatusOK, head, a.errProblem(err))
 	})
 	add(ca.RoleAuditor, "GET "+adminAudit+"/key", func(w http.ResponseWriter, r *http.Request) {
 		_, chain := a.ca.AuditKey()
@@ -307,7 +310,8 @@ func (a *Appliance) setGroupConfig(ctx context.Context, group, who string, confi
 
 // exportAudit serves GET /admin/v1/audit?since=RFC3339&format=jsonl|csv.
 // It first commits a checkpoint over the head, so every export ends on a
-// signature and a cut tail shows.
+// signature, and ends the export with a range signed over exactly its
+// entries, so a cut at either end shows.
 func (a *Appliance) exportAudit(w http.ResponseWriter, r *http.Request) {
 	format := r.URL.Query().Get("format")
 	if format == "" {
@@ -327,7 +331,7 @@ func (a *Appliance) exportAudit(w http.ResponseWriter, r *http.Request) {
 		since = t
 	}
 	key, chain := a.ca.AuditKey()
-	upTo, err := a.node.Checkpoint(r.Context(), actor(r, ""), key)
+	upTo, err := a.checkpoint(r.Context(), actor(r, ""))
 	if err != nil {
 		writeProblem(w, a.clusterProblem(err))
 		return
@@ -342,8 +346,13 @@ func (a *Appliance) exportAudit(w http.ResponseWriter, r *http.Request) {
 	} else {
 		w.Header().Set("Content-Type", "application/jsonl")
 	}
-	h := cluster.AuditHeader{ExportedAt: time.Now().UTC(), Since: since, KeyCertificate: string(pemChain(chain))}
-	if err := cluster.WriteAudit(w, format, h, entries); err != nil {
+	now := time.Now().UTC()
+	h := cluster.AuditHeader{ExportedAt: now, Since: since, KeyCertificate: string(pemChain(chain))}
+	err = cluster.WriteAudit(w, format, h, entries)
+	if err == nil {
+		err = cluster.WriteAuditRange(w, format, cluster.SignRange(key, cluster.RangeExport, a.cfg.TrustDomain, since, now, entries))
+	}
+	if err != nil {
 		a.log.Error("audit export interrupted", "err", err)
 	}
 }
@@ -393,6 +402,12 @@ func (c *AdminClient) ExportAudit(ctx context.Context, since time.Time, format s
 		q.Set("since", since.UTC().Format(time.RFC3339))
 	}
 	return c.stream(ctx, http.MethodGet, adminAudit+"?"+q.Encode(), w)
+}
+
+// AuditHead returns the live head of the audit chain, signed by the audit key.
+func (c *AdminClient) AuditHead(ctx context.Context) (cluster.AuditRange, error) {
+	var out cluster.AuditRange
+	return out, c.get(ctx, adminAudit+"/head", &out)
 }
 
 // AuditKey returns the audit key's certificate chain (PEM).

@@ -55,6 +55,9 @@ type Config struct {
 	ApprovalRetry Duration `json:"approval_retry"`
 	// AuditCheckpointEvery is how often the leader signs the audit head.
 	AuditCheckpointEvery Duration `json:"audit_checkpoint_every"`
+	// AuditSink receives each checkpoint this node makes, outside the
+	// appliance: file:PATH, syslog or syslog:NETWORK:ADDRESS (auditsink.go).
+	AuditSink string `json:"audit_sink,omitempty"`
 	// JoinSeed is the API address (host:port) this node joined through;
 	// empty for the node that created the cluster.
 	JoinSeed string `json:"join_seed,omitempty"`
@@ -108,6 +111,9 @@ func (c Config) validate() error {
 		return errors.New("config: approval_retry must be at least 1s")
 	case c.AuditCheckpointEvery.Duration < time.Second:
 		return errors.New("config: audit_checkpoint_every must be at least 1s")
+	}
+	if err := parseAuditSink(c.AuditSink); err != nil {
+		return fmt.Errorf("config: %w", err)
 	}
 	return nil
 }
@@ -207,6 +213,7 @@ type Appliance struct {
 	closeOnce         sync.Once
 	closeErr          error
 	deniedLimit       deniedLimiter
+	sink              *checkpointSink // nil: no audit_sink
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA
@@ -260,6 +267,9 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		return nil, fmt.Errorf("node certificate: %w", err)
 	}
 	a.nodeHTTP = a.nodeClient()
+	if a.sink, err = openCheckpointSink(cfg.AuditSink); err != nil {
+		return nil, err
+	}
 	installRaftMetrics()
 	a.node, err = cluster.Open(cluster.Config{
 		NodeID:    cfg.NodeID,
@@ -383,6 +393,7 @@ func (a *Appliance) Close() error {
 		if a.ca != nil {
 			errs = append(errs, a.ca.Close())
 		}
+		errs = append(errs, a.sink.Close())
 		a.closeErr = errors.Join(errs...)
 	})
 	return a.closeErr

@@ -155,6 +155,9 @@ func TestThreeNodeCluster(t *testing.T) {
 			if err := cluster.WriteAudit(&buf, cluster.AuditCSV, cluster.AuditHeader{}, entries); err != nil {
 				t.Fatal(err)
 			}
+			if err := cluster.WriteAuditRange(&buf, cluster.AuditCSV, cluster.SignRange(auditKey, cluster.RangeExport, "td", time.Time{}, time.Time{}, entries)); err != nil {
+				t.Fatal(err)
+			}
 			exports[i] = buf.Bytes()
 			return i == 0 || bytes.Equal(exports[i], exports[0])
 		})

@@ -73,8 +73,7 @@ func (a *Appliance) leaderLoop(every time.Duration) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(a.ctx, every)
-		key, _ := a.ca.AuditKey()
-		if _, err := a.node.Checkpoint(ctx, "node:"+a.cfg.NodeID, key); err != nil && !errors.Is(err, cluster.ErrNotFound) {
+		if _, err := a.checkpoint(ctx, "node:"+a.cfg.NodeID); err != nil && !errors.Is(err, cluster.ErrNotFound) {
 			a.log.Warn("audit checkpoint failed", "err", err)
 		}
 		if err := a.MarkStale(ctx); err != nil {

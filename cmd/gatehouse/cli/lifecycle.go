@@ -181,19 +181,42 @@ func auditCmd() *cobra.Command {
 	export.Flags().StringVar(&format, "format", cluster.AuditJSONL, "jsonl or csv")
 	export.Flags().StringVar(&out, "out", "", "write to this file instead of stdout")
 
-	var rootFile, keyCert string
+	var rootFile, keyCert, expectHead string
 	verify := &cobra.Command{
-		Use:   "verify FILE --root ROOT.crt [--key-cert CHAIN.pem]",
-		Short: "Verify an export offline: every hash, link and checkpoint signature; report what was changed, removed or reordered, and where",
-		Args:  cobra.ExactArgs(1),
+		Use:   "verify FILE --root ROOT.crt [--key-cert CHAIN.pem] [--expect-head HEAD.json|SINK.jsonl|-]",
+		Short: "Verify an export offline: every hash, link, checkpoint and the signed range; report what was changed, removed, reordered or cut, and where",
+		Long: `Verify an export offline against the root you trust: every hash and link,
+every checkpoint signature, and the signed range that ends the export
+(entries cut from its start are reported as truncated_head, from its end as
+truncated_tail). With --expect-head, also compare it with signed heads you
+kept: the output of "audit head -o json", or a checkpoint sink file (one
+head per line); an export that ends before one of them is truncated_tail,
+one whose entry differs from it head_mismatch.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rep, anchor, err := verifyAuditFile(args[0], rootFile, keyCert)
+			var heads []cluster.AuditRange
+			if expectHead != "" {
+				b, err := readFileOrStdin(expectHead)
+				if err != nil {
+					return err
+				}
+				if heads, err = cluster.ReadAuditHeads(b); err != nil {
+					return fmt.Errorf("--expect-head %s: %w", expectHead, err)
+				}
+			}
+			rep, anchor, err := verifyAuditFile(args[0], rootFile, keyCert, cluster.ExpectHeads(heads...))
 			if err != nil {
 				return err
 			}
 			if err := render(cmd, rep, func(w io.Writer) {
 				fmt.Fprintf(w, "entries:\t%d (seq %d..%d)\n", rep.Entries, rep.FirstSeq, rep.LastSeq)
 				fmt.Fprintf(w, "checkpoints:\t%d valid, signed up to seq %d\n", rep.Checkpoints, rep.SignedUpTo)
+				if r := rep.Range; r != nil {
+					fmt.Fprintf(w, "range:\tseq %d..%d of %s, signed %s\n", r.FirstSeq, r.LastSeq, r.TrustDomain, r.Time.Format(time.RFC3339))
+				}
+				if len(heads) > 0 {
+					fmt.Fprintf(w, "heads:\t%d of %d compared\n", rep.HeadsSeen, len(heads))
+				}
 				fmt.Fprintf(w, "key:\t%s\n", anchor)
 				for _, p := range rep.Problems {
 					fmt.Fprintf(w, "PROBLEM\t%s\n", p)
@@ -214,6 +237,7 @@ func auditCmd() *cobra.Command {
 	}
 	verify.Flags().StringVar(&rootFile, "root", "", "the appliance root certificate you trust (PEM); required")
 	verify.Flags().StringVar(&keyCert, "key-cert", "", "audit key certificate chain (PEM), for CSV exports (`gatehouse audit key`)")
+	verify.Flags().StringVar(&expectHead, "expect-head", "", "signed heads you kept (`audit head -o json`, or a checkpoint sink file; - for stdin): the export must reach each")
 	_ = verify.MarkFlagRequired("root")
 	addOutputFlag(verify)
 
@@ -243,13 +267,33 @@ func auditCmd() *cobra.Command {
 			return err
 		},
 	}
-	c.AddCommand(export, verify, checkpoint, key)
+	head := &cobra.Command{
+		Use:   "head",
+		Short: "Print the live head of the audit log, signed by the audit key (keep it: audit verify --expect-head)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			h, err := adminClient(cmd).AuditHead(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return render(cmd, h, func(w io.Writer) {
+				fmt.Fprintf(w, "trust domain:\t%s\n", h.TrustDomain)
+				fmt.Fprintf(w, "seq:\t%d\n", h.LastSeq)
+				fmt.Fprintf(w, "hash:\t%s\n", h.LastHash)
+				fmt.Fprintf(w, "time:\t%s\n", h.Time.Format(time.RFC3339Nano))
+				fmt.Fprintf(w, "key:\t%s\n", h.KeyID)
+				fmt.Fprintf(w, "signature:\t%s\n", h.Signature)
+			})
+		},
+	}
+	addOutputFlag(head)
+	c.AddCommand(export, verify, checkpoint, key, head)
 	return c
 }
 
 // verifyAuditFile checks an export against the audit key certified under
 // the root the auditor trusts. It needs nothing from the appliance.
-func verifyAuditFile(path, rootFile, keyCertFile string) (cluster.AuditReport, string, error) {
+func verifyAuditFile(path, rootFile, keyCertFile string, opts ...cluster.VerifyOption) (cluster.AuditReport, string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return cluster.AuditReport{}, "", err
@@ -284,7 +328,7 @@ func verifyAuditFile(path, rootFile, keyCertFile string) (cluster.AuditReport, s
 	if err != nil {
 		return cluster.AuditReport{}, "", err
 	}
-	rep := cluster.VerifyAudit(lines, key)
+	rep := cluster.VerifyAudit(lines, key, opts...)
 	return rep, fmt.Sprintf("%s, certified under %s (%s)", cluster.KeyID(key)[:16], root.Subject.CommonName, filepath.Base(rootFile)), nil
 }
 

@@ -125,8 +125,12 @@ func TestOperatorAndAuditorCommands(t *testing.T) {
 				l[6], l[7] = l[7], l[6]
 				return l
 			},
+			// Drop the first three entries; cut the last entry and the signed range.
+			"headcut": func(l []string) []string { return append(l[:1], l[4:]...) },
+			"tailcut": func(l []string) []string { return l[:len(l)-3] },
 		}
-		wantProblem := map[string]string{"flip": "line 3 (seq 2): modified", "delete": "line 5 (seq 5): removed", "swap": "line 8 (seq 6): reordered"}
+		wantProblem := map[string]string{"flip": "line 3 (seq 2): modified", "delete": "line 5 (seq 5): removed", "swap": "line 8 (seq 6): reordered",
+			"headcut": "(seq 4): truncated_head", "tailcut": "truncated_tail"}
 		for name, fn := range damage {
 			bad := filepath.Join(dir, name+"."+format)
 			os.WriteFile(bad, []byte(strings.Join(fn(append([]string(nil), lines...)), "")), 0o644)
@@ -136,6 +140,30 @@ func TestOperatorAndAuditorCommands(t *testing.T) {
 			}
 		}
 	}
+	// The auditor keeps the live signed head; an export that ends before a
+	// head kept later is reported.
+	headFile := filepath.Join(dir, "head.json")
+	out, err = remote(aud, "audit", "head", "-o", "json")
+	if err != nil {
+		t.Fatalf("audit head: %v", err)
+	}
+	os.WriteFile(headFile, []byte(out), 0o644)
+	verifyArgs := []string{"audit", "verify", filepath.Join(dir, "audit.jsonl"), "--root", root, "--expect-head", headFile}
+	if out, err := run(t, verifyArgs...); err != nil || !strings.Contains(out, "1 of 1 compared") {
+		t.Fatalf("export against the head seen at export time: %v\n%s", err, out)
+	}
+	if _, err := remote(op, "devices", "label", id.DeviceID, "after=export"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err = remote(aud, "audit", "head"); err != nil || !strings.Contains(out, "signature:") {
+		t.Fatalf("audit head: %v %s", err, out)
+	}
+	out, _ = remote(aud, "audit", "head", "-o", "json")
+	os.WriteFile(headFile, []byte(out), 0o644)
+	if out, err := run(t, verifyArgs...); err == nil || !strings.Contains(out, "truncated_tail") {
+		t.Fatalf("export against a later head: %v\n%s", err, out)
+	}
+
 	// A root the auditor does not trust does not certify the key.
 	other := servertest.New(t)
 	if _, err := run(t, "audit", "verify", filepath.Join(dir, "audit.jsonl"), "--root", filepath.Join(other.Dir, "ca", "root.crt")); err == nil {
