@@ -126,6 +126,7 @@ func initCmd() *cobra.Command {
 	f.StringSliceVar(&cfg.Hostnames, "hostname", def.Hostnames, "DNS names and IPs for the HTTPS certificate")
 	f.DurationVar(&validity, "cert-validity", def.CertValidity.Duration, "device certificate validity")
 	f.DurationVar(&cfg.ApprovalRetry.Duration, "approval-retry", def.ApprovalRetry.Duration, "how long a device pending approval is told to wait before it retries")
+	f.StringVar(&cfg.AuditSink, "audit-sink", "", "where this node also writes each signed audit checkpoint: file:PATH, syslog or syslog:NETWORK:ADDRESS")
 	f.StringVar(&fromBackup, "from-backup", "", "take the CA, trust domain and manufacturer roots from this backup (then: serve, cluster restore)")
 	_ = c.MarkFlagRequired("password-file")
 	return c
@@ -258,5 +259,6 @@ func serveCmd() *cobra.Command {
 	f.StringVar(&joinCfg.NodeID, "node-id", "", "with --join: this node's ID")
 	f.StringVar(&joinCfg.RaftAddr, "raft-addr", joinCfg.RaftAddr, "with --join: this node's Raft address")
 	f.StringSliceVar(&joinCfg.Hostnames, "hostname", joinCfg.Hostnames, "with --join: DNS names and IPs for this node's certificates")
+	f.StringVar(&joinCfg.AuditSink, "audit-sink", "", "with --join: where this node also writes each signed audit checkpoint (file:PATH, syslog, syslog:NETWORK:ADDRESS)")
 	return c
 }
