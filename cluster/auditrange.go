@@ -50,6 +50,9 @@ const (
 	RangeCheckpoint = "checkpoint"
 )
 
+// SyslogTag is the tag of checkpoint sink messages sent to syslog.
+const SyslogTag = "gatehouse-audit"
+
 // ErrAuditRange: a signed range does not verify.
 var ErrAuditRange = errors.New("audit range signature does not verify")
 
@@ -111,8 +114,22 @@ func (r *AuditRange) Verify(key ed25519.PublicKey) error {
 }
 
 // ReadAuditHeads reads signed heads kept by an auditor: one JSON object
-// (`audit head -o json`) or JSON lines (a checkpoint sink file).
+// (`audit head -o json`), JSON lines (a file sink), or syslog lines, whose
+// heads are the JSON after the gatehouse-audit tag (other lines are
+// skipped).
 func ReadAuditHeads(b []byte) ([]AuditRange, error) {
+	if t := bytes.TrimSpace(b); len(t) > 0 && t[0] != '{' {
+		var js bytes.Buffer
+		for _, line := range bytes.Split(t, []byte("\n")) {
+			if i := bytes.Index(line, []byte(SyslogTag)); i >= 0 {
+				if j := bytes.IndexByte(line[i:], '{'); j >= 0 {
+					js.Write(line[i+j:])
+					js.WriteByte('\n')
+				}
+			}
+		}
+		b = js.Bytes()
+	}
 	var out []AuditRange
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()

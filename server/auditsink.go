@@ -64,7 +64,7 @@ func openCheckpointSink(spec string) (*checkpointSink, error) {
 	if err := parseAuditSink(spec); err != nil || spec == "" {
 		return nil, err
 	}
-	const prio, tag = syslog.LOG_AUTHPRIV | syslog.LOG_NOTICE, "gatehouse-audit"
+	const prio, tag = syslog.LOG_AUTHPRIV | syslog.LOG_NOTICE, cluster.SyslogTag
 	var s checkpointSink
 	var err error
 	switch {
