@@ -434,3 +434,31 @@ func TestEnrollmentOfDisabledDeviceRefusedAtApply(t *testing.T) {
 		t.Fatalf("device %+v", d)
 	}
 }
+
+// Revocation commits its state change first; from that index on the FSM
+// refuses every command that would give the device a certificate (an
+// enrollment, active or pending, and a renewal), and writes nothing for it.
+func TestRevokedDeviceRefusesIssuanceAtApply(t *testing.T) {
+	n := openNode(t, t.TempDir())
+	ctx := context.Background()
+	enroll(t, n, "s1", "dev")
+	if _, err := n.TransitionDevice(ctx, "dev", OpRevoke, "ops", "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := n.StateHash()
+	for _, status := range []string{DeviceActive, DevicePending} {
+		rec := record("dev", OutcomeAccepted)
+		rec.CertificateSerial = "after-" + status
+		if _, err := n.CommitEnrollment(ctx, "s-"+status, time.Now().Add(time.Minute), Device{ID: "dev", Status: status}, rec); !errors.Is(err, ErrDeviceInactive) {
+			t.Fatalf("%s enrollment of a revoked device: %v", status, err)
+		}
+	}
+	rec := record("dev", OutcomeAccepted)
+	rec.Stage, rec.CertificateSerial = "renew", "after-renewal"
+	if _, err := n.CommitRenewal(ctx, "s-renew", time.Now().Add(time.Minute), rec, time.Now().Add(time.Hour)); !errors.Is(err, ErrDeviceInactive) {
+		t.Fatalf("renewal of a revoked device: %v", err)
+	}
+	if after, _ := n.StateHash(); after != before {
+		t.Fatal("a refused issuance changed the state")
+	}
+}

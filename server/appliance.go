@@ -207,6 +207,7 @@ type Appliance struct {
 	closeOnce         sync.Once
 	closeErr          error
 	deniedLimit       deniedLimiter
+	revokeHook        func(deviceID string) // tests: runs between RevokeDevice's two steps
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA
