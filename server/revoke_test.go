@@ -115,3 +115,39 @@ func TestRevocationResumes(t *testing.T) {
 	}
 	assertAllSerialsRevoked(t, e, ids[1])
 }
+
+// A renewal under a newer policy that puts the device in another group
+// moves the device there: the registry (devices show) names the new group,
+// mode and policy version, and both the renewal's answer and GET /v1/config
+// carry the new group's configuration.
+func TestRenewalMovesDeviceToNewGroup(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	applyPolicy(t, e, `{"groups":[{"name":"lab","mode":"auto"}]}`)
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := server.NewAdminClient(e.Dir)
+	dev, err := admin.Device(ctx, id.DeviceID)
+	if err != nil || dev.Group != "lab" || dev.PolicyVersion != 1 {
+		t.Fatalf("enrolled under v1: %+v %v", dev, err)
+	}
+	applyPolicy(t, e, `{"groups":[{"name":"gateways","mode":"auto","config":{"ntp":"pool.ntp.org"}}]}`)
+	renewed, err := e.Client.Renew(ctx, d.TPM, id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(renewed.Configuration) != `{"ntp":"pool.ntp.org"}` {
+		t.Fatalf("renewal answered configuration %s", renewed.Configuration)
+	}
+	dev, err = admin.Device(ctx, id.DeviceID)
+	if err != nil || dev.Group != "gateways" || dev.Mode != "auto" || dev.PolicyVersion != 2 {
+		t.Fatalf("devices show after the renewal under v2: group %q mode %q v%d %v", dev.Group, dev.Mode, dev.PolicyVersion, err)
+	}
+	cfg, err := e.Client.Config(ctx, d.TPM, renewed)
+	if err != nil || cfg.Group != "gateways" || cfg.PolicyVersion != 2 || string(cfg.Configuration) != `{"ntp":"pool.ntp.org"}` {
+		t.Fatalf("GET /v1/config after the renewal: %+v %v", cfg, err)
+	}
+}
