@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -460,5 +462,37 @@ func TestRevokedDeviceRefusesIssuanceAtApply(t *testing.T) {
 	}
 	if after, _ := n.StateHash(); after != before {
 		t.Fatal("a refused issuance changed the state")
+	}
+}
+
+// Open fails with an error naming the cause, never a panic: the Raft port
+// taken (with its address), and a corrupt raft.db or fsm.db (with its path).
+func TestOpenFailsClearly(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	_, err = Open(Config{NodeID: "n1", DataDir: t.TempDir(), RaftAddr: addr, Bootstrap: true})
+	if err == nil || !strings.Contains(err.Error(), addr) || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("Raft port taken: %v", err)
+	}
+
+	for _, file := range []string{"raft.db", "fsm.db"} {
+		dir := t.TempDir()
+		n := openNode(t, dir)
+		enroll(t, n, "s1", "dev")
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, file)
+		if err := os.WriteFile(path, bytes.Repeat([]byte("not a database "), 1000), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Open(Config{NodeID: "n1", DataDir: dir, RaftAddr: "127.0.0.1:0", Bootstrap: true})
+		if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "corrupt") {
+			t.Fatalf("garbage in %s: %v", file, err)
+		}
 	}
 }
