@@ -31,6 +31,7 @@ import (
 const (
 	pathClusterCA      = "/cluster/v1/ca"
 	pathClusterJoin    = "/cluster/v1/join"
+	pathClusterCheck   = "/cluster/v1/join/check" // the join answer, without spending the token
 	pathClusterMembers = "/cluster/v1/members"
 	pathClusterApply   = "/cluster/v1/apply"
 	pathClusterRead    = "/cluster/v1/read-index"
@@ -176,6 +177,7 @@ func (a *Appliance) clusterRoutes(mux *http.ServeMux) {
 		w.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Root().Raw}))
 	})
 	mux.HandleFunc("POST "+pathClusterJoin, a.handleJoin)
+	mux.HandleFunc("POST "+pathClusterCheck, a.handleJoin)
 	mux.HandleFunc("POST "+pathClusterMembers, a.requireNode(a.handleAddMember))
 	mux.HandleFunc("POST "+pathClusterApply, a.requireNode(a.handleApply))
 	mux.HandleFunc("POST "+pathClusterRead, a.requireNode(a.handleReadIndex))
@@ -218,8 +220,20 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, newProblem(http.StatusForbidden, api.CodeJoinTokenInvalid, err.Error()))
 		return
 	}
-	if err := a.node.ConsumeJoinToken(r.Context(), tok.ID, tok.Secret, req.NodeID); err != nil {
-		a.log.Warn("join refused", "node_id", req.NodeID, "err", err)
+	check := r.URL.Path == pathClusterCheck
+	if check {
+		// A joining node checks its password against the key before it
+		// spends the token. It gets only what the join would give it,
+		// and only for a token the join would accept now.
+		err = a.node.Linearize(r.Context())
+		if err == nil {
+			err = a.node.CheckJoinToken(tok.ID, tok.Secret, time.Now())
+		}
+	} else {
+		err = a.node.ConsumeJoinToken(r.Context(), tok.ID, tok.Secret, req.NodeID)
+	}
+	if err != nil {
+		a.log.Warn("join refused", "node_id", req.NodeID, "check", check, "err", err)
 		writeProblem(w, a.clusterProblem(err))
 		return
 	}
@@ -233,7 +247,7 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, a.enroller.internal(err))
 		return
 	}
-	a.log.Info("node joining", "node_id", req.NodeID)
+	a.log.Info("node joining", "node_id", req.NodeID, "check", check)
 	writeJSON(w, http.StatusOK, joinResponse{
 		RootPEM:         pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Root().Raw}),
 		IntermediatePEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Intermediates()[0].Raw}),
@@ -487,17 +501,32 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 	pool.AddCert(root)
 	trusted := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	reqBody, _ := json.Marshal(joinRequest{Token: token, NodeID: cfg.NodeID})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+seedAddr+pathClusterJoin, bytes.NewReader(reqBody))
+	post := func(path string) (joinResponse, error) {
+		var jr joinResponse
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+seedAddr+path, bytes.NewReader(reqBody))
+		if err != nil {
+			return jr, err
+		}
+		resp, err := trusted.Do(req)
+		if err != nil {
+			return jr, fmt.Errorf("join via %s: %w", seedAddr, err)
+		}
+		if err := decodeProblemOr(resp, &jr); err != nil {
+			return jr, fmt.Errorf("join via %s: %w", seedAddr, err)
+		}
+		return jr, nil
+	}
+	// The password must unlock the CA key before the token is spent: a
+	// typo in the password file must not use up a one-time token.
+	jr, err := post(pathClusterCheck)
 	if err != nil {
 		return err
 	}
-	resp, err := trusted.Do(req)
-	if err != nil {
-		return fmt.Errorf("join via %s: %w", seedAddr, err)
+	if err := ca.CheckPassword(jr.EncryptedKeyPEM, password); err != nil {
+		return fmt.Errorf("%w; the join token was not used", err)
 	}
-	var jr joinResponse
-	if err := decodeProblemOr(resp, &jr); err != nil {
-		return fmt.Errorf("join via %s: %w", seedAddr, err)
+	if jr, err = post(pathClusterJoin); err != nil {
+		return err
 	}
 	cfg.TrustDomain, cfg.CertValidity, cfg.SessionTTL, cfg.JoinSeed = jr.TrustDomain, jr.CertValidity, jr.SessionTTL, seedAddr
 	if err := cfg.validate(); err != nil {

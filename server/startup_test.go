@@ -2,14 +2,18 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
@@ -68,4 +72,41 @@ func TestServeStartupErrors(t *testing.T) {
 	}
 	app = servertest.StartNode(t, dir)
 	app.Close()
+}
+
+// openNode starts an initialized node and waits until it leads.
+func openNode(t *testing.T, dir string) *server.Appliance {
+	t.Helper()
+	return servertest.StartNode(t, dir)
+}
+
+// A join with the wrong CA password fails before the token is spent: the
+// password is checked against the CA key the node would receive, and the
+// same token then works with the right password (once).
+func TestJoinWrongPasswordKeepsToken(t *testing.T) {
+	dir, _ := initNode(t)
+	seed := openNode(t, dir)
+	ctx := context.Background()
+	tok, err := seed.CreateJoinToken(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := server.DefaultConfig()
+	cfg.NodeID, cfg.Listen, cfg.RaftAddr = "node-2", "127.0.0.1:0", "127.0.0.1:0"
+	joiner := t.TempDir()
+	err = server.Join(ctx, joiner, []byte("not the cluster password"), seed.Addr(), tok.String(), cfg)
+	if !errors.Is(err, ca.ErrBadPassword) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(joiner, "config.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a failed join wrote the node's configuration: %v", err)
+	}
+	if err := server.Join(ctx, joiner, servertest.Password, seed.Addr(), tok.String(), cfg); err != nil {
+		t.Fatalf("the same token with the right password: %v", err)
+	}
+	var p *api.Problem
+	cfg.NodeID = "node-3"
+	if err := server.Join(ctx, t.TempDir(), servertest.Password, seed.Addr(), tok.String(), cfg); !errors.As(err, &p) || p.Code != api.CodeJoinTokenUsed {
+		t.Fatalf("the token after a successful join: %v", err)
+	}
 }
