@@ -92,6 +92,7 @@ type Node struct {
 	fsm          *fsm
 	store        *raftboltdb.BoltStore
 	transport    *raft.NetworkTransport
+	stream       *tlsStreamLayer // nil on plain TCP
 	applyTimeout time.Duration
 	forwarder    Forwarder
 	existing     bool // had Raft state when opened
@@ -145,10 +146,11 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
 	if cfg.TLS != nil {
-		stream, err := newTLSStreamLayer(cfg.RaftAddr, cfg.TLS, o.faults)
+		stream, err := newTLSStreamLayer(cfg.RaftAddr, cfg.TLS, o.faults, log)
 		if err != nil {
 			return nil, listenError(cfg.RaftAddr, err)
 		}
+		n.stream = stream
 		n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog})
 	} else if n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, hlog); err != nil {
 		return nil, listenError(cfg.RaftAddr, err)
@@ -212,6 +214,25 @@ func storeError(path, what string, err error) error {
 		}
 	}
 	return fmt.Errorf("%s %s: %w", what, path, err)
+}
+
+// peerRefusalWindow is how long a refused handshake keeps a node unhealthy
+// after the last attempt: Raft retries a peer at least every few seconds.
+const peerRefusalWindow = time.Minute
+
+// Problems lists what keeps this node from working in its cluster: Raft
+// peers that refused its TLS handshake within the last minute (a peer of
+// another cluster, or this data directory is from another cluster), and no
+// known leader. Empty means healthy. Refusals are also logged at error level.
+func (n *Node) Problems() []string {
+	var out []string
+	if n.stream != nil {
+		out = n.stream.refused.problems(peerRefusalWindow)
+	}
+	if n.LeaderID() == "" {
+		out = append(out, "no Raft leader known")
+	}
+	return out
 }
 
 // Fresh reports whether the node started without Raft state (a new node).

@@ -248,6 +248,9 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	); err != nil {
 		return nil, fmt.Errorf("open CA: %w", err)
 	}
+	if err := checkClusterRoot(filepath.Join(dataDir, raftDir), rootHash(a.ca.Root())); err != nil {
+		return nil, err
+	}
 	sealer, err := newSealer(a.ca.TokenKey())
 	if err != nil {
 		return nil, err

@@ -466,6 +466,62 @@ func (a *Appliance) registerLoop(joinSeed string, fresh bool) {
 	}
 }
 
+// ErrOtherCluster: a data directory, or its Raft state, belongs to another
+// cluster than the one it is started for.
+var ErrOtherCluster = errors.New("the data directory belongs to another cluster")
+
+// clusterRootFile, in DATADIR/raft, records the SHA-256 of the root
+// certificate of the cluster the Raft state belongs to.
+const clusterRootFile = "cluster-root"
+
+// checkClusterRoot refuses to start on Raft state that belongs to another
+// cluster's CA (say, a data directory re-initialized over an old node's Raft
+// state: its peers would refuse it), and records the root for state that
+// has no record yet (a new node, or one from before the record existed).
+func checkClusterRoot(raftDir, root string) error {
+	path := filepath.Join(raftDir, clusterRootFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(raftDir, 0o700); err != nil {
+			return err
+		}
+		return os.WriteFile(path, []byte(root+"\n"), 0o600)
+	} else if err != nil {
+		return err
+	}
+	if got := strings.TrimSpace(string(b)); got != root {
+		return fmt.Errorf("%w: the Raft state in %s belongs to the cluster whose root certificate has SHA-256 %s, but this node's CA root has %s; refusing to start (use the data directory's own CA, or an empty data directory)", ErrOtherCluster, raftDir, got, root)
+	}
+	return nil
+}
+
+// CheckJoinTarget is for `serve --join` on a data directory that is already
+// initialized: the join token must pin this node's own cluster root.
+// Otherwise the operator meant to join another cluster, and starting would
+// serve this directory's CA instead: ErrOtherCluster.
+func CheckJoinTarget(dataDir, token string) error {
+	tok, err := ParseJoinToken(token)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(dataDir, caDir, ca.RootCertFile))
+	if err != nil {
+		return err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return fmt.Errorf("%s: no root certificate", filepath.Join(dataDir, caDir, ca.RootCertFile))
+	}
+	root, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return err
+	}
+	if h := rootHash(root); h != tok.RootHash {
+		return fmt.Errorf("%w: %s is already a member of the cluster whose root has SHA-256 %s, but the join token is for the cluster whose root has %s; refusing to start (to join that cluster, use an empty data directory)", ErrOtherCluster, dataDir, h, tok.RootHash)
+	}
+	return nil
+}
+
 // Join prepares dataDir for a node joining the cluster that seedAddr
 // (host:port of any member's API) belongs to. It pins the cluster root from
 // the token before sending the token, installs the CA (checking that
@@ -477,6 +533,9 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 		return err
 	}
 	if _, err := os.Stat(filepath.Join(dataDir, configFile)); err == nil {
+		if err := CheckJoinTarget(dataDir, token); err != nil {
+			return err
+		}
 		return fmt.Errorf("%s: %w", dataDir, ErrAlreadyInitialized)
 	}
 	// The root is public; fetch it without trust, then trust it only if it
