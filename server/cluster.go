@@ -224,8 +224,12 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 	if check {
 		// A joining node checks its password against the key before it
 		// spends the token. It gets only what the join would give it,
-		// and only for a token the join would accept now.
-		err = a.node.Linearize(r.Context())
+		// and only for a token the join would accept now. The local
+		// check comes first, so a guessed token costs no Raft round trip.
+		err = a.node.CheckJoinToken(tok.ID, tok.Secret, time.Now())
+		if err == nil {
+			err = a.node.Linearize(r.Context())
+		}
 		if err == nil {
 			err = a.node.CheckJoinToken(tok.ID, tok.Secret, time.Now())
 		}
