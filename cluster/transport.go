@@ -4,10 +4,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -74,6 +76,17 @@ func (p *peerRefusals) refused(addr string, err error) {
 		r.logged = now
 	}
 	p.m[addr] = r
+}
+
+// refusal tells a handshake that was refused (a certificate either side
+// does not accept) from one cut short (timeout, reset, closed: a peer that
+// is stopping or slow), which is no sign of another cluster.
+func refusal(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE)
 }
 
 func (p *peerRefusals) accepted(addr string) {
@@ -148,7 +161,7 @@ func (s *tlsStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (n
 	_ = tc.SetDeadline(time.Now().Add(timeout))
 	if err := tc.Handshake(); err != nil {
 		tc.Close()
-		if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		if refusal(err) {
 			s.refused.refused(string(addr), err)
 		}
 		return nil, fmt.Errorf("raft dial %s: %w", addr, err)
