@@ -450,6 +450,16 @@ func EncryptedKeyPEM(dir string) ([]byte, error) {
 	return os.ReadFile(filepath.Join(dir, intermediateKeyFile))
 }
 
+// CheckPassword reports whether password decrypts a cluster's encrypted CA
+// key (ErrBadPassword otherwise). A joining node calls it before it spends
+// its join token.
+func CheckPassword(encryptedKeyPEM, password []byte) error {
+	if _, err := pemutil.Parse(encryptedKeyPEM, pemutil.WithPassword(password)); err != nil {
+		return fmt.Errorf("the cluster's CA key: %w (every node needs the same password file)", ErrBadPassword)
+	}
+	return nil
+}
+
 // Install writes a CA received from a cluster (root and intermediate
 // certificates, the encrypted intermediate key) into dir, then checks that
 // password unlocks it.
@@ -457,8 +467,8 @@ func Install(dir string, rootPEM, intermediatePEM, encryptedKeyPEM, password []b
 	if _, err := os.Stat(filepath.Join(dir, RootCertFile)); err == nil {
 		return fmt.Errorf("%s: %w", dir, ErrExists)
 	}
-	if _, err := pemutil.Parse(encryptedKeyPEM, pemutil.WithPassword(password)); err != nil {
-		return fmt.Errorf("the cluster's CA key: %w (every node needs the same password file)", ErrBadPassword)
+	if err := CheckPassword(encryptedKeyPEM, password); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -432,5 +434,65 @@ func TestEnrollmentOfDisabledDeviceRefusedAtApply(t *testing.T) {
 	}
 	if d, _ := n.Device("dev"); d.Status != DeviceDisabled || len(d.History) != 1 || d.History[0].Reason != "stolen" {
 		t.Fatalf("device %+v", d)
+	}
+}
+
+// Revocation commits its state change first; from that index on the FSM
+// refuses every command that would give the device a certificate (an
+// enrollment, active or pending, and a renewal), and writes nothing for it.
+func TestRevokedDeviceRefusesIssuanceAtApply(t *testing.T) {
+	n := openNode(t, t.TempDir())
+	ctx := context.Background()
+	enroll(t, n, "s1", "dev")
+	if _, err := n.TransitionDevice(ctx, "dev", OpRevoke, "ops", "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := n.StateHash()
+	for _, status := range []string{DeviceActive, DevicePending} {
+		rec := record("dev", OutcomeAccepted)
+		rec.CertificateSerial = "after-" + status
+		if _, err := n.CommitEnrollment(ctx, "s-"+status, time.Now().Add(time.Minute), Device{ID: "dev", Status: status}, rec); !errors.Is(err, ErrDeviceInactive) {
+			t.Fatalf("%s enrollment of a revoked device: %v", status, err)
+		}
+	}
+	rec := record("dev", OutcomeAccepted)
+	rec.Stage, rec.CertificateSerial = "renew", "after-renewal"
+	if _, err := n.CommitRenewal(ctx, "s-renew", time.Now().Add(time.Minute), rec, time.Now().Add(time.Hour)); !errors.Is(err, ErrDeviceInactive) {
+		t.Fatalf("renewal of a revoked device: %v", err)
+	}
+	if after, _ := n.StateHash(); after != before {
+		t.Fatal("a refused issuance changed the state")
+	}
+}
+
+// Open fails with an error naming the cause, never a panic: the Raft port
+// taken (with its address), and a corrupt raft.db or fsm.db (with its path).
+func TestOpenFailsClearly(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	_, err = Open(Config{NodeID: "n1", DataDir: t.TempDir(), RaftAddr: addr, Bootstrap: true})
+	if err == nil || !strings.Contains(err.Error(), addr) || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("Raft port taken: %v", err)
+	}
+
+	for _, file := range []string{"raft.db", "fsm.db"} {
+		dir := t.TempDir()
+		n := openNode(t, dir)
+		enroll(t, n, "s1", "dev")
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, file)
+		if err := os.WriteFile(path, bytes.Repeat([]byte("not a database "), 1000), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Open(Config{NodeID: "n1", DataDir: dir, RaftAddr: "127.0.0.1:0", Bootstrap: true})
+		if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "corrupt") {
+			t.Fatalf("garbage in %s: %v", file, err)
+		}
 	}
 }

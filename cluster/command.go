@@ -51,6 +51,7 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"device.config", 1}:      decodeAs[configureDevice],
 	{"device.stale", 1}:       decodeAs[markStale],
 	{"renewal.accept", 1}:     decodeAs[acceptRenewal],
+	{"renewal.accept", 2}:     decodeAs[acceptRenewal], // v2 carries the group decision
 	{"audit.append", 1}:       decodeAs[appendAuditCmd],
 	{"audit.checkpoint", 1}:   decodeAs[checkpointAudit],
 	{"stepca.update", 1}:      decodeAs[stepCAUpdate],
@@ -317,12 +318,17 @@ func be64(v uint64) []byte {
 }
 
 // acceptRenewal records a renewal: fresh evidence for an active device and
-// the serial of the certificate about to be issued.
+// the serial of the certificate about to be issued. Version 2 also moves the
+// device to the group, mode and policy version that admitted the renewal;
+// version 1 entries carry none and leave them as they were.
 type acceptRenewal struct {
 	SessionID      string            `json:"session_id"`
 	SessionExpires time.Time         `json:"session_expires"`
 	Attestation    AttestationRecord `json:"attestation"`
 	NotAfter       time.Time         `json:"not_after"`
+	Group          string            `json:"group,omitempty"`
+	Mode           string            `json:"mode,omitempty"`
+	PolicyVersion  int               `json:"policy_version,omitempty"`
 }
 
 func (c *acceptRenewal) apply(tx *bolt.Tx, index uint64, at time.Time) applyResult {
@@ -337,6 +343,9 @@ func (c *acceptRenewal) apply(tx *bolt.Tx, index uint64, at time.Time) applyResu
 	}
 	if d.Status != DeviceActive {
 		return applyResult{Err: fmt.Errorf("%w: device %s is %s", ErrDeviceInactive, d.ID, d.Status)}
+	}
+	if c.Group != "" {
+		d.Group, d.Mode, d.PolicyVersion = c.Group, c.Mode, c.PolicyVersion
 	}
 	d.CertificateSerial, d.CertificateNotAfter = a.CertificateSerial, c.NotAfter
 	d.Serials = keepLast(append(d.Serials, a.CertificateSerial), MaxSerials)
@@ -354,8 +363,16 @@ func (c *acceptRenewal) apply(tx *bolt.Tx, index uint64, at time.Time) applyResu
 }
 
 // CommitRenewal records an accepted renewal and returns the attestation ID.
+// The device moves to the group, mode and policy version of the record's
+// policy decision, so its configuration follows the policy that renewed it.
+// It fails with ErrDeviceInactive for a device that is not active (revoked
+// included), writing nothing.
 func (n *Node) CommitRenewal(ctx context.Context, sessionID string, sessionExpires time.Time, a AttestationRecord, notAfter time.Time) (uint64, error) {
-	return n.apply(ctx, "renewal.accept", 1, &acceptRenewal{SessionID: sessionID, SessionExpires: sessionExpires, Attestation: a, NotAfter: notAfter})
+	c := &acceptRenewal{SessionID: sessionID, SessionExpires: sessionExpires, Attestation: a, NotAfter: notAfter}
+	if a.Policy != nil {
+		c.Group, c.Mode, c.PolicyVersion = a.Policy.Group, a.Policy.Mode, a.Policy.PolicyVersion
+	}
+	return n.apply(ctx, "renewal.accept", 2, c)
 }
 
 // CommitFailedRenewal records a refused renewal and quarantines the device

@@ -83,20 +83,29 @@ type consumeJoinToken struct {
 	NodeID       string `json:"node_id"`
 }
 
+// checkJoinToken judges a stored token (v) against a secret's SHA-256 at a
+// time: nil if it may be used.
+func checkJoinToken(v, secretSHA256 []byte, at time.Time) (joinToken, error) {
+	var t joinToken
+	if v == nil || json.Unmarshal(v, &t) != nil || subtle.ConstantTimeCompare(t.SecretSHA256, secretSHA256) != 1 {
+		return t, ErrJoinTokenInvalid
+	}
+	switch {
+	case t.UsedBy != "":
+		return t, ErrJoinTokenUsed
+	case !at.Before(t.Expires):
+		return t, ErrJoinTokenExpired
+	}
+	return t, nil
+}
+
 // apply checks the token against the command's time (the leader's clock), so
 // every replica reaches the same verdict.
 func (c *consumeJoinToken) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 	b := tx.Bucket(bJoinTokens)
-	v := b.Get([]byte(c.ID))
-	var t joinToken
-	if v == nil || json.Unmarshal(v, &t) != nil || subtle.ConstantTimeCompare(t.SecretSHA256, c.SecretSHA256) != 1 {
-		return applyResult{Err: ErrJoinTokenInvalid}
-	}
-	switch {
-	case t.UsedBy != "":
-		return applyResult{Err: ErrJoinTokenUsed}
-	case !at.Before(t.Expires):
-		return applyResult{Err: ErrJoinTokenExpired}
+	t, err := checkJoinToken(b.Get([]byte(c.ID)), c.SecretSHA256, at)
+	if err != nil {
+		return applyResult{Err: err}
 	}
 	t.UsedBy = c.NodeID
 	if err := putJSON(b, []byte(c.ID), t); err != nil {
@@ -119,6 +128,19 @@ func (n *Node) ConsumeJoinToken(ctx context.Context, id string, secret []byte, n
 	sum := sha256.Sum256(secret)
 	_, err := n.apply(ctx, "jointoken.consume", 1, &consumeJoinToken{ID: id, SecretSHA256: sum[:], NodeID: nodeID})
 	return err
+}
+
+// CheckJoinToken reports, without using the token up or writing anything,
+// whether ConsumeJoinToken would accept it at time at (ErrJoinTokenInvalid,
+// ErrJoinTokenExpired, ErrJoinTokenUsed otherwise). It reads local state:
+// Linearize first for a current answer. Only ConsumeJoinToken's commit is
+// authoritative.
+func (n *Node) CheckJoinToken(id string, secret []byte, at time.Time) error {
+	sum := sha256.Sum256(secret)
+	return n.fsm.view(func(tx *bolt.Tx) error {
+		_, err := checkJoinToken(tx.Bucket(bJoinTokens).Get([]byte(id)), sum[:], at)
+		return err
+	})
 }
 
 // SetMember records a node's addresses.

@@ -21,11 +21,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Config identifies a node and where it keeps its state.
@@ -90,6 +92,7 @@ type Node struct {
 	fsm          *fsm
 	store        *raftboltdb.BoltStore
 	transport    *raft.NetworkTransport
+	stream       *tlsStreamLayer // nil on plain TCP
 	applyTimeout time.Duration
 	forwarder    Forwarder
 	existing     bool // had Raft state when opened
@@ -100,7 +103,11 @@ type Node struct {
 
 // Open starts a node. A node with no Raft state bootstraps a single-node
 // cluster of itself.
-func Open(cfg Config, opts ...Option) (n *Node, err error) {
+//
+// A node that cannot start fails with an error naming the cause: ErrAddrInUse
+// with the Raft address, or ErrCorruptState with the path of raft.db or
+// fsm.db; whatever it opened is closed again.
+func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if cfg.NodeID == "" || cfg.DataDir == "" || cfg.RaftAddr == "" {
 		return nil, errors.New("cluster: NodeID, DataDir and RaftAddr are required")
 	}
@@ -119,8 +126,8 @@ func Open(cfg Config, opts ...Option) (n *Node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	n = &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, forwarder: o.forwarder}
-	defer func() {
+	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, forwarder: o.forwarder}
+	defer func() { // n, not the named result: that is nil on every error return
 		if err != nil {
 			n.Close()
 		}
@@ -129,23 +136,24 @@ func Open(cfg Config, opts ...Option) (n *Node, err error) {
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: raftLog})
 
 	if n.fsm, err = openFSM(filepath.Join(cfg.DataDir, "fsm.db"), o.fatal); err != nil {
-		return nil, err
+		return nil, storeError(filepath.Join(cfg.DataDir, "fsm.db"), "registry", err)
 	}
 	if n.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
-		return nil, fmt.Errorf("open raft log: %w", err)
+		return nil, storeError(filepath.Join(cfg.DataDir, "raft.db"), "Raft log", err)
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hlog)
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
 	if cfg.TLS != nil {
-		stream, err := newTLSStreamLayer(cfg.RaftAddr, cfg.TLS, o.faults)
+		stream, err := newTLSStreamLayer(cfg.RaftAddr, cfg.TLS, o.faults, log)
 		if err != nil {
-			return nil, fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
+			return nil, listenError(cfg.RaftAddr, err)
 		}
+		n.stream = stream
 		n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog})
 	} else if n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, hlog); err != nil {
-		return nil, fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
+		return nil, listenError(cfg.RaftAddr, err)
 	}
 
 	rc := raft.DefaultConfig()
@@ -175,6 +183,56 @@ func Open(cfg Config, opts ...Option) (n *Node, err error) {
 		}
 	}
 	return n, nil
+}
+
+// Startup errors.
+var (
+	// ErrAddrInUse: another process listens on the node's Raft address.
+	ErrAddrInUse = errors.New("address already in use")
+	// ErrCorruptState: raft.db or fsm.db is not a readable database (a
+	// damaged disk, or a file that is not this node's state). Restore the
+	// node from a backup or remove it and join it again.
+	ErrCorruptState = errors.New("corrupt node state")
+)
+
+func listenError(addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("raft address %s: %w (another gatehouse node, or another program, listens there): %v", addr, ErrAddrInUse, err)
+	}
+	return fmt.Errorf("raft transport on %s: %w", addr, err)
+}
+
+// storeError names the file when bbolt cannot read it; a lock held by
+// another process (a node already running on this data directory) says so.
+func storeError(path, what string, err error) error {
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return fmt.Errorf("%s %s is locked: is another gatehouse node running on this data directory? %w", what, path, err)
+	}
+	for _, cause := range []error{bolterrors.ErrInvalid, bolterrors.ErrChecksum, bolterrors.ErrVersionMismatch, bolterrors.ErrInvalidMapping} {
+		if errors.Is(err, cause) {
+			return fmt.Errorf("%s %s: %w (%v)", what, path, ErrCorruptState, cause)
+		}
+	}
+	return fmt.Errorf("%s %s: %w", what, path, err)
+}
+
+// peerRefusalWindow is how long a refused handshake keeps a node unhealthy
+// after the last attempt: Raft retries a peer at least every few seconds.
+const peerRefusalWindow = time.Minute
+
+// Problems lists what keeps this node from working in its cluster: Raft
+// peers that refused its TLS handshake within the last minute (a peer of
+// another cluster, or this data directory is from another cluster), and no
+// known leader. Empty means healthy. Refusals are also logged at error level.
+func (n *Node) Problems() []string {
+	var out []string
+	if n.stream != nil {
+		out = n.stream.refused.problems(peerRefusalWindow)
+	}
+	if n.LeaderID() == "" {
+		out = append(out, "no Raft leader known")
+	}
+	return out
 }
 
 // Fresh reports whether the node started without Raft state (a new node).

@@ -4,8 +4,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
+	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -17,13 +21,14 @@ import (
 // valid node certificate fails the handshake and never reaches Raft.
 type tlsStreamLayer struct {
 	net.Listener
-	cfg    *tls.Config
-	faults *Faults // nil outside partition tests
+	cfg     *tls.Config
+	faults  *Faults // nil outside partition tests
+	refused peerRefusals
 }
 
 var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
 
-func newTLSStreamLayer(addr string, cfg *tls.Config, faults *Faults) (*tlsStreamLayer, error) {
+func newTLSStreamLayer(addr string, cfg *tls.Config, faults *Faults, log *slog.Logger) (*tlsStreamLayer, error) {
 	if cfg == nil || (cfg.GetCertificate == nil && len(cfg.Certificates) == 0) || cfg.ClientAuth != tls.RequireAndVerifyClientCert {
 		return nil, errors.New("cluster: the Raft TLS config must present a node certificate and require one from peers")
 	}
@@ -31,7 +36,77 @@ func newTLSStreamLayer(addr string, cfg *tls.Config, faults *Faults) (*tlsStream
 	if err != nil {
 		return nil, err
 	}
-	return &tlsStreamLayer{Listener: ln, cfg: cfg, faults: faults}, nil
+	return &tlsStreamLayer{Listener: ln, cfg: cfg, faults: faults, refused: peerRefusals{log: log}}, nil
+}
+
+// peerRefusals remembers Raft peers whose TLS handshake failed although
+// the connection opened: a peer of another cluster (its certificate does not
+// chain to this cluster's root, and ours not to its), or one that refuses
+// this node's certificate. Such a node cannot take part in its cluster and
+// must say so loudly rather than keep retrying quietly.
+type peerRefusals struct {
+	log *slog.Logger
+	mu  sync.Mutex
+	m   map[string]peerRefusal // peer address →
+}
+
+type peerRefusal struct {
+	err         error
+	since, last time.Time
+	logged      time.Time
+}
+
+// peerRefusalLogEvery bounds the error log to one line per peer per minute.
+const peerRefusalLogEvery = time.Minute
+
+func (p *peerRefusals) refused(addr string, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	if p.m == nil {
+		p.m = map[string]peerRefusal{}
+	}
+	r, ok := p.m[addr]
+	if !ok {
+		r.since = now
+	}
+	r.err, r.last = err, now
+	if now.Sub(r.logged) >= peerRefusalLogEvery && p.log != nil {
+		p.log.Error("raft peer refused the connection: this node cannot reach its cluster (a peer of another cluster, or a data directory from another cluster?)", "peer", addr, "since", r.since, "err", err)
+		r.logged = now
+	}
+	p.m[addr] = r
+}
+
+// refusal tells a handshake that was refused (a certificate either side
+// does not accept) from one cut short (timeout, reset, closed: a peer that
+// is stopping or slow), which is no sign of another cluster.
+func refusal(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE)
+}
+
+func (p *peerRefusals) accepted(addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.m, addr)
+}
+
+// problems lists refusals seen within window, by peer address.
+func (p *peerRefusals) problems(window time.Duration) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for addr, r := range p.m {
+		if time.Since(r.last) <= window {
+			out = append(out, fmt.Sprintf("raft peer %s refused the TLS handshake since %s: %v", addr, r.since.UTC().Format(time.RFC3339), r.err))
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Accept wraps each connection in TLS. The handshake runs on Raft's
@@ -86,9 +161,13 @@ func (s *tlsStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (n
 	_ = tc.SetDeadline(time.Now().Add(timeout))
 	if err := tc.Handshake(); err != nil {
 		tc.Close()
+		if refusal(err) {
+			s.refused.refused(string(addr), err)
+		}
 		return nil, fmt.Errorf("raft dial %s: %w", addr, err)
 	}
 	_ = tc.SetDeadline(time.Time{})
+	s.refused.accepted(string(addr))
 	return tc, nil
 }
 

@@ -71,6 +71,10 @@ type Status struct {
 	StateHash   string `json:"state_hash"`
 	// CertificatesIssued counts device certificates this node issued since it started.
 	CertificatesIssued uint64 `json:"certificates_issued"`
+	// Healthy is false when Problems is not empty: the node cannot take
+	// part in its cluster (see cluster.Node.Problems).
+	Healthy  bool     `json:"healthy"`
+	Problems []string `json:"problems,omitempty"`
 }
 
 type tokenRequest struct {
@@ -129,9 +133,11 @@ func (a *Appliance) adminHandler() http.Handler {
 func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerFunc)) {
 	add(ca.RoleAuditor, "GET "+adminStatus, func(w http.ResponseWriter, r *http.Request) {
 		h, err := a.node.StateHash()
+		problems := a.node.Problems()
 		writeResult(w, http.StatusOK, Status{
 			NodeID: a.cfg.NodeID, Leader: a.node.IsLeader(), LeaderID: a.node.LeaderID(), TrustDomain: a.cfg.TrustDomain,
 			DeviceAPI: "https://" + a.Addr(), RaftAddr: a.node.RaftAddr(), StateHash: h, CertificatesIssued: a.CertificatesIssued(),
+			Healthy: len(problems) == 0, Problems: problems,
 		}, a.adminErr(err))
 	})
 	add(ca.RoleAuditor, "GET "+adminDevices, a.read(func(w http.ResponseWriter, r *http.Request) {

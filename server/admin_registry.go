@@ -229,29 +229,58 @@ func (a *Appliance) errProblem(err error) error {
 	return a.clusterProblem(err)
 }
 
-// RevokeDevice revokes every certificate issued to a device through step-ca
-// (so the CRL lists them and mTLS refuses them on every node), then moves
-// the device to revoked. Interrupted, it can be run again: certificates
-// already revoked are skipped.
+// RevokeDevice revokes a device and every certificate it ever had, in this
+// order:
+//  1. The state change commits through Raft. From its index on, the FSM
+//     refuses every enrollment and renewal commit for the device
+//     (ErrDeviceInactive), so no serial can be added to it afterwards.
+//  2. Every serial in the device's accepted attestation records (the device
+//     record keeps only the newest) is revoked through step-ca. This node has
+//     applied everything up to the state change, so the records include any
+//     enrollment or renewal committed before it, even one whose certificate
+//     is issued only after this: revocation needs only the serial.
+//
+// Revoking a revoked serial is not an error, so step 2 can be repeated: a
+// revocation interrupted after step 1 completes when `devices revoke` runs
+// again on the revoked device (no second state change), or at the leader's
+// next SweepRevocations.
 func (a *Appliance) RevokeDevice(ctx context.Context, id, who, reason string) (cluster.Device, error) {
 	if who == "" || reason == "" {
 		return cluster.Device{}, fmt.Errorf("%w: an actor and a reason are required", cluster.ErrIllegalTransition)
 	}
-	if err := a.node.Linearize(ctx); err != nil {
+	dev, err := a.node.TransitionDevice(ctx, id, cluster.OpRevoke, who, reason)
+	if errors.Is(err, cluster.ErrIllegalTransition) {
+		// Already revoked: complete an earlier run's step 2.
+		if lerr := a.node.Linearize(ctx); lerr != nil {
+			return cluster.Device{}, lerr
+		}
+		if d, derr := a.node.Device(id); derr == nil && d.Status == cluster.DeviceRevoked {
+			dev, err = d, nil
+		}
+	}
+	if err != nil {
 		return cluster.Device{}, err
 	}
+	if a.revokeHook != nil {
+		a.revokeHook(id)
+	}
+	if _, err := a.revokeSerials(ctx, id, reason); err != nil {
+		return cluster.Device{}, fmt.Errorf("device %s is revoked, but not yet all its certificates (run the revocation again): %w", id, err)
+	}
+	return dev, nil
+}
+
+// revokeSerials revokes every serial issued to a device (every accepted
+// attestation record's, and the device record's) and returns how many it
+// revoked now; serials already revoked are skipped.
+func (a *Appliance) revokeSerials(ctx context.Context, id, reason string) (int, error) {
 	dev, err := a.node.Device(id)
 	if err != nil {
-		return cluster.Device{}, err
+		return 0, err
 	}
-	if _, err := cluster.Transition(dev.Status, cluster.OpRevoke); err != nil {
-		return cluster.Device{}, err
-	}
-	// Every serial ever issued: the accepted records hold them all, the
-	// device record only the newest.
 	recs, err := a.node.Attestations(cluster.AttestationQuery{DeviceID: id})
 	if err != nil {
-		return cluster.Device{}, err
+		return 0, err
 	}
 	serials := append([]string(nil), dev.Serials...)
 	for _, r := range recs {
@@ -259,16 +288,49 @@ func (a *Appliance) RevokeDevice(ctx context.Context, id, who, reason string) (c
 			serials = append(serials, r.CertificateSerial)
 		}
 	}
+	n := 0
 	for _, s := range serials {
 		serial, ok := new(big.Int).SetString(s, 16)
 		if !ok {
-			return cluster.Device{}, fmt.Errorf("device %s: bad serial %q in the registry", id, s)
+			return n, fmt.Errorf("device %s: bad serial %q in the registry", id, s)
+		}
+		if done, err := a.ca.IsRevoked(serial); err != nil {
+			return n, err
+		} else if done {
+			continue
 		}
 		if err := a.ca.Revoke(ctx, serial, ca.ReasonCessationOfOperation, reason); err != nil && !errors.Is(err, ca.ErrAlreadyRevoked) {
-			return cluster.Device{}, err
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// SweepRevocations completes revocations interrupted between their state
+// change and their serials (the leader runs it every
+// audit_checkpoint_every): every certificate of a device that was ever
+// revoked is revoked.
+func (a *Appliance) SweepRevocations(ctx context.Context) error {
+	devs, err := a.node.Devices()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, d := range devs {
+		i := slices.IndexFunc(d.History, func(c cluster.StateChange) bool { return c.Op == cluster.OpRevoke })
+		if i < 0 {
+			continue
+		}
+		n, err := a.revokeSerials(ctx, d.ID, d.History[i].Reason)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if n > 0 {
+			a.log.Warn("completed an interrupted device revocation", "device_id", d.ID, "certificates", n)
 		}
 	}
-	return a.node.TransitionDevice(ctx, id, cluster.OpRevoke, who, reason)
+	return errors.Join(errs...)
 }
 
 // setGroupConfig applies a new policy version in which group's

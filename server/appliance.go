@@ -213,7 +213,8 @@ type Appliance struct {
 	closeOnce         sync.Once
 	closeErr          error
 	deniedLimit       deniedLimiter
-	sink              *checkpointSink // nil: no audit_sink
+	sink              *checkpointSink       // nil: no audit_sink
+	revokeHook        func(deviceID string) // tests: runs between RevokeDevice's two steps
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA
@@ -253,6 +254,9 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		ca.WithCRLDistributionPoint("https://"+net.JoinHostPort(cfg.Hostnames[0], port)+"/crl"),
 	); err != nil {
 		return nil, fmt.Errorf("open CA: %w", err)
+	}
+	if err := checkClusterRoot(filepath.Join(dataDir, raftDir), rootHash(a.ca.Root())); err != nil {
+		return nil, err
 	}
 	sealer, err := newSealer(a.ca.TokenKey())
 	if err != nil {

@@ -31,6 +31,7 @@ import (
 const (
 	pathClusterCA      = "/cluster/v1/ca"
 	pathClusterJoin    = "/cluster/v1/join"
+	pathClusterCheck   = "/cluster/v1/join/check" // the join answer, without spending the token
 	pathClusterMembers = "/cluster/v1/members"
 	pathClusterApply   = "/cluster/v1/apply"
 	pathClusterRead    = "/cluster/v1/read-index"
@@ -176,6 +177,7 @@ func (a *Appliance) clusterRoutes(mux *http.ServeMux) {
 		w.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Root().Raw}))
 	})
 	mux.HandleFunc("POST "+pathClusterJoin, a.handleJoin)
+	mux.HandleFunc("POST "+pathClusterCheck, a.handleJoin)
 	mux.HandleFunc("POST "+pathClusterMembers, a.requireNode(a.handleAddMember))
 	mux.HandleFunc("POST "+pathClusterApply, a.requireNode(a.handleApply))
 	mux.HandleFunc("POST "+pathClusterRead, a.requireNode(a.handleReadIndex))
@@ -218,8 +220,24 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, newProblem(http.StatusForbidden, api.CodeJoinTokenInvalid, err.Error()))
 		return
 	}
-	if err := a.node.ConsumeJoinToken(r.Context(), tok.ID, tok.Secret, req.NodeID); err != nil {
-		a.log.Warn("join refused", "node_id", req.NodeID, "err", err)
+	check := r.URL.Path == pathClusterCheck
+	if check {
+		// A joining node checks its password against the key before it
+		// spends the token. It gets only what the join would give it,
+		// and only for a token the join would accept now. The local
+		// check comes first, so a guessed token costs no Raft round trip.
+		err = a.node.CheckJoinToken(tok.ID, tok.Secret, time.Now())
+		if err == nil {
+			err = a.node.Linearize(r.Context())
+		}
+		if err == nil {
+			err = a.node.CheckJoinToken(tok.ID, tok.Secret, time.Now())
+		}
+	} else {
+		err = a.node.ConsumeJoinToken(r.Context(), tok.ID, tok.Secret, req.NodeID)
+	}
+	if err != nil {
+		a.log.Warn("join refused", "node_id", req.NodeID, "check", check, "err", err)
 		writeProblem(w, a.clusterProblem(err))
 		return
 	}
@@ -233,7 +251,7 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, a.enroller.internal(err))
 		return
 	}
-	a.log.Info("node joining", "node_id", req.NodeID)
+	a.log.Info("node joining", "node_id", req.NodeID, "check", check)
 	writeJSON(w, http.StatusOK, joinResponse{
 		RootPEM:         pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Root().Raw}),
 		IntermediatePEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Intermediates()[0].Raw}),
@@ -452,6 +470,62 @@ func (a *Appliance) registerLoop(joinSeed string, fresh bool) {
 	}
 }
 
+// ErrOtherCluster: a data directory, or its Raft state, belongs to another
+// cluster than the one it is started for.
+var ErrOtherCluster = errors.New("the data directory belongs to another cluster")
+
+// clusterRootFile, in DATADIR/raft, records the SHA-256 of the root
+// certificate of the cluster the Raft state belongs to.
+const clusterRootFile = "cluster-root"
+
+// checkClusterRoot refuses to start on Raft state that belongs to another
+// cluster's CA (say, a data directory re-initialized over an old node's Raft
+// state: its peers would refuse it), and records the root for state that
+// has no record yet (a new node, or one from before the record existed).
+func checkClusterRoot(raftDir, root string) error {
+	path := filepath.Join(raftDir, clusterRootFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(raftDir, 0o700); err != nil {
+			return err
+		}
+		return os.WriteFile(path, []byte(root+"\n"), 0o600)
+	} else if err != nil {
+		return err
+	}
+	if got := strings.TrimSpace(string(b)); got != root {
+		return fmt.Errorf("%w: the Raft state in %s belongs to the cluster whose root certificate has SHA-256 %s, but this node's CA root has %s; refusing to start (use the data directory's own CA, or an empty data directory)", ErrOtherCluster, raftDir, got, root)
+	}
+	return nil
+}
+
+// CheckJoinTarget is for `serve --join` on a data directory that is already
+// initialized: the join token must pin this node's own cluster root.
+// Otherwise the operator meant to join another cluster, and starting would
+// serve this directory's CA instead: ErrOtherCluster.
+func CheckJoinTarget(dataDir, token string) error {
+	tok, err := ParseJoinToken(token)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(dataDir, caDir, ca.RootCertFile))
+	if err != nil {
+		return err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return fmt.Errorf("%s: no root certificate", filepath.Join(dataDir, caDir, ca.RootCertFile))
+	}
+	root, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return err
+	}
+	if h := rootHash(root); h != tok.RootHash {
+		return fmt.Errorf("%w: %s is already a member of the cluster whose root has SHA-256 %s, but the join token is for the cluster whose root has %s; refusing to start (to join that cluster, use an empty data directory)", ErrOtherCluster, dataDir, h, tok.RootHash)
+	}
+	return nil
+}
+
 // Join prepares dataDir for a node joining the cluster that seedAddr
 // (host:port of any member's API) belongs to. It pins the cluster root from
 // the token before sending the token, installs the CA (checking that
@@ -463,6 +537,9 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 		return err
 	}
 	if _, err := os.Stat(filepath.Join(dataDir, configFile)); err == nil {
+		if err := CheckJoinTarget(dataDir, token); err != nil {
+			return err
+		}
 		return fmt.Errorf("%s: %w", dataDir, ErrAlreadyInitialized)
 	}
 	// The root is public; fetch it without trust, then trust it only if it
@@ -487,17 +564,32 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 	pool.AddCert(root)
 	trusted := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	reqBody, _ := json.Marshal(joinRequest{Token: token, NodeID: cfg.NodeID})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+seedAddr+pathClusterJoin, bytes.NewReader(reqBody))
+	post := func(path string) (joinResponse, error) {
+		var jr joinResponse
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+seedAddr+path, bytes.NewReader(reqBody))
+		if err != nil {
+			return jr, err
+		}
+		resp, err := trusted.Do(req)
+		if err != nil {
+			return jr, fmt.Errorf("join via %s: %w", seedAddr, err)
+		}
+		if err := decodeProblemOr(resp, &jr); err != nil {
+			return jr, fmt.Errorf("join via %s: %w", seedAddr, err)
+		}
+		return jr, nil
+	}
+	// The password must unlock the CA key before the token is spent: a
+	// typo in the password file must not use up a one-time token.
+	jr, err := post(pathClusterCheck)
 	if err != nil {
 		return err
 	}
-	resp, err := trusted.Do(req)
-	if err != nil {
-		return fmt.Errorf("join via %s: %w", seedAddr, err)
+	if err := ca.CheckPassword(jr.EncryptedKeyPEM, password); err != nil {
+		return fmt.Errorf("%w; the join token was not used", err)
 	}
-	var jr joinResponse
-	if err := decodeProblemOr(resp, &jr); err != nil {
-		return fmt.Errorf("join via %s: %w", seedAddr, err)
+	if jr, err = post(pathClusterJoin); err != nil {
+		return err
 	}
 	cfg.TrustDomain, cfg.CertValidity, cfg.SessionTTL, cfg.JoinSeed = jr.TrustDomain, jr.CertValidity, jr.SessionTTL, seedAddr
 	if err := cfg.validate(); err != nil {

@@ -354,8 +354,13 @@ func TestRevocation(t *testing.T) {
 	if _, err := e.Client.Enroll(ctx, d.TPM); !errors.As(err, &p) || p.Code != api.CodeDeviceInactive {
 		t.Fatalf("revoked device enrolled: %v", err)
 	}
-	if _, err := admin.TransitionDevice(ctx, id.DeviceID, cluster.OpRevoke, "alice", "again"); !errors.As(err, &p) || p.Code != api.CodeIllegalTransition {
-		t.Fatalf("second revocation: %v", err)
+	// Revoking again completes an interrupted revocation: not refused, and
+	// no second state change.
+	if again, err := admin.TransitionDevice(ctx, id.DeviceID, cluster.OpRevoke, "alice", "again"); err != nil || again.Status != cluster.DeviceRevoked || len(again.History) != 1 {
+		t.Fatalf("second revocation: %+v %v", again, err)
+	}
+	if _, err := admin.TransitionDevice(ctx, id.DeviceID, cluster.OpEnable, "alice", "undo"); !errors.As(err, &p) || p.Code != api.CodeIllegalTransition {
+		t.Fatalf("enable after revocation: %v", err)
 	}
 }
 

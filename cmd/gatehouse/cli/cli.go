@@ -210,6 +210,12 @@ func serveCmd() *cobra.Command {
 			defer stop()
 			if join != "" {
 				if _, err := server.LoadConfig(dataDir(cmd)); err == nil {
+					// A token at hand must be for this directory's cluster.
+					if tok, terr := os.ReadFile(tokenFile); terr == nil {
+						if err := server.CheckJoinTarget(dataDir(cmd), strings.TrimSpace(string(tok))); err != nil {
+							return err
+						}
+					}
 					log.Info("already a member; ignoring --join", "data_dir", dataDir(cmd))
 				} else if errors.Is(err, server.ErrNotInitialized) {
 					if joinCfg.NodeID == "" {

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -166,5 +168,20 @@ func TestClusterCommands(t *testing.T) {
 	}
 	if _, err := run(t, "cluster", "transfer-leadership", "--data-dir", e.Dir); err == nil {
 		t.Fatal("a single node transferred leadership to nobody")
+	}
+	if out, err := run(t, "cluster", "status", "--data-dir", e.Dir); err != nil || !regexp.MustCompile(`health:\s+ok`).MatchString(out) {
+		t.Fatalf("status: %v %s", err, out)
+	}
+
+	// serve --join on a member with a token for another cluster stops
+	// before starting anything (the token pins another root).
+	tmp := t.TempDir()
+	pw, tokFile := filepath.Join(tmp, "pw"), filepath.Join(tmp, "token")
+	foreign := server.JoinToken{ID: strings.Repeat("a", 16), Secret: bytes.Repeat([]byte{1}, 32), RootHash: strings.Repeat("0", 64)}
+	if os.WriteFile(pw, servertest.Password, 0o600) != nil || os.WriteFile(tokFile, []byte(foreign.String()), 0o600) != nil {
+		t.Fatal("write files")
+	}
+	if _, err := run(t, "serve", "--data-dir", e.Dir, "--password-file", pw, "--join", "127.0.0.1:1", "--token-file", tokFile); !errors.Is(err, server.ErrOtherCluster) {
+		t.Fatalf("serve --join with another cluster's token: %v", err)
 	}
 }

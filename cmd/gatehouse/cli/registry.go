@@ -51,6 +51,12 @@ func statusCmd() *cobra.Command {
 			}
 			return render(cmd, s, func(w io.Writer) {
 				fmt.Fprintf(w, "node:\t%s\nleader:\t%v\ntrust domain:\t%s\ndevice API:\t%s\nstate hash:\t%s\n", s.NodeID, s.Leader, s.TrustDomain, s.DeviceAPI, s.StateHash)
+				if s.Healthy {
+					fmt.Fprintln(w, "health:\tok")
+				}
+				for _, p := range s.Problems {
+					fmt.Fprintf(w, "health:\tUNHEALTHY: %s\n", p)
+				}
 			})
 		},
 	}
