@@ -98,18 +98,6 @@ func (a *Appliance) CreateJoinToken(ctx context.Context, ttl time.Duration) (Joi
 	return t, a.node.CreateJoinToken(ctx, t.ID, t.Secret, time.Now().Add(ttl))
 }
 
-// nodeID returns the node ID a certificate names, if it is a node
-// certificate of this trust domain.
-func (a *Appliance) nodeIDOf(c *x509.Certificate) (string, bool) {
-	for _, u := range c.URIs {
-		if u.Scheme == "spiffe" && u.Host == a.cfg.TrustDomain && strings.HasPrefix(u.Path, "/node/") {
-			id := strings.TrimPrefix(u.Path, "/node/")
-			return id, id != "" && !strings.Contains(id, "/")
-		}
-	}
-	return "", false
-}
-
 // verifyNode checks a peer's chain to the cluster root and its node identity.
 func (a *Appliance) verifyNode(certs []*x509.Certificate) (string, error) {
 	if len(certs) == 0 {
@@ -123,11 +111,11 @@ func (a *Appliance) verifyNode(certs []*x509.Certificate) (string, error) {
 	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return "", fmt.Errorf("node certificate: %w", err)
 	}
-	id, ok := a.nodeIDOf(certs[0])
-	if !ok {
-		return "", errors.New("the certificate is not a node certificate of this cluster")
+	id, err := a.identityOf(certs[0], ca.PathNode)
+	if err != nil {
+		return "", fmt.Errorf("the certificate is not a node certificate of this cluster: %w", err)
 	}
-	return id, nil
+	return id.ID, nil
 }
 
 // raftTLS is the mutual-TLS config of the Raft transport: each side presents
@@ -175,7 +163,7 @@ func (a *Appliance) clusterRoutes(mux *http.ServeMux) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		w.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Root().Raw}))
 	})
-	mux.HandleFunc("POST "+pathClusterJoin, a.handleJoin)
+	mux.HandleFunc("POST "+pathClusterJoin, requireJSON(a.handleJoin))
 	mux.HandleFunc("POST "+pathClusterMembers, a.requireNode(a.handleAddMember))
 	mux.HandleFunc("POST "+pathClusterApply, a.requireNode(a.handleApply))
 	mux.HandleFunc("POST "+pathClusterRead, a.requireNode(a.handleReadIndex))
@@ -203,7 +191,7 @@ func (a *Appliance) requireNode(h http.HandlerFunc) http.HandlerFunc {
 			writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, err.Error()))
 			return
 		}
-		h(w, r)
+		requireJSON(h)(w, r)
 	}
 }
 
@@ -386,6 +374,7 @@ func (a *Appliance) nodeRPC(ctx context.Context, addr, path string, body io.Read
 	if err != nil {
 		return err
 	}
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := a.nodeHTTP.Do(req)
 	if err != nil {
 		return fmt.Errorf("%w: %v", cluster.ErrNotLeader, err)
@@ -491,6 +480,7 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 	if err != nil {
 		return err
 	}
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := trusted.Do(req)
 	if err != nil {
 		return fmt.Errorf("join via %s: %w", seedAddr, err)
