@@ -26,8 +26,9 @@ import (
 
 // Cluster RPC lives on the HTTPS API port. /cluster/v1/ca and
 // /cluster/v1/join are open (the join token is the credential); the others
-// require a node certificate: a certificate from the cluster CA whose URI is
-// spiffe://<trust domain>/node/<id>. Device certificates do not qualify.
+// require a node certificate: a certificate from the cluster CA whose one
+// SPIFFE ID is spiffe://<trust domain>/node/<id>, marked by the node
+// issuance path (identityOf). Device and admin certificates do not qualify.
 const (
 	pathClusterCA      = "/cluster/v1/ca"
 	pathClusterJoin    = "/cluster/v1/join"
