@@ -723,6 +723,37 @@ func validHostname(name string) bool {
 
 var dnsValue = regexp.MustCompile(`^[a-zA-Z0-9-]+$`)
 
+// CheckReservedNames refuses a policy any of whose DNS templates could
+// produce one of names (the appliance's own host names, which its node and
+// server certificates carry), whatever values the device claims.
+func (p *Policy) CheckReservedNames(names []string) error {
+	for _, g := range p.Groups {
+		for _, t := range g.Certificate.DNSNames {
+			tpl, err := parseSANTemplate(t)
+			if err != nil {
+				return fmt.Errorf("%w: group %q: DNS name template %q: %v", ErrPolicyInvalid, g.Name, t, err)
+			}
+			// Each placeholder stands for any value SANs would accept.
+			var b strings.Builder
+			b.WriteString("(?i)^")
+			for _, n := range tpl.Tree.Root.Nodes {
+				if text, ok := n.(*parse.TextNode); ok {
+					b.WriteString(regexp.QuoteMeta(string(text.Text)))
+				} else {
+					b.WriteString("[a-z0-9-]+")
+				}
+			}
+			re := regexp.MustCompile(b.String() + "$")
+			for _, name := range names {
+				if re.MatchString(strings.TrimSuffix(name, ".")) {
+					return fmt.Errorf("%w: group %q: DNS name template %q could produce %q, a name of this appliance", ErrPolicyInvalid, g.Name, t, name)
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // SANs renders a group's SAN templates for one device. Every value is
 // untrusted: in a DNS name each must be letters, digits and '-' (no '.',
 // '*' or anything that could add a label or a wildcard), and the result a

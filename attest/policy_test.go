@@ -226,3 +226,25 @@ func TestSANsConfineClaims(t *testing.T) {
 		}
 	}
 }
+
+// A DNS template that could produce one of the appliance's own host names,
+// for some claimed value, is refused.
+func TestPolicyCheckReservedNames(t *testing.T) {
+	names := []string{"gatehouse.example.com", "127.0.0.1"}
+	for tmpl, refused := range map[string]bool{
+		"{{.Serial}}.example.com":         true,
+		"GATE{{.Model}}.Example.com":      true,
+		"{{.Serial}}.0.0.1":               true,
+		"gatehouse.example.com":           true,
+		"{{.Serial}}.devices.example.com": false,
+		"{{.DeviceID}}.gw.example.org":    false,
+	} {
+		p, err := ParsePolicy([]byte(`{"groups":[{"name":"g","mode":"auto","certificate":{"dns_names":["` + tmpl + `"]}}]}`))
+		if err != nil {
+			t.Fatalf("%s: %v", tmpl, err)
+		}
+		if err := p.CheckReservedNames(names); errors.Is(err, ErrPolicyInvalid) != refused {
+			t.Errorf("%s: %v (want refused=%v)", tmpl, err, refused)
+		}
+	}
+}

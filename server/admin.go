@@ -205,7 +205,11 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 			writeProblem(w, malformed("body: "+err.Error()))
 			return
 		}
-		if _, err := attest.ParsePolicy(req.Document); err != nil {
+		p, err := attest.ParsePolicy(req.Document)
+		if err == nil {
+			err = p.CheckReservedNames(a.cfg.Hostnames)
+		}
+		if err != nil {
 			writeProblem(w, malformed(err.Error()))
 			return
 		}

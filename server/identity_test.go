@@ -141,6 +141,7 @@ func TestClaimsNeverBecomeIdentities(t *testing.T) {
 		`"uris":["https://{{.Serial}}/x"]`,
 		`"dns_names":["{{.Serial}}"]`,
 		`"dns_names":["*.devices.example.com"]`,
+		`"dns_names":["{{.Serial}}.0.0.1"]`, // could name the node's 127.0.0.1
 	} {
 		doc := `{"groups":[{"name":"g","mode":"auto","certificate":{` + cert + `}}]}`
 		var p *api.Problem
