@@ -33,6 +33,8 @@ const (
 	CodeMalformed = "malformed_request"
 	// 413: the body is larger than the endpoint allows.
 	CodeTooLarge = "body_too_large"
+	// 415: a JSON endpoint got a body not declared application/json.
+	CodeUnsupportedMediaType = "unsupported_media_type"
 
 	// 403: verification failed.
 	CodeEKInvalid          = "ek_invalid"            // EK certificate or public key unusable
@@ -53,10 +55,12 @@ const (
 	CodeDeviceInactive     = "device_inactive"    // the device is disabled, quarantined, revoked or deleted
 	CodeIllegalTransition  = "illegal_transition" // a device operation its state does not allow
 	CodeUnauthenticated    = "unauthenticated"
-	CodeCertificateRevoked = "certificate_revoked" // 401: the client certificate is revoked
-	CodeForbidden          = "forbidden"           // 403: the admin role does not allow this
-	CodeReprovisionRefused = "reprovision_refused" // same EK with a new AK, and the group rejects that
-	CodeApprovalPending    = "approval_pending"    // 202 on complete: see Pending
+	CodeCertificateRevoked = "certificate_revoked"       // 401: the client certificate is revoked
+	CodeForbidden          = "forbidden"                 // 403: the admin role does not allow this
+	CodeReprovisionRefused = "reprovision_refused"       // same EK with a new AK, and the group rejects that
+	CodeClaimInvalid       = "claim_invalid"             // a claimed value cannot be placed in a certificate name (e.g. a serial "*" in a DNS name)
+	CodeRenewalIdentity    = "renewal_identity_mismatch" // the renewal's AK is not the one enrolled for the certificate's device
+	CodeApprovalPending    = "approval_pending"          // 202 on complete: see Pending
 	CodeJoinTokenInvalid   = "join_token_invalid"
 	CodeJoinTokenExpired   = "join_token_expired"
 	CodeJoinTokenUsed      = "join_token_used"

@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"text/template"
+	"text/template/parse"
 	"time"
 )
 
@@ -306,9 +308,14 @@ func (p *Policy) Validate() error {
 				return bad("%s: certificate validity %q must be a duration between 1h and 5 years", at, g.Certificate.Validity)
 			}
 		}
-		for _, t := range append(append([]string(nil), g.Certificate.DNSNames...), g.Certificate.URIs...) {
-			if _, err := template.New("").Option("missingkey=error").Parse(t); err != nil {
-				return bad("%s: SAN template %q: %v", at, t, err)
+		for _, t := range g.Certificate.DNSNames {
+			if err := checkDNSTemplate(t, g.Name); err != nil {
+				return bad("%s: DNS name template %q: %v", at, t, err)
+			}
+		}
+		for _, t := range g.Certificate.URIs {
+			if err := checkURITemplate(t); err != nil {
+				return bad("%s: URI template %q: %v", at, t, err)
 			}
 		}
 		if len(g.Config) > 0 {
@@ -585,29 +592,227 @@ func sortedIndexes(m map[string]string) []int {
 	return out
 }
 
-// SANs renders a group's SAN templates for one device.
-func (c CertProfile) SANs(in *Input, group string) (dns, uris []string, err error) {
-	data := map[string]string{"DeviceID": in.DeviceID, "Serial": in.Serial, "Model": in.Model, "Group": group}
-	render := func(ts []string) ([]string, error) {
-		var out []string
-		for _, t := range ts {
-			tpl, err := template.New("").Option("missingkey=error").Parse(t)
-			if err != nil {
-				return nil, err
+// ErrClaimInvalid: a value the device claimed (its serial or model) cannot
+// be part of a certificate name as the group's template places it.
+var ErrClaimInvalid = errors.New("claim unusable in a certificate name")
+
+// SAN templates hold text and these placeholders only, each a bare
+// {{.Field}}: no functions, pipelines or conditionals, so what a template
+// can produce is known when the policy is applied.
+var sanFields = map[string]bool{"DeviceID": true, "Serial": true, "Model": true, "Group": true}
+
+// claimedFields are the placeholders whose values the device chooses.
+var claimedFields = map[string]bool{"Serial": true, "Model": true}
+
+// sentinel stands in for every placeholder when a template is checked at
+// apply time: a plain lower-case DNS label and URI path segment.
+const sentinel = "x0gatehouse0placeholder0x"
+
+func parseSANTemplate(t string) (*template.Template, error) {
+	tpl, err := template.New("").Option("missingkey=error").Parse(t)
+	if err != nil {
+		return nil, err
+	}
+	if tpl.Tree == nil {
+		return tpl, nil
+	}
+	for _, n := range tpl.Tree.Root.Nodes {
+		switch n := n.(type) {
+		case *parse.TextNode:
+		case *parse.ActionNode:
+			if len(n.Pipe.Decl) == 0 && len(n.Pipe.Cmds) == 1 && len(n.Pipe.Cmds[0].Args) == 1 {
+				if f, ok := n.Pipe.Cmds[0].Args[0].(*parse.FieldNode); ok && len(f.Ident) == 1 && sanFields[f.Ident[0]] {
+					continue
+				}
 			}
-			var b strings.Builder
-			if err := tpl.Execute(&b, data); err != nil {
-				return nil, err
-			}
-			out = append(out, b.String())
+			return nil, fmt.Errorf("%s: only {{.DeviceID}}, {{.Serial}}, {{.Model}} and {{.Group}} are allowed", n)
+		default:
+			return nil, fmt.Errorf("%s: only text and {{.Field}} placeholders are allowed", n)
 		}
-		return out, nil
 	}
-	if dns, err = render(c.DNSNames); err != nil {
-		return nil, nil, err
+	return tpl, nil
+}
+
+func renderSAN(tpl *template.Template, data map[string]string) (string, error) {
+	var b strings.Builder
+	if err := tpl.Execute(&b, data); err != nil {
+		return "", err
 	}
-	uris, err = render(c.URIs)
-	return dns, uris, err
+	return b.String(), nil
+}
+
+func sentinelData() map[string]string {
+	data := map[string]string{}
+	for f := range sanFields {
+		data[f] = sentinel
+	}
+	return data
+}
+
+// checkDNSTemplate refuses a DNS template that is not a host name, puts a
+// placeholder anywhere but inside a label, or leaves its last label to a
+// placeholder (a template that is only a placeholder could name a node or
+// another device). {{.Group}} needs group to be a DNS label.
+func checkDNSTemplate(t, group string) error {
+	tpl, err := parseSANTemplate(t)
+	if err != nil {
+		return err
+	}
+	name, err := renderSAN(tpl, sentinelData())
+	if err != nil {
+		return err
+	}
+	labels := strings.Split(name, ".")
+	switch {
+	case !validHostname(name):
+		return errors.New("not a host name (LDH labels of at most 63 characters, no wildcard)")
+	case len(labels) < 2 || strings.Contains(labels[len(labels)-1], sentinel):
+		return errors.New("its last label must be fixed text: a placeholder there could produce any name")
+	case strings.Contains(t, "{{.Group}}") && !dnsLabel.MatchString(group):
+		return fmt.Errorf("group name %q is not a DNS label", group)
+	}
+	return nil
+}
+
+// checkURITemplate refuses a URI template whose placeholders could reach
+// the scheme, authority, query or fragment, and any template for a SPIFFE
+// ID (the device's own is always added; the admin and node namespaces are
+// reserved) or a Gatehouse URN.
+func checkURITemplate(t string) error {
+	tpl, err := parseSANTemplate(t)
+	if err != nil {
+		return err
+	}
+	s, err := renderSAN(tpl, sentinelData())
+	if err != nil {
+		return err
+	}
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return err
+	case u.Scheme == "":
+		return errors.New("no scheme")
+	case strings.Contains(u.Scheme, sentinel) || u.User != nil && strings.Contains(u.User.String(), sentinel) || strings.Contains(u.Host, sentinel):
+		return errors.New("a placeholder in the scheme or authority")
+	case strings.Contains(u.RawQuery, sentinel) || strings.Contains(u.Fragment, sentinel):
+		return errors.New("a placeholder in the query or fragment")
+	case strings.EqualFold(u.Scheme, "spiffe"):
+		return errors.New("SPIFFE IDs are reserved: the device's own is always added, and the admin and node namespaces belong to other issuance paths")
+	case strings.HasPrefix(strings.ToLower(s), "urn:gatehouse:"):
+		return errors.New("the urn:gatehouse: namespace is reserved")
+	}
+	return nil
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
+
+// validHostname: LDH labels, at most 253 characters, no wildcard. (ca
+// checks the same again at issuance.)
+func validHostname(name string) bool {
+	if len(name) == 0 || len(name) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(name, ".") {
+		if !dnsLabel.MatchString(l) {
+			return false
+		}
+	}
+	return true
+}
+
+var dnsValue = regexp.MustCompile(`^[a-zA-Z0-9-]+$`)
+
+// CheckReservedNames refuses a policy any of whose DNS templates could
+// produce one of names (the appliance's own host names, which its node and
+// server certificates carry), whatever values the device claims.
+func (p *Policy) CheckReservedNames(names []string) error {
+	for _, g := range p.Groups {
+		for _, t := range g.Certificate.DNSNames {
+			tpl, err := parseSANTemplate(t)
+			if err != nil {
+				return fmt.Errorf("%w: group %q: DNS name template %q: %v", ErrPolicyInvalid, g.Name, t, err)
+			}
+			// Each placeholder stands for any value SANs would accept.
+			var b strings.Builder
+			b.WriteString("(?i)^")
+			for _, n := range tpl.Tree.Root.Nodes {
+				if text, ok := n.(*parse.TextNode); ok {
+					b.WriteString(regexp.QuoteMeta(string(text.Text)))
+				} else {
+					b.WriteString("[a-z0-9-]+")
+				}
+			}
+			re := regexp.MustCompile(b.String() + "$")
+			for _, name := range names {
+				if re.MatchString(strings.TrimSuffix(name, ".")) {
+					return fmt.Errorf("%w: group %q: DNS name template %q could produce %q, a name of this appliance", ErrPolicyInvalid, g.Name, t, name)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// SANs renders a group's SAN templates for one device. Every value is
+// untrusted: in a DNS name each must be letters, digits and '-' (no '.',
+// '*' or anything that could add a label or a wildcard), and the result a
+// host name, else the error wraps ErrClaimInvalid; in a URI each is
+// escaped as one path segment (url.PathEscape).
+func (c CertProfile) SANs(in *Input, group string) (dns, uris []string, err error) {
+	values := map[string]string{"DeviceID": in.DeviceID, "Serial": in.Serial, "Model": in.Model, "Group": group}
+	dnsData, uriData := map[string]string{}, map[string]string{}
+	for k, v := range values {
+		dnsData[k], uriData[k] = v, url.PathEscape(v)
+	}
+	for _, t := range c.DNSNames {
+		tpl, err := parseSANTemplate(t)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, f := range templateFields(tpl) {
+			if !dnsValue.MatchString(values[f]) {
+				what := "value"
+				if claimedFields[f] {
+					what = "claimed value"
+				}
+				return nil, nil, fmt.Errorf("%w: %s %q of {{.%s}} cannot be part of DNS name template %q (letters, digits and '-' only)", ErrClaimInvalid, what, values[f], f, t)
+			}
+		}
+		name, err := renderSAN(tpl, dnsData)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !validHostname(name) {
+			return nil, nil, fmt.Errorf("%w: DNS name %q from template %q is not a host name", ErrClaimInvalid, name, t)
+		}
+		dns = append(dns, name)
+	}
+	for _, t := range c.URIs {
+		tpl, err := parseSANTemplate(t)
+		if err != nil {
+			return nil, nil, err
+		}
+		u, err := renderSAN(tpl, uriData)
+		if err != nil {
+			return nil, nil, err
+		}
+		uris = append(uris, u)
+	}
+	return dns, uris, nil
+}
+
+func templateFields(tpl *template.Template) []string {
+	var out []string
+	if tpl.Tree == nil {
+		return nil
+	}
+	for _, n := range tpl.Tree.Root.Nodes {
+		if a, ok := n.(*parse.ActionNode); ok {
+			out = append(out, a.Pipe.Cmds[0].Args[0].(*parse.FieldNode).Ident[0]) // shape checked by parseSANTemplate
+		}
+	}
+	return out
 }
 
 // Capture drafts a group from one device's accepted evidence: its EK

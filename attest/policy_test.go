@@ -153,3 +153,98 @@ func TestParsePolicyRefuses(t *testing.T) {
 		t.Fatalf("SANs %v %v", dns, err)
 	}
 }
+
+// A policy whose SAN templates could produce a reserved or attacker-chosen
+// name is refused when it is applied.
+func TestPolicyRefusesDangerousSANTemplates(t *testing.T) {
+	for _, tc := range []struct{ dns, uri string }{
+		{uri: "spiffe://fleet.example.com/{{.Serial}}"},
+		{uri: "spiffe://fleet.example.com/admin/operator/{{.Serial}}"},
+		{uri: "spiffe://fleet.example.com/node/x"},
+		{uri: "SPIFFE://fleet.example.com/device/{{.DeviceID}}"},
+		{uri: "{{.Serial}}://x/y"},
+		{uri: "https://{{.Serial}}/x"},
+		{uri: "https://inv.example.com{{.Serial}}/x"},
+		{uri: "https://{{.Serial}}@inv.example.com/x"},
+		{uri: "https://inv.example.com/x?s={{.Serial}}"},
+		{uri: "https://inv.example.com/x#{{.Serial}}"},
+		{uri: "urn:gatehouse:audit-key"},
+		{uri: "/relative/{{.Serial}}"},
+		{uri: `https://inv.example.com/{{printf "%s" .Serial}}`},
+		{uri: `https://inv.example.com/{{if .Serial}}x{{end}}`},
+		{dns: "{{.Serial}}"},
+		{dns: "{{.DeviceID}}"},
+		{dns: "{{.Serial}}.{{.Model}}"},
+		{dns: "*.devices.example.com"},
+		{dns: "{{.Serial}}.*.example.com"},
+		{dns: "{{.Serial}}_x.example.com"},
+		{dns: "{{.Serial}}.example.com."},
+		{dns: "{{.Group}}.example.com"}, // the group "a.b" is not a DNS label
+		{dns: "{{.Nope}}.example.com"},
+	} {
+		cert := `"dns_names":["` + tc.dns + `"]`
+		if tc.uri != "" {
+			cert = `"uris":["` + tc.uri + `"]`
+		}
+		doc := `{"groups":[{"name":"a.b","mode":"auto","certificate":{` + strings.ReplaceAll(cert, `"%s"`, `\"%s\"`) + `}}]}`
+		if _, err := ParsePolicy([]byte(doc)); !errors.Is(err, ErrPolicyInvalid) {
+			t.Errorf("%s: applied (%v)", doc, err)
+		}
+	}
+	for _, doc := range []string{
+		`{"groups":[{"name":"edge","mode":"auto","certificate":{"dns_names":["{{.Serial}}.devices.example.com","{{.Group}}-{{.Model}}.example.com","fixed.example.com"]}}]}`,
+		`{"groups":[{"name":"edge","mode":"auto","certificate":{"uris":["https://inv.example.com/devices/{{.Serial}}","urn:example:{{.Model}}"]}}]}`,
+	} {
+		if _, err := ParsePolicy([]byte(doc)); err != nil {
+			t.Errorf("%s: %v", doc, err)
+		}
+	}
+}
+
+// Claims are untrusted: in a DNS name they cannot add labels or wildcards
+// (refused with ErrClaimInvalid); in a URI each is one escaped path segment.
+func TestSANsConfineClaims(t *testing.T) {
+	p := CertProfile{DNSNames: []string{"{{.Serial}}.devices.example.com"}, URIs: []string{"https://inv.example.com/devices/{{.Serial}}/{{.Model}}"}}
+	dns, uris, err := p.SANs(&Input{DeviceID: "abc", Serial: "SN-1", Model: "m1"}, "edge")
+	if err != nil || len(dns) != 1 || dns[0] != "SN-1.devices.example.com" || len(uris) != 1 || uris[0] != "https://inv.example.com/devices/SN-1/m1" {
+		t.Fatalf("plain claims: %v %v %v", dns, uris, err)
+	}
+	for _, serial := range []string{"*", "a.b", "admin/operator/x", "", "a b", "x\n", strings.Repeat("a", 64)} {
+		if dns, _, err := p.SANs(&Input{DeviceID: "abc", Serial: serial}, "edge"); !errors.Is(err, ErrClaimInvalid) {
+			t.Errorf("serial %q: %v, %v", serial, dns, err)
+		}
+	}
+	p = CertProfile{URIs: []string{"https://inv.example.com/devices/{{.Serial}}"}}
+	for serial, want := range map[string]string{
+		"admin/operator/x":       "https://inv.example.com/devices/admin%2Foperator%2Fx",
+		"../../x?y#z":            "https://inv.example.com/devices/..%2F..%2Fx%3Fy%23z",
+		"spiffe://td/admin/op/x": "https://inv.example.com/devices/spiffe:%2F%2Ftd%2Fadmin%2Fop%2Fx",
+	} {
+		_, uris, err := p.SANs(&Input{DeviceID: "abc", Serial: serial}, "edge")
+		if err != nil || len(uris) != 1 || uris[0] != want {
+			t.Errorf("serial %q: %v, %v (want %s)", serial, uris, err, want)
+		}
+	}
+}
+
+// A DNS template that could produce one of the appliance's own host names,
+// for some claimed value, is refused.
+func TestPolicyCheckReservedNames(t *testing.T) {
+	names := []string{"gatehouse.example.com", "127.0.0.1"}
+	for tmpl, refused := range map[string]bool{
+		"{{.Serial}}.example.com":         true,
+		"GATE{{.Model}}.Example.com":      true,
+		"{{.Serial}}.0.0.1":               true,
+		"gatehouse.example.com":           true,
+		"{{.Serial}}.devices.example.com": false,
+		"{{.DeviceID}}.gw.example.org":    false,
+	} {
+		p, err := ParsePolicy([]byte(`{"groups":[{"name":"g","mode":"auto","certificate":{"dns_names":["` + tmpl + `"]}}]}`))
+		if err != nil {
+			t.Fatalf("%s: %v", tmpl, err)
+		}
+		if err := p.CheckReservedNames(names); errors.Is(err, ErrPolicyInvalid) != refused {
+			t.Errorf("%s: %v (want refused=%v)", tmpl, err, refused)
+		}
+	}
+}

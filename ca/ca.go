@@ -172,6 +172,7 @@ type CA struct {
 	auditCert    *x509.Certificate
 	crlURL       string
 	crl          crlCache
+	reserved     map[string]bool // DNS names no device certificate may carry (lower case)
 }
 
 // Option configures Open.
@@ -186,6 +187,19 @@ func WithDatabase(kv KV) Option {
 // WithCRLDistributionPoint puts url into every device certificate as its
 // CRL distribution point.
 func WithCRLDistributionPoint(url string) Option { return func(c *CA) { c.crlURL = url } }
+
+// WithReservedNames lists the DNS names of this appliance's nodes and
+// servers: no device certificate may carry one of them.
+func WithReservedNames(names ...string) Option {
+	return func(c *CA) {
+		if c.reserved == nil {
+			c.reserved = map[string]bool{}
+		}
+		for _, n := range names {
+			c.reserved[strings.ToLower(strings.TrimSuffix(n, "."))] = true
+		}
+	}
+}
 
 // Open decrypts the intermediate key in dir and starts an in-process step-ca
 // authority that signs with it.
@@ -284,7 +298,8 @@ type DeviceProfile struct {
 	Serial      *big.Int
 	Validity    time.Duration
 	// DNSNames and URIs come from the enrollment group's profile; the
-	// SPIFFE ID is always the first URI.
+	// SPIFFE ID is always the first URI, and the only one: URIs may hold
+	// no other SPIFFE ID nor a Gatehouse URN.
 	DNSNames []string
 	URIs     []string
 }
@@ -292,10 +307,29 @@ type DeviceProfile struct {
 var (
 	idRE          = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
 	trustDomainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$`)
-	dnsNameRE     = regexp.MustCompile(`^[a-zA-Z0-9*]([a-zA-Z0-9.-]{0,251}[a-zA-Z0-9])?$`)
+	dnsLabelRE    = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
 )
 
-// Validate checks a profile before anything depends on it.
+// ValidHostname reports whether name is a DNS host name a certificate may
+// carry: LDH labels of 1-63 characters, not starting or ending with '-',
+// at most 253 characters, no wildcard and no trailing dot.
+func ValidHostname(name string) bool {
+	if len(name) == 0 || len(name) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(name, ".") {
+		if !dnsLabelRE.MatchString(l) {
+			return false
+		}
+	}
+	return true
+}
+
+// Validate checks a profile before anything depends on it. A device
+// profile never names anything in the admin or node namespaces: no SPIFFE
+// ID but the device's own (added by IssueDevice), no Gatehouse URN, only
+// plain host names (no wildcards). CheckDevice also refuses the CA's
+// reserved names.
 func (p DeviceProfile) Validate() error {
 	switch {
 	case !idRE.MatchString(p.DeviceID):
@@ -308,20 +342,39 @@ func (p DeviceProfile) Validate() error {
 		return fmt.Errorf("%w: validity %v must be in (0, %v]", ErrBadProfile, p.Validity, maxLeafValidity)
 	}
 	for _, d := range p.DNSNames {
-		if !dnsNameRE.MatchString(d) {
-			return fmt.Errorf("%w: DNS name %q", ErrBadProfile, d)
+		if !ValidHostname(d) {
+			return fmt.Errorf("%w: DNS name %q is not a host name (LDH labels, no wildcard)", ErrBadProfile, d)
 		}
 	}
 	for _, u := range p.URIs {
-		if parsed, err := url.Parse(u); err != nil || parsed.Scheme == "" {
+		parsed, err := url.Parse(u)
+		if err != nil || parsed.Scheme == "" {
 			return fmt.Errorf("%w: URI %q", ErrBadProfile, u)
+		}
+		if strings.EqualFold(parsed.Scheme, "spiffe") || strings.HasPrefix(strings.ToLower(u), "urn:gatehouse:") {
+			return fmt.Errorf("%w: URI %q: a device certificate carries no SPIFFE ID but its own and no Gatehouse URN", ErrBadProfile, u)
+		}
+	}
+	return nil
+}
+
+// CheckDevice is Validate plus the names this CA reserves for its nodes
+// and servers (WithReservedNames). IssueDevice runs it; callers run it
+// before committing to issue.
+func (c *CA) CheckDevice(p DeviceProfile) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	for _, d := range p.DNSNames {
+		if c.reserved[strings.ToLower(d)] {
+			return fmt.Errorf("%w: DNS name %q is reserved for the appliance's nodes", ErrBadProfile, d)
 		}
 	}
 	return nil
 }
 
 func (p DeviceProfile) uris() []*url.URL {
-	out := []*url.URL{{Scheme: "spiffe", Host: p.TrustDomain, Path: "/device/" + p.DeviceID}}
+	out := []*url.URL{Identity{Path: PathDevice, ID: p.DeviceID}.SPIFFEID(p.TrustDomain)}
 	for _, u := range p.URIs {
 		parsed, _ := url.Parse(u) // validated
 		out = append(out, parsed)
@@ -332,10 +385,10 @@ func (p DeviceProfile) uris() []*url.URL {
 // IssueDevice signs a device certificate for the CSR's key through step-ca.
 // It returns the leaf followed by the intermediate.
 func (c *CA) IssueDevice(ctx context.Context, csr *x509.CertificateRequest, p DeviceProfile) ([]*x509.Certificate, error) {
-	if err := p.Validate(); err != nil {
+	if err := c.CheckDevice(p); err != nil {
 		return nil, err
 	}
-	return c.sign(ctx, csr, p.Validity, func(crt *x509.Certificate) {
+	return c.sign(ctx, csr, p.Validity, PathDevice, func(crt *x509.Certificate) {
 		crt.SerialNumber = new(big.Int).Set(p.Serial)
 		crt.Subject = pkix.Name{CommonName: p.DeviceID}
 		crt.DNSNames, crt.IPAddresses, crt.EmailAddresses = p.DNSNames, nil, nil
@@ -350,7 +403,13 @@ func (c *CA) IssueDevice(ctx context.Context, csr *x509.CertificateRequest, p De
 
 // sign runs step-ca's SignWithContext with validity set explicitly: a bare
 // step-ca sign yields notBefore == notAfter, an already-expired certificate.
-func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, validity time.Duration, shape func(*x509.Certificate)) ([]*x509.Certificate, error) {
+// It marks the certificate with path (see Path) after shape, so only the
+// issuing function chooses the mark, and checks the result carries it.
+func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, validity time.Duration, path Path, shape func(*x509.Certificate)) ([]*x509.Certificate, error) {
+	mark, ok := pathOIDs[path]
+	if !ok {
+		return nil, fmt.Errorf("%w: unknown issuance path %q", ErrBadProfile, path)
+	}
 	now := time.Now()
 	notBefore, notAfter := now.Add(-backdate), now.Add(validity)
 	chain, err := c.auth.SignWithContext(ctx, csr, provisioner.SignOptions{
@@ -361,6 +420,7 @@ func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, validity ti
 		// would override the SANs set here: the CSR requests nothing.
 		crt.ExtraExtensions = nil
 		shape(crt)
+		crt.Policies, crt.PolicyIdentifiers = []x509.OID{mark}, nil
 		crt.NotBefore, crt.NotAfter = notBefore, notAfter
 		crt.BasicConstraintsValid, crt.IsCA = true, false
 		return nil
@@ -371,6 +431,9 @@ func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, validity ti
 	if leaf := chain[0]; now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter) {
 		return nil, fmt.Errorf("step-ca issued a certificate not valid now (%v..%v)", leaf.NotBefore, leaf.NotAfter)
 	}
+	if by, ok := IssuedBy(chain[0]); !ok || by != path {
+		return nil, fmt.Errorf("step-ca issued a certificate without the %s issuance mark", path)
+	}
 	return chain, nil
 }
 
@@ -380,7 +443,7 @@ func (c *CA) IssueServer(hosts []string, validity time.Duration) (tls.Certificat
 	if len(hosts) == 0 {
 		return tls.Certificate{}, fmt.Errorf("%w: no server hosts", ErrBadProfile)
 	}
-	return c.issueWithFreshKey(validity, func(crt *x509.Certificate) {
+	return c.issueWithFreshKey(validity, PathServer, func(crt *x509.Certificate) {
 		crt.Subject = pkix.Name{CommonName: hosts[0]}
 		setHosts(crt, hosts)
 		crt.KeyUsage = x509.KeyUsageDigitalSignature
@@ -400,7 +463,7 @@ func setHosts(crt *x509.Certificate, hosts []string) {
 }
 
 // issueWithFreshKey signs a certificate for a new in-memory P-256 key.
-func (c *CA) issueWithFreshKey(validity time.Duration, shape func(*x509.Certificate)) (tls.Certificate, error) {
+func (c *CA) issueWithFreshKey(validity time.Duration, path Path, shape func(*x509.Certificate)) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
@@ -413,7 +476,7 @@ func (c *CA) issueWithFreshKey(validity time.Duration, shape func(*x509.Certific
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	chain, err := c.sign(context.Background(), csr, validity, func(crt *x509.Certificate) {
+	chain, err := c.sign(context.Background(), csr, validity, path, func(crt *x509.Certificate) {
 		crt.URIs, crt.EmailAddresses = nil, nil
 		shape(crt)
 	})
@@ -434,8 +497,8 @@ func (c *CA) IssueNode(nodeID, trustDomain string, hosts []string, validity time
 	if !idRE.MatchString(nodeID) || !trustDomainRE.MatchString(trustDomain) || validity <= 0 || validity > maxLeafValidity {
 		return tls.Certificate{}, fmt.Errorf("%w: node %q in %q for %v", ErrBadProfile, nodeID, trustDomain, validity)
 	}
-	id := &url.URL{Scheme: "spiffe", Host: trustDomain, Path: "/node/" + nodeID}
-	return c.issueWithFreshKey(validity, func(crt *x509.Certificate) {
+	id := Identity{Path: PathNode, ID: nodeID}.SPIFFEID(trustDomain)
+	return c.issueWithFreshKey(validity, PathNode, func(crt *x509.Certificate) {
 		crt.Subject = pkix.Name{CommonName: "gatehouse node " + nodeID}
 		crt.URIs = []*url.URL{id}
 		setHosts(crt, hosts)

@@ -193,8 +193,8 @@ func (c *CA) IssueAdmin(ctx context.Context, csr *x509.CertificateRequest, trust
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("%w: CSR signature: %v", ErrBadProfile, err)
 	}
-	id := &url.URL{Scheme: "spiffe", Host: trustDomain, Path: "/admin/" + role + "/" + name}
-	return c.sign(ctx, csr, validity, func(crt *x509.Certificate) {
+	id := Identity{Path: PathAdmin, Role: role, ID: name}.SPIFFEID(trustDomain)
+	return c.sign(ctx, csr, validity, PathAdmin, func(crt *x509.Certificate) {
 		crt.Subject = pkix.Name{CommonName: "gatehouse " + role + " " + name}
 		crt.DNSNames, crt.IPAddresses, crt.EmailAddresses = nil, nil, nil
 		crt.URIs = []*url.URL{id}

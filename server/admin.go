@@ -124,9 +124,20 @@ func (a *Appliance) read(h http.HandlerFunc) http.HandlerFunc {
 // socket (the appliance's OS user) is an operator.
 func (a *Appliance) adminHandler() http.Handler {
 	mux := http.NewServeMux()
-	a.registerAdmin(func(role, pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, h) })
+	a.registerAdmin(func(role, pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, adminBody(pattern, h)) })
 	return mux
 }
+
+// adminBody checks an admin request body's media type: a backup archive
+// for restore, JSON everywhere else.
+func adminBody(pattern string, h http.HandlerFunc) http.HandlerFunc {
+	if pattern == "POST "+adminRestore {
+		return requireMediaType(mediaTypeTar, h)
+	}
+	return requireJSON(h)
+}
+
+const mediaTypeTar = "application/x-tar"
 
 // registerAdmin hands every admin route, with the least role that may call
 // it, to add.
@@ -200,7 +211,11 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 			writeProblem(w, malformed("body: "+err.Error()))
 			return
 		}
-		if _, err := attest.ParsePolicy(req.Document); err != nil {
+		p, err := attest.ParsePolicy(req.Document)
+		if err == nil {
+			err = p.CheckReservedNames(a.cfg.Hostnames)
+		}
+		if err != nil {
 			writeProblem(w, malformed(err.Error()))
 			return
 		}
@@ -285,7 +300,7 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 			writeProblem(w, a.clusterProblem(err))
 			return
 		}
-		w.Header().Set("Content-Type", "application/x-tar")
+		w.Header().Set("Content-Type", mediaTypeTar)
 		w.Header().Set("Gatehouse-Raft-Index", strconv.FormatUint(meta.RaftIndex, 10))
 		w.Write(buf.Bytes())
 	})
@@ -487,6 +502,7 @@ func (c *AdminClient) Restore(ctx context.Context, archive io.Reader) (BackupMet
 	if err != nil {
 		return meta, err
 	}
+	req.Header.Set("Content-Type", mediaTypeTar)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return meta, err
@@ -568,6 +584,9 @@ func (c *AdminClient) do(ctx context.Context, method, path string, in, v any) er
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

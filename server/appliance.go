@@ -252,6 +252,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	if a.ca, err = ca.Open(filepath.Join(dataDir, caDir), password,
 		ca.WithDatabase(kv),
 		ca.WithCRLDistributionPoint("https://"+net.JoinHostPort(cfg.Hostnames[0], port)+"/crl"),
+		ca.WithReservedNames(cfg.Hostnames...),
 	); err != nil {
 		return nil, fmt.Errorf("open CA: %w", err)
 	}

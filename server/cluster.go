@@ -26,8 +26,9 @@ import (
 
 // Cluster RPC lives on the HTTPS API port. /cluster/v1/ca and
 // /cluster/v1/join are open (the join token is the credential); the others
-// require a node certificate: a certificate from the cluster CA whose URI is
-// spiffe://<trust domain>/node/<id>. Device certificates do not qualify.
+// require a node certificate: a certificate from the cluster CA whose one
+// SPIFFE ID is spiffe://<trust domain>/node/<id>, marked by the node
+// issuance path (identityOf). Device and admin certificates do not qualify.
 const (
 	pathClusterCA      = "/cluster/v1/ca"
 	pathClusterJoin    = "/cluster/v1/join"
@@ -99,18 +100,6 @@ func (a *Appliance) CreateJoinToken(ctx context.Context, ttl time.Duration) (Joi
 	return t, a.node.CreateJoinToken(ctx, t.ID, t.Secret, time.Now().Add(ttl))
 }
 
-// nodeID returns the node ID a certificate names, if it is a node
-// certificate of this trust domain.
-func (a *Appliance) nodeIDOf(c *x509.Certificate) (string, bool) {
-	for _, u := range c.URIs {
-		if u.Scheme == "spiffe" && u.Host == a.cfg.TrustDomain && strings.HasPrefix(u.Path, "/node/") {
-			id := strings.TrimPrefix(u.Path, "/node/")
-			return id, id != "" && !strings.Contains(id, "/")
-		}
-	}
-	return "", false
-}
-
 // verifyNode checks a peer's chain to the cluster root and its node identity.
 func (a *Appliance) verifyNode(certs []*x509.Certificate) (string, error) {
 	if len(certs) == 0 {
@@ -124,11 +113,11 @@ func (a *Appliance) verifyNode(certs []*x509.Certificate) (string, error) {
 	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return "", fmt.Errorf("node certificate: %w", err)
 	}
-	id, ok := a.nodeIDOf(certs[0])
-	if !ok {
-		return "", errors.New("the certificate is not a node certificate of this cluster")
+	id, err := a.identityOf(certs[0], ca.PathNode)
+	if err != nil {
+		return "", fmt.Errorf("the certificate is not a node certificate of this cluster: %w", err)
 	}
-	return id, nil
+	return id.ID, nil
 }
 
 // raftTLS is the mutual-TLS config of the Raft transport: each side presents
@@ -176,8 +165,8 @@ func (a *Appliance) clusterRoutes(mux *http.ServeMux) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		w.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Root().Raw}))
 	})
-	mux.HandleFunc("POST "+pathClusterJoin, a.handleJoin)
-	mux.HandleFunc("POST "+pathClusterCheck, a.handleJoin)
+	mux.HandleFunc("POST "+pathClusterJoin, requireJSON(a.handleJoin))
+	mux.HandleFunc("POST "+pathClusterCheck, requireJSON(a.handleJoin))
 	mux.HandleFunc("POST "+pathClusterMembers, a.requireNode(a.handleAddMember))
 	mux.HandleFunc("POST "+pathClusterApply, a.requireNode(a.handleApply))
 	mux.HandleFunc("POST "+pathClusterRead, a.requireNode(a.handleReadIndex))
@@ -205,7 +194,7 @@ func (a *Appliance) requireNode(h http.HandlerFunc) http.HandlerFunc {
 			writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, err.Error()))
 			return
 		}
-		h(w, r)
+		requireJSON(h)(w, r)
 	}
 }
 
@@ -404,6 +393,7 @@ func (a *Appliance) nodeRPC(ctx context.Context, addr, path string, body io.Read
 	if err != nil {
 		return err
 	}
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := a.nodeHTTP.Do(req)
 	if err != nil {
 		return fmt.Errorf("%w: %v", cluster.ErrNotLeader, err)
@@ -570,6 +560,7 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 		if err != nil {
 			return jr, err
 		}
+		req.Header.Set("Content-Type", "application/json")
 		resp, err := trusted.Do(req)
 		if err != nil {
 			return jr, fmt.Errorf("join via %s: %w", seedAddr, err)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
@@ -24,10 +25,11 @@ func (a *Appliance) authDevice(r *http.Request, allowQuarantined bool) (cluster.
 		return cluster.Device{}, nil, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "a device certificate is required")
 	}
 	leaf := r.TLS.VerifiedChains[0][0]
-	id, ok := a.deviceIDFromURIs(leaf.URIs)
-	if !ok {
-		return cluster.Device{}, nil, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "the certificate is not a device certificate of this trust domain")
+	cid, err := a.identityOf(leaf, ca.PathDevice)
+	if err != nil {
+		return cluster.Device{}, nil, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "the certificate is not a device certificate of this trust domain: "+err.Error())
 	}
+	id := cid.ID
 	if err := a.node.Linearize(r.Context()); err != nil {
 		return cluster.Device{}, nil, a.enroller.commitFailed(err)
 	}

@@ -39,6 +39,7 @@ type registry interface {
 // issuer is what enrollment needs from the CA.
 type issuer interface {
 	NewSerial() (*big.Int, error)
+	CheckDevice(p ca.DeviceProfile) error
 	IssueDevice(ctx context.Context, csr *x509.CertificateRequest, p ca.DeviceProfile) ([]*x509.Certificate, error)
 }
 
@@ -375,7 +376,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		profile.Validity, _ = time.ParseDuration(v) // validated with the policy
 	}
 	if profile.DNSNames, profile.URIs, err = decision.Certificate.SANs(in, decision.Group); err != nil {
-		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
+		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %w", attest.ErrPolicyDenied, decision.Group, err))
 	}
 
 	// Reserve the serial in the committed record, so no certificate can
@@ -385,7 +386,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		return nil, e.internal(err)
 	}
 	profile.Serial = serial
-	if err := profile.Validate(); err != nil { // before commit: no record without a certificate
+	if err := e.ca.CheckDevice(profile); err != nil { // before commit: no record without a certificate
 		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
 	}
 	rec.Outcome, rec.CertificateSerial = cluster.OutcomeAccepted, serial.Text(16)
@@ -568,9 +569,12 @@ var problemTable = []struct {
 	{errTokenInvalid, http.StatusForbidden, api.CodeTokenInvalid},
 	{errTokenExpired, http.StatusForbidden, api.CodeTokenExpired},
 	{cluster.ErrSessionUsed, http.StatusConflict, api.CodeSessionReplayed},
+	{attest.ErrClaimInvalid, http.StatusForbidden, api.CodeClaimInvalid}, // before ErrPolicyDenied, which wraps it
 	{attest.ErrPolicyDenied, http.StatusForbidden, api.CodePolicyDenied},
 	{cluster.ErrDeviceInactive, http.StatusForbidden, api.CodeDeviceInactive},
 	{errReprovisionRefused, http.StatusForbidden, api.CodeReprovisionRefused},
+	{errRenewalIdentity, http.StatusForbidden, api.CodeRenewalIdentity},
+	{errUnsupportedMediaType, http.StatusUnsupportedMediaType, api.CodeUnsupportedMediaType},
 }
 
 func newProblem(status int, code, detail string) *api.Problem {

@@ -6,10 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
-	"net/url"
 	"strconv"
-	"strings"
 
 	"github.com/gatehouse-dev/gatehouse/api"
 )
@@ -17,7 +16,7 @@ import (
 // deviceHandler serves the device API on the HTTPS port.
 func (a *Appliance) deviceHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+api.PathChallenge, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+api.PathChallenge, requireJSON(func(w http.ResponseWriter, r *http.Request) {
 		var req api.ChallengeRequest
 		if err := a.decode(w, r, stageChallenge, api.MaxChallengeBody, &req); err != nil {
 			writeProblem(w, err)
@@ -25,8 +24,8 @@ func (a *Appliance) deviceHandler() http.Handler {
 		}
 		resp, err := a.enroller.Challenge(r.Context(), &req)
 		writeResult(w, http.StatusOK, resp, err)
-	})
-	mux.HandleFunc("POST "+api.PathComplete, func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("POST "+api.PathComplete, requireJSON(func(w http.ResponseWriter, r *http.Request) {
 		var req api.CompleteRequest
 		if err := a.decode(w, r, stageComplete, api.MaxCompleteBody, &req); err != nil {
 			writeProblem(w, err)
@@ -40,12 +39,12 @@ func (a *Appliance) deviceHandler() http.Handler {
 			return
 		}
 		writeResult(w, http.StatusOK, resp, err)
-	})
+	}))
 	mux.HandleFunc("GET "+api.PathWhoAmI, a.whoami)
 	mux.HandleFunc("GET "+api.PathConfig, a.deviceConfig)
 	mux.HandleFunc("GET "+api.PathCRL, a.crl)
-	mux.HandleFunc("POST "+api.PathRenewChallenge, a.renewChallenge)
-	mux.HandleFunc("POST "+api.PathRenew, a.renew)
+	mux.HandleFunc("POST "+api.PathRenewChallenge, requireJSON(a.renewChallenge))
+	mux.HandleFunc("POST "+api.PathRenew, requireJSON(a.renew))
 	a.remoteAdminRoutes(mux)
 	a.clusterRoutes(mux)
 	mux.Handle("GET /metrics", a.metricsHandler())
@@ -75,14 +74,26 @@ func (a *Appliance) decode(w http.ResponseWriter, r *http.Request, stage string,
 	return nil
 }
 
-func (a *Appliance) deviceIDFromURIs(uris []*url.URL) (string, bool) {
-	for _, u := range uris {
-		if u.Scheme == "spiffe" && u.Host == a.cfg.TrustDomain && strings.HasPrefix(u.Path, "/device/") {
-			id := strings.TrimPrefix(u.Path, "/device/")
-			return id, id != "" && !strings.Contains(id, "/")
+// errUnsupportedMediaType: a body not declared as the endpoint's media type.
+var errUnsupportedMediaType = errors.New("unsupported request media type")
+
+// requireJSON refuses (415) a request whose body is not declared
+// application/json. Every JSON endpoint of the device, cluster and admin
+// APIs is wrapped in it: nothing is parsed as JSON that its sender did not
+// declare as JSON, and a browser cannot send such a request cross-origin
+// without a CORS preflight, which the appliance never answers. A request
+// without a body needs no Content-Type.
+func requireJSON(h http.HandlerFunc) http.HandlerFunc { return requireMediaType("application/json", h) }
+
+func requireMediaType(want string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ct := r.Header.Get("Content-Type")
+		if mt, _, err := mime.ParseMediaType(ct); !(ct == "" && r.ContentLength == 0) && (err != nil || mt != want) {
+			writeProblem(w, fmt.Errorf("%w: %s %s needs a body of type %s, got %q", errUnsupportedMediaType, r.Method, r.URL.Path, want, ct))
+			return
 		}
+		h(w, r)
 	}
-	return "", false
 }
 
 func writeResult(w http.ResponseWriter, status int, v any, err error) {

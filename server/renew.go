@@ -114,12 +114,12 @@ func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Cer
 		profile.Validity, _ = time.ParseDuration(v)
 	}
 	if profile.DNSNames, profile.URIs, err = decision.Certificate.SANs(in, decision.Group); err != nil {
-		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
+		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %w", attest.ErrPolicyDenied, decision.Group, err))
 	}
 	if profile.Serial, err = e.ca.NewSerial(); err != nil {
 		return nil, e.internal(err)
 	}
-	if err := profile.Validate(); err != nil {
+	if err := e.ca.CheckDevice(profile); err != nil {
 		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
 	}
 	rec.Outcome, rec.CertificateSerial = cluster.OutcomeAccepted, profile.Serial.Text(16)

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -18,8 +20,11 @@ import (
 //   - operator: every route;
 //   - auditor: read-only routes (devices, attestations, audit, policies).
 //
-// Device certificates and certificates of any other CA get nothing (the
-// latter fail the TLS handshake). Refusals are appended to the audit log,
+// Device and node certificates and certificates of any other CA get
+// nothing (the latter fail the TLS handshake): ca.ParseIdentity requires
+// exactly one SPIFFE ID, in the admin namespace, marked by the admin
+// issuance path. Revocation is checked after a linearizable read, also for
+// ?stale=true reads. Refusals are appended to the audit log,
 // at most adminDeniedBurst per second per node so a flood cannot grow the
 // log without bound.
 
@@ -34,6 +39,20 @@ func (a *Appliance) AdminRoutes() []AdminRoute {
 	var out []AdminRoute
 	a.registerAdmin(func(role, pattern string, _ http.HandlerFunc) { out = append(out, AdminRoute{pattern, role}) })
 	return out
+}
+
+// identityOf returns the one identity a certificate from this CA names
+// (ca.ParseIdentity), refusing it unless it belongs to want's namespace.
+// Device mTLS, admin and cluster authorization all go through it.
+func (a *Appliance) identityOf(c *x509.Certificate, want ca.Path) (ca.Identity, error) {
+	id, err := ca.ParseIdentity(c, a.cfg.TrustDomain)
+	if err != nil {
+		return ca.Identity{}, err
+	}
+	if id.Path != want {
+		return ca.Identity{}, fmt.Errorf("%w: a %s identity, not a %s identity", ca.ErrNoIdentity, id.Path, want)
+	}
+	return id, nil
 }
 
 // adminIdentity is an authenticated admin.
@@ -58,7 +77,7 @@ func actor(r *http.Request, claimed string) string {
 // remoteAdminRoutes mounts the admin API on the HTTPS mux behind role checks.
 func (a *Appliance) remoteAdminRoutes(mux *http.ServeMux) {
 	a.registerAdmin(func(role, pattern string, h http.HandlerFunc) {
-		mux.HandleFunc(pattern, a.requireRole(role, h))
+		mux.HandleFunc(pattern, a.requireRole(role, adminBody(pattern, h)))
 	})
 }
 
@@ -82,15 +101,15 @@ func (a *Appliance) authAdmin(r *http.Request) (adminIdentity, error) {
 		return adminIdentity{}, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "an admin client certificate is required")
 	}
 	leaf := r.TLS.VerifiedChains[0][0]
-	var id adminIdentity
-	for _, u := range leaf.URIs {
-		parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
-		if u.Scheme == "spiffe" && u.Host == a.cfg.TrustDomain && len(parts) == 3 && parts[0] == "admin" {
-			id = adminIdentity{Role: parts[1], Name: parts[2]}
-		}
+	cid, err := a.identityOf(leaf, ca.PathAdmin)
+	if err != nil {
+		return adminIdentity{}, newProblem(http.StatusForbidden, api.CodeForbidden, "the certificate carries no admin role: "+err.Error())
 	}
-	if id.Role != ca.RoleOperator && id.Role != ca.RoleAuditor {
-		return adminIdentity{}, newProblem(http.StatusForbidden, api.CodeForbidden, "the certificate carries no admin role")
+	id := adminIdentity{Role: cid.Role, Name: cid.ID}
+	// Revocation is judged on the committed state, whatever ?stale says: a
+	// lagging follower must not serve a revoked admin.
+	if err := a.node.Linearize(r.Context()); err != nil {
+		return adminIdentity{}, a.enroller.commitFailed(err)
 	}
 	revoked, err := a.ca.IsRevoked(leaf.SerialNumber)
 	if err != nil {

@@ -90,6 +90,7 @@ func TestAdminAuthorizationMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer deviceKey.Close()
+	admin := "spiffe://" + servertest.TrustDomain + "/admin/operator/mallory"
 	callers := []struct {
 		name string
 		cert *tls.Certificate
@@ -100,6 +101,12 @@ func TestAdminAuthorizationMatrix(t *testing.T) {
 		{"foreign CA", ptr(foreignCert(t)), ""},
 		{"auditor", ptr(adminCert(t, e, ca.RoleAuditor, "audrey")), ca.RoleAuditor},
 		{"operator", ptr(adminCert(t, e, ca.RoleOperator, "olga")), ca.RoleOperator},
+		// Cross-namespace: this CA's signature, but not the admin path's.
+		{"node certificate", ptr(nodeCert(t, e, "node-9")), ""},
+		{"device path with an admin URI", ptr(forgedCert(t, e, []string{"spiffe://" + servertest.TrustDomain + "/device/" + id.DeviceID, admin}, ca.PathDevice)), ""},
+		{"admin URI, device mark", ptr(forgedCert(t, e, []string{admin}, ca.PathDevice)), ""},
+		{"admin URI, no mark", ptr(forgedCert(t, e, []string{admin})), ""},
+		{"two admin SPIFFE IDs, admin mark", ptr(forgedCert(t, e, []string{admin, "spiffe://" + servertest.TrustDomain + "/admin/auditor/x"}, ca.PathAdmin)), ""},
 	}
 	routes := e.App.AdminRoutes()
 	if len(routes) < 25 {
@@ -178,6 +185,80 @@ func TestAdminAuthorizationMatrix(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// Each namespace's routes admit exactly the certificates its issuance path
+// made: device mTLS (whoami), admin (status) and cluster (read-index), for
+// genuine device, admin and node certificates and for certificates this
+// CA's key signed with an identity outside the path that owns it (as a
+// device profile with an admin or node URI used to produce).
+func TestIdentityNamespacesMatrix(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deviceCert, deviceKey, err := id.TLSCertificate(d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deviceKey.Close()
+	spiffe := "spiffe://" + servertest.TrustDomain
+	dev, admin, node := spiffe+"/device/"+id.DeviceID, spiffe+"/admin/operator/mallory", spiffe+"/node/node-1"
+	const (
+		none = iota
+		device
+		adminNS
+		cluster
+	)
+	callers := []struct {
+		name  string
+		cert  tls.Certificate
+		admit int
+	}{
+		{"device", deviceCert, device},
+		{"admin", adminCert(t, e, ca.RoleOperator, "olga"), adminNS},
+		{"node", nodeCert(t, e, "node-9"), cluster},
+		{"device path, admin URI second", forgedCert(t, e, []string{dev, admin}, ca.PathDevice), none},
+		{"device path, node URI second", forgedCert(t, e, []string{dev, node}, ca.PathDevice), none},
+		{"device path, node URI", forgedCert(t, e, []string{node}, ca.PathDevice), none},
+		{"node URI, no mark", forgedCert(t, e, []string{node}), none},
+		{"node URI, admin mark", forgedCert(t, e, []string{node}, ca.PathAdmin), none},
+		{"node URI, node and device marks", forgedCert(t, e, []string{node}, ca.PathNode, ca.PathDevice), none},
+		{"admin URI, server mark", forgedCert(t, e, []string{admin}, ca.PathServer), none},
+		{"device URI, admin mark", forgedCert(t, e, []string{dev}, ca.PathAdmin), none},
+		{"node URI twice", forgedCert(t, e, []string{node, spiffe + "/node/node-2"}, ca.PathNode), none},
+		{"node URI, other trust domain", forgedCert(t, e, []string{"spiffe://other.example/node/node-1"}, ca.PathNode), none},
+	}
+	routes := []struct {
+		ns           int
+		method, path string
+		body         []byte
+	}{
+		{device, http.MethodGet, api.PathWhoAmI, nil},
+		{adminNS, http.MethodGet, "/admin/v1/status", nil},
+		{cluster, http.MethodPost, "/cluster/v1/read-index", []byte("{}")},
+	}
+	var unexpected []string
+	for _, c := range callers {
+		hc := mtlsClient(e, &c.cert)
+		for _, r := range routes {
+			status, code := call(t, hc, r.method, e.URL()+r.path, r.body)
+			allowed := status == http.StatusOK
+			if allowed != (c.admit == r.ns) {
+				unexpected = append(unexpected, fmt.Sprintf("%s: %s %s → %d %s", c.name, r.method, r.path, status, code))
+			}
+			if !allowed && !denialCodes[code] {
+				unexpected = append(unexpected, fmt.Sprintf("%s: %s %s refused without a refusal code: %d %q", c.name, r.method, r.path, status, code))
+			}
+		}
+		hc.CloseIdleConnections()
+	}
+	if len(unexpected) > 0 {
+		t.Fatalf("%d unexpected:\n%s", len(unexpected), strings.Join(unexpected, "\n"))
+	}
+}
 
 // The operator's certificate drives the CLI's remote client; its actor is
 // the certificate's name, whatever the request claims.
