@@ -22,6 +22,11 @@ var notRefusals = map[string]string{
 	"server.ErrAlreadyInitialized": "init error, not an HTTP answer",
 	"server.ErrBadBackup":          "restore answers malformed_request itself (admin.go); also a CLI error",
 	"attest.ErrPolicyInvalid":      "policy apply and test answer malformed_request themselves (admin.go)",
+	"server.ErrAuditSink":          "startup error: a bad audit_sink stops the node",
+	"server.ErrOtherCluster":       "startup and join error: the data directory or token is another cluster's",
+	"cluster.ErrAddrInUse":         "startup error: the Raft address is taken",
+	"cluster.ErrCorruptState":      "startup error: raft.db or fsm.db is unreadable",
+	"cluster.ErrAuditRange":        "offline audit verification finding, not an HTTP answer",
 }
 
 // sentinels returns every package-level `var X = errors.New(...)` of the
