@@ -152,6 +152,9 @@ const (
 	RuleFirmware    = "firmware_version"
 	RuleBootDigests = "boot_digests"
 	RuleDBX         = "dbx"
+	// RuleQuoteCoverage fails when the quote did not cover a PCR the
+	// group's rules read; it is listed only then.
+	RuleQuoteCoverage = "quote_coverage"
 )
 
 // Outcome is one rule's result.
@@ -387,6 +390,9 @@ func (p *Policy) Evaluate(in *Input) *Decision {
 	d.Group, d.Mode, d.Certificate, d.Config, d.Reprovision = g.Name, g.Mode, g.Certificate, g.Config, g.ReprovisionAction()
 	d.Outcomes = append(d.Outcomes, Outcome{Rule: RuleGroup, Passed: true, Detail: "selected by group " + g.Name})
 	r := &g.Require
+	if o, ok := ruleCoverage(r, in); !ok {
+		d.Outcomes = append(d.Outcomes, o)
+	}
 	if r.EventLog || r.SecureBoot != nil || len(r.FirmwareVersions) > 0 || len(r.BootDigests) > 0 || r.DBXMinEntries > 0 {
 		d.Outcomes = append(d.Outcomes, ruleEventLog(in))
 	}
@@ -414,6 +420,67 @@ func (p *Policy) Evaluate(in *Input) *Decision {
 		d.Passed = d.Passed && o.Passed
 	}
 	return d
+}
+
+// PCRs the log-fact rules read: the facts come from events of these PCRs.
+const (
+	pcrFirmware    = 0 // EV_S_CRTM_VERSION
+	pcrBootApps    = 4 // EV_EFI_BOOT_SERVICES_APPLICATION
+	pcrSecureBoot  = 7 // Secure Boot variables, dbx, authorities
+	factsAnyBank   = "quoted bank"
+	coverageFormat = "the quote (%s) does not cover %s that the group's rules read"
+)
+
+// ruleCoverage checks that the quote covered every PCR the group's rules
+// read: golden values per bank and index, and for log facts the PCR their
+// events extend, in the quoted bank. Input.PCRs holds only quoted values.
+func ruleCoverage(r *Requirements, in *Input) (Outcome, bool) {
+	var missing []string
+	for _, bank := range sortedKeys(r.PCRs) {
+		for _, idx := range sortedIndexes(r.PCRs[bank]) {
+			if _, ok := in.PCRs[bank][idx]; !ok {
+				missing = append(missing, fmt.Sprintf("PCR %d (%s, rule %s)", idx, bank, RulePCRs))
+			}
+		}
+	}
+	quotedAny := func(pcr int) bool {
+		for _, vals := range in.PCRs {
+			if _, ok := vals[pcr]; ok {
+				return true
+			}
+		}
+		return false
+	}
+	for _, need := range []struct {
+		on   bool
+		pcr  int
+		rule string
+	}{
+		{len(r.FirmwareVersions) > 0, pcrFirmware, RuleFirmware},
+		{len(r.BootDigests) > 0, pcrBootApps, RuleBootDigests},
+		{r.SecureBoot != nil, pcrSecureBoot, RuleSecureBoot},
+		{r.DBXMinEntries > 0, pcrSecureBoot, RuleDBX},
+	} {
+		if need.on && !quotedAny(need.pcr) {
+			missing = append(missing, fmt.Sprintf("PCR %d (%s, rule %s)", need.pcr, factsAnyBank, need.rule))
+		}
+	}
+	if len(missing) == 0 {
+		return Outcome{}, true
+	}
+	var quoted []string
+	for _, bank := range sortedKeys(in.PCRs) {
+		idx := make([]int, 0, len(in.PCRs[bank]))
+		for i := range in.PCRs[bank] {
+			idx = append(idx, i)
+		}
+		sort.Ints(idx)
+		quoted = append(quoted, fmt.Sprintf("%s PCRs %v", bank, idx))
+	}
+	if len(quoted) == 0 {
+		quoted = []string{"no PCRs"}
+	}
+	return Outcome{Rule: RuleQuoteCoverage, Detail: fmt.Sprintf(coverageFormat, strings.Join(quoted, "; "), strings.Join(missing, ", "))}, false
 }
 
 func ruleEventLog(in *Input) Outcome {

@@ -333,7 +333,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	} else if ierr == nil {
 		labels = individual.Labels
 	}
-	in := policyInput(sess.DeviceID, sess.EK, sess.Claims, labels, pcrs, res.EventLog)
+	in := policyInput(sess.DeviceID, sess.EK, sess.Claims, labels, res.PCRs, res.EventLog)
 	in.EnrolledGroup = individual.Group
 	rec.Evidence.Labels, rec.Evidence.EnrolledGroup = labels, individual.Group
 	decision := policy.Evaluate(in)
@@ -559,6 +559,7 @@ var problemTable = []struct {
 	{attest.ErrActivationFailed, http.StatusForbidden, api.CodeActivationFailed},
 	{attest.ErrQuoteNonce, http.StatusForbidden, api.CodeQuoteNonceMismatch},
 	{attest.ErrPCRMismatch, http.StatusForbidden, api.CodePCRMismatch},
+	{attest.ErrPCRNotQuoted, http.StatusForbidden, api.CodePCRNotQuoted},
 	{attest.ErrQuoteInvalid, http.StatusForbidden, api.CodeQuoteInvalid},
 	{attest.ErrEventLogInvalid, http.StatusForbidden, api.CodeEventLogInvalid},
 	{attest.ErrCertifyBinding, http.StatusForbidden, api.CodeCertifyBinding},

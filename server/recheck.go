@@ -196,7 +196,7 @@ func Recheck(b EvidenceBundle, ekRoots []*x509.Certificate) RecheckReport {
 		add(attest.CheckCSRKey, "fail", "the CSR key is not the device key the record names")
 	}
 	if err == nil && rec.Policy != nil {
-		add(recheckPolicy(b, rec, pcrs, res.EventLog))
+		add(recheckPolicy(b, rec, res.PCRs, res.EventLog))
 	} else if _, ok := recorded[checkPolicy]; ok {
 		add(checkPolicy, "not reached", "verification stopped before the policy")
 	}
