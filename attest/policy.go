@@ -574,7 +574,7 @@ func ruleSecureBoot(want bool, l *EventLog) Outcome {
 	o := Outcome{Rule: RuleSecureBoot}
 	switch {
 	case l.Facts.SecureBoot == nil:
-		o.Detail = "the log does not state the Secure Boot state"
+		o.Detail = "the log does not state the Secure Boot state" + l.why("Secure Boot", "PCR 7")
 	case *l.Facts.SecureBoot == want:
 		o.Passed, o.Detail = true, "Secure Boot is "+onOff(want)
 	default:
@@ -588,7 +588,7 @@ func ruleFirmware(allowed []string, l *EventLog) Outcome {
 	v := l.Facts.SCRTMVersion
 	switch {
 	case v == "":
-		o.Detail = "the log has no S-CRTM version event"
+		o.Detail = "the log has no S-CRTM version event that is evidence" + l.why("S-CRTM", "PCR 0")
 	case slices.Contains(allowed, v):
 		o.Passed, o.Detail = true, fmt.Sprintf("firmware %q is allowed", v)
 	default:
@@ -624,6 +624,24 @@ func ruleBootDigests(allowed []string, in *Input) Outcome {
 	}
 	o.Passed, o.Detail = true, fmt.Sprintf("all %d boot applications are allowed", len(l.Facts.BootApps))
 	return o
+}
+
+// why appends the log's problems that mention any of topics: the reason a
+// fact a rule needs was dropped.
+func (l *EventLog) why(topics ...string) string {
+	var out []string
+	for _, p := range l.Problems {
+		for _, t := range topics {
+			if strings.Contains(p, t) {
+				out = append(out, p)
+				break
+			}
+		}
+	}
+	if len(out) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(out, "; ")
 }
 
 func onOff(b bool) string {

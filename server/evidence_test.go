@@ -2,10 +2,13 @@ package server_test
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"os"
 	"strings"
 	"testing"
+	"unicode/utf16"
 
 	goattest "github.com/google/go-attestation/attest"
 
@@ -99,4 +102,71 @@ func TestUnquotedPCRsRefused(t *testing.T) {
 func bootedDevice(t *testing.T, e *env, log []byte) *device {
 	t.Helper()
 	return servertest.NewBootedDevice(t, e.Mfr, log)
+}
+
+// Issue 9, item 2: a device that booted "EVIL Virtual Firmware v0" sends a
+// log keeping that event's measured digests but stating "GCE Virtual
+// Firmware v1". The log replays to the quote, but the version is not
+// evidence: firmware_version fails with the reason and no certificate is
+// issued. The device that booted the real firmware, the control, enrolls.
+func TestForgedFirmwareVersionRefused(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	log, err := os.ReadFile(testvectors.Path("eventlogs/go-tpm-tools/ubuntu-2104-no-secure-boot.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := `{"groups":[{"name":"gce","mode":"auto","require":{"event_log":true,"firmware_versions":["GCE Virtual Firmware v1"]}}]}`
+	if _, err := e.App.Node().ApplyPolicy(ctx, "test", []byte(doc)); err != nil {
+		t.Fatal(err)
+	}
+	good := bootedDevice(t, e, log)
+	if _, err := e.Client.Enroll(ctx, good.TPM, fwclient.WithEventLog(log)); err != nil {
+		t.Fatalf("control: %v", err)
+	}
+
+	forged := forgeSCRTM(t, log, "EVIL Virtual Firmware v0")
+	d := bootedDevice(t, e, forged)
+	before := e.App.CertificatesIssued()
+	_, err = e.Client.Enroll(ctx, d.TPM, fwclient.WithEventLog(forged))
+	var p *api.Problem
+	if !errors.As(err, &p) {
+		t.Fatalf("forged firmware version: %v, want a problem", err)
+	}
+	rec := e.expectRejected(p, 403, api.CodePolicyDenied, before)
+	if rec.Policy == nil || !strings.Contains(rec.Reason, attest.RuleFirmware) || !strings.Contains(rec.Reason, "not the hash of its data") {
+		t.Fatalf("refused for %q", rec.Reason)
+	}
+}
+
+// forgeSCRTM returns log with its S-CRTM version event's digests (every
+// bank) replaced by those of version, the data still stating the original.
+func forgeSCRTM(t *testing.T, log []byte, version string) []byte {
+	t.Helper()
+	l, err := attest.ParseEventLog(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data []byte
+	for _, c := range utf16.Encode([]rune(version + "\x00")) {
+		data = append(data, byte(c), byte(c>>8))
+	}
+	out := log
+	for _, ev := range l.Events {
+		if ev.Type != "EV_S_CRTM_VERSION" {
+			continue
+		}
+		for bank, d := range ev.Digests {
+			old, _ := hex.DecodeString(d)
+			h, _ := attest.BankHash(bank)
+			hh := h.New()
+			hh.Write(data)
+			if out, err = testvectors.ReplaceDigest(out, old, hh.Sum(nil)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return out
+	}
+	t.Fatal("no S-CRTM version event")
+	return nil
 }
