@@ -1,13 +1,23 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"math/big"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf16"
 
 	goattest "github.com/google/go-attestation/attest"
@@ -169,4 +179,107 @@ func forgeSCRTM(t *testing.T, log []byte, version string) []byte {
 	}
 	t.Fatal("no S-CRTM version event")
 	return nil
+}
+
+// Issue 9, item 5: a pre-registered EK whose certificate does not chain may
+// still enroll (an operator vouched for the key), but what the certificate
+// claims is not evidence. A self-made certificate claiming the issuer and
+// TPM manufacturer of a laxer group (auto) must not land the device there:
+// it falls to the group that pre-registered it (approve).
+func TestPreRegisteredEKUnverifiedCertificateNotMatched(t *testing.T) {
+	e := newEnv(t)
+	d := e.newDevice(e.Mfr)
+	ekSum, err := attest.PublicKeySHA256(d.EK.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := `{"groups":[
+		{"name":"lax","mode":"auto","match":{"ek_issuers":["CN=Lax Vendor EK CA"],"manufacturers":["id:4C415800"]}},
+		{"name":"vouched","mode":"approve","match":{"ek_public_sha256":["` + ekSum + `"]}}]}`
+	if _, err := e.App.Node().ApplyPolicy(context.Background(), "test", []byte(doc)); err != nil {
+		t.Fatal(err)
+	}
+	ak := d.NewAK(t, goattest.ECDSA)
+	req, err := fwclient.NewChallengeRequest(d.EK, ak, api.Claims{Model: "m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.EKCertificate = selfMadeEKCert(t, d.EK.Public, "Lax Vendor EK CA", "id:4C415800")
+	var ch api.ChallengeResponse
+	if p := e.postJSON(api.PathChallenge, req, &ch); p != nil {
+		t.Fatalf("a pre-registered EK was refused: %v", p)
+	}
+	secret, err := ak.ActivateCredentialWithEK(d.TPM.TPM, goattest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret}, d.EK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := json.Marshal(e.evidence(d, ak, &ch, secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.HTTP.Post(e.URL()+api.PathComplete, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var pending api.Pending
+	if err := json.NewDecoder(resp.Body).Decode(&pending); err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("complete: %d %v %+v, want 202 pending in group vouched", resp.StatusCode, err, pending)
+	}
+	rec, err := e.App.Node().Attestation(pending.AttestationID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Policy == nil || rec.Policy.Group != "vouched" {
+		t.Fatalf("decision %+v, want group vouched", rec.Policy)
+	}
+	if ek := rec.Evidence.EK; ek == nil || ek.Issuer != "" || ek.Manufacturer != "" {
+		t.Fatalf("unverified certificate fields recorded as EK evidence: %+v", rec.Evidence.EK)
+	}
+	var chain string
+	for _, c := range rec.Checks {
+		if c.Name == attest.CheckEKChain {
+			chain = c.Detail
+		}
+	}
+	if !strings.Contains(chain, "unverified") || !strings.Contains(chain, "Lax Vendor EK CA") {
+		t.Fatalf("the EK check does not keep the certificate's claims as unverified: %q", chain)
+	}
+}
+
+// selfMadeEKCert issues an EK certificate for ekPub from a throwaway CA
+// named issuer, with the TCG EK EKU and a TPM SAN naming manufacturer.
+func selfMadeEKCert(t *testing.T, ekPub any, issuer, manufacturer string) []byte {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: issuer}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ = x509.ParseCertificate(caDER)
+	dn, err := asn1.Marshal(pkix.RDNSequence{
+		{{Type: asn1.ObjectIdentifier{2, 23, 133, 2, 1}, Value: manufacturer}},
+		{{Type: asn1.ObjectIdentifier{2, 23, 133, 2, 2}, Value: "lax"}},
+		{{Type: asn1.ObjectIdentifier{2, 23, 133, 2, 3}, Value: "id:00010000"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	san, err := asn1.Marshal([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 4, IsCompound: true, Bytes: dn}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), NotBefore: ca.NotBefore, NotAfter: ca.NotAfter, KeyUsage: x509.KeyUsageKeyEncipherment,
+		UnknownExtKeyUsage: []asn1.ObjectIdentifier{{2, 23, 133, 8, 1}},
+		ExtraExtensions:    []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Critical: true, Value: san}}}
+	der, err := x509.CreateCertificate(rand.Reader, leaf, ca, ekPub, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
