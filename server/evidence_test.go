@@ -24,6 +24,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/cluster"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
@@ -282,4 +283,57 @@ func selfMadeEKCert(t *testing.T, ekPub any, issuer, manufacturer string) []byte
 		t.Fatal(err)
 	}
 	return der
+}
+
+// Issue 9, item 1, over stored evidence: the policy dry run names PCRs a
+// candidate reads that the stored quote did not cover, and a bundle whose
+// raw evidence gains PCR values outside the quote (another bank) no longer
+// reproduces its record.
+func TestStoredEvidenceQuoteCoverage(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	roots, err := attest.ParseCertificates(servertest.EKRoots(e.Mfr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := server.NewAdminClient(e.Dir).Evidence(ctx, id.AttestationID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep := server.Recheck(b, roots); !rep.Reproduced {
+		t.Fatalf("control not reproduced: %+v", rep.Results)
+	}
+
+	// The dry run judges stored evidence by the same coverage rule: a
+	// candidate reading a SHA-1 PCR the quote did not cover says so.
+	cand, err := attest.ParsePolicy([]byte(`{"groups":[{"name":"sha1","mode":"auto","require":{"pcrs":{"sha1":{"0":"` + strings.Repeat("0", 40) + `"}}}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := server.DryRun(e.App.Node(), cand)
+	if err != nil || len(res) != 1 {
+		t.Fatalf("dry run: %v %+v", err, res)
+	}
+	var cov *attest.Outcome
+	for i, o := range res[0].Decision.Outcomes {
+		if o.Rule == attest.RuleQuoteCoverage {
+			cov = &res[0].Decision.Outcomes[i]
+		}
+	}
+	if res[0].Decision.Passed || cov == nil || !strings.Contains(cov.Detail, "PCR 0 (sha1") {
+		t.Fatalf("dry run decision %+v", res[0].Decision)
+	}
+
+	raw := *b.Raw
+	raw.PCRs = append(append([]cluster.RawPCR(nil), raw.PCRs...), cluster.RawPCR{Index: 4, Bank: "sha1", Digest: make([]byte, 20)})
+	b.Raw = &raw
+	rep := server.Recheck(b, roots)
+	if r := resultOf(rep, attest.CheckPCRDigest); rep.Reproduced || r.Recheck != "fail" || !strings.Contains(r.Detail, "PCR 4 (sha1)") {
+		t.Fatalf("a bundle with an unquoted PCR reproduced: %+v", rep.Results)
+	}
 }
