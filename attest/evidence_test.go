@@ -216,6 +216,13 @@ func TestQuoteCoverage(t *testing.T) {
 		})
 	}
 
+	// Renewal shares the rule.
+	extra := append(append([]goattest.PCR(nil), honest...), pcr(crypto.SHA1, 7, 9))
+	_, err = VerifyRenewal(Renewal{AK: ak, Nonce: nonce, Quote: quoteFor(t, key, nonce, tpm2.AlgSHA256, sel, honest), PCRs: extra})
+	if !errors.Is(err, ErrPCRNotQuoted) {
+		t.Fatalf("renewal with an unquoted PCR: %v", err)
+	}
+
 	// The stored-evidence filter keeps exactly the quoted values.
 	q := quoteFor(t, key, nonce, tpm2.AlgSHA1, nil, honest)
 	if got, err := QuotedPCRs(q.Quote, honest); err != nil || len(got) != 0 {
