@@ -138,7 +138,8 @@ type Input struct {
 	// one (an imported individual enrollment); it selects that group
 	// before any match is tried.
 	EnrolledGroup string
-	// PCRs are the quoted values: bank → index → digest.
+	// PCRs are the quoted values, bank → index → digest, and nothing else:
+	// its keys are the quote's coverage (see attest.Result.PCRs).
 	PCRs map[string]map[int][]byte
 	Log  *EventLog // verified against the quote; nil without a log
 }
@@ -424,11 +425,9 @@ func (p *Policy) Evaluate(in *Input) *Decision {
 
 // PCRs the log-fact rules read: the facts come from events of these PCRs.
 const (
-	pcrFirmware    = 0 // EV_S_CRTM_VERSION
-	pcrBootApps    = 4 // EV_EFI_BOOT_SERVICES_APPLICATION
-	pcrSecureBoot  = 7 // Secure Boot variables, dbx, authorities
-	factsAnyBank   = "quoted bank"
-	coverageFormat = "the quote (%s) does not cover %s that the group's rules read"
+	pcrFirmware   = 0 // EV_S_CRTM_VERSION
+	pcrBootApps   = 4 // EV_EFI_BOOT_SERVICES_APPLICATION
+	pcrSecureBoot = 7 // Secure Boot variables, dbx, authorities
 )
 
 // ruleCoverage checks that the quote covered every PCR the group's rules
@@ -462,7 +461,7 @@ func ruleCoverage(r *Requirements, in *Input) (Outcome, bool) {
 		{r.DBXMinEntries > 0, pcrSecureBoot, RuleDBX},
 	} {
 		if need.on && !quotedAny(need.pcr) {
-			missing = append(missing, fmt.Sprintf("PCR %d (%s, rule %s)", need.pcr, factsAnyBank, need.rule))
+			missing = append(missing, fmt.Sprintf("PCR %d (quoted bank, rule %s)", need.pcr, need.rule))
 		}
 	}
 	if len(missing) == 0 {
@@ -480,7 +479,7 @@ func ruleCoverage(r *Requirements, in *Input) (Outcome, bool) {
 	if len(quoted) == 0 {
 		quoted = []string{"no PCRs"}
 	}
-	return Outcome{Rule: RuleQuoteCoverage, Detail: fmt.Sprintf(coverageFormat, strings.Join(quoted, "; "), strings.Join(missing, ", "))}, false
+	return Outcome{Rule: RuleQuoteCoverage, Detail: fmt.Sprintf("the quote (%s) does not cover %s that the group's rules read", strings.Join(quoted, "; "), strings.Join(missing, ", "))}, false
 }
 
 func ruleEventLog(in *Input) Outcome {
