@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -21,6 +22,7 @@ import (
 	"unicode/utf16"
 
 	goattest "github.com/google/go-attestation/attest"
+	"github.com/google/go-tpm/legacy/tpm2"
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
@@ -336,4 +338,122 @@ func TestStoredEvidenceQuoteCoverage(t *testing.T) {
 	if r := resultOf(rep, attest.CheckPCRDigest); rep.Reproduced || r.Recheck != "fail" || !strings.Contains(r.Detail, "PCR 4 (sha1)") {
 		t.Fatalf("a bundle with an unquoted PCR reproduced: %+v", rep.Results)
 	}
+}
+
+// Issue 9, item 1, on renewal: an enrolled device that quotes its
+// unallocated SHA-1 bank and sends SHA-256 values is refused with
+// pcr_not_quoted (and quarantined, as every failed renewal). The honest
+// renewal before it is the control.
+func TestRenewalUnquotedPCRsRefused(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err = e.Client.Renew(ctx, d.TPM, id, nil); err != nil {
+		t.Fatalf("control renewal: %v", err)
+	}
+
+	cert, key, err := id.TLSCertificate(d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer key.Close()
+	ak, err := d.TPM.LoadAK(id.AKBlob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ak.Close(d.TPM.TPM)
+	pool := x509.NewCertPool()
+	pool.AddCert(e.App.Root())
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
+	post := func(path string, in, out any) *api.Problem {
+		t.Helper()
+		b, err := json.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := hc.Post(e.URL()+path, "application/json", bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+				t.Fatal(err)
+			}
+			return nil
+		}
+		var p api.Problem
+		if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		return &p
+	}
+	var ch api.RenewChallengeResponse
+	if p := post(api.PathRenewChallenge, struct{}{}, &ch); p != nil {
+		t.Fatalf("renew challenge: %v", p)
+	}
+	q, err := ak.Quote(d.TPM.TPM, ch.Nonce, goattest.HashSHA1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcrs, err := d.TPM.PCRs(goattest.HashSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := fwclient.CSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := api.RenewRequest{SessionToken: ch.SessionToken, AKPublic: ak.AttestationParameters().Public, Quote: api.Quote{Quote: q.Quote, Signature: q.Signature}, CSR: csr}
+	for _, p := range pcrs {
+		req.PCRs = append(req.PCRs, api.PCR{Index: p.Index, Bank: "sha256", Digest: p.Digest})
+	}
+	before := e.App.CertificatesIssued()
+	var resp api.CompleteResponse
+	p := post(api.PathRenew, req, &resp)
+	if p == nil || p.Status != 403 || p.Code != api.CodePCRNotQuoted {
+		t.Fatalf("renewal with unquoted PCRs: %+v, want 403 %s", p, api.CodePCRNotQuoted)
+	}
+	if e.App.CertificatesIssued() != before {
+		t.Fatal("a certificate was issued")
+	}
+}
+
+// Issue 9, item 3, over the wire: an ECDSA AK whose creation signature is
+// RSA-typed, and a certify signature typed RSA for an ECDSA AK, are refused
+// with their own codes and recorded, not dropped connections.
+func TestCraftedSignatureKindsRefused(t *testing.T) {
+	e := newEnv(t)
+	d := e.newDevice(e.Mfr)
+	ak := d.NewAK(t, goattest.ECDSA)
+	rsaSig := rsaTypedSignature(t)
+
+	req, err := fwclient.NewChallengeRequest(d.EK, ak, api.Claims{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.AK.CreateSignature = rsaSig
+	before := e.App.CertificatesIssued()
+	var ch api.ChallengeResponse
+	e.expectRejected(e.postJSON(api.PathChallenge, req, &ch), 403, api.CodeAKInvalid, before)
+
+	chal, secret := e.challenge(d, ak)
+	creq := e.evidence(d, ak, chal, secret)
+	creq.DeviceKey.CreateSignature = rsaSig
+	var resp api.CompleteResponse
+	e.expectRejected(e.postJSON(api.PathComplete, creq, &resp), 403, api.CodeCertifyInvalid, before)
+}
+
+// rsaTypedSignature is a TPMT_SIGNATURE of scheme RSASSA with SHA-256.
+func rsaTypedSignature(t *testing.T) []byte {
+	t.Helper()
+	b, err := tpm2.Signature{Alg: tpm2.AlgRSASSA, RSA: &tpm2.SignatureRSA{HashAlg: tpm2.AlgSHA256, Signature: make([]byte, 256)}}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
