@@ -467,8 +467,14 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 		hh.Write(e.Data)
 		return bytes.Equal(hh.Sum(sum[:0]), e.Digest)
 	}
+	// A log may hold many such events (an OS can extend PCR 8-15 at will):
+	// a few are named, the rest counted, so a log cannot bloat the record.
+	const maxNamed = 8
+	unboundN := 0
 	unbound := func(n int, what string, pcr int) {
-		l.addProblem(fmt.Sprintf("event %d: %s in PCR %d: its %s digest is not the hash of its data, so it is not evidence", n, what, pcr, bank))
+		if unboundN++; unboundN <= maxNamed {
+			l.addProblem(fmt.Sprintf("event %d: %s in PCR %d: its %s digest is not the hash of its data, so it is not evidence", n, what, pcr, bank))
+		}
 	}
 	for i, e := range l.events[bank] {
 		typ := uint32(e.Type)
@@ -512,6 +518,9 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 				f.BootApps = append(f.BootApps, fact)
 			}
 		}
+	}
+	if unboundN > maxNamed {
+		l.addProblem(fmt.Sprintf("%d more events: their %s digest is not the hash of their data", unboundN-maxNamed, bank))
 	}
 	if quoted[7] {
 		l.applySecureBoot(&f, l.secureBoot(bank))

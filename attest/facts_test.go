@@ -182,3 +182,27 @@ func TestPolicyQuoteCoverage(t *testing.T) {
 		})
 	}
 }
+
+// A log of many events whose digests are not over their data names a few
+// and counts the rest: a device cannot bloat its record with Problems.
+func TestUnboundEventProblemsBounded(t *testing.T) {
+	l, err := ParseEventLog(readVector(t, ubuntuLog))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := l.events["sha256"]
+	for i := 0; i < 100; i++ {
+		events = append(events, goattest.Event{Index: 8, Type: evAction, Data: []byte("claimed"), Digest: make([]byte, 32)})
+	}
+	l.events["sha256"] = events
+	for i := 0; i < 100; i++ {
+		l.Events = append(l.Events, LogEvent{Number: 1000 + i, PCR: 8})
+	}
+	l.bindFacts("sha256", map[int]bool{8: true})
+	if len(l.Problems) != 9 || !strings.Contains(l.Problems[8], "92 more events") {
+		t.Fatalf("%d problems: %q", len(l.Problems), l.Problems)
+	}
+	if len(l.Facts.Actions) != 0 {
+		t.Fatalf("actions from unbound events: %q", l.Facts.Actions)
+	}
+}
