@@ -66,6 +66,9 @@ const (
 	CodeJoinTokenUsed      = "join_token_used"
 	CodeUnknownCommand     = "unknown_command" // a forwarded Raft command this leader cannot apply
 
+	// 403: a PCR value outside the quote's bank and selection.
+	CodePCRNotQuoted = "pcr_not_quoted"
+
 	// 404
 	CodeNotFound = "not_found"
 

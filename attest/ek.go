@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
@@ -11,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -121,6 +123,9 @@ func (ek *EKCertificate) HasEKUsage() bool {
 type EKVerifier struct {
 	anchors *x509.CertPool
 	now     func() time.Time
+	// noEvidence are CAs whose EK certificates carry neither the EK EKU
+	// nor a TPM SAN, allowed explicitly (WithNoTPMEvidenceIssuers).
+	noEvidence []*x509.Certificate
 }
 
 // EKOption configures an EKVerifier.
@@ -130,6 +135,104 @@ type EKOption func(*EKVerifier)
 // a certificate was valid when a device enrolled.
 func WithVerifyTime(t time.Time) EKOption {
 	return func(v *EKVerifier) { v.now = func() time.Time { return t } }
+}
+
+// WithNoTPMEvidenceIssuers allows EK certificates issued directly by one
+// of cas to carry no TPM evidence (neither the EK EKU nor the TPM SAN), as
+// some vendors ship them (Google's GCE "EK/AK CA Intermediate"). They must
+// still be end-entity certificates for a decryption key (key usage
+// keyEncipherment or keyAgreement), which the same CA's AK certificates
+// are not.
+func WithNoTPMEvidenceIssuers(cas ...*x509.Certificate) EKOption {
+	return func(v *EKVerifier) { v.noEvidence = append(v.noEvidence, cas...) }
+}
+
+// NoTPMEvidenceHeader marks, in an EK roots PEM bundle, a CA certificate
+// whose EK certificates may carry no TPM evidence: a PEM header
+// "Gatehouse-EK-Without-TPM-Evidence: allowed". The bundle travels with
+// the cluster (join, backup), so the allowance does too.
+const NoTPMEvidenceHeader = "Gatehouse-EK-Without-TPM-Evidence"
+
+// EKRootsOptions returns the verifier options a PEM roots bundle carries:
+// WithNoTPMEvidenceIssuers for the CAs marked with NoTPMEvidenceHeader.
+func EKRootsOptions(bundle []byte) []EKOption {
+	var cas []*x509.Certificate
+	for rest := bundle; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		if blk.Type == "CERTIFICATE" && blk.Headers[NoTPMEvidenceHeader] == "allowed" {
+			if c, err := parseDER(blk.Bytes); err == nil {
+				cas = append(cas, c)
+			}
+		}
+	}
+	if len(cas) == 0 {
+		return nil
+	}
+	return []EKOption{WithNoTPMEvidenceIssuers(cas...)}
+}
+
+// AllowNoTPMEvidence marks the CAs of a PEM bundle whose subject (as Name
+// prints it) is among subjects with NoTPMEvidenceHeader, keeping the rest
+// of the bundle byte for byte. Every subject must name a CA in the bundle.
+func AllowNoTPMEvidence(bundle []byte, subjects []string) ([]byte, error) {
+	want := map[string]bool{}
+	for _, s := range subjects {
+		want[s] = false
+	}
+	var out []byte
+	rest := bundle
+	for {
+		blk, next := pem.Decode(rest)
+		if blk == nil {
+			out = append(out, rest...)
+			break
+		}
+		consumed := rest[:len(rest)-len(next)]
+		rest = next
+		c, err := parseDER(blk.Bytes)
+		if err != nil || blk.Type != "CERTIFICATE" || !c.IsCA {
+			out = append(out, consumed...)
+			continue
+		}
+		if _, ok := want[Name(c.Subject)]; !ok {
+			out = append(out, consumed...)
+			continue
+		}
+		want[Name(c.Subject)] = true
+		out = append(out, consumed[:bytes.Index(consumed, []byte("-----BEGIN"))]...)
+		if blk.Headers == nil {
+			blk.Headers = map[string]string{}
+		}
+		blk.Headers[NoTPMEvidenceHeader] = "allowed"
+		out = append(out, pem.EncodeToMemory(blk)...)
+		if !bytes.HasSuffix(consumed, []byte("\n")) {
+			out = out[:len(out)-1]
+		}
+	}
+	for s, found := range want {
+		if !found {
+			return nil, fmt.Errorf("no CA certificate with subject %q in the EK roots", s)
+		}
+	}
+	return out, nil
+}
+
+// NoTPMEvidenceIssuers is WithNoTPMEvidenceIssuers for the CAs among roots
+// whose subject (as Name prints it) is among subjects; every subject must
+// name a CA there.
+func NoTPMEvidenceIssuers(roots []*x509.Certificate, subjects []string) (EKOption, error) {
+	var cas []*x509.Certificate
+	for _, s := range subjects {
+		i := slices.IndexFunc(roots, func(c *x509.Certificate) bool { return c.IsCA && Name(c.Subject) == s })
+		if i < 0 {
+			return nil, fmt.Errorf("no CA certificate with subject %q among the EK roots", s)
+		}
+		cas = append(cas, roots[i])
+	}
+	return WithNoTPMEvidenceIssuers(cas...), nil
 }
 
 // NewEKVerifier builds a verifier trusting certs. Intermediates among them
@@ -145,10 +248,19 @@ func NewEKVerifier(certs []*x509.Certificate, opts ...EKOption) *EKVerifier {
 	return v
 }
 
-// Verify checks the EK certificate's chain to a configured CA and returns
-// the chain. EK certificates carry EKU 2.23.133.8.1, which Go does not know,
-// so any EKU is accepted; the chain itself must be valid now.
+// Verify checks the EK certificate's chain to a configured CA and that the
+// certificate is an EK certificate, and returns the chain. The chain must
+// be valid now. Go does not know the EK EKU (2.23.133.8.1), so the chain is
+// built with any EKU; instead the certificate itself must carry TPM
+// evidence: that EKU, or the TPM manufacturer, model and version in its
+// subjectAltName; or be issued directly by a CA allowed to omit both
+// (WithNoTPMEvidenceIssuers). A CA certificate is never an EK certificate.
+// Otherwise the error wraps ErrEKUntrusted: a certificate a trusted vendor
+// CA issued for something else (a server, an AK) does not vouch for a TPM.
 func (v *EKVerifier) Verify(ek *EKCertificate) ([]*x509.Certificate, error) {
+	if ek.Cert.IsCA {
+		return nil, fmt.Errorf("%w: a CA certificate is not an EK certificate", ErrEKUntrusted)
+	}
 	chains, err := ek.Cert.Verify(x509.VerifyOptions{
 		Roots:       v.anchors,
 		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
@@ -157,7 +269,19 @@ func (v *EKVerifier) Verify(ek *EKCertificate) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrEKUntrusted, err)
 	}
-	return chains[0], nil
+	chain := chains[0]
+	if ek.HasEKUsage() || ek.Manufacturer != "" && ek.Model != "" && ek.Version != "" {
+		return chain, nil
+	}
+	if len(chain) > 1 && slices.ContainsFunc(v.noEvidence, func(ca *x509.Certificate) bool { return sameCA(ca, chain[1]) }) &&
+		ek.Cert.KeyUsage&(x509.KeyUsageKeyEncipherment|x509.KeyUsageKeyAgreement) != 0 {
+		return chain, nil
+	}
+	return nil, fmt.Errorf("%w: the certificate carries no TPM evidence (no EK EKU 2.23.133.8.1, no TPM manufacturer, model and version in its subjectAltName) and its issuer %q is not allowed to omit it", ErrEKUntrusted, Name(ek.Cert.Issuer))
+}
+
+func sameCA(a, b *x509.Certificate) bool {
+	return bytes.Equal(a.RawSubject, b.RawSubject) && bytes.Equal(a.RawSubjectPublicKeyInfo, b.RawSubjectPublicKeyInfo)
 }
 
 // LoadCertificates reads every certificate in the given files, PEM or DER.

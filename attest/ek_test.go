@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,11 +15,17 @@ import (
 // their quirks, expose the TPM attributes of their critical SAN, and chain to
 // the vendor roots in keylime's trust store.
 func TestVendorEKCertificates(t *testing.T) {
-	// The shipped bundle alone must chain every vendor certificate.
-	store, err := ParseCertificates(ManufacturerRootsPEM())
+	// The shipped bundle alone must chain every vendor certificate; GCE's
+	// PCA, whose EK certificates carry no TPM evidence, is allowed to.
+	bundle, err := AllowNoTPMEvidence(ManufacturerRootsPEM(), []string{gcePCA})
 	if err != nil {
 		t.Fatal(err)
 	}
+	store, err := ParseCertificates(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := append(EKRootsOptions(bundle), WithVerifyTime(time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)))
 	for _, tc := range []struct {
 		file, manufacturer string
 	}{
@@ -59,10 +66,15 @@ func TestVendorEKCertificates(t *testing.T) {
 			}
 			// A fixed date inside every chain's validity keeps the test from
 			// expiring with the vendors' certificates (STM ECC in 2028).
-			v := NewEKVerifier(store, WithVerifyTime(time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)))
+			v := NewEKVerifier(store, opts...)
 			chain, err := v.Verify(ek)
 			if err != nil {
 				t.Fatalf("chain: %v", err)
+			}
+			// Without the allowance, only certificates with TPM evidence pass.
+			_, err = NewEKVerifier(store, opts[len(opts)-1]).Verify(ek)
+			if tc.manufacturer == "" && !errors.Is(err, ErrEKUntrusted) || tc.manufacturer != "" && err != nil {
+				t.Fatalf("without the allowance: %v", err)
 			}
 			if len(chain) < 2 {
 				t.Fatalf("chain of %d", len(chain))
@@ -74,6 +86,8 @@ func TestVendorEKCertificates(t *testing.T) {
 		})
 	}
 }
+
+const gcePCA = "CN=EK/AK CA Intermediate,OU=Google Cloud,O=Google LLC,L=Mountain View,ST=California,C=US"
 
 func TestParseEKCertificateRejectsGarbage(t *testing.T) {
 	for _, b := range [][]byte{nil, []byte("not a certificate"), {0x30, 0x03, 0x02, 0x01}} {

@@ -11,6 +11,7 @@ var (
 	ErrActivationFailed = errors.New("credential activation failed")
 	ErrQuoteNonce       = errors.New("quote nonce does not match the session")
 	ErrPCRMismatch      = errors.New("PCR values do not match the quote")
+	ErrPCRNotQuoted     = errors.New("PCR value outside the quote's bank and selection")
 	ErrQuoteInvalid     = errors.New("quote rejected")
 	ErrEventLogInvalid  = errors.New("event log rejected")
 	ErrCertifyInvalid   = errors.New("device key certification rejected")

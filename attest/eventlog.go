@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"unicode/utf16"
@@ -48,6 +49,8 @@ type EventLog struct {
 	log      *goattest.EventLog
 	events   map[string][]goattest.Event // per bank, as go-attestation splits them
 	replayed map[string]map[int][]byte
+	sbBank   string // the bank the parsed Secure Boot state was read from
+	sb       secureBootResult
 }
 
 // Replay returns one bank's PCR values computed from the log alone,
@@ -180,7 +183,11 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 		l.Events = append(l.Events, le)
 	}
 	l.events = perBank
-	l.secureBoot()
+	sbBank := "sha256"
+	if _, ok := perBank[sbBank]; !ok {
+		sbBank = l.Banks[0]
+	}
+	l.applySecureBoot(&l.Facts, l.secureBoot(sbBank))
 	return l, nil
 }
 
@@ -285,11 +292,11 @@ func (l *EventLog) describe(e goattest.Event, le LogEvent) string {
 // of entries is most of a log's parsing cost, while a fleet's devices share
 // a handful of Secure Boot configurations: so results are memoized under a
 // hash of exactly those events (PCR, type, digest and data).
-func (l *EventLog) secureBoot() {
-	events, ok := l.events["sha256"]
-	if !ok {
-		events = l.events[l.Banks[0]]
+func (l *EventLog) secureBoot(bank string) secureBootResult {
+	if bank == l.sbBank {
+		return l.sb
 	}
+	events := l.events[bank]
 	h := sha256.New()
 	var hdr [16]byte
 	for _, e := range events {
@@ -307,10 +314,13 @@ func (l *EventLog) secureBoot() {
 	var key [32]byte
 	h.Sum(key[:0])
 	if r, ok := secureBootMemo.get(key); ok {
-		l.applySecureBoot(r)
-		return
+		l.sbBank, l.sb = bank, r
+		return r
 	}
 	var r secureBootResult
+	// go-attestation checks that every PCR 7 variable, authority and
+	// separator event's digest in this bank is the hash of its data (SHA-1
+	// and SHA-256 only), so these facts are not re-verified here.
 	sb, err := goattest.ParseSecurebootState(events)
 	if err != nil {
 		r.problem = "Secure Boot state: " + err.Error()
@@ -323,7 +333,8 @@ func (l *EventLog) secureBoot() {
 		r.authorities = certNames(append(sb.PreSeparatorAuthority, sb.PostSeparatorAuthority...), nil)
 	}
 	secureBootMemo.put(key, r)
-	l.applySecureBoot(r)
+	l.sbBank, l.sb = bank, r
+	return r
 }
 
 type secureBootResult struct {
@@ -333,13 +344,12 @@ type secureBootResult struct {
 	dbx                      int
 }
 
-func (l *EventLog) applySecureBoot(r secureBootResult) {
+func (l *EventLog) applySecureBoot(f *Facts, r secureBootResult) {
 	if r.problem != "" {
-		l.Problems = append(l.Problems, r.problem)
+		l.addProblem(r.problem)
 		return
 	}
 	enabled := r.enabled
-	f := &l.Facts
 	f.SecureBoot = &enabled
 	f.PK, f.KEK, f.DB, f.Authorities = slices.Clone(r.pk), slices.Clone(r.kek), slices.Clone(r.db), slices.Clone(r.authorities)
 	f.DBXEntries = r.dbx
@@ -374,11 +384,13 @@ func (c *secureBootCache) put(k [32]byte, v secureBootResult) {
 }
 
 // Verify checks the log against PCR values from a verified quote: replaying
-// the log must produce each quoted value it touches. Events extending PCRs
-// the quote does not cover are bound to nothing, so the facts drawn from
-// them are dropped (and a Problem says so): after Verify, Facts rest only on
-// quoted PCRs, as far as event digests bind event data. When the replay differs, go-attestation's replay is consulted for its
-// workaround for one known firmware bug (ExitBootServices events missing
+// the log must produce each quoted value it touches. It then rebuilds Facts
+// from the quoted bank alone (see bindFacts): after Verify, every fact rests
+// on an event of a quoted PCR in the quoted bank, and every fact read from
+// event data on an event whose digest is the hash of that data. Events
+// extending PCRs the quote does not cover are bound to nothing: a Problem
+// says so. When the replay differs, go-attestation's replay is consulted for
+// its workaround for one known firmware bug (ExitBootServices events missing
 // from PCR5); when that workaround was needed, it is added to Problems so
 // that policy and auditors see it. On a mismatch the error wraps
 // ErrEventLogInvalid and a *PCRMismatch naming each PCR that differs.
@@ -386,10 +398,16 @@ func (l *EventLog) Verify(pcrs []goattest.PCR) error {
 	quoted := map[string]map[int]bool{}
 	for _, p := range pcrs {
 		bank := BankName(p.DigestAlg)
+		if _, ok := l.events[bank]; !ok {
+			continue // the log does not carry this bank
+		}
 		if quoted[bank] == nil {
 			quoted[bank] = map[int]bool{}
 		}
 		quoted[bank][p.Index] = true
+	}
+	if len(quoted) == 0 {
+		return fmt.Errorf("%w: no PCR in a bank the log carries was quoted", ErrEventLogInvalid)
 	}
 	var uncovered []string
 	for bank, idx := range quoted {
@@ -399,50 +417,115 @@ func (l *EventLog) Verify(pcrs []goattest.PCR) error {
 			}
 		}
 	}
-	if len(quoted) == 0 {
-		return fmt.Errorf("%w: no PCR in a bank the log carries was quoted", ErrEventLogInvalid)
-	}
 	if len(uncovered) > 0 {
 		sort.Strings(uncovered)
-		l.Problems = append(l.Problems, fmt.Sprintf("the quote does not cover %s: facts from those events are not trusted", strings.Join(uncovered, ", ")))
-		l.dropFacts(func(pcr int) bool {
-			for _, idx := range quoted {
-				if idx[pcr] {
-					return false
-				}
-			}
-			return true
-		})
+		l.addProblem(fmt.Sprintf("the quote does not cover %s: facts from those events are not trusted", strings.Join(uncovered, ", ")))
 	}
+	// One bank is quoted (a TPM quote selects one); should a caller pass
+	// more, facts come from SHA-256 if quoted, else the log's first.
+	factsBank := ""
+	for _, b := range append([]string{"sha256"}, l.Banks...) {
+		if quoted[b] != nil {
+			factsBank = b
+			break
+		}
+	}
+	l.bindFacts(factsBank, quoted[factsBank])
 	mm := l.diff(pcrs)
 	if len(mm.PCRs) == 0 {
 		return nil
 	}
 	if _, err := l.log.Verify(pcrs); err == nil {
-		l.Problems = append(l.Problems, fmt.Sprintf("%s matches only with the ExitBootServices events the firmware did not log", mm.PCRs[0].label()))
+		l.addProblem(fmt.Sprintf("%s matches only with the ExitBootServices events the firmware did not log", mm.PCRs[0].label()))
 		return nil
 	}
 	return fmt.Errorf("%w: %w", ErrEventLogInvalid, mm)
 }
 
-// dropFacts forgets facts drawn from PCRs the quote does not cover.
-func (l *EventLog) dropFacts(uncovered func(pcr int) bool) {
-	f := &l.Facts
-	if uncovered(0) {
-		f.SCRTMVersion, f.StartupLocality = "", 0
+func (l *EventLog) addProblem(p string) {
+	if !slices.Contains(l.Problems, p) {
+		l.Problems = append(l.Problems, p)
 	}
-	if uncovered(7) {
-		f.SecureBoot, f.PK, f.KEK, f.DB, f.DBXEntries, f.Authorities = nil, nil, nil, nil, 0, nil
+}
+
+// bindFacts rebuilds Facts from one quoted bank's events. An event counts
+// only when it extends a quoted PCR. A fact read from event data (S-CRTM
+// version, separators, actions) counts only when the event's digest in this
+// bank is the hash of its data; otherwise the fact is dropped with a
+// Problem, so the rule that needs it fails. Secure Boot variables and
+// authorities come from go-attestation, which checks their digests in this
+// bank. Boot applications and drivers keep only this bank's digest: their
+// digest is the image's hash, not of the event data, so the path is
+// description, never evidence.
+func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
+	var f Facts
+	hash := bankHashes[bank]
+	hh := hash.New()
+	var sum [64]byte
+	dataBound := func(e goattest.Event) bool {
+		hh.Reset()
+		hh.Write(e.Data)
+		return bytes.Equal(hh.Sum(sum[:0]), e.Digest)
 	}
-	keep := func(in []DigestFact) []DigestFact {
-		return slices.DeleteFunc(in, func(d DigestFact) bool { return uncovered(d.PCR) })
-	}
-	f.BootApps, f.Drivers = keep(f.BootApps), keep(f.Drivers)
-	for pcr := range f.Separators {
-		if uncovered(pcr) {
-			delete(f.Separators, pcr)
+	// A log may hold many such events (an OS can extend PCR 8-15 at will):
+	// a few are named, the rest counted, so a log cannot bloat the record.
+	const maxNamed = 8
+	unboundN := 0
+	unbound := func(n int, what string, pcr int) {
+		if unboundN++; unboundN <= maxNamed {
+			l.addProblem(fmt.Sprintf("event %d: %s in PCR %d: its %s digest is not the hash of its data, so it is not evidence", n, what, pcr, bank))
 		}
 	}
+	for i, e := range l.events[bank] {
+		typ := uint32(e.Type)
+		if typ == evNoAction {
+			if e.Index == 0 && quoted[0] && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality\x00")) {
+				f.StartupLocality = int(e.Data[16]) // bound by PCR 0's replay
+			}
+			continue
+		}
+		if !quoted[e.Index] {
+			continue
+		}
+		le := &l.Events[i]
+		switch typ {
+		case evSeparator:
+			if !dataBound(e) {
+				unbound(le.Number, "separator", e.Index)
+				continue
+			}
+			if f.Separators == nil {
+				f.Separators = map[int]bool{}
+			}
+			f.Separators[e.Index] = len(e.Data) == 4 && binary.LittleEndian.Uint32(e.Data) == 0
+		case evSCRTMVersion:
+			if !dataBound(e) {
+				unbound(le.Number, "S-CRTM version "+strconv.Quote(scrtmVersion(e.Data)), e.Index)
+				continue
+			}
+			f.SCRTMVersion = scrtmVersion(e.Data)
+		case evEFIAction, evAction:
+			if !dataBound(e) {
+				unbound(le.Number, "action "+strconv.Quote(printable(e.Data)), e.Index)
+				continue
+			}
+			f.Actions = append(f.Actions, printable(e.Data))
+		case evEFIBootApplication, evEFIBootDriver:
+			fact := DigestFact{Event: le.Number, PCR: e.Index, Path: imageLoadPath(e.Data), Digests: map[string]string{bank: le.Digests[bank]}}
+			if typ == evEFIBootDriver {
+				f.Drivers = append(f.Drivers, fact)
+			} else {
+				f.BootApps = append(f.BootApps, fact)
+			}
+		}
+	}
+	if unboundN > maxNamed {
+		l.addProblem(fmt.Sprintf("%d more events: their %s digest is not the hash of their data", unboundN-maxNamed, bank))
+	}
+	if quoted[7] {
+		l.applySecureBoot(&f, l.secureBoot(bank))
+	}
+	l.Facts = f
 }
 
 func (l *EventLog) diff(pcrs []goattest.PCR) *PCRMismatch {

@@ -113,13 +113,28 @@ func TestEventLogsGoTPMTools(t *testing.T) {
 			if len(tc.Errors) == 0 && len(l.Problems) != 0 {
 				t.Errorf("unexpected problems: %q", l.Problems)
 			}
-			// Every EFI application digest the source expects was extracted.
+			// Every EFI application digest the source expects was extracted,
+			// from a quote of that bank alone, and only that bank's.
 			for bank, want := range tc.AppDigest {
 				if l.Replay(bank) == nil {
 					continue // the log does not carry this bank
 				}
+				l, err := ParseEventLog(raw)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var quote []goattest.PCR
+				for i, d := range l.Replay(bank) {
+					quote = append(quote, goattest.PCR{Index: i, Digest: d, DigestAlg: bankHashes[bank]})
+				}
+				if err := l.Verify(quote); err != nil {
+					t.Fatalf("verify against its %s quote: %v", bank, err)
+				}
 				got := map[string]bool{}
 				for _, app := range l.Facts.BootApps {
+					if len(app.Digests) != 1 {
+						t.Fatalf("boot application digests %v from a %s quote", app.Digests, bank)
+					}
 					got[app.Digests[bank]] = true
 				}
 				for _, d := range want {

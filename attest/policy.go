@@ -140,7 +140,8 @@ type Input struct {
 	// one (an imported individual enrollment); it selects that group
 	// before any match is tried.
 	EnrolledGroup string
-	// PCRs are the quoted values: bank → index → digest.
+	// PCRs are the quoted values, bank → index → digest, and nothing else:
+	// its keys are the quote's coverage (see attest.Result.PCRs).
 	PCRs map[string]map[int][]byte
 	Log  *EventLog // verified against the quote; nil without a log
 }
@@ -154,6 +155,9 @@ const (
 	RuleFirmware    = "firmware_version"
 	RuleBootDigests = "boot_digests"
 	RuleDBX         = "dbx"
+	// RuleQuoteCoverage fails when the quote did not cover a PCR the
+	// group's rules read; it is listed only then.
+	RuleQuoteCoverage = "quote_coverage"
 )
 
 // Outcome is one rule's result.
@@ -394,6 +398,9 @@ func (p *Policy) Evaluate(in *Input) *Decision {
 	d.Group, d.Mode, d.Certificate, d.Config, d.Reprovision = g.Name, g.Mode, g.Certificate, g.Config, g.ReprovisionAction()
 	d.Outcomes = append(d.Outcomes, Outcome{Rule: RuleGroup, Passed: true, Detail: "selected by group " + g.Name})
 	r := &g.Require
+	if o, ok := ruleCoverage(r, in); !ok {
+		d.Outcomes = append(d.Outcomes, o)
+	}
 	if r.EventLog || r.SecureBoot != nil || len(r.FirmwareVersions) > 0 || len(r.BootDigests) > 0 || r.DBXMinEntries > 0 {
 		d.Outcomes = append(d.Outcomes, ruleEventLog(in))
 	}
@@ -421,6 +428,65 @@ func (p *Policy) Evaluate(in *Input) *Decision {
 		d.Passed = d.Passed && o.Passed
 	}
 	return d
+}
+
+// PCRs the log-fact rules read: the facts come from events of these PCRs.
+const (
+	pcrFirmware   = 0 // EV_S_CRTM_VERSION
+	pcrBootApps   = 4 // EV_EFI_BOOT_SERVICES_APPLICATION
+	pcrSecureBoot = 7 // Secure Boot variables, dbx, authorities
+)
+
+// ruleCoverage checks that the quote covered every PCR the group's rules
+// read: golden values per bank and index, and for log facts the PCR their
+// events extend, in the quoted bank. Input.PCRs holds only quoted values.
+func ruleCoverage(r *Requirements, in *Input) (Outcome, bool) {
+	var missing []string
+	for _, bank := range sortedKeys(r.PCRs) {
+		for _, idx := range sortedIndexes(r.PCRs[bank]) {
+			if _, ok := in.PCRs[bank][idx]; !ok {
+				missing = append(missing, fmt.Sprintf("PCR %d (%s, rule %s)", idx, bank, RulePCRs))
+			}
+		}
+	}
+	quotedAny := func(pcr int) bool {
+		for _, vals := range in.PCRs {
+			if _, ok := vals[pcr]; ok {
+				return true
+			}
+		}
+		return false
+	}
+	for _, need := range []struct {
+		on   bool
+		pcr  int
+		rule string
+	}{
+		{len(r.FirmwareVersions) > 0, pcrFirmware, RuleFirmware},
+		{len(r.BootDigests) > 0, pcrBootApps, RuleBootDigests},
+		{r.SecureBoot != nil, pcrSecureBoot, RuleSecureBoot},
+		{r.DBXMinEntries > 0, pcrSecureBoot, RuleDBX},
+	} {
+		if need.on && !quotedAny(need.pcr) {
+			missing = append(missing, fmt.Sprintf("PCR %d (quoted bank, rule %s)", need.pcr, need.rule))
+		}
+	}
+	if len(missing) == 0 {
+		return Outcome{}, true
+	}
+	var quoted []string
+	for _, bank := range sortedKeys(in.PCRs) {
+		idx := make([]int, 0, len(in.PCRs[bank]))
+		for i := range in.PCRs[bank] {
+			idx = append(idx, i)
+		}
+		sort.Ints(idx)
+		quoted = append(quoted, fmt.Sprintf("%s PCRs %v", bank, idx))
+	}
+	if len(quoted) == 0 {
+		quoted = []string{"no PCRs"}
+	}
+	return Outcome{Rule: RuleQuoteCoverage, Detail: fmt.Sprintf("the quote (%s) does not cover %s that the group's rules read", strings.Join(quoted, "; "), strings.Join(missing, ", "))}, false
 }
 
 func ruleEventLog(in *Input) Outcome {
@@ -514,7 +580,7 @@ func ruleSecureBoot(want bool, l *EventLog) Outcome {
 	o := Outcome{Rule: RuleSecureBoot}
 	switch {
 	case l.Facts.SecureBoot == nil:
-		o.Detail = "the log does not state the Secure Boot state"
+		o.Detail = "the log does not state the Secure Boot state" + l.why("Secure Boot", "PCR 7")
 	case *l.Facts.SecureBoot == want:
 		o.Passed, o.Detail = true, "Secure Boot is "+onOff(want)
 	default:
@@ -528,7 +594,7 @@ func ruleFirmware(allowed []string, l *EventLog) Outcome {
 	v := l.Facts.SCRTMVersion
 	switch {
 	case v == "":
-		o.Detail = "the log has no S-CRTM version event"
+		o.Detail = "the log has no S-CRTM version event that is evidence" + l.why("S-CRTM", "PCR 0")
 	case slices.Contains(allowed, v):
 		o.Passed, o.Detail = true, fmt.Sprintf("firmware %q is allowed", v)
 	default:
@@ -564,6 +630,24 @@ func ruleBootDigests(allowed []string, in *Input) Outcome {
 	}
 	o.Passed, o.Detail = true, fmt.Sprintf("all %d boot applications are allowed", len(l.Facts.BootApps))
 	return o
+}
+
+// why appends the log's problems that mention any of topics: the reason a
+// fact a rule needs was dropped.
+func (l *EventLog) why(topics ...string) string {
+	var out []string
+	for _, p := range l.Problems {
+		for _, t := range topics {
+			if strings.Contains(p, t) {
+				out = append(out, p)
+				break
+			}
+		}
+	}
+	if len(out) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(out, "; ")
 }
 
 func onOff(b bool) string {

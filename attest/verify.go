@@ -10,7 +10,9 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 
 	goattest "github.com/google/go-attestation/attest"
 	"github.com/google/go-tpm/legacy/tpm2"
@@ -53,12 +55,17 @@ type AK struct {
 // TPM: its creation attestation is TPM-generated, self-signed, names this key,
 // and the key is fixedTPM, fixedParent, sensitiveDataOrigin and restricted.
 func VerifyAK(p goattest.AttestationParameters) (*AK, error) {
-	ap := goattest.ActivationParameters{AK: p}
-	if err := ap.CheckAKParameters(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrAKInvalid, err)
-	}
+	// Parsed first: go-attestation's check dereferences the key's signing
+	// scheme and the signature's structure without looking (issue 9).
 	pub, err := goattest.ParseAKPublic(p.Public)
 	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAKInvalid, err)
+	}
+	if err := checkSignature(p.CreateSignature, pub.Public, pub.Hash); err != nil {
+		return nil, fmt.Errorf("%w: creation signature: %v", ErrAKInvalid, err)
+	}
+	ap := goattest.ActivationParameters{AK: p}
+	if err := ap.CheckAKParameters(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrAKInvalid, err)
 	}
 	sum, err := PublicKeySHA256(pub.Public)
@@ -146,6 +153,12 @@ type Result struct {
 	CSR                *x509.CertificateRequest
 	EventLogEvents     int
 	EventLog           *EventLog // parsed and verified against the quote; nil when none was sent
+	// PCRs are the quoted values, in index order: the quote's one bank
+	// (QuotedBank) and its selection (QuotedPCRs). Nothing else the device
+	// sent about PCRs is evidence.
+	PCRs       []goattest.PCR
+	QuotedBank string
+	QuotedPCRs []int
 }
 
 func (r *Result) pass(name, detail string) { r.Checks = append(r.Checks, Check{name, true, detail}) }
@@ -186,7 +199,7 @@ func verifyEvidence(r *Result, c Completion) error {
 		if err != nil {
 			return r.fail(CheckEventLog, err)
 		}
-		if err := el.Verify(c.PCRs); err != nil {
+		if err := el.Verify(r.PCRs); err != nil {
 			return r.fail(CheckEventLog, err)
 		}
 		r.EventLog, r.EventLogEvents = el, len(el.Events)
@@ -227,22 +240,44 @@ func verifyQuote(r *Result, c Completion) error {
 	if err != nil {
 		return r.fail(CheckPCRDigest, fmt.Errorf("%w: quoted bank %v: %v", ErrQuoteInvalid, sel.Hash, err))
 	}
-	byIndex := map[int][]byte{}
+	bank := BankName(hashAlg)
+	indexes := append([]int(nil), sel.PCRs...)
+	sort.Ints(indexes)
+	selected := make(map[int]bool, len(indexes))
+	for _, i := range indexes {
+		selected[i] = true
+	}
+	// The quote's bank and selection define the only PCRs that exist: a
+	// value outside them is bound to nothing and is refused, not ignored.
+	byIndex := make(map[int][]byte, len(indexes))
+	var unquoted []string
 	for _, p := range c.PCRs {
-		if p.DigestAlg == hashAlg {
+		_, dup := byIndex[p.Index]
+		switch {
+		case p.DigestAlg != hashAlg || !selected[p.Index]:
+			unquoted = append(unquoted, fmt.Sprintf("PCR %d (%s)", p.Index, BankName(p.DigestAlg)))
+		case dup:
+			return r.fail(CheckPCRDigest, fmt.Errorf("%w: %s PCR %d was sent twice", ErrPCRMismatch, bank, p.Index))
+		default:
 			byIndex[p.Index] = p.Digest
 		}
 	}
-	indexes := append([]int(nil), sel.PCRs...)
-	sort.Ints(indexes)
+	if len(unquoted) > 0 {
+		if len(unquoted) > 8 {
+			unquoted = append(unquoted[:8], fmt.Sprintf("%d more", len(unquoted)-8))
+		}
+		return r.fail(CheckPCRDigest, fmt.Errorf("%w: the quote covers %s PCRs %v; also sent: %s", ErrPCRNotQuoted, bank, indexes, strings.Join(unquoted, ", ")))
+	}
 	h := c.AK.Hash.New()
 	var missing []int
+	quoted := make([]goattest.PCR, 0, len(indexes))
 	for _, i := range indexes {
 		d, ok := byIndex[i]
 		if !ok {
 			missing = append(missing, i)
 		}
 		h.Write(d)
+		quoted = append(quoted, goattest.PCR{Index: i, Digest: d, DigestAlg: hashAlg})
 	}
 	if len(missing) > 0 {
 		return r.fail(CheckPCRDigest, fmt.Errorf("%w: quoted PCRs %v were not sent", ErrPCRMismatch, missing))
@@ -252,10 +287,68 @@ func verifyQuote(r *Result, c Completion) error {
 	}
 	r.pass(CheckPCRDigest, fmt.Sprintf("%v PCRs %v", hashAlg, indexes))
 
-	if err := c.AK.Verify(c.Quote, c.PCRs, c.Nonce); err != nil {
+	if err := checkSignature(c.Quote.Signature, c.AK.Public, c.AK.Hash); err != nil {
+		return r.fail(CheckQuoteSignature, fmt.Errorf("%w: %v", ErrQuoteInvalid, err))
+	}
+	if err := c.AK.Verify(c.Quote, quoted, c.Nonce); err != nil {
 		return r.fail(CheckQuoteSignature, fmt.Errorf("%w: %v", ErrQuoteInvalid, err))
 	}
 	r.pass(CheckQuoteSignature, "")
+	r.PCRs, r.QuotedBank, r.QuotedPCRs = quoted, bank, indexes
+	return nil
+}
+
+// QuotedPCRs returns the values among pcrs that a quote's TPMS_ATTEST
+// covers: its one bank and its selection. It does not verify the quote:
+// it re-applies, to evidence verified earlier, the rule that nothing
+// outside the quote's selection is evidence.
+func QuotedPCRs(quote []byte, pcrs []goattest.PCR) ([]goattest.PCR, error) {
+	att, err := tpm2.DecodeAttestationData(quote)
+	if err != nil || att.Type != tpm2.TagAttestQuote || att.AttestedQuoteInfo == nil {
+		return nil, fmt.Errorf("%w: not a TPM quote", ErrQuoteInvalid)
+	}
+	sel := att.AttestedQuoteInfo.PCRSelection
+	hashAlg, err := sel.Hash.Hash()
+	if err != nil {
+		return nil, fmt.Errorf("%w: quoted bank %v: %v", ErrQuoteInvalid, sel.Hash, err)
+	}
+	var out []goattest.PCR
+	for _, p := range pcrs {
+		if p.DigestAlg == hashAlg && slices.Contains(sel.PCRs, p.Index) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// checkSignature decodes a TPMT_SIGNATURE and checks that its scheme is the
+// one key signs with (RSASSA for RSA, ECDSA for ECC) and its hash is hash.
+// go-attestation reads the RSA or ECC part of a signature by the key's type
+// and dereferences nil when the signature is of the other kind, so every
+// TPM signature passes here before it reaches the library.
+func checkSignature(sig []byte, key crypto.PublicKey, hash crypto.Hash) error {
+	s, err := tpm2.DecodeSignature(bytes.NewBuffer(sig))
+	if err != nil {
+		return err
+	}
+	var alg tpm2.Algorithm
+	switch key.(type) {
+	case *rsa.PublicKey:
+		if s.Alg != tpm2.AlgRSASSA || s.RSA == nil {
+			return fmt.Errorf("a signature of algorithm 0x%x for an RSA key (RSASSA expected)", uint16(s.Alg))
+		}
+		alg = s.RSA.HashAlg
+	case *ecdsa.PublicKey:
+		if s.Alg != tpm2.AlgECDSA || s.ECC == nil || s.ECC.R == nil || s.ECC.S == nil {
+			return fmt.Errorf("a signature of algorithm 0x%x for an ECC key (ECDSA expected)", uint16(s.Alg))
+		}
+		alg = s.ECC.HashAlg
+	default:
+		return fmt.Errorf("unsupported key type %T", key)
+	}
+	if h, err := alg.Hash(); err != nil || h != hash {
+		return fmt.Errorf("the signature's hash 0x%x is not the key's %v", uint16(alg), hash)
+	}
 	return nil
 }
 
@@ -271,6 +364,9 @@ func verifyCertify(r *Result, c Completion) (crypto.PublicKey, error) {
 		return nil, r.fail(CheckCertifyBinding, fmt.Errorf("%w: qualifying data %x, expected %x", ErrCertifyBinding, []byte(att.ExtraData), c.CertifyQualifyingData))
 	}
 	r.pass(CheckCertifyBinding, "")
+	if err := checkSignature(c.DeviceKey.CreateSignature, c.AK.Public, c.AK.Hash); err != nil {
+		return nil, r.fail(CheckCertify, fmt.Errorf("%w: signature: %v", ErrCertifyInvalid, err))
+	}
 	if err := c.DeviceKey.Verify(goattest.VerifyOpts{Public: c.AK.Public, Hash: c.AK.Hash}); err != nil {
 		return nil, r.fail(CheckCertify, fmt.Errorf("%w: %v", ErrCertifyInvalid, err))
 	}
@@ -337,7 +433,7 @@ func VerifyRenewal(rn Renewal) (*Result, error) {
 		if err != nil {
 			return r, r.fail(CheckEventLog, err)
 		}
-		if err := el.Verify(rn.PCRs); err != nil {
+		if err := el.Verify(r.PCRs); err != nil {
 			return r, r.fail(CheckEventLog, err)
 		}
 		r.EventLog, r.EventLogEvents = el, len(el.Events)

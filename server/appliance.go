@@ -232,7 +232,11 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	if o.listen != "" {
 		cfg.Listen = o.listen
 	}
-	roots, err := attest.LoadCertificates(filepath.Join(dataDir, ekRootsFile))
+	rootsPEM, err := os.ReadFile(filepath.Join(dataDir, ekRootsFile))
+	if err != nil {
+		return nil, fmt.Errorf("EK roots: %w", err)
+	}
+	roots, err := attest.ParseCertificates(rootsPEM)
 	if err != nil {
 		return nil, fmt.Errorf("EK roots: %w", err)
 	}
@@ -289,7 +293,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	}
 	kv.node.Store(a.node)
 	a.enroller = &Enroller{
-		ek:            attest.NewEKVerifier(roots),
+		ek:            attest.NewEKVerifier(roots, attest.EKRootsOptions(rootsPEM)...),
 		reg:           a.node,
 		policies:      &policyCache{store: a.node},
 		ca:            a.ca,

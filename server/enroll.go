@@ -202,20 +202,26 @@ func (e *Enroller) verifyEK(req *api.ChallengeRequest, sess *session) (crypto.Pu
 	e.recordEK(sess, ekPub)
 	sum := sha256.Sum256(ek.Cert.Raw)
 	sess.EK.CertificateSHA256 = hex.EncodeToString(sum[:])
-	sess.EK.Issuer = attest.Name(ek.Cert.Issuer)
-	sess.EK.Serial = ek.Cert.SerialNumber.Text(16)
-	sess.EK.Manufacturer, sess.EK.Model, sess.EK.Version = ek.Manufacturer, ek.Model, ek.Version
 
+	// The certificate's issuer and TPM attributes become EK evidence (and
+	// so can select a group) only once its chain verifies; until then they
+	// are claims, kept in the check's detail, marked unverified.
+	claimed := fmt.Sprintf("the certificate's unverified claims: issuer %q, TPM manufacturer %q, model %q", attest.Name(ek.Cert.Issuer), ek.Manufacturer, ek.Model)
 	chain, err := e.ek.Verify(ek)
 	if errors.Is(err, attest.ErrEKUntrusted) {
 		if perr := e.preRegistered(sess); perr == nil {
+			c := &sess.Checks[len(sess.Checks)-1]
+			c.Detail += "; " + claimed + " (" + err.Error() + ")"
 			return ekPub, nil
 		}
 	}
 	if err != nil {
-		sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckEKChain, Detail: err.Error()})
+		sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckEKChain, Detail: err.Error() + "; " + claimed})
 		return nil, err
 	}
+	sess.EK.Issuer = attest.Name(ek.Cert.Issuer)
+	sess.EK.Serial = ek.Cert.SerialNumber.Text(16)
+	sess.EK.Manufacturer, sess.EK.Model, sess.EK.Version = ek.Manufacturer, ek.Model, ek.Version
 	detail := "anchor: " + attest.Name(chain[len(chain)-1].Subject)
 	if !ek.HasEKUsage() {
 		detail += "; no EK EKU (2.23.133.8.1)"
@@ -334,7 +340,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	} else if ierr == nil {
 		labels = individual.Labels
 	}
-	in := policyInput(sess.DeviceID, sess.EK, sess.Claims, labels, pcrs, res.EventLog)
+	in := policyInput(sess.DeviceID, sess.EK, sess.Claims, labels, res.PCRs, res.EventLog)
 	in.EnrolledGroup = individual.Group
 	rec.Evidence.Labels, rec.Evidence.EnrolledGroup = labels, individual.Group
 	decision := policy.Evaluate(in)
@@ -560,6 +566,7 @@ var problemTable = []struct {
 	{attest.ErrActivationFailed, http.StatusForbidden, api.CodeActivationFailed},
 	{attest.ErrQuoteNonce, http.StatusForbidden, api.CodeQuoteNonceMismatch},
 	{attest.ErrPCRMismatch, http.StatusForbidden, api.CodePCRMismatch},
+	{attest.ErrPCRNotQuoted, http.StatusForbidden, api.CodePCRNotQuoted},
 	{attest.ErrQuoteInvalid, http.StatusForbidden, api.CodeQuoteInvalid},
 	{attest.ErrEventLogInvalid, http.StatusForbidden, api.CodeEventLogInvalid},
 	{attest.ErrCertifyBinding, http.StatusForbidden, api.CodeCertifyBinding},

@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 
 	"github.com/gatehouse-dev/gatehouse/api"
@@ -48,7 +49,36 @@ func (a *Appliance) deviceHandler() http.Handler {
 	a.remoteAdminRoutes(mux)
 	a.clusterRoutes(mux)
 	mux.Handle("GET /metrics", a.metricsHandler())
-	return mux
+	return a.recoverPanics(mux)
+}
+
+// recoverPanics answers a request whose handler panicked with a 500
+// problem, logs the panic with its stack (no request data) and counts it,
+// so a crafted input that trips a bug is seen and refused instead of
+// dropping the connection. http.ErrAbortHandler is passed on: it is how a
+// handler aborts a response on purpose. A handler that already began its
+// answer (handlers here set Content-Type just before writing) has its
+// connection dropped, as net/http would: a second answer would corrupt it.
+// The writer is not wrapped, so MaxBytesReader and Flush keep working.
+func (a *Appliance) recoverPanics(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			v := recover()
+			if v == nil {
+				return
+			}
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			a.enroller.metrics.panics.Inc()
+			a.log.Error("panic serving a device API request", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			if w.Header().Get("Content-Type") != "" {
+				panic(http.ErrAbortHandler)
+			}
+			writeProblem(w, newProblem(http.StatusInternalServerError, api.CodeInternal, "internal error"))
+		}()
+		next.ServeHTTP(w, r)
+	})
 }
 
 // decode reads a size-limited JSON body. A body that is too large or not

@@ -41,6 +41,7 @@ type enrollMetrics struct {
 	outcomes  *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	certsDone prometheus.Counter
+	panics    prometheus.Counter
 }
 
 func newEnrollMetrics() *enrollMetrics {
@@ -59,8 +60,12 @@ func newEnrollMetrics() *enrollMetrics {
 			Name: "gatehouse_certificates_issued_total",
 			Help: "Device certificates this node issued.",
 		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gatehouse_http_panics_total",
+			Help: "Device API requests whose handler panicked; each was answered 500 and logged with its stack.",
+		}),
 	}
-	m.registry.MustRegister(m.outcomes, m.latency, m.certsDone, collectors.NewGoCollector())
+	m.registry.MustRegister(m.outcomes, m.latency, m.certsDone, m.panics, collectors.NewGoCollector())
 	return m
 }
 

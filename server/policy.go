@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"compress/gzip"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -127,20 +126,33 @@ func gunzipBytes(b []byte) ([]byte, error) {
 const maxEventLog = 4 << 20
 
 // storedInput rebuilds a past attestation's policy input from the registry:
-// the record's quoted PCRs (verified when it was made) and its stored log.
+// the PCR values its quote covered (verified when it was made; the quote's
+// selection is applied again, so values a device sent beside the quote are
+// not judged) and its stored log.
 func storedInput(n *cluster.Node, rec cluster.AttestationRecord, labels map[string]string) (*attest.Input, error) {
 	var pcrs []goattest.PCR
-	bank, ok := attest.BankHash(rec.Evidence.PCRBank)
-	if !ok && len(rec.Evidence.PCRs) > 0 {
-		return nil, fmt.Errorf("attestation %d: PCR bank %q cannot be judged again", rec.ID, rec.Evidence.PCRBank)
-	}
-	for _, p := range rec.Evidence.PCRs {
-		d, err := hex.DecodeString(p.Digest)
+	if rec.HasRawEvidence {
+		gz, err := n.RawEvidence(rec.ID)
 		if err != nil {
 			return nil, err
 		}
-		pcrs = append(pcrs, goattest.PCR{Index: p.Index, Digest: d, DigestAlg: bank})
-	}
+		b, err := gunzipBytes(gz)
+		if err != nil {
+			return nil, fmt.Errorf("attestation %d raw evidence: %w", rec.ID, err)
+		}
+		var raw cluster.RawEvidence
+		if err := json.Unmarshal(b, &raw); err != nil {
+			return nil, fmt.Errorf("attestation %d raw evidence: %w", rec.ID, err)
+		}
+		for _, p := range raw.PCRs {
+			if h, ok := attest.BankHash(p.Bank); ok {
+				pcrs = append(pcrs, goattest.PCR{Index: p.Index, Digest: p.Digest, DigestAlg: h})
+			}
+		}
+		if pcrs, err = attest.QuotedPCRs(raw.Quote, pcrs); err != nil {
+			return nil, fmt.Errorf("attestation %d: %w", rec.ID, err)
+		}
+	} // without raw evidence no PCR can be shown to be quoted
 	var log *attest.EventLog
 	if rec.HasEventLog {
 		gz, err := n.EventLog(rec.ID)
@@ -154,9 +166,10 @@ func storedInput(n *cluster.Node, rec cluster.AttestationRecord, labels map[stri
 		if log, err = attest.ParseEventLog(raw); err != nil {
 			return nil, fmt.Errorf("attestation %d: %w", rec.ID, err)
 		}
-		// As at enrollment: only facts from quoted PCRs count.
+		// As at enrollment: only facts from quoted PCRs count. A log that
+		// no longer verifies against them is not judged.
 		if err := log.Verify(pcrs); err != nil {
-			return nil, fmt.Errorf("attestation %d: %w", rec.ID, err)
+			log = nil
 		}
 	}
 	var ek cluster.EKInfo

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -101,7 +102,7 @@ type RecheckReport struct {
 // activation and for operator vouching (pre-registered EKs), and cannot
 // know whether the bundle is complete; the audit log's signed chain
 // covers the record itself.
-func Recheck(b EvidenceBundle, ekRoots []*x509.Certificate) RecheckReport {
+func Recheck(b EvidenceBundle, ekRoots []*x509.Certificate, ekOpts ...attest.EKOption) RecheckReport {
 	rec := b.Record
 	rep := RecheckReport{AttestationID: rec.ID, Outcome: rec.Outcome}
 	recorded := map[string]string{}
@@ -135,7 +136,7 @@ func Recheck(b EvidenceBundle, ekRoots []*x509.Certificate) RecheckReport {
 
 	// EK and AK: the first round trip.
 	if _, ok := recorded[attest.CheckEKChain]; ok {
-		add(recheckEK(rec, raw, ekRoots))
+		add(recheckEK(rec, raw, ekRoots, ekOpts))
 	}
 	if _, ok := recorded[attest.CheckAK]; ok && rec.Stage != stageRenew {
 		ak, err := attest.VerifyAK(goattest.AttestationParameters{Public: raw.AK.Public, CreateData: raw.AK.CreateData, CreateAttestation: raw.AK.CreateAttestation, CreateSignature: raw.AK.CreateSignature})
@@ -196,7 +197,7 @@ func Recheck(b EvidenceBundle, ekRoots []*x509.Certificate) RecheckReport {
 		add(attest.CheckCSRKey, "fail", "the CSR key is not the device key the record names")
 	}
 	if err == nil && rec.Policy != nil {
-		add(recheckPolicy(b, rec, pcrs, res.EventLog))
+		add(recheckPolicy(b, rec, res.PCRs, res.EventLog))
 	} else if _, ok := recorded[checkPolicy]; ok {
 		add(checkPolicy, "not reached", "verification stopped before the policy")
 	}
@@ -213,7 +214,7 @@ func agreeAll(rs []RecheckResult) bool {
 	return len(rs) > 0
 }
 
-func recheckEK(rec cluster.AttestationRecord, raw *cluster.RawEvidence, roots []*x509.Certificate) (string, string, string) {
+func recheckEK(rec cluster.AttestationRecord, raw *cluster.RawEvidence, roots []*x509.Certificate, opts []attest.EKOption) (string, string, string) {
 	var detail string
 	for _, c := range rec.Checks {
 		if c.Name == attest.CheckEKChain {
@@ -233,7 +234,7 @@ func recheckEK(rec cluster.AttestationRecord, raw *cluster.RawEvidence, roots []
 	if sum, _ := attest.PublicKeySHA256(ek.Cert.PublicKey); rec.Evidence.EK == nil || sum != rec.Evidence.EK.PublicSHA256 {
 		return attest.CheckEKChain, "fail", "the EK certificate is not for the EK the record names"
 	}
-	chain, err := attest.NewEKVerifier(roots, attest.WithVerifyTime(rec.Time)).Verify(ek)
+	chain, err := attest.NewEKVerifier(roots, append(slices.Clip(opts), attest.WithVerifyTime(rec.Time))...).Verify(ek)
 	if err != nil {
 		return attest.CheckEKChain, "fail", err.Error()
 	}

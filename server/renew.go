@@ -96,7 +96,7 @@ func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Cer
 	if err != nil {
 		return nil, e.internal(err)
 	}
-	in := policyInput(dev.ID, dev.EK, dev.Claims, dev.Labels, pcrs, res.EventLog)
+	in := policyInput(dev.ID, dev.EK, dev.Claims, dev.Labels, res.PCRs, res.EventLog)
 	if ie, err := e.reg.IndividualEnrollment(dev.EK.PublicSHA256); err == nil {
 		in.EnrolledGroup = ie.Group
 	}

@@ -32,3 +32,16 @@ func FlipDigest(log []byte, digest string) ([]byte, error) {
 	out[i+len(d)-1] ^= 0xff
 	return out, nil
 }
+
+// ReplaceDigest returns a copy of an event log with the one occurrence of
+// digest old replaced by new (of the same length): the event then claims
+// its data while its digest measures something else.
+func ReplaceDigest(log, old, new []byte) ([]byte, error) {
+	i := bytes.Index(log, old)
+	if len(old) != len(new) || i < 0 || bytes.Index(log[i+1:], old) >= 0 {
+		return nil, fmt.Errorf("digest %x does not occur exactly once, or %x is not of its length", old, new)
+	}
+	out := bytes.Clone(log)
+	copy(out[i:], new)
+	return out, nil
+}

@@ -59,7 +59,9 @@ func dataDir(cmd *cobra.Command) string {
 
 // manufacturerRoots is the shipped bundle plus the operator's CAs, or only
 // the operator's when replace is set.
-func manufacturerRoots(files []string, replace bool) ([]byte, error) {
+// CAs named in allowNoEvidence are marked as allowed to issue EK
+// certificates without TPM evidence (attest.NoTPMEvidenceHeader).
+func manufacturerRoots(files []string, replace bool, allowNoEvidence []string) ([]byte, error) {
 	if replace && len(files) == 0 {
 		return nil, errors.New("--replace-ek-roots needs at least one --ek-roots file")
 	}
@@ -77,6 +79,9 @@ func manufacturerRoots(files []string, replace bool) ([]byte, error) {
 			out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 		}
 	}
+	if len(allowNoEvidence) > 0 {
+		return attest.AllowNoTPMEvidence(out, allowNoEvidence)
+	}
 	return out, nil
 }
 
@@ -84,7 +89,7 @@ func initCmd() *cobra.Command {
 	def := server.DefaultConfig()
 	cfg := def
 	var passwordFile, fromBackup string
-	var ekRoots []string
+	var ekRoots, allowNoEvidence []string
 	var replaceRoots bool
 	var validity time.Duration
 	c := &cobra.Command{
@@ -96,7 +101,7 @@ func initCmd() *cobra.Command {
 			if fromBackup != "" {
 				return initFromBackup(cmd, fromBackup, passwordFile, cfg)
 			}
-			roots, err := manufacturerRoots(ekRoots, replaceRoots)
+			roots, err := manufacturerRoots(ekRoots, replaceRoots, allowNoEvidence)
 			if err != nil {
 				return err
 			}
@@ -119,6 +124,7 @@ func initCmd() *cobra.Command {
 	f.StringVar(&passwordFile, "password-file", "", "file holding the CA key password (created with a random password if missing)")
 	f.StringSliceVar(&ekRoots, "ek-roots", nil, "PEM or DER files of TPM manufacturer CAs to trust besides the shipped bundle")
 	f.BoolVar(&replaceRoots, "replace-ek-roots", false, "trust only the --ek-roots files, not the shipped bundle")
+	f.StringArrayVar(&allowNoEvidence, "ek-allow-no-tpm-evidence", nil, "subject of a manufacturer CA (as ekcert inspect prints issuers) whose EK certificates may carry neither the EK EKU nor a TPM SAN, e.g. GCE's \"CN=EK/AK CA Intermediate,...\"; repeatable")
 	f.StringVar(&cfg.NodeID, "node-id", def.NodeID, "this node's Raft ID")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", def.TrustDomain, "SPIFFE trust domain of device identities")
 	f.StringVar(&cfg.Listen, "listen", def.Listen, "device API address (HTTPS)")

@@ -322,6 +322,7 @@ func printEventLog(w io.Writer, rep eventLogReport) {
 func ekcertCmd() *cobra.Command {
 	c := &cobra.Command{Use: "ekcert", Short: "Work with EK certificates offline"}
 	var rootsDir, at string
+	var allowNoEvidence []string
 	inspect := &cobra.Command{
 		Use:   "inspect FILE",
 		Short: "Show an EK certificate's TPM manufacturer, model and version, and whether it chains to a manufacturer CA",
@@ -343,6 +344,13 @@ func ekcertCmd() *cobra.Command {
 				}
 				opts = append(opts, attest.WithVerifyTime(t))
 			}
+			if len(allowNoEvidence) > 0 {
+				o, err := attest.NoTPMEvidenceIssuers(roots, allowNoEvidence)
+				if err != nil {
+					return fmt.Errorf("--ek-allow-no-tpm-evidence: %w", err)
+				}
+				opts = append(opts, o)
+			}
 			rep, err := inspectEKCert(b, roots, opts...)
 			if err != nil {
 				return err
@@ -361,6 +369,7 @@ func ekcertCmd() *cobra.Command {
 	}
 	inspect.Flags().StringVar(&at, "at", "", "check validity periods at this RFC 3339 time instead of now (e.g. when the device enrolled)")
 	inspect.Flags().StringVar(&rootsDir, "roots", "", "directory (searched recursively) of PEM/DER CA certificates to chain to (default: the shipped manufacturer bundle)")
+	inspect.Flags().StringArrayVar(&allowNoEvidence, "ek-allow-no-tpm-evidence", nil, "subject of a CA whose EK certificates may carry no TPM evidence (as at init); repeatable")
 	addOutputFlag(inspect)
 	c.AddCommand(inspect)
 	return c

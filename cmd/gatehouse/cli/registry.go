@@ -261,7 +261,7 @@ func evidenceCmd() *cobra.Command {
 
 func verifyAttestationCmd() *cobra.Command {
 	var bundle string
-	var ekRoots []string
+	var ekRoots, allowNoEvidence []string
 	c := &cobra.Command{
 		Use:   "verify [ID | --bundle FILE] [--ek-roots FILE]",
 		Short: "Re-check a past decision from its evidence alone (EK chain, AK, quote, event log, certify, CSR, policy)",
@@ -288,7 +288,7 @@ func verifyAttestationCmd() *cobra.Command {
 			default:
 				return fmt.Errorf("give an attestation ID or --bundle FILE")
 			}
-			rootsPEM, err := manufacturerRoots(ekRoots, false)
+			rootsPEM, err := manufacturerRoots(ekRoots, false, allowNoEvidence)
 			if err != nil {
 				return err
 			}
@@ -296,7 +296,7 @@ func verifyAttestationCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rep := server.Recheck(b, roots)
+			rep := server.Recheck(b, roots, attest.EKRootsOptions(rootsPEM)...)
 			if err := render(cmd, rep, func(w io.Writer) {
 				fmt.Fprintf(w, "attestation %d, recorded %s\n", rep.AttestationID, strings.ToUpper(rep.Outcome))
 				fmt.Fprintln(w, "CHECK\tRECORDED\tRECHECK\tAGREES\tDETAIL")
@@ -323,6 +323,7 @@ func verifyAttestationCmd() *cobra.Command {
 	}
 	c.Flags().StringVar(&bundle, "bundle", "", "a bundle saved by `attestations evidence` (offline)")
 	c.Flags().StringSliceVar(&ekRoots, "ek-roots", nil, "manufacturer CA files to trust besides the shipped bundle")
+	c.Flags().StringArrayVar(&allowNoEvidence, "ek-allow-no-tpm-evidence", nil, "subject of a manufacturer CA whose EK certificates may carry no TPM evidence (as at init); repeatable")
 	addOutputFlag(c)
 	return c
 }
