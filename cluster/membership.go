@@ -115,9 +115,32 @@ func (n *Node) CreateJoinToken(ctx context.Context, id string, secret []byte, ex
 
 // ConsumeJoinToken uses a join token up, or fails with ErrJoinTokenInvalid,
 // ErrJoinTokenExpired or ErrJoinTokenUsed.
+//
+// The token is checked against a linearizable read first: an unknown or
+// used token, or a wrong secret, is refused without a Raft write, so guessing
+// costs the cluster no log entries. Only a caller holding the secret of an
+// unused token reaches the log, where the FSM decides again, expiry
+// included, by the leader's clock.
 func (n *Node) ConsumeJoinToken(ctx context.Context, id string, secret []byte, nodeID string) error {
 	sum := sha256.Sum256(secret)
-	_, err := n.apply(ctx, "jointoken.consume", 1, &consumeJoinToken{ID: id, SecretSHA256: sum[:], NodeID: nodeID})
+	if err := n.Linearize(ctx); err != nil {
+		return err
+	}
+	err := n.fsm.view(func(tx *bolt.Tx) error {
+		var t joinToken
+		v := tx.Bucket(bJoinTokens).Get([]byte(id))
+		if v == nil || json.Unmarshal(v, &t) != nil || subtle.ConstantTimeCompare(t.SecretSHA256, sum[:]) != 1 {
+			return ErrJoinTokenInvalid
+		}
+		if t.UsedBy != "" {
+			return ErrJoinTokenUsed
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	_, err = n.apply(ctx, "jointoken.consume", 1, &consumeJoinToken{ID: id, SecretSHA256: sum[:], NodeID: nodeID})
 	return err
 }
 
