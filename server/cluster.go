@@ -319,6 +319,7 @@ var clusterErrors = []struct {
 	code   string
 }{
 	{cluster.ErrSessionUsed, http.StatusConflict, api.CodeSessionReplayed},
+	{cluster.ErrSessionExpired, http.StatusForbidden, api.CodeTokenExpired},
 	{cluster.ErrJoinTokenInvalid, http.StatusForbidden, api.CodeJoinTokenInvalid},
 	{cluster.ErrJoinTokenExpired, http.StatusForbidden, api.CodeJoinTokenExpired},
 	{cluster.ErrJoinTokenUsed, http.StatusForbidden, api.CodeJoinTokenUsed},

@@ -58,8 +58,9 @@ func (k *registryKV) Update(ops []ca.KVOp) (bool, error) {
 	return n.KVUpdate(ctx, cops...)
 }
 
-// leaderLoop runs the leader's periodic duties: signing the audit head and
-// marking devices that missed their re-attestation interval stale.
+// leaderLoop runs the leader's periodic duties: signing the audit head,
+// marking devices that missed their re-attestation interval stale, and
+// compacting refused records and raw evidence past their retention.
 func (a *Appliance) leaderLoop(every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -79,6 +80,9 @@ func (a *Appliance) leaderLoop(every time.Duration) {
 		}
 		if err := a.MarkStale(ctx); err != nil {
 			a.log.Warn("stale marking failed", "err", err)
+		}
+		if _, err := a.CompactRetention(ctx); err != nil {
+			a.log.Warn("retention compaction failed", "err", err)
 		}
 		cancel()
 	}

@@ -41,6 +41,9 @@ type enrollMetrics struct {
 	outcomes  *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	certsDone prometheus.Counter
+	// unrecorded counts refusals answered without an attestation record
+	// (before TPM possession was proven, or rate-limited), by stage and code.
+	unrecorded *prometheus.CounterVec
 }
 
 func newEnrollMetrics() *enrollMetrics {
@@ -59,8 +62,12 @@ func newEnrollMetrics() *enrollMetrics {
 			Name: "gatehouse_certificates_issued_total",
 			Help: "Device certificates this node issued.",
 		}),
+		unrecorded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_refusals_unrecorded_total",
+			Help: "Refusals answered without an attestation record (before TPM possession was proven, or rate-limited), by stage (or path) and problem code; audited as periodic summaries.",
+		}, []string{"stage", "code"}),
 	}
-	m.registry.MustRegister(m.outcomes, m.latency, m.certsDone, collectors.NewGoCollector())
+	m.registry.MustRegister(m.outcomes, m.latency, m.certsDone, m.unrecorded, collectors.NewGoCollector())
 	return m
 }
 
