@@ -115,6 +115,15 @@ func (a *Appliance) admit(next http.Handler) http.Handler {
 	})
 }
 
+// countJoinRefusal counts a refused join like an unrecorded refusal.
+func (a *Appliance) countJoinRefusal(code string) {
+	a.enroller.unproven.add(stageJoin, code)
+	a.enroller.metrics.unrecorded.WithLabelValues(stageJoin, code).Inc()
+}
+
+// stageJoin names join refusals in summaries and metrics.
+const stageJoin = "join"
+
 // possession says whether rec comes from a client that proved it holds the
 // TPM, and whether its raw evidence may be stored. An enrollment proves it
 // by credential activation (until then anyone with a copy of a public EK

@@ -215,12 +215,17 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	tok, err := ParseJoinToken(req.Token)
 	if err != nil {
+		a.countJoinRefusal(api.CodeJoinTokenInvalid)
 		writeProblem(w, newProblem(http.StatusForbidden, api.CodeJoinTokenInvalid, err.Error()))
 		return
 	}
+	// ConsumeJoinToken checks the token before any Raft write: a guess
+	// costs a read, counted in the node's refusal summary.
 	if err := a.node.ConsumeJoinToken(r.Context(), tok.ID, tok.Secret, req.NodeID); err != nil {
 		a.log.Warn("join refused", "node_id", req.NodeID, "err", err)
-		writeProblem(w, a.clusterProblem(err))
+		p := a.clusterProblem(err)
+		a.countJoinRefusal(p.Code)
+		writeProblem(w, p)
 		return
 	}
 	key, err := ca.EncryptedKeyPEM(filepath.Join(a.dataDir, caDir))
