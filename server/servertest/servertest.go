@@ -96,7 +96,7 @@ func New(t testing.TB, opts ...cluster.Option) *Env {
 // Unthrottled lifts the admission rate limit: tests and benchmarks enroll
 // many devices from one loopback address. (TestAdmissionRateLimit runs
 // with the limit on.)
-func Unthrottled(cfg *server.Config) { cfg.RateLimit, cfg.RateBurst = 1e9, 1 << 30 }
+func Unthrottled(cfg *server.Config) { cfg.RateLimit, cfg.RateBurst = 1e9, 1<<30 }
 
 // EKRoots is the PEM bundle trusting m's EK certificates.
 func EKRoots(m *swtpm.Manufacturer) []byte {
