@@ -328,3 +328,44 @@ func TestFollowerClockDoesNotStretchExpiry(t *testing.T) {
 		t.Fatalf("join with an expired token through a follower with a slow clock: %v, want %s", err, api.CodeJoinTokenExpired)
 	}
 }
+
+// The CRL comes from the node's own replica through a cache: serving it
+// needs no leader (here the follower is cut off from the only other node,
+// so no leader can confirm itself), and costs no Raft round trip.
+func TestCRLServedWithoutLeader(t *testing.T) {
+	f := &cluster.Faults{}
+	e := servertest.New(t)
+	follower, _ := e.Join(t, "node-2", cluster.WithFaults(f))
+	waitFor(t, "two voters", 20*time.Second, func() bool { return voters(t, e.App) == 2 })
+	pool := x509.NewCertPool()
+	pool.AddCert(follower.Root())
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	get := func() (int, []byte) {
+		t.Helper()
+		resp, err := hc.Get("https://" + follower.Addr() + api.PathCRL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	if code, b := get(); code != http.StatusOK {
+		t.Fatalf("GET /crl: %d %s", code, b)
+	}
+	f.Isolate()
+	defer f.Heal()
+	for range 3 {
+		code, der := get()
+		if code != http.StatusOK {
+			t.Fatalf("GET /crl on a follower without a reachable quorum: %d %s", code, der)
+		}
+		crl, err := x509.ParseRevocationList(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := crl.CheckSignatureFrom(follower.Intermediates()[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
