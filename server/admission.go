@@ -108,11 +108,31 @@ func (a *Appliance) admit(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		a.enroller.unproven.add(r.URL.Path, api.CodeRateLimited)
-		a.enroller.metrics.unrecorded.WithLabelValues(r.URL.Path, api.CodeRateLimited).Inc()
+		stage := limitedStage(r.URL.Path)
+		a.enroller.unproven.add(stage, api.CodeRateLimited)
+		a.enroller.metrics.unrecorded.WithLabelValues(stage, api.CodeRateLimited).Inc()
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		writeProblem(w, newProblem(http.StatusTooManyRequests, api.CodeRateLimited, "too many requests from "+host+"; retry later"))
 	})
+}
+
+// limitedStage names a rate-limited request by route for counting: a
+// fixed set, so that an attacker's paths neither grow the summary nor the
+// metric's label set.
+func limitedStage(path string) string {
+	switch path {
+	case api.PathChallenge:
+		return stageChallenge
+	case api.PathComplete:
+		return stageComplete
+	case api.PathRenewChallenge, api.PathRenew:
+		return stageRenew
+	case pathClusterJoin:
+		return stageJoin
+	case api.PathCRL:
+		return "crl"
+	}
+	return "other"
 }
 
 // countJoinRefusal counts a refused join like an unrecorded refusal.

@@ -460,7 +460,7 @@ func (e *Enroller) refuse(rec cluster.AttestationRecord, sess *session, cause er
 	if !proven {
 		e.unproven.add(rec.Stage, p.Code)
 		e.metrics.unrecorded.WithLabelValues(rec.Stage, p.Code).Inc()
-		e.log.Info("attestation refused before TPM possession was proven (counted, not recorded)", "stage", rec.Stage, "device_id", rec.DeviceID, "code", p.Code)
+		e.log.Debug("attestation refused before TPM possession was proven (counted, not recorded)", "stage", rec.Stage, "device_id", rec.DeviceID, "code", p.Code)
 		return p
 	}
 	if !keepRaw {
