@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -108,9 +109,7 @@ func (a *Appliance) admit(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		stage := limitedStage(r.URL.Path)
-		a.enroller.unproven.add(stage, api.CodeRateLimited)
-		a.enroller.metrics.unrecorded.WithLabelValues(stage, api.CodeRateLimited).Inc()
+		a.countUnrecorded(limitedStage(r.URL.Path), api.CodeRateLimited)
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		writeProblem(w, newProblem(http.StatusTooManyRequests, api.CodeRateLimited, "too many requests from "+host+"; retry later"))
 	})
@@ -132,17 +131,30 @@ func limitedStage(path string) string {
 	case api.PathCRL:
 		return "crl"
 	}
+	if strings.HasPrefix(path, "/admin/") {
+		return stageAdmin
+	}
 	return "other"
 }
 
-// countJoinRefusal counts a refused join like an unrecorded refusal.
-func (a *Appliance) countJoinRefusal(code string) {
-	a.enroller.unproven.add(stageJoin, code)
-	a.enroller.metrics.unrecorded.WithLabelValues(stageJoin, code).Inc()
+// countUnrecorded counts a refusal that gets no audit entry of its own.
+func (a *Appliance) countUnrecorded(stage, code string) {
+	a.enroller.unproven.add(stage, code)
+	a.enroller.metrics.unrecorded.WithLabelValues(stage, code).Inc()
 }
 
-// stageJoin names join refusals in summaries and metrics.
-const stageJoin = "join"
+// countJoinRefusal counts a refused join like an unrecorded refusal.
+func (a *Appliance) countJoinRefusal(code string) { a.countUnrecorded(stageJoin, code) }
+
+// Stages of refusals outside enrollment, in summaries and metrics.
+const (
+	stageJoin  = "join"
+	stageAdmin = "admin"
+	stageTLS   = "tls"
+	// codeTLSRefused: a client certificate that did not verify (no HTTP
+	// answer is sent; the code names the refusal in counts only).
+	codeTLSRefused = "certificate_refused"
+)
 
 // possession says whether rec comes from a client that proved it holds the
 // TPM, and whether its raw evidence may be stored. An enrollment proves it

@@ -369,3 +369,75 @@ func TestCRLServedWithoutLeader(t *testing.T) {
 		}
 	}
 }
+
+// Admin refusals of requests without a certificate, and refused TLS client
+// certificates past a small per-minute budget, are counted in the node's
+// refusal summary instead of one audit entry each: their entries are
+// bounded by time, not by an attacker's traffic.
+func TestUnauthenticatedAdminRefusalsSummarized(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := e.App.SummarizeRefusals(ctx); err != nil { // start from empty counts
+		t.Fatal(err)
+	}
+	countType := func(typ string) int {
+		entries, err := e.App.Node().AuditEntries(time.Time{}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, en := range entries {
+			if en.Type == typ {
+				n++
+			}
+		}
+		return n
+	}
+	deniedBefore := countType(cluster.AuditAdminDenied)
+	const anon, foreign = 20, 25
+	for range anon {
+		resp, err := e.HTTP.Get(e.URL() + "/admin/v1/devices")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("admin route without a certificate: %s", resp.Status)
+		}
+	}
+	if got := countType(cluster.AuditAdminDenied); got != deniedBefore {
+		t.Fatalf("%d anonymous admin refusals were audited one by one", got-deniedBefore)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(e.App.Root())
+	self := selfSigned(t)
+	for range foreign {
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &self, nil }}}}
+		if resp, err := hc.Get(e.URL() + "/admin/v1/devices"); err == nil {
+			resp.Body.Close()
+			t.Fatal("a self-signed certificate passed TLS")
+		}
+	}
+	var sum server.RefusalSummary
+	waitFor(t, "every refused handshake counted or audited", 10*time.Second, func() bool {
+		resp, err := e.HTTP.Get(e.URL() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return countType(cluster.AuditTLSRefused) == 10 &&
+			bytes.Contains(body, []byte(`gatehouse_refusals_unrecorded_total{code="certificate_refused",stage="tls"} 15`))
+	})
+	if err := e.App.SummarizeRefusals(ctx); err != nil {
+		t.Fatal(err)
+	}
+	head, _ := e.App.Node().AuditHead()
+	if err := json.Unmarshal([]byte(head.Detail), &sum); err != nil || head.Type != cluster.AuditAdmissionRefused {
+		t.Fatalf("audit head %+v", head)
+	}
+	if sum.Counts["admin "+api.CodeUnauthenticated] != anon || sum.Counts["tls certificate_refused"] != foreign-10 {
+		t.Fatalf("summary %s, want %d anonymous admin refusals and %d refused handshakes past the budget", head.Detail, anon, foreign-10)
+	}
+}

@@ -238,6 +238,7 @@ type Appliance struct {
 	closeOnce         sync.Once
 	closeErr          error
 	deniedLimit       deniedLimiter
+	tlsRefusedLimit   deniedLimiter
 	admission         *clientLimiter
 	crlCache          crlCache
 }
