@@ -100,10 +100,7 @@ func (a *Appliance) admit(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if err != nil {
-			host = r.RemoteAddr
-		}
+		host := clientKey(r.RemoteAddr)
 		ok, wait := a.admission.allow(host, time.Now())
 		if ok {
 			next.ServeHTTP(w, r)
@@ -155,6 +152,22 @@ const (
 	// answer is sent; the code names the refusal in counts only).
 	codeTLSRefused = "certificate_refused"
 )
+
+// clientKey is the bucket a remote address draws from: its IPv4 address,
+// or its IPv6 /64 (one subscriber's usual allocation, which an attacker
+// could otherwise spread over 2^64 buckets). Forwarding headers are the
+// client's to forge and are not read.
+func clientKey(remoteAddr string) string {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		host = remoteAddr
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || ip.To4() != nil {
+		return host
+	}
+	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
 
 // possession says whether rec comes from a client that proved it holds the
 // TPM, and whether its raw evidence may be stored. An enrollment proves it

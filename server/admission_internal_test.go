@@ -65,6 +65,11 @@ func TestClientLimiter(t *testing.T) {
 	if len(l.clients) > maxTrackedClients {
 		t.Fatalf("tracking %d clients, bound %d", len(l.clients), maxTrackedClients)
 	}
+	// One IPv4 address, or one IPv6 /64, is one client.
+	if clientKey("192.0.2.7:4433") != "192.0.2.7" || clientKey("[2001:db8:1:2:aa::1]:443") != clientKey("[2001:db8:1:2:bb::9]:1") ||
+		clientKey("[2001:db8:1:2::1]:443") == clientKey("[2001:db8:1:3::1]:443") {
+		t.Error("client keys: want an IPv4 address or an IPv6 /64 each")
+	}
 	// Summaries and metric labels name a fixed set of routes.
 	if limitedStage("/v1/enroll/challenge") != stageChallenge || limitedStage("/a/path/of/the/attacker's/choosing") != "other" {
 		t.Error("rate-limited requests are not named by a fixed set of routes")
