@@ -78,4 +78,8 @@ const (
 	// 5xx
 	CodeInternal    = "internal_error"
 	CodeUnavailable = "unavailable" // no leader, retry
+
+	// 429: too many requests from this client without a client
+	// certificate; the Retry-After header says when to retry.
+	CodeRateLimited = "rate_limited"
 )

@@ -41,6 +41,7 @@ type applyResult struct {
 // the log may hold them.
 var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"enrollment.accept", 1}:  decodeAs[acceptEnrollment],
+	{"enrollment.accept", 2}:  decodeAs[acceptEnrollmentV2],
 	{"attestation.reject", 1}: decodeAs[rejectAttestation],
 	{"member.set", 1}:         decodeAs[setMember],
 	{"jointoken.create", 1}:   decodeAs[createJoinToken],
@@ -51,11 +52,12 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"device.config", 1}:      decodeAs[configureDevice],
 	{"device.stale", 1}:       decodeAs[markStale],
 	{"renewal.accept", 1}:     decodeAs[acceptRenewal],
-	{"renewal.accept", 2}:     decodeAs[acceptRenewal], // v2 carries the group decision
+	{"renewal.accept", 2}:     decodeAs[acceptRenewalV2], // v2: the group decision, and session expiry at apply
 	{"audit.append", 1}:       decodeAs[appendAuditCmd],
 	{"audit.checkpoint", 1}:   decodeAs[checkpointAudit],
 	{"stepca.update", 1}:      decodeAs[stepCAUpdate],
 	{"enrollment.import", 1}:  decodeAs[importEnrollments],
+	{"retention.compact", 1}:  decodeAs[compactRetention],
 }
 
 func decodeAs[T any, PT interface {
@@ -160,6 +162,17 @@ func (c *acceptEnrollment) apply(tx *bolt.Tx, index uint64, at time.Time) applyR
 		return applyResult{Err: err}
 	}
 	return applyResult{Result: index, Err: markSessionUsed(tx, c.SessionID, c.SessionExpires)}
+}
+
+// acceptEnrollmentV2 is acceptEnrollment that also refuses a session
+// expired by the command's time (the leader's clock), writing nothing.
+type acceptEnrollmentV2 struct{ acceptEnrollment }
+
+func (c *acceptEnrollmentV2) apply(tx *bolt.Tx, index uint64, at time.Time) applyResult {
+	if err := sessionLive(c.SessionExpires, at); err != nil {
+		return applyResult{Err: err}
+	}
+	return c.acceptEnrollment.apply(tx, index, at)
 }
 
 // auditAttestation is what the audit log says about an attestation record;
@@ -275,6 +288,16 @@ func deviceIndexKey(deviceID string, id uint64) []byte {
 	return append(append([]byte(deviceID), 0), be64(id)...)
 }
 
+// sessionLive judges a session's expiry by the command's time, which is the
+// leader's clock (see Node.ApplyForwarded): a follower whose clock runs
+// behind cannot stretch a session. A zero expiry is not judged.
+func sessionLive(expires, at time.Time) error {
+	if !expires.IsZero() && !at.Before(expires) {
+		return fmt.Errorf("%w at %s (leader's clock %s)", ErrSessionExpired, expires.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
 func sessionUsed(tx *bolt.Tx, id string) bool {
 	return id != "" && tx.Bucket(bSessions).Get([]byte(id)) != nil
 }
@@ -362,17 +385,29 @@ func (c *acceptRenewal) apply(tx *bolt.Tx, index uint64, at time.Time) applyResu
 	return applyResult{Result: index, Err: markSessionUsed(tx, c.SessionID, c.SessionExpires)}
 }
 
+// acceptRenewalV2 is acceptRenewal that also refuses a session expired by
+// the command's time (the leader's clock), writing nothing.
+type acceptRenewalV2 struct{ acceptRenewal }
+
+func (c *acceptRenewalV2) apply(tx *bolt.Tx, index uint64, at time.Time) applyResult {
+	if err := sessionLive(c.SessionExpires, at); err != nil {
+		return applyResult{Err: err}
+	}
+	return c.acceptRenewal.apply(tx, index, at)
+}
+
 // CommitRenewal records an accepted renewal and returns the attestation ID.
 // The device moves to the group, mode and policy version of the record's
 // policy decision, so its configuration follows the policy that renewed it.
 // It fails with ErrDeviceInactive for a device that is not active (revoked
-// included), writing nothing.
+// included), and with ErrSessionExpired if the session expired by the
+// leader's clock, writing nothing.
 func (n *Node) CommitRenewal(ctx context.Context, sessionID string, sessionExpires time.Time, a AttestationRecord, notAfter time.Time) (uint64, error) {
-	c := &acceptRenewal{SessionID: sessionID, SessionExpires: sessionExpires, Attestation: a, NotAfter: notAfter}
+	c := acceptRenewal{SessionID: sessionID, SessionExpires: sessionExpires, Attestation: a, NotAfter: notAfter}
 	if a.Policy != nil {
 		c.Group, c.Mode, c.PolicyVersion = a.Policy.Group, a.Policy.Mode, a.Policy.PolicyVersion
 	}
-	return n.apply(ctx, "renewal.accept", 2, c)
+	return n.apply(ctx, "renewal.accept", 2, &acceptRenewalV2{c})
 }
 
 // CommitFailedRenewal records a refused renewal and quarantines the device

@@ -48,6 +48,9 @@ type fsm struct {
 	// raft.AppliedIndex, which moves when entries are queued for the FSM, it
 	// moves after they are applied: waiting on it gives read-your-writes.
 	last atomic.Uint64
+	// kvGen counts applied batches that changed step-ca's tables (and
+	// restores): caches of what step-ca derives, like the CRL, compare it.
+	kvGen atomic.Uint64
 }
 
 var (
@@ -160,6 +163,12 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	})
 	if err == nil {
 		f.last.Store(logs[len(logs)-1].Index)
+		for _, d := range ops {
+			if _, ok := d.op.(*stepCAUpdate); ok {
+				f.kvGen.Add(1)
+				break
+			}
+		}
 	}
 	if err != nil {
 		// The store cannot take writes: continuing would diverge.
@@ -245,6 +254,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.db, err = openBolt(f.path)
 	f.last.Store(snapIndex)
+	f.kvGen.Add(1)
 	return err
 }
 

@@ -124,8 +124,22 @@ func (n *Node) CreateJoinToken(ctx context.Context, id string, secret []byte, ex
 
 // ConsumeJoinToken uses a join token up, or fails with ErrJoinTokenInvalid,
 // ErrJoinTokenExpired or ErrJoinTokenUsed.
+//
+// The token is checked against a linearizable read first: an unknown or
+// used token, or a wrong secret, is refused without a Raft write, so guessing
+// costs the cluster no log entries. Only a caller holding the secret of an
+// unused token reaches the log, where the FSM decides again, expiry
+// included, by the leader's clock.
 func (n *Node) ConsumeJoinToken(ctx context.Context, id string, secret []byte, nodeID string) error {
 	sum := sha256.Sum256(secret)
+	if err := n.Linearize(ctx); err != nil {
+		return err
+	}
+	// Expiry is left to the FSM (the zero time expires nothing here): it is
+	// judged by the leader's clock at apply.
+	if err := n.CheckJoinToken(id, secret, time.Time{}); err != nil {
+		return err
+	}
 	_, err := n.apply(ctx, "jointoken.consume", 1, &consumeJoinToken{ID: id, SecretSHA256: sum[:], NodeID: nodeID})
 	return err
 }

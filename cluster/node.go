@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -68,6 +69,7 @@ type options struct {
 	applyTimeout time.Duration
 	forwarder    Forwarder
 	faults       *Faults
+	now          func() time.Time
 }
 
 // WithForwarder lets a follower forward writes to the leader. Without one, a
@@ -80,6 +82,10 @@ func WithRaftConfig(fn func(*raft.Config)) Option { return func(o *options) { o.
 // WithFatalHook replaces what happens when the FSM meets an entry it cannot
 // apply (default: log and panic, so the replica stops instead of diverging).
 func WithFatalHook(fn func(error)) Option { return func(o *options) { o.fatal = fn } }
+
+// WithClock sets the clock this node stamps on the commands it applies as
+// leader (default time.Now; tests skew it).
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
 
 // WithApplyTimeout bounds how long a commit waits to enter the Raft pipeline.
 func WithApplyTimeout(d time.Duration) Option { return func(o *options) { o.applyTimeout = d } }
@@ -95,6 +101,7 @@ type Node struct {
 	stream       *tlsStreamLayer // nil on plain TCP
 	applyTimeout time.Duration
 	forwarder    Forwarder
+	now          func() time.Time
 	existing     bool // had Raft state when opened
 	barrierTerm  atomic.Uint64
 	closeOnce    sync.Once
@@ -115,7 +122,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	o := options{applyTimeout: 10 * time.Second}
+	o := options{applyTimeout: 10 * time.Second, now: time.Now}
 	o.fatal = func(err error) {
 		log.Error("registry state machine cannot continue", "err", err)
 		panic(err)
@@ -126,7 +133,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, forwarder: o.forwarder}
+	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, forwarder: o.forwarder, now: o.now}
 	defer func() { // n, not the named result: that is nil on every error return
 		if err != nil {
 			n.Close()
@@ -269,12 +276,13 @@ func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 func (n *Node) RaftAddr() string { return string(n.transport.LocalAddr()) }
 
 // CommitEnrollment records a verified enrollment and consumes its session.
-// It fails with ErrSessionUsed, changing nothing, if the session was used.
+// It fails with ErrSessionUsed, changing nothing, if the session was used,
+// and with ErrSessionExpired if it expired by the leader's clock.
 func (n *Node) CommitEnrollment(ctx context.Context, sessionID string, sessionExpires time.Time, d Device, a AttestationRecord, flags ...Flag) (uint64, error) {
 	if sessionID == "" || d.ID == "" {
 		return 0, errors.New("cluster: an enrollment needs a session and a device ID")
 	}
-	return n.apply(ctx, "enrollment.accept", 1, &acceptEnrollment{SessionID: sessionID, SessionExpires: sessionExpires, Device: d, Attestation: a, Flags: flags})
+	return n.apply(ctx, "enrollment.accept", 2, &acceptEnrollmentV2{acceptEnrollment{SessionID: sessionID, SessionExpires: sessionExpires, Device: d, Attestation: a, Flags: flags}})
 }
 
 // CommitRejection records a refused attempt; sessionID, if set, is consumed.
@@ -283,7 +291,9 @@ func (n *Node) CommitRejection(ctx context.Context, sessionID string, sessionExp
 }
 
 func (n *Node) apply(ctx context.Context, typ string, version int, payload any) (uint64, error) {
-	b, err := encodeCommand(typ, version, time.Now().UTC(), payload)
+	// The time is provisional on a follower: the leader stamps its own
+	// (ApplyForwarded) before the command reaches the log.
+	b, err := encodeCommand(typ, version, n.now().UTC(), payload)
 	if err != nil {
 		return 0, err
 	}
@@ -305,15 +315,24 @@ func (n *Node) apply(ctx context.Context, typ string, version int, payload any) 
 
 // ApplyForwarded applies a command a follower forwarded. The command is
 // decoded first: a command this leader does not know is refused here rather
-// than reaching the log, where every replica would have to stop on it.
+// than reaching the log, where every replica would have to stop on it. The
+// leader replaces the command's time with its own clock: anything the FSM
+// judges by time (join-token and session expiry, failure windows) is judged
+// by the leader's clock at apply, never by the follower's.
 func (n *Node) ApplyForwarded(ctx context.Context, cmd []byte) (Applied, error) {
-	if _, _, err := decodeCommand(cmd); err != nil {
+	c, _, err := decodeCommand(cmd)
+	if err != nil {
 		return Applied{}, err
 	}
 	if n.raft.State() != raft.Leader {
 		return Applied{}, ErrNotLeader
 	}
-	return n.applyLocal(ctx, cmd)
+	c.Time = n.now().UTC()
+	stamped, err := json.Marshal(c)
+	if err != nil {
+		return Applied{}, err
+	}
+	return n.applyLocal(ctx, stamped)
 }
 
 func (n *Node) applyLocal(ctx context.Context, b []byte) (Applied, error) {

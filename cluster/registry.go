@@ -15,6 +15,9 @@ var (
 	// ErrSessionUsed: an enrollment session completes at most once; a
 	// command naming a used session changes nothing.
 	ErrSessionUsed = errors.New("enrollment session already used")
+	// ErrSessionExpired: the session's expiry had passed by the leader's
+	// clock when the command applied; nothing is written.
+	ErrSessionExpired = errors.New("enrollment session expired")
 	// ErrUnknownCommand: a command type or version this build cannot apply.
 	// A replica that met one stops (see WithFatalHook) rather than diverge.
 	ErrUnknownCommand = errors.New("unknown command")

@@ -82,6 +82,11 @@ func (n *Node) KVUpdate(ctx context.Context, ops ...KVOp) (swapped bool, err err
 	return r == 1, err
 }
 
+// KVGeneration changes whenever this node applies a change to the KV
+// tables (or restores a snapshot): a cache of anything derived from them is
+// current while it stays the same.
+func (n *Node) KVGeneration() uint64 { return n.fsm.kvGen.Load() }
+
 // KVGet reads one value from this node's state; ErrNotFound if absent.
 func (n *Node) KVGet(table string, key []byte) ([]byte, error) {
 	var out []byte

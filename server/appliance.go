@@ -61,6 +61,18 @@ type Config struct {
 	// JoinSeed is the API address (host:port) this node joined through;
 	// empty for the node that created the cluster.
 	JoinSeed string `json:"join_seed,omitempty"`
+	// Admission control (DESIGN.md "Admission control"): requests without
+	// a client certificate, per client address, per second (RateLimit)
+	// with bursts of up to RateBurst; RefusalSummaryEvery is how often a
+	// node audits the refusals it did not record one by one.
+	RateLimit           float64  `json:"rate_limit"`
+	RateBurst           int      `json:"rate_burst"`
+	RefusalSummaryEvery Duration `json:"refusal_summary_every"`
+	// Retention (DESIGN.md "Retention"): refused attestation records and
+	// raw evidence older than these are removed by the leader, audited.
+	// Zero keeps them forever.
+	RetainRefused     Duration `json:"retain_refused"`
+	RetainRawEvidence Duration `json:"retain_raw_evidence"`
 }
 
 // Duration is a time.Duration that reads and writes as "24h0m0s".
@@ -92,6 +104,11 @@ func DefaultConfig() Config {
 		SessionTTL:           Duration{5 * time.Minute},
 		ApprovalRetry:        Duration{30 * time.Second},
 		AuditCheckpointEvery: Duration{5 * time.Minute},
+		RateLimit:            20,
+		RateBurst:            40,
+		RefusalSummaryEvery:  Duration{time.Minute},
+		RetainRefused:        Duration{90 * 24 * time.Hour},
+		RetainRawEvidence:    Duration{365 * 24 * time.Hour},
 	}
 }
 
@@ -111,6 +128,12 @@ func (c Config) validate() error {
 		return errors.New("config: approval_retry must be at least 1s")
 	case c.AuditCheckpointEvery.Duration < time.Second:
 		return errors.New("config: audit_checkpoint_every must be at least 1s")
+	case !(c.RateLimit > 0) || c.RateBurst < 1:
+		return errors.New("config: rate_limit must be positive and rate_burst at least 1")
+	case c.RefusalSummaryEvery.Duration < time.Second:
+		return errors.New("config: refusal_summary_every must be at least 1s")
+	case c.RetainRefused.Duration < 0 || c.RetainRawEvidence.Duration < 0:
+		return errors.New("config: retain_refused and retain_raw_evidence must not be negative (0 keeps forever)")
 	}
 	if err := parseAuditSink(c.AuditSink); err != nil {
 		return fmt.Errorf("config: %w", err)
@@ -177,6 +200,8 @@ type options struct {
 	listen      string
 	clusterOpts []cluster.Option
 	now         func() time.Time
+	rateLimit   float64
+	rateBurst   int
 }
 
 // WithLogger sets the logger (default: discard).
@@ -188,6 +213,12 @@ func WithListen(addr string) Option { return func(o *options) { o.listen = addr 
 // WithClusterOptions passes options to the Raft node (tests shorten timeouts).
 func WithClusterOptions(opts ...cluster.Option) Option {
 	return func(o *options) { o.clusterOpts = append(o.clusterOpts, opts...) }
+}
+
+// WithRateLimit overrides the configured admission rate limit: requests
+// per second per client address without a client certificate, and burst.
+func WithRateLimit(perSecond float64, burst int) Option {
+	return func(o *options) { o.rateLimit, o.rateBurst = perSecond, burst }
 }
 
 // WithClock sets the clock used for session expiry and records (tests).
@@ -215,6 +246,9 @@ type Appliance struct {
 	deniedLimit       deniedLimiter
 	sink              *checkpointSink       // nil: no audit_sink
 	revokeHook        func(deviceID string) // tests: runs between RevokeDevice's two steps
+	tlsRefusedLimit   deniedLimiter
+	admission         *clientLimiter
+	crlCache          crlCache
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA
@@ -231,6 +265,9 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	}
 	if o.listen != "" {
 		cfg.Listen = o.listen
+	}
+	if o.rateLimit > 0 && o.rateBurst > 0 {
+		cfg.RateLimit, cfg.RateBurst = o.rateLimit, o.rateBurst
 	}
 	rootsPEM, err := os.ReadFile(filepath.Join(dataDir, ekRootsFile))
 	if err != nil {
@@ -306,7 +343,9 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		now:           o.now,
 		log:           o.logger,
 		metrics:       newEnrollMetrics(),
+		unproven:      newRefusalCounts(o.now),
 	}
+	a.admission = newClientLimiter(cfg.RateLimit, cfg.RateBurst)
 	if err := a.serveDevices(); err != nil {
 		return nil, err
 	}
@@ -315,6 +354,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	}
 	go a.registerLoop(cfg.JoinSeed, a.node.Fresh())
 	go a.leaderLoop(cfg.AuditCheckpointEvery.Duration)
+	go a.refusalSummaryLoop(cfg.RefusalSummaryEvery.Duration)
 	return a, nil
 }
 
@@ -335,7 +375,7 @@ func (a *Appliance) serveDevices() error {
 	}
 	ln := a.deviceLn
 	a.deviceSrv = &http.Server{
-		Handler:           a.deviceHandler(),
+		Handler:           a.admit(a.deviceHandler()),
 		TLSConfig:         tlsCfg,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,

@@ -206,6 +206,7 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	tok, err := ParseJoinToken(req.Token)
 	if err != nil {
+		a.countJoinRefusal(api.CodeJoinTokenInvalid)
 		writeProblem(w, newProblem(http.StatusForbidden, api.CodeJoinTokenInvalid, err.Error()))
 		return
 	}
@@ -223,11 +224,15 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 			err = a.node.CheckJoinToken(tok.ID, tok.Secret, time.Now())
 		}
 	} else {
+		// ConsumeJoinToken checks the token before any Raft write: a
+		// guess costs a read, counted in the node's refusal summary.
 		err = a.node.ConsumeJoinToken(r.Context(), tok.ID, tok.Secret, req.NodeID)
 	}
 	if err != nil {
 		a.log.Warn("join refused", "node_id", req.NodeID, "check", check, "err", err)
-		writeProblem(w, a.clusterProblem(err))
+		p := a.clusterProblem(err)
+		a.countJoinRefusal(p.Code)
+		writeProblem(w, p)
 		return
 	}
 	key, err := ca.EncryptedKeyPEM(filepath.Join(a.dataDir, caDir))
@@ -326,6 +331,7 @@ var clusterErrors = []struct {
 	code   string
 }{
 	{cluster.ErrSessionUsed, http.StatusConflict, api.CodeSessionReplayed},
+	{cluster.ErrSessionExpired, http.StatusForbidden, api.CodeTokenExpired},
 	{cluster.ErrJoinTokenInvalid, http.StatusForbidden, api.CodeJoinTokenInvalid},
 	{cluster.ErrJoinTokenExpired, http.StatusForbidden, api.CodeJoinTokenExpired},
 	{cluster.ErrJoinTokenUsed, http.StatusForbidden, api.CodeJoinTokenUsed},

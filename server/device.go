@@ -93,13 +93,12 @@ func (a *Appliance) effectiveConfig(dev cluster.Device) (api.ConfigResponse, err
 }
 
 // crl serves the CRL of everything revoked, to anyone: relying parties
-// fetch it from the distribution point in device certificates.
+// fetch it from the distribution point in device certificates. It comes
+// from this node's replica through a cache refreshed when the replicated
+// step-ca tables change: no leader round trip per request. A follower may
+// lag the leader by the replication delay; a CRL is a snapshot anyway.
 func (a *Appliance) crl(w http.ResponseWriter, r *http.Request) {
-	if err := a.node.Linearize(r.Context()); err != nil {
-		writeProblem(w, a.enroller.commitFailed(err))
-		return
-	}
-	der, err := a.ca.CRL(a.enroller.now())
+	der, err := a.cachedCRL(a.enroller.now())
 	if err != nil {
 		writeProblem(w, a.enroller.internal(err))
 		return

@@ -61,6 +61,9 @@ type Enroller struct {
 	log           *slog.Logger
 	issued        atomic.Uint64 // certificates issued since start
 	metrics       *enrollMetrics
+	// unproven counts refusals before TPM possession was proven, which are
+	// not committed one by one (see refuse).
+	unproven *refusalCounts
 }
 
 // checkPolicy names the policy's verdict among a record's checks.
@@ -88,7 +91,7 @@ func (e *Enroller) pend(ctx context.Context, rec cluster.AttestationRecord, sess
 		Labels:         labels,
 	}
 	attID, err := e.reg.CommitEnrollment(ctx, sess.ID, sess.Expires, dev, rec, flags...)
-	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrDeviceInactive) {
+	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrSessionExpired) || errors.Is(err, cluster.ErrDeviceInactive) {
 		rec.Outcome, rec.Reason = "", ""
 		return e.reject(ctx, rec, sess, err)
 	}
@@ -123,7 +126,7 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 		rec.Evidence.EK = &ekCopy
 	}
 	if err != nil {
-		return nil, e.reject(ctx, withRaw(rec, &sess.Raw), nil, err)
+		return nil, e.reject(ctx, rec, nil, err)
 	}
 
 	ak, err := attest.VerifyAK(goattest.AttestationParameters{
@@ -134,7 +137,7 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 	})
 	if err != nil {
 		rec.Checks = append(rec.Checks, cluster.Check{Name: attest.CheckAK, Detail: err.Error()})
-		return nil, e.reject(ctx, withRaw(rec, &sess.Raw), nil, err)
+		return nil, e.reject(ctx, rec, nil, err)
 	}
 	sess.Checks = append(sess.Checks, cluster.Check{Name: attest.CheckAK, Passed: true, Detail: "restricted signing key created in a TPM"})
 	sess.AKSHA256, sess.AKAlg = ak.PublicSHA256, ak.Algorithm
@@ -143,7 +146,7 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 	cred, err := ak.MakeCredential(ekPub, req.EKPublicArea, sess.Secret)
 	if err != nil {
 		rec.Evidence.AKPublicSHA256, rec.Evidence.AKAlgorithm = ak.PublicSHA256, ak.Algorithm
-		return nil, e.reject(ctx, withRaw(rec, &sess.Raw), nil, err)
+		return nil, e.reject(ctx, rec, nil, err)
 	}
 	token, err := e.tokens.seal(sess)
 	if err != nil {
@@ -155,13 +158,6 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 		Credential:   api.Credential{Credential: cred.Credential, Secret: cred.Secret},
 		ExpiresAt:    sess.Expires,
 	}, nil
-}
-
-// withRaw attaches the raw evidence to a record about to be committed; it
-// is compressed only then, since a challenge that passes commits nothing.
-func withRaw(rec cluster.AttestationRecord, raw *cluster.RawEvidence) cluster.AttestationRecord {
-	rec.RawEvidenceGzip = gzipJSON(raw)
-	return rec
 }
 
 // verifyEK establishes the EK public key and the device ID, recording what it
@@ -410,7 +406,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		Labels:              labels,
 	}
 	attID, err := e.reg.CommitEnrollment(ctx, sess.ID, sess.Expires, dev, rec, flags...)
-	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrDeviceInactive) { // lost a race with a completion or an operator
+	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrSessionExpired) || errors.Is(err, cluster.ErrDeviceInactive) { // lost a race with a completion or an operator
 		rec.Outcome, rec.CertificateSerial = "", ""
 		return nil, e.reject(ctx, rec, sess, err)
 	}
@@ -444,8 +440,8 @@ func (e *Enroller) issue(ctx context.Context, what string, attID uint64, csr *x5
 }
 
 // reject commits a rejected attestation record and returns the problem the
-// device sees. The record is committed even for requests that cannot be
-// attributed to a device, so security teams see every refusal.
+// device sees; a refusal before TPM possession was proven is only counted
+// (see refuse).
 func (e *Enroller) reject(ctx context.Context, rec cluster.AttestationRecord, sess *session, cause error, flags ...cluster.Flag) error {
 	return e.refuse(rec, sess, cause, func(sid string, exp time.Time, rec cluster.AttestationRecord) (uint64, error) {
 		return e.reg.CommitRejection(ctx, sid, exp, rec, flags...)
@@ -454,9 +450,29 @@ func (e *Enroller) reject(ctx context.Context, rec cluster.AttestationRecord, se
 
 // refuse records cause in rec, commits rec with commit and returns the
 // problem the device sees, naming the committed record.
+//
+// Only a refusal of a client that proved it holds the TPM (see possession)
+// is committed, with its reason, and counts towards the device's
+// repeated_failures. One before that (malformed request, bad or expired
+// token, untrusted EK, bad AK, failed activation) is anyone's to send, with
+// anyone's public EK certificate: it writes nothing to Raft, so it can
+// neither grow every replica nor flag the device it names. It is counted
+// (gatehouse_refusals_unrecorded_total, and the node's periodic
+// admission.refused audit summary) and answered without an attestation ID.
+// Raw evidence is kept only from a client that proved possession.
 func (e *Enroller) refuse(rec cluster.AttestationRecord, sess *session, cause error, commit func(string, time.Time, cluster.AttestationRecord) (uint64, error)) error {
 	p := problemFor(cause)
 	rec.Outcome, rec.Code, rec.Reason = cluster.OutcomeRejected, p.Code, p.Detail
+	proven, keepRaw := possession(rec)
+	if !proven {
+		e.unproven.add(rec.Stage, p.Code)
+		e.metrics.unrecorded.WithLabelValues(rec.Stage, p.Code).Inc()
+		e.log.Debug("attestation refused before TPM possession was proven (counted, not recorded)", "stage", rec.Stage, "device_id", rec.DeviceID, "code", p.Code)
+		return p
+	}
+	if !keepRaw {
+		rec.RawEvidenceGzip, rec.EventLogGzip = nil, nil
+	}
 	var sid string
 	var exp time.Time
 	if sess != nil {
@@ -488,7 +504,7 @@ func recordQuote(rec *cluster.AttestationRecord, raw cluster.RawEvidence, nonce 
 	for _, p := range in {
 		raw.PCRs = append(raw.PCRs, cluster.RawPCR{Index: p.Index, Bank: p.Bank, Digest: p.Digest})
 	}
-	rec.RawEvidenceGzip = gzipJSON(raw)
+	rec.RawEvidenceGzip = bounded(gzipJSON(raw))
 	pcrs, bank, err := convertPCRs(in)
 	if err != nil {
 		return nil, err
@@ -500,7 +516,7 @@ func recordQuote(rec *cluster.AttestationRecord, raw cluster.RawEvidence, nonce 
 	if len(eventLog) > 0 {
 		sum := sha256.Sum256(eventLog)
 		rec.Evidence.EventLogSHA256 = hex.EncodeToString(sum[:])
-		rec.EventLogGzip = gzipBytes(eventLog)
+		rec.EventLogGzip = bounded(gzipBytes(eventLog))
 	}
 	return pcrs, nil
 }
@@ -577,6 +593,7 @@ var problemTable = []struct {
 	{errTokenExpired, http.StatusForbidden, api.CodeTokenExpired},
 	{cluster.ErrSessionUsed, http.StatusConflict, api.CodeSessionReplayed},
 	{attest.ErrClaimInvalid, http.StatusForbidden, api.CodeClaimInvalid}, // before ErrPolicyDenied, which wraps it
+	{cluster.ErrSessionExpired, http.StatusForbidden, api.CodeTokenExpired}, // by the leader's clock
 	{attest.ErrPolicyDenied, http.StatusForbidden, api.CodePolicyDenied},
 	{cluster.ErrDeviceInactive, http.StatusForbidden, api.CodeDeviceInactive},
 	{errReprovisionRefused, http.StatusForbidden, api.CodeReprovisionRefused},

@@ -137,6 +137,29 @@ func (e *env) expectRejected(p *api.Problem, status int, code string, issuedBefo
 	return rec
 }
 
+// expectUnrecorded asserts the problem's status and code for a refusal
+// before the client proved TPM possession: no attestation ID, no record,
+// no certificate (see Enroller.refuse).
+func (e *env) expectUnrecorded(p *api.Problem, status int, code string, issuedBefore uint64) {
+	e.t.Helper()
+	if p == nil {
+		e.t.Fatalf("request accepted, want %d %s", status, code)
+	}
+	if p.Status != status || p.Code != code || p.Type != api.ProblemType(code) || p.Detail == "" {
+		e.t.Fatalf("got %d %s (%s), want %d %s", p.Status, p.Code, p.Detail, status, code)
+	}
+	if p.AttestationID != 0 {
+		rec, _ := e.App.Node().Attestation(p.AttestationID)
+		e.t.Fatalf("a refusal before TPM possession was committed as attestation %d: %+v", p.AttestationID, rec)
+	}
+	if recs, _ := e.App.Node().Attestations(cluster.AttestationQuery{Limit: 1}); len(recs) == 1 && recs[0].Outcome == cluster.OutcomeRejected && recs[0].Code == code && time.Since(recs[0].Time) < 2*time.Second {
+		e.t.Fatalf("the newest record is this refusal: %+v", recs[0])
+	}
+	if got := e.App.CertificatesIssued(); got != issuedBefore {
+		e.t.Fatalf("certificates issued went from %d to %d on a rejection", issuedBefore, got)
+	}
+}
+
 func (e *env) expectNoDevice(d *device) {
 	e.t.Helper()
 	id, err := attest.DeviceID(d.EK.Public)
@@ -267,11 +290,7 @@ func TestEnrollRejections(t *testing.T) {
 		req, _ := fwclient.NewChallengeRequest(other.EK, ak, api.Claims{})
 		before := e.App.CertificatesIssued()
 		p := e.postJSON(api.PathChallenge, req, &api.ChallengeResponse{})
-		rec := e.expectRejected(p, http.StatusForbidden, api.CodeEKUntrusted, before)
-		wantID, _ := attest.DeviceID(other.EK.Public)
-		if rec.DeviceID != wantID || rec.Stage != "challenge" || len(rec.Checks) != 1 || rec.Checks[0].Passed {
-			t.Fatalf("record %+v", rec)
-		}
+		e.expectUnrecorded(p, http.StatusForbidden, api.CodeEKUntrusted, before)
 		e.expectNoDevice(other)
 	})
 
@@ -291,7 +310,7 @@ func TestEnrollRejections(t *testing.T) {
 		rand.Read(guess)
 		ev := e.evidence(other, foreignAK, &ch, guess)
 		before := e.App.CertificatesIssued()
-		e.expectRejected(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), http.StatusForbidden, api.CodeActivationFailed, before)
+		e.expectUnrecorded(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), http.StatusForbidden, api.CodeActivationFailed, before)
 	})
 
 	ak := d.NewAK(t, goattest.ECDSA)
@@ -352,7 +371,16 @@ func TestEnrollRejections(t *testing.T) {
 			ch, ev := fresh()
 			tc.mutate(t, ch, ev)
 			before := e.App.CertificatesIssued()
-			rec := e.expectRejected(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), tc.status, tc.code, before)
+			p := e.postJSON(api.PathComplete, ev, &api.CompleteResponse{})
+			switch tc.code {
+			case api.CodeActivationFailed, api.CodeTokenInvalid, api.CodeTokenExpired: // before possession was proven
+				e.expectUnrecorded(p, tc.status, tc.code, before)
+				return
+			}
+			rec := e.expectRejected(p, tc.status, tc.code, before)
+			if !rec.HasRawEvidence {
+				t.Fatalf("a refusal after credential activation keeps no raw evidence: %+v", rec)
+			}
 			if rec.Stage != "complete" {
 				t.Fatalf("stage %s", rec.Stage)
 			}
@@ -380,7 +408,7 @@ func TestEnrollRejections(t *testing.T) {
 		}
 		dev, _ := e.App.Node().Device(ok.DeviceID)
 		before := e.App.CertificatesIssued()
-		e.expectRejected(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), http.StatusConflict, api.CodeSessionReplayed, before)
+		e.expectUnrecorded(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), http.StatusConflict, api.CodeSessionReplayed, before)
 		if again, _ := e.App.Node().Device(ok.DeviceID); again.Enrollments != dev.Enrollments {
 			t.Fatalf("replay changed the device: %d enrollments, was %d", again.Enrollments, dev.Enrollments)
 		}
@@ -388,26 +416,26 @@ func TestEnrollRejections(t *testing.T) {
 
 	t.Run("rejected session cannot be retried", func(t *testing.T) {
 		_, ev := fresh()
-		good := ev.ActivatedSecret
-		ev.ActivatedSecret = bytes.Repeat([]byte{1}, 32)
+		good := ev.PCRs[7].Digest
+		ev.PCRs[7].Digest = bytes.Repeat([]byte{1}, len(good))
 		before := e.App.CertificatesIssued()
-		e.expectRejected(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), http.StatusForbidden, api.CodeActivationFailed, before)
-		ev.ActivatedSecret = good
-		e.expectRejected(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), http.StatusConflict, api.CodeSessionReplayed, before)
+		e.expectRejected(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), http.StatusForbidden, api.CodePCRMismatch, before)
+		ev.PCRs[7].Digest = good
+		e.expectUnrecorded(e.postJSON(api.PathComplete, ev, &api.CompleteResponse{}), http.StatusConflict, api.CodeSessionReplayed, before)
 	})
 
 	t.Run("oversized body", func(t *testing.T) {
 		before := e.App.CertificatesIssued()
 		big := `{"session_token":"` + strings.Repeat("A", api.MaxCompleteBody) + `"}`
-		e.expectRejected(e.post(api.PathComplete, []byte(big), &api.CompleteResponse{}), http.StatusRequestEntityTooLarge, api.CodeTooLarge, before)
+		e.expectUnrecorded(e.post(api.PathComplete, []byte(big), &api.CompleteResponse{}), http.StatusRequestEntityTooLarge, api.CodeTooLarge, before)
 		big = `{"ek_public":"` + strings.Repeat("A", api.MaxChallengeBody) + `"}`
-		e.expectRejected(e.post(api.PathChallenge, []byte(big), &api.ChallengeResponse{}), http.StatusRequestEntityTooLarge, api.CodeTooLarge, before)
+		e.expectUnrecorded(e.post(api.PathChallenge, []byte(big), &api.ChallengeResponse{}), http.StatusRequestEntityTooLarge, api.CodeTooLarge, before)
 	})
 
 	t.Run("malformed JSON", func(t *testing.T) {
 		before := e.App.CertificatesIssued()
-		e.expectRejected(e.post(api.PathChallenge, []byte(`{"ak":`), &api.ChallengeResponse{}), http.StatusBadRequest, api.CodeMalformed, before)
-		e.expectRejected(e.post(api.PathChallenge, []byte(`{}`), &api.ChallengeResponse{}), http.StatusBadRequest, api.CodeMalformed, before)
+		e.expectUnrecorded(e.post(api.PathChallenge, []byte(`{"ak":`), &api.ChallengeResponse{}), http.StatusBadRequest, api.CodeMalformed, before)
+		e.expectUnrecorded(e.post(api.PathChallenge, []byte(`{}`), &api.ChallengeResponse{}), http.StatusBadRequest, api.CodeMalformed, before)
 	})
 }
 

@@ -60,7 +60,8 @@ func (k *registryKV) Update(ops []ca.KVOp) (bool, error) {
 
 // leaderLoop runs the leader's periodic duties: signing the audit head,
 // marking devices that missed their re-attestation interval stale, and
-// completing interrupted device revocations.
+// completing interrupted device revocations, and compacting refused records
+// and raw evidence past their retention.
 func (a *Appliance) leaderLoop(every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -82,6 +83,9 @@ func (a *Appliance) leaderLoop(every time.Duration) {
 		}
 		if err := a.SweepRevocations(ctx); err != nil {
 			a.log.Error("completing device revocations failed", "err", err)
+		}
+		if _, err := a.CompactRetention(ctx); err != nil {
+			a.log.Warn("retention compaction failed", "err", err)
 		}
 		cancel()
 	}

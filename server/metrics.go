@@ -42,6 +42,9 @@ type enrollMetrics struct {
 	latency   *prometheus.HistogramVec
 	certsDone prometheus.Counter
 	panics    prometheus.Counter
+	// unrecorded counts refusals answered without an attestation record
+	// (before TPM possession was proven, or rate-limited), by stage and code.
+	unrecorded *prometheus.CounterVec
 }
 
 func newEnrollMetrics() *enrollMetrics {
@@ -64,8 +67,12 @@ func newEnrollMetrics() *enrollMetrics {
 			Name: "gatehouse_http_panics_total",
 			Help: "Device API requests whose handler panicked; each was answered 500 and logged with its stack.",
 		}),
+		unrecorded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_refusals_unrecorded_total",
+			Help: "Refusals answered without an attestation record (before TPM possession was proven, or rate-limited), by stage (or path) and problem code; audited as periodic summaries.",
+		}, []string{"stage", "code"}),
 	}
-	m.registry.MustRegister(m.outcomes, m.latency, m.certsDone, m.panics, collectors.NewGoCollector())
+	m.registry.MustRegister(m.outcomes, m.latency, m.certsDone, m.panics, m.unrecorded, collectors.NewGoCollector())
 	return m
 }
 

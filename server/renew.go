@@ -124,7 +124,7 @@ func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Cer
 	}
 	rec.Outcome, rec.CertificateSerial = cluster.OutcomeAccepted, profile.Serial.Text(16)
 	attID, err := e.reg.CommitRenewal(ctx, sess.ID, sess.Expires, rec, now.Add(profile.Validity))
-	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrDeviceInactive) {
+	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrSessionExpired) || errors.Is(err, cluster.ErrDeviceInactive) {
 		rec.Outcome, rec.CertificateSerial = "", ""
 		return nil, e.reject(ctx, rec, sess, err)
 	}

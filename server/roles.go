@@ -123,21 +123,31 @@ func (a *Appliance) authAdmin(r *http.Request) (adminIdentity, error) {
 
 const adminDeniedBurst = 10
 
-// deniedLimiter allows adminDeniedBurst audit entries per second.
+// tlsRefusedPerMinute bounds tls.refused entries: anyone can offer a
+// self-signed certificate, so their number is bounded by time; the rest go
+// to the node's refusal summary.
+const tlsRefusedPerMinute = 10
+
+// deniedLimiter allows adminDeniedBurst audit entries per second (allow),
+// or max per window (allowIn).
 type deniedLimiter struct {
 	mu     sync.Mutex
-	second int64
+	second int64 // the current window's number
 	n      int
 }
 
 func (l *deniedLimiter) allow(now time.Time) bool {
+	return l.allowIn(now, time.Second, adminDeniedBurst)
+}
+
+func (l *deniedLimiter) allowIn(now time.Time, window time.Duration, max int) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if s := now.Unix(); s != l.second {
+	if s := now.UnixNano() / int64(window); s != l.second {
 		l.second, l.n = s, 0
 	}
 	l.n++
-	return l.n <= adminDeniedBurst
+	return l.n <= max
 }
 
 // auditDenied records a refused admin request in the audit log.
@@ -152,7 +162,11 @@ func (a *Appliance) auditDenied(r *http.Request, id adminIdentity, cause error) 
 	}
 	p := problemFor(cause)
 	a.log.Warn("admin request refused", "who", who, "method", r.Method, "path", r.URL.Path, "code", p.Code, "remote", r.RemoteAddr)
-	if !a.deniedLimit.allow(time.Now()) {
+	// Without a certificate the request is anyone's to send: it goes to
+	// the node's refusal summary, not one entry each (DESIGN.md, Admission
+	// control); so do refusals past the per-second limit.
+	if who == "anonymous" || !a.deniedLimit.allow(time.Now()) {
+		a.countUnrecorded(stageAdmin, p.Code)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -166,7 +180,8 @@ func (a *Appliance) auditDenied(r *http.Request, id adminIdentity, cause error) 
 // tlsRefusals is the HTTPS server's error log. net/http reports a refused
 // TLS handshake only there; one that failed to verify a client certificate
 // (another CA's, or an expired one) is a failed login, so it goes to the
-// audit log as well, under the same rate limit as refused admin requests.
+// audit log as well, at most tlsRefusedPerMinute per node (the rest are
+// counted in the node's refusal summary).
 type tlsRefusals struct{ a *Appliance }
 
 func (t tlsRefusals) Write(p []byte) (int, error) {
@@ -175,7 +190,9 @@ func (t tlsRefusals) Write(p []byte) (int, error) {
 	const prefix = "http: TLS handshake error from "
 	if rest, ok := strings.CutPrefix(msg, prefix); ok && strings.Contains(rest, "failed to verify certificate") {
 		remote, reason, _ := strings.Cut(rest, ": ")
-		if t.a.deniedLimit.allow(time.Now()) {
+		if !t.a.tlsRefusedLimit.allowIn(time.Now(), time.Minute, tlsRefusedPerMinute) {
+			t.a.countUnrecorded(stageTLS, codeTLSRefused)
+		} else {
 			go func() {
 				ctx, cancel := context.WithTimeout(t.a.ctx, 5*time.Second)
 				defer cancel()

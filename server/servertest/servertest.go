@@ -85,12 +85,18 @@ func New(t testing.TB, opts ...cluster.Option) *Env {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.RaftAddr = FreeAddr(t) // fixed: the cluster configuration records it
 	cfg.ApprovalRetry = server.Duration{Duration: time.Second}
+	Unthrottled(&cfg)
 	if err := server.Init(e.Dir, Password, cfg, EKRoots(m)); err != nil {
 		t.Fatalf("init appliance: %v", err)
 	}
 	e.Start()
 	return e
 }
+
+// Unthrottled lifts the admission rate limit: tests and benchmarks enroll
+// many devices from one loopback address. (TestAdmissionRateLimit runs
+// with the limit on.)
+func Unthrottled(cfg *server.Config) { cfg.RateLimit, cfg.RateBurst = 1e9, 1<<30 }
 
 // EKRoots is the PEM bundle trusting m's EK certificates.
 func EKRoots(m *swtpm.Manufacturer) []byte {
@@ -183,6 +189,7 @@ func (e *Env) Join(t testing.TB, nodeID string, opts ...cluster.Option) (*server
 	cfg.NodeID = nodeID
 	cfg.Listen = "127.0.0.1:0"
 	cfg.RaftAddr = FreeAddr(t)
+	Unthrottled(&cfg)
 	if err := server.Join(ctx, dir, Password, e.App.Addr(), tok.String(), cfg); err != nil {
 		t.Fatalf("join %s: %v", nodeID, err)
 	}

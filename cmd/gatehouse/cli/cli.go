@@ -134,6 +134,10 @@ func initCmd() *cobra.Command {
 	f.DurationVar(&cfg.ApprovalRetry.Duration, "approval-retry", def.ApprovalRetry.Duration, "how long a device pending approval is told to wait before it retries")
 	f.StringVar(&cfg.AuditSink, "audit-sink", "", "where this node also writes each signed audit checkpoint: file:PATH, syslog or syslog:NETWORK:ADDRESS")
 	f.StringVar(&fromBackup, "from-backup", "", "take the CA, trust domain and manufacturer roots from this backup (then: serve, cluster restore)")
+	f.Float64Var(&cfg.RateLimit, "rate-limit", def.RateLimit, "requests per second per client address without a client certificate")
+	f.IntVar(&cfg.RateBurst, "rate-burst", def.RateBurst, "burst of requests per client address without a client certificate")
+	f.DurationVar(&cfg.RetainRefused.Duration, "retain-refused", def.RetainRefused.Duration, "keep refused attestation records this long (0: forever)")
+	f.DurationVar(&cfg.RetainRawEvidence.Duration, "retain-raw-evidence", def.RetainRawEvidence.Duration, "keep raw evidence and event logs this long (0: forever)")
 	_ = c.MarkFlagRequired("password-file")
 	return c
 }

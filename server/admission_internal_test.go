@@ -1,0 +1,77 @@
+package server
+
+import (
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
+
+// Which refusals are committed, and with raw evidence: only after the
+// client proved TPM possession (activation for enrollment; the enrolled
+// AK for a renewal, which is an authenticated device anyway).
+func TestPossession(t *testing.T) {
+	ak := cluster.Check{Name: attest.CheckAK, Passed: true}
+	badAK := cluster.Check{Name: attest.CheckAK}
+	act := cluster.Check{Name: attest.CheckActivation, Passed: true}
+	badAct := cluster.Check{Name: attest.CheckActivation}
+	for _, tc := range []struct {
+		name            string
+		rec             cluster.AttestationRecord
+		proven, keepRaw bool
+	}{
+		{"challenge, all passed", cluster.AttestationRecord{Stage: stageChallenge, Checks: []cluster.Check{{Name: attest.CheckEKChain, Passed: true}, ak}}, false, false},
+		{"complete, no activation yet", cluster.AttestationRecord{Stage: stageComplete, Checks: []cluster.Check{ak}}, false, false},
+		{"complete, activation failed", cluster.AttestationRecord{Stage: stageComplete, Checks: []cluster.Check{ak, badAct}}, false, false},
+		{"complete, activation passed", cluster.AttestationRecord{Stage: stageComplete, Checks: []cluster.Check{ak, act, {Name: attest.CheckQuoteNonce}}}, true, true},
+		{"renew, foreign AK", cluster.AttestationRecord{Stage: stageRenew, Checks: []cluster.Check{badAK}}, true, false},
+		{"renew, token refused before any check", cluster.AttestationRecord{Stage: stageRenew}, true, false},
+		{"renew, enrolled AK", cluster.AttestationRecord{Stage: stageRenew, Checks: []cluster.Check{ak, {Name: attest.CheckPCRDigest}}}, true, true},
+	} {
+		proven, keepRaw := possession(tc.rec)
+		if proven != tc.proven || keepRaw != tc.keepRaw {
+			t.Errorf("%s: proven %v keepRaw %v, want %v %v", tc.name, proven, keepRaw, tc.proven, tc.keepRaw)
+		}
+	}
+	if bounded(make([]byte, maxStoredBlob+1)) != nil || len(bounded(make([]byte, maxStoredBlob))) != maxStoredBlob {
+		t.Error("blobs over maxStoredBlob are kept, or blobs within it dropped")
+	}
+}
+
+// The per-client limiter: a burst, then a refill at the rate; clients are
+// independent; past the tracking bound new clients share one bucket.
+func TestClientLimiter(t *testing.T) {
+	l := newClientLimiter(2, 3)
+	now := time.Unix(1000, 0)
+	for i := range 3 {
+		if ok, _ := l.allow("10.0.0.1", now); !ok {
+			t.Fatalf("request %d within the burst refused", i)
+		}
+	}
+	ok, wait := l.allow("10.0.0.1", now)
+	if ok || wait <= 0 || wait > time.Second {
+		t.Fatalf("past the burst: ok %v, wait %v", ok, wait)
+	}
+	if ok, _ := l.allow("10.0.0.2", now); !ok {
+		t.Fatal("another client was limited")
+	}
+	if ok, _ := l.allow("10.0.0.1", now.Add(500*time.Millisecond)); !ok {
+		t.Fatal("no refill after 1/rate")
+	}
+	for i := range maxTrackedClients {
+		l.allow(string(rune(i))+"x", now)
+	}
+	if len(l.clients) > maxTrackedClients {
+		t.Fatalf("tracking %d clients, bound %d", len(l.clients), maxTrackedClients)
+	}
+	// One IPv4 address, or one IPv6 /64, is one client.
+	if clientKey("192.0.2.7:4433") != "192.0.2.7" || clientKey("[2001:db8:1:2:aa::1]:443") != clientKey("[2001:db8:1:2:bb::9]:1") ||
+		clientKey("[2001:db8:1:2::1]:443") == clientKey("[2001:db8:1:3::1]:443") {
+		t.Error("client keys: want an IPv4 address or an IPv6 /64 each")
+	}
+	// Summaries and metric labels name a fixed set of routes.
+	if limitedStage("/v1/enroll/challenge") != stageChallenge || limitedStage("/a/path/of/the/attacker's/choosing") != "other" {
+		t.Error("rate-limited requests are not named by a fixed set of routes")
+	}
+}
