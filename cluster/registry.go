@@ -17,7 +17,7 @@ var (
 	ErrSessionUsed = errors.New("enrollment session already used")
 	// ErrSessionExpired: the session's expiry had passed by the leader's
 	// clock when the command applied; nothing is written.
-	ErrSessionExpired = errors.New("enrollment session expired")
+	ErrSessionExpired = errors.New("session expired")
 	// ErrUnknownCommand: a command type or version this build cannot apply.
 	// A replica that met one stops (see WithFatalHook) rather than diverge.
 	ErrUnknownCommand = errors.New("unknown command")

@@ -590,10 +590,9 @@ var problemTable = []struct {
 	{attest.ErrCSRInvalid, http.StatusForbidden, api.CodeCSRInvalid},
 	{attest.ErrCSRKeyMismatch, http.StatusForbidden, api.CodeCSRKeyMismatch},
 	{errTokenInvalid, http.StatusForbidden, api.CodeTokenInvalid},
-	{errTokenExpired, http.StatusForbidden, api.CodeTokenExpired},
 	{cluster.ErrSessionUsed, http.StatusConflict, api.CodeSessionReplayed},
 	{attest.ErrClaimInvalid, http.StatusForbidden, api.CodeClaimInvalid}, // before ErrPolicyDenied, which wraps it
-	{cluster.ErrSessionExpired, http.StatusForbidden, api.CodeTokenExpired}, // by the leader's clock
+	{cluster.ErrSessionExpired, http.StatusForbidden, api.CodeTokenExpired}, // at open, and at apply by the leader's clock
 	{attest.ErrPolicyDenied, http.StatusForbidden, api.CodePolicyDenied},
 	{cluster.ErrDeviceInactive, http.StatusForbidden, api.CodeDeviceInactive},
 	{errReprovisionRefused, http.StatusForbidden, api.CodeReprovisionRefused},

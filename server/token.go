@@ -13,11 +13,10 @@ import (
 	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
-// Session-token errors.
-var (
-	errTokenInvalid = errors.New("session token is invalid")
-	errTokenExpired = errors.New("session token has expired")
-)
+// errTokenInvalid: a session token that was not sealed by this cluster or
+// was altered. An expired one is cluster.ErrSessionExpired, the error the
+// FSM also gives when the leader's clock finds the session expired.
+var errTokenInvalid = errors.New("session token is invalid")
 
 const tokenVersion = 1
 
@@ -96,7 +95,7 @@ func (s *sealer) open(token string, now time.Time) (*session, error) {
 		return nil, errTokenInvalid
 	}
 	if !now.Before(sess.Expires) {
-		return &sess, errTokenExpired
+		return &sess, cluster.ErrSessionExpired
 	}
 	return &sess, nil
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
 func TestSessionToken(t *testing.T) {
@@ -27,7 +29,7 @@ func TestSessionToken(t *testing.T) {
 	if err != nil || out.ID != "abc" || !bytes.Equal(out.Secret, in.Secret) || out.DeviceID != "dev" {
 		t.Fatalf("round trip: %+v %v", out, err)
 	}
-	if _, err := s.open(tok, now.Add(2*time.Minute)); !errors.Is(err, errTokenExpired) {
+	if _, err := s.open(tok, now.Add(2*time.Minute)); !errors.Is(err, cluster.ErrSessionExpired) {
 		t.Fatalf("expired: %v", err)
 	}
 	raw := mustDecode(t, tok)
