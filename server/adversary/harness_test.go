@@ -634,7 +634,9 @@ func (h *Harness) tlsClient(cert *tls.Certificate) *http.Client {
 	pool.AddCert(h.Env.App.Root())
 	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	if cert != nil {
-		cfg.Certificates = []tls.Certificate{*cert}
+		// Always send it: Go's client otherwise sends no certificate when
+		// its issuer is not among the server's acceptable CAs.
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
 	}
 	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
 }
