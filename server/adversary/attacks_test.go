@@ -683,7 +683,7 @@ func attacks() []Attack {
 	add(Attack{Name: "victim's flags raised with its public EK certificate", Category: catFlood, Expect: ExpectProblem,
 		Control: func(h *Harness) error {
 			v := h.newDev(nil)
-			id, err := h.Env.Client.Enroll(h.Ctx, v.TPM, fwclient.WithClaims(api.Claims{Model: modelPlain}))
+			id, err := h.enroll(v.TPM, fwclient.WithClaims(api.Claims{Model: modelPlain}))
 			if err != nil {
 				return err
 			}
@@ -730,6 +730,8 @@ func attacks() []Attack {
 				return harnessErr("%v", err)
 			}
 			var last Result
+			h.NoRetry = true // rate limiting is one way to bound the flood
+			defer func() { h.NoRetry = false }()
 			for i := 0; i < n; i++ {
 				body, _ := json.Marshal(api.ChallengeRequest{EKCertificate: randomBytes(40 << 10)})
 				last = h.post(nil, api.PathChallenge, "application/json", body)

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -130,6 +131,8 @@ type Harness struct {
 	peerDev, victim, replayDev *Enrolled
 	// restoreClock, set by an attack that moved the clock, runs after it.
 	restoreClock func()
+	// NoRetry makes a 429 an answer like any other (see send).
+	NoRetry bool
 }
 
 // Device kinds in the pool: each is started once and reused across
@@ -209,7 +212,7 @@ func (h *Harness) newDev(bootLog []byte) *Dev {
 func (h *Harness) setupPolicy() {
 	t := h.T
 	ref := h.dev(devGolden)
-	id, err := h.Env.Client.Enroll(h.Ctx, ref.TPM, fwclient.WithEventLog(h.Log), fwclient.WithClaims(api.Claims{Model: modelGolden}))
+	id, err := h.enroll(ref.TPM, fwclient.WithEventLog(h.Log), fwclient.WithClaims(api.Claims{Model: modelGolden}))
 	if err != nil {
 		t.Fatalf("reference enrollment: %v", err)
 	}
@@ -312,48 +315,57 @@ func (h *Harness) newSerials() []string {
 
 // post sends body to path and classifies the answer.
 func (h *Harness) post(hc *http.Client, path, contentType string, body []byte) Result {
-	if hc == nil {
-		hc = h.client
-	}
-	req, err := http.NewRequestWithContext(h.Ctx, http.MethodPost, h.Env.URL()+path, bytes.NewReader(body))
-	if err != nil {
-		return harnessErr("request: %v", err)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	return h.do(hc, req)
+	return h.send(hc, http.MethodPost, path, contentType, body).Result
 }
 
 func (h *Harness) get(hc *http.Client, path string) Result {
-	req, err := http.NewRequestWithContext(h.Ctx, http.MethodGet, h.Env.URL()+path, nil)
-	if err != nil {
-		return harnessErr("request: %v", err)
-	}
-	return h.do(hc, req)
+	return h.send(hc, http.MethodGet, path, "", nil).Result
 }
 
-// body is the last successful answer's body (for flows that continue).
+// answered is a Result with the answer's body (for flows that continue).
 type answered struct {
 	Result
 	Body []byte
 }
 
-func (h *Harness) do(hc *http.Client, req *http.Request) Result {
-	return h.doBody(hc, req).Result
+// send makes one request. A 429 (admission control) is no verdict on what
+// an attack tried: the request is sent again after the server's
+// Retry-After, unless NoRetry (an attack on admission itself) is set.
+func (h *Harness) send(hc *http.Client, method, path, contentType string, body []byte) answered {
+	if hc == nil {
+		hc = h.client
+	}
+	for try := 0; ; try++ {
+		req, err := http.NewRequestWithContext(h.Ctx, method, h.Env.URL()+path, bytes.NewReader(body))
+		if err != nil {
+			return answered{Result: harnessErr("request: %v", err)}
+		}
+		if contentType != "" {
+			req.Header.Set("Content-Type", contentType)
+		}
+		a, retry := h.doBody(hc, req)
+		if a.Status != http.StatusTooManyRequests || h.NoRetry || try == 20 {
+			return a
+		}
+		time.Sleep(retry)
+	}
 }
 
-func (h *Harness) doBody(hc *http.Client, req *http.Request) answered {
+func (h *Harness) doBody(hc *http.Client, req *http.Request) (answered, time.Duration) {
 	resp, err := hc.Do(req)
 	if err != nil {
-		return answered{Result: Result{Err: err, TLSRefused: isTLSRefusal(err)}}
+		return answered{Result: Result{Err: err, TLSRefused: isTLSRefusal(err)}}, 0
 	}
 	defer resp.Body.Close()
+	retry := 500 * time.Millisecond
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+		retry = min(time.Duration(s)*time.Second, 3*time.Second)
+	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 	r := Result{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type")}
 	if err != nil {
 		r.Err = err
-		return answered{Result: r}
+		return answered{Result: r}, retry
 	}
 	if strings.HasPrefix(r.ContentType, api.ContentTypeProblem) {
 		var p api.Problem
@@ -369,7 +381,7 @@ func (h *Harness) doBody(hc *http.Client, req *http.Request) answered {
 			r.Certificate, r.CertDER = true, c.Certificate
 		}
 	}
-	return answered{Result: r, Body: b}
+	return answered{Result: r, Body: b}, retry
 }
 
 // isTLSRefusal tells a refused handshake (an alert about the client
@@ -494,9 +506,7 @@ func (h *Harness) open(f Flow) (*Session, Result) {
 	if f.ChallengeBody != nil {
 		body = f.ChallengeBody(body)
 	}
-	req, _ := http.NewRequestWithContext(h.Ctx, http.MethodPost, h.Env.URL()+api.PathChallenge, bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	a := h.doBody(h.client, req)
+	a := h.send(nil, http.MethodPost, api.PathChallenge, "application/json", body)
 	if a.Status != http.StatusOK || a.Err != nil {
 		s.close()
 		return nil, a.Result
@@ -612,7 +622,7 @@ type Enrolled struct {
 // enrolled starts a fresh device and enrolls it (group open).
 func (h *Harness) enrolled() (*Enrolled, error) {
 	d := h.newDev(nil)
-	id, err := h.Env.Client.Enroll(h.Ctx, d.TPM, fwclient.WithClaims(api.Claims{Model: modelPlain}))
+	id, err := h.enroll(d.TPM, fwclient.WithClaims(api.Claims{Model: modelPlain}))
 	if err != nil {
 		return nil, fmt.Errorf("enroll: %w", err)
 	}
@@ -676,9 +686,7 @@ func (h *Harness) renewChallenge(e *Enrolled) (*api.RenewChallengeResponse, answ
 		return nil, answered{Result: harnessErr("mTLS: %v", err)}
 	}
 	defer done()
-	req, _ := http.NewRequestWithContext(h.Ctx, http.MethodPost, h.Env.URL()+api.PathRenewChallenge, strings.NewReader("{}"))
-	req.Header.Set("Content-Type", "application/json")
-	a := h.doBody(hc, req)
+	a := h.send(hc, http.MethodPost, api.PathRenewChallenge, "application/json", []byte("{}"))
 	if a.Status != http.StatusOK || a.Err != nil {
 		return nil, a
 	}
@@ -873,4 +881,17 @@ func describeCert(der []byte) string {
 		uris = append(uris, u.String())
 	}
 	return fmt.Sprintf("serial %s, CN %q, DNS %q, URIs %q, CA %v", c.SerialNumber.Text(16), c.Subject.CommonName, c.DNSNames, uris, c.IsCA)
+}
+
+// enroll is the agent's enrollment of d, sent again while admission
+// control answers 429 (see send).
+func (h *Harness) enroll(tpm *fwclient.TPM, opts ...fwclient.Option) (*fwclient.Identity, error) {
+	for try := 0; ; try++ {
+		id, err := h.Env.Client.Enroll(h.Ctx, tpm, opts...)
+		var p *api.Problem
+		if !errors.As(err, &p) || p.Status != http.StatusTooManyRequests || try == 20 {
+			return id, err
+		}
+		time.Sleep(time.Second)
+	}
 }
