@@ -56,8 +56,8 @@ adversary: deps
 	  else grep -E '^  attack (GOT-THROUGH|CRASH|HARNESS)' build/adversary.log; fi; \
 	  grep -E '^\s+(adversary|attacks|harness|craft)_test\.go:[0-9]+: ' build/adversary.log | grep -v -e 'flood: data directory' -e ': attack "'; \
 	  grep -E '^(panic:|--- FAIL|FAIL|ok )' build/adversary.log; \
-	  grep '^adversary: tried=' build/adversary.log | tail -n 1 || { tail -n 40 build/adversary.log; \
-	    echo "adversary: the suite failed before its summary (see build/adversary.log)"; }; \
+	  if grep -q '^adversary: tried=' build/adversary.log; then grep '^adversary: tried=' build/adversary.log | tail -n 1; \
+	  else tail -n 40 build/adversary.log; echo "adversary: the suite failed before its summary (see build/adversary.log)"; fi; \
 	  exit $$rc
 
 bench: deps
