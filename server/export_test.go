@@ -1,5 +1,31 @@
 package server
 
+import "net/http"
+
 // SetRevokeHook makes RevokeDevice call fn between its two steps (tests:
 // a commit racing the revocation).
 func SetRevokeHook(a *Appliance, fn func(deviceID string)) { a.revokeHook = fn }
+
+// Test-only access for the external test package (fuzz_test.go): the
+// device API's handler, to feed it requests in-process, and a way to
+// re-seal a session under a fresh ID, so one honest enrollment's
+// evidence can be completed again and again past replay protection.
+
+// DeviceHandlerForTest is the device API's handler.
+func (a *Appliance) DeviceHandlerForTest() http.Handler { return a.deviceHandler() }
+
+// ResealForTest opens a session token this appliance sealed and seals it
+// again under a new session ID; serialHex, when set, replaces the
+// certificate serial a renewal session is bound to.
+func (a *Appliance) ResealForTest(token, serialHex string) (string, error) {
+	sess, err := a.enroller.tokens.open(token, a.enroller.now())
+	if err != nil {
+		return "", err
+	}
+	sess.ID = randomHex(16)
+	sess.Expires = a.enroller.now().Add(a.enroller.sessionTTL)
+	if serialHex != "" {
+		sess.Serial = serialHex
+	}
+	return a.enroller.tokens.seal(sess)
+}
