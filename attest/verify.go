@@ -194,33 +194,58 @@ func verifyEvidence(r *Result, c Completion) error {
 	if err := verifyQuote(r, c); err != nil {
 		return err
 	}
-	if len(c.EventLog) > 0 {
-		el, err := ParseEventLog(c.EventLog)
-		if err != nil {
-			return r.fail(CheckEventLog, err)
-		}
-		if err := el.Verify(r.PCRs); err != nil {
-			return r.fail(CheckEventLog, err)
-		}
-		r.EventLog, r.EventLogEvents = el, len(el.Events)
-		r.pass(CheckEventLog, fmt.Sprintf("%d events replay to the quoted PCRs", len(el.Events)))
+	if err := verifyEventLog(r, c.EventLog); err != nil {
+		return err
 	}
 	pub, err := verifyCertify(r, c)
 	if err != nil {
 		return err
 	}
-	csr, err := x509.ParseCertificateRequest(c.CSR)
+	return verifyCSR(r, c.CSR, pub, "the CSR is signed by a different key than the one the TPM certified", "")
+}
+
+// verifyEventLog parses a log, if one was sent, and binds it to the quoted
+// PCRs in r.
+func verifyEventLog(r *Result, log []byte) error {
+	if len(log) == 0 {
+		return nil
+	}
+	el, err := ParseEventLog(log)
+	if err != nil {
+		return r.fail(CheckEventLog, err)
+	}
+	if err := el.Verify(r.PCRs); err != nil {
+		return r.fail(CheckEventLog, err)
+	}
+	r.EventLog, r.EventLogEvents = el, len(el.Events)
+	r.pass(CheckEventLog, fmt.Sprintf("%d events replay to the quoted PCRs", len(el.Events)))
+	return nil
+}
+
+// verifyCSR checks the CSR's signature, that it asks for nothing (the
+// appliance alone decides a certificate's names and constraints, so a CSR
+// requesting extensions is refused rather than silently trimmed), and that
+// its key is key.
+func verifyCSR(r *Result, der []byte, key crypto.PublicKey, mismatch, passDetail string) error {
+	csr, err := x509.ParseCertificateRequest(der)
 	if err == nil {
 		err = csr.CheckSignature()
+	}
+	if err == nil && len(csr.Extensions) > 0 {
+		oids := make([]string, len(csr.Extensions))
+		for i, e := range csr.Extensions {
+			oids[i] = e.Id.String()
+		}
+		err = fmt.Errorf("the CSR requests extensions %v; the appliance decides names and constraints, so a device CSR carries only its key and subject", oids)
 	}
 	if err != nil {
 		return r.fail(CheckCSRSignature, fmt.Errorf("%w: %v", ErrCSRInvalid, err))
 	}
 	r.pass(CheckCSRSignature, "")
-	if !PublicKeysEqual(csr.PublicKey, pub) {
-		return r.fail(CheckCSRKey, fmt.Errorf("%w: the CSR is signed by a different key than the one the TPM certified", ErrCSRKeyMismatch))
+	if !PublicKeysEqual(csr.PublicKey, key) {
+		return r.fail(CheckCSRKey, fmt.Errorf("%w: %s", ErrCSRKeyMismatch, mismatch))
 	}
-	r.pass(CheckCSRKey, "")
+	r.pass(CheckCSRKey, passDetail)
 	r.CSR = csr
 	return nil
 }
@@ -428,30 +453,12 @@ func VerifyRenewal(rn Renewal) (*Result, error) {
 	if err := verifyQuote(r, Completion{AK: rn.AK, Nonce: rn.Nonce, Quote: rn.Quote, PCRs: rn.PCRs}); err != nil {
 		return r, err
 	}
-	if len(rn.EventLog) > 0 {
-		el, err := ParseEventLog(rn.EventLog)
-		if err != nil {
-			return r, r.fail(CheckEventLog, err)
-		}
-		if err := el.Verify(r.PCRs); err != nil {
-			return r, r.fail(CheckEventLog, err)
-		}
-		r.EventLog, r.EventLogEvents = el, len(el.Events)
-		r.pass(CheckEventLog, fmt.Sprintf("%d events replay to the quoted PCRs", len(el.Events)))
+	if err := verifyEventLog(r, rn.EventLog); err != nil {
+		return r, err
 	}
-	csr, err := x509.ParseCertificateRequest(rn.CSR)
-	if err == nil {
-		err = csr.CheckSignature()
+	if err := verifyCSR(r, rn.CSR, rn.DeviceKey, "the CSR is not signed by the enrolled device key", "same TPM key as the current certificate"); err != nil {
+		return r, err
 	}
-	if err != nil {
-		return r, r.fail(CheckCSRSignature, fmt.Errorf("%w: %v", ErrCSRInvalid, err))
-	}
-	r.pass(CheckCSRSignature, "")
-	if !PublicKeysEqual(csr.PublicKey, rn.DeviceKey) {
-		return r, r.fail(CheckCSRKey, fmt.Errorf("%w: the CSR is not signed by the enrolled device key", ErrCSRKeyMismatch))
-	}
-	r.pass(CheckCSRKey, "same TPM key as the current certificate")
-	r.CSR = csr
 	r.DeviceKey = rn.DeviceKey
 	if sum, err := PublicKeySHA256(rn.DeviceKey); err == nil {
 		r.DeviceKeySHA256, r.DeviceKeyAlgorithm = sum, KeyAlgorithm(rn.DeviceKey)

@@ -211,22 +211,8 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 			writeProblem(w, malformed("body: "+err.Error()))
 			return
 		}
-		p, err := attest.ParsePolicy(req.Document)
-		if err == nil {
-			err = p.CheckReservedNames(a.cfg.Hostnames)
-		}
-		if err != nil {
-			writeProblem(w, malformed(err.Error()))
-			return
-		}
-		v, err := a.node.ApplyPolicy(r.Context(), actor(r, req.Actor), req.Document)
-		if err != nil {
-			writeProblem(w, a.clusterProblem(err))
-			return
-		}
-		rec, err := a.node.Policy(v)
-		a.log.Info("policy applied", "version", v, "actor", actor(r, req.Actor), "sha256", rec.SHA256)
-		writeResult(w, http.StatusOK, rec, a.adminErr(err))
+		rec, err := a.ApplyPolicy(r.Context(), actor(r, req.Actor), req.Document)
+		writeResult(w, http.StatusOK, rec, err)
 	})
 	add(ca.RoleAuditor, "GET "+adminPolicy, a.read(func(w http.ResponseWriter, r *http.Request) {
 		v := 0

@@ -359,7 +359,19 @@ func (a *Appliance) setGroupConfig(ctx context.Context, group, who string, confi
 	if err != nil {
 		return cluster.PolicyRecord{}, a.enroller.internal(err)
 	}
-	if _, err := attest.ParsePolicy(doc); err != nil {
+	return a.ApplyPolicy(ctx, who, doc)
+}
+
+// ApplyPolicy validates a policy document (ParsePolicy, and no template
+// may render one of this node's host names) and commits it as the next
+// version. It is the only way the appliance applies a policy: the
+// cluster stores whatever it is given.
+func (a *Appliance) ApplyPolicy(ctx context.Context, who string, doc []byte) (cluster.PolicyRecord, error) {
+	p, err := attest.ParsePolicy(doc)
+	if err == nil {
+		err = p.CheckReservedNames(a.cfg.Hostnames)
+	}
+	if err != nil {
 		return cluster.PolicyRecord{}, malformed(err.Error())
 	}
 	v, err := a.node.ApplyPolicy(ctx, who, doc)
@@ -367,6 +379,9 @@ func (a *Appliance) setGroupConfig(ctx context.Context, group, who string, confi
 		return cluster.PolicyRecord{}, a.clusterProblem(err)
 	}
 	rec, err := a.node.Policy(v)
+	if err == nil {
+		a.log.Info("policy applied", "version", v, "actor", who, "sha256", rec.SHA256)
+	}
 	return rec, a.errProblem(err)
 }
 

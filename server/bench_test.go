@@ -101,7 +101,7 @@ func applyCapturedPolicy(b *testing.B, e *env, d *device, log []byte) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := e.App.Node().ApplyPolicy(context.Background(), "bench", doc); err != nil {
+	if _, err := e.App.ApplyPolicy(context.Background(), "bench", doc); err != nil {
 		b.Fatal(err)
 	}
 }

@@ -59,7 +59,7 @@ func bootPolicyEnv(t *testing.T) (*env, []byte, *attest.EventLog) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.App.Node().ApplyPolicy(context.Background(), "test", doc); err != nil {
+	if _, err := e.App.ApplyPolicy(context.Background(), "test", doc); err != nil {
 		t.Fatal(err)
 	}
 	return e, log, parsed
@@ -130,7 +130,7 @@ func TestForgedFirmwareVersionRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	doc := `{"groups":[{"name":"gce","mode":"auto","require":{"event_log":true,"firmware_versions":["GCE Virtual Firmware v1"]}}]}`
-	if _, err := e.App.Node().ApplyPolicy(ctx, "test", []byte(doc)); err != nil {
+	if _, err := e.App.ApplyPolicy(ctx, "test", []byte(doc)); err != nil {
 		t.Fatal(err)
 	}
 	good := bootedDevice(t, e, log)
@@ -199,7 +199,7 @@ func TestPreRegisteredEKUnverifiedCertificateNotMatched(t *testing.T) {
 	doc := `{"groups":[
 		{"name":"lax","mode":"auto","match":{"ek_issuers":["CN=Lax Vendor EK CA"],"manufacturers":["id:4C415800"]}},
 		{"name":"vouched","mode":"approve","match":{"ek_public_sha256":["` + ekSum + `"]}}]}`
-	if _, err := e.App.Node().ApplyPolicy(context.Background(), "test", []byte(doc)); err != nil {
+	if _, err := e.App.ApplyPolicy(context.Background(), "test", []byte(doc)); err != nil {
 		t.Fatal(err)
 	}
 	ak := d.NewAK(t, goattest.ECDSA)
