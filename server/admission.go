@@ -275,20 +275,11 @@ func (a *Appliance) SummarizeRefusals(ctx context.Context) error {
 // refusalSummaryLoop audits the uncounted refusals every interval: the
 // number of audit entries is bounded by time, not by an attacker's traffic.
 func (a *Appliance) refusalSummaryLoop(every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-a.ctx.Done():
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(a.ctx, every)
+	a.periodically(every, func(ctx context.Context) {
 		if err := a.SummarizeRefusals(ctx); err != nil {
 			a.log.Warn("refusal summary not committed; kept for the next one", "err", err)
 		}
-		cancel()
-	}
+	})
 }
 
 // CompactRetention removes refused records and raw evidence past the

@@ -591,7 +591,7 @@ var problemTable = []struct {
 	{attest.ErrCSRKeyMismatch, http.StatusForbidden, api.CodeCSRKeyMismatch},
 	{errTokenInvalid, http.StatusForbidden, api.CodeTokenInvalid},
 	{cluster.ErrSessionUsed, http.StatusConflict, api.CodeSessionReplayed},
-	{attest.ErrClaimInvalid, http.StatusForbidden, api.CodeClaimInvalid}, // before ErrPolicyDenied, which wraps it
+	{attest.ErrClaimInvalid, http.StatusForbidden, api.CodeClaimInvalid},    // before ErrPolicyDenied, which wraps it
 	{cluster.ErrSessionExpired, http.StatusForbidden, api.CodeTokenExpired}, // at open, and at apply by the leader's clock
 	{attest.ErrPolicyDenied, http.StatusForbidden, api.CodePolicyDenied},
 	{cluster.ErrDeviceInactive, http.StatusForbidden, api.CodeDeviceInactive},

@@ -63,18 +63,10 @@ func (k *registryKV) Update(ops []ca.KVOp) (bool, error) {
 // completing interrupted device revocations, and compacting refused records
 // and raw evidence past their retention.
 func (a *Appliance) leaderLoop(every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-a.ctx.Done():
-			return
-		case <-t.C:
-		}
+	a.periodically(every, func(ctx context.Context) {
 		if !a.node.IsLeader() {
-			continue
+			return
 		}
-		ctx, cancel := context.WithTimeout(a.ctx, every)
 		if _, err := a.checkpoint(ctx, "node:"+a.cfg.NodeID); err != nil && !errors.Is(err, cluster.ErrNotFound) {
 			a.log.Warn("audit checkpoint failed", "err", err)
 		}
@@ -87,6 +79,22 @@ func (a *Appliance) leaderLoop(every time.Duration) {
 		if _, err := a.CompactRetention(ctx); err != nil {
 			a.log.Warn("retention compaction failed", "err", err)
 		}
+	})
+}
+
+// periodically runs fn every interval, each run bounded by the interval,
+// until the appliance closes.
+func (a *Appliance) periodically(every time.Duration, fn func(ctx context.Context)) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(a.ctx, every)
+		fn(ctx)
 		cancel()
 	}
 }
