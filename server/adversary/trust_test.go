@@ -37,8 +37,10 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
+	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
@@ -68,6 +70,7 @@ type trustState struct {
 	throttled   *server.Appliance // a second node (another cluster), rate limit on
 	token       server.JoinToken  // a genuine join token, unspent
 	crlDev      *Enrolled
+	gwDev       *Enrolled
 	foreignRoot []byte
 }
 
@@ -501,6 +504,9 @@ func findings(f []string) Result {
 	if len(f) == 0 {
 		return Result{Violation: "offline verification reported nothing"}
 	}
+	if len(f) > 2 {
+		f = append(f[:2:2], fmt.Sprintf("and %d more", len(f)-2))
+	}
 	return Result{Finding: strings.Join(f, "; ")}
 }
 
@@ -581,19 +587,15 @@ func writeBackup(names []string, files map[string][]byte) []byte {
 
 // unrevoke edits the registry in place so a revoked device reads active
 // (same length, still valid JSON): what an attacker wants from a restore.
-// Without a revoked device in it, one byte of a device record is flipped.
-func unrevoke(state []byte) []byte {
-	s := bytes.Clone(state)
-	if i := bytes.Index(s, []byte(`"status":"revoked"`)); i >= 0 {
-		copy(s[i:], `"status":"active"  `[:len(`"status":"revoked"`)])
-		return s
-	}
-	i := bytes.Index(s, []byte(`"status":"active"`))
+func unrevoke(state []byte) ([]byte, error) {
+	from, to := `"status":"revoked"`, `"status":"active"  `
+	i := bytes.Index(state, []byte(from))
 	if i < 0 {
-		i = len(s) / 2
+		return nil, errors.New("no revoked device in the backup's registry")
 	}
-	s[i+10] ^= 0x20
-	return s
+	s := bytes.Clone(state)
+	copy(s[i:], to)
+	return s, nil
 }
 
 // revokedCount is how many devices the registry holds revoked.
@@ -613,9 +615,9 @@ func (h *Harness) revokedCount() int {
 
 // backupAttack is a row restoring a tampered backup through the admin
 // restore route (operator, HTTPS): the control takes a backup and restores
-// it untouched; the attack tampers with it and must get a refusal, with
-// the registry's revoked devices unchanged.
-func backupAttack(name string, tamper func(h *Harness, names *[]string, files map[string][]byte) error) Attack {
+// it untouched; the attack tampers with it and must get a refusal that
+// names why (want), with the registry's revoked devices unchanged.
+func backupAttack(name, want string, tamper func(h *Harness, names *[]string, files map[string][]byte) error) Attack {
 	return Attack{Name: name, Category: catBackup, Expect: ExpectProblem,
 		Control: func(h *Harness) error {
 			a, err := h.operatorSend(http.MethodGet, "/admin/v1/cluster/backup", "", nil)
@@ -646,6 +648,8 @@ func backupAttack(name string, tamper func(h *Harness, names *[]string, files ma
 			}
 			if after := h.revokedCount(); after != before {
 				a.Violation = fmt.Sprintf("revoked devices went from %d to %d", before, after)
+			} else if a.Problem != nil && !strings.Contains(a.Problem.Detail, want) {
+				a.Violation = fmt.Sprintf("refused, but not for the tampering (want %q): %s", want, a.Problem.Detail)
 			}
 			return a.Result
 		}}
@@ -735,6 +739,122 @@ func wrongSecret(tok server.JoinToken) string {
 
 func (h *Harness) lastIndex() (uint64, error) {
 	return strconv.ParseUint(h.Env.App.Node().Stats()["last_log_index"], 10, 64)
+}
+
+// forwardConsume creates a join token expiring at now+expiresIn, then,
+// with a genuine node certificate, forwards to the leader a consume of it
+// stamped two minutes ago (a follower whose clock lags). It returns the
+// forward's answer and whether the token ended up used.
+func (h *Harness) forwardConsume(expiresIn time.Duration) (Result, bool) {
+	c, err := h.nodeCert()
+	if err != nil {
+		return harnessErr("%v", err), false
+	}
+	hc := h.tlsClient(c)
+	defer hc.CloseIdleConnections()
+	id, secret := hex.EncodeToString(randomBytes(8)), randomBytes(32)
+	sum := sha256.Sum256(secret)
+	cmd := func(typ string, at time.Time, payload any) []byte {
+		p, _ := json.Marshal(payload)
+		b, _ := json.Marshal(map[string]any{"type": typ, "version": 1, "time": at.UTC(), "payload": json.RawMessage(p)})
+		return b
+	}
+	now := time.Now()
+	if r := h.post(hc, "/cluster/v1/apply", "application/json", cmd("jointoken.create", now,
+		map[string]any{"id": id, "secret_sha256": sum[:], "expires": now.Add(expiresIn).UTC()})); r.Status != http.StatusOK {
+		return harnessErr("create the token: %v", r), false
+	}
+	r := h.post(hc, "/cluster/v1/apply", "application/json", cmd("jointoken.consume", now.Add(-2*time.Minute),
+		map[string]any{"id": id, "secret_sha256": sum[:], "node_id": "adversary-late"}))
+	err = h.Env.App.Node().CheckJoinToken(id, secret, now.Add(-2*time.Minute))
+	return r, errors.Is(err, cluster.ErrJoinTokenUsed)
+}
+
+// regroup is a device that claims model "gw": group open under the suite's
+// policy, group "gateways" once regroupControl applied a policy version
+// that has one.
+const modelGW = "gw"
+
+// applyWithGateways applies the policy in force with a group "gateways"
+// (model gw, configuration role=gateway) before the others; require
+// tightens it.
+func (h *Harness) applyWithGateways(require attest.Requirements) (restore func() error, err error) {
+	rec, err := h.Env.App.Node().Policy(0)
+	if err != nil {
+		return nil, err
+	}
+	p, err := attest.ParsePolicy(rec.Document)
+	if err != nil {
+		return nil, err
+	}
+	gw := attest.Group{Name: "gateways", Match: attest.Match{Models: []string{modelGW}}, Mode: attest.ModeAuto,
+		Require: require, Config: json.RawMessage(`{"role":"gateway"}`)}
+	var groups []attest.Group
+	for _, g := range p.Groups {
+		if g.Name != gw.Name {
+			groups = append(groups, g)
+		}
+	}
+	doc, err := json.Marshal(attest.Policy{Groups: append([]attest.Group{gw}, groups...)})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := h.Env.App.ApplyPolicy(h.Ctx, "adversary", doc); err != nil {
+		return nil, err
+	}
+	return func() error { _, err := h.Env.App.ApplyPolicy(h.Ctx, "adversary", rec.Document); return err }, nil
+}
+
+// regroupControl: a device enrolled in group open renews under a newer
+// policy that puts it in "gateways"; the renewal moves it there and it
+// gets that group's configuration.
+func (h *Harness) regroupControl() error {
+	d := h.newDev(nil)
+	id, err := h.enroll(d.TPM, fwclient.WithClaims(api.Claims{Model: modelGW}))
+	if err != nil {
+		return err
+	}
+	e := &Enrolled{Dev: d, ID: id}
+	h.trust().gwDev = e
+	restore, err := h.applyWithGateways(attest.Requirements{})
+	if err != nil {
+		return err
+	}
+	defer restore()
+	if err := certified(h.renew(RenewFlow{E: e})); err != nil {
+		return err
+	}
+	hc, done, err := h.mtls(e)
+	if err != nil {
+		return err
+	}
+	defer done()
+	a := h.send(hc, http.MethodGet, api.PathConfig, "", nil)
+	var cfg api.ConfigResponse
+	if a.Status != http.StatusOK || json.Unmarshal(a.Body, &cfg) != nil {
+		return fmt.Errorf("config: %v", a.Result)
+	}
+	dev, err := h.Env.App.Node().Device(e.ID.DeviceID)
+	if err != nil {
+		return err
+	}
+	return mustf(cfg.Group == "gateways" && strings.Contains(string(cfg.Configuration), "gateway") && dev.Group == "gateways",
+		"after renewal under the new policy: config group %q %s, record group %q", cfg.Group, cfg.Configuration, dev.Group)
+}
+
+// regroupAttack: the policy now requires an event log for "gateways", and
+// the device renews without one: refused.
+func (h *Harness) regroupAttack() Result {
+	e := h.trust().gwDev
+	if e == nil {
+		return harnessErr("no device (control failed)")
+	}
+	restore, err := h.applyWithGateways(attest.Requirements{EventLog: true})
+	if err != nil {
+		return harnessErr("apply: %v", err)
+	}
+	defer restore()
+	return h.renew(RenewFlow{E: e})
 }
 
 // ---- the rows ----
@@ -884,6 +1004,7 @@ func trustAttacks() []Attack {
 			if err != nil {
 				return harnessErr("%v", err)
 			}
+			h.T.Logf("join flood: Raft last index %d -> %d after %d guessed tokens", before, after, n)
 			// Background loops (a refusal summary, a checkpoint) may commit
 			// one entry each meanwhile; a write per guess would be n.
 			if after-before > 2 {
@@ -1084,6 +1205,28 @@ func trustAttacks() []Attack {
 			return r
 		}})
 
+	// ---- a follower's clock ----
+	add(Attack{Name: "forwarded join-token consume stamped by a lagging follower's clock (expired by the leader's)", Category: catJoin, Expect: ExpectProblem,
+		Control: func(h *Harness) error {
+			r, used := h.forwardConsume(time.Minute)
+			if r.Status != http.StatusOK || !used {
+				return fmt.Errorf("forwarded consume of a live token: %v (used: %v)", r, used)
+			}
+			return nil
+		},
+		Attack: func(h *Harness) Result {
+			r, used := h.forwardConsume(-time.Minute)
+			if used {
+				r.Violation = "the expired token was consumed"
+			}
+			return r
+		}})
+
+	// ---- policy changes reach renewals ----
+	add(Attack{Name: "renewal after a new policy tightened the device's group (event log now required)", Category: catRenew, Expect: ExpectProblem,
+		Control: (*Harness).regroupControl,
+		Attack:  (*Harness).regroupAttack})
+
 	// ---- rate limiting ----
 	add(Attack{Name: "one client past its rate limit (429 rate_limited with Retry-After)", Category: catRate, Expect: ExpectProblem,
 		Control: func(h *Harness) error {
@@ -1125,32 +1268,37 @@ func trustAttacks() []Attack {
 		}})
 
 	// ---- backups (last: the controls restore the registry) ----
-	add(backupAttack("backup with a revoked device edited to active in the registry", func(h *Harness, names *[]string, f map[string][]byte) error {
-		f["state.db"] = unrevoke(f["state.db"])
-		return nil
+	add(backupAttack("backup with a revoked device edited to active in the registry", "does not match its checksum", func(h *Harness, names *[]string, f map[string][]byte) error {
+		var err error
+		f["state.db"], err = unrevoke(f["state.db"])
+		return err
 	}))
-	add(backupAttack("backup with the registry edited and SHA256SUMS recomputed", func(h *Harness, names *[]string, f map[string][]byte) error {
-		f["state.db"] = unrevoke(f["state.db"])
+	add(backupAttack("backup with the registry edited and SHA256SUMS recomputed", "signature", func(h *Harness, names *[]string, f map[string][]byte) error {
+		var err error
+		f["state.db"], err = unrevoke(f["state.db"])
 		resum(*names, f)
-		return nil
+		return err
 	}))
-	add(backupAttack("backup with an EK root added and SHA256SUMS recomputed", func(h *Harness, names *[]string, f map[string][]byte) error {
+	add(backupAttack("backup with an EK root added and SHA256SUMS recomputed", "signature", func(h *Harness, names *[]string, f map[string][]byte) error {
 		f["ek-roots.pem"] = append(bytes.Clone(f["ek-roots.pem"]), h.foreignMfrRoot()...)
 		resum(*names, f)
 		return nil
 	}))
-	add(backupAttack("backup without its SIGNATURE", func(h *Harness, names *[]string, f map[string][]byte) error {
-		f["state.db"] = unrevoke(f["state.db"])
+	add(backupAttack("backup without its SIGNATURE", "not signed", func(h *Harness, names *[]string, f map[string][]byte) error {
+		var err error
+		f["state.db"], err = unrevoke(f["state.db"])
 		resum(*names, f)
 		delete(f, "SIGNATURE")
-		return nil
+		return err
 	}))
-	add(backupAttack("backup re-signed with another cluster's key (and its CA files)", func(h *Harness, names *[]string, f map[string][]byte) error {
+	add(backupAttack("backup re-signed with another cluster's key (and its CA files)", "not certified by this cluster", func(h *Harness, names *[]string, f map[string][]byte) error {
 		o, err := h.other()
 		if err != nil {
 			return err
 		}
-		f["state.db"] = unrevoke(f["state.db"])
+		if f["state.db"], err = unrevoke(f["state.db"]); err != nil {
+			return err
+		}
 		pemOf := func(c *x509.Certificate) []byte {
 			return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 		}
