@@ -71,6 +71,7 @@ type trustState struct {
 	token       server.JoinToken  // a genuine join token, unspent
 	crlDev      *Enrolled
 	gwDev       *Enrolled
+	reDev       *Enrolled
 	foreignRoot []byte
 }
 
@@ -857,6 +858,68 @@ func (h *Harness) regroupAttack() Result {
 	return h.renew(RenewFlow{E: e})
 }
 
+// policyWith is the policy in force with the claims group's certificate
+// profile changed by edit (nil: unchanged), as a document.
+func (h *Harness) policyWith(edit func(p *attest.CertProfile)) ([]byte, int, error) {
+	rec, err := h.Env.App.Node().Policy(0)
+	if err != nil {
+		return nil, 0, err
+	}
+	if edit == nil {
+		return rec.Document, rec.Version, nil
+	}
+	p, err := attest.ParsePolicy(rec.Document)
+	if err != nil {
+		return nil, 0, err
+	}
+	found := false
+	for i := range p.Groups {
+		if p.Groups[i].Name == "claims" {
+			edit(&p.Groups[i].Certificate)
+			found = true
+		}
+	}
+	if !found {
+		return nil, 0, errors.New("no claims group in the policy")
+	}
+	doc, err := json.Marshal(p)
+	return doc, rec.Version, err
+}
+
+// policyApplyAttack is a row where an operator applies (PUT
+// /admin/v1/policy over HTTPS) a policy whose claims group renders a
+// claim where it could name an identity: refused, the version unchanged.
+// The control applies the policy in force again.
+func policyApplyAttack(name string, edit func(p *attest.CertProfile)) Attack {
+	apply := func(h *Harness, edit func(p *attest.CertProfile)) (answered, int, error) {
+		doc, version, err := h.policyWith(edit)
+		if err != nil {
+			return answered{}, 0, err
+		}
+		body, _ := json.Marshal(server.PolicyApply{Document: doc})
+		a, err := h.operatorSend(http.MethodPut, "/admin/v1/policy", "application/json", body)
+		return a, version, err
+	}
+	return Attack{Name: name, Category: catClaims, Expect: ExpectProblem,
+		Control: func(h *Harness) error {
+			a, _, err := apply(h, nil)
+			if err != nil {
+				return err
+			}
+			return mustf(a.Status == http.StatusOK, "the policy in force, applied again: %v", a.Result)
+		},
+		Attack: func(h *Harness) Result {
+			a, before, err := apply(h, edit)
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			if _, after, err := h.policyWith(nil); err == nil && after != before {
+				a.Violation = fmt.Sprintf("the policy went from version %d to %d", before, after)
+			}
+			return a.Result
+		}}
+}
+
 // ---- the rows ----
 
 func trustAttacks() []Attack {
@@ -1123,6 +1186,38 @@ func trustAttacks() []Attack {
 		x.rechain(0, key)
 		return nil
 	}))
+	add(Attack{Name: "filtered audit export (--since) with its first entries dropped and the header's since moved", Category: catAudit, Expect: ExpectFinding,
+		Control: func(h *Harness) error {
+			x, err := parseExport(h.trust().export)
+			if err != nil {
+				return err
+			}
+			// A filter that starts at an entry some seconds into the suite.
+			since := x.entries[len(x.entries)/2].Time.Truncate(time.Second).Add(time.Second)
+			a, err := h.auditorGet("/admin/v1/audit?format=jsonl&since=" + url.QueryEscape(since.UTC().Format(time.RFC3339)))
+			if err != nil {
+				return err
+			}
+			if f := h.verifyExport(a.Body); len(f) > 0 {
+				return fmt.Errorf("the untouched filtered export does not verify: %s", strings.Join(f, "; "))
+			}
+			h.trust().export = a.Body
+			return nil
+		},
+		Attack: func(h *Harness) Result {
+			x, err := parseExport(h.trust().export)
+			if err != nil || len(x.entries) < 4 {
+				return harnessErr("filtered export: %v (%d entries)", err, len(x.entries))
+			}
+			x.entries = x.entries[3:]
+			var hdr map[string]any
+			if err := json.Unmarshal(x.header, &hdr); err != nil {
+				return harnessErr("%v", err)
+			}
+			hdr["since"] = x.entries[0].Time
+			x.header, _ = json.Marshal(hdr)
+			return findings(h.verifyExport(x.bytes()))
+		}})
 	add(Attack{Name: "audit export older than a head the auditor kept (--expect-head)", Category: catAudit, Expect: ExpectFinding,
 		Control: func(h *Harness) error {
 			head, err := h.auditHead()
@@ -1204,6 +1299,91 @@ func trustAttacks() []Attack {
 			}
 			return r
 		}})
+
+	add(Attack{Name: "re-enrollment of a revoked device (same EK, new AK)", Category: catRevoke, Expect: ExpectProblem,
+		Control: func(h *Harness) error {
+			e, err := h.enrolled()
+			if err != nil {
+				return err
+			}
+			h.trust().reDev = e
+			_, err = h.enroll(e.TPM, fwclient.WithClaims(api.Claims{Model: modelPlain}))
+			return err
+		},
+		Attack: func(h *Harness) Result {
+			e := h.trust().reDev
+			if e == nil {
+				return harnessErr("no enrolled device (control failed)")
+			}
+			if _, err := h.Env.App.RevokeDevice(h.Ctx, e.ID.DeviceID, "adversary", "test"); err != nil {
+				return harnessErr("revoke: %v", err)
+			}
+			h.Arm()
+			return h.run(Flow{Dev: e.Dev, Model: modelPlain})
+		}})
+
+	// ---- no write before possession ----
+	add(Attack{Name: "completes with a victim's public EK, no activation and a 512 KiB log: nothing committed", Category: catFlood, Expect: ExpectProblem,
+		Control: func(h *Harness) error { return certified(h.run(h.plainFlow())) },
+		Attack: func(h *Harness) Result {
+			victim := h.peer()
+			node := h.Env.App.Node()
+			recs, err := node.Attestations(cluster.AttestationQuery{DeviceID: victim.ID.DeviceID})
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			before, err := h.lastIndex()
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			const n = 3
+			var last Result
+			for i := 0; i < n; i++ {
+				f := h.plainFlow()
+				f.Dev = h.dev(devOther)
+				f.Log = randomBytes(512 << 10)
+				f.Challenge = func(h *Harness, s *Session, req *api.ChallengeRequest) error {
+					v, err := fwclientChallenge(victim.Dev, s.AK)
+					req.EKCertificate, req.EKPublic = v.EKCertificate, v.EKPublic
+					return err
+				}
+				if last = h.run(f); last.Problem == nil || last.Status/100 != 4 {
+					return last
+				}
+			}
+			after, err := h.lastIndex()
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			recsAfter, err := node.Attestations(cluster.AttestationQuery{DeviceID: victim.ID.DeviceID})
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			switch {
+			case len(recsAfter) != len(recs):
+				last.Violation = fmt.Sprintf("the victim's records went from %d to %d", len(recs), len(recsAfter))
+			case after-before > 1: // a refusal summary may land meanwhile
+				last.Violation = fmt.Sprintf("the Raft log grew by %d entries for %d unproven completes", after-before, n)
+			}
+			return last
+		}})
+
+	// ---- policy apply: templates that could name an identity ----
+	add(policyApplyAttack("policy apply: URI template rendering the serial into a SPIFFE ID", func(p *attest.CertProfile) {
+		p.URIs = []string{td + "/{{.Serial}}"}
+	}))
+	add(policyApplyAttack("policy apply: URI template for an admin SPIFFE ID", func(p *attest.CertProfile) {
+		p.URIs = []string{td + "/admin/operator/{{.Model}}"}
+	}))
+	add(policyApplyAttack("policy apply: DNS template that is a bare placeholder", func(p *attest.CertProfile) {
+		p.DNSNames = []string{"{{.Serial}}"}
+	}))
+	add(policyApplyAttack("policy apply: DNS template whose last label is a placeholder", func(p *attest.CertProfile) {
+		p.DNSNames = []string{"devices.{{.Serial}}"}
+	}))
+	add(policyApplyAttack("policy apply: URI template with a placeholder in the authority", func(p *attest.CertProfile) {
+		p.URIs = []string{"https://{{.Serial}}/inventory"}
+	}))
 
 	// ---- a follower's clock ----
 	add(Attack{Name: "forwarded join-token consume stamped by a lagging follower's clock (expired by the leader's)", Category: catJoin, Expect: ExpectProblem,
