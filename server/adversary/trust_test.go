@@ -19,6 +19,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/csv"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -379,7 +380,15 @@ func (h *Harness) verifyExport(raw []byte, heads ...cluster.AuditRange) []string
 	if err != nil {
 		return []string{"unreadable: " + err.Error()}
 	}
-	chain, err := pemutil.ParseCertificateBundle([]byte(hdr.KeyCertificate))
+	keyCert := []byte(hdr.KeyCertificate)
+	if len(keyCert) == 0 { // CSV: the auditor fetches it (`gatehouse audit key`, --key-cert)
+		a, err := h.auditorGet("/admin/v1/audit/key")
+		if err != nil {
+			return []string{"harness: " + err.Error()}
+		}
+		keyCert = a.Body
+	}
+	chain, err := pemutil.ParseCertificateBundle(keyCert)
 	if err != nil {
 		return []string{"audit key certificate: " + err.Error()}
 	}
@@ -1217,6 +1226,34 @@ func trustAttacks() []Attack {
 			hdr["since"] = x.entries[0].Time
 			x.header, _ = json.Marshal(hdr)
 			return findings(h.verifyExport(x.bytes()))
+		}})
+	add(Attack{Name: "CSV audit export with its last 3 entries cut", Category: catAudit, Expect: ExpectFinding,
+		Control: func(h *Harness) error {
+			if err := h.auditedWrite(); err != nil {
+				return err
+			}
+			a, err := h.auditorGet("/admin/v1/audit?format=csv")
+			if err != nil {
+				return err
+			}
+			if f := h.verifyExport(a.Body); len(f) > 0 {
+				return fmt.Errorf("the untouched CSV export does not verify: %s", strings.Join(f, "; "))
+			}
+			h.trust().export = a.Body
+			return nil
+		},
+		Attack: func(h *Harness) Result {
+			recs, err := csv.NewReader(bytes.NewReader(h.trust().export)).ReadAll()
+			if err != nil || len(recs) < 6 || recs[len(recs)-1][0] != "range" {
+				return harnessErr("CSV export: %v (%d records)", err, len(recs))
+			}
+			recs = append(recs[:len(recs)-4:len(recs)-4], recs[len(recs)-1])
+			var b bytes.Buffer
+			w := csv.NewWriter(&b)
+			if err := w.WriteAll(recs); err != nil {
+				return harnessErr("%v", err)
+			}
+			return findings(h.verifyExport(b.Bytes()))
 		}})
 	add(Attack{Name: "audit export older than a head the auditor kept (--expect-head)", Category: catAudit, Expect: ExpectFinding,
 		Control: func(h *Harness) error {
