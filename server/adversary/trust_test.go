@@ -70,6 +70,7 @@ type trustState struct {
 	backup      []byte            // the control's untouched backup
 	throttled   *server.Appliance // a second node (another cluster), rate limit on
 	token       server.JoinToken  // a genuine join token, unspent
+	otherDir    string
 	crlDev      *Enrolled
 	gwDev       *Enrolled
 	reDev       *Enrolled
@@ -300,13 +301,31 @@ func (h *Harness) peerLabel() string {
 	return d.Labels["adversary"]
 }
 
+// Route sets an identity row plays.
+const (
+	onAdmin   = "admin"
+	onCluster = "cluster"
+	onDevice  = "device"
+)
+
+// deviceCalls are the routes only a device identity may call.
+func deviceCalls() []call {
+	return []call{
+		{method: http.MethodGet, path: api.PathWhoAmI},
+		{method: http.MethodGet, path: api.PathConfig},
+		{method: http.MethodPost, path: api.PathRenewChallenge, contentType: "application/json", body: []byte(`{}`)},
+	}
+}
+
 // identityAttack is a row presenting a certificate made by forge on the
-// admin routes (node false) or the cluster routes (node true); the
-// control presents the genuine certificate of that namespace.
-func identityAttack(name string, node bool, forge func(h *Harness) (*tls.Certificate, error)) Attack {
+// admin, cluster or device routes (on); the control presents a genuine
+// certificate of the namespace those routes belong to (an operator, a
+// node, the peer device).
+func identityAttack(name, on string, forge func(h *Harness) (*tls.Certificate, error)) Attack {
 	return Attack{Name: name, Category: catIdentity, Expect: ExpectProblem,
 		Control: func(h *Harness) error {
-			if node {
+			switch on {
+			case onCluster:
 				c, err := h.nodeCert()
 				if err != nil {
 					return err
@@ -315,6 +334,14 @@ func identityAttack(name string, node bool, forge func(h *Harness) (*tls.Certifi
 					return err
 				}
 				return mustf(h.peerLabel() == "control", "the node's command was not applied (label %q)", h.peerLabel())
+			case onDevice:
+				e := h.peer()
+				cert, key, err := e.ID.TLSCertificate(e.TPM)
+				if err != nil {
+					return err
+				}
+				defer key.Close()
+				return h.allAllowed(&cert, deviceCalls())
 			}
 			c, err := h.operator()
 			if err != nil {
@@ -327,15 +354,18 @@ func identityAttack(name string, node bool, forge func(h *Harness) (*tls.Certifi
 			if err != nil {
 				return harnessErr("forge: %v", err)
 			}
-			if !node {
-				return h.allDenied(c, adminCalls())
+			switch on {
+			case onCluster:
+				tag := "attack-" + hex.EncodeToString(randomBytes(4))
+				r := h.allDenied(c, h.clusterCalls(tag))
+				if got := h.peerLabel(); got == tag && r.Violation == "" {
+					r.Violation = "the forged node's command was applied (the peer's label is " + got + ")"
+				}
+				return r
+			case onDevice:
+				return h.allDenied(c, deviceCalls())
 			}
-			tag := "attack-" + hex.EncodeToString(randomBytes(4))
-			r := h.allDenied(c, h.clusterCalls(tag))
-			if got := h.peerLabel(); got == tag && r.Violation == "" {
-				r.Violation = "the forged node's command was applied (the peer's label is " + got + ")"
-			}
-			return r
+			return h.allDenied(c, adminCalls())
 		}}
 }
 
@@ -694,7 +724,7 @@ func (h *Harness) other() (*server.Appliance, error) {
 	if err := app.WaitReady(ctx); err != nil {
 		return nil, err
 	}
-	st.throttled = app
+	st.throttled, st.otherDir = app, dir
 	return app, nil
 }
 
@@ -939,41 +969,54 @@ func trustAttacks() []Attack {
 	node := td + "/node/node-evil"
 
 	// ---- identity namespaces over mTLS ----
-	add(identityAttack("admin SPIFFE ID made by the device issuance path, on admin routes", false, func(h *Harness) (*tls.Certificate, error) {
+	add(identityAttack("admin SPIFFE ID made by the device issuance path, on admin routes", onAdmin, func(h *Harness) (*tls.Certificate, error) {
 		return h.forged([]string{admin}, ca.PathDevice)
 	}))
-	add(identityAttack("admin SPIFFE ID without an issuance mark, on admin routes", false, func(h *Harness) (*tls.Certificate, error) {
+	add(identityAttack("admin SPIFFE ID without an issuance mark, on admin routes", onAdmin, func(h *Harness) (*tls.Certificate, error) {
 		return h.forged([]string{admin})
 	}))
-	add(identityAttack("admin SPIFFE ID with the server path's mark, on admin routes", false, func(h *Harness) (*tls.Certificate, error) {
+	add(identityAttack("admin SPIFFE ID with the server path's mark, on admin routes", onAdmin, func(h *Harness) (*tls.Certificate, error) {
 		return h.forged([]string{admin}, ca.PathServer)
 	}))
-	add(identityAttack("device ID and admin ID in one certificate (device mark), on admin routes", false, func(h *Harness) (*tls.Certificate, error) {
+	add(identityAttack("device ID and admin ID in one certificate (device mark), on admin routes", onAdmin, func(h *Harness) (*tls.Certificate, error) {
 		return h.forged([]string{td + "/device/" + h.peer().ID.DeviceID, admin}, ca.PathDevice)
 	}))
-	add(identityAttack("two admin SPIFFE IDs (operator and auditor, admin mark), on admin routes", false, func(h *Harness) (*tls.Certificate, error) {
+	add(identityAttack("two admin SPIFFE IDs (operator and auditor, admin mark), on admin routes", onAdmin, func(h *Harness) (*tls.Certificate, error) {
 		return h.forged([]string{admin, td + "/admin/auditor/x"}, ca.PathAdmin)
 	}))
-	add(identityAttack("admin ID with both the admin and the device mark, on admin routes", false, func(h *Harness) (*tls.Certificate, error) {
+	add(identityAttack("admin ID with both the admin and the device mark, on admin routes", onAdmin, func(h *Harness) (*tls.Certificate, error) {
 		return h.forged([]string{admin}, ca.PathAdmin, ca.PathDevice)
 	}))
-	add(identityAttack("genuine node certificate on admin routes", false, func(h *Harness) (*tls.Certificate, error) {
+	add(identityAttack("genuine node certificate on admin routes", onAdmin, func(h *Harness) (*tls.Certificate, error) {
 		return h.nodeCert()
 	}))
-	add(identityAttack("node SPIFFE ID made by the device issuance path, on /cluster/v1/apply", true, func(h *Harness) (*tls.Certificate, error) {
+	add(identityAttack("node SPIFFE ID made by the device issuance path, on /cluster/v1/apply", onCluster, func(h *Harness) (*tls.Certificate, error) {
 		return h.forged([]string{node}, ca.PathDevice)
 	}))
-	add(identityAttack("node SPIFFE ID without an issuance mark, on cluster routes", true, func(h *Harness) (*tls.Certificate, error) {
+	add(identityAttack("node SPIFFE ID without an issuance mark, on cluster routes", onCluster, func(h *Harness) (*tls.Certificate, error) {
 		return h.forged([]string{node})
 	}))
-	add(identityAttack("device ID and node ID in one certificate (device mark), on cluster routes", true, func(h *Harness) (*tls.Certificate, error) {
+	add(identityAttack("device ID and node ID in one certificate (device mark), on cluster routes", onCluster, func(h *Harness) (*tls.Certificate, error) {
 		return h.forged([]string{td + "/device/" + h.peer().ID.DeviceID, node}, ca.PathDevice)
 	}))
-	add(identityAttack("two node SPIFFE IDs (node mark), on cluster routes", true, func(h *Harness) (*tls.Certificate, error) {
+	add(identityAttack("two node SPIFFE IDs (node mark), on cluster routes", onCluster, func(h *Harness) (*tls.Certificate, error) {
 		return h.forged([]string{node, td + "/node/node-2"}, ca.PathNode)
 	}))
-	add(identityAttack("genuine operator certificate on cluster routes", true, func(h *Harness) (*tls.Certificate, error) {
+	add(identityAttack("genuine operator certificate on cluster routes", onCluster, func(h *Harness) (*tls.Certificate, error) {
 		return h.operator()
+	}))
+
+	add(identityAttack("genuine operator certificate on device routes", onDevice, func(h *Harness) (*tls.Certificate, error) {
+		return h.operator()
+	}))
+	add(identityAttack("genuine node certificate on device routes", onDevice, func(h *Harness) (*tls.Certificate, error) {
+		return h.nodeCert()
+	}))
+	add(identityAttack("the peer's device ID made by the admin issuance path, on device routes", onDevice, func(h *Harness) (*tls.Certificate, error) {
+		return h.forged([]string{td + "/device/" + h.peer().ID.DeviceID}, ca.PathAdmin)
+	}))
+	add(identityAttack("the peer's device ID without an issuance mark, on device routes", onDevice, func(h *Harness) (*tls.Certificate, error) {
+		return h.forged([]string{td + "/device/" + h.peer().ID.DeviceID})
 	}))
 
 	// ---- admin ----
@@ -1530,6 +1573,25 @@ func trustAttacks() []Attack {
 		sig, _ := json.Marshal(map[string]string{"key_certificate": string(chainPEM),
 			"signature": base64.StdEncoding.EncodeToString(ed25519.Sign(key, append([]byte("gatehouse-backup-signature/v1\n"), f["SHA256SUMS"]...)))})
 		f["SIGNATURE"] = sig
+		return nil
+	}))
+	add(backupAttack("another cluster's genuine backup", "not this cluster", func(h *Harness, names *[]string, f map[string][]byte) error {
+		if _, err := h.other(); err != nil {
+			return err
+		}
+		var b bytes.Buffer
+		if err := server.NewAdminClient(h.trust().otherDir).Backup(h.Ctx, &b); err != nil {
+			return err
+		}
+		n, files, err := backupFiles(b.Bytes())
+		if err != nil {
+			return err
+		}
+		*names = n
+		clear(f)
+		for k, v := range files {
+			f[k] = v
+		}
 		return nil
 	}))
 	return as
