@@ -698,7 +698,7 @@ func backupAttack(name, want string, tamper func(h *Harness, names *[]string, fi
 // ---- a second node ----
 
 // other is a second appliance, of another cluster, with the admission
-// rate limit on (2 per second, burst 4): the rate-limit row plays against
+// rate limit on (one request every 2 s, burst 3): the rate-limit row plays against
 // it, and its audit key is "another cluster's key".
 func (h *Harness) other() (*server.Appliance, error) {
 	st := h.trust()
@@ -713,7 +713,7 @@ func (h *Harness) other() (*server.Appliance, error) {
 	if err := server.Init(dir, servertest.Password, cfg, servertest.EKRoots(h.Env.Mfr)); err != nil {
 		return nil, err
 	}
-	app, err := server.Open(dir, servertest.Password, server.WithRateLimit(2, 4),
+	app, err := server.Open(dir, servertest.Password, server.WithRateLimit(0.5, 3),
 		server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
 	if err != nil {
 		return nil, err
@@ -959,6 +959,34 @@ func policyApplyAttack(name string, edit func(p *attest.CertProfile)) Attack {
 		}}
 }
 
+// auditBounded runs flood and checks that the audit chain grew by at most
+// perWindow entries for each of the limiter's windows it spanned, plus one
+// for a background entry (a refusal summary).
+func (h *Harness) auditBounded(perWindow int, window time.Duration, flood func() Result) Result {
+	node := h.Env.App.Node()
+	before, err := node.AuditHead()
+	if err != nil {
+		return harnessErr("%v", err)
+	}
+	start := time.Now()
+	r := flood()
+	if r.Violation != "" || r.Harness != nil {
+		return r
+	}
+	time.Sleep(100 * time.Millisecond) // the TLS error log is read asynchronously
+	after, err := node.AuditHead()
+	if err != nil {
+		return harnessErr("%v", err)
+	}
+	end := time.Now()
+	windows := int(end.UnixNano()/int64(window)-start.UnixNano()/int64(window)) + 1 // the limiter's windows it spanned
+	h.T.Logf("refusal flood: audit seq %d -> %d in %v", before.Seq, after.Seq, time.Since(start).Round(time.Millisecond))
+	if bound := uint64(perWindow*windows + 1); after.Seq-before.Seq > bound {
+		r.Violation = fmt.Sprintf("the audit log grew by %d entries (bound %d)", after.Seq-before.Seq, bound)
+	}
+	return r
+}
+
 // ---- the rows ----
 
 func trustAttacks() []Attack {
@@ -1018,6 +1046,84 @@ func trustAttacks() []Attack {
 	add(identityAttack("the peer's device ID without an issuance mark, on device routes", onDevice, func(h *Harness) (*tls.Certificate, error) {
 		return h.forged([]string{td + "/device/" + h.peer().ID.DeviceID})
 	}))
+
+	add(Attack{Name: "cluster apply with Content-Type text/plain (genuine node certificate)", Category: catProtocol, Expect: ExpectProblem,
+		Control: func(h *Harness) error {
+			c, err := h.nodeCert()
+			if err != nil {
+				return err
+			}
+			hc := h.tlsClient(c)
+			defer hc.CloseIdleConnections()
+			r := h.post(hc, "/cluster/v1/apply", "application/json", h.labelCommand("json"))
+			return mustf(r.Status == http.StatusOK && h.peerLabel() == "json", "apply as JSON: %v (label %q)", r, h.peerLabel())
+		},
+		Attack: func(h *Harness) Result {
+			c, err := h.nodeCert()
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			hc := h.tlsClient(c)
+			defer hc.CloseIdleConnections()
+			r := h.post(hc, "/cluster/v1/apply", "text/plain", h.labelCommand("text"))
+			if h.peerLabel() == "text" {
+				r.Violation = "the command was applied"
+			} else if r.Problem != nil && r.Problem.Code != api.CodeUnsupportedMediaType {
+				r.Violation = "not refused for its media type: " + r.Problem.Code
+			}
+			return r
+		}})
+
+	// ---- refusal floods: the audit log stays bounded ----
+	add(Attack{Name: "flood of 40 admin requests with a forged admin certificate (audit growth bounded)", Category: catFlood, Expect: ExpectProblem,
+		Control: func(h *Harness) error {
+			c, err := h.operator()
+			if err != nil {
+				return err
+			}
+			return h.allAllowed(c, adminCalls()[:1])
+		},
+		Attack: func(h *Harness) Result {
+			c, err := h.forged([]string{admin}, ca.PathDevice)
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			return h.auditBounded(10, time.Second, func() Result {
+				var last Result
+				for i := 0; i < 40; i++ {
+					if last = h.allDenied(c, adminCalls()[:1]); last.Violation != "" || last.Problem == nil {
+						return last
+					}
+				}
+				return last
+			})
+		}})
+	add(Attack{Name: "flood of 40 handshakes with a foreign CA's admin certificate (audit growth bounded)", Category: catFlood, Expect: ExpectTLSRefused,
+		Control: func(h *Harness) error {
+			c, err := h.operator()
+			if err != nil {
+				return err
+			}
+			return h.allAllowed(c, adminCalls()[:1])
+		},
+		Attack: func(h *Harness) Result {
+			cert, err := foreignClientCert(admin)
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			return h.auditBounded(10, time.Minute, func() Result {
+				var last Result
+				for i := 0; i < 40; i++ {
+					hc := h.tlsClient(cert) // a new connection, a new handshake
+					last = h.get(hc, "/admin/v1/status")
+					hc.CloseIdleConnections()
+					if !last.TLSRefused {
+						return last
+					}
+				}
+				return last
+			})
+		}})
 
 	// ---- admin ----
 	add(Attack{Name: "revoked operator certificate on admin routes (also ?stale=true)", Category: catAdmin, Expect: ExpectProblem,
