@@ -1,10 +1,16 @@
 package adversary_test
 
 // Issue 10's attacks ("Trust, part 2"): identities across namespaces over
-// mTLS, revoked admins, wrong media types, join-token guessing, audit
-// export tampering (judged by the offline verification an auditor runs),
-// backup tampering (judged by the restore route), the revoke race as far
-// as it is deterministic over the wire, and per-client rate limiting.
+// mTLS (forged with the appliance's own intermediate key, so only the
+// identity checks can refuse them), revoked admins, wrong media types,
+// policies whose templates could name an identity, join-token guessing and
+// a forwarded command under a lagging clock, refusal floods (no write
+// before possession, a bounded audit log, per-client rate limiting),
+// audit export tampering (judged by the offline verification an auditor
+// runs), the revoke race as far as it is deterministic over the wire, and
+// backup tampering (judged by the restore route). A second node, of
+// another cluster and with the rate limit on, serves the rate-limit row
+// and lends its keys as "another cluster's".
 
 import (
 	"archive/tar"
