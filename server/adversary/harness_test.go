@@ -43,8 +43,9 @@ const (
 	ExpectTLSRefused
 	// ExpectClosed: the server gives up on the connection (slowloris).
 	ExpectClosed
-	// ExpectFinding: an offline check (audit verify) reports what the
-	// attacker changed; Result.Finding says what.
+	// ExpectFinding: a check on the client's side (audit verify offline,
+	// a joining node's checks) refuses what the attacker changed or
+	// offered; Result.Finding says what.
 	ExpectFinding
 )
 
@@ -73,7 +74,7 @@ type Result struct {
 	TLSRefused  bool  // the handshake was refused
 	Closed      bool  // the server closed the connection (ExpectClosed)
 	RetryAfter  string
-	// Finding is what an offline check reported (ExpectFinding).
+	// Finding is what a client-side check reported (ExpectFinding).
 	Finding string
 	// Violation is an invariant the attack itself checks (a victim's
 	// flags, the data directory's growth): set, the attack got through.
@@ -93,7 +94,7 @@ func (r Result) String() string {
 	case r.Closed:
 		return "connection closed by the server"
 	case r.Finding != "":
-		return "offline verification: " + r.Finding
+		return "client-side check: " + r.Finding
 	case r.Err != nil:
 		return "no answer: " + r.Err.Error()
 	case r.Problem != nil:

@@ -783,6 +783,18 @@ func wrongSecret(tok server.JoinToken) string {
 	return tok.String()
 }
 
+// joinNode is `gatehouse serve --join` up to its first start: a new data
+// directory joined through this node with token and password.
+func (h *Harness) joinNode(token string, password []byte) error {
+	cfg := server.DefaultConfig()
+	cfg.NodeID = "adversary-joiner"
+	cfg.Listen = "127.0.0.1:0"
+	cfg.RaftAddr = servertest.FreeAddr(h.T)
+	ctx, cancel := context.WithTimeout(h.Ctx, 20*time.Second)
+	defer cancel()
+	return server.Join(ctx, h.T.TempDir(), password, h.Env.App.Addr(), token, cfg)
+}
+
 func (h *Harness) lastIndex() (uint64, error) {
 	return strconv.ParseUint(h.Env.App.Node().Stats()["last_log_index"], 10, 64)
 }
@@ -1280,6 +1292,56 @@ func trustAttacks() []Attack {
 				r.Violation = "not refused for its media type: " + r.Problem.Code
 			}
 			return r
+		}})
+
+	add(Attack{Name: "join with a wrong CA password (the token must stay unspent)", Category: catJoin, Expect: ExpectFinding,
+		Control: func(h *Harness) error {
+			tok, err := h.Env.App.CreateJoinToken(h.Ctx, time.Minute)
+			if err != nil {
+				return err
+			}
+			return h.joinNode(tok.String(), servertest.Password)
+		},
+		Attack: func(h *Harness) Result {
+			tok, err := h.Env.App.CreateJoinToken(h.Ctx, time.Minute)
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			err = h.joinNode(tok.String(), []byte("wrong horse battery staple"))
+			r := Result{}
+			if err != nil {
+				r.Finding = err.Error()
+			}
+			if !errors.Is(err, ca.ErrBadPassword) {
+				r.Violation = fmt.Sprintf("join answered %v, want %v", err, ca.ErrBadPassword)
+			}
+			if e := h.join("/cluster/v1/join/check", tok.String()); e.Status != http.StatusOK {
+				r.Violation = fmt.Sprintf("the token was spent by a join that failed its password check: %v", e)
+			}
+			return r
+		}})
+	add(Attack{Name: "join through a seed whose root is not the token's pin (impostor)", Category: catJoin, Expect: ExpectFinding,
+		Control: func(h *Harness) error {
+			tok, err := h.Env.App.CreateJoinToken(h.Ctx, time.Minute)
+			if err != nil {
+				return err
+			}
+			return h.joinNode(tok.String(), servertest.Password)
+		},
+		Attack: func(h *Harness) Result {
+			o, err := h.other()
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			// A token of the other cluster, and this node posing as its seed.
+			tok, err := o.CreateJoinToken(h.Ctx, time.Minute)
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			if err := h.joinNode(tok.String(), servertest.Password); err != nil {
+				return Result{Finding: err.Error()}
+			}
+			return Result{Violation: "the joining node accepted a seed that is not its token's cluster"}
 		}})
 
 	// ---- audit export tampering (offline verification) ----
