@@ -16,8 +16,8 @@ import (
 //
 // An attack counts as refused only when the answer is a 4xx
 // application/problem+json with a code (or, where that is the
-// expectation, a refused TLS handshake or a connection the server gave
-// up on), no certificate came back, the registry holds no new certificate
+// expectation, a refused TLS handshake, a connection the server gave
+// up on, or a finding of the offline audit verification), no certificate came back, the registry holds no new certificate
 // serial, and the attack's own invariant held. A 5xx or a dropped
 // connection is a crash. The test fails unless every attack was refused,
 // nothing was issued, nothing crashed and every control succeeded.
@@ -109,7 +109,8 @@ func judge(a Attack, r Result, newSerials []string) verdict {
 		v.verdict = verdictThrough
 	case problem,
 		a.Expect == ExpectTLSRefused && r.TLSRefused,
-		a.Expect == ExpectClosed && r.Closed:
+		a.Expect == ExpectClosed && r.Closed,
+		a.Expect == ExpectFinding && r.Finding != "":
 		v.verdict = verdictRefused
 	default:
 		v.verdict = verdictThrough

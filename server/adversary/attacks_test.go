@@ -749,6 +749,9 @@ func attacks() []Attack {
 			}
 			return last
 		}})
+
+	// ---- issue 10: identities, admin, joins, audit, revocation, rate limits, backups ----
+	add(trustAttacks()...)
 	return as
 }
 

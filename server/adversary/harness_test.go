@@ -43,6 +43,10 @@ const (
 	ExpectTLSRefused
 	// ExpectClosed: the server gives up on the connection (slowloris).
 	ExpectClosed
+	// ExpectFinding: a check on the client's side (audit verify offline,
+	// a joining node's checks) refuses what the attacker changed or
+	// offered; Result.Finding says what.
+	ExpectFinding
 )
 
 // Attack is one row of the suite. Control plays the same flow untampered
@@ -69,6 +73,9 @@ type Result struct {
 	Err         error // no HTTP answer
 	TLSRefused  bool  // the handshake was refused
 	Closed      bool  // the server closed the connection (ExpectClosed)
+	RetryAfter  string
+	// Finding is what a client-side check reported (ExpectFinding).
+	Finding string
 	// Violation is an invariant the attack itself checks (a victim's
 	// flags, the data directory's growth): set, the attack got through.
 	Violation string
@@ -86,6 +93,8 @@ func (r Result) String() string {
 		return "TLS refused: " + r.Err.Error()
 	case r.Closed:
 		return "connection closed by the server"
+	case r.Finding != "":
+		return "client-side check: " + r.Finding
 	case r.Err != nil:
 		return "no answer: " + r.Err.Error()
 	case r.Problem != nil:
@@ -130,6 +139,8 @@ type Harness struct {
 	restoreClock func()
 	// NoRetry makes a 429 an answer like any other (see send).
 	NoRetry bool
+	// trustSt is what the issue-10 rows share (trust_test.go).
+	trustSt *trustState
 }
 
 // Device kinds in the pool: each is started once and reused across
@@ -327,11 +338,16 @@ type answered struct {
 // an attack tried: the request is sent again after the server's
 // Retry-After, unless NoRetry (an attack on admission itself) is set.
 func (h *Harness) send(hc *http.Client, method, path, contentType string, body []byte) answered {
+	return h.sendTo(hc, h.Env.URL(), method, path, contentType, body)
+}
+
+// sendTo is send to another node's base URL.
+func (h *Harness) sendTo(hc *http.Client, base, method, path, contentType string, body []byte) answered {
 	if hc == nil {
 		hc = h.client
 	}
 	for try := 0; ; try++ {
-		req, err := http.NewRequestWithContext(h.Ctx, method, h.Env.URL()+path, bytes.NewReader(body))
+		req, err := http.NewRequestWithContext(h.Ctx, method, base+path, bytes.NewReader(body))
 		if err != nil {
 			return answered{Result: harnessErr("request: %v", err)}
 		}
@@ -357,7 +373,7 @@ func (h *Harness) doBody(hc *http.Client, req *http.Request) (answered, time.Dur
 		retry = min(time.Duration(s)*time.Second, 3*time.Second)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	r := Result{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type")}
+	r := Result{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), RetryAfter: resp.Header.Get("Retry-After")}
 	if err != nil {
 		r.Err = err
 		return answered{Result: r}, retry
