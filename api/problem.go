@@ -68,6 +68,10 @@ const (
 
 	// 403: a PCR value outside the quote's bank and selection.
 	CodePCRNotQuoted = "pcr_not_quoted"
+	// CodeBackupInvalid: a restore refused because the archive is not an
+	// intact backup signed by this cluster's CA (400), or is another
+	// cluster's (409).
+	CodeBackupInvalid = "backup_invalid"
 
 	// 404
 	CodeNotFound = "not_found"

@@ -293,15 +293,18 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 	add(ca.RoleOperator, "POST "+adminRestore, func(w http.ResponseWriter, r *http.Request) {
 		b, err := ReadBackup(r.Body)
 		if err != nil {
-			writeProblem(w, malformed(err.Error()))
+			writeProblem(w, newProblem(http.StatusBadRequest, api.CodeBackupInvalid, err.Error()))
 			return
 		}
 		if !a.node.IsLeader() {
 			writeProblem(w, newProblem(http.StatusConflict, api.CodeUnavailable, "restore on the leader ("+a.node.LeaderID()+")"))
 			return
 		}
-		if err := a.RestoreBackup(r.Context(), b); err != nil {
-			writeProblem(w, newProblem(http.StatusConflict, api.CodeMalformed, err.Error()))
+		if err := a.RestoreBackup(r.Context(), b); errors.Is(err, ErrBadBackup) {
+			writeProblem(w, newProblem(http.StatusConflict, api.CodeBackupInvalid, err.Error()))
+			return
+		} else if err != nil {
+			writeProblem(w, a.clusterProblem(err))
 			return
 		}
 		a.log.Info("registry restored from backup", "backup_node", b.Meta.NodeID, "backup_created", b.Meta.Created)

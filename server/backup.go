@@ -313,7 +313,7 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 // be signed by a key this cluster's CA certifies. Leader only.
 func (a *Appliance) RestoreBackup(ctx context.Context, b *Backup) error {
 	if b.Meta.RootSHA256 != rootHash(a.ca.Root()) {
-		return fmt.Errorf("the backup's CA root %s is not this cluster's %s: create the cluster with init --from-backup", b.Meta.RootSHA256, rootHash(a.ca.Root()))
+		return fmt.Errorf("%w: the backup's CA root %s is not this cluster's %s: create the cluster with init --from-backup", ErrBadBackup, b.Meta.RootSHA256, rootHash(a.ca.Root()))
 	}
 	if err := b.verifySigner(a.ca.Root(), "this cluster's CA"); err != nil {
 		return err
