@@ -72,6 +72,8 @@ const (
 	// intact backup signed by this cluster's CA (400), or is another
 	// cluster's (409).
 	CodeBackupInvalid = "backup_invalid"
+	// CodePolicyInvalid: 400, a policy document policy apply or test refuses.
+	CodePolicyInvalid = "policy_invalid"
 
 	// 404
 	CodeNotFound = "not_found"

@@ -239,7 +239,7 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 		}
 		p, err := attest.ParsePolicy(doc)
 		if err != nil {
-			writeProblem(w, malformed(err.Error()))
+			writeProblem(w, problemFor(err))
 			return
 		}
 		res, err := DryRun(a.node, p)

@@ -372,7 +372,7 @@ func (a *Appliance) ApplyPolicy(ctx context.Context, who string, doc []byte) (cl
 		err = p.CheckReservedNames(a.cfg.Hostnames)
 	}
 	if err != nil {
-		return cluster.PolicyRecord{}, malformed(err.Error())
+		return cluster.PolicyRecord{}, problemFor(err)
 	}
 	v, err := a.node.ApplyPolicy(ctx, who, doc)
 	if err != nil {

@@ -594,6 +594,7 @@ var problemTable = []struct {
 	{attest.ErrClaimInvalid, http.StatusForbidden, api.CodeClaimInvalid},    // before ErrPolicyDenied, which wraps it
 	{cluster.ErrSessionExpired, http.StatusForbidden, api.CodeTokenExpired}, // at open, and at apply by the leader's clock
 	{attest.ErrPolicyDenied, http.StatusForbidden, api.CodePolicyDenied},
+	{attest.ErrPolicyInvalid, http.StatusBadRequest, api.CodePolicyInvalid}, // policy apply and test
 	{cluster.ErrDeviceInactive, http.StatusForbidden, api.CodeDeviceInactive},
 	{errReprovisionRefused, http.StatusForbidden, api.CodeReprovisionRefused},
 	{errRenewalIdentity, http.StatusForbidden, api.CodeRenewalIdentity},

@@ -21,7 +21,6 @@ var notRefusals = map[string]string{
 	"server.ErrNotInitialized":     "startup (serve, init) error, not an HTTP answer",
 	"server.ErrAlreadyInitialized": "init error, not an HTTP answer",
 	"server.ErrBadBackup":          "restore answers backup_invalid itself (admin.go); also a CLI error",
-	"attest.ErrPolicyInvalid":      "policy apply and test answer malformed_request themselves (admin.go)",
 	"server.ErrAuditSink":          "startup error: a bad audit_sink stops the node",
 	"server.ErrOtherCluster":       "startup and join error: the data directory or token is another cluster's",
 	"cluster.ErrAddrInUse":         "startup error: the Raft address is taken",
