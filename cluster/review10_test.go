@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"context"
 	"crypto/ed25519"
+	"crypto/rand"
 	"strings"
 	"testing"
 	"time"
@@ -40,5 +42,37 @@ func TestExpectHeadNotCoveredByFilteredExport(t *testing.T) {
 	in := SignHead(key, RangeHead, "example.test", t0.Add(time.Hour), entries[7])
 	if rep := verifyBytes(t, export, pub, ExpectHeads(old, in)); !rep.OK() || rep.HeadsSeen != 1 {
 		t.Fatalf("an old head and one the export covers: %+v", rep)
+	}
+}
+
+// The audit log's times are the leader's clock at apply: after a leader
+// change (or a clock step) they can go back. An export --since must still
+// be one contiguous run of the chain, from the first entry at or after
+// since to the head, or its own verification reports entries "removed".
+func TestAuditSinceExportIsContiguous(t *testing.T) {
+	now := t0
+	n := openNode(t, t.TempDir(), WithClock(func() time.Time { return now }))
+	ctx := context.Background()
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	for _, at := range []time.Duration{0, time.Hour, 2 * time.Hour, 90 * time.Minute, 3 * time.Hour} {
+		now = t0.Add(at) // the fourth entry is stamped by a leader 30 minutes behind
+		if err := n.AppendAudit(ctx, AuditAdminDenied, "x", "y", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	since := t0.Add(2 * time.Hour)
+	entries, err := n.AuditEntries(since, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) == 0 || entries[len(entries)-1].Seq-entries[0].Seq+1 != uint64(len(entries)) {
+		var seqs []uint64
+		for _, e := range entries {
+			seqs = append(seqs, e.Seq)
+		}
+		t.Fatalf("export --since holds seqs %v: not one run of the chain", seqs)
+	}
+	if rep := verifyBytes(t, writeExport(t, AuditJSONL, key, since, entries), key.Public().(ed25519.PublicKey)); hasKind(rep, "removed", entries[len(entries)-1].Seq) {
+		t.Fatalf("genuine export --since: %v", rep.Problems)
 	}
 }
