@@ -363,13 +363,13 @@ func (a *Appliance) setGroupConfig(ctx context.Context, group, who string, confi
 }
 
 // ApplyPolicy validates a policy document (ParsePolicy, and no template
-// may render one of this node's host names) and commits it as the next
+// may render the host name of any node of the cluster) and commits it as the next
 // version. It is the only way the appliance applies a policy: the
 // cluster stores whatever it is given.
 func (a *Appliance) ApplyPolicy(ctx context.Context, who string, doc []byte) (cluster.PolicyRecord, error) {
 	p, err := attest.ParsePolicy(doc)
 	if err == nil {
-		err = p.CheckReservedNames(a.cfg.Hostnames)
+		err = p.CheckReservedNames(a.reservedNames())
 	}
 	if err != nil {
 		return cluster.PolicyRecord{}, malformed(err.Error())

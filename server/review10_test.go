@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"net/http"
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
+	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
@@ -65,5 +68,66 @@ func TestRevokedCertificateIsRateLimited(t *testing.T) {
 	}
 	if got[http.StatusTooManyRequests]+got[http.StatusUnauthorized] != 8 {
 		t.Fatalf("revoked certificate: %v, want only 401 and 429", got)
+	}
+}
+
+// A device certificate must not carry the host name of any node of the
+// cluster, not only of the node that applies the policy or issues: a
+// policy on node-1 whose DNS template could produce node-2's name is
+// refused, whichever node it is applied on.
+func TestPolicyCannotNamePeerNode(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Applied before node-2 exists: it names no node yet.
+	doc := `{"groups":[{"name":"g","mode":"auto","certificate":{"dns_names":["{{.Serial}}.nodes.example.com"]}}]}`
+	if _, err := e.App.ApplyPolicy(ctx, "test", []byte(doc)); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := e.App.CreateJoinToken(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := server.DefaultConfig()
+	cfg.NodeID = "node-2"
+	cfg.Listen = "127.0.0.1:0"
+	cfg.RaftAddr = servertest.FreeAddr(t)
+	cfg.Hostnames = []string{"gh2.nodes.example.com", "127.0.0.1"}
+	servertest.Unthrottled(&cfg)
+	if err := server.Join(ctx, dir, servertest.Password, e.App.Addr(), tok.String(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	servertest.StartNode(t, dir)
+	// Wait until node-2 has registered itself.
+	for {
+		ms, err := e.App.Node().Members()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ms) == 2 && ms[0].APIAddr != "" && ms[1].APIAddr != "" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("node-2 did not register")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	// Issuance on node-1 under the policy already in force: a device
+	// claiming serial gh2 gets no certificate for node-2's name.
+	d := servertest.NewDevice(t, e.Mfr)
+	if id, err := e.Client.Enroll(ctx, d.TPM, fwclient.WithClaims(api.Claims{Serial: "gh2"})); err == nil {
+		t.Fatalf("device certificate issued with DNS names %v", id.Certificate.DNSNames)
+	} else if p := (*api.Problem)(nil); !errors.As(err, &p) || p.Code != api.CodePolicyDenied {
+		t.Fatalf("enrollment naming node-2: %v, want %s", err, api.CodePolicyDenied)
+	}
+	if _, err := e.App.ApplyPolicy(ctx, "test", []byte(doc)); err == nil {
+		t.Fatal("node-1 applied a policy whose DNS template could produce node-2's host name gh2.nodes.example.com")
+	}
+	// Control: a template that cannot produce any node's name.
+	ok := `{"groups":[{"name":"g","mode":"auto","certificate":{"dns_names":["{{.Serial}}.devices.example.com"]}}]}`
+	if _, err := e.App.ApplyPolicy(ctx, "test", []byte(ok)); err != nil {
+		t.Fatalf("a policy naming no node: %v", err)
 	}
 }
