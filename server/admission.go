@@ -96,11 +96,11 @@ func (l *clientLimiter) allow(client string, now time.Time) (bool, time.Duration
 // refusals of authenticated routes alike.
 func (a *Appliance) admit(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// A revoked certificate authenticates no one: its holder is
-		// limited like any client (a local read; handlers still judge
-		// revocation linearizably).
-		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
-			if revoked, err := a.ca.IsRevoked(r.TLS.VerifiedChains[0][0].SerialNumber); err == nil && !revoked {
+		// A revoked or expired certificate authenticates no one: its
+		// holder is limited like any client (a local read; handlers still
+		// judge revocation linearizably).
+		if leaf := verifiedLeaf(r, time.Now()); leaf != nil {
+			if revoked, err := a.ca.IsRevoked(leaf.SerialNumber); err == nil && !revoked {
 				next.ServeHTTP(w, r)
 				return
 			}

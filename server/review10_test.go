@@ -2,9 +2,14 @@ package server_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -129,5 +134,58 @@ func TestPolicyCannotNamePeerNode(t *testing.T) {
 	ok := `{"groups":[{"name":"g","mode":"auto","certificate":{"dns_names":["{{.Serial}}.devices.example.com"]}}]}`
 	if _, err := e.App.ApplyPolicy(ctx, "test", []byte(ok)); err != nil {
 		t.Fatalf("a policy naming no node: %v", err)
+	}
+}
+
+// The TLS layer checks a client certificate's validity once, at the
+// handshake; a kept-alive connection serves requests long after. An admin
+// certificate that has expired must authorize nothing, even on a
+// connection opened while it was valid.
+func TestExpiredAdminCertOnKeptAliveConnection(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	resp, err := server.NewAdminClient(e.Dir).IssueAdminCert(ctx, ca.RoleOperator, "shortlived", csr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cert tls.Certificate
+	for rest := resp.Chain; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		cert.Certificate = append(cert.Certificate, blk.Bytes)
+	}
+	cert.PrivateKey = key
+	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+	pool := x509.NewCertPool()
+	pool.AddCert(e.App.Root())
+	handshakes := 0
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { handshakes++; return &cert, nil }}}}
+	get := func() int {
+		resp, err := hc.Get(e.URL() + "/admin/v1/devices")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(); code != http.StatusOK {
+		t.Fatalf("valid operator certificate: %d", code)
+	}
+	for time.Now().Before(leaf.NotAfter.Add(500 * time.Millisecond)) {
+		get() // keep the connection alive past the certificate's expiry
+		time.Sleep(200 * time.Millisecond)
+	}
+	code := get()
+	if handshakes != 1 {
+		t.Fatalf("%d handshakes: the connection was not kept alive, the test proves nothing", handshakes)
+	}
+	if code != http.StatusUnauthorized {
+		t.Fatalf("certificate expired at %s, request at %s on the kept-alive connection: %d, want 401", leaf.NotAfter.Format(time.RFC3339), time.Now().Format(time.RFC3339), code)
 	}
 }
