@@ -310,7 +310,7 @@ func (a *Appliance) revokeSerials(ctx context.Context, id, reason string) (int, 
 // SweepRevocations completes revocations interrupted between their state
 // change and their serials (the leader runs it every
 // audit_checkpoint_every): every certificate of a device that was ever
-// revoked is revoked.
+// revoked, or is deleted, is revoked.
 func (a *Appliance) SweepRevocations(ctx context.Context) error {
 	devs, err := a.node.Devices()
 	if err != nil {
@@ -318,7 +318,9 @@ func (a *Appliance) SweepRevocations(ctx context.Context) error {
 	}
 	var errs []error
 	for _, d := range devs {
-		i := slices.IndexFunc(d.History, func(c cluster.StateChange) bool { return c.Op == cluster.OpRevoke })
+		i := slices.IndexFunc(d.History, func(c cluster.StateChange) bool {
+			return c.Op == cluster.OpRevoke || c.Op == cluster.OpDelete
+		})
 		if i < 0 {
 			continue
 		}

@@ -189,3 +189,26 @@ func TestExpiredAdminCertOnKeptAliveConnection(t *testing.T) {
 		t.Fatalf("certificate expired at %s, request at %s on the kept-alive connection: %d, want 401", leaf.NotAfter.Format(time.RFC3339), time.Now().Format(time.RFC3339), code)
 	}
 }
+
+// Deleting a device is final (it can never enroll or authenticate again),
+// so its certificates must not stay valid for relying parties that check
+// the CRL: delete revokes them as revoke does.
+func TestDeleteRevokesCertificates(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.NewAdminClient(e.Dir).TransitionDevice(ctx, id.DeviceID, cluster.OpDelete, "test", "decommissioned"); err != nil {
+		t.Fatal(err)
+	}
+	revoked, err := e.App.IsRevoked(id.Certificate.SerialNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !revoked {
+		t.Fatalf("device %s deleted, its certificate %s is not revoked", id.DeviceID, id.Certificate.SerialNumber.Text(16))
+	}
+}
