@@ -1508,14 +1508,19 @@ func trustAttacks() []Attack {
 		}})
 	add(Attack{Name: "filtered audit export (--since) that starts after every head the auditor kept (--expect-head compares nothing)", Category: catAudit, Expect: ExpectFinding,
 		Control: func(h *Harness) error {
-			// The head the auditor keeps; then entries a second later,
-			// exported --since that second, with a head they reach.
+			// The head the auditor keeps and an entry after it; then
+			// entries a second later, exported --since that second (so
+			// not from right after the head, whose hash the first prev
+			// would name), with a head they reach.
 			head, err := h.auditHead()
 			if err != nil {
 				return err
 			}
 			h.trust().oldHead = head
-			time.Sleep(time.Until(head.Time.Truncate(time.Second).Add(1100 * time.Millisecond)))
+			if err := h.auditedWrite(); err != nil {
+				return err
+			}
+			time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(1100 * time.Millisecond)))
 			since := time.Now().Truncate(time.Second)
 			if err := h.auditedWrite(); err != nil {
 				return err
