@@ -246,8 +246,10 @@ func (n *Node) AuditEntry(seq uint64) (AuditEntry, error) {
 	return e, err
 }
 
-// AuditEntries returns entries with Time >= since and Seq <= upTo (0: no
-// bound), oldest first.
+// AuditEntries returns the entries from the first with Time >= since up to
+// Seq upTo (0: no bound), oldest first: one contiguous run of the chain,
+// since times (the leader's clock at apply) can go back after a leader
+// change, and an export with a gap would not verify.
 func (n *Node) AuditEntries(since time.Time, upTo uint64) ([]AuditEntry, error) {
 	var out []AuditEntry
 	err := n.fsm.view(func(tx *bolt.Tx) error {
@@ -260,7 +262,7 @@ func (n *Node) AuditEntries(since time.Time, upTo uint64) ([]AuditEntry, error) 
 			if err := json.Unmarshal(v, &e); err != nil {
 				return err
 			}
-			if !e.Time.Before(since) {
+			if len(out) > 0 || !e.Time.Before(since) {
 				out = append(out, e)
 			}
 		}

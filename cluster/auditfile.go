@@ -214,7 +214,7 @@ func strictJSON(b []byte, v any) error {
 type AuditProblem struct {
 	Line   int    `json:"line"`
 	Seq    uint64 `json:"seq,omitempty"`
-	Kind   string `json:"kind"` // unreadable | modified | removed | reordered | bad_signature | unsigned_tail | truncated_head | truncated_tail | head_mismatch | empty
+	Kind   string `json:"kind"` // unreadable | modified | removed | reordered | bad_signature | unsigned_tail | truncated_head | truncated_tail | head_mismatch | head_not_covered | empty
 	Detail string `json:"detail"`
 }
 
@@ -335,8 +335,27 @@ func VerifyAudit(lines []AuditLine, key ed25519.PublicKey, opts ...VerifyOption)
 		add(lastLine, "unsigned_tail", "the export does not end on a valid checkpoint (%s), so a cut tail would go unnoticed", covered)
 	}
 	verifyRange(&rep, rng, firstLine, lastLine, key, add)
+	// The first entry's prev is the hash of the entry before the export
+	// (signed by the range), so a head there can be compared too.
+	if first := firstLine.Entry; first.Seq > 1 {
+		if _, ok := hashes[first.Seq-1]; !ok {
+			hashes[first.Seq-1] = first.Prev
+		}
+	}
+	var uncovered []AuditRange
 	for _, h := range o.heads {
-		checkHead(&rep, h, lastLine, key, hashes, add)
+		if !checkHead(&rep, h, lastLine, key, hashes, add) {
+			uncovered = append(uncovered, h)
+		}
+	}
+	// Heads that all predate the export (one filtered with --since)
+	// compare nothing: a rewritten past would pass unseen. One head the
+	// export reaches covers the chain before it.
+	if len(uncovered) > 0 && rep.HeadsSeen == 0 {
+		for _, h := range uncovered {
+			add(AuditLine{Line: firstLine.Line, Entry: AuditEntry{Seq: h.LastSeq}}, "head_not_covered",
+				"the export starts at seq %d, after the head at seq %d signed at %s: nothing could be compared (export without --since)", rep.FirstSeq, h.LastSeq, h.Time.Format(time.RFC3339))
+		}
 	}
 	return rep
 }
@@ -380,17 +399,22 @@ func verifyRange(rep *AuditReport, rl *AuditLine, firstLine, lastLine AuditLine,
 	}
 }
 
-// checkHead compares the export with one signed head the auditor kept.
-func checkHead(rep *AuditReport, h AuditRange, lastLine AuditLine, key ed25519.PublicKey, hashes map[uint64]string, add func(AuditLine, string, string, ...any)) {
+// checkHead compares the export with one signed head the auditor kept. It
+// returns false, reporting nothing, for a valid head before the export's
+// entries (which it cannot compare).
+func checkHead(rep *AuditReport, h AuditRange, lastLine AuditLine, key ed25519.PublicKey, hashes map[uint64]string, add func(AuditLine, string, string, ...any)) bool {
 	at := AuditLine{Line: lastLine.Line, Entry: AuditEntry{Seq: h.LastSeq}}
 	if err := h.Verify(key); err != nil {
 		add(at, "bad_signature", "expected head: %v", err)
-		return
+		return true
+	}
+	if _, ok := hashes[h.LastSeq]; !ok && h.LastSeq < rep.FirstSeq {
+		return false
 	}
 	rep.HeadsSeen++
 	if rep.Range != nil && h.TrustDomain != rep.Range.TrustDomain {
 		add(at, "head_mismatch", "the expected head is of trust domain %q, the export of %q", h.TrustDomain, rep.Range.TrustDomain)
-		return
+		return true
 	}
 	switch got, ok := hashes[h.LastSeq]; {
 	case h.LastSeq > rep.LastSeq:
@@ -398,6 +422,7 @@ func checkHead(rep *AuditReport, h AuditRange, lastLine AuditLine, key ed25519.P
 	case ok && got != h.LastHash:
 		add(at, "head_mismatch", "the export's entry differs from the head signed at %s (the chain was rewritten)", h.Time.Format(time.RFC3339))
 	}
+	return true
 }
 
 func verifyCheckpoint(e AuditEntry, key ed25519.PublicKey, hashes map[uint64]string) error {

@@ -27,6 +27,9 @@ type Member struct {
 	ID       string `json:"id"`
 	RaftAddr string `json:"raft_addr"`
 	APIAddr  string `json:"api_addr"` // host:port of the node's HTTPS API
+	// Hostnames are the names in the node's HTTPS server certificate: no
+	// device certificate may carry one, whichever node issues it.
+	Hostnames []string `json:"hostnames,omitempty"`
 	// From the live Raft configuration (not stored):
 	Voter  bool `json:"voter"`
 	Leader bool `json:"leader"`

@@ -171,6 +171,13 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 			dev, err = a.RevokeDevice(r.Context(), r.PathValue("id"), who, req.Reason)
 		} else {
 			dev, err = a.node.TransitionDevice(r.Context(), r.PathValue("id"), r.PathValue("op"), who, req.Reason)
+			if err == nil && r.PathValue("op") == cluster.OpDelete {
+				// Deleted is final: its certificates go on the CRL too
+				// (the leader's SweepRevocations completes an interrupted run).
+				if _, rerr := a.revokeSerials(r.Context(), dev.ID, req.Reason); rerr != nil {
+					err = fmt.Errorf("device %s is deleted, but not yet all its certificates are revoked (the leader completes it): %w", dev.ID, rerr)
+				}
+			}
 		}
 		if err != nil {
 			writeProblem(w, a.clusterProblem(err))

@@ -310,7 +310,7 @@ func (a *Appliance) revokeSerials(ctx context.Context, id, reason string) (int, 
 // SweepRevocations completes revocations interrupted between their state
 // change and their serials (the leader runs it every
 // audit_checkpoint_every): every certificate of a device that was ever
-// revoked is revoked.
+// revoked, or is deleted, is revoked.
 func (a *Appliance) SweepRevocations(ctx context.Context) error {
 	devs, err := a.node.Devices()
 	if err != nil {
@@ -318,7 +318,9 @@ func (a *Appliance) SweepRevocations(ctx context.Context) error {
 	}
 	var errs []error
 	for _, d := range devs {
-		i := slices.IndexFunc(d.History, func(c cluster.StateChange) bool { return c.Op == cluster.OpRevoke })
+		i := slices.IndexFunc(d.History, func(c cluster.StateChange) bool {
+			return c.Op == cluster.OpRevoke || c.Op == cluster.OpDelete
+		})
 		if i < 0 {
 			continue
 		}
@@ -363,13 +365,13 @@ func (a *Appliance) setGroupConfig(ctx context.Context, group, who string, confi
 }
 
 // ApplyPolicy validates a policy document (ParsePolicy, and no template
-// may render one of this node's host names) and commits it as the next
+// may render the host name of any node of the cluster) and commits it as the next
 // version. It is the only way the appliance applies a policy: the
 // cluster stores whatever it is given.
 func (a *Appliance) ApplyPolicy(ctx context.Context, who string, doc []byte) (cluster.PolicyRecord, error) {
 	p, err := attest.ParsePolicy(doc)
 	if err == nil {
-		err = p.CheckReservedNames(a.cfg.Hostnames)
+		err = p.CheckReservedNames(a.reservedNames())
 	}
 	if err != nil {
 		return cluster.PolicyRecord{}, problemFor(err)

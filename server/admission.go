@@ -26,8 +26,8 @@ import (
 // possession writes nothing to Raft but a per-node summary, at most one per
 // RefusalSummaryEvery. Non-guarantees: the limit is per node and per
 // address (many addresses, or many nodes, multiply it); requests that carry
-// a certificate from this CA are not limited here (they are authenticated
-// by their handler).
+// an unrevoked certificate from this CA are not limited here (they are
+// authenticated by their handler).
 
 // clientLimiter keeps one token bucket per client address.
 type clientLimiter struct {
@@ -96,9 +96,14 @@ func (l *clientLimiter) allow(client string, now time.Time) (bool, time.Duration
 // refusals of authenticated routes alike.
 func (a *Appliance) admit(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
-			next.ServeHTTP(w, r)
-			return
+		// A revoked or expired certificate authenticates no one: its
+		// holder is limited like any client (a local read; handlers still
+		// judge revocation linearizably).
+		if leaf := verifiedLeaf(r, time.Now()); leaf != nil {
+			if revoked, err := a.ca.IsRevoked(leaf.SerialNumber); err == nil && !revoked {
+				next.ServeHTTP(w, r)
+				return
+			}
 		}
 		host := clientKey(r.RemoteAddr)
 		ok, wait := a.admission.allow(host, time.Now())

@@ -333,7 +333,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		ek:            attest.NewEKVerifier(roots, attest.EKRootsOptions(rootsPEM)...),
 		reg:           a.node,
 		policies:      &policyCache{store: a.node},
-		ca:            a.ca,
+		ca:            clusterIssuer{a.ca, a},
 		tokens:        sealer,
 		nodeID:        cfg.NodeID,
 		trustDomain:   cfg.TrustDomain,

@@ -35,7 +35,11 @@ type checkpointSink struct {
 	mu   sync.Mutex
 	w    io.WriteCloser
 	file *os.File // set for file sinks, to fsync
-	last uint64   // newest checkpoint written, so a repeat is not
+	// The last head written, so the same one is not written twice. A lower
+	// seq is written: the chain was rolled back (a restore), and its new
+	// checkpoints are heads an auditor needs.
+	last     uint64
+	lastHash string
 }
 
 // ErrAuditSink: an audit_sink spec that cannot be used.
@@ -86,7 +90,7 @@ func openCheckpointSink(spec string) (*checkpointSink, error) {
 func (s *checkpointSink) write(r cluster.AuditRange) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if r.LastSeq <= s.last {
+	if r.LastSeq == s.last && r.LastHash == s.lastHash {
 		return nil
 	}
 	b, err := json.Marshal(r)
@@ -101,7 +105,7 @@ func (s *checkpointSink) write(r cluster.AuditRange) error {
 			return err
 		}
 	}
-	s.last = r.LastSeq
+	s.last, s.lastHash = r.LastSeq, r.LastHash
 	return nil
 }
 

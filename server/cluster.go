@@ -420,7 +420,47 @@ func (a *Appliance) nodeRPC(ctx context.Context, addr, path string, body io.Read
 }
 
 func (a *Appliance) self() cluster.Member {
-	return cluster.Member{ID: a.cfg.NodeID, RaftAddr: a.node.RaftAddr(), APIAddr: a.apiAddr()}
+	return cluster.Member{ID: a.cfg.NodeID, RaftAddr: a.node.RaftAddr(), APIAddr: a.apiAddr(), Hostnames: a.cfg.Hostnames}
+}
+
+// reservedNames are the host names of every node of the cluster, as far as
+// this node knows (its own, and each member's registered names and API
+// host): a device certificate may carry none of them.
+func (a *Appliance) reservedNames() []string {
+	names := append([]string(nil), a.cfg.Hostnames...)
+	ms, err := a.node.Members()
+	if err != nil {
+		return names
+	}
+	for _, m := range ms {
+		names = append(names, m.Hostnames...)
+		if host, _, err := net.SplitHostPort(m.APIAddr); err == nil && host != "" {
+			names = append(names, host)
+		}
+	}
+	return names
+}
+
+// clusterIssuer is the CA as enrollment uses it: CheckDevice also refuses
+// the names of the cluster's other nodes, which the CA (opened with this
+// node's names only) does not know.
+type clusterIssuer struct {
+	*ca.CA
+	a *Appliance
+}
+
+func (c clusterIssuer) CheckDevice(p ca.DeviceProfile) error {
+	if err := c.CA.CheckDevice(p); err != nil {
+		return err
+	}
+	for _, d := range p.DNSNames {
+		for _, n := range c.a.reservedNames() {
+			if strings.EqualFold(strings.TrimSuffix(n, "."), d) {
+				return fmt.Errorf("%w: DNS name %q is reserved for the appliance's nodes", ca.ErrBadProfile, d)
+			}
+		}
+	}
+	return nil
 }
 
 // notLeaderError is a peer's "not the leader" answer, naming the leader's

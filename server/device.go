@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/ca"
@@ -21,10 +22,10 @@ import (
 // active (quarantined too, with allowQuarantined: it may still learn its
 // state).
 func (a *Appliance) authDevice(r *http.Request, allowQuarantined bool) (cluster.Device, *x509.Certificate, error) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-		return cluster.Device{}, nil, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "a device certificate is required")
+	leaf := verifiedLeaf(r, time.Now())
+	if leaf == nil {
+		return cluster.Device{}, nil, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "a valid device certificate is required")
 	}
-	leaf := r.TLS.VerifiedChains[0][0]
 	cid, err := a.identityOf(leaf, ca.PathDevice)
 	if err != nil {
 		return cluster.Device{}, nil, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "the certificate is not a device certificate of this trust domain: "+err.Error())

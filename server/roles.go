@@ -55,6 +55,22 @@ func (a *Appliance) identityOf(c *x509.Certificate, want ca.Path) (ca.Identity, 
 	return id, nil
 }
 
+// verifiedLeaf is the client certificate the TLS layer verified, or nil
+// when there is none or it, or a certificate of its chain, is no longer
+// (or not yet) valid: the handshake checks validity once, and a kept-alive
+// connection outlives it.
+func verifiedLeaf(r *http.Request, now time.Time) *x509.Certificate {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		return nil
+	}
+	for _, c := range r.TLS.VerifiedChains[0] {
+		if now.Before(c.NotBefore) || now.After(c.NotAfter) {
+			return nil
+		}
+	}
+	return r.TLS.VerifiedChains[0][0]
+}
+
 // adminIdentity is an authenticated admin.
 type adminIdentity struct {
 	Role, Name string
@@ -97,10 +113,10 @@ func (a *Appliance) requireRole(role string, h http.HandlerFunc) http.HandlerFun
 }
 
 func (a *Appliance) authAdmin(r *http.Request) (adminIdentity, error) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-		return adminIdentity{}, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "an admin client certificate is required")
+	leaf := verifiedLeaf(r, time.Now())
+	if leaf == nil {
+		return adminIdentity{}, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "a valid admin client certificate is required")
 	}
-	leaf := r.TLS.VerifiedChains[0][0]
 	cid, err := a.identityOf(leaf, ca.PathAdmin)
 	if err != nil {
 		return adminIdentity{}, newProblem(http.StatusForbidden, api.CodeForbidden, "the certificate carries no admin role: "+err.Error())

@@ -72,7 +72,9 @@ type trustState struct {
 	node        *tls.Certificate  // a genuine node certificate (node path)
 	fresh       *tls.Certificate  // a control's fresh operator, revoked by its attack
 	freshSer    string
-	export      []byte            // the control's untouched audit export
+	export      []byte // the control's untouched audit export
+	sinceExport []byte // an export --since that starts after oldHead
+	oldHead     cluster.AuditRange
 	backup      []byte            // the control's untouched backup
 	throttled   *server.Appliance // a second node (another cluster), rate limit on
 	token       server.JoinToken  // a genuine join token, unspent
@@ -1503,6 +1505,44 @@ func trustAttacks() []Attack {
 				return harnessErr("%v", err)
 			}
 			return findings(h.verifyExport(h.trust().export, head))
+		}})
+	add(Attack{Name: "filtered audit export (--since) that starts after every head the auditor kept (--expect-head compares nothing)", Category: catAudit, Expect: ExpectFinding,
+		Control: func(h *Harness) error {
+			// The head the auditor keeps and an entry after it; then
+			// entries a second later, exported --since that second (so
+			// not from right after the head, whose hash the first prev
+			// would name), with a head they reach.
+			head, err := h.auditHead()
+			if err != nil {
+				return err
+			}
+			h.trust().oldHead = head
+			if err := h.auditedWrite(); err != nil {
+				return err
+			}
+			time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(1100 * time.Millisecond)))
+			since := time.Now().Truncate(time.Second)
+			if err := h.auditedWrite(); err != nil {
+				return err
+			}
+			now, err := h.auditHead()
+			if err != nil {
+				return err
+			}
+			a, err := h.auditorGet("/admin/v1/audit?format=jsonl&since=" + url.QueryEscape(since.UTC().Format(time.RFC3339)))
+			if err != nil {
+				return err
+			}
+			if f := h.verifyExport(a.Body, now); len(f) > 0 {
+				return fmt.Errorf("a filtered export against a head it reaches: %s", strings.Join(f, "; "))
+			}
+			h.trust().sinceExport = a.Body
+			return nil
+		},
+		Attack: func(h *Harness) Result {
+			// Served to an auditor holding only the older head: nothing
+			// in the export can be compared with it.
+			return findings(h.verifyExport(h.trust().sinceExport, h.trust().oldHead))
 		}})
 
 	// ---- revocation race ----
