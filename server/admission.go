@@ -175,29 +175,35 @@ func clientKey(remoteAddr string) string {
 }
 
 // possession says whether rec comes from a client that proved it holds the
-// TPM, and whether its raw evidence may be stored. An enrollment proves it
-// by credential activation (until then anyone with a copy of a public EK
-// certificate can play along); a renewal is an authenticated device, whose
-// evidence counts once it is signed by the enrolled AK.
+// TPM, and so is committed, and whether its raw evidence may be stored. An
+// enrollment proves it by credential activation (until then anyone with a
+// copy of a public EK certificate can play along). A renewal comes from an
+// authenticated device, but only a refusal that judged its evidence (the
+// AK check onwards) is committed: those quarantine the device, so they are
+// bounded; a bad, expired or replayed token or a malformed body would let
+// one device certificate write without end, so they are counted like
+// unproven ones. Raw evidence is kept once the enrolled AK is shown.
 func possession(rec cluster.AttestationRecord) (proven, keepRaw bool) {
 	switch rec.Stage {
 	case stageChallenge:
 		return false, false
 	case stageComplete:
-		ok := passed(rec.Checks, attest.CheckActivation)
+		ok, _ := check(rec.Checks, attest.CheckActivation)
 		return ok, ok
 	default:
-		return true, passed(rec.Checks, attest.CheckAK)
+		ok, judged := check(rec.Checks, attest.CheckAK)
+		return judged, ok
 	}
 }
 
-func passed(checks []cluster.Check, name string) bool {
+// check reports whether the named check passed, and whether it ran.
+func check(checks []cluster.Check, name string) (passed, ran bool) {
 	for _, c := range checks {
 		if c.Name == name {
-			return c.Passed
+			return c.Passed, true
 		}
 	}
-	return false
+	return false, false
 }
 
 // maxStoredBlob bounds each compressed blob (raw evidence, event log) a

@@ -11,8 +11,9 @@ import (
 )
 
 // Which refusals are committed, and with raw evidence: only after the
-// client proved TPM possession (activation for enrollment; the enrolled
-// AK for a renewal, which is an authenticated device anyway).
+// client proved TPM possession (activation for enrollment); for a renewal,
+// only once its evidence was judged (the AK check, which quarantines on
+// failure), with raw evidence once the enrolled AK is shown.
 func TestPossession(t *testing.T) {
 	ak := cluster.Check{Name: attest.CheckAK, Passed: true}
 	badAK := cluster.Check{Name: attest.CheckAK}
@@ -28,7 +29,7 @@ func TestPossession(t *testing.T) {
 		{"complete, activation failed", cluster.AttestationRecord{Stage: stageComplete, Checks: []cluster.Check{ak, badAct}}, false, false},
 		{"complete, activation passed", cluster.AttestationRecord{Stage: stageComplete, Checks: []cluster.Check{ak, act, {Name: attest.CheckQuoteNonce}}}, true, true},
 		{"renew, foreign AK", cluster.AttestationRecord{Stage: stageRenew, Checks: []cluster.Check{badAK}}, true, false},
-		{"renew, token refused before any check", cluster.AttestationRecord{Stage: stageRenew}, true, false},
+		{"renew, token refused before any check", cluster.AttestationRecord{Stage: stageRenew}, false, false},
 		{"renew, enrolled AK", cluster.AttestationRecord{Stage: stageRenew, Checks: []cluster.Check{ak, {Name: attest.CheckPCRDigest}}}, true, true},
 	} {
 		proven, keepRaw := possession(tc.rec)

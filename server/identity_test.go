@@ -25,6 +25,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
@@ -317,5 +318,76 @@ func TestRevokedAdminOnStaleFollower(t *testing.T) {
 	waitFor(t, "the follower to lose its leader", 10*time.Second, func() bool { return !follower.Node().IsLeader() && follower.Node().LeaderID() == "" })
 	if _, err := viaFollower2.Devices(ctx, ""); !errors.As(err, &p) || p.Code != api.CodeUnavailable {
 		t.Fatalf("stale read with an admin certificate on a leaderless follower: %v", err)
+	}
+}
+
+// One device certificate cannot make the cluster write without end: a
+// renewal refused before its evidence is judged (a bad token) is counted,
+// not committed, and leaves the device's flags alone; a refusal that judged
+// the evidence (another device's AK) is committed and quarantines the
+// device, so those are bounded.
+func TestDeviceCannotFloodRenewalRefusals(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := id.TLSCertificate(d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer key.Close()
+	hc := mtlsClient(e, &cert)
+	post := func(path string, in any) api.Problem {
+		b, _ := json.Marshal(in)
+		req, _ := http.NewRequest(http.MethodPost, e.URL()+path, bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var p api.Problem
+		_ = json.NewDecoder(resp.Body).Decode(&p)
+		return p
+	}
+	// The first linearizable read of a term appends Raft's barrier: take it
+	// before counting.
+	post(api.PathRenew, api.RenewRequest{SessionToken: "x"})
+	before := lastLogIndex(t, e.App)
+	for range 50 {
+		if p := post(api.PathRenew, api.RenewRequest{SessionToken: "x"}); p.Code != api.CodeTokenInvalid || p.AttestationID != 0 {
+			t.Fatalf("bad renewal token: %+v, want an unrecorded %s", p, api.CodeTokenInvalid)
+		}
+	}
+	if after := lastLogIndex(t, e.App); after != before {
+		t.Fatalf("50 refused renewal tokens grew the Raft log from %d to %d", before, after)
+	}
+	dev, err := e.App.Node().Device(id.DeviceID)
+	if err != nil || dev.Status != cluster.DeviceActive || len(dev.Flags) != 0 {
+		t.Fatalf("device after the flood: %+v, %v", dev, err)
+	}
+
+	// Control: a judged refusal is recorded and quarantines the device.
+	var ch api.RenewChallengeResponse
+	b, _ := json.Marshal(struct{}{})
+	req, _ := http.NewRequest(http.MethodPost, e.URL()+api.PathRenewChallenge, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&ch)
+	resp.Body.Close()
+	otherAK := servertest.NewDevice(t, e.Mfr).NewAK(t, goattest.ECDSA)
+	p := post(api.PathRenew, api.RenewRequest{SessionToken: ch.SessionToken, AKPublic: otherAK.AttestationParameters().Public,
+		Quote: api.Quote{Quote: []byte{1}, Signature: []byte{2}}, PCRs: []api.PCR{{Index: 0, Bank: "sha256", Digest: make([]byte, 32)}}, CSR: []byte{3}})
+	if p.Code != api.CodeRenewalIdentity || p.AttestationID == 0 {
+		t.Fatalf("renewal with another device's AK: %+v, want a recorded %s", p, api.CodeRenewalIdentity)
+	}
+	if dev, err := e.App.Node().Device(id.DeviceID); err != nil || dev.Status != cluster.DeviceQuarantined {
+		t.Fatalf("device after a judged refusal: %+v, %v", dev.Status, err)
 	}
 }

@@ -1662,6 +1662,44 @@ func trustAttacks() []Attack {
 			return last
 		}})
 
+	// One device certificate must not write without end: renewals refused
+	// before their evidence is judged are counted, not committed.
+	add(Attack{Name: "flood of 20 renewals with bad tokens from one device certificate: nothing committed", Category: catFlood, Expect: ExpectProblem,
+		Control: func(h *Harness) error {
+			e, err := h.enrolled()
+			if err != nil {
+				return err
+			}
+			return certified(h.renew(RenewFlow{E: e}))
+		},
+		Attack: func(h *Harness) Result {
+			e, err := h.enrolled()
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			badToken := func(*Harness) (string, error) { return "x", nil }
+			h.renew(RenewFlow{E: e, Token: badToken}) // the term's first linearizable read may append a barrier
+			before, err := h.lastIndex()
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			const n = 20
+			var last Result
+			for i := 0; i < n; i++ {
+				if last = h.renew(RenewFlow{E: e, Token: badToken}); last.Problem == nil || last.Status/100 != 4 {
+					return last
+				}
+			}
+			after, err := h.lastIndex()
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			if after-before > 1 { // a refusal summary may land meanwhile
+				last.Violation = fmt.Sprintf("the Raft log grew by %d entries for %d bad renewal tokens", after-before, n)
+			}
+			return last
+		}})
+
 	// ---- policy apply: templates that could name an identity ----
 	add(policyApplyAttack("policy apply: URI template rendering the serial into a SPIFFE ID", func(p *attest.CertProfile) {
 		p.URIs = []string{td + "/{{.Serial}}"}
