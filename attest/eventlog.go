@@ -166,7 +166,19 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 	}
 	hexAll := sb.String()
 	l.Events = make([]LogEvent, 0, len(first))
+	pcr0, locality := false, false
 	for i, e := range first {
+		// A StartupLocality sets PCR 0's initial value, so it must come
+		// before any PCR 0 measurement, once: a later one would let
+		// events before it replay to nothing.
+		if isStartupLocality(e) {
+			if pcr0 || locality {
+				return nil, fmt.Errorf("%w: event %d: a StartupLocality after PCR 0 was measured or set", ErrEventLogInvalid, i+offset)
+			}
+			locality = true
+		} else if e.Index == 0 && uint32(e.Type) != evNoAction {
+			pcr0 = true
+		}
 		// Windows logs EV_NO_ACTION events against PCR 0xFFFFFFFF; they
 		// extend nothing, so only measured events must name a real PCR.
 		if (e.Index < 0 || e.Index > maxPCR) && uint32(e.Type) != evNoAction {
@@ -196,6 +208,12 @@ func isAgile(b []byte) bool {
 	return len(b) > 32+16 && bytes.HasPrefix(b[32:], []byte("Spec ID Event03"))
 }
 
+// isStartupLocality reports whether e is a StartupLocality EV_NO_ACTION
+// event for PCR 0.
+func isStartupLocality(e goattest.Event) bool {
+	return uint32(e.Type) == evNoAction && e.Index == 0 && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality\x00"))
+}
+
 // replay extends every measured event into a PCR bank. EV_NO_ACTION events
 // are not measured; a StartupLocality event sets PCR0's initial value.
 func replay(events []goattest.Event, h crypto.Hash) map[int][]byte {
@@ -203,7 +221,7 @@ func replay(events []goattest.Event, h crypto.Hash) map[int][]byte {
 	hh := h.New()
 	for _, e := range events {
 		if uint32(e.Type) == evNoAction {
-			if e.Index == 0 && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality\x00")) {
+			if isStartupLocality(e) {
 				init := make([]byte, h.Size())
 				init[len(init)-1] = e.Data[16]
 				pcrs[0] = init

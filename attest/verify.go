@@ -281,6 +281,10 @@ func verifyQuote(r *Result, c Completion) error {
 		switch {
 		case p.DigestAlg != hashAlg || !selected[p.Index]:
 			unquoted = append(unquoted, fmt.Sprintf("PCR %d (%s)", p.Index, BankName(p.DigestAlg)))
+		case len(p.Digest) != hashAlg.Size():
+			// The quoted digest hashes the values concatenated: values of
+			// other lengths could move bytes from one PCR to another.
+			return r.fail(CheckPCRDigest, fmt.Errorf("%w: %s PCR %d is %d bytes, not one %s digest", ErrPCRMismatch, bank, p.Index, len(p.Digest), bank))
 		case dup:
 			return r.fail(CheckPCRDigest, fmt.Errorf("%w: %s PCR %d was sent twice", ErrPCRMismatch, bank, p.Index))
 		default:
@@ -326,7 +330,8 @@ func verifyQuote(r *Result, c Completion) error {
 // QuotedPCRs returns the values among pcrs that a quote's TPMS_ATTEST
 // covers: its one bank and its selection. It does not verify the quote:
 // it re-applies, to evidence verified earlier, the rule that nothing
-// outside the quote's selection is evidence.
+// outside the quote's selection is evidence. A quoted value that is not
+// one digest of the bank long is refused (ErrPCRMismatch).
 func QuotedPCRs(quote []byte, pcrs []goattest.PCR) ([]goattest.PCR, error) {
 	att, err := tpm2.DecodeAttestationData(quote)
 	if err != nil || att.Type != tpm2.TagAttestQuote || att.AttestedQuoteInfo == nil {
@@ -340,6 +345,9 @@ func QuotedPCRs(quote []byte, pcrs []goattest.PCR) ([]goattest.PCR, error) {
 	var out []goattest.PCR
 	for _, p := range pcrs {
 		if p.DigestAlg == hashAlg && slices.Contains(sel.PCRs, p.Index) {
+			if len(p.Digest) != hashAlg.Size() {
+				return nil, fmt.Errorf("%w: PCR %d is %d bytes, not one %s digest", ErrPCRMismatch, p.Index, len(p.Digest), BankName(hashAlg))
+			}
 			out = append(out, p)
 		}
 	}

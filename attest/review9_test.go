@@ -1,0 +1,152 @@
+package attest
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"testing"
+	"unicode/utf16"
+
+	goattest "github.com/google/go-attestation/attest"
+	"github.com/google/go-tpm/legacy/tpm2"
+)
+
+// agileEvent encodes one crypto-agile event with a digest of data in every
+// bank of banks (algorithm ID → hash), or zero digests when zero is set.
+func agileEvent(pcr, typ uint32, data []byte, zero bool, banks []struct {
+	id uint16
+	h  crypto.Hash
+}) []byte {
+	var b []byte
+	b = binary.LittleEndian.AppendUint32(b, pcr)
+	b = binary.LittleEndian.AppendUint32(b, typ)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(banks)))
+	for _, bk := range banks {
+		b = binary.LittleEndian.AppendUint16(b, bk.id)
+		d := make([]byte, bk.h.Size())
+		if !zero {
+			h := bk.h.New()
+			h.Write(data)
+			d = h.Sum(nil)
+		}
+		b = append(b, d...)
+	}
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(data)))
+	return append(b, data...)
+}
+
+func ucs2z(s string) []byte {
+	var b []byte
+	for _, c := range utf16.Encode([]rune(s + "\x00")) {
+		b = append(b, byte(c), byte(c>>8))
+	}
+	return b
+}
+
+// review 9: a StartupLocality event is the log's first PCR 0 statement
+// (TCG PC Client PFP: before any PCR 0 measurement). The replay reset PCR 0
+// wherever one appeared, so a log could put any data-bound PCR 0 events
+// before a StartupLocality (they replay to nothing), then the measured
+// events; the S-CRTM version fact then came from the inserted event. Here a
+// device that measured "EVIL Virtual Firmware v0" inserts a bound "GCE
+// Virtual Firmware v1" event and a StartupLocality before its real log:
+// the log must be refused, not pass firmware_version.
+func TestStartupLocalityCannotResetPCR0(t *testing.T) {
+	raw := forgeSCRTM(t, readVector(t, ubuntuLog), "EVIL Virtual Firmware v0")
+	measured, err := ParseEventLog(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	banks := []struct {
+		id uint16
+		h  crypto.Hash
+	}{}
+	for _, a := range measured.log.Algs {
+		h, ok := bankHashes[bankNames[a]]
+		if !ok {
+			t.Fatalf("bank %v", a)
+		}
+		banks = append(banks, struct {
+			id uint16
+			h  crypto.Hash
+		}{uint16(a), h})
+	}
+	specEnd := 32 + int(binary.LittleEndian.Uint32(raw[28:32]))
+	var forged []byte
+	forged = append(forged, raw[:specEnd]...)
+	forged = append(forged, agileEvent(0, evSCRTMVersion, ucs2z("GCE Virtual Firmware v1"), false, banks)...)
+	forged = append(forged, agileEvent(0, evNoAction, append([]byte("StartupLocality\x00"), byte(measured.Facts.StartupLocality)), true, banks)...)
+	forged = append(forged, raw[specEnd:]...)
+
+	p := &Policy{Groups: []Group{{Name: "edge", Mode: ModeAuto, Require: Requirements{FirmwareVersions: []string{"GCE Virtual Firmware v1"}}}}}
+	bank := "sha256"
+	quote := quoteOf(measured, bank) // what the TPM holds: the measured boot
+	l, err := ParseEventLog(forged)
+	if err == nil {
+		err = l.Verify(quote)
+	}
+	if err == nil {
+		d := p.Evaluate(&Input{PCRs: map[string]map[int][]byte{bank: measured.Replay(bank)}, Log: l})
+		t.Fatalf("a log with PCR 0 events before a StartupLocality was accepted: S-CRTM version %q, firmware_version passed=%v", l.Facts.SCRTMVersion, d.Passed)
+	}
+	if !errors.Is(err, ErrEventLogInvalid) {
+		t.Fatalf("got %v, want ErrEventLogInvalid", err)
+	}
+
+	// Control: the StartupLocality first, then the same events, is a
+	// valid log (it replays to a locality-3 PCR 0).
+	var ok []byte
+	ok = append(ok, raw[:specEnd]...)
+	ok = append(ok, agileEvent(0, evNoAction, append([]byte("StartupLocality\x00"), 3), true, banks)...)
+	ok = append(ok, raw[specEnd:]...)
+	l, err = ParseEventLog(ok)
+	if err != nil {
+		t.Fatalf("control: %v", err)
+	}
+	if l.Facts.StartupLocality != 3 || bytes.Equal(l.Replay(bank)[0], measured.Replay(bank)[0]) {
+		t.Fatalf("control: locality %d, PCR 0 not replayed from locality 3", l.Facts.StartupLocality)
+	}
+}
+
+// review 9: the quote's PCR digest is a hash over the concatenated values,
+// so values of the wrong length that concatenate to the same bytes (one
+// PCR's bytes moved into its neighbour) verify against it. attest must
+// refuse a value that is not one digest of the quoted bank long, not rely
+// on its caller (the server's convertPCRs checks; the offline re-check and
+// library users did not).
+func TestQuotedPCRLength(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak := &goattest.AKPublic{Public: &key.PublicKey, Hash: crypto.SHA256}
+	nonce := []byte("0123456789abcdef0123456789abcdef")
+	honest := []goattest.PCR{pcr(crypto.SHA256, 0, 1), pcr(crypto.SHA256, 4, 2), pcr(crypto.SHA256, 7, 3)}
+	sel := []int{0, 4, 7}
+	q := quoteFor(t, key, nonce, tpm2.AlgSHA256, sel, honest)
+	if err := verifyQuote(&Result{}, Completion{AK: ak, Nonce: nonce, Quote: q, PCRs: honest}); err != nil {
+		t.Fatalf("control: %v", err)
+	}
+	// PCR 0 swallows PCR 4's bytes, PCR 4 takes PCR 7's, PCR 7 is empty.
+	shifted := []goattest.PCR{
+		{Index: 0, DigestAlg: crypto.SHA256, Digest: append(append([]byte(nil), honest[0].Digest...), honest[1].Digest...)},
+		{Index: 4, DigestAlg: crypto.SHA256, Digest: honest[2].Digest},
+		{Index: 7, DigestAlg: crypto.SHA256, Digest: []byte{}},
+	}
+	r := &Result{}
+	err = verifyQuote(r, Completion{AK: ak, Nonce: nonce, Quote: q, PCRs: shifted})
+	if err == nil {
+		t.Fatalf("shifted PCR values verified: %x", r.PCRs[1].Digest)
+	}
+	if !errors.Is(err, ErrPCRMismatch) {
+		t.Fatalf("got %v, want ErrPCRMismatch", err)
+	}
+	// The stored-evidence filter refuses them too.
+	if got, err := QuotedPCRs(q.Quote, shifted); !errors.Is(err, ErrPCRMismatch) {
+		t.Fatalf("QuotedPCRs of shifted values: %v %v", got, err)
+	}
+}
