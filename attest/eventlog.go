@@ -23,6 +23,7 @@ const (
 	evNoAction             = 0x00000003
 	evSeparator            = 0x00000004
 	evAction               = 0x00000005
+	evSCRTMContents        = 0x00000007
 	evSCRTMVersion         = 0x00000008
 	evEFIVariableDriver    = 0x80000001
 	evEFIBootApplication   = 0x80000003
@@ -494,10 +495,23 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 			l.addProblem(fmt.Sprintf("event %d: %s in PCR %d: its %s digest is not the hash of its data, so it is not evidence", n, what, pcr, bank))
 		}
 	}
+	// The OS can extend PCRs 0-7 after boot, so an S-CRTM version is the
+	// firmware's only where the firmware measures it: in PCR 0, after
+	// nothing but S-CRTM contents, before PCR 0's separator. Types are not
+	// measured, so the separator is known by its type or by its digest
+	// (Boot Guard measures that digest as S-CRTM contents, hence the
+	// exception).
+	sepDigests := make([][]byte, 0, 2)
+	for _, v := range [][]byte{{0, 0, 0, 0}, {0xff, 0xff, 0xff, 0xff}} {
+		hh.Reset()
+		hh.Write(v)
+		sepDigests = append(sepDigests, hh.Sum(nil))
+	}
+	firmwareOpen := true // no PCR 0 event yet but S-CRTM contents
 	for i, e := range l.events[bank] {
 		typ := uint32(e.Type)
 		if typ == evNoAction {
-			if e.Index == 0 && quoted[0] && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality\x00")) {
+			if isStartupLocality(e) && quoted[0] {
 				f.StartupLocality = int(e.Data[16]) // bound by PCR 0's replay
 			}
 			continue
@@ -506,6 +520,18 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 			continue
 		}
 		le := &l.Events[i]
+		scrtmOK := e.Index == pcrFirmware && firmwareOpen
+		if e.Index == pcrFirmware && typ != evSCRTMContents && (typ != evSCRTMVersion || slices.ContainsFunc(sepDigests, func(d []byte) bool { return bytes.Equal(d, e.Digest) })) {
+			firmwareOpen = false
+		}
+		if e.Index == pcrBootApps && typ != evEFIBootApplication && !dataBound(e) {
+			// The type is the log's word: an event in PCR 4 whose digest
+			// is not over its data is an image measurement whatever its
+			// type says, so boot_digests judges it.
+			f.BootApps = append(f.BootApps, DigestFact{Event: le.Number, PCR: e.Index, Path: imageLoadPath(e.Data), Digests: map[string]string{bank: le.Digests[bank]}})
+			l.addProblem(fmt.Sprintf("event %d: %s in PCR %d is not bound to its data; judged as a boot application", le.Number, le.Type, e.Index))
+			continue
+		}
 		switch typ {
 		case evSeparator:
 			if !dataBound(e) {
@@ -517,6 +543,10 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 			}
 			f.Separators[e.Index] = len(e.Data) == 4 && binary.LittleEndian.Uint32(e.Data) == 0
 		case evSCRTMVersion:
+			if !scrtmOK {
+				l.addProblem(fmt.Sprintf("event %d: S-CRTM version %s in PCR %d: only one measured in PCR 0 before anything but S-CRTM contents is the firmware's", le.Number, strconv.Quote(scrtmVersion(e.Data)), e.Index))
+				continue
+			}
 			if !dataBound(e) {
 				unbound(le.Number, "S-CRTM version "+strconv.Quote(scrtmVersion(e.Data)), e.Index)
 				continue

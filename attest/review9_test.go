@@ -150,3 +150,118 @@ func TestQuotedPCRLength(t *testing.T) {
 		t.Fatalf("QuotedPCRs of shifted values: %v %v", got, err)
 	}
 }
+
+// review 9: an event's type is not measured, only its digest. A device
+// whose log shows a boot application the group does not allow relabels
+// that event (here EV_POST_CODE; EV_EFI_ACTION or EV_SEPARATOR did the
+// same, dropped as "not bound" with only a Problem): the replay is
+// unchanged, the application vanished from the facts, and boot_digests
+// judged only the allowed ones. An event in PCR 4 whose digest is not the
+// hash of its data is an image measurement whatever its type says.
+func TestBootDigestsSurviveRelabelling(t *testing.T) {
+	raw := readVector(t, ubuntuLog)
+	l, err := ParseEventLog(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bank := "sha256"
+	if err := l.Verify(quoteOf(l, bank)); err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Facts.BootApps) < 2 {
+		t.Fatalf("vector has %d boot applications", len(l.Facts.BootApps))
+	}
+	// The group allows every boot application but the first (the
+	// tampered shim).
+	var allowed []string
+	for _, app := range l.Facts.BootApps[1:] {
+		allowed = append(allowed, app.Digests[bank])
+	}
+	p := &Policy{Groups: []Group{{Name: "edge", Mode: ModeAuto, Require: Requirements{BootDigests: allowed}}}}
+	in := &Input{PCRs: map[string]map[int][]byte{bank: l.Replay(bank)}, Log: l}
+	if d := p.Evaluate(in); d.Passed {
+		t.Fatal("control: the unallowed first boot application passed")
+	}
+
+	hdr := []byte{4, 0, 0, 0, 0x03, 0, 0, 0x80} // PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION
+	i := bytes.Index(raw, hdr)
+	if i < 0 {
+		t.Fatal("no boot application header")
+	}
+	for _, typ := range []uint32{0x1 /* EV_POST_CODE */, evEFIAction, evSeparator, 0xd /* EV_IPL */} {
+		forged := bytes.Clone(raw)
+		binary.LittleEndian.PutUint32(forged[i+4:], typ)
+		f, err := ParseEventLog(forged)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Verify(quoteOf(l, bank)); err != nil {
+			t.Fatalf("relabelled log: %v", err)
+		}
+		d := p.Evaluate(&Input{PCRs: map[string]map[int][]byte{bank: l.Replay(bank)}, Log: f})
+		if d.Passed {
+			t.Fatalf("type 0x%x: a boot application relabelled passed boot_digests (%d apps judged)", typ, len(f.Facts.BootApps))
+		}
+	}
+}
+
+// review 9: PCRs 0-7 stay extendable by the OS after boot (locality 0), so
+// a device can append a well-formed S-CRTM version event to PCR 0 after
+// the firmware's separator: its digest is the hash of its data and the
+// replay matches. The firmware version is the one measured before PCR 0's
+// separator; later ones are not firmware measurements.
+func TestSCRTMVersionOnlyBeforeSeparator(t *testing.T) {
+	raw := forgeSCRTM(t, readVector(t, ubuntuLog), "EVIL Virtual Firmware v0")
+	measured, err := ParseEventLog(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var banks []struct {
+		id uint16
+		h  crypto.Hash
+	}
+	for _, a := range measured.log.Algs {
+		banks = append(banks, struct {
+			id uint16
+			h  crypto.Hash
+		}{uint16(a), bankHashes[bankNames[a]]})
+	}
+	p := &Policy{Groups: []Group{{Name: "edge", Mode: ModeAuto, Require: Requirements{FirmwareVersions: []string{"GCE Virtual Firmware v1"}}}}}
+	bank := "sha256"
+	for name, tc := range map[string]struct{ typ, pcr uint32 }{"as is": {0, 0}, "separator relabelled": {0x1, 0}, "in PCR 16": {0, 16}} {
+		typ := tc.typ
+		t.Run(name, func(t *testing.T) {
+			log := bytes.Clone(raw)
+			if typ != 0 {
+				// Hide PCR 0's separator by its type.
+				hdr := []byte{0, 0, 0, 0, evSeparator, 0, 0, 0}
+				i := bytes.Index(log, hdr)
+				if i < 0 {
+					t.Fatal("no PCR 0 separator")
+				}
+				binary.LittleEndian.PutUint32(log[i+4:], typ)
+			}
+			// tpm2_pcrextend from the OS, and the event appended to the log.
+			log = append(log, agileEvent(tc.pcr, evSCRTMVersion, ucs2z("GCE Virtual Firmware v1"), false, banks)...)
+			l, err := ParseEventLog(log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := l.Verify(quoteOf(l, bank)); err != nil {
+				t.Fatalf("the appended log replays to the extended PCRs: %v", err)
+			}
+			d := p.Evaluate(&Input{PCRs: map[string]map[int][]byte{bank: l.Replay(bank)}, Log: l})
+			if d.Passed || l.Facts.SCRTMVersion != "" {
+				t.Fatalf("S-CRTM version %q from an event after PCR 0's separator; firmware_version passed=%v", l.Facts.SCRTMVersion, d.Passed)
+			}
+		})
+	}
+	// Control: the honest log's version is a fact.
+	good, err := ParseEventLog(readVector(t, ubuntuLog))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := good.Verify(quoteOf(good, bank)); err != nil || good.Facts.SCRTMVersion != "GCE Virtual Firmware v1" {
+		t.Fatalf("control: %v, version %q", err, good.Facts.SCRTMVersion)
+	}
+}
