@@ -1,10 +1,21 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"net/http"
 	"testing"
+	"time"
 
+	goattest "github.com/google/go-attestation/attest"
+
+	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
@@ -57,5 +68,87 @@ func TestDryRunHonoursIndividualEnrollment(t *testing.T) {
 	}
 	if g := dry[0].Decision.Group; g != "lab" {
 		t.Fatalf("dry run judged the individually enrolled device in group %q; live decided %q", g, rec.Policy.Group)
+	}
+}
+
+// review 9: raw evidence is stored only up to a bound, but the PCR values
+// a request sends were copied into the committed record one by one before
+// any check: an enrolled device's renewal (recorded, it is authenticated)
+// with 10,000 copies of one PCR put all of them into the replicated
+// record. A quote covers at most 24 PCRs of one bank, so more values for
+// a bank are malformed, refused before they reach the record.
+func TestPCRFloodNotRecorded(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := id.TLSCertificate(d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer key.Close()
+	ak, err := d.TPM.LoadAK(id.AKBlob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ak.Close(d.TPM.TPM)
+	pool := x509.NewCertPool()
+	pool.AddCert(e.App.Root())
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
+	post := func(path string, in, out any) *api.Problem {
+		t.Helper()
+		b, err := json.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := hc.Post(e.URL()+path, "application/json", bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+				t.Fatal(err)
+			}
+			return nil
+		}
+		var p api.Problem
+		if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		return &p
+	}
+	var ch api.RenewChallengeResponse
+	if p := post(api.PathRenewChallenge, struct{}{}, &ch); p != nil {
+		t.Fatalf("renew challenge: %v", p)
+	}
+	q, err := ak.Quote(d.TPM.TPM, ch.Nonce, goattest.HashSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := fwclient.CSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := api.RenewRequest{SessionToken: ch.SessionToken, AKPublic: ak.AttestationParameters().Public, Quote: api.Quote{Quote: q.Quote, Signature: q.Signature}, CSR: csr}
+	for range 10000 {
+		req.PCRs = append(req.PCRs, api.PCR{Index: 16, Bank: "sha256", Digest: make([]byte, 32)})
+	}
+	var resp api.CompleteResponse
+	p := post(api.PathRenew, req, &resp)
+	if p == nil || p.Status/100 != 4 {
+		t.Fatalf("renewal with 10,000 PCR values: %+v", p)
+	}
+	recs, err := e.App.Node().Attestations(cluster.AttestationQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if n := len(r.Evidence.PCRs); n > 4*24 {
+			t.Fatalf("attestation %d (%s, %s) holds %d PCR values", r.ID, r.Stage, r.Code, n)
+		}
 	}
 }
