@@ -6,6 +6,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/binary"
 	"errors"
 	"testing"
@@ -263,5 +266,68 @@ func TestSCRTMVersionOnlyBeforeSeparator(t *testing.T) {
 	}
 	if err := good.Verify(quoteOf(good, bank)); err != nil || good.Facts.SCRTMVersion != "GCE Virtual Firmware v1" {
 		t.Fatalf("control: %v, version %q", err, good.Facts.SCRTMVersion)
+	}
+}
+
+// review 9: a refused CSR's requested extensions are named in the check's
+// detail, which the record keeps; a CSR of thousands of extensions made a
+// detail of hundreds of kilobytes in a committed record. A few are named,
+// the rest counted.
+func TestCSRExtensionsDetailBounded(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exts []pkix.Extension
+	for i := range 5000 {
+		exts = append(exts, pkix.Extension{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, i + 1}, Value: []byte{5, 0}})
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{ExtraExtensions: exts}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Result{}
+	err = verifyCSR(r, der, &key.PublicKey, "", "")
+	if !errors.Is(err, ErrCSRInvalid) {
+		t.Fatalf("got %v, want ErrCSRInvalid", err)
+	}
+	if n := len(r.Checks[len(r.Checks)-1].Detail); n > 2000 {
+		t.Fatalf("the CSR check's detail is %d bytes", n)
+	}
+}
+
+// review 9: the quote's and the certification's qualifying data are read
+// before their signatures are checked, and a mismatch names them in the
+// recorded detail: 60 KB of crafted extra data made 120 KB of hex in a
+// committed record. Details name a bounded prefix.
+func TestQualifyingDataDetailBounded(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak := &goattest.AKPublic{Public: &key.PublicKey, Hash: crypto.SHA256}
+	nonce := []byte("0123456789abcdef0123456789abcdef")
+	big := bytes.Repeat([]byte{0xee}, 60000)
+
+	att := encode(t, tpm2.AttestationData{Magic: tpmGenerated, Type: tpm2.TagAttestQuote, QualifiedSigner: zeroName, ExtraData: big,
+		AttestedQuoteInfo: &tpm2.QuoteInfo{PCRSelection: tpm2.PCRSelection{Hash: tpm2.AlgSHA256, PCRs: []int{0}}, PCRDigest: make([]byte, 32)}})
+	r := &Result{}
+	err = verifyQuote(r, Completion{AK: ak, Nonce: nonce, Quote: goattest.Quote{Quote: att, Signature: []byte{0}}, PCRs: []goattest.PCR{pcr(crypto.SHA256, 0, 1)}})
+	if !errors.Is(err, ErrQuoteNonce) {
+		t.Fatalf("got %v, want ErrQuoteNonce", err)
+	}
+	if n := len(r.Checks[len(r.Checks)-1].Detail); n > 1000 {
+		t.Fatalf("the quote nonce check's detail is %d bytes", n)
+	}
+
+	cert := encode(t, tpm2.AttestationData{Magic: tpmGenerated, Type: tpm2.TagAttestCertify, QualifiedSigner: zeroName, ExtraData: big,
+		AttestedCertifyInfo: &tpm2.CertifyInfo{Name: zeroName, QualifiedName: zeroName}})
+	r = &Result{}
+	_, err = verifyCertify(r, Completion{AK: ak, DeviceKey: goattest.CertificationParameters{CreateAttestation: cert}, CertifyQualifyingData: nonce})
+	if !errors.Is(err, ErrCertifyBinding) {
+		t.Fatalf("got %v, want ErrCertifyBinding", err)
+	}
+	if n := len(r.Checks[len(r.Checks)-1].Detail); n > 1000 {
+		t.Fatalf("the certify binding check's detail is %d bytes", n)
 	}
 }
