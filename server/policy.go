@@ -213,6 +213,11 @@ func DryRun(n *cluster.Node, p *attest.Policy) ([]DryRunResult, error) {
 		var labels map[string]string
 		if d, err := n.Device(rec.DeviceID); err == nil {
 			labels = d.Labels
+		} else if rec.Evidence.EK != nil {
+			// As enrollment does for a device the registry does not hold.
+			if ie, err := n.IndividualEnrollment(rec.Evidence.EK.PublicSHA256); err == nil {
+				labels = ie.Labels
+			}
 		}
 		in, err := storedInput(n, rec, labels)
 		if err != nil {

@@ -152,3 +152,58 @@ func TestPCRFloodNotRecorded(t *testing.T) {
 		}
 	}
 }
+
+// review 9: a device refused by policy has no device record, and live
+// enrollment then takes its labels from its individual enrollment; the dry
+// run took none, so under a candidate that drops the enrolled group (and
+// falls back to matching) it judged the device in another group than a
+// live enrollment would.
+func TestDryRunLabelsOfRefusedIndividualEnrollment(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	refuse := `{"groups":[{"name":"fleet","mode":"auto","require":{"pcrs":{"sha256":{"0":"` + bogus64 + `"}}}},{"name":"imported","mode":"auto"}]}`
+	if _, err := e.App.ApplyPolicy(ctx, "test", []byte(refuse)); err != nil {
+		t.Fatal(err)
+	}
+	d := servertest.NewDevice(t, e.Mfr)
+	if _, err := e.Client.Enroll(ctx, d.TPM); err == nil {
+		t.Fatal("control: enrolled against a bogus golden PCR")
+	}
+	node := e.App.Node()
+	recs, err := node.Attestations(cluster.AttestationQuery{})
+	if err != nil || len(recs) == 0 || recs[0].Policy == nil || recs[0].Evidence.EK == nil {
+		t.Fatalf("refusal record: %+v %v", recs, err)
+	}
+	ekSum := recs[0].Evidence.EK.PublicSHA256
+	res, err := e.App.ImportEnrollments(ctx, server.ImportRequest{Actor: "test", Source: "review9", Rows: []server.ImportRow{{Row: 1, EKPublicSHA256: ekSum, Group: "imported", Labels: map[string]string{"site": "lab"}}}})
+	if err != nil || len(res.Accepted) != 1 {
+		t.Fatalf("import: %+v %v", res, err)
+	}
+	// The candidate has no group "imported": matching decides, by labels.
+	cand := `{"groups":[{"name":"lab","mode":"auto","match":{"labels":{"site":"lab"}}},{"name":"other","mode":"auto"}]}`
+	p, err := attest.ParsePolicy([]byte(cand))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dry, err := server.DryRun(node, p)
+	if err != nil || len(dry) != 1 {
+		t.Fatalf("dry run: %+v %v", dry, err)
+	}
+	// Live, under the candidate.
+	if _, err := e.App.ApplyPolicy(ctx, "test", []byte(cand)); err != nil {
+		t.Fatal(err)
+	}
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := node.Device(id.DeviceID)
+	if err != nil || dev.Group != "lab" {
+		t.Fatalf("live: device %+v %v", dev, err)
+	}
+	if g := dry[0].Decision.Group; g != dev.Group {
+		t.Fatalf("dry run judged the device in group %q; live enrollment chose %q", g, dev.Group)
+	}
+}
+
+const bogus64 = "1111111111111111111111111111111111111111111111111111111111111111"
