@@ -207,3 +207,58 @@ func TestDryRunLabelsOfRefusedIndividualEnrollment(t *testing.T) {
 }
 
 const bogus64 = "1111111111111111111111111111111111111111111111111111111111111111"
+
+// review 9: Recheck promises that a bundle changed after the fact no longer
+// reproduces its record. For a renewal it verified the bundle's quote with
+// the bundle's own AK over the bundle's own nonce, comparing neither with
+// the record: a quote made afterwards by any TPM, with any nonce and any
+// PCRs, reproduced the record. The AK and nonce must be the record's.
+func TestRecheckRenewalBundleBoundToRecord(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	roots, err := attest.ParseCertificates(servertest.EKRoots(e.Mfr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := servertest.NewDevice(t, e.Mfr)
+	id, err := e.Client.Enroll(ctx, d.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err = e.Client.Renew(ctx, d.TPM, id, nil); err != nil {
+		t.Fatal(err)
+	}
+	b, err := server.NewAdminClient(e.Dir).Evidence(ctx, id.AttestationID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Record.Stage != "renew" {
+		t.Fatalf("attestation %d is a %s", id.AttestationID, b.Record.Stage)
+	}
+	if rep := server.Recheck(b, roots); !rep.Reproduced {
+		t.Fatalf("control not reproduced: %+v", rep.Results)
+	}
+
+	// Another TPM's AK quotes its own PCRs over a nonce of its choosing.
+	other := servertest.NewDevice(t, e.Mfr)
+	ak := other.NewAK(t, goattest.RSA)
+	nonce := []byte("a nonce the appliance never sent")
+	q, err := ak.Quote(other.TPM.TPM, nonce, goattest.HashSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcrs, err := other.TPM.PCRs(goattest.HashSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := *b.Raw
+	raw.AK = cluster.RawKey{Public: ak.AttestationParameters().Public}
+	raw.Nonce, raw.Quote, raw.QuoteSignature, raw.PCRs = nonce, q.Quote, q.Signature, nil
+	for _, p := range pcrs {
+		raw.PCRs = append(raw.PCRs, cluster.RawPCR{Index: p.Index, Bank: "sha256", Digest: p.Digest})
+	}
+	b.Raw = &raw
+	if rep := server.Recheck(b, roots); rep.Reproduced {
+		t.Fatalf("a bundle with another TPM's quote reproduced the renewal record: %+v", rep.Results)
+	}
+}
