@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -184,6 +185,14 @@ func Recheck(b EvidenceBundle, ekRoots []*x509.Certificate, ekOpts ...attest.EKO
 	if rec.Evidence.Nonce != "" && hex.EncodeToString(raw.Nonce) != rec.Evidence.Nonce {
 		add(attest.CheckQuoteNonce, "fail", "the nonce is not the session's the record names")
 		return rep
+	}
+	// Likewise the log: its event types and data are not all measured, so
+	// another log can replay to the same quote and state other facts.
+	if len(b.EventLog) > 0 || rec.Evidence.EventLogSHA256 != "" {
+		if sum := sha256.Sum256(b.EventLog); len(b.EventLog) == 0 || hex.EncodeToString(sum[:]) != rec.Evidence.EventLogSHA256 {
+			add(attest.CheckEventLog, "fail", "the bundle's event log is not the one the record names")
+			return rep
+		}
 	}
 	var pcrs []goattest.PCR
 	for _, p := range raw.PCRs {

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"net/http"
+	"os"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
+	"github.com/gatehouse-dev/gatehouse/testvectors"
 )
 
 // review 9: an imported individual enrollment selects its group before any
@@ -260,5 +262,50 @@ func TestRecheckRenewalBundleBoundToRecord(t *testing.T) {
 	b.Raw = &raw
 	if rep := server.Recheck(b, roots); rep.Reproduced {
 		t.Fatalf("a bundle with another TPM's quote reproduced the renewal record: %+v", rep.Results)
+	}
+}
+
+// review 9: the record names its event log by digest, but Recheck judged
+// whatever log the bundle carried: a bundle without its log, or with a
+// log whose unmeasured parts (event types) were changed, still replayed to
+// the quote and reproduced the record.
+func TestRecheckEventLogBoundToRecord(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	roots, err := attest.ParseCertificates(servertest.EKRoots(e.Mfr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, err := os.ReadFile(testvectors.Path("eventlogs/go-tpm-tools/ubuntu-2104-no-secure-boot.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := servertest.NewBootedDevice(t, e.Mfr, log)
+	id, err := e.Client.Enroll(ctx, d.TPM, fwclient.WithEventLog(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := server.NewAdminClient(e.Dir).Evidence(ctx, id.AttestationID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.EventLog) == 0 {
+		t.Fatal("the bundle has no event log")
+	}
+	if rep := server.Recheck(b, roots); !rep.Reproduced {
+		t.Fatalf("control not reproduced: %+v", rep.Results)
+	}
+	relabelled := bytes.Clone(b.EventLog)
+	i := bytes.Index(relabelled, []byte{4, 0, 0, 0, 0x03, 0, 0, 0x80}) // PCR 4, EV_EFI_BOOT_SERVICES_APPLICATION
+	if i < 0 {
+		t.Fatal("no boot application event")
+	}
+	relabelled[i+4] = 0x01 // EV_POST_CODE
+	for name, l := range map[string][]byte{"without its log": nil, "with a relabelled log": relabelled} {
+		bb := b
+		bb.EventLog = l
+		if rep := server.Recheck(bb, roots); rep.Reproduced {
+			t.Errorf("a bundle %s reproduced the record: %+v", name, rep.Results)
+		}
 	}
 }
