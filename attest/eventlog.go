@@ -129,6 +129,10 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 	l := &EventLog{log: raw, replayed: map[string]map[int][]byte{}}
 	for _, a := range raw.Algs {
 		if name, ok := bankNames[a]; ok {
+			// Each bank's digests are laid out once per listing.
+			if slices.Contains(l.Banks, name) {
+				return nil, fmt.Errorf("%w: the Spec ID event lists %s twice", ErrEventLogInvalid, name)
+			}
 			l.Banks = append(l.Banks, name)
 		}
 	}
@@ -187,6 +191,11 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 		}
 		le := LogEvent{Number: i + offset, PCR: e.Index, Type: eventTypeName(uint32(e.Type)), TypeCode: uint32(e.Type), Digests: make(map[string]string, len(l.Banks))}
 		for _, bank := range l.Banks {
+			// The Spec ID event states each bank's digest size: one that is
+			// not the hash's would be replayed and compared as something else.
+			if d := perBank[bank][i].Digest; d != nil && len(d) != bankHashes[bank].Size() {
+				return nil, fmt.Errorf("%w: event %d has a %d-byte %s digest", ErrEventLogInvalid, i+offset, len(d), bank)
+			}
 			if n := 2 * min(len(perBank[bank][i].Digest), 64); n > 0 {
 				le.Digests[bank] = hexAll[next[bank] : next[bank]+n]
 				next[bank] += n

@@ -331,3 +331,64 @@ func TestQualifyingDataDetailBounded(t *testing.T) {
 		t.Fatalf("the certify binding check's detail is %d bytes", n)
 	}
 }
+
+// specIDLog builds a crypto-agile log whose Spec ID event lists algs (ID,
+// digest size), followed by events.
+func specIDLog(algs [][2]uint16, events ...[]byte) []byte {
+	var data []byte
+	data = append(data, "Spec ID Event03\x00"...)
+	data = binary.LittleEndian.AppendUint32(data, 0) // platform class
+	data = append(data, 0, 2, 0, 2)                  // minor, major, errata, uintnSize
+	data = binary.LittleEndian.AppendUint32(data, uint32(len(algs)))
+	for _, a := range algs {
+		data = binary.LittleEndian.AppendUint16(data, a[0])
+		data = binary.LittleEndian.AppendUint16(data, a[1])
+	}
+	data = append(data, 0) // vendor info size
+	var b []byte
+	b = binary.LittleEndian.AppendUint32(b, 0)
+	b = binary.LittleEndian.AppendUint32(b, evNoAction)
+	b = append(b, make([]byte, 20)...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(data)))
+	b = append(b, data...)
+	for _, e := range events {
+		b = append(b, e...)
+	}
+	return b
+}
+
+// review 9: a Spec ID event may list one algorithm twice; the parser laid
+// out each bank's digests once per listing and read past the end of them,
+// a panic on the enrollment path (after activation, so a 500 and no
+// record of the refusal). Such a log is refused.
+func TestEventLogDuplicateBankRefused(t *testing.T) {
+	sha256Bank := []struct {
+		id uint16
+		h  crypto.Hash
+	}{{0x0b, crypto.SHA256}}
+	ev := agileEvent(0, evSeparator, []byte{0, 0, 0, 0}, false, sha256Bank)
+	// Control: listed once, the log parses.
+	if _, err := ParseEventLog(specIDLog([][2]uint16{{0x0b, 32}}, ev)); err != nil {
+		t.Fatalf("control: %v", err)
+	}
+	err := noPanic(t, "ParseEventLog", func() error {
+		_, err := ParseEventLog(specIDLog([][2]uint16{{0x0b, 32}, {0x0b, 32}}, ev))
+		return err
+	})
+	if !errors.Is(err, ErrEventLogInvalid) {
+		t.Fatalf("got %v, want ErrEventLogInvalid", err)
+	}
+}
+
+// review 9: the Spec ID event states each bank's digest size; a size that
+// is not the hash's is refused, not replayed as if it were.
+func TestEventLogDigestSizeRefused(t *testing.T) {
+	ev := agileEvent(0, evSeparator, []byte{0, 0, 0, 0}, false, []struct {
+		id uint16
+		h  crypto.Hash
+	}{{0x0b, crypto.SHA1}}) // a 20-byte digest under the SHA-256 ID
+	_, err := ParseEventLog(specIDLog([][2]uint16{{0x0b, 20}}, ev))
+	if !errors.Is(err, ErrEventLogInvalid) {
+		t.Fatalf("got %v, want ErrEventLogInvalid", err)
+	}
+}
