@@ -6,8 +6,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -307,5 +309,62 @@ func TestRecheckEventLogBoundToRecord(t *testing.T) {
 		if rep := server.Recheck(bb, roots); rep.Reproduced {
 			t.Errorf("a bundle %s reproduced the record: %+v", name, rep.Results)
 		}
+	}
+}
+
+// review 9, over the wire: a device whose log shows a boot application the
+// group does not allow relabels that event's type (not measured) and
+// enrolls. It is refused on boot_digests; the same device allowed its
+// application, the control, enrolls.
+func TestRelabelledBootApplicationRefused(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	log, err := os.ReadFile(testvectors.Path("eventlogs/go-tpm-tools/ubuntu-2104-no-secure-boot.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := attest.ParseEventLog(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []string
+	for _, ev := range l.Events {
+		if ev.Type == "EV_EFI_BOOT_SERVICES_APPLICATION" {
+			all = append(all, `"`+ev.Digests["sha256"]+`"`)
+		}
+	}
+	if len(all) < 2 {
+		t.Fatalf("%d boot applications", len(all))
+	}
+	policy := func(allowed []string) []byte {
+		return []byte(`{"groups":[{"name":"edge","mode":"auto","require":{"event_log":true,"boot_digests":[` + strings.Join(allowed, ",") + `]}}]}`)
+	}
+	if _, err := e.App.ApplyPolicy(ctx, "test", policy(all)); err != nil {
+		t.Fatal(err)
+	}
+	good := servertest.NewBootedDevice(t, e.Mfr, log)
+	if _, err := e.Client.Enroll(ctx, good.TPM, fwclient.WithEventLog(log)); err != nil {
+		t.Fatalf("control: %v", err)
+	}
+
+	// The first application (a tampered shim) is no longer allowed.
+	if _, err := e.App.ApplyPolicy(ctx, "test", policy(all[1:])); err != nil {
+		t.Fatal(err)
+	}
+	relabelled := bytes.Clone(log)
+	i := bytes.Index(relabelled, []byte{4, 0, 0, 0, 0x03, 0, 0, 0x80})
+	if i < 0 {
+		t.Fatal("no boot application event")
+	}
+	relabelled[i+4] = 0x01 // EV_POST_CODE
+	d := servertest.NewBootedDevice(t, e.Mfr, log)
+	before := e.App.CertificatesIssued()
+	_, err = e.Client.Enroll(ctx, d.TPM, fwclient.WithEventLog(relabelled))
+	var p *api.Problem
+	if !errors.As(err, &p) || p.Code != api.CodePolicyDenied {
+		t.Fatalf("relabelled boot application: %v, want %s", err, api.CodePolicyDenied)
+	}
+	if e.App.CertificatesIssued() != before {
+		t.Fatal("a certificate was issued")
 	}
 }
