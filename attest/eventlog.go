@@ -23,6 +23,7 @@ const (
 	evNoAction             = 0x00000003
 	evSeparator            = 0x00000004
 	evAction               = 0x00000005
+	evSCRTMContents        = 0x00000007
 	evSCRTMVersion         = 0x00000008
 	evEFIVariableDriver    = 0x80000001
 	evEFIBootApplication   = 0x80000003
@@ -128,6 +129,10 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 	l := &EventLog{log: raw, replayed: map[string]map[int][]byte{}}
 	for _, a := range raw.Algs {
 		if name, ok := bankNames[a]; ok {
+			// Each bank's digests are laid out once per listing.
+			if slices.Contains(l.Banks, name) {
+				return nil, fmt.Errorf("%w: the Spec ID event lists %s twice", ErrEventLogInvalid, name)
+			}
 			l.Banks = append(l.Banks, name)
 		}
 	}
@@ -166,7 +171,19 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 	}
 	hexAll := sb.String()
 	l.Events = make([]LogEvent, 0, len(first))
+	pcr0, locality := false, false
 	for i, e := range first {
+		// A StartupLocality sets PCR 0's initial value, so it must come
+		// before any PCR 0 measurement, once: a later one would let
+		// events before it replay to nothing.
+		if isStartupLocality(e) {
+			if pcr0 || locality {
+				return nil, fmt.Errorf("%w: event %d: a StartupLocality after PCR 0 was measured or set", ErrEventLogInvalid, i+offset)
+			}
+			locality = true
+		} else if e.Index == 0 && uint32(e.Type) != evNoAction {
+			pcr0 = true
+		}
 		// Windows logs EV_NO_ACTION events against PCR 0xFFFFFFFF; they
 		// extend nothing, so only measured events must name a real PCR.
 		if (e.Index < 0 || e.Index > maxPCR) && uint32(e.Type) != evNoAction {
@@ -174,6 +191,11 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 		}
 		le := LogEvent{Number: i + offset, PCR: e.Index, Type: eventTypeName(uint32(e.Type)), TypeCode: uint32(e.Type), Digests: make(map[string]string, len(l.Banks))}
 		for _, bank := range l.Banks {
+			// The Spec ID event states each bank's digest size: one that is
+			// not the hash's would be replayed and compared as something else.
+			if d := perBank[bank][i].Digest; d != nil && len(d) != bankHashes[bank].Size() {
+				return nil, fmt.Errorf("%w: event %d has a %d-byte %s digest", ErrEventLogInvalid, i+offset, len(d), bank)
+			}
 			if n := 2 * min(len(perBank[bank][i].Digest), 64); n > 0 {
 				le.Digests[bank] = hexAll[next[bank] : next[bank]+n]
 				next[bank] += n
@@ -196,6 +218,12 @@ func isAgile(b []byte) bool {
 	return len(b) > 32+16 && bytes.HasPrefix(b[32:], []byte("Spec ID Event03"))
 }
 
+// isStartupLocality reports whether e is a StartupLocality EV_NO_ACTION
+// event for PCR 0.
+func isStartupLocality(e goattest.Event) bool {
+	return uint32(e.Type) == evNoAction && e.Index == 0 && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality\x00"))
+}
+
 // replay extends every measured event into a PCR bank. EV_NO_ACTION events
 // are not measured; a StartupLocality event sets PCR0's initial value.
 func replay(events []goattest.Event, h crypto.Hash) map[int][]byte {
@@ -203,7 +231,7 @@ func replay(events []goattest.Event, h crypto.Hash) map[int][]byte {
 	hh := h.New()
 	for _, e := range events {
 		if uint32(e.Type) == evNoAction {
-			if e.Index == 0 && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality\x00")) {
+			if isStartupLocality(e) {
 				init := make([]byte, h.Size())
 				init[len(init)-1] = e.Data[16]
 				pcrs[0] = init
@@ -476,10 +504,23 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 			l.addProblem(fmt.Sprintf("event %d: %s in PCR %d: its %s digest is not the hash of its data, so it is not evidence", n, what, pcr, bank))
 		}
 	}
+	// The OS can extend PCRs 0-7 after boot, so an S-CRTM version is the
+	// firmware's only where the firmware measures it: in PCR 0, after
+	// nothing but S-CRTM contents, before PCR 0's separator. Types are not
+	// measured, so the separator is known by its type or by its digest
+	// (Boot Guard measures that digest as S-CRTM contents, hence the
+	// exception).
+	sepDigests := make([][]byte, 0, 2)
+	for _, v := range [][]byte{{0, 0, 0, 0}, {0xff, 0xff, 0xff, 0xff}} {
+		hh.Reset()
+		hh.Write(v)
+		sepDigests = append(sepDigests, hh.Sum(nil))
+	}
+	firmwareOpen := true // no PCR 0 event yet but S-CRTM contents
 	for i, e := range l.events[bank] {
 		typ := uint32(e.Type)
 		if typ == evNoAction {
-			if e.Index == 0 && quoted[0] && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality\x00")) {
+			if isStartupLocality(e) && quoted[0] {
 				f.StartupLocality = int(e.Data[16]) // bound by PCR 0's replay
 			}
 			continue
@@ -488,6 +529,18 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 			continue
 		}
 		le := &l.Events[i]
+		scrtmOK := e.Index == pcrFirmware && firmwareOpen
+		if e.Index == pcrFirmware && typ != evSCRTMContents && (typ != evSCRTMVersion || slices.ContainsFunc(sepDigests, func(d []byte) bool { return bytes.Equal(d, e.Digest) })) {
+			firmwareOpen = false
+		}
+		if e.Index == pcrBootApps && typ != evEFIBootApplication && !dataBound(e) {
+			// The type is the log's word: an event in PCR 4 whose digest
+			// is not over its data is an image measurement whatever its
+			// type says, so boot_digests judges it.
+			f.BootApps = append(f.BootApps, DigestFact{Event: le.Number, PCR: e.Index, Path: imageLoadPath(e.Data), Digests: map[string]string{bank: le.Digests[bank]}})
+			l.addProblem(fmt.Sprintf("event %d: %s in PCR %d is not bound to its data; judged as a boot application", le.Number, le.Type, e.Index))
+			continue
+		}
 		switch typ {
 		case evSeparator:
 			if !dataBound(e) {
@@ -499,6 +552,10 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 			}
 			f.Separators[e.Index] = len(e.Data) == 4 && binary.LittleEndian.Uint32(e.Data) == 0
 		case evSCRTMVersion:
+			if !scrtmOK {
+				l.addProblem(fmt.Sprintf("event %d: S-CRTM version %s in PCR %d: only one measured in PCR 0 before anything but S-CRTM contents is the firmware's", le.Number, strconv.Quote(scrtmVersion(e.Data)), e.Index))
+				continue
+			}
 			if !dataBound(e) {
 				unbound(le.Number, "S-CRTM version "+strconv.Quote(scrtmVersion(e.Data)), e.Index)
 				continue

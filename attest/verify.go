@@ -232,9 +232,14 @@ func verifyCSR(r *Result, der []byte, key crypto.PublicKey, mismatch, passDetail
 		err = csr.CheckSignature()
 	}
 	if err == nil && len(csr.Extensions) > 0 {
-		oids := make([]string, len(csr.Extensions))
-		for i, e := range csr.Extensions {
-			oids[i] = e.Id.String()
+		// A few are named, the rest counted: the detail is recorded.
+		const maxNamed = 8
+		oids := make([]string, 0, maxNamed+1)
+		for _, e := range csr.Extensions[:min(len(csr.Extensions), maxNamed)] {
+			oids = append(oids, e.Id.String())
+		}
+		if n := len(csr.Extensions) - maxNamed; n > 0 {
+			oids = append(oids, fmt.Sprintf("and %d more", n))
 		}
 		err = fmt.Errorf("the CSR requests extensions %v; the appliance decides names and constraints, so a device CSR carries only its key and subject", oids)
 	}
@@ -256,7 +261,7 @@ func verifyQuote(r *Result, c Completion) error {
 		return r.fail(CheckQuoteSignature, fmt.Errorf("%w: not a TPM quote", ErrQuoteInvalid))
 	}
 	if !bytes.Equal(att.ExtraData, c.Nonce) {
-		return r.fail(CheckQuoteNonce, fmt.Errorf("%w: quote nonce %x, session nonce %x", ErrQuoteNonce, []byte(att.ExtraData), c.Nonce))
+		return r.fail(CheckQuoteNonce, fmt.Errorf("%w: quote nonce %s, session nonce %x", ErrQuoteNonce, hexPrefix(att.ExtraData), c.Nonce))
 	}
 	r.pass(CheckQuoteNonce, "")
 
@@ -281,6 +286,10 @@ func verifyQuote(r *Result, c Completion) error {
 		switch {
 		case p.DigestAlg != hashAlg || !selected[p.Index]:
 			unquoted = append(unquoted, fmt.Sprintf("PCR %d (%s)", p.Index, BankName(p.DigestAlg)))
+		case len(p.Digest) != hashAlg.Size():
+			// The quoted digest hashes the values concatenated: values of
+			// other lengths could move bytes from one PCR to another.
+			return r.fail(CheckPCRDigest, fmt.Errorf("%w: %s PCR %d is %d bytes, not one %s digest", ErrPCRMismatch, bank, p.Index, len(p.Digest), bank))
 		case dup:
 			return r.fail(CheckPCRDigest, fmt.Errorf("%w: %s PCR %d was sent twice", ErrPCRMismatch, bank, p.Index))
 		default:
@@ -326,7 +335,8 @@ func verifyQuote(r *Result, c Completion) error {
 // QuotedPCRs returns the values among pcrs that a quote's TPMS_ATTEST
 // covers: its one bank and its selection. It does not verify the quote:
 // it re-applies, to evidence verified earlier, the rule that nothing
-// outside the quote's selection is evidence.
+// outside the quote's selection is evidence. A quoted value that is not
+// one digest of the bank long is refused (ErrPCRMismatch).
 func QuotedPCRs(quote []byte, pcrs []goattest.PCR) ([]goattest.PCR, error) {
 	att, err := tpm2.DecodeAttestationData(quote)
 	if err != nil || att.Type != tpm2.TagAttestQuote || att.AttestedQuoteInfo == nil {
@@ -340,6 +350,9 @@ func QuotedPCRs(quote []byte, pcrs []goattest.PCR) ([]goattest.PCR, error) {
 	var out []goattest.PCR
 	for _, p := range pcrs {
 		if p.DigestAlg == hashAlg && slices.Contains(sel.PCRs, p.Index) {
+			if len(p.Digest) != hashAlg.Size() {
+				return nil, fmt.Errorf("%w: PCR %d is %d bytes, not one %s digest", ErrPCRMismatch, p.Index, len(p.Digest), BankName(hashAlg))
+			}
 			out = append(out, p)
 		}
 	}
@@ -386,7 +399,7 @@ func verifyCertify(r *Result, c Completion) (crypto.PublicKey, error) {
 		return nil, r.fail(CheckCertify, fmt.Errorf("%w: decode attestation: %v", ErrCertifyInvalid, err))
 	}
 	if len(c.CertifyQualifyingData) == 0 || !bytes.Equal(att.ExtraData, c.CertifyQualifyingData) {
-		return nil, r.fail(CheckCertifyBinding, fmt.Errorf("%w: qualifying data %x, expected %x", ErrCertifyBinding, []byte(att.ExtraData), c.CertifyQualifyingData))
+		return nil, r.fail(CheckCertifyBinding, fmt.Errorf("%w: qualifying data %s, expected %x", ErrCertifyBinding, hexPrefix(att.ExtraData), c.CertifyQualifyingData))
 	}
 	r.pass(CheckCertifyBinding, "")
 	if err := checkSignature(c.DeviceKey.CreateSignature, c.AK.Public, c.AK.Hash); err != nil {
@@ -410,6 +423,15 @@ func verifyCertify(r *Result, c Completion) (crypto.PublicKey, error) {
 	r.DeviceKey, r.DeviceKeySHA256, r.DeviceKeyAlgorithm = pub, sum, KeyAlgorithm(pub)
 	r.pass(CheckCertify, "fixedTPM, fixedParent, sensitiveDataOrigin, not restricted; signed by the AK")
 	return pub, nil
+}
+
+// hexPrefix is b in hex, at most its first 64 bytes: it is read before the
+// signature over it is checked, and details are recorded.
+func hexPrefix(b []byte) string {
+	if len(b) > 64 {
+		return fmt.Sprintf("%x… (%d bytes)", b[:64], len(b))
+	}
+	return fmt.Sprintf("%x", b)
 }
 
 // PublicKeysEqual reports whether two public keys are the same key.

@@ -527,10 +527,16 @@ func convertPCRs(in []api.PCR) ([]goattest.PCR, string, error) {
 	}
 	out := make([]goattest.PCR, 0, len(in))
 	bank := in[0].Bank
+	perBank := map[string]int{}
 	for _, p := range in {
 		h, ok := attest.BankHash(p.Bank)
 		if !ok {
 			return nil, "", malformed(fmt.Sprintf("unknown PCR bank %q", p.Bank))
+		}
+		// A quote covers at most 24 PCRs of a bank; more cannot be
+		// evidence and would only grow the committed record.
+		if perBank[p.Bank]++; perBank[p.Bank] > 24 {
+			return nil, "", malformed(fmt.Sprintf("more than 24 %s PCR values", p.Bank))
 		}
 		if p.Index < 0 || p.Index > 23 || len(p.Digest) != h.Size() {
 			return nil, "", malformed(fmt.Sprintf("PCR %d (%s): bad index or digest length", p.Index, p.Bank))

@@ -128,7 +128,8 @@ const maxEventLog = 4 << 20
 // storedInput rebuilds a past attestation's policy input from the registry:
 // the PCR values its quote covered (verified when it was made; the quote's
 // selection is applied again, so values a device sent beside the quote are
-// not judged) and its stored log.
+// not judged), its stored log, and the device's individual enrollment in
+// force, as live decisions select by it.
 func storedInput(n *cluster.Node, rec cluster.AttestationRecord, labels map[string]string) (*attest.Input, error) {
 	var pcrs []goattest.PCR
 	if rec.HasRawEvidence {
@@ -176,7 +177,15 @@ func storedInput(n *cluster.Node, rec cluster.AttestationRecord, labels map[stri
 	if rec.Evidence.EK != nil {
 		ek = *rec.Evidence.EK
 	}
-	return policyInput(rec.DeviceID, ek, rec.Evidence.Claims, labels, pcrs, log), nil
+	in := policyInput(rec.DeviceID, ek, rec.Evidence.Claims, labels, pcrs, log)
+	// As enrollment and renewal do: an individual enrollment selects its
+	// group before any match.
+	if ek.PublicSHA256 != "" {
+		if ie, err := n.IndividualEnrollment(ek.PublicSHA256); err == nil {
+			in.EnrolledGroup = ie.Group
+		}
+	}
+	return in, nil
 }
 
 // DryRunResult is one device's verdict under a candidate policy.
@@ -204,6 +213,11 @@ func DryRun(n *cluster.Node, p *attest.Policy) ([]DryRunResult, error) {
 		var labels map[string]string
 		if d, err := n.Device(rec.DeviceID); err == nil {
 			labels = d.Labels
+		} else if rec.Evidence.EK != nil {
+			// As enrollment does for a device the registry does not hold.
+			if ie, err := n.IndividualEnrollment(rec.Evidence.EK.PublicSHA256); err == nil {
+				labels = ie.Labels
+			}
 		}
 		in, err := storedInput(n, rec, labels)
 		if err != nil {

@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -162,6 +164,35 @@ func Recheck(b EvidenceBundle, ekRoots []*x509.Certificate, ekOpts ...attest.EKO
 	if err != nil {
 		add(attest.CheckQuoteSignature, "fail", "AK public: "+err.Error())
 		return rep
+	}
+	// The quote is evidence for this record only if it is by the record's
+	// AK over the record's nonce: otherwise any TPM's later quote would
+	// reproduce it. (For enrollment the AK was compared above.)
+	if sum, _ := attest.PublicKeySHA256(akPub.Public); rec.Stage == stageRenew {
+		switch {
+		case sum != rec.Evidence.AKPublicSHA256:
+			add(attest.CheckAK, "fail", "the AK is not the one the record names")
+			return rep
+		case recorded[attest.CheckAK] == "fail":
+			// Refused live as not the device's enrolled AK: that is the
+			// registry's to know, and verification stopped there.
+			add(attest.CheckAK, "not re-checkable", "whether it was the device's enrolled AK is the registry's")
+			rep.Reproduced = agreeAll(rep.Results)
+			return rep
+		}
+		add(attest.CheckAK, "pass", "the AK the record names")
+	}
+	if rec.Evidence.Nonce != "" && hex.EncodeToString(raw.Nonce) != rec.Evidence.Nonce {
+		add(attest.CheckQuoteNonce, "fail", "the nonce is not the session's the record names")
+		return rep
+	}
+	// Likewise the log: its event types and data are not all measured, so
+	// another log can replay to the same quote and state other facts.
+	if len(b.EventLog) > 0 || rec.Evidence.EventLogSHA256 != "" {
+		if sum := sha256.Sum256(b.EventLog); len(b.EventLog) == 0 || hex.EncodeToString(sum[:]) != rec.Evidence.EventLogSHA256 {
+			add(attest.CheckEventLog, "fail", "the bundle's event log is not the one the record names")
+			return rep
+		}
 	}
 	var pcrs []goattest.PCR
 	for _, p := range raw.PCRs {
