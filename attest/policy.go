@@ -332,10 +332,21 @@ func (p *Policy) Validate() error {
 	return nil
 }
 
-// Select returns the first group whose Match selects the device, or nil.
+// Select returns the group that decides for the device: its individual
+// enrollment's, else for an EK admitted only by pre-registration the group
+// listing it, else the first group whose Match selects it; or nil.
 func (p *Policy) Select(in *Input) *Group {
 	if g := p.GroupNamed(in.EnrolledGroup); in.EnrolledGroup != "" && g != nil {
 		return g
+	}
+	// An EK without a verified certificate (EKIssuer is set only for one
+	// that chained) was admitted because a group lists its key: that group
+	// decides, so an earlier, laxer group cannot take a device only the
+	// later group's operator vouched for.
+	if in.EKIssuer == "" {
+		if g := p.PreRegistered(in.EKPublicSHA256); g != nil {
+			return g
+		}
 	}
 	for i := range p.Groups {
 		if p.Groups[i].Match.selects(in) {

@@ -248,3 +248,26 @@ func TestPolicyCheckReservedNames(t *testing.T) {
 		}
 	}
 }
+
+// An EK admitted only because a group lists its key is decided by that
+// group, not by an earlier catch-all; a verified EK follows the order.
+func TestPreRegisteredEKDecidedByItsGroup(t *testing.T) {
+	p, err := ParsePolicy([]byte(`{"groups":[
+		{"name":"catch-all","mode":"auto","require":{}},
+		{"name":"vouched","match":{"ek_public_sha256":["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]},"mode":"approve","require":{}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := p.Select(&Input{EKPublicSHA256: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}); g == nil || g.Name != "vouched" {
+		t.Fatalf("pre-registered EK without a verified certificate selected %v, want vouched", g)
+	}
+	if g := p.Select(&Input{EKPublicSHA256: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", EKIssuer: "CN=Vendor CA"}); g == nil || g.Name != "catch-all" {
+		t.Fatalf("verified EK selected %v, want the first matching group", g)
+	}
+	if g := p.Select(&Input{EKPublicSHA256: "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"}); g == nil || g.Name != "catch-all" {
+		t.Fatalf("other EK selected %v, want catch-all", g)
+	}
+	if g := p.Select(&Input{EKPublicSHA256: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", EnrolledGroup: "catch-all"}); g == nil || g.Name != "catch-all" {
+		t.Fatalf("individual enrollment selected %v, want its group", g)
+	}
+}
