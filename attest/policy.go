@@ -759,7 +759,7 @@ func checkDNSTemplate(t, group string) error {
 	}
 	labels := strings.Split(name, ".")
 	switch {
-	case !validHostname(name):
+	case !ValidHostname(name):
 		return errors.New("not a host name (LDH labels of at most 63 characters, no wildcard)")
 	case len(labels) < 2 || strings.Contains(labels[len(labels)-1], sentinel):
 		return errors.New("its last label must be fixed text: a placeholder there could produce any name")
@@ -802,9 +802,11 @@ func checkURITemplate(t string) error {
 
 var dnsLabel = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
 
-// validHostname: LDH labels, at most 253 characters, no wildcard. (ca
-// checks the same again at issuance.)
-func validHostname(name string) bool {
+// ValidHostname reports whether name is a DNS host name a certificate may
+// carry: LDH labels of 1-63 characters, not starting or ending with '-', at
+// most 253 characters, no wildcard and no trailing dot. Policies are held to
+// it when they render names, and ca again at issuance.
+func ValidHostname(name string) bool {
 	if len(name) == 0 || len(name) > 253 {
 		return false
 	}
@@ -878,7 +880,7 @@ func (c CertProfile) SANs(in *Input, group string) (dns, uris []string, err erro
 		if err != nil {
 			return nil, nil, err
 		}
-		if !validHostname(name) {
+		if !ValidHostname(name) {
 			return nil, nil, fmt.Errorf("%w: DNS name %q from template %q is not a host name", ErrClaimInvalid, name, t)
 		}
 		dns = append(dns, name)

@@ -52,6 +52,8 @@ import (
 	"go.step.sm/crypto/pemutil"
 	"go.step.sm/crypto/x509util"
 	"golang.org/x/crypto/hkdf"
+
+	"github.com/gatehouse-dev/gatehouse/attest"
 )
 
 // Files in a CA directory.
@@ -307,23 +309,7 @@ type DeviceProfile struct {
 var (
 	idRE          = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
 	trustDomainRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$`)
-	dnsLabelRE    = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
 )
-
-// ValidHostname reports whether name is a DNS host name a certificate may
-// carry: LDH labels of 1-63 characters, not starting or ending with '-',
-// at most 253 characters, no wildcard and no trailing dot.
-func ValidHostname(name string) bool {
-	if len(name) == 0 || len(name) > 253 {
-		return false
-	}
-	for _, l := range strings.Split(name, ".") {
-		if !dnsLabelRE.MatchString(l) {
-			return false
-		}
-	}
-	return true
-}
 
 // Validate checks a profile before anything depends on it. A device
 // profile never names anything in the admin or node namespaces: no SPIFFE
@@ -342,7 +328,7 @@ func (p DeviceProfile) Validate() error {
 		return fmt.Errorf("%w: validity %v must be in (0, %v]", ErrBadProfile, p.Validity, maxLeafValidity)
 	}
 	for _, d := range p.DNSNames {
-		if !ValidHostname(d) {
+		if !attest.ValidHostname(d) {
 			return fmt.Errorf("%w: DNS name %q is not a host name (LDH labels, no wildcard)", ErrBadProfile, d)
 		}
 	}
