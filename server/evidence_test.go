@@ -6,7 +6,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -356,47 +355,9 @@ func TestRenewalUnquotedPCRsRefused(t *testing.T) {
 		t.Fatalf("control renewal: %v", err)
 	}
 
-	cert, key, err := id.TLSCertificate(d.TPM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer key.Close()
-	ak, err := d.TPM.LoadAK(id.AKBlob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ak.Close(d.TPM.TPM)
-	pool := x509.NewCertPool()
-	pool.AddCert(e.App.Root())
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
-	post := func(path string, in, out any) *api.Problem {
-		t.Helper()
-		b, err := json.Marshal(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := hc.Post(e.URL()+path, "application/json", bytes.NewReader(b))
-		if err != nil {
-			t.Fatalf("POST %s: %v", path, err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode == http.StatusOK {
-			if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-				t.Fatal(err)
-			}
-			return nil
-		}
-		var p api.Problem
-		if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
-			t.Fatal(err)
-		}
-		return &p
-	}
-	var ch api.RenewChallengeResponse
-	if p := post(api.PathRenewChallenge, struct{}{}, &ch); p != nil {
-		t.Fatalf("renew challenge: %v", p)
-	}
-	q, err := ak.Quote(d.TPM.TPM, ch.Nonce, goattest.HashSHA1)
+	m := e.mtlsDevice(t, d, id)
+	ch := m.renewChallenge()
+	q, err := m.AK.Quote(d.TPM.TPM, ch.Nonce, goattest.HashSHA1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,17 +365,17 @@ func TestRenewalUnquotedPCRsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, err := fwclient.CSR(key)
+	csr, err := fwclient.CSR(m.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := api.RenewRequest{SessionToken: ch.SessionToken, AKPublic: ak.AttestationParameters().Public, Quote: api.Quote{Quote: q.Quote, Signature: q.Signature}, CSR: csr}
+	req := api.RenewRequest{SessionToken: ch.SessionToken, AKPublic: m.AK.AttestationParameters().Public, Quote: api.Quote{Quote: q.Quote, Signature: q.Signature}, CSR: csr}
 	for _, p := range pcrs {
 		req.PCRs = append(req.PCRs, api.PCR{Index: p.Index, Bank: "sha256", Digest: p.Digest})
 	}
 	before := e.App.CertificatesIssued()
 	var resp api.CompleteResponse
-	p := post(api.PathRenew, req, &resp)
+	p := m.post(api.PathRenew, req, &resp)
 	if p == nil || p.Status != 403 || p.Code != api.CodePCRNotQuoted {
 		t.Fatalf("renewal with unquoted PCRs: %+v, want 403 %s", p, api.CodePCRNotQuoted)
 	}

@@ -204,46 +204,24 @@ func TestClaimsNeverBecomeIdentities(t *testing.T) {
 // with its own code, not an internal error.
 func TestRenewalWithAnotherDevicesAK(t *testing.T) {
 	e := newEnv(t)
-	ctx := context.Background()
 	d := servertest.NewDevice(t, e.Mfr)
-	id, err := e.Client.Enroll(ctx, d.TPM)
+	id, err := e.Client.Enroll(context.Background(), d.TPM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other := servertest.NewDevice(t, e.Mfr)
-	otherAK := other.NewAK(t, goattest.ECDSA)
-	cert, key, err := id.TLSCertificate(d.TPM)
-	if err != nil {
-		t.Fatal(err)
+	m := e.mtlsDevice(t, d, id)
+	otherAK := servertest.NewDevice(t, e.Mfr).NewAK(t, goattest.ECDSA)
+	p := m.post(api.PathRenew, renewalWithAK(m.renewChallenge().SessionToken, otherAK), nil)
+	if p == nil || p.Status != http.StatusForbidden || p.Code != api.CodeRenewalIdentity {
+		t.Fatalf("renewal with another device's AK: %+v", p)
 	}
-	defer key.Close()
-	hc := mtlsClient(e, &cert)
-	post := func(path string, in, out any) (*http.Response, []byte) {
-		b, _ := json.Marshal(in)
-		req, _ := http.NewRequest(http.MethodPost, e.URL()+path, bytes.NewReader(b))
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if out != nil {
-			_ = json.Unmarshal(body, out)
-		}
-		return resp, body
-	}
-	var ch api.RenewChallengeResponse
-	if resp, body := post(api.PathRenewChallenge, struct{}{}, &ch); resp.StatusCode != http.StatusOK {
-		t.Fatalf("renew challenge: %d %s", resp.StatusCode, body)
-	}
-	req := api.RenewRequest{SessionToken: ch.SessionToken, AKPublic: otherAK.AttestationParameters().Public,
+}
+
+// renewalWithAK is a renewal request naming ak, with placeholder evidence:
+// the AK check refuses it before the evidence is read.
+func renewalWithAK(token string, ak *goattest.AK) api.RenewRequest {
+	return api.RenewRequest{SessionToken: token, AKPublic: ak.AttestationParameters().Public,
 		Quote: api.Quote{Quote: []byte{1}, Signature: []byte{2}}, PCRs: []api.PCR{{Index: 0, Bank: "sha256", Digest: make([]byte, 32)}}, CSR: []byte{3}}
-	var p api.Problem
-	resp, body := post(api.PathRenew, req, &p)
-	if resp.StatusCode != http.StatusForbidden || p.Code != api.CodeRenewalIdentity {
-		t.Fatalf("renewal with another device's AK: %d %s", resp.StatusCode, body)
-	}
 }
 
 // Every JSON endpoint refuses a body not declared application/json.
@@ -328,37 +306,18 @@ func TestRevokedAdminOnStaleFollower(t *testing.T) {
 // device, so those are bounded.
 func TestDeviceCannotFloodRenewalRefusals(t *testing.T) {
 	e := newEnv(t)
-	ctx := context.Background()
 	d := servertest.NewDevice(t, e.Mfr)
-	id, err := e.Client.Enroll(ctx, d.TPM)
+	id, err := e.Client.Enroll(context.Background(), d.TPM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, key, err := id.TLSCertificate(d.TPM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer key.Close()
-	hc := mtlsClient(e, &cert)
-	post := func(path string, in any) api.Problem {
-		b, _ := json.Marshal(in)
-		req, _ := http.NewRequest(http.MethodPost, e.URL()+path, bytes.NewReader(b))
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var p api.Problem
-		_ = json.NewDecoder(resp.Body).Decode(&p)
-		return p
-	}
+	m := e.mtlsDevice(t, d, id)
 	// The first linearizable read of a term appends Raft's barrier: take it
 	// before counting.
-	post(api.PathRenew, api.RenewRequest{SessionToken: "x"})
+	m.post(api.PathRenew, api.RenewRequest{SessionToken: "x"}, nil)
 	before := lastLogIndex(t, e.App)
 	for range 50 {
-		if p := post(api.PathRenew, api.RenewRequest{SessionToken: "x"}); p.Code != api.CodeTokenInvalid || p.AttestationID != 0 {
+		if p := m.post(api.PathRenew, api.RenewRequest{SessionToken: "x"}, nil); p == nil || p.Code != api.CodeTokenInvalid || p.AttestationID != 0 {
 			t.Fatalf("bad renewal token: %+v, want an unrecorded %s", p, api.CodeTokenInvalid)
 		}
 	}
@@ -371,20 +330,9 @@ func TestDeviceCannotFloodRenewalRefusals(t *testing.T) {
 	}
 
 	// Control: a judged refusal is recorded and quarantines the device.
-	var ch api.RenewChallengeResponse
-	b, _ := json.Marshal(struct{}{})
-	req, _ := http.NewRequest(http.MethodPost, e.URL()+api.PathRenewChallenge, bytes.NewReader(b))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	json.NewDecoder(resp.Body).Decode(&ch)
-	resp.Body.Close()
 	otherAK := servertest.NewDevice(t, e.Mfr).NewAK(t, goattest.ECDSA)
-	p := post(api.PathRenew, api.RenewRequest{SessionToken: ch.SessionToken, AKPublic: otherAK.AttestationParameters().Public,
-		Quote: api.Quote{Quote: []byte{1}, Signature: []byte{2}}, PCRs: []api.PCR{{Index: 0, Bank: "sha256", Digest: make([]byte, 32)}}, CSR: []byte{3}})
-	if p.Code != api.CodeRenewalIdentity || p.AttestationID == 0 {
+	p := m.post(api.PathRenew, renewalWithAK(m.renewChallenge().SessionToken, otherAK), nil)
+	if p == nil || p.Code != api.CodeRenewalIdentity || p.AttestationID == 0 {
 		t.Fatalf("renewal with another device's AK: %+v, want a recorded %s", p, api.CodeRenewalIdentity)
 	}
 	if dev, err := e.App.Node().Device(id.DeviceID); err != nil || dev.Status != cluster.DeviceQuarantined {

@@ -3,15 +3,10 @@ package server_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"errors"
-	"net/http"
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	goattest "github.com/google/go-attestation/attest"
 
@@ -89,60 +84,22 @@ func TestPCRFloodNotRecorded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, key, err := id.TLSCertificate(d.TPM)
+	m := e.mtlsDevice(t, d, id)
+	ch := m.renewChallenge()
+	q, err := m.AK.Quote(d.TPM.TPM, ch.Nonce, goattest.HashSHA256)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer key.Close()
-	ak, err := d.TPM.LoadAK(id.AKBlob)
+	csr, err := fwclient.CSR(m.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ak.Close(d.TPM.TPM)
-	pool := x509.NewCertPool()
-	pool.AddCert(e.App.Root())
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
-	post := func(path string, in, out any) *api.Problem {
-		t.Helper()
-		b, err := json.Marshal(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := hc.Post(e.URL()+path, "application/json", bytes.NewReader(b))
-		if err != nil {
-			t.Fatalf("POST %s: %v", path, err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode == http.StatusOK {
-			if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-				t.Fatal(err)
-			}
-			return nil
-		}
-		var p api.Problem
-		if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
-			t.Fatal(err)
-		}
-		return &p
-	}
-	var ch api.RenewChallengeResponse
-	if p := post(api.PathRenewChallenge, struct{}{}, &ch); p != nil {
-		t.Fatalf("renew challenge: %v", p)
-	}
-	q, err := ak.Quote(d.TPM.TPM, ch.Nonce, goattest.HashSHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := fwclient.CSR(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := api.RenewRequest{SessionToken: ch.SessionToken, AKPublic: ak.AttestationParameters().Public, Quote: api.Quote{Quote: q.Quote, Signature: q.Signature}, CSR: csr}
+	req := api.RenewRequest{SessionToken: ch.SessionToken, AKPublic: m.AK.AttestationParameters().Public, Quote: api.Quote{Quote: q.Quote, Signature: q.Signature}, CSR: csr}
 	for range 10000 {
 		req.PCRs = append(req.PCRs, api.PCR{Index: 16, Bank: "sha256", Digest: make([]byte, 32)})
 	}
 	var resp api.CompleteResponse
-	p := post(api.PathRenew, req, &resp)
+	p := m.post(api.PathRenew, req, &resp)
 	if p == nil || p.Status/100 != 4 {
 		t.Fatalf("renewal with 10,000 PCR values: %+v", p)
 	}
