@@ -19,7 +19,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/testvectors"
 )
 
-// review 9: an imported individual enrollment selects its group before any
+// An imported individual enrollment selects its group before any
 // match, on enrollment and renewal. The dry run (and Capture) rebuilt the
 // input without it, so they judged an individually enrolled device in
 // whichever group matched first: a candidate the dry run showed passing
@@ -41,7 +41,7 @@ func TestDryRunHonoursIndividualEnrollment(t *testing.T) {
 	if err != nil || dev.Group != "fleet" {
 		t.Fatalf("control: device %+v %v", dev, err)
 	}
-	res, err := e.App.ImportEnrollments(ctx, server.ImportRequest{Actor: "test", Source: "review9", Rows: []server.ImportRow{{Row: 1, EKPublicSHA256: dev.EK.PublicSHA256, Group: "lab"}}})
+	res, err := e.App.ImportEnrollments(ctx, server.ImportRequest{Actor: "test", Source: "test", Rows: []server.ImportRow{{Row: 1, EKPublicSHA256: dev.EK.PublicSHA256, Group: "lab"}}})
 	if err != nil || len(res.Accepted) != 1 {
 		t.Fatalf("import: %+v %v", res, err)
 	}
@@ -70,7 +70,7 @@ func TestDryRunHonoursIndividualEnrollment(t *testing.T) {
 	}
 }
 
-// review 9: raw evidence is stored only up to a bound, but the PCR values
+// Raw evidence is stored only up to a bound, but the PCR values
 // a request sends were copied into the committed record one by one before
 // any check: an enrolled device's renewal (recorded, it is authenticated)
 // with 10,000 copies of one PCR put all of them into the replicated
@@ -114,7 +114,7 @@ func TestPCRFloodNotRecorded(t *testing.T) {
 	}
 }
 
-// review 9: a device refused by policy has no device record, and live
+// A device refused by policy has no device record, and live
 // enrollment then takes its labels from its individual enrollment; the dry
 // run took none, so under a candidate that drops the enrolled group (and
 // falls back to matching) it judged the device in another group than a
@@ -136,7 +136,7 @@ func TestDryRunLabelsOfRefusedIndividualEnrollment(t *testing.T) {
 		t.Fatalf("refusal record: %+v %v", recs, err)
 	}
 	ekSum := recs[0].Evidence.EK.PublicSHA256
-	res, err := e.App.ImportEnrollments(ctx, server.ImportRequest{Actor: "test", Source: "review9", Rows: []server.ImportRow{{Row: 1, EKPublicSHA256: ekSum, Group: "imported", Labels: map[string]string{"site": "lab"}}}})
+	res, err := e.App.ImportEnrollments(ctx, server.ImportRequest{Actor: "test", Source: "test", Rows: []server.ImportRow{{Row: 1, EKPublicSHA256: ekSum, Group: "imported", Labels: map[string]string{"site": "lab"}}}})
 	if err != nil || len(res.Accepted) != 1 {
 		t.Fatalf("import: %+v %v", res, err)
 	}
@@ -169,7 +169,7 @@ func TestDryRunLabelsOfRefusedIndividualEnrollment(t *testing.T) {
 
 const bogus64 = "1111111111111111111111111111111111111111111111111111111111111111"
 
-// review 9: Recheck promises that a bundle changed after the fact no longer
+// Recheck promises that a bundle changed after the fact no longer
 // reproduces its record. For a renewal it verified the bundle's quote with
 // the bundle's own AK over the bundle's own nonce, comparing neither with
 // the record: a quote made afterwards by any TPM, with any nonce and any
@@ -224,7 +224,7 @@ func TestRecheckRenewalBundleBoundToRecord(t *testing.T) {
 	}
 }
 
-// review 9: the record names its event log by digest, but Recheck judged
+// The record names its event log by digest, but Recheck judged
 // whatever log the bundle carried: a bundle without its log, or with a
 // log whose unmeasured parts (event types) were changed, still replayed to
 // the quote and reproduced the record.
@@ -269,7 +269,7 @@ func TestRecheckEventLogBoundToRecord(t *testing.T) {
 	}
 }
 
-// review 9, over the wire: a device whose log shows a boot application the
+// Over the wire: a device whose log shows a boot application the
 // group does not allow relabels that event's type (not measured) and
 // enrolls. It is refused on boot_digests; the same device allowed its
 // application, the control, enrolls.
