@@ -174,7 +174,7 @@ type CA struct {
 	auditCert    *x509.Certificate
 	crlURL       string
 	crl          crlCache
-	reserved     map[string]bool // DNS names no device certificate may carry (lower case)
+	reserved     func() []string // DNS names no device certificate may carry
 }
 
 // Option configures Open.
@@ -190,17 +190,11 @@ func WithDatabase(kv KV) Option {
 // CRL distribution point.
 func WithCRLDistributionPoint(url string) Option { return func(c *CA) { c.crlURL = url } }
 
-// WithReservedNames lists the DNS names of this appliance's nodes and
-// servers: no device certificate may carry one of them.
-func WithReservedNames(names ...string) Option {
-	return func(c *CA) {
-		if c.reserved == nil {
-			c.reserved = map[string]bool{}
-		}
-		for _, n := range names {
-			c.reserved[strings.ToLower(strings.TrimSuffix(n, "."))] = true
-		}
-	}
+// WithReservedNames gives the DNS names of this appliance's nodes and
+// servers, which no device certificate may carry. names is asked at every
+// check that has DNS names to judge, so nodes that join later count.
+func WithReservedNames(names func() []string) Option {
+	return func(c *CA) { c.reserved = names }
 }
 
 // Open decrypts the intermediate key in dir and starts an in-process step-ca
@@ -351,9 +345,15 @@ func (c *CA) CheckDevice(p DeviceProfile) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
+	if len(p.DNSNames) == 0 || c.reserved == nil {
+		return nil
+	}
+	reserved := c.reserved()
 	for _, d := range p.DNSNames {
-		if c.reserved[strings.ToLower(d)] {
-			return fmt.Errorf("%w: DNS name %q is reserved for the appliance's nodes", ErrBadProfile, d)
+		for _, n := range reserved {
+			if strings.EqualFold(strings.TrimSuffix(n, "."), d) {
+				return fmt.Errorf("%w: DNS name %q is reserved for the appliance's nodes", ErrBadProfile, d)
+			}
 		}
 	}
 	return nil

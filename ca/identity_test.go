@@ -24,7 +24,7 @@ func TestIssueDeviceRefusesReservedNames(t *testing.T) {
 	if err := Init(dir, pw); err != nil {
 		t.Fatal(err)
 	}
-	c, err := Open(dir, pw, WithReservedNames("gatehouse.example.com", "localhost"))
+	c, err := Open(dir, pw, WithReservedNames(func() []string { return []string{"gatehouse.example.com", "localhost"} }))
 	if err != nil {
 		t.Fatal(err)
 	}

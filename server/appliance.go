@@ -293,7 +293,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	if a.ca, err = ca.Open(filepath.Join(dataDir, caDir), password,
 		ca.WithDatabase(kv),
 		ca.WithCRLDistributionPoint("https://"+net.JoinHostPort(cfg.Hostnames[0], port)+"/crl"),
-		ca.WithReservedNames(cfg.Hostnames...),
+		ca.WithReservedNames(a.reservedNames),
 	); err != nil {
 		return nil, fmt.Errorf("open CA: %w", err)
 	}
@@ -333,7 +333,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		ek:            attest.NewEKVerifier(roots, attest.EKRootsOptions(rootsPEM)...),
 		reg:           a.node,
 		policies:      &policyCache{store: a.node},
-		ca:            clusterIssuer{a.ca, a},
+		ca:            a.ca,
 		tokens:        sealer,
 		nodeID:        cfg.NodeID,
 		trustDomain:   cfg.TrustDomain,

@@ -428,6 +428,9 @@ func (a *Appliance) self() cluster.Member {
 // host): a device certificate may carry none of them.
 func (a *Appliance) reservedNames() []string {
 	names := append([]string(nil), a.cfg.Hostnames...)
+	if a.node == nil { // the CA opens before Raft: only this node is known
+		return names
+	}
 	ms, err := a.node.Members()
 	if err != nil {
 		return names
@@ -439,28 +442,6 @@ func (a *Appliance) reservedNames() []string {
 		}
 	}
 	return names
-}
-
-// clusterIssuer is the CA as enrollment uses it: CheckDevice also refuses
-// the names of the cluster's other nodes, which the CA (opened with this
-// node's names only) does not know.
-type clusterIssuer struct {
-	*ca.CA
-	a *Appliance
-}
-
-func (c clusterIssuer) CheckDevice(p ca.DeviceProfile) error {
-	if err := c.CA.CheckDevice(p); err != nil {
-		return err
-	}
-	for _, d := range p.DNSNames {
-		for _, n := range c.a.reservedNames() {
-			if strings.EqualFold(strings.TrimSuffix(n, "."), d) {
-				return fmt.Errorf("%w: DNS name %q is reserved for the appliance's nodes", ca.ErrBadProfile, d)
-			}
-		}
-	}
-	return nil
 }
 
 // notLeaderError is a peer's "not the leader" answer, naming the leader's
