@@ -41,19 +41,7 @@ func TestAdmissionRateLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Restart with the limit on: 3 at once, then 1 per second.
-	e.App.Close()
-	app, err := server.Open(e.Dir, servertest.Password, server.WithRateLimit(1, 3),
-		server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { app.Close() })
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := app.WaitReady(wctx); err != nil {
-		t.Fatal(err)
-	}
+	app := reopenThrottled(t, e) // 3 at once, then 1 per second
 	pool := x509.NewCertPool()
 	pool.AddCert(app.Root())
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
@@ -440,4 +428,23 @@ func TestUnauthenticatedAdminRefusalsSummarized(t *testing.T) {
 	if sum.Counts["admin "+api.CodeUnauthenticated] != anon || sum.Counts["tls certificate_refused"] != foreign-10 {
 		t.Fatalf("summary %s, want %d anonymous admin refusals and %d refused handshakes past the budget", head.Detail, anon, foreign-10)
 	}
+}
+
+// reopenThrottled restarts e's node with the admission limit on (servertest
+// lifts it): a burst of 3, then 1 request per second.
+func reopenThrottled(t *testing.T, e *servertest.Env) *server.Appliance {
+	t.Helper()
+	e.App.Close()
+	app, err := server.Open(e.Dir, servertest.Password, server.WithRateLimit(1, 3),
+		server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := app.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return app
 }

@@ -177,10 +177,6 @@ const bogus64 = "111111111111111111111111111111111111111111111111111111111111111
 func TestRecheckRenewalBundleBoundToRecord(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	roots, err := attest.ParseCertificates(servertest.EKRoots(e.Mfr))
-	if err != nil {
-		t.Fatal(err)
-	}
 	d := servertest.NewDevice(t, e.Mfr)
 	id, err := e.Client.Enroll(ctx, d.TPM)
 	if err != nil {
@@ -189,10 +185,7 @@ func TestRecheckRenewalBundleBoundToRecord(t *testing.T) {
 	if id, err = e.Client.Renew(ctx, d.TPM, id, nil); err != nil {
 		t.Fatal(err)
 	}
-	b, err := server.NewAdminClient(e.Dir).Evidence(ctx, id.AttestationID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, roots := e.bundle(id.AttestationID)
 	if b.Record.Stage != "renew" {
 		t.Fatalf("attestation %d is a %s", id.AttestationID, b.Record.Stage)
 	}
@@ -231,10 +224,6 @@ func TestRecheckRenewalBundleBoundToRecord(t *testing.T) {
 func TestRecheckEventLogBoundToRecord(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	roots, err := attest.ParseCertificates(servertest.EKRoots(e.Mfr))
-	if err != nil {
-		t.Fatal(err)
-	}
 	log, err := os.ReadFile(testvectors.Path("eventlogs/go-tpm-tools/ubuntu-2104-no-secure-boot.bin"))
 	if err != nil {
 		t.Fatal(err)
@@ -244,10 +233,7 @@ func TestRecheckEventLogBoundToRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := server.NewAdminClient(e.Dir).Evidence(ctx, id.AttestationID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, roots := e.bundle(id.AttestationID)
 	if len(b.EventLog) == 0 {
 		t.Fatal("the bundle has no event log")
 	}

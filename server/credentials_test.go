@@ -36,19 +36,7 @@ func TestRevokedCertificateIsRateLimited(t *testing.T) {
 	if err := server.NewAdminClient(e.Dir).RevokeAdminCert(ctx, leaf.SerialNumber.Text(16), "test", "key stolen"); err != nil {
 		t.Fatal(err)
 	}
-	// Restart with the limit on: 3 at once, then 1 per second.
-	e.App.Close()
-	app, err := server.Open(e.Dir, servertest.Password, server.WithRateLimit(1, 3),
-		server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { app.Close() })
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := app.WaitReady(wctx); err != nil {
-		t.Fatal(err)
-	}
+	app := reopenThrottled(t, e.Env) // 3 at once, then 1 per second
 	pool := x509.NewCertPool()
 	pool.AddCert(app.Root())
 	statuses := func(cert tls.Certificate, n int) map[int]int {

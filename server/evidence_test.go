@@ -293,19 +293,12 @@ func selfMadeEKCert(t *testing.T, ekPub any, issuer, manufacturer string) []byte
 func TestStoredEvidenceQuoteCoverage(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	roots, err := attest.ParseCertificates(servertest.EKRoots(e.Mfr))
-	if err != nil {
-		t.Fatal(err)
-	}
 	d := servertest.NewDevice(t, e.Mfr)
 	id, err := e.Client.Enroll(ctx, d.TPM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := server.NewAdminClient(e.Dir).Evidence(ctx, id.AttestationID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, roots := e.bundle(id.AttestationID)
 	if rep := server.Recheck(b, roots); !rep.Reproduced {
 		t.Fatalf("control not reproduced: %+v", rep.Results)
 	}

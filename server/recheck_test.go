@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"strings"
 	"testing"
@@ -29,19 +30,12 @@ func resultOf(rep server.RecheckReport, check string) server.RecheckResult {
 func TestRecheckFromEvidence(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	roots, err := attest.ParseCertificates(servertest.EKRoots(e.Mfr))
-	if err != nil {
-		t.Fatal(err)
-	}
 	d := servertest.NewDevice(t, e.Mfr)
 	id, err := e.Client.Enroll(ctx, d.TPM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := server.NewAdminClient(e.Dir).Evidence(ctx, id.AttestationID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, roots := e.bundle(id.AttestationID)
 	if b.Raw == nil || len(b.Raw.Quote) == 0 || len(b.Raw.EKCertificate) == 0 || len(b.Raw.DeviceKey.CreateAttestation) == 0 {
 		t.Fatalf("bundle lacks raw evidence: %+v", b.Raw)
 	}
@@ -96,4 +90,19 @@ func TestRecheckFromEvidence(t *testing.T) {
 	if r := resultOf(rep, "policy"); !rep.Reproduced || r.Recheck != "fail" || r.Recorded != "fail" {
 		t.Fatalf("refusal not reproduced: %+v", rep.Results)
 	}
+}
+
+// bundle fetches attestation attID's evidence bundle as an auditor would,
+// with the EK roots e's devices chain to.
+func (e *env) bundle(attID uint64) (server.EvidenceBundle, []*x509.Certificate) {
+	e.t.Helper()
+	roots, err := attest.ParseCertificates(servertest.EKRoots(e.Mfr))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	b, err := server.NewAdminClient(e.Dir).Evidence(context.Background(), attID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return b, roots
 }

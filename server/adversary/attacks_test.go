@@ -70,35 +70,27 @@ func attacks() []Attack {
 			h.Arm()
 			return h.complete(f, s)
 		}})
-	add(enrollAttack("cross-session: token of session A with evidence of session B", catToken, plain, func(h *Harness, f *Flow) {
-		f.Complete = func(h *Harness, s *Session, req *api.CompleteRequest) error {
-			other, r := h.open(h.plainFlow())
-			if other == nil {
-				return fmt.Errorf("second session: %v", r)
+	// Another session's evidence (its secret, quote, certify, CSR) under
+	// this session's token.
+	otherEvidence := func(dev string) func(h *Harness, f *Flow) {
+		return func(h *Harness, f *Flow) {
+			f.Complete = func(h *Harness, s *Session, req *api.CompleteRequest) error {
+				of := h.plainFlow()
+				of.Dev = h.dev(dev)
+				other, r := h.open(of)
+				if other == nil {
+					return fmt.Errorf("second session: %v", r)
+				}
+				defer other.close()
+				tok := req.SessionToken
+				*req = *other.Req
+				req.SessionToken = tok
+				return nil
 			}
-			defer other.close()
-			// B's evidence (its secret, quote, certify, CSR), A's token.
-			tok := req.SessionToken
-			*req = *other.Req
-			req.SessionToken = tok
-			return nil
 		}
-	}))
-	add(enrollAttack("cross-device: token of device A with evidence of device B", catToken, plain, func(h *Harness, f *Flow) {
-		f.Complete = func(h *Harness, s *Session, req *api.CompleteRequest) error {
-			of := h.plainFlow()
-			of.Dev = h.dev(devOther)
-			other, r := h.open(of)
-			if other == nil {
-				return fmt.Errorf("other device's session: %v", r)
-			}
-			defer other.close()
-			tok := req.SessionToken
-			*req = *other.Req
-			req.SessionToken = tok
-			return nil
-		}
-	}))
+	}
+	add(enrollAttack("cross-session: token of session A with evidence of session B", catToken, plain, otherEvidence(devPlain)))
+	add(enrollAttack("cross-device: token of device A with evidence of device B", catToken, plain, otherEvidence(devOther)))
 	add(enrollAttack("tampered token (one byte flipped)", catToken, plain, func(h *Harness, f *Flow) {
 		f.Complete = func(h *Harness, s *Session, req *api.CompleteRequest) error {
 			b := []byte(req.SessionToken)
@@ -421,6 +413,16 @@ func attacks() []Attack {
 
 	// ---- EKs ----
 	add(enrollAttack("EK certificate from an untrusted (self-made) CA over the real EK", catEK, plain, func(h *Harness, f *Flow) {
+		f.Challenge = func(h *Harness, s *Session, req *api.ChallengeRequest) (err error) {
+			req.EKCertificate, err = selfMadeEKCert(s.Dev.EK.Public)
+			return err
+		}
+	}))
+	// An EK admitted only because a group lists it is that group's to
+	// decide: the catch-all before it must not take it (control: the same
+	// TPM with its genuine certificate enrolls through the catch-all).
+	vouchedFlow := func(h *Harness) Flow { f := h.plainFlow(); f.Dev = h.dev(devVouched); return f }
+	add(enrollAttack("pre-registered EK with a self-made certificate, listed in a strict group after a catch-all", catEK, vouchedFlow, func(h *Harness, f *Flow) {
 		f.Challenge = func(h *Harness, s *Session, req *api.ChallengeRequest) (err error) {
 			req.EKCertificate, err = selfMadeEKCert(s.Dev.EK.Public)
 			return err

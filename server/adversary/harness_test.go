@@ -151,6 +151,9 @@ const (
 	devGolden = "golden" // booted with the reference log
 	devShim   = "shim"   // booted with a tampered shim
 	devEvilFW = "evilfw" // booted with "EVL Virtual Firmware v0"
+	// devVouched's EK is listed in group "vouched", after the catch-all,
+	// whose golden PCR 0 no device meets.
+	devVouched = "vouched"
 )
 
 // Claimed models pick the policy's groups.
@@ -240,6 +243,12 @@ func (h *Harness) setupPolicy() {
 	claims := attest.Group{Name: "claims", Match: attest.Match{Models: []string{modelClaims}}, Mode: attest.ModeAuto,
 		Certificate: attest.CertProfile{DNSNames: []string{"{{.Serial}}.devices.example.com"}, URIs: []string{"spiffe://" + servertest.TrustDomain + "/{{.Serial}}"}}}
 	open := attest.Group{Name: "open", Mode: attest.ModeAuto}
+	vouchedEK, err := attest.PublicKeySHA256(h.dev(devVouched).EK.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vouched := attest.Group{Name: "vouched", Match: attest.Match{EKPublicSHA256: []string{vouchedEK}}, Mode: attest.ModeAuto,
+		Require: attest.Requirements{PCRs: map[string]map[string]string{"sha256": {"0": strings.Repeat("11", 32)}}}}
 	apply := func(groups ...attest.Group) error {
 		doc, err := json.Marshal(attest.Policy{Groups: groups})
 		if err != nil {
@@ -251,11 +260,11 @@ func (h *Harness) setupPolicy() {
 	// A template that renders a claim into a SPIFFE ID could mint an admin
 	// or node identity: policy apply refuses it, and the claims group
 	// renders the serial into DNS names only.
-	if err := apply(golden, facts, claims, open); err == nil {
+	if err := apply(golden, facts, claims, open, vouched); err == nil {
 		t.Fatal("a policy rendering a claimed serial into a SPIFFE ID was applied")
 	}
 	claims.Certificate.URIs = nil
-	if err := apply(golden, facts, claims, open); err != nil {
+	if err := apply(golden, facts, claims, open, vouched); err != nil {
 		t.Fatalf("apply policy: %v", err)
 	}
 }

@@ -65,12 +65,11 @@ const (
 
 // trustState is what the issue-10 rows share.
 type trustState struct {
-	signer      crypto.Signer     // the appliance's intermediate key (forging)
-	inter       *x509.Certificate // its certificate
-	operator    *tls.Certificate  // a genuine operator (admin path)
-	auditor     *tls.Certificate  // a genuine auditor (admin path)
-	node        *tls.Certificate  // a genuine node certificate (node path)
-	fresh       *tls.Certificate  // a control's fresh operator, revoked by its attack
+	signer      crypto.Signer               // the appliance's intermediate key (forging)
+	inter       *x509.Certificate           // its certificate
+	admins      map[string]*tls.Certificate // role → a genuine admin certificate (admin path)
+	node        *tls.Certificate            // a genuine node certificate (node path)
+	fresh       *tls.Certificate            // a control's fresh operator, revoked by its attack
 	freshSer    string
 	export      []byte // the control's untouched audit export
 	sinceExport []byte // an export --since that starts after oldHead
@@ -191,28 +190,24 @@ func (h *Harness) adminCert(role, name string) (*tls.Certificate, string, error)
 	return cert, leaf.SerialNumber.Text(16), nil
 }
 
-func (h *Harness) operator() (*tls.Certificate, error) {
-	st := h.trust()
-	if st.operator == nil {
-		c, _, err := h.adminCert(ca.RoleOperator, "adversary-olga")
-		if err != nil {
-			return nil, err
-		}
-		st.operator = c
-	}
-	return st.operator, nil
-}
+func (h *Harness) operator() (*tls.Certificate, error) { return h.admin(ca.RoleOperator) }
+func (h *Harness) auditor() (*tls.Certificate, error)  { return h.admin(ca.RoleAuditor) }
 
-func (h *Harness) auditor() (*tls.Certificate, error) {
+// admin is a genuine admin certificate of role, issued once.
+func (h *Harness) admin(role string) (*tls.Certificate, error) {
 	st := h.trust()
-	if st.auditor == nil {
-		c, _, err := h.adminCert(ca.RoleAuditor, "adversary-audrey")
-		if err != nil {
-			return nil, err
-		}
-		st.auditor = c
+	if c, ok := st.admins[role]; ok {
+		return c, nil
 	}
-	return st.auditor, nil
+	c, _, err := h.adminCert(role, "adversary-"+role)
+	if err != nil {
+		return nil, err
+	}
+	if st.admins == nil {
+		st.admins = map[string]*tls.Certificate{}
+	}
+	st.admins[role] = c
+	return c, nil
 }
 
 // nodeCert is a genuine node certificate (the node issuance path).
