@@ -125,7 +125,7 @@ func (a *Appliance) read(h http.HandlerFunc) http.HandlerFunc {
 func (a *Appliance) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	a.registerAdmin(func(role, pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, adminBody(pattern, h)) })
-	return mux
+	return a.logRequests(listenerSocket, mux, mux)
 }
 
 // adminBody checks an admin request body's media type: a backup archive

@@ -249,6 +249,7 @@ type Appliance struct {
 	tlsRefusedLimit   deniedLimiter
 	admission         *clientLimiter
 	crlCache          crlCache
+	health            healthState
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA
@@ -375,7 +376,7 @@ func (a *Appliance) serveDevices() error {
 	}
 	ln := a.deviceLn
 	a.deviceSrv = &http.Server{
-		Handler:           a.admit(a.deviceHandler()),
+		Handler:           a.apiHandler(),
 		TLSConfig:         tlsCfg,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,

@@ -172,7 +172,7 @@ func (a *Appliance) clusterRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+pathClusterRead, a.requireNode(a.handleReadIndex))
 	mux.HandleFunc("POST "+pathClusterOp, a.requireNode(func(w http.ResponseWriter, r *http.Request) {
 		var op leaderOp
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&op); err != nil {
+		if err := json.NewDecoder(limitBody(w, r.Body, 64<<10)).Decode(&op); err != nil {
 			writeProblem(w, malformed(err.Error()))
 			return
 		}
@@ -200,7 +200,7 @@ func (a *Appliance) requireNode(h http.HandlerFunc) http.HandlerFunc {
 
 func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 	var req joinRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&req); err != nil {
+	if err := json.NewDecoder(limitBody(w, r.Body, 64<<10)).Decode(&req); err != nil {
 		writeProblem(w, malformed("join request: "+err.Error()))
 		return
 	}
@@ -261,7 +261,7 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 // voter. Only the leader can; others answer 421 naming the leader.
 func (a *Appliance) handleAddMember(w http.ResponseWriter, r *http.Request) {
 	var m cluster.Member
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&m); err != nil {
+	if err := json.NewDecoder(limitBody(w, r.Body, 64<<10)).Decode(&m); err != nil {
 		writeProblem(w, malformed("member: "+err.Error()))
 		return
 	}
@@ -286,7 +286,7 @@ func (a *Appliance) handleAddMember(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Appliance) handleApply(w http.ResponseWriter, r *http.Request) {
-	cmd, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRPCBody))
+	cmd, err := io.ReadAll(limitBody(w, r.Body, maxRPCBody))
 	if err != nil {
 		writeProblem(w, malformed(err.Error()))
 		return

@@ -141,21 +141,26 @@ func (e *Enroller) failRenewal(ctx context.Context, rec cluster.AttestationRecor
 	})
 }
 
-// renewChallenge serves POST /v1/renew/challenge.
+// renewChallenge serves POST /v1/renew/challenge. Every answer is counted
+// in gatehouse_renewals_total, authentication refusals included.
 func (a *Appliance) renewChallenge(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	dev, leaf, err := a.authDevice(r, false)
-	if err != nil {
-		writeProblem(w, err)
-		return
+	var resp *api.RenewChallengeResponse
+	if err == nil {
+		resp, err = a.enroller.RenewChallenge(dev, leaf)
 	}
-	resp, err := a.enroller.RenewChallenge(dev, leaf)
+	a.enroller.metrics.observe(stageRenewChallenge, start, err)
 	writeResult(w, http.StatusOK, resp, err)
 }
 
-// renew serves POST /v1/renew.
+// renew serves POST /v1/renew (Renew counts what it judges; a refused
+// authentication is counted here).
 func (a *Appliance) renew(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	dev, leaf, err := a.authDevice(r, false)
 	if err != nil {
+		a.enroller.metrics.observe(stageRenew, start, err)
 		writeProblem(w, err)
 		return
 	}
