@@ -1,6 +1,10 @@
 package server
 
-import "net/http"
+import (
+	"net/http"
+
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
 
 // SetRevokeHook makes RevokeDevice call fn between its two steps (tests:
 // a commit racing the revocation).
@@ -28,4 +32,12 @@ func (a *Appliance) ResealForTest(token, serialHex string) (string, error) {
 		sess.Serial = serialHex
 	}
 	return a.enroller.tokens.seal(sess)
+}
+
+// SetProgressHook makes /readyz see Raft's progress through fn: a registry
+// trailing its commit index cannot be produced on demand for real.
+func SetProgressHook(a *Appliance, fn func(*cluster.Progress)) {
+	a.health.mu.Lock()
+	defer a.health.mu.Unlock()
+	a.health.progress = fn
 }

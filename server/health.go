@@ -19,8 +19,8 @@ import (
 //     ?noleader skips the leader check, as rqlite's does.
 //
 // Both read memory only: no Raft write, no round trip to the leader, no
-// disk, no signature; the one chain verification is cached per
-// certificate. So they are exempt from the admission rate limit (an L7
+// disk; the one chain verification is cached per certificate, and the one
+// signature is the node's own certificates' reissue when due (certSource). So they are exempt from the admission rate limit (an L7
 // load balancer's probes share its address with the device traffic it
 // forwards, and must not be refused 429 because of it), and cost a flood
 // no more than a 404 would.
@@ -159,7 +159,10 @@ func (a *Appliance) Readiness(withLeader bool) Readiness {
 	add(CheckCA, why)
 
 	why = nil
-	node, server := a.nodeCert.current(), a.serverCert.current()
+	// get, not a cached look: on a node with no peers nothing else asks
+	// for its node certificate, and get reissues it when it is due.
+	node, _ := a.nodeCert.get(nil)
+	server, _ := a.serverCert.get(nil)
 	why = appendValidity(why, "node certificate", node.Leaf, now)
 	why = appendValidity(why, "HTTPS server certificate", server.Leaf, now)
 	if err := a.verifyOwnNodeCert(node); err != nil {
@@ -216,12 +219,4 @@ func (a *Appliance) verifyOwnNodeCert(c *tls.Certificate) error {
 	}
 	h.verified, h.chainErr = c, err
 	return err
-}
-
-// current is the certificate being served, without reissuing it (get
-// reissues): what peers see now.
-func (s *certSource) current() *tls.Certificate {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cert
 }
