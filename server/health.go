@@ -169,7 +169,8 @@ func (a *Appliance) Readiness(withLeader bool) Readiness {
 		why = append(why, "peers refuse the node certificate: "+err.Error())
 	}
 	why = append(why, p.PeerRefusals...)
-	if p.State == "Follower" && p.LeaderID != "" && now.Sub(p.LastContact) > maxLeaderSilence {
+	// Raft stamps contact with the wall clock, not the node's (WithClock).
+	if p.State == "Follower" && p.LeaderID != "" && time.Since(p.LastContact) > maxLeaderSilence {
 		why = append(why, fmt.Sprintf("no contact from leader %s since %s", p.LeaderID, p.LastContact.UTC().Format(time.RFC3339)))
 	}
 	add(CheckCertificate, why)
