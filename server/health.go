@@ -163,10 +163,12 @@ func (a *Appliance) Readiness(withLeader bool) Readiness {
 	// for its node certificate, and get reissues it when it is due.
 	node, _ := a.nodeCert.get(nil)
 	server, _ := a.serverCert.get(nil)
-	why = appendValidity(why, "node certificate", node.Leaf, now)
-	why = appendValidity(why, "HTTPS server certificate", server.Leaf, now)
-	if err := a.verifyOwnNodeCert(node); err != nil {
-		why = append(why, "peers refuse the node certificate: "+err.Error())
+	why = appendValidity(why, "node certificate", leafOf(node), now)
+	why = appendValidity(why, "HTTPS server certificate", leafOf(server), now)
+	if node != nil {
+		if err := a.verifyOwnNodeCert(node); err != nil {
+			why = append(why, "peers refuse the node certificate: "+err.Error())
+		}
 	}
 	why = append(why, p.PeerRefusals...)
 	// Raft stamps contact with the wall clock, not the node's (WithClock).
@@ -180,6 +182,13 @@ func (a *Appliance) Readiness(withLeader bool) Readiness {
 		rd.Ready = rd.Ready && c.OK
 	}
 	return rd
+}
+
+func leafOf(c *tls.Certificate) *x509.Certificate {
+	if c == nil {
+		return nil
+	}
+	return c.Leaf
 }
 
 func appendValidity(why []string, what string, c *x509.Certificate, now time.Time) []string {

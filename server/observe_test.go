@@ -273,6 +273,10 @@ func TestRequestLog(t *testing.T) {
 	if status != http.StatusUnauthorized {
 		t.Fatalf("control: anonymous admin request answered %d", status)
 	}
+	nc := nodeCert(t, e, "node-9")
+	if status, _ := call(t, mtlsClient(e, &nc), http.MethodPost, e.URL()+"/cluster/v1/read-index", []byte("{}")); status != http.StatusOK {
+		t.Fatalf("control: read-index as a node answered %d", status)
+	}
 	resp, err = e.HTTP.Post(e.URL()+"/cluster/v1/join", "application/json", strings.NewReader(`{"token":"gh1.s3cret-body","node_id":"x"}`))
 	if err != nil {
 		t.Fatal(err)
@@ -287,6 +291,7 @@ func TestRequestLog(t *testing.T) {
 		{"GET", api.PathWhoAmI, "GET " + api.PathWhoAmI, "device:" + id.DeviceID, 200},
 		{"GET", "/admin/v1/status", "GET /admin/v1/status", "admin:olga(operator)", 200},
 		{"GET", "/admin/v1/devices", "GET /admin/v1/devices", "anonymous", 401},
+		{"POST", "/cluster/v1/read-index", "POST /cluster/v1/read-index", "node:node-9", 200},
 		{"POST", "/cluster/v1/join", "POST /cluster/v1/join", "anonymous", 403},
 		{"GET", "/admin/v1/status", "GET /admin/v1/status", "local", 200}, // the socket
 	}
