@@ -305,11 +305,10 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	if a.deviceLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("device API listen %s: %w", cfg.Listen, err)
 	}
-	_, port, _ := net.SplitHostPort(a.deviceLn.Addr().String())
 	kv := &registryKV{}
 	if a.ca, err = ca.Open(filepath.Join(dataDir, caDir), password,
 		ca.WithDatabase(kv),
-		ca.WithCRLDistributionPoint("https://"+net.JoinHostPort(cfg.Hostnames[0], port)+"/crl"),
+		ca.WithCRLDistributionPoint("https://"+a.publicAddr()+"/crl"),
 		ca.WithReservedNames(a.reservedNames),
 	); err != nil {
 		return nil, fmt.Errorf("open CA: %w", err)
