@@ -66,9 +66,7 @@ type Status struct {
 	Leader      bool   `json:"leader"`
 	LeaderID    string `json:"leader_id"`
 	TrustDomain string `json:"trust_domain"`
-	// DeviceAPI is the URL clients should use: the node's first host name
-	// and its port (what `admin issue-cert` writes to admin.json).
-	DeviceAPI string `json:"device_api"`
+	DeviceAPI   string `json:"device_api"` // for clients: the first host name and the listen port (admin.json's server)
 	RaftAddr    string `json:"raft_addr"`
 	StateHash   string `json:"state_hash"`
 	// CertificatesIssued counts device certificates this node issued since it started.
