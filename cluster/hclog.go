@@ -98,8 +98,8 @@ func hclogValue(v any) any {
 		return fmt.Sprintf("0b%b", int(v))
 	case hclog.Quote:
 		return fmt.Sprintf("%q", string(v))
-	case error:
-		return v.Error()
+	case error, fmt.Stringer: // Raft passes itself ("leader", r) for its String form
+		return fmt.Sprint(v) // fmt survives a nil receiver
 	}
 	return v
 }

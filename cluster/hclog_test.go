@@ -113,7 +113,7 @@ func TestRaftLogsThroughSlog(t *testing.T) {
 		if r["level"] == "DEBUG" {
 			t.Errorf("debug message at info level: %v", r)
 		}
-		if msg == "entering leader state" && r["level"] == "INFO" && r["leader"] != nil && r["logger"] == "raft" {
+		if leader, _ := r["leader"].(string); msg == "entering leader state" && r["level"] == "INFO" && strings.Contains(leader, "[Leader]") && r["logger"] == "raft" {
 			leaderLine = true
 		}
 	}
