@@ -58,5 +58,5 @@ func FlagsFromEnv(fs *pflag.FlagSet, environ []string) error {
 // EnvHelp is a paragraph for a command's help text that says its flags can
 // come from the environment.
 const EnvHelp = "Every flag can also be set with an environment variable: " + EnvPrefix +
-	"and the flag's name in upper case with - as _ (--log-level: GATEHOUSE_LOG_LEVEL, --data-dir: GATEHOUSE_DATA_DIR). " +
+	" and the flag's name in upper case with - as _ (--log-level: GATEHOUSE_LOG_LEVEL, --data-dir: GATEHOUSE_DATA_DIR). " +
 	"A flag on the command line wins over the variable. A value the flag refuses, or a GATEHOUSE_ variable that names no flag, is an error."

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	"github.com/spf13/pflag"
 )
@@ -38,7 +39,7 @@ func (l *LogFlags) New(w io.Writer) *slog.Logger {
 
 type levelValue slog.Level
 
-func (v *levelValue) String() string { return slog.Level(*v).String() }
+func (v *levelValue) String() string { return strings.ToLower(slog.Level(*v).String()) }
 func (v *levelValue) Type() string   { return "level" }
 func (v *levelValue) Set(s string) error {
 	var lv slog.Level

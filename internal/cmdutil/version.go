@@ -21,6 +21,9 @@ func VersionCmd() *cobra.Command {
 		Use:   "version",
 		Short: "Print the version, VCS revision and Go version of this binary",
 		Args:  cobra.NoArgs,
+		// Nothing to set up: the version prints whatever the parent's
+		// hooks would need (credentials, a reachable node).
+		PersistentPreRunE: func(*cobra.Command, []string) error { return nil },
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return printBuildInfo(cmd, output, api.ReadBuildInfo())
 		},
