@@ -86,13 +86,14 @@ func (b BuildInfo) String() string {
 func (b BuildInfo) Text() string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "version:  %s\n", b.Version)
-	if b.Revision != "" {
-		rev := b.Revision
-		if b.Modified {
-			rev += " (modified)"
-		}
-		fmt.Fprintf(&sb, "revision: %s\n", rev)
+	rev := b.Revision
+	if rev == "" {
+		rev = "unknown (built without VCS information)"
 	}
+	if b.Modified {
+		rev += " (modified)"
+	}
+	fmt.Fprintf(&sb, "revision: %s\n", rev)
 	if b.Time != "" {
 		fmt.Fprintf(&sb, "time:     %s\n", b.Time)
 	}
