@@ -8,7 +8,6 @@
 package cluster
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -19,13 +18,11 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	bolterrors "go.etcd.io/bbolt/errors"
@@ -139,8 +136,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 			n.Close()
 		}
 	}()
-	raftLog := &slogWriter{log: log}
-	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: raftLog})
+	hlog := newHCLog(log)
 
 	if n.fsm, err = openFSM(filepath.Join(cfg.DataDir, "fsm.db"), o.fatal); err != nil {
 		return nil, storeError(filepath.Join(cfg.DataDir, "fsm.db"), "registry", err)
@@ -466,21 +462,6 @@ func (n *Node) Close() error {
 	})
 	return n.closeErr
 }
-
-// slogWriter forwards hclog's lines to slog at warn level.
-type slogWriter struct{ log *slog.Logger }
-
-func (w *slogWriter) Write(p []byte) (int, error) {
-	s := bufio.NewScanner(strings.NewReader(string(p)))
-	for s.Scan() {
-		if line := strings.TrimSpace(s.Text()); line != "" {
-			w.log.Warn(line)
-		}
-	}
-	return len(p), nil
-}
-
-var _ io.Writer = (*slogWriter)(nil)
 
 // WriteState writes a consistent copy of the registry (a bbolt file) to w and
 // returns the index of the last entry it includes.

@@ -66,7 +66,7 @@ type Status struct {
 	Leader      bool   `json:"leader"`
 	LeaderID    string `json:"leader_id"`
 	TrustDomain string `json:"trust_domain"`
-	DeviceAPI   string `json:"device_api"`
+	DeviceAPI   string `json:"device_api"` // for clients: the first host name and the listen port (admin.json's server)
 	RaftAddr    string `json:"raft_addr"`
 	StateHash   string `json:"state_hash"`
 	// CertificatesIssued counts device certificates this node issued since it started.
@@ -75,6 +75,10 @@ type Status struct {
 	// part in its cluster (see cluster.Node.Problems).
 	Healthy  bool     `json:"healthy"`
 	Problems []string `json:"problems,omitempty"`
+	// Version is this node's build; Nodes every member with the build it
+	// reports (asked live, so a member that is down shows an error).
+	Version api.BuildInfo `json:"version"`
+	Nodes   []NodeStatus  `json:"nodes"`
 }
 
 type tokenRequest struct {
@@ -145,10 +149,14 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 	add(ca.RoleAuditor, "GET "+adminStatus, func(w http.ResponseWriter, r *http.Request) {
 		h, err := a.node.StateHash()
 		problems := a.node.Problems()
+		nodes, nerr := a.nodeStatuses(r.Context())
+		if nerr != nil {
+			a.log.Warn("status: cannot list members", "err", nerr)
+		}
 		writeResult(w, http.StatusOK, Status{
 			NodeID: a.cfg.NodeID, Leader: a.node.IsLeader(), LeaderID: a.node.LeaderID(), TrustDomain: a.cfg.TrustDomain,
-			DeviceAPI: "https://" + a.Addr(), RaftAddr: a.node.RaftAddr(), StateHash: h, CertificatesIssued: a.CertificatesIssued(),
-			Healthy: len(problems) == 0, Problems: problems,
+			DeviceAPI: "https://" + a.publicAddr(), RaftAddr: a.node.RaftAddr(), StateHash: h, CertificatesIssued: a.CertificatesIssued(),
+			Healthy: len(problems) == 0, Problems: problems, Version: buildInfo, Nodes: nodes,
 		}, a.adminErr(err))
 	})
 	add(ca.RoleAuditor, "GET "+adminDevices, a.read(func(w http.ResponseWriter, r *http.Request) {

@@ -4,6 +4,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
@@ -19,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -186,11 +188,26 @@ func LoadConfig(dataDir string) (Config, error) {
 		return Config{}, err
 	}
 	cfg := DefaultConfig()
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		return Config{}, fmt.Errorf("%s: %w", configFile, err)
+	path := filepath.Join(dataDir, configFile)
+	// A misspelt key would otherwise be dropped silently, leaving the
+	// default in force: refuse it, naming the key and the file.
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		if key, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			return Config{}, fmt.Errorf("%s: %w %s", path, ErrUnknownConfigKey, key)
+		}
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	if dec.More() {
+		return Config{}, fmt.Errorf("%s: trailing data after the configuration object", path)
 	}
 	return cfg, cfg.validate()
 }
+
+// ErrUnknownConfigKey: config.json has a key this version does not know (a
+// typo, or a setting from a newer version); the node refuses to start.
+var ErrUnknownConfigKey = errors.New("unknown configuration key")
 
 // Option configures Open.
 type Option func(*options)
@@ -289,11 +306,10 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	if a.deviceLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("device API listen %s: %w", cfg.Listen, err)
 	}
-	_, port, _ := net.SplitHostPort(a.deviceLn.Addr().String())
 	kv := &registryKV{}
 	if a.ca, err = ca.Open(filepath.Join(dataDir, caDir), password,
 		ca.WithDatabase(kv),
-		ca.WithCRLDistributionPoint("https://"+net.JoinHostPort(cfg.Hostnames[0], port)+"/crl"),
+		ca.WithCRLDistributionPoint("https://"+a.publicAddr()+"/crl"),
 		ca.WithReservedNames(a.reservedNames),
 	); err != nil {
 		return nil, fmt.Errorf("open CA: %w", err)

@@ -151,6 +151,14 @@ func (a *Appliance) nodeClient() *http.Client {
 	}}}
 }
 
+// publicAddr is the address clients are told to use for this node's API:
+// its first configured host name (the HTTPS certificate names it, unlike a
+// wildcard listen address such as [::]) with the port it listens on.
+func (a *Appliance) publicAddr() string {
+	_, port, _ := net.SplitHostPort(a.Addr())
+	return net.JoinHostPort(a.cfg.Hostnames[0], port)
+}
+
 // apiAddr is the address peers use to reach this node's API.
 func (a *Appliance) apiAddr() string {
 	host, port, _ := net.SplitHostPort(a.Addr())
@@ -170,6 +178,7 @@ func (a *Appliance) clusterRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+pathClusterMembers, a.requireNode(a.handleAddMember))
 	mux.HandleFunc("POST "+pathClusterApply, a.requireNode(a.handleApply))
 	mux.HandleFunc("POST "+pathClusterRead, a.requireNode(a.handleReadIndex))
+	mux.HandleFunc("GET "+pathClusterInfo, a.requireNode(a.handleNodeInfo))
 	mux.HandleFunc("POST "+pathClusterOp, a.requireNode(func(w http.ResponseWriter, r *http.Request) {
 		var op leaderOp
 		if err := json.NewDecoder(limitBody(w, r.Body, 64<<10)).Decode(&op); err != nil {

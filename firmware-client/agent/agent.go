@@ -9,7 +9,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
+	"github.com/gatehouse-dev/gatehouse/internal/cmdutil"
 )
 
 // Run executes the command line and returns the exit code.
@@ -41,7 +41,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(enrollCmd(), whoamiCmd(), renewCmd(), configCmd(), runCmd())
+	root.AddCommand(enrollCmd(), whoamiCmd(), renewCmd(), configCmd(), runCmd(), cmdutil.VersionCmd())
 	return root
 }
 
@@ -274,16 +274,13 @@ func configCmd() *cobra.Command {
 
 func runCmd() *cobra.Command {
 	var c common
-	var level, eventLog string
+	var eventLog string
+	var logFlags cmdutil.LogFlags
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Keep the identity alive: enroll at first boot (waiting out approval), then renew before expiry with jitter",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var lv slog.Level
-			if err := lv.UnmarshalText([]byte(level)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
-			}
 			client, tpm, err := c.open()
 			if err != nil {
 				return err
@@ -296,12 +293,12 @@ func runCmd() *cobra.Command {
 				return err
 			}
 			d := &fwclient.Daemon{Client: client, TPM: tpm, Dir: c.dir, Server: c.server, EventLog: log,
-				Log: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lv}))}
+				Log: logFlags.New(cmd.ErrOrStderr())}
 			return d.Run(ctx)
 		},
 	}
 	c.flags(cmd, "dir")
-	cmd.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	logFlags.Register(cmd.Flags())
 	cmd.Flags().StringVar(&eventLog, "event-log", "", "send this event log file instead of the firmware's")
 	return cmd
 }

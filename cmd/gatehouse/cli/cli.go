@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/internal/cmdutil"
 	"github.com/gatehouse-dev/gatehouse/server"
 )
 
@@ -48,7 +48,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	addRemoteFlags(root)
 	root.PersistentPreRunE = loadRemote
 	root.AddCommand(initCmd(), serveCmd(), statusCmd(), devicesCmd(), attestationsCmd(), clusterCmd(), policyCmd(), eventlogCmd(), ekcertCmd(),
-		adminCmd(), configCmd(), auditCmd(), enrollmentsCmd())
+		adminCmd(), configCmd(), auditCmd(), enrollmentsCmd(), cmdutil.VersionCmd())
 	return root
 }
 
@@ -200,22 +200,23 @@ func readPassword(path string) ([]byte, error) {
 }
 
 func serveCmd() *cobra.Command {
-	var passwordFile, listen, level, join, tokenFile string
+	var passwordFile, listen, join, tokenFile string
+	var logFlags cmdutil.LogFlags
 	joinCfg := server.DefaultConfig()
 	c := &cobra.Command{
 		Use:   "serve",
 		Short: "Run this node until SIGINT or SIGTERM (with --join, first join a cluster)",
+		Long:  "Run this node until SIGINT or SIGTERM (with --join, first join a cluster).\n\n" + cmdutil.EnvHelp,
 		Args:  cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			return cmdutil.FlagsFromEnv(cmd.Flags(), os.Environ())
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			pw, err := readPassword(passwordFile)
 			if err != nil {
 				return err
 			}
-			var lv slog.Level
-			if err := lv.UnmarshalText([]byte(level)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
-			}
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lv}))
+			log := logFlags.New(cmd.ErrOrStderr())
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			if join != "" {
@@ -269,7 +270,8 @@ func serveCmd() *cobra.Command {
 	f := c.Flags()
 	f.StringVar(&passwordFile, "password-file", "", "file holding the CA key password (the same on every node)")
 	f.StringVar(&listen, "listen", "", "device API address (with --join: recorded in the new node's configuration)")
-	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	logFlags.Register(f)
+	f.Lookup("log-level").Usage = "debug, info, warn or error (Raft's messages too)"
 	f.StringVar(&join, "join", "", "API address (host:port) of a member to join through, for a new node")
 	f.StringVar(&tokenFile, "token-file", "", "file holding a join token (gatehouse cluster token create)")
 	f.StringVar(&joinCfg.NodeID, "node-id", "", "with --join: this node's ID")

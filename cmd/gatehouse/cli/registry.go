@@ -42,7 +42,7 @@ func render(cmd *cobra.Command, v any, table func(w io.Writer)) error {
 func statusCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "status",
-		Short: "Show this node's status",
+		Short: "Show this node's status, and every node's version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := adminClient(cmd).Status(cmd.Context())
@@ -56,6 +56,22 @@ func statusCmd() *cobra.Command {
 				}
 				for _, p := range s.Problems {
 					fmt.Fprintf(w, "health:\tUNHEALTHY: %s\n", p)
+				}
+				fmt.Fprintf(w, "version:\t%s\n", s.Version)
+				fmt.Fprintln(w)
+				fmt.Fprintln(w, "NODE\tROLE\tAPI\tVERSION")
+				for _, n := range s.Nodes {
+					role := "follower"
+					if n.Leader {
+						role = "leader"
+					} else if !n.Voter {
+						role = "nonvoter"
+					}
+					version := "unknown: " + n.Error
+					if n.Version != nil {
+						version = n.Version.String()
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", n.ID, role, orDash(n.APIAddr), version)
 				}
 			})
 		},
