@@ -22,6 +22,8 @@ var DefaultRetry = RetryPolicy{Attempts: 8, Backoff: backoff.Policy{Base: 100 * 
 type RetryPolicy struct {
 	Attempts int // retries after the first try; 0: none
 	Backoff  backoff.Policy
+	// Notify, if set, is told of each retry before its wait.
+	Notify func(err error, wait time.Duration)
 }
 
 // retryable reports whether a failed idempotent request may be sent again:
@@ -50,7 +52,11 @@ func (c *AdminClient) retry(ctx context.Context, try func() error) error {
 		if err == nil || n >= pol.Attempts || !retryable(err) || ctx.Err() != nil {
 			return err
 		}
-		t := time.NewTimer(pol.Backoff.Delay(n))
+		wait := pol.Backoff.Delay(n)
+		if pol.Notify != nil {
+			pol.Notify(err, wait)
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
