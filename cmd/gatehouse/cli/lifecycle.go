@@ -364,6 +364,12 @@ interrupted by a leader change is sent again, with backoff.`,
 			ac := adminClient(cmd)
 			total := server.ImportResult{Accepted: []server.ImportedRow{}, Refused: []server.RefusedRow{}}
 			bar := newProgress(cmd, "import")
+			retry := server.DefaultRetry
+			retry.Notify = func(err error, wait time.Duration) {
+				bar.done()
+				fmt.Fprintf(cmd.ErrOrStderr(), "%v; sending the batch again in %s\n", err, wait.Round(time.Millisecond))
+			}
+			ac.Retry = &retry
 			for start := 0; start < len(rows); start += batch {
 				end := min(start+batch, len(rows))
 				res, err := ac.ImportEnrollments(cmd.Context(), actor(), filepath.Base(args[0]), rows[start:end], dryRun)
