@@ -226,7 +226,7 @@ func (n *Node) Members() ([]Member, error) {
 		return nil, err
 	}
 	leader := n.LeaderID()
-	var out []Member
+	out := []Member{}
 	for _, s := range cf.Configuration().Servers {
 		m, _ := n.Member(string(s.ID))
 		m.ID, m.RaftAddr = string(s.ID), string(s.Address)

@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -306,6 +309,21 @@ func TestEmptyListsJSON(t *testing.T) {
 		out, err := run(t, append(args, "-o", "json", "--data-dir", e.Dir)...)
 		if err != nil || strings.TrimSpace(out) != "[]" {
 			t.Errorf("%s -o json on an empty registry: %v %q", strings.Join(args, " "), err, out)
+		}
+	}
+	// The admin API answers [] too, for clients other than this CLI.
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(e.Dir, "admin.sock"))
+	}}}
+	for _, path := range []string{"/admin/v1/devices", "/admin/v1/attestations", "/admin/v1/enrollments", "/admin/v1/policy/history", "/admin/v1/admin-certs"} {
+		resp, err := hc.Get("http://gatehouse" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != "[]" {
+			t.Errorf("GET %s on an empty registry: %d %q", path, resp.StatusCode, body)
 		}
 	}
 }
