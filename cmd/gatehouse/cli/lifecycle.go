@@ -166,15 +166,19 @@ func auditCmd() *cobra.Command {
 				}
 			}
 			w := cmd.OutOrStdout()
+			var bar *progress // only beside a file: on stdout the export is the output
 			if out != "" {
 				f, err := os.OpenFile(out, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 				if err != nil {
 					return err
 				}
 				defer f.Close()
-				w = f
+				bar = newProgress(cmd, "export")
+				w = bar.writer(f, -1)
 			}
-			return adminClient(cmd).ExportAudit(cmd.Context(), t, format, w)
+			err := adminClient(cmd).ExportAudit(cmd.Context(), t, format, w)
+			bar.done()
+			return err
 		},
 	}
 	export.Flags().StringVar(&since, "since", "", "only entries at or after this time (RFC 3339)")
