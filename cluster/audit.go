@@ -49,6 +49,7 @@ const (
 	AuditJoinTokenUsed      = "jointoken.used"
 	AuditCheckpoint         = "audit.checkpoint"
 	AuditEnrollmentImport   = "enrollment.imported"
+	AuditEnrollmentDelete   = "enrollment.deleted"
 	// Types appended by the appliance through AppendAudit.
 	AuditAdminDenied     = "admin.denied"
 	AuditTLSRefused      = "tls.refused" // a client certificate that does not verify

@@ -57,6 +57,7 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"audit.checkpoint", 1}:   decodeAs[checkpointAudit],
 	{"stepca.update", 1}:      decodeAs[stepCAUpdate],
 	{"enrollment.import", 1}:  decodeAs[importEnrollments],
+	{"enrollment.delete", 1}:  decodeAs[deleteEnrollment],
 	{"retention.compact", 1}:  decodeAs[compactRetention],
 }
 

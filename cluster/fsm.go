@@ -304,7 +304,7 @@ func (f *fsm) device(id string) (d Device, err error) {
 }
 
 func (f *fsm) devices() ([]Device, error) {
-	var out []Device
+	out := []Device{} // [] in JSON when empty, never null
 	err := f.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bDevices).ForEach(func(_, v []byte) error {
 			var d Device
@@ -330,7 +330,7 @@ func (f *fsm) attestation(id uint64) (a AttestationRecord, err error) {
 }
 
 func (f *fsm) attestations(q AttestationQuery) ([]AttestationRecord, error) {
-	var out []AttestationRecord
+	out := []AttestationRecord{}
 	full := func() bool { return q.Limit > 0 && len(out) >= q.Limit }
 	err := f.view(func(tx *bolt.Tx) error {
 		recs := tx.Bucket(bAttestations)

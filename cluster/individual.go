@@ -56,6 +56,37 @@ func (n *Node) ImportEnrollments(ctx context.Context, actor string, entries []In
 	return err
 }
 
+type deleteEnrollment struct {
+	Actor          string `json:"actor"`
+	EKPublicSHA256 string `json:"ek_public_sha256"`
+	Reason         string `json:"reason,omitempty"`
+}
+
+// apply removes one individual enrollment. An EK not listed is ErrNotFound,
+// so a typo never reads as a deletion.
+func (c *deleteEnrollment) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
+	b := tx.Bucket(bIndividual)
+	key := []byte(c.EKPublicSHA256)
+	if b.Get(key) == nil {
+		return applyResult{Err: fmt.Errorf("individual enrollment %s: %w", c.EKPublicSHA256, ErrNotFound)}
+	}
+	if err := b.Delete(key); err != nil {
+		return applyResult{Err: err}
+	}
+	if err := appendAudit(tx, at, AuditEnrollmentDelete, c.Actor, "", map[string]string{"ek_public_sha256": c.EKPublicSHA256, "reason": c.Reason}); err != nil {
+		return applyResult{Err: err}
+	}
+	return applyResult{Result: 1}
+}
+
+// DeleteEnrollment removes the individual enrollment of an EK (audited).
+// A device already enrolled through it keeps its record and certificates:
+// only future enrollments of that EK lose the operator's vouching.
+func (n *Node) DeleteEnrollment(ctx context.Context, actor, ekPublicSHA256, reason string) error {
+	_, err := n.apply(ctx, "enrollment.delete", 1, &deleteEnrollment{Actor: actor, EKPublicSHA256: ekPublicSHA256, Reason: reason})
+	return err
+}
+
 // IndividualEnrollment returns the individual enrollment of an EK, or
 // ErrNotFound.
 func (n *Node) IndividualEnrollment(ekPublicSHA256 string) (IndividualEnrollment, error) {
@@ -72,7 +103,7 @@ func (n *Node) IndividualEnrollment(ekPublicSHA256 string) (IndividualEnrollment
 
 // IndividualEnrollments lists every individual enrollment.
 func (n *Node) IndividualEnrollments() ([]IndividualEnrollment, error) {
-	var out []IndividualEnrollment
+	out := []IndividualEnrollment{}
 	err := n.fsm.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bIndividual).ForEach(func(_, v []byte) error {
 			var e IndividualEnrollment

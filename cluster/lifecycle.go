@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -22,6 +23,23 @@ const (
 	DeviceRevoked     = "revoked"     // certificates revoked; final
 	DeviceDeleted     = "deleted"     // a tombstone kept for audit; final
 )
+
+// DeviceStates lists every device state, for validating filters and help.
+func DeviceStates() []string {
+	return []string{DevicePending, DeviceActive, DeviceDisabled, DeviceQuarantined, DeviceRevoked, DeviceDeleted}
+}
+
+// ErrUnknownState: a state filter names no device state.
+var ErrUnknownState = errors.New("unknown device state")
+
+// CheckDeviceState returns ErrUnknownState, naming the known states, unless
+// s is one of them.
+func CheckDeviceState(s string) error {
+	if !slices.Contains(DeviceStates(), s) {
+		return fmt.Errorf("%w %q (want one of %s)", ErrUnknownState, s, strings.Join(DeviceStates(), ", "))
+	}
+	return nil
+}
 
 // ErrIllegalTransition: the operation does not apply to the device's state.
 var ErrIllegalTransition = errors.New("illegal device state transition")

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -191,10 +192,23 @@ func (n *Node) AddVoter(id, raftAddr string) error {
 	return n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, 0).Error()
 }
 
-// RemoveServer removes a node from the cluster (leader only).
+// ErrUnknownMember: no node with that ID is in the Raft configuration. It
+// wraps ErrNotFound, so it maps to 404 wherever that does.
+var ErrUnknownMember = fmt.Errorf("no such cluster member: %w", ErrNotFound)
+
+// RemoveServer removes a node from the cluster (leader only). An ID not in
+// the configuration is ErrUnknownMember: Raft would accept it as a no-op,
+// and a typo would read as a removal.
 func (n *Node) RemoveServer(id string) error {
 	if !n.IsLeader() {
 		return ErrNotLeader
+	}
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(cf.Configuration().Servers, func(s raft.Server) bool { return string(s.ID) == id }) {
+		return fmt.Errorf("node %q: %w", id, ErrUnknownMember)
 	}
 	return n.raft.RemoveServer(raft.ServerID(id), 0, 0).Error()
 }
@@ -212,7 +226,7 @@ func (n *Node) Members() ([]Member, error) {
 		return nil, err
 	}
 	leader := n.LeaderID()
-	var out []Member
+	out := []Member{}
 	for _, s := range cf.Configuration().Servers {
 		m, _ := n.Member(string(s.ID))
 		m.ID, m.RaftAddr = string(s.ID), string(s.Address)

@@ -338,7 +338,9 @@ func (n *Node) applyLocal(ctx context.Context, b []byte) (Applied, error) {
 	}
 	f := n.raft.Apply(b, timeout)
 	if err := f.Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrRaftShutdown) {
+		// A leadership transfer refuses new entries until it ends: like no
+		// leader, a reason to retry (503), not an internal error.
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrRaftShutdown) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
 			return Applied{}, fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
 		return Applied{}, err

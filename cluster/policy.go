@@ -65,7 +65,7 @@ func (n *Node) Policy(version int) (PolicyRecord, error) {
 
 // PolicyHistory returns every policy version, newest first.
 func (n *Node) PolicyHistory() ([]PolicyRecord, error) {
-	var out []PolicyRecord
+	out := []PolicyRecord{}
 	err := n.fsm.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bPolicies).Cursor()
 		for k, v := c.Last(); k != nil; k, v = c.Prev() {

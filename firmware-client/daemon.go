@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/internal/backoff"
 )
 
 // Daemon keeps a device's identity alive: it enrolls at first boot
@@ -30,6 +31,24 @@ type Daemon struct {
 	Schedule func(cert *x509.Certificate, now time.Time) time.Duration
 	// Renewed, if set, is called after each new identity is saved.
 	Renewed func(*Identity)
+	// Backoff spaces retries after a failure; the zero value means full
+	// jitter from 30s up to an hour (DefaultBackoff).
+	Backoff backoff.Policy
+}
+
+// DefaultBackoff is the agent's retry backoff: the n-th consecutive
+// failure waits a uniformly random time in [0, min(1h, 30s·2ⁿ)) ("full
+// jitter"), so a fleet that failed together in an outage does not come back
+// in lockstep and knock the recovering appliance over again.
+var DefaultBackoff = backoff.Policy{Base: 30 * time.Second, Cap: time.Hour}
+
+// retryDelay is the wait after the n-th consecutive failure (n from 0).
+func (d *Daemon) retryDelay(n int) time.Duration {
+	p := d.Backoff
+	if p.Base <= 0 || p.Cap <= 0 {
+		p.Base, p.Cap = DefaultBackoff.Base, DefaultBackoff.Cap
+	}
+	return p.Delay(n)
 }
 
 // RenewalDelay is the default schedule: renew at two thirds of the
@@ -41,11 +60,6 @@ func RenewalDelay(cert *x509.Certificate, now time.Time) time.Duration {
 	return max(cert.NotBefore.Add(life*2/3+jitter).Sub(now), 0)
 }
 
-const (
-	minBackoff = 30 * time.Second
-	maxBackoff = time.Hour
-)
-
 // Run loops until ctx ends; it returns nil then.
 func (d *Daemon) Run(ctx context.Context) error {
 	log := d.Log
@@ -56,7 +70,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if schedule == nil {
 		schedule = RenewalDelay
 	}
-	backoff := minBackoff
+	failures := 0
 	for {
 		id, err := LoadIdentity(d.Dir)
 		switch {
@@ -89,14 +103,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 				log.Error("the certificate is revoked; stopping", "err", err)
 				return err
 			}
-			log.Warn("identity upkeep failed; retrying", "err", err, "in", backoff)
-			if !sleep(ctx, backoff) {
+			wait := d.retryDelay(failures)
+			failures++
+			log.Warn("identity upkeep failed; retrying", "err", err, "in", wait.Round(time.Millisecond))
+			if !sleep(ctx, wait) {
 				return nil
 			}
-			backoff = min(backoff*2, maxBackoff)
 			continue
 		}
-		backoff = minBackoff
+		failures = 0
 		log.Info("identity saved", "device_id", id.DeviceID, "serial", id.Certificate.SerialNumber.Text(16), "expires", id.Certificate.NotAfter)
 		if d.Renewed != nil {
 			d.Renewed(id)

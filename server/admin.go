@@ -160,8 +160,15 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 		}, a.adminErr(err))
 	})
 	add(ca.RoleAuditor, "GET "+adminDevices, a.read(func(w http.ResponseWriter, r *http.Request) {
+		state := r.URL.Query().Get("state")
+		if state != "" {
+			if err := cluster.CheckDeviceState(state); err != nil {
+				writeProblem(w, malformed(err.Error()))
+				return
+			}
+		}
 		devs, err := a.node.Devices()
-		if state := r.URL.Query().Get("state"); state != "" && err == nil {
+		if state != "" && err == nil {
 			devs = slices.DeleteFunc(devs, func(d cluster.Device) bool { return d.Status != state })
 		}
 		writeResult(w, http.StatusOK, devs, a.adminErr(err))
@@ -408,6 +415,9 @@ type AdminClient struct {
 	// StaleReads serves reads from the node's local state without asking
 	// the leader: faster, and available without a quorum, but possibly behind.
 	StaleReads bool
+	// Retry bounds the retries of idempotent requests (enrollment import
+	// batches); nil means DefaultRetry.
+	Retry *RetryPolicy
 }
 
 // NewAdminClient returns a client for the node whose data directory is dataDir.

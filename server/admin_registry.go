@@ -156,6 +156,10 @@ func (a *Appliance) registerRegistryAdmin(add func(role, pattern string, h http.
 		w.Header().Set("Content-Type", "application/pem-certificate-chain")
 		w.Write(pemChain(chain))
 	})
+	add(ca.RoleAuditor, "GET "+adminAdminCerts, a.read(func(w http.ResponseWriter, r *http.Request) {
+		certs, err := a.ca.AdminCertificates()
+		writeResult(w, http.StatusOK, certs, a.errProblem(err))
+	}))
 	add(ca.RoleOperator, "POST "+adminAdminCerts+"/{serial}/revoke", func(w http.ResponseWriter, r *http.Request) {
 		var req DeviceOp
 		if err := decodeBody(r, 64<<10, &req); err != nil {
@@ -500,6 +504,13 @@ func (c *AdminClient) AuditKey(ctx context.Context) ([]byte, error) {
 func (c *AdminClient) IssueAdminCert(ctx context.Context, role, name string, csr []byte, validity time.Duration) (AdminCertResponse, error) {
 	var out AdminCertResponse
 	return out, c.do(ctx, http.MethodPost, adminAdminCerts, AdminCertRequest{Role: role, Name: name, CSR: csr, Validity: Duration{validity}}, &out)
+}
+
+// AdminCertificates lists the admin certificates the cluster issued, with
+// whether each is revoked.
+func (c *AdminClient) AdminCertificates(ctx context.Context) ([]ca.AdminCertificate, error) {
+	var out []ca.AdminCertificate
+	return out, c.get(ctx, adminAdminCerts, &out)
 }
 
 // RevokeAdminCert revokes an admin certificate by its hex serial.

@@ -352,6 +352,8 @@ var clusterErrors = []struct {
 	{cluster.ErrInvalidLabel, http.StatusBadRequest, api.CodeMalformed},
 	{cluster.ErrInvalidConfig, http.StatusBadRequest, api.CodeMalformed},
 	{cluster.ErrAuditCheckpoint, http.StatusConflict, api.CodeMalformed},
+	{cluster.ErrUnknownMember, http.StatusNotFound, api.CodeNotFound},
+	{cluster.ErrUnknownState, http.StatusBadRequest, api.CodeMalformed},
 }
 
 func (a *Appliance) clusterProblem(err error) *api.Problem {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 
@@ -40,6 +41,9 @@ type ImportRequest struct {
 	Actor  string      `json:"actor,omitempty"`
 	Source string      `json:"source"`
 	Rows   []ImportRow `json:"rows"`
+	// DryRun validates every row and reports what would be accepted and
+	// refused, writing nothing.
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 // ImportResult says, row by row, what was imported and what was refused.
@@ -108,14 +112,27 @@ func ParseImportFile(r io.Reader) ([]ImportRow, error) {
 		return ""
 	}
 	var rows []ImportRow
+	lineBase := 0 // lines before the reader's input, after a resync
 	for {
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
 			return rows, nil
 		}
-		row := ImportRow{Row: csvLine(cr, err)}
+		row := ImportRow{Row: csvLine(cr, err) + lineBase}
 		if err != nil {
 			row.ParseError = err.Error()
+			var pe *csv.ParseError
+			if errors.As(err, &pe) {
+				row.ParseError = fmt.Sprintf("line %d: %v", pe.StartLine+lineBase, pe.Err)
+				if pe.Line > pe.StartLine {
+					// A quote left open ran on into later lines: refuse only
+					// the row it opened in, and read on from the next line,
+					// so the rows it swallowed are judged on their own.
+					lineBase += pe.StartLine
+					cr = csv.NewReader(bytes.NewReader(afterLine(b, lineBase)))
+					cr.FieldsPerRecord = -1
+				}
+			}
 			rows = append(rows, row)
 			continue
 		}
@@ -123,7 +140,11 @@ func ParseImportFile(r io.Reader) ([]ImportRow, error) {
 		if l := field(rec, "labels"); l != "" {
 			row.Labels = map[string]string{}
 			for _, kv := range strings.Split(l, ";") {
-				k, v, _ := strings.Cut(kv, "=")
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					row.ParseError = fmt.Sprintf("label %q is not KEY=VALUE", strings.TrimSpace(kv))
+					break
+				}
 				row.Labels[strings.TrimSpace(k)] = strings.TrimSpace(v)
 			}
 		}
@@ -131,8 +152,23 @@ func ParseImportFile(r io.Reader) ([]ImportRow, error) {
 	}
 }
 
+// afterLine is b from the start of line n+1 (lines numbered from 1).
+func afterLine(b []byte, n int) []byte {
+	for ; n > 0; n-- {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return nil
+		}
+		b = b[i+1:]
+	}
+	return b
+}
+
 // ImportEnrollments validates rows against the policy in force and commits
-// the valid ones as one batch.
+// the valid ones as one batch (none with req.DryRun). A batch is idempotent:
+// entries are keyed by EK public hash, so re-sending a batch that was
+// committed (its answer lost to a leader change) neither fails nor
+// duplicates.
 func (a *Appliance) ImportEnrollments(ctx context.Context, req ImportRequest) (ImportResult, error) {
 	res := ImportResult{Accepted: []ImportedRow{}, Refused: []RefusedRow{}}
 	if len(req.Rows) > MaxImportBatch {
@@ -163,7 +199,7 @@ func (a *Appliance) ImportEnrollments(ctx context.Context, req ImportRequest) (I
 		entries = append(entries, e)
 		res.Accepted = append(res.Accepted, ImportedRow{Row: row.Row, EKPublicSHA256: e.EKPublicSHA256, Group: e.Group})
 	}
-	if len(entries) > 0 {
+	if len(entries) > 0 && !req.DryRun {
 		if err := a.node.ImportEnrollments(ctx, req.Actor, entries); err != nil {
 			return ImportResult{}, a.clusterProblem(err)
 		}
@@ -232,12 +268,38 @@ func (a *Appliance) registerImportAdmin(add func(role, pattern string, h http.Ha
 		list, err := a.node.IndividualEnrollments()
 		writeResult(w, http.StatusOK, list, a.adminErr(err))
 	}))
+	add(ca.RoleOperator, "DELETE "+adminEnrollments+"/{ek}", func(w http.ResponseWriter, r *http.Request) {
+		var req DeviceOp
+		if r.ContentLength != 0 {
+			if err := decodeBody(r, 64<<10, &req); err != nil {
+				writeProblem(w, err)
+				return
+			}
+		}
+		ek := strings.ToLower(r.PathValue("ek"))
+		if !hexSHA256.MatchString(ek) {
+			writeProblem(w, malformed("want the EK public SHA-256 as 64 hex digits"))
+			return
+		}
+		err := a.node.DeleteEnrollment(r.Context(), actor(r, req.Actor), ek, req.Reason)
+		writeResult(w, http.StatusOK, struct{}{}, a.errProblem(err))
+	})
 }
 
-// ImportEnrollments sends one batch of rows.
-func (c *AdminClient) ImportEnrollments(ctx context.Context, actor, source string, rows []ImportRow) (ImportResult, error) {
+// DeleteEnrollment removes the individual enrollment of an EK (its public
+// SHA-256); an EK not listed is a not_found problem.
+func (c *AdminClient) DeleteEnrollment(ctx context.Context, ekPublicSHA256, actor, reason string) error {
+	return c.do(ctx, http.MethodDelete, adminEnrollments+"/"+url.PathEscape(ekPublicSHA256), DeviceOp{Actor: actor, Reason: reason}, &struct{}{})
+}
+
+// ImportEnrollments sends one batch of rows (with dryRun, only to be
+// judged). The batch is idempotent, so it is retried on 503 and on a lost
+// connection (RetryIdempotent).
+func (c *AdminClient) ImportEnrollments(ctx context.Context, actor, source string, rows []ImportRow, dryRun bool) (ImportResult, error) {
 	var out ImportResult
-	return out, c.do(ctx, http.MethodPost, adminImport, ImportRequest{Actor: actor, Source: source, Rows: rows}, &out)
+	return out, c.retry(ctx, func() error {
+		return c.do(ctx, http.MethodPost, adminImport, ImportRequest{Actor: actor, Source: source, Rows: rows, DryRun: dryRun}, &out)
+	})
 }
 
 // IndividualEnrollments lists imported enrollments.

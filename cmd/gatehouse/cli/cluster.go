@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/gatehouse-dev/gatehouse/server"
 )
 
 func clusterCmd() *cobra.Command {
@@ -88,7 +90,9 @@ func clusterCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			err = adminClient(cmd).Backup(cmd.Context(), f)
+			bar := newProgress(cmd, "backup")
+			err = adminClient(cmd).Backup(cmd.Context(), bar.writer(f, -1))
+			bar.done()
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
@@ -113,7 +117,13 @@ func clusterCmd() *cobra.Command {
 				return err
 			}
 			defer f.Close()
-			meta, err := adminClient(cmd).Restore(cmd.Context(), f)
+			size := int64(-1)
+			if fi, err := f.Stat(); err == nil {
+				size = fi.Size()
+			}
+			bar := newProgress(cmd, "restore")
+			meta, err := adminClient(cmd).Restore(cmd.Context(), bar.reader(f, size))
+			bar.done()
 			if err != nil {
 				return err
 			}
@@ -121,6 +131,44 @@ func clusterCmd() *cobra.Command {
 			return nil
 		},
 	}
+	inspect := &cobra.Command{
+		Use:   "inspect FILE",
+		Short: "Show what a backup holds (cluster, node, time, index, files) and whether its signature and checksums verify; offline, restores nothing",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			in, err := server.InspectBackup(f)
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			if err := render(cmd, in, func(w io.Writer) {
+				m := in.Meta
+				fmt.Fprintf(w, "format:\t%s\ntrust domain:\t%s\nroot sha256:\t%s\nnode:\t%s\ncreated:\t%s\nraft index:\t%d\nstate sha256:\t%s\n",
+					m.Format, m.TrustDomain, m.RootSHA256, m.NodeID, m.Created.Format(time.RFC3339), m.RaftIndex, m.StateSHA256)
+				for _, file := range in.Files {
+					fmt.Fprintf(w, "file:\t%s\t%s\n", file.Name, amount(file.Size, "bytes"))
+				}
+				if in.Valid {
+					fmt.Fprintln(w, "signature:\tvalid (signed under the backup's own root; restore also checks it is this cluster's)")
+				} else {
+					fmt.Fprintf(w, "signature:\tINVALID: %s\n", in.Error)
+				}
+			}); err != nil {
+				return err
+			}
+			if !in.Valid {
+				return fmt.Errorf("%s: %s", args[0], in.Error)
+			}
+			return nil
+		},
+	}
+	addOutputFlag(inspect)
+	backup.AddCommand(inspect)
+	remove.Long = "Remove a node from the cluster. A node ID that is not a member is an error (see cluster members)."
 	c.AddCommand(token, members, remove, transfer, backup, restore, statusCmd())
 	return c
 }

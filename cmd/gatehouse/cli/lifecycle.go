@@ -166,15 +166,19 @@ func auditCmd() *cobra.Command {
 				}
 			}
 			w := cmd.OutOrStdout()
+			var bar *progress // only beside a file: on stdout the export is the output
 			if out != "" {
 				f, err := os.OpenFile(out, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 				if err != nil {
 					return err
 				}
 				defer f.Close()
-				w = f
+				bar = newProgress(cmd, "export")
+				w = bar.writer(f, -1)
 			}
-			return adminClient(cmd).ExportAudit(cmd.Context(), t, format, w)
+			err := adminClient(cmd).ExportAudit(cmd.Context(), t, format, w)
+			bar.done()
+			return err
 		},
 	}
 	export.Flags().StringVar(&since, "since", "", "only entries at or after this time (RFC 3339)")
@@ -236,8 +240,8 @@ one whose entry differs from it head_mismatch.`,
 		},
 	}
 	verify.Flags().StringVar(&rootFile, "root", "", "the appliance root certificate you trust (PEM); required")
-	verify.Flags().StringVar(&keyCert, "key-cert", "", "audit key certificate chain (PEM), for CSV exports (`gatehouse audit key`)")
-	verify.Flags().StringVar(&expectHead, "expect-head", "", "signed heads you kept (`audit head -o json`, or a checkpoint sink file; - for stdin): the export must reach each")
+	verify.Flags().StringVar(&keyCert, "key-cert", "", "audit key certificate chain `FILE` (PEM), for CSV exports (from \"gatehouse audit key\")")
+	verify.Flags().StringVar(&expectHead, "expect-head", "", "`FILE` of signed heads you kept (\"audit head -o json\", or a checkpoint sink file; - for stdin): the export must reach each")
 	_ = verify.MarkFlagRequired("root")
 	addOutputFlag(verify)
 
@@ -335,6 +339,7 @@ func verifyAuditFile(path, rootFile, keyCertFile string, opts ...cluster.VerifyO
 func enrollmentsCmd() *cobra.Command {
 	c := &cobra.Command{Use: "enrollments", Short: "Individual enrollments: EKs an operator vouches for one by one"}
 	var batch int
+	var dryRun bool
 	imp := &cobra.Command{
 		Use:   "import FILE",
 		Short: "Import EK certificates or EK public hashes (CSV or JSON) as individual enrollments",
@@ -342,9 +347,15 @@ func enrollmentsCmd() *cobra.Command {
 (PEM or base64 DER) and/or ek_public_sha256, group, and optionally labels
 ("site=lyon;rack=4"). JSON is an array of {"ek_certificate"|"ek_public_sha256",
 "group", "labels"}. Every row is checked; the summary lists refused rows
-and why.`,
+and why, and the command fails when any row was refused (the others are
+imported). With --dry-run nothing is written: the summary says what would
+be imported and refused. Batches are idempotent (keyed by EK), so a batch
+interrupted by a leader change is sent again, with backoff.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if batch <= 0 || batch > server.MaxImportBatch {
+				return fmt.Errorf("--batch must be 1..%d", server.MaxImportBatch)
+			}
 			f, err := os.Open(args[0])
 			if err != nil {
 				return err
@@ -355,28 +366,49 @@ and why.`,
 				return err
 			}
 			ac := adminClient(cmd)
-			total := server.ImportResult{}
-			progress := cmd.ErrOrStderr()
+			total := server.ImportResult{Accepted: []server.ImportedRow{}, Refused: []server.RefusedRow{}}
+			bar := newProgress(cmd, "import")
+			retry := server.DefaultRetry
+			retry.Notify = func(err error, wait time.Duration) {
+				bar.done()
+				fmt.Fprintf(cmd.ErrOrStderr(), "%v; sending the batch again in %s\n", err, wait.Round(time.Millisecond))
+			}
+			ac.Retry = &retry
 			for start := 0; start < len(rows); start += batch {
 				end := min(start+batch, len(rows))
-				res, err := ac.ImportEnrollments(cmd.Context(), actor(), filepath.Base(args[0]), rows[start:end])
+				res, err := ac.ImportEnrollments(cmd.Context(), actor(), filepath.Base(args[0]), rows[start:end], dryRun)
 				if err != nil {
+					bar.done()
 					return fmt.Errorf("rows %d-%d: %w (rows before them were imported)", rows[start].Row, rows[end-1].Row, err)
 				}
 				total.Accepted = append(total.Accepted, res.Accepted...)
 				total.Refused = append(total.Refused, res.Refused...)
-				progressBar(progress, end, len(rows))
+				bar.update(int64(end), int64(len(rows)), "rows")
 			}
-			fmt.Fprintln(progress)
-			return render(cmd, total, func(w io.Writer) {
-				fmt.Fprintf(w, "rows:\t%d\naccepted:\t%d\nrefused:\t%d\n", len(rows), len(total.Accepted), len(total.Refused))
+			bar.done()
+			verb := "accepted"
+			if dryRun {
+				verb = "would accept"
+			}
+			if err := render(cmd, total, func(w io.Writer) {
+				if dryRun {
+					fmt.Fprintln(w, "dry run:\tnothing written")
+				}
+				fmt.Fprintf(w, "rows:\t%d\n%s:\t%d\nrefused:\t%d\n", len(rows), verb, len(total.Accepted), len(total.Refused))
 				for _, r := range total.Refused {
 					fmt.Fprintf(w, "  row %d:\t%s\n", r.Row, r.Reason)
 				}
-			})
+			}); err != nil {
+				return err
+			}
+			if n := len(total.Refused); n > 0 {
+				return fmt.Errorf("%d of %d rows refused (listed above)", n, len(rows))
+			}
+			return nil
 		},
 	}
 	imp.Flags().IntVar(&batch, "batch", 200, "rows per request (one Raft entry each)")
+	imp.Flags().BoolVar(&dryRun, "dry-run", false, "check every row and report what would be imported or refused; write nothing")
 	addOutputFlag(imp)
 	list := &cobra.Command{
 		Use:   "list",
@@ -396,12 +428,23 @@ and why.`,
 		},
 	}
 	addOutputFlag(list)
-	c.AddCommand(imp, list)
+	var reason string
+	del := &cobra.Command{
+		Use:   "delete EK-PUBLIC-SHA256 --reason TEXT",
+		Short: "Remove an individual enrollment (the EK loses the operator's vouching for future enrollments; audited)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if reason == "" {
+				return errors.New("--reason is required: every deletion is recorded with why")
+			}
+			if err := adminClient(cmd).DeleteEnrollment(cmd.Context(), strings.ToLower(args[0]), actor(), reason); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "individual enrollment %s deleted\n", strings.ToLower(args[0]))
+			return nil
+		},
+	}
+	del.Flags().StringVar(&reason, "reason", "", "why (required)")
+	c.AddCommand(imp, list, del)
 	return c
-}
-
-func progressBar(w io.Writer, done, total int) {
-	const width = 30
-	n := width * done / max(total, 1)
-	fmt.Fprintf(w, "\r[%s%s] %d/%d", strings.Repeat("=", n), strings.Repeat(" ", width-n), done, total)
 }

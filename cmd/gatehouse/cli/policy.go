@@ -45,7 +45,7 @@ func policyCmd() *cobra.Command {
 	var version int
 	show := &cobra.Command{
 		Use:   "show",
-		Short: "Print the policy in force, or one version",
+		Short: "Print the policy in force, or one version (-o json: exactly the document policy apply takes)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rec, err := adminClient(cmd).Policy(cmd.Context(), version)
@@ -57,6 +57,17 @@ func policyCmd() *cobra.Command {
 				return nil
 			}
 			if err != nil {
+				return err
+			}
+			if f, _ := cmd.Flags().GetString("output"); f == "json" {
+				// The document as applied, which `policy apply` takes back
+				// unchanged (same content, same sha256); the record's
+				// version, time and actor are in `policy history -o json`.
+				var pretty bytes.Buffer
+				if err := json.Indent(&pretty, rec.Document, "", "  "); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintln(cmd.OutOrStdout(), pretty.String())
 				return err
 			}
 			return render(cmd, rec, func(w io.Writer) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +29,10 @@ func render(cmd *cobra.Command, v any, table func(w io.Writer)) error {
 	w := cmd.OutOrStdout()
 	switch format {
 	case "json":
+		// A list with nothing in it is [], never null: scripts iterate it.
+		if rv := reflect.ValueOf(v); rv.Kind() == reflect.Slice && rv.IsNil() {
+			v = reflect.MakeSlice(rv.Type(), 0, 0).Interface()
+		}
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
@@ -88,6 +93,11 @@ func devicesCmd() *cobra.Command {
 		Short: "List devices",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if state != "" {
+				if err := cluster.CheckDeviceState(state); err != nil {
+					return fmt.Errorf("--state: %w", err)
+				}
+			}
 			devs, err := adminClient(cmd).Devices(cmd.Context(), state)
 			if err != nil {
 				return err
@@ -112,7 +122,7 @@ func devicesCmd() *cobra.Command {
 			return render(cmd, d, func(w io.Writer) { printDevice(w, d) })
 		},
 	}
-	list.Flags().StringVar(&state, "state", "", "only devices in this state (pending, active, disabled, quarantined, revoked, deleted)")
+	list.Flags().StringVar(&state, "state", "", "only devices in this state ("+strings.Join(cluster.DeviceStates(), ", ")+")")
 	addOutputFlag(list)
 	addOutputFlag(show)
 	c.AddCommand(list, show, labelCmd())
@@ -337,7 +347,7 @@ func verifyAttestationCmd() *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVar(&bundle, "bundle", "", "a bundle saved by `attestations evidence` (offline)")
+	c.Flags().StringVar(&bundle, "bundle", "", "bundle `FILE` saved by \"attestations evidence\" (offline)")
 	c.Flags().StringSliceVar(&ekRoots, "ek-roots", nil, "manufacturer CA files to trust besides the shipped bundle")
 	c.Flags().StringArrayVar(&allowNoEvidence, "ek-allow-no-tpm-evidence", nil, "subject of a manufacturer CA whose EK certificates may carry no TPM evidence (as at init); repeatable")
 	addOutputFlag(c)

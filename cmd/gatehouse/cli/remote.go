@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,7 +37,7 @@ const envAdminConfig = "GATEHOUSE_ADMIN_CONFIG"
 
 func addRemoteFlags(root *cobra.Command) {
 	f := root.PersistentFlags()
-	f.String("admin-config", "", "admin credentials file written by `admin issue-cert` (or $"+envAdminConfig+"); without it, the local node's admin socket is used")
+	f.String("admin-config", "", "admin credentials `FILE` written by \"gatehouse admin issue-cert\" (or $"+envAdminConfig+"); without it, the local node's admin socket is used")
 	f.String("server", "", "admin API URL, https://host:port (with --admin-cert, --admin-key, --server-root)")
 	f.String("admin-cert", "", "admin client certificate (PEM)")
 	f.String("admin-key", "", "admin client key (PEM)")
@@ -189,6 +190,24 @@ func adminCmd() *cobra.Command {
 		},
 	}
 	revoke.Flags().StringVar(&reason, "reason", "", "why (required)")
-	c.AddCommand(issue, revoke)
+	list := &cobra.Command{
+		Use:   "list-certs",
+		Short: "List the admin certificates issued: serial, name, role, expiry, and whether revoked",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			certs, err := adminClient(cmd).AdminCertificates(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return render(cmd, certs, func(w io.Writer) {
+				fmt.Fprintln(w, "SERIAL\tNAME\tROLE\tNOT AFTER\tREVOKED")
+				for _, c := range certs {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%v\n", c.Serial, orDash(c.Name), orDash(c.Role), c.NotAfter.Format(time.RFC3339), c.Revoked)
+				}
+			})
+		},
+	}
+	addOutputFlag(list)
+	c.AddCommand(issue, revoke, list)
 	return c
 }
