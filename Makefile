@@ -8,7 +8,7 @@ PKGS    := ./...
 # Debian packages the TPM tests and the demo need.
 APT_PKGS := swtpm swtpm-tools openssl
 
-.PHONY: all build test bench demo deps vet clean chaos cluster cluster-stop fuzz roots adversary
+.PHONY: all build test bench demo deps vet clean chaos cluster cluster-stop cluster-clean fuzz roots adversary
 
 all: build
 
@@ -86,25 +86,17 @@ demo: deps build
 	bash ./demo.sh
 
 # cluster: three local nodes in the background (build/cluster/), and a test
-# TPM manufacturer whose devices they accept. cluster-stop stops them.
+# TPM manufacturer whose devices they accept; "already running" when they
+# are, restarted from their data when stopped. cluster-stop stops them and
+# keeps the data; cluster-clean stops them and deletes build/cluster.
 cluster: deps build
-	@bin/mkdevices -dir build/cluster/tpms -n 1 >/dev/null
-	@cat build/cluster/tpms/manufacturer/root.pem build/cluster/tpms/manufacturer/issuercert.pem > build/cluster/ek-roots.pem
-	@./cluster.sh start build/cluster build/cluster/ek-roots.pem
-	@bin/gatehouse cluster members --data-dir build/cluster/node-1
-	@echo
-	@echo "Three nodes are running (logs: build/cluster/node-N.log; data: build/cluster/node-N)."
-	@echo "  bin/gatehouse cluster status  --data-dir build/cluster/node-2"
-	@echo "  bin/gatehouse devices list    --data-dir build/cluster/node-3"
-	@echo "  bin/gatehouse cluster backup build/cluster/backup.tar --data-dir build/cluster/node-1"
-	@echo "Enroll a swtpm device (it runs until you stop it):"
-	@echo "  bin/mkdevices -dir build/cluster/more -n 1 -run &   # prints swtpm://127.0.0.1:PORT"
-	@echo "  bin/gatehouse-agent enroll --server https://$$(cat build/cluster/api-1) --server-root build/cluster/root.crt --tpm swtpm://127.0.0.1:PORT --out build/cluster/dev-1"
-	@echo "Metrics: curl --cacert build/cluster/root.crt https://$$(cat build/cluster/api-1)/metrics"
-	@echo "Stop: make cluster-stop"
+	@./cluster.sh up build/cluster
 
 cluster-stop:
-	@./cluster.sh stop build/cluster && rm -rf build/cluster && echo "stopped"
+	@./cluster.sh stop build/cluster && echo "stopped (data kept in build/cluster: make cluster restarts it, make cluster-clean deletes it)"
+
+cluster-clean:
+	@./cluster.sh stop build/cluster && rm -rf build/cluster && echo "stopped; deleted build/cluster"
 
 # chaos: three node processes, a random one SIGKILLed every 5-10 s for
 # CHAOS_DURATION (default 3m); the last line is the invariants line.
