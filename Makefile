@@ -8,7 +8,7 @@ PKGS    := ./...
 # Debian packages the TPM tests and the demo need.
 APT_PKGS := swtpm swtpm-tools openssl
 
-.PHONY: all build test bench demo deps vet clean chaos cluster cluster-stop cluster-clean fuzz roots adversary
+.PHONY: all build test bench demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary
 
 all: build
 
@@ -36,11 +36,13 @@ deps:
 
 vet:
 	$(GO) vet $(PKGS)
+	cd packaging && $(GO) vet ./...
 
 # test runs every package but the adversarial suite, then the suite (its
 # summary line, and the output of anything that failed).
 test: deps vet
 	@rc=0; $(GO) test -count=1 -timeout 9m $$($(GO) list $(PKGS) | grep -v '/server/adversary$$') || rc=$$?; \
+	  (cd packaging && $(GO) test -count=1 ./...) || rc=$$?; \
 	  $(MAKE) --no-print-directory adversary ADVERSARY_SHOW=failures || rc=$$?; exit $$rc
 
 # adversary plays the over-the-wire adversarial suite (server/adversary)
@@ -97,6 +99,17 @@ cluster-stop:
 
 cluster-clean:
 	@./cluster.sh stop build/cluster && rm -rf build/cluster && echo "stopped; deleted build/cluster"
+
+# package: .deb packages of the appliance (gatehouse, with its hardened
+# unit and service user) and the agent (gatehouse-agent, with its units) in
+# build/packages/, from stripped builds, by the packager in packaging/ (its
+# own module: nfpm never enters the appliance's dependencies or binary).
+# The version comes from the binary's build info, else git describe.
+PKG_BIN := build/package-bin
+package:
+	$(GO) build -trimpath -ldflags='-s -w' -o $(PKG_BIN)/gatehouse ./cmd/gatehouse
+	$(GO) build -trimpath -ldflags='-s -w' -o $(PKG_BIN)/gatehouse-agent ./cmd/gatehouse-agent
+	cd packaging && $(GO) run . -src .. -bin ../$(PKG_BIN) -out ../build/packages
 
 # chaos: three node processes, a random one SIGKILLed every 5-10 s for
 # CHAOS_DURATION (default 3m); the last line is the invariants line.
