@@ -107,13 +107,13 @@ cluster-clean:
 
 # package: .deb packages of the appliance (gatehouse, with its hardened
 # unit and service user) and the agent (gatehouse-agent, with its units) in
-# build/packages/, from stripped builds, by the packager in packaging/ (its
+# build/packages/, from static stripped builds, by the packager in packaging/ (its
 # own module: nfpm never enters the appliance's dependencies or binary).
 # The version comes from the binary's build info, else git describe.
 PKG_BIN := build/package-bin
 package:
-	$(GO) build -trimpath -ldflags='-s -w' -o $(PKG_BIN)/gatehouse ./cmd/gatehouse
-	$(GO) build -trimpath -ldflags='-s -w' -o $(PKG_BIN)/gatehouse-agent ./cmd/gatehouse-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(PKG_BIN)/gatehouse ./cmd/gatehouse
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(PKG_BIN)/gatehouse-agent ./cmd/gatehouse-agent
 	cd packaging && $(GO) run . -src .. -bin ../$(PKG_BIN) -out ../build/packages
 
 # chaos: three node processes, a random one SIGKILLed every 5-10 s for

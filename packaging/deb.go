@@ -2,6 +2,7 @@ package main
 
 import (
 	"debug/buildinfo"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
@@ -100,6 +101,25 @@ func Build(info *nfpm.Info, dir string) (string, error) {
 		return "", err
 	}
 	return path, os.Rename(f.Name(), path)
+}
+
+// ErrDynamic: a binary that needs a dynamic loader and shared libraries,
+// which would need Depends the packager does not compute.
+var ErrDynamic = errors.New("dynamically linked (build with CGO_ENABLED=0)")
+
+// Static checks that binary is a statically linked ELF executable.
+func Static(binary string) error {
+	f, err := elf.Open(binary)
+	if err != nil {
+		return fmt.Errorf("%s: %w", binary, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
+			return fmt.Errorf("%s: %w", binary, ErrDynamic)
+		}
+	}
+	return nil
 }
 
 // Arch is the Debian architecture of a Go binary (its GOARCH: Debian and Go

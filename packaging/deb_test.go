@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/blakesmith/ar"
@@ -103,22 +104,60 @@ func controlFields(t *testing.T, b []byte) map[string]string {
 	return m
 }
 
-// fakeBin puts this test binary (a Go binary with build info, unlike a
-// shell script) in dir under name.
+// fakeBin puts a small static Go binary (with build info, as the real
+// ones have) in dir under name, and returns its bytes.
 func fakeBin(t *testing.T, dir, name string) []byte {
 	t.Helper()
-	self, err := os.Executable()
+	fakeOnce.Do(func() {
+		src, err := os.MkdirTemp("", "fakebin")
+		if err != nil {
+			fakeErr = err
+			return
+		}
+		defer os.RemoveAll(src)
+		os.WriteFile(filepath.Join(src, "go.mod"), []byte("module fake\n\ngo 1.26\n"), 0o644)
+		os.WriteFile(filepath.Join(src, "main.go"), []byte("package main\n\nfunc main() {}\n"), 0o644)
+		cmd := exec.Command("go", "build", "-o", "fake")
+		cmd.Dir, cmd.Env = src, append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fakeErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		fake, fakeErr = os.ReadFile(filepath.Join(src, "fake"))
+	})
+	if fakeErr != nil {
+		t.Fatal(fakeErr)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), fake, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return fake
+}
+
+var (
+	fakeOnce sync.Once
+	fake     []byte
+	fakeErr  error
+)
+
+// A dynamically linked binary is refused: its package would lack the
+// Depends on the libraries it loads.
+func TestDynamicBinaryRefused(t *testing.T) {
+	bin := t.TempDir()
+	fakeBin(t, bin, "gatehouse")
+	sh, err := os.ReadFile("/bin/sh") // dynamically linked on every distribution that has dpkg
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(self)
-	if err != nil {
+	if err := os.WriteFile(filepath.Join(bin, "gatehouse-agent"), sh, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, name), b, 0o755); err != nil {
-		t.Fatal(err)
+	if err := run("..", bin, t.TempDir(), "1.2.3"); !errors.Is(err, ErrDynamic) {
+		t.Fatalf("run with a dynamic binary: %v", err)
 	}
-	return b
+	if err := Static(filepath.Join(bin, "gatehouse")); err != nil {
+		t.Fatalf("the static fake: %v", err)
+	}
 }
 
 func mustRead(t *testing.T, path string) []byte {

@@ -35,6 +35,11 @@ func run(src, bin, out, version string) error {
 		}
 		version = v
 	}
+	for _, b := range []string{"gatehouse", "gatehouse-agent"} {
+		if err := Static(filepath.Join(bin, b)); err != nil {
+			return err
+		}
+	}
 	arch, err := Arch(filepath.Join(bin, "gatehouse"))
 	if err != nil {
 		return err
