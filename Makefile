@@ -114,6 +114,7 @@ PKG_BIN := build/package-bin
 package:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(PKG_BIN)/gatehouse ./cmd/gatehouse
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(PKG_BIN)/gatehouse-agent ./cmd/gatehouse-agent
+	rm -rf build/packages
 	cd packaging && $(GO) run . -src .. -bin ../$(PKG_BIN) -out ../build/packages
 
 # chaos: three node processes, a random one SIGKILLed every 5-10 s for
