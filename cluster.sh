@@ -130,7 +130,7 @@ Three nodes are running (logs: $D/node-N.log; data: $D/node-N).
 Enroll a swtpm device of the manufacturer the cluster trusts ($D/tpms/manufacturer);
 it runs in the background until you stop it (kill %1):
   $BIN/mkdevices -manufacturer $D/tpms/manufacturer -dir $D/more -n 1 -run >$D/more.log &
-  until [ -s $D/more/devices.txt ]; do sleep 0.2; done
+  until [ -s $D/more/devices.txt ]; do kill -0 %1 2>/dev/null || break; sleep 0.2; done
   $BIN/gatehouse-agent enroll --server https://$(cat "$D/api-1") --server-root $D/root.crt --tpm "\$(cat $D/more/devices.txt)" --out $D/dev-1
 Metrics: curl --cacert $D/root.crt https://$(cat "$D/api-1")/metrics
 Stop, keeping the data (make cluster starts it again): make cluster-stop
