@@ -58,6 +58,9 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"stepca.update", 1}:      decodeAs[stepCAUpdate],
 	{"enrollment.import", 1}:  decodeAs[importEnrollments],
 	{"retention.compact", 1}:  decodeAs[compactRetention],
+	{"ekroots.add", 1}:        decodeAs[addEKRoots],
+	{"ekroots.remove", 1}:     decodeAs[removeEKRoot],
+	{"settings.set", 1}:       decodeAs[setSettings],
 }
 
 func decodeAs[T any, PT interface {

@@ -232,6 +232,7 @@ type Appliance struct {
 	ca       *ca.CA
 	node     *cluster.Node
 	enroller *Enroller
+	conf     *replicatedConf // the replicated EK roots and cluster settings
 
 	deviceLn, adminLn net.Listener
 	deviceSrv         *http.Server
@@ -273,11 +274,11 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	if err != nil {
 		return nil, fmt.Errorf("EK roots: %w", err)
 	}
-	roots, err := attest.ParseCertificates(rootsPEM)
-	if err != nil {
+	if _, err := attest.ParseCertificates(rootsPEM); err != nil {
 		return nil, fmt.Errorf("EK roots: %w", err)
 	}
-	a := &Appliance{cfg: cfg, dataDir: dataDir, log: o.logger}
+	a := &Appliance{cfg: cfg, dataDir: dataDir, log: o.logger,
+		conf: &replicatedConf{local: cfg, localRoots: rootsPEM, log: o.logger}}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -329,21 +330,19 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		return nil, fmt.Errorf("open cluster node: %w", err)
 	}
 	kv.node.Store(a.node)
+	a.conf.node = a.node
 	a.enroller = &Enroller{
-		ek:            attest.NewEKVerifier(roots, attest.EKRootsOptions(rootsPEM)...),
-		reg:           a.node,
-		policies:      &policyCache{store: a.node},
-		ca:            a.ca,
-		tokens:        sealer,
-		nodeID:        cfg.NodeID,
-		trustDomain:   cfg.TrustDomain,
-		certValidity:  cfg.CertValidity.Duration,
-		sessionTTL:    cfg.SessionTTL.Duration,
-		approvalRetry: cfg.ApprovalRetry.Duration,
-		now:           o.now,
-		log:           o.logger,
-		metrics:       newEnrollMetrics(),
-		unproven:      newRefusalCounts(o.now),
+		conf:        a.conf,
+		reg:         a.node,
+		policies:    &policyCache{store: a.node},
+		ca:          a.ca,
+		tokens:      sealer,
+		nodeID:      cfg.NodeID,
+		trustDomain: cfg.TrustDomain,
+		now:         o.now,
+		log:         o.logger,
+		metrics:     newEnrollMetrics(),
+		unproven:    newRefusalCounts(o.now),
 	}
 	a.admission = newClientLimiter(cfg.RateLimit, cfg.RateBurst)
 	if err := a.serveDevices(); err != nil {
@@ -353,7 +352,8 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		return nil, err
 	}
 	go a.registerLoop(cfg.JoinSeed, a.node.Fresh())
-	go a.leaderLoop(cfg.AuditCheckpointEvery.Duration)
+	go a.seedLoop()
+	go a.leaderLoop()
 	go a.refusalSummaryLoop(cfg.RefusalSummaryEvery.Duration)
 	return a, nil
 }

@@ -343,6 +343,9 @@ var clusterErrors = []struct {
 	{cluster.ErrInvalidLabel, http.StatusBadRequest, api.CodeMalformed},
 	{cluster.ErrInvalidConfig, http.StatusBadRequest, api.CodeMalformed},
 	{cluster.ErrAuditCheckpoint, http.StatusConflict, api.CodeMalformed},
+	{cluster.ErrLastEKRoot, http.StatusConflict, api.CodeEKRootLast},
+	{cluster.ErrEKRootsLimit, http.StatusBadRequest, api.CodeEKRootInvalid},
+	{cluster.ErrSettingsConflict, http.StatusConflict, api.CodeSettingsConflict},
 }
 
 func (a *Appliance) clusterProblem(err error) *api.Problem {
