@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -235,6 +236,11 @@ type EKRootsAdd struct {
 	Source             string `json:"source,omitempty"`
 }
 
+// EKRootRemove is the optional body of DELETE /admin/v1/ekroots/{sha256}.
+type EKRootRemove struct {
+	Actor string `json:"actor"`
+}
+
 // EKRootsAdded is what POST /admin/v1/ekroots returns.
 type EKRootsAdded struct {
 	Written int          `json:"written"` // added, or whose allowance changed
@@ -257,6 +263,15 @@ func (a *Appliance) EKRoots() ([]EKRootInfo, error) {
 		out = append(out, ekRootInfo(r))
 	}
 	return out, nil
+}
+
+// ekRootsFile is the set this node serves as a PEM bundle: what a joining
+// node and a backup's ek-roots.pem carry.
+func (a *Appliance) ekRootsFile() ([]byte, error) {
+	if roots := a.conf.view().roots; roots != nil {
+		return ekRootsPEM(roots), nil
+	}
+	return a.conf.localRoots, nil
 }
 
 var fingerprintRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -307,7 +322,14 @@ func (a *Appliance) registerEKRootsAdmin(add func(role, pattern string, h http.H
 			writeProblem(w, a.clusterProblem(err))
 			return
 		}
-		who := actor(r, "")
+		var req EKRootRemove
+		if r.ContentLength != 0 {
+			if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+				writeProblem(w, malformed("body: "+err.Error()))
+				return
+			}
+		}
+		who := actor(r, req.Actor)
 		if err := a.node.RemoveEKRoot(r.Context(), who, fp); err != nil {
 			writeProblem(w, a.clusterProblem(err))
 			return
@@ -407,6 +429,6 @@ func (c *AdminClient) AddEKRoots(ctx context.Context, actor string, pemBundle []
 }
 
 // RemoveEKRoot removes the CA with the given SHA-256 fingerprint.
-func (c *AdminClient) RemoveEKRoot(ctx context.Context, sha256Hex string) error {
-	return c.do(ctx, http.MethodDelete, "/admin/v1/ekroots/"+sha256Hex, nil, &struct{}{})
+func (c *AdminClient) RemoveEKRoot(ctx context.Context, actor, sha256Hex string) error {
+	return c.do(ctx, http.MethodDelete, "/admin/v1/ekroots/"+sha256Hex, EKRootRemove{Actor: actor}, &struct{}{})
 }
