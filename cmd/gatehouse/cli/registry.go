@@ -268,7 +268,7 @@ func verifyAttestationCmd() *cobra.Command {
 		Long: "Re-check a past decision from its evidence alone. With an ID, the evidence and the manufacturer CA set " +
 			"come from the cluster (the set it serves, as 'ekroots list' shows; --ek-roots files are added to it). " +
 			"With --bundle (offline), the shipped bundle plus --ek-roots files are the manufacturer CAs.",
-		Args:  cobra.MaximumNArgs(1),
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var b server.EvidenceBundle
 			online := false
