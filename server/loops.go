@@ -89,18 +89,28 @@ func (a *Appliance) periodically(every time.Duration, fn func(ctx context.Contex
 	a.periodicallyEvery(func() time.Duration { return every }, fn)
 }
 
-// periodicallyEvery is periodically with an interval that may change
-// between runs.
+// periodicallyEvery is periodically with an interval that may change (a
+// replicated setting): it is read again at least every second, so a
+// shorter one takes effect without waiting out the longer.
 func (a *Appliance) periodicallyEvery(every func() time.Duration, fn func(ctx context.Context)) {
+	last := time.Now()
 	for {
 		d := every()
-		t := time.NewTimer(d)
-		select {
-		case <-a.ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
+		wait := min(time.Until(last.Add(d)), time.Second)
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-a.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
 		}
+		if a.ctx.Err() != nil {
+			return
+		}
+		last = time.Now()
 		ctx, cancel := context.WithTimeout(a.ctx, d)
 		fn(ctx)
 		cancel()

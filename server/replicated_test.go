@@ -418,3 +418,56 @@ func TestBackupCarriesEKRootsAndSettings(t *testing.T) {
 		t.Fatalf("enroll through the restored cluster with the added CA: %q", code)
 	}
 }
+
+// The leader's periodic duties use the replicated settings, not the
+// node's config.json: a checkpoint interval and a retention shortened with
+// settings set take effect (config.json keeps 5m and 90 days).
+func TestLeaderDutiesUseReplicatedSettings(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	node := e.App.Node()
+	// A refused record to compact: a genuine device no group admits.
+	applyPolicy(t, e, `{"groups":[{"name":"other","mode":"auto","match":{"models":["no-such-model"]}}]}`)
+	if code := enrollCode(t, e.App, e.Mfr); code != api.CodePolicyDenied {
+		t.Fatalf("enroll outside every group: %q", code)
+	}
+	refused := func() int {
+		recs, err := node.Attestations(cluster.AttestationQuery{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, r := range recs {
+			if r.Outcome == cluster.OutcomeRejected {
+				n++
+			}
+		}
+		return n
+	}
+	if refused() == 0 {
+		t.Fatal("the refusal left no record")
+	}
+	// Control: under config.json's 90 days nothing goes.
+	if n, err := e.App.CompactRetention(ctx); err != nil || n != 0 || refused() == 0 {
+		t.Fatalf("compaction under the default retention: removed %d, %v", n, err)
+	}
+	checkpoints := func() int {
+		entries, _ := node.AuditEntries(time.Time{}, 0)
+		n := 0
+		for _, en := range entries {
+			if en.Type == cluster.AuditCheckpoint {
+				n++
+			}
+		}
+		return n
+	}
+	before := checkpoints()
+	if _, err := server.NewAdminClient(e.Dir).ChangeSettings(ctx, "alice", 0, json.RawMessage(`{"retain_refused":"1s","audit_checkpoint_every":"1s"}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a checkpoint at the replicated interval", 10*time.Second, func() bool { return checkpoints() > before })
+	waitFor(t, "the refused record compacted at the replicated retention", 10*time.Second, func() bool { return refused() == 0 })
+	if cfg, _ := server.LoadConfig(e.Dir); cfg.RetainRefused.Duration != 90*24*time.Hour || cfg.AuditCheckpointEvery.Duration != 5*time.Minute {
+		t.Fatalf("config.json changed: %+v", cfg)
+	}
+}
