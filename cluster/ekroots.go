@@ -84,14 +84,23 @@ func (c *addEKRoots) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 	if c.Seed && n > 0 {
 		return applyResult{}
 	}
-	var seeded []ekRootAudit
-	written := 0
+	// Judge the whole command before writing: a refused one writes nothing.
+	type change struct {
+		root     EKRoot
+		replaced bool
+	}
+	var changes []change
+	seen := map[string]bool{}
 	for _, r := range c.Roots {
 		if len(r.DER) == 0 || len(r.DER) > MaxEKRootDER {
 			return applyResult{Err: fmt.Errorf("%w: a certificate of %d bytes (at most %d)", ErrEKRootsLimit, len(r.DER), MaxEKRootDER)}
 		}
 		sum := sha256.Sum256(r.DER)
 		r.SHA256, r.AddedAt, r.AddedBy = hex.EncodeToString(sum[:]), at, c.Actor
+		if seen[r.SHA256] {
+			continue
+		}
+		seen[r.SHA256] = true
 		replaced := false
 		if v := b.Get([]byte(r.SHA256)); v != nil {
 			var old EKRoot
@@ -102,17 +111,18 @@ func (c *addEKRoots) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 				continue
 			}
 			replaced = true
-		} else {
-			if n >= MaxEKRoots {
-				return applyResult{Err: fmt.Errorf("%w: the set holds %d CAs (at most %d)", ErrEKRootsLimit, n, MaxEKRoots)}
-			}
-			n++
+		} else if n++; n > MaxEKRoots {
+			return applyResult{Err: fmt.Errorf("%w: the set would hold more than %d CAs", ErrEKRootsLimit, MaxEKRoots)}
 		}
+		changes = append(changes, change{r, replaced})
+	}
+	var seeded []ekRootAudit
+	for _, ch := range changes {
+		r := ch.root
 		if err := putJSON(b, []byte(r.SHA256), r); err != nil {
 			return applyResult{Err: err}
 		}
-		written++
-		d := ekRootAudit{Subject: r.Subject, SHA256: r.SHA256, AllowNoTPMEvidence: r.AllowNoTPMEvidence, Source: r.Source, Replaced: replaced}
+		d := ekRootAudit{Subject: r.Subject, SHA256: r.SHA256, AllowNoTPMEvidence: r.AllowNoTPMEvidence, Source: r.Source, Replaced: ch.replaced}
 		if c.Seed {
 			seeded = append(seeded, d)
 			continue
@@ -121,12 +131,12 @@ func (c *addEKRoots) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 			return applyResult{Err: err}
 		}
 	}
-	if c.Seed && written > 0 {
-		if err := appendAudit(tx, at, AuditEKRootsSeeded, c.Actor, "ekroots", map[string]any{"count": written, "roots": seeded}); err != nil {
+	if c.Seed && len(changes) > 0 {
+		if err := appendAudit(tx, at, AuditEKRootsSeeded, c.Actor, "ekroots", map[string]any{"count": len(changes), "roots": seeded}); err != nil {
 			return applyResult{Err: err}
 		}
 	}
-	return applyResult{Result: uint64(written)}
+	return applyResult{Result: uint64(len(changes))}
 }
 
 // removeEKRoot removes one CA by fingerprint. It refuses an unknown

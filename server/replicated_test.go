@@ -278,6 +278,28 @@ func TestEKRootsRefused(t *testing.T) {
 	if roots, _ := admin.EKRoots(ctx); len(roots) != 1 {
 		t.Fatalf("%d roots after refusing to remove the last", len(roots))
 	}
+	// A restart does not seed again: ek-roots.pem, which still holds the
+	// removed intermediate, does not bring it back.
+	e.App.Close()
+	e.Start()
+	time.Sleep(time.Second) // the seed loop's first rounds
+	roots, err := server.NewAdminClient(e.Dir).EKRoots(ctx)
+	if err != nil || len(roots) != 1 || roots[0].SHA256 != fingerprint(e.Mfr.Root.Raw) {
+		t.Fatalf("after a restart: %+v %v", roots, err)
+	}
+	seeds := 0
+	entries, _ = e.App.Node().AuditEntries(time.Time{}, 0)
+	for _, en := range entries {
+		if en.Type == cluster.AuditEKRootsSeeded {
+			seeds++
+		}
+	}
+	if seeds != 1 {
+		t.Fatalf("%d seed entries after a restart, want 1", seeds)
+	}
+	if code := enrollCode(t, e.App, e.Mfr); code != api.CodeEKUntrusted {
+		t.Fatalf("enroll through the removed intermediate after a restart: %q", code)
+	}
 }
 
 // Cluster-wide settings are the first node's: two nodes that join with
