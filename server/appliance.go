@@ -416,8 +416,22 @@ func (a *Appliance) Enroller() *Enroller { return a.enroller }
 // Node exposes the Raft node (tests and the admin API read from it).
 func (a *Appliance) Node() *cluster.Node { return a.node }
 
-// WaitReady blocks until the node can commit.
-func (a *Appliance) WaitReady(ctx context.Context) error { return a.node.WaitLeader(ctx) }
+// WaitReady blocks until the node can commit and, on the node that created
+// the cluster, until the replicated EK roots and settings are written
+// (ekroots.go seedLoop), so what it serves next is the cluster's state.
+func (a *Appliance) WaitReady(ctx context.Context) error {
+	if err := a.node.WaitLeader(ctx); err != nil {
+		return err
+	}
+	for a.cfg.JoinSeed == "" && !a.seeded() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("writing the initial EK roots and settings to the cluster: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
 
 // Close stops serving and shuts the node down.
 func (a *Appliance) Close() error {

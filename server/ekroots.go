@@ -37,11 +37,13 @@ var errEKRootInvalid = errors.New("invalid manufacturer CA")
 const maxEKRootsBody = 4 << 20
 
 // ekRootsFromPEM parses a PEM bundle (or one DER certificate) into CAs for
-// the replicated set. Every certificate must parse and be a CA
-// (basicConstraints cA); a CA marked with attest.NoTPMEvidenceHeader, or
+// the replicated set. Every certificate must parse and, when strict, be a
+// CA (basicConstraints cA): `ekroots add` is strict; seeding from a node's
+// ek-roots.pem is not, keeping what init accepted before the set was
+// replicated (every configured certificate is an anchor). A CA marked with attest.NoTPMEvidenceHeader, or
 // every CA when allowNoEvidence, may issue EK certificates without TPM
 // evidence. Duplicates collapse.
-func ekRootsFromPEM(b []byte, source string, allowNoEvidence bool) ([]cluster.EKRoot, error) {
+func ekRootsFromPEM(b []byte, source string, allowNoEvidence, strict bool) ([]cluster.EKRoot, error) {
 	type cert struct {
 		der   []byte
 		allow bool
@@ -75,7 +77,7 @@ func ekRootsFromPEM(b []byte, source string, allowNoEvidence bool) ([]cluster.EK
 			return nil, fmt.Errorf("%w: certificate %d does not parse: %v", errEKRootInvalid, i+1, err)
 		}
 		x := parsed[0]
-		if !x.BasicConstraintsValid || !x.IsCA {
+		if strict && (!x.BasicConstraintsValid || !x.IsCA) {
 			return nil, fmt.Errorf("%w: certificate %d (%s) is not a CA certificate (basicConstraints cA is not set); only manufacturer CAs belong in the set", errEKRootInvalid, i+1, attest.Name(x.Subject))
 		}
 		if len(x.Raw) > cluster.MaxEKRootDER {
@@ -254,7 +256,7 @@ func (a *Appliance) EKRoots() ([]EKRootInfo, error) {
 	roots := v.roots
 	if roots == nil {
 		var err error
-		if roots, err = ekRootsFromPEM(a.conf.localRoots, ekRootsFile, false); err != nil {
+		if roots, err = ekRootsFromPEM(a.conf.localRoots, ekRootsFile, false, false); err != nil {
 			return nil, err
 		}
 	}
@@ -288,7 +290,7 @@ func (a *Appliance) registerEKRootsAdmin(add func(role, pattern string, h http.H
 			writeProblem(w, malformed("body: "+err.Error()))
 			return
 		}
-		roots, err := ekRootsFromPEM([]byte(req.PEM), req.Source, req.AllowNoTPMEvidence)
+		roots, err := ekRootsFromPEM([]byte(req.PEM), req.Source, req.AllowNoTPMEvidence, true)
 		if err != nil {
 			writeProblem(w, newProblem(http.StatusBadRequest, api.CodeEKRootInvalid, err.Error()))
 			return
@@ -347,7 +349,7 @@ func (a *Appliance) seedEKRoots(ctx context.Context) error {
 	if roots, err := a.node.EKRoots(); err != nil || len(roots) > 0 {
 		return err
 	}
-	roots, err := ekRootsFromPEM(a.conf.localRoots, ekRootsFile, false)
+	roots, err := ekRootsFromPEM(a.conf.localRoots, ekRootsFile, false, false)
 	if err != nil {
 		return fmt.Errorf("%s cannot seed the replicated set: %w", ekRootsFile, err)
 	}
@@ -368,11 +370,11 @@ func (a *Appliance) seedLoop() {
 			a.warnLocalSettings()
 			return
 		}
-		if err != nil && attempt%40 == 39 {
+		if err != nil && attempt%100 == 99 {
 			a.log.Warn("still writing the initial EK roots and settings to the cluster", "err", err)
 		}
-		wait := 250 * time.Millisecond
-		if attempt >= 40 {
+		wait := 50 * time.Millisecond
+		if attempt >= 100 {
 			wait = 5 * time.Second // a joiner of an old cluster waits for its creator
 		}
 		select {
