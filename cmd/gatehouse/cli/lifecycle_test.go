@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -116,9 +117,11 @@ func TestOperatorAndAuditorCommands(t *testing.T) {
 		// Damage: flip one byte in line 3, delete line 5, swap lines 7 and 8.
 		b, _ := os.ReadFile(file)
 		lines := strings.SplitAfter(string(b), "\n")
+		// The first entry a device caused (the cluster's seed entries come first).
+		flip := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, "device:") })
 		damage := map[string]func([]string) []string{
 			"flip": func(l []string) []string {
-				l[2] = strings.Replace(l[2], "device:", "devicf:", 1)
+				l[flip] = strings.Replace(l[flip], "device:", "devicf:", 1)
 				return l
 			},
 			"delete": func(l []string) []string { return append(l[:4], l[5:]...) },
@@ -130,7 +133,7 @@ func TestOperatorAndAuditorCommands(t *testing.T) {
 			"headcut": func(l []string) []string { return append(l[:1], l[4:]...) },
 			"tailcut": func(l []string) []string { return l[:len(l)-3] },
 		}
-		wantProblem := map[string]string{"flip": "line 3 (seq 2): modified", "delete": "line 5 (seq 5): removed", "swap": "line 8 (seq 6): reordered",
+		wantProblem := map[string]string{"flip": fmt.Sprintf("line %d (seq %d): modified", flip+1, flip), "delete": "line 5 (seq 5): removed", "swap": "line 8 (seq 6): reordered",
 			"headcut": "(seq 4): truncated_head", "tailcut": "truncated_tail"}
 		for name, fn := range damage {
 			bad := filepath.Join(dir, name+"."+format)
