@@ -29,6 +29,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
+	bolt "go.etcd.io/bbolt"
 )
 
 func fingerprint(der []byte) string {
@@ -491,5 +492,70 @@ func TestLeaderDutiesUseReplicatedSettings(t *testing.T) {
 	waitFor(t, "the refused record compacted at the replicated retention", 10*time.Second, func() bool { return refused() == 0 })
 	if cfg, _ := server.LoadConfig(e.Dir); cfg.RetainRefused.Duration != 90*24*time.Hour || cfg.AuditCheckpointEvery.Duration != 5*time.Minute {
 		t.Fatalf("config.json changed: %+v", cfg)
+	}
+}
+
+// A data directory from before the set and settings were replicated (Raft
+// state without them, ek-roots.pem and config.json beside it) is migrated
+// once when its node leads: audited, and the registry kept.
+func TestEKRootsAndSettingsMigratedOnce(t *testing.T) {
+	e := newEnv(t)
+	if code := enrollCode(t, e.App, e.Mfr); code != "" {
+		t.Fatalf("enroll: %q", code)
+	}
+	devs, _ := e.App.Node().Devices()
+	e.App.Close()
+	// Make it an old data directory: empty the two buckets.
+	db, err := bolt.Open(filepath.Join(e.Dir, "raft", "fsm.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range []string{"ek_roots", "settings"} {
+			if err := tx.DeleteBucket([]byte(b)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Start()
+	roots, err := e.App.Node().EKRoots()
+	if err != nil || len(roots) != 2 || !hasRoot(t, e.App.Node(), fingerprint(e.Mfr.Intermediate.Raw)) {
+		t.Fatalf("migrated set: %d roots, %v", len(roots), err)
+	}
+	if s := e.App.Settings(); s.Version != 1 || s.Settings.ApprovalRetry.Duration != time.Second || s.Actor != "node:node-1" {
+		t.Fatalf("migrated settings %+v", s)
+	}
+	if after, _ := e.App.Node().Devices(); len(after) != len(devs) {
+		t.Fatalf("the migration changed the registry: %d devices, had %d", len(after), len(devs))
+	}
+	count := func() (seeds, settings int) {
+		entries, _ := e.App.Node().AuditEntries(time.Time{}, 0)
+		for _, en := range entries {
+			switch en.Type {
+			case cluster.AuditEKRootsSeeded:
+				seeds++
+			case cluster.AuditSettings:
+				settings++
+			}
+		}
+		return
+	}
+	// Two of each: the first start's seed, and the migration.
+	if seeds, settings := count(); seeds != 2 || settings != 2 {
+		t.Fatalf("%d seed and %d settings entries, want 2 each", seeds, settings)
+	}
+	// Once: another restart writes nothing.
+	e.App.Close()
+	e.Start()
+	if seeds, settings := count(); seeds != 2 || settings != 2 {
+		t.Fatalf("after another restart: %d seed and %d settings entries", seeds, settings)
+	}
+	if code := enrollCode(t, e.App, e.Mfr); code != "" {
+		t.Fatalf("enroll after the migration: %q", code)
 	}
 }
