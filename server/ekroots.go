@@ -34,7 +34,7 @@ import (
 var errEKRootInvalid = errors.New("invalid manufacturer CA")
 
 // maxEKRootsBody bounds an `ekroots add` request.
-const maxEKRootsBody = 4 << 20
+const maxEKRootsBody = 2 << 20 // forwarded to the leader as base64 DER: under maxRPCBody
 
 // ekRootsFromPEM parses a PEM bundle (or one DER certificate) into CAs for
 // the replicated set. Every certificate must parse and, when strict, be a

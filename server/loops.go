@@ -63,7 +63,7 @@ func (k *registryKV) Update(ops []ca.KVOp) (bool, error) {
 // completing interrupted device revocations, and compacting refused records
 // and raw evidence past their retention.
 func (a *Appliance) leaderLoop() {
-	// The interval is the cluster's setting, read at every run.
+	// The interval is the cluster's setting, read again at least every second.
 	a.periodicallyEvery(func() time.Duration { return a.conf.view().settings.AuditCheckpointEvery.Duration }, func(ctx context.Context) {
 		if !a.node.IsLeader() {
 			return
