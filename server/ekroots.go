@@ -16,7 +16,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
@@ -292,7 +291,7 @@ func (a *Appliance) registerEKRootsAdmin(add func(role, pattern string, h http.H
 		}
 		roots, err := ekRootsFromPEM([]byte(req.PEM), req.Source, req.AllowNoTPMEvidence, true)
 		if err != nil {
-			writeProblem(w, newProblem(http.StatusBadRequest, api.CodeEKRootInvalid, err.Error()))
+			writeProblem(w, err) // errEKRootInvalid: 400 ek_root_invalid
 			return
 		}
 		// An add before the set was seeded would become the whole set.

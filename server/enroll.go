@@ -602,6 +602,8 @@ var problemTable = []struct {
 	{errReprovisionRefused, http.StatusForbidden, api.CodeReprovisionRefused},
 	{errRenewalIdentity, http.StatusForbidden, api.CodeRenewalIdentity},
 	{errUnsupportedMediaType, http.StatusUnsupportedMediaType, api.CodeUnsupportedMediaType},
+	{errEKRootInvalid, http.StatusBadRequest, api.CodeEKRootInvalid},     // ekroots add
+	{errSettingsInvalid, http.StatusBadRequest, api.CodeSettingsInvalid}, // settings set
 }
 
 func newProblem(status int, code, detail string) *api.Problem {

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/ca"
 )
 
@@ -137,7 +136,7 @@ func (a *Appliance) registerSettingsAdmin(add func(role, pattern string, h http.
 		}
 		v, err := a.ChangeSettings(r.Context(), actor(r, req.Actor), req.BaseVersion, req.Settings)
 		if errors.Is(err, errSettingsInvalid) {
-			writeProblem(w, newProblem(http.StatusBadRequest, api.CodeSettingsInvalid, err.Error()))
+			writeProblem(w, err) // 400 settings_invalid
 			return
 		}
 		if err != nil {
