@@ -74,6 +74,15 @@ const (
 	CodeBackupInvalid = "backup_invalid"
 	// CodePolicyInvalid: 400, a policy document policy apply or test refuses.
 	CodePolicyInvalid = "policy_invalid"
+	// CodeEKRootInvalid: 400, a manufacturer CA `ekroots add` refuses (not
+	// a CA certificate, unparseable, over the set's bounds).
+	CodeEKRootInvalid = "ek_root_invalid"
+	// CodeEKRootLast: 409, removing the last manufacturer CA.
+	CodeEKRootLast = "ek_root_last"
+	// CodeSettingsInvalid: 400, cluster settings `settings set` refuses.
+	CodeSettingsInvalid = "settings_invalid"
+	// CodeSettingsConflict: 409, the settings changed since they were read.
+	CodeSettingsConflict = "settings_conflict"
 
 	// 404
 	CodeNotFound = "not_found"

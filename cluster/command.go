@@ -59,6 +59,9 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"enrollment.import", 1}:  decodeAs[importEnrollments],
 	{"enrollment.delete", 1}:  decodeAs[deleteEnrollment],
 	{"retention.compact", 1}:  decodeAs[compactRetention],
+	{"ekroots.add", 1}:        decodeAs[addEKRoots],
+	{"ekroots.remove", 1}:     decodeAs[removeEKRoot],
+	{"settings.set", 1}:       decodeAs[setSettings],
 }
 
 func decodeAs[T any, PT interface {

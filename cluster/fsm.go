@@ -29,7 +29,7 @@ var (
 	bSessionsByExpiry     = []byte("sessions_by_expiry")
 	bMeta                 = []byte("meta")
 	// allBuckets is in name order: stateHash depends on it.
-	allBuckets      = [][]byte{bAttestations, bAttestationsByDevice, bAudit, bDevices, bEvidence, bFailures, bIndividual, bJoinTokens, bMembers, bMeta, bPolicies, bRawEvidence, bSessions, bSessionsByExpiry, bStepCA}
+	allBuckets      = [][]byte{bAttestations, bAttestationsByDevice, bAudit, bDevices, bEKRoots, bEvidence, bFailures, bIndividual, bJoinTokens, bMembers, bMeta, bPolicies, bRawEvidence, bSessions, bSessionsByExpiry, bSettings, bStepCA}
 	keyAppliedIndex = []byte("applied_index")
 )
 
@@ -51,6 +51,9 @@ type fsm struct {
 	// kvGen counts applied batches that changed step-ca's tables (and
 	// restores): caches of what step-ca derives, like the CRL, compare it.
 	kvGen atomic.Uint64
+	// confGen counts applied batches that changed the EK root set or the
+	// cluster settings (and restores): the EK verifier compares it.
+	confGen atomic.Uint64
 }
 
 var (
@@ -162,6 +165,13 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		return nil
 	})
 	if err == nil {
+		// Before last moves: a writer that waits for its index sees it.
+		for _, d := range ops {
+			switch d.op.(type) {
+			case *addEKRoots, *removeEKRoot, *setSettings:
+				f.confGen.Add(1)
+			}
+		}
 		f.last.Store(logs[len(logs)-1].Index)
 		for _, d := range ops {
 			if _, ok := d.op.(*stepCAUpdate); ok {
@@ -255,6 +265,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.db, err = openBolt(f.path)
 	f.last.Store(snapIndex)
 	f.kvGen.Add(1)
+	f.confGen.Add(1)
 	return err
 }
 

@@ -337,6 +337,8 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 		writeJSON(w, http.StatusOK, b.Meta)
 	})
 	a.registerRegistryAdmin(add)
+	a.registerEKRootsAdmin(add)
+	a.registerSettingsAdmin(add)
 }
 
 // leaderOp is a membership operation only the leader can carry out; a

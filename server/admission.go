@@ -294,11 +294,12 @@ func (a *Appliance) refusalSummaryLoop(every time.Duration) {
 }
 
 // CompactRetention removes refused records and raw evidence past the
-// configured retention (leader only; the leader loop runs it), repeating
+// cluster's retention settings (leader only; the leader loop runs it), repeating
 // while a command hit the per-command bound.
 func (a *Appliance) CompactRetention(ctx context.Context) (removed int, err error) {
+	s := a.conf.view().settings // replicated: every leader keeps the same
 	for range 100 {
-		n, more, err := a.node.Compact(ctx, "node:"+a.cfg.NodeID, a.cfg.RetainRefused.Duration, a.cfg.RetainRawEvidence.Duration)
+		n, more, err := a.node.Compact(ctx, "node:"+a.cfg.NodeID, s.RetainRefused.Duration, s.RetainRawEvidence.Duration)
 		removed += n
 		if err != nil || !more {
 			return removed, err

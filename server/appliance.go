@@ -249,6 +249,7 @@ type Appliance struct {
 	ca       *ca.CA
 	node     *cluster.Node
 	enroller *Enroller
+	conf     *replicatedConf // the replicated EK roots and cluster settings
 
 	deviceLn, adminLn net.Listener
 	deviceSrv         *http.Server
@@ -291,11 +292,11 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	if err != nil {
 		return nil, fmt.Errorf("EK roots: %w", err)
 	}
-	roots, err := attest.ParseCertificates(rootsPEM)
-	if err != nil {
+	if _, err := attest.ParseCertificates(rootsPEM); err != nil {
 		return nil, fmt.Errorf("EK roots: %w", err)
 	}
-	a := &Appliance{cfg: cfg, dataDir: dataDir, log: o.logger}
+	a := &Appliance{cfg: cfg, dataDir: dataDir, log: o.logger,
+		conf: &replicatedConf{local: cfg, localRoots: rootsPEM, log: o.logger}}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -346,21 +347,19 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		return nil, fmt.Errorf("open cluster node: %w", err)
 	}
 	kv.node.Store(a.node)
+	a.conf.node = a.node
 	a.enroller = &Enroller{
-		ek:            attest.NewEKVerifier(roots, attest.EKRootsOptions(rootsPEM)...),
-		reg:           a.node,
-		policies:      &policyCache{store: a.node},
-		ca:            a.ca,
-		tokens:        sealer,
-		nodeID:        cfg.NodeID,
-		trustDomain:   cfg.TrustDomain,
-		certValidity:  cfg.CertValidity.Duration,
-		sessionTTL:    cfg.SessionTTL.Duration,
-		approvalRetry: cfg.ApprovalRetry.Duration,
-		now:           o.now,
-		log:           o.logger,
-		metrics:       newEnrollMetrics(),
-		unproven:      newRefusalCounts(o.now),
+		conf:        a.conf,
+		reg:         a.node,
+		policies:    &policyCache{store: a.node},
+		ca:          a.ca,
+		tokens:      sealer,
+		nodeID:      cfg.NodeID,
+		trustDomain: cfg.TrustDomain,
+		now:         o.now,
+		log:         o.logger,
+		metrics:     newEnrollMetrics(),
+		unproven:    newRefusalCounts(o.now),
 	}
 	a.admission = newClientLimiter(cfg.RateLimit, cfg.RateBurst)
 	if err := a.serveDevices(); err != nil {
@@ -370,7 +369,8 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		return nil, err
 	}
 	go a.registerLoop(cfg.JoinSeed, a.node.Fresh())
-	go a.leaderLoop(cfg.AuditCheckpointEvery.Duration)
+	go a.seedLoop()
+	go a.leaderLoop()
 	go a.refusalSummaryLoop(cfg.RefusalSummaryEvery.Duration)
 	return a, nil
 }
@@ -433,8 +433,22 @@ func (a *Appliance) Enroller() *Enroller { return a.enroller }
 // Node exposes the Raft node (tests and the admin API read from it).
 func (a *Appliance) Node() *cluster.Node { return a.node }
 
-// WaitReady blocks until the node can commit.
-func (a *Appliance) WaitReady(ctx context.Context) error { return a.node.WaitLeader(ctx) }
+// WaitReady blocks until the node can commit and, on the node that created
+// the cluster, until the replicated EK roots and settings are written
+// (ekroots.go seedLoop), so what it serves next is the cluster's state.
+func (a *Appliance) WaitReady(ctx context.Context) error {
+	if err := a.node.WaitLeader(ctx); err != nil {
+		return err
+	}
+	for a.cfg.JoinSeed == "" && !a.seeded() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("writing the initial EK roots and settings to the cluster: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
 
 // Close stops serving and shuts the node down.
 func (a *Appliance) Close() error {

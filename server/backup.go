@@ -34,7 +34,7 @@ import (
 //	ca/root.crt         the cluster CA: certificates and the intermediate key,
 //	ca/intermediate.crt   still encrypted under the cluster password
 //	ca/intermediate.key
-//	ek-roots.pem        the manufacturer roots
+//	ek-roots.pem        the manufacturer roots (as served; state.db holds the replicated set)
 //	SHA256SUMS          sha256sum-style lines for every file above
 //	SIGNATURE           {"key_certificate": PEM, "signature": base64}: an
 //	                    Ed25519 signature over "gatehouse-backup-signature/v1\n"
@@ -102,10 +102,15 @@ func (a *Appliance) WriteBackup(ctx context.Context, w io.Writer) (BackupMeta, e
 		RootSHA256: rootHash(a.ca.Root()), RaftIndex: idx, StateSHA256: hex.EncodeToString(stateSum[:])}
 	metaJSON, _ := json.MarshalIndent(meta, "", "  ")
 	files := map[string][]byte{backupMetaFile: metaJSON, backupStateFile: state.Bytes()}
-	for _, f := range []string{"ca/" + ca.RootCertFile, "ca/" + ca.IntermediateCertFile, ekRootsFile} {
+	for _, f := range []string{"ca/" + ca.RootCertFile, "ca/" + ca.IntermediateCertFile} {
 		if files[f], err = os.ReadFile(filepath.Join(a.dataDir, f)); err != nil {
 			return BackupMeta{}, err
 		}
+	}
+	// The set also travels in state.db; the file seeds a node made with
+	// init --from-backup until the restore brings the replicated set.
+	if files[ekRootsFile], err = a.ekRootsFile(); err != nil {
+		return BackupMeta{}, err
 	}
 	if files["ca/intermediate.key"], err = ca.EncryptedKeyPEM(filepath.Join(a.dataDir, caDir)); err != nil {
 		return BackupMeta{}, err
@@ -323,6 +328,11 @@ func (a *Appliance) RestoreBackup(ctx context.Context, b *Backup) error {
 		return fmt.Errorf("restore: %w", err)
 	}
 	// The restored state carries the old cluster's member addresses: record
-	// this node's again (other nodes do when they join or restart).
-	return a.node.SetMember(ctx, a.self())
+	// this node's again (other nodes do when they join or restart). A backup
+	// from before EK roots and settings were replicated carries neither:
+	// seed them again from this node's files.
+	if err := a.node.SetMember(ctx, a.self()); err != nil {
+		return err
+	}
+	return a.seed(ctx)
 }

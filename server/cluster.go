@@ -52,6 +52,9 @@ type joinResponse struct {
 	TrustDomain     string   `json:"trust_domain"`
 	CertValidity    Duration `json:"cert_validity"`
 	SessionTTL      Duration `json:"session_ttl"`
+	// Settings are all the cluster-wide settings (the three above are
+	// kept for joiners from before they were replicated).
+	Settings *ClusterSettings `json:"settings,omitempty"`
 }
 
 type joinRequest struct {
@@ -249,20 +252,25 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, a.enroller.internal(err))
 		return
 	}
-	ekRoots, err := os.ReadFile(filepath.Join(a.dataDir, ekRootsFile))
+	// The cluster's EK roots and settings as this node applies them (its
+	// replica, after the linearizable read above for a check): the
+	// joiner's files start from them, and its replica takes over.
+	ekRoots, err := a.ekRootsFile()
 	if err != nil {
 		writeProblem(w, a.enroller.internal(err))
 		return
 	}
+	s := a.conf.view().settings
 	a.log.Info("node joining", "node_id", req.NodeID, "check", check)
 	writeJSON(w, http.StatusOK, joinResponse{
 		RootPEM:         pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Root().Raw}),
 		IntermediatePEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Intermediates()[0].Raw}),
 		EncryptedKeyPEM: key,
 		EKRootsPEM:      ekRoots,
-		TrustDomain:     a.cfg.TrustDomain,
-		CertValidity:    a.cfg.CertValidity,
-		SessionTTL:      a.cfg.SessionTTL,
+		TrustDomain:     s.TrustDomain,
+		CertValidity:    s.CertValidity,
+		SessionTTL:      s.SessionTTL,
+		Settings:        &s,
 	})
 }
 
@@ -354,6 +362,9 @@ var clusterErrors = []struct {
 	{cluster.ErrAuditCheckpoint, http.StatusConflict, api.CodeMalformed},
 	{cluster.ErrUnknownMember, http.StatusNotFound, api.CodeNotFound},
 	{cluster.ErrUnknownState, http.StatusBadRequest, api.CodeMalformed},
+	{cluster.ErrLastEKRoot, http.StatusConflict, api.CodeEKRootLast},
+	{cluster.ErrEKRootsLimit, http.StatusBadRequest, api.CodeEKRootInvalid},
+	{cluster.ErrSettingsConflict, http.StatusConflict, api.CodeSettingsConflict},
 }
 
 func (a *Appliance) clusterProblem(err error) *api.Problem {
@@ -620,7 +631,12 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 	if jr, err = post(pathClusterJoin); err != nil {
 		return err
 	}
+	// The joiner's cluster-wide settings are the cluster's, whatever it
+	// was given: its config.json records them, its replica governs.
 	cfg.TrustDomain, cfg.CertValidity, cfg.SessionTTL, cfg.JoinSeed = jr.TrustDomain, jr.CertValidity, jr.SessionTTL, seedAddr
+	if jr.Settings != nil {
+		cfg = cfg.withClusterSettings(*jr.Settings)
+	}
 	if err := cfg.validate(); err != nil {
 		return err
 	}

@@ -46,21 +46,18 @@ type issuer interface {
 // Enroller runs the enrollment protocol: attest (verify), then cluster
 // (commit), then ca (issue). It keeps no per-session state.
 type Enroller struct {
-	ek           *attest.EKVerifier
-	reg          registry
-	policies     *policyCache
-	ca           issuer
-	tokens       *sealer
-	nodeID       string
-	trustDomain  string
-	certValidity time.Duration
-	sessionTTL   time.Duration
-	// approvalRetry is the Retry-After a pending device is given.
-	approvalRetry time.Duration
-	now           func() time.Time
-	log           *slog.Logger
-	issued        atomic.Uint64 // certificates issued since start
-	metrics       *enrollMetrics
+	// conf is the replicated EK root set and cluster settings (ekroots.go).
+	conf        *replicatedConf
+	reg         registry
+	policies    *policyCache
+	ca          issuer
+	tokens      *sealer
+	nodeID      string
+	trustDomain string
+	now         func() time.Time
+	log         *slog.Logger
+	issued      atomic.Uint64 // certificates issued since start
+	metrics     *enrollMetrics
 	// unproven counts refusals before TPM possession was proven, which are
 	// not committed one by one (see refuse).
 	unproven *refusalCounts
@@ -100,7 +97,7 @@ func (e *Enroller) pend(ctx context.Context, rec cluster.AttestationRecord, sess
 	}
 	e.log.Info("enrollment pending approval", "device_id", sess.DeviceID, "attestation_id", attID, "group", decision.Group)
 	return &api.Pending{DeviceID: sess.DeviceID, AttestationID: attID, Status: cluster.DevicePending,
-		RetryAfterSeconds: int(e.approvalRetry.Round(time.Second) / time.Second), Detail: why}
+		RetryAfterSeconds: int(e.conf.view().settings.ApprovalRetry.Round(time.Second) / time.Second), Detail: why}
 }
 
 // Stage names in attestation records.
@@ -114,7 +111,7 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 	defer func(start time.Time) { e.metrics.observe(stageChallenge, start, err) }(time.Now())
 	now := e.now()
 	rec := cluster.AttestationRecord{Time: now, Node: e.nodeID, Stage: stageChallenge, Evidence: cluster.Evidence{Claims: claims(req.Claims)}}
-	sess := &session{Expires: now.Add(e.sessionTTL), Claims: rec.Evidence.Claims, Raw: cluster.RawEvidence{
+	sess := &session{Expires: now.Add(e.conf.view().settings.SessionTTL.Duration), Claims: rec.Evidence.Claims, Raw: cluster.RawEvidence{
 		EKCertificate: req.EKCertificate, EKPublic: req.EKPublic, EKPublicArea: req.EKPublicArea,
 		AK: cluster.RawKey{Public: req.AK.Public, CreateData: req.AK.CreateData, CreateAttestation: req.AK.CreateAttestation, CreateSignature: req.AK.CreateSignature},
 	}}
@@ -203,7 +200,7 @@ func (e *Enroller) verifyEK(req *api.ChallengeRequest, sess *session) (crypto.Pu
 	// so can select a group) only once its chain verifies; until then they
 	// are claims, kept in the check's detail, marked unverified.
 	claimed := fmt.Sprintf("the certificate's unverified claims: issuer %q, TPM manufacturer %q, model %q", attest.Name(ek.Cert.Issuer), ek.Manufacturer, ek.Model)
-	chain, err := e.ek.Verify(ek)
+	chain, err := e.conf.view().verifier.Verify(ek)
 	if errors.Is(err, attest.ErrEKUntrusted) {
 		if perr := e.preRegistered(sess); perr == nil {
 			c := &sess.Checks[len(sess.Checks)-1]
@@ -373,7 +370,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	if status == cluster.DevicePending {
 		return nil, e.pend(ctx, rec, sess, decision, why, flags, labels)
 	}
-	profile := ca.DeviceProfile{DeviceID: sess.DeviceID, TrustDomain: e.trustDomain, Validity: e.certValidity}
+	profile := ca.DeviceProfile{DeviceID: sess.DeviceID, TrustDomain: e.trustDomain, Validity: e.conf.view().settings.CertValidity.Duration}
 	if v := decision.Certificate.Validity; v != "" {
 		profile.Validity, _ = time.ParseDuration(v) // validated with the policy
 	}
@@ -605,6 +602,8 @@ var problemTable = []struct {
 	{errReprovisionRefused, http.StatusForbidden, api.CodeReprovisionRefused},
 	{errRenewalIdentity, http.StatusForbidden, api.CodeRenewalIdentity},
 	{errUnsupportedMediaType, http.StatusUnsupportedMediaType, api.CodeUnsupportedMediaType},
+	{errEKRootInvalid, http.StatusBadRequest, api.CodeEKRootInvalid},     // ekroots add
+	{errSettingsInvalid, http.StatusBadRequest, api.CodeSettingsInvalid}, // settings set
 }
 
 func newProblem(status int, code, detail string) *api.Problem {

@@ -27,7 +27,7 @@ func (a *Appliance) ResealForTest(token, serialHex string) (string, error) {
 		return "", err
 	}
 	sess.ID = randomHex(16)
-	sess.Expires = a.enroller.now().Add(a.enroller.sessionTTL)
+	sess.Expires = a.enroller.now().Add(a.enroller.conf.view().settings.SessionTTL.Duration)
 	if serialHex != "" {
 		sess.Serial = serialHex
 	}

@@ -62,8 +62,9 @@ func (k *registryKV) Update(ops []ca.KVOp) (bool, error) {
 // marking devices that missed their re-attestation interval stale, and
 // completing interrupted device revocations, and compacting refused records
 // and raw evidence past their retention.
-func (a *Appliance) leaderLoop(every time.Duration) {
-	a.periodically(every, func(ctx context.Context) {
+func (a *Appliance) leaderLoop() {
+	// The interval is the cluster's setting, read again at least every second.
+	a.periodicallyEvery(func() time.Duration { return a.conf.view().settings.AuditCheckpointEvery.Duration }, func(ctx context.Context) {
 		if !a.node.IsLeader() {
 			return
 		}
@@ -85,15 +86,32 @@ func (a *Appliance) leaderLoop(every time.Duration) {
 // periodically runs fn every interval, each run bounded by the interval,
 // until the appliance closes.
 func (a *Appliance) periodically(every time.Duration, fn func(ctx context.Context)) {
-	t := time.NewTicker(every)
-	defer t.Stop()
+	a.periodicallyEvery(func() time.Duration { return every }, fn)
+}
+
+// periodicallyEvery is periodically with an interval that may change (a
+// replicated setting): it is read again at least every second, so a
+// shorter one takes effect without waiting out the longer.
+func (a *Appliance) periodicallyEvery(every func() time.Duration, fn func(ctx context.Context)) {
+	last := time.Now()
 	for {
-		select {
-		case <-a.ctx.Done():
-			return
-		case <-t.C:
+		d := every()
+		wait := min(time.Until(last.Add(d)), time.Second)
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-a.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
 		}
-		ctx, cancel := context.WithTimeout(a.ctx, every)
+		if a.ctx.Err() != nil {
+			return
+		}
+		last = time.Now()
+		ctx, cancel := context.WithTimeout(a.ctx, d)
 		fn(ctx)
 		cancel()
 	}

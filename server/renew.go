@@ -30,7 +30,7 @@ var errRenewalIdentity = errors.New("renewal evidence is not from the enrolled T
 // sealed in a token bound to the device and its certificate.
 func (e *Enroller) RenewChallenge(dev cluster.Device, leaf *x509.Certificate) (*api.RenewChallengeResponse, error) {
 	now := e.now()
-	sess := &session{ID: randomHex(16), Expires: now.Add(e.sessionTTL), Nonce: randomBytes(32), DeviceID: dev.ID, Purpose: purposeRenew, Serial: leaf.SerialNumber.Text(16)}
+	sess := &session{ID: randomHex(16), Expires: now.Add(e.conf.view().settings.SessionTTL.Duration), Nonce: randomBytes(32), DeviceID: dev.ID, Purpose: purposeRenew, Serial: leaf.SerialNumber.Text(16)}
 	token, err := e.tokens.seal(sess)
 	if err != nil {
 		return nil, e.internal(err)
@@ -109,7 +109,7 @@ func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Cer
 	}
 	rec.Checks = append(rec.Checks, cluster.Check{Name: checkPolicy, Passed: true, Detail: fmt.Sprintf("group %s of policy v%d", decision.Group, decision.PolicyVersion)})
 
-	profile := ca.DeviceProfile{DeviceID: dev.ID, TrustDomain: e.trustDomain, Validity: e.certValidity}
+	profile := ca.DeviceProfile{DeviceID: dev.ID, TrustDomain: e.trustDomain, Validity: e.conf.view().settings.CertValidity.Duration}
 	if v := decision.Certificate.Validity; v != "" {
 		profile.Validity, _ = time.ParseDuration(v)
 	}

@@ -78,6 +78,12 @@ type Env struct {
 // ends. opts go to its Raft node after FastRaft (WithRaftConfig replaces it).
 func New(t testing.TB, opts ...cluster.Option) *Env {
 	t.Helper()
+	return NewWithConfig(t, nil, opts...)
+}
+
+// NewWithConfig is New with edit applied to the configuration before init.
+func NewWithConfig(t testing.TB, edit func(*server.Config), opts ...cluster.Option) *Env {
+	t.Helper()
 	m := swtpm.NewTestManufacturer(t)
 	e := &Env{T: t, Dir: t.TempDir(), Mfr: m, Clock: &Clock{}, opts: opts}
 	cfg := server.DefaultConfig()
@@ -86,6 +92,9 @@ func New(t testing.TB, opts ...cluster.Option) *Env {
 	cfg.RaftAddr = FreeAddr(t) // fixed: the cluster configuration records it
 	cfg.ApprovalRetry = server.Duration{Duration: time.Second}
 	Unthrottled(&cfg)
+	if edit != nil {
+		edit(&cfg)
+	}
 	if err := server.Init(e.Dir, Password, cfg, EKRoots(m)); err != nil {
 		t.Fatalf("init appliance: %v", err)
 	}

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -115,9 +117,11 @@ func TestOperatorAndAuditorCommands(t *testing.T) {
 		// Damage: flip one byte in line 3, delete line 5, swap lines 7 and 8.
 		b, _ := os.ReadFile(file)
 		lines := strings.SplitAfter(string(b), "\n")
+		// The first entry a device caused (the cluster's seed entries come first).
+		flip := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, "device:") })
 		damage := map[string]func([]string) []string{
 			"flip": func(l []string) []string {
-				l[2] = strings.Replace(l[2], "device:", "devicf:", 1)
+				l[flip] = strings.Replace(l[flip], "device:", "devicf:", 1)
 				return l
 			},
 			"delete": func(l []string) []string { return append(l[:4], l[5:]...) },
@@ -129,7 +133,7 @@ func TestOperatorAndAuditorCommands(t *testing.T) {
 			"headcut": func(l []string) []string { return append(l[:1], l[4:]...) },
 			"tailcut": func(l []string) []string { return l[:len(l)-3] },
 		}
-		wantProblem := map[string]string{"flip": "line 3 (seq 2): modified", "delete": "line 5 (seq 5): removed", "swap": "line 8 (seq 6): reordered",
+		wantProblem := map[string]string{"flip": fmt.Sprintf("line %d (seq %d): modified", flip+1, flip), "delete": "line 5 (seq 5): removed", "swap": "line 8 (seq 6): reordered",
 			"headcut": "(seq 4): truncated_head", "tailcut": "truncated_tail"}
 		for name, fn := range damage {
 			bad := filepath.Join(dir, name+"."+format)
@@ -242,9 +246,90 @@ func TestAttestationsVerify(t *testing.T) {
 	if err != nil || !strings.Contains(out, "reproduced from the evidence") || !strings.Contains(out, "credential_activation") {
 		t.Fatalf("verify: %v\n%s", err, out)
 	}
-	// Without the test manufacturer's CA the EK chain no longer verifies.
-	out, err = run(t, "attestations", "verify", att, "--data-dir", e.Dir)
+	// Offline without the test manufacturer's CA the EK chain no longer verifies.
+	out, err = run(t, "attestations", "verify", "--bundle", bundle)
 	if err == nil || !strings.Contains(out, "NOT REPRODUCED") {
-		t.Fatalf("verify without the EK roots: %v\n%s", err, out)
+		t.Fatalf("verify offline without the EK roots: %v\n%s", err, out)
+	}
+	// Online, an auditor with no shell on the node re-checks against the
+	// cluster's served set, which holds the CA given at init.
+	if out, err := run(t, "admin", "issue-cert", "--role", "auditor", "--name", "audrey", "--out", filepath.Join(dir, "audrey"), "--data-dir", e.Dir); err != nil {
+		t.Fatalf("issue-cert: %v %s", err, out)
+	}
+	out, err = run(t, "attestations", "verify", att, "--admin-config", filepath.Join(dir, "audrey", "admin.json"))
+	if err != nil || !strings.Contains(out, "reproduced from the evidence") {
+		t.Fatalf("verify online: %v\n%s", err, out)
+	}
+}
+
+// ekroots and settings through the CLI: list (-o json), add a PEM and a
+// DER file, refuse a leaf, remove by fingerprint; settings show and set.
+func TestEKRootsAndSettingsCommands(t *testing.T) {
+	e := servertest.New(t)
+	dir := t.TempDir()
+	list := func() []server.EKRootInfo {
+		t.Helper()
+		out, err := run(t, "ekroots", "list", "-o", "json", "--data-dir", e.Dir)
+		var roots []server.EKRootInfo
+		if err != nil || json.Unmarshal([]byte(out), &roots) != nil {
+			t.Fatalf("ekroots list: %v\n%s", err, out)
+		}
+		return roots
+	}
+	if roots := list(); len(roots) != 2 {
+		t.Fatalf("%d roots after init, want the two given", len(roots))
+	}
+	m2 := servertest.New(t).Mfr
+	pemFile, derFile, garbageFile := filepath.Join(dir, "m2.pem"), filepath.Join(dir, "m2-root.der"), filepath.Join(dir, "garbage.pem")
+	os.WriteFile(pemFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m2.Intermediate.Raw}), 0o644)
+	os.WriteFile(derFile, m2.Root.Raw, 0o644)
+	for _, f := range []string{pemFile, derFile} {
+		if out, err := run(t, "ekroots", "add", f, "--data-dir", e.Dir); err != nil || !strings.Contains(out, "1 of 1 written") {
+			t.Fatalf("ekroots add %s: %v\n%s", f, err, out)
+		}
+	}
+	if out, err := run(t, "ekroots", "add", pemFile, "--data-dir", e.Dir); err != nil || !strings.Contains(out, "0 of 1 written") {
+		t.Fatalf("ekroots add again: %v\n%s", err, out)
+	}
+	os.WriteFile(garbageFile, []byte("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"), 0o644)
+	if out, err := run(t, "ekroots", "add", garbageFile, "--data-dir", e.Dir); err == nil || !strings.Contains(err.Error(), "does not parse") {
+		t.Fatalf("ekroots add garbage: %v\n%s", err, out)
+	}
+	roots := list()
+	fp := ""
+	for _, r := range roots {
+		if strings.Contains(r.Subject, attest.Name(m2.Intermediate.Subject)) {
+			fp = r.SHA256
+		}
+	}
+	if len(roots) != 4 || fp == "" {
+		t.Fatalf("after adds: %+v", roots)
+	}
+	if out, err := run(t, "ekroots", "list", "--data-dir", e.Dir); err != nil || !strings.Contains(out, attest.Name(m2.Root.Subject)) {
+		t.Fatalf("ekroots list table: %v\n%s", err, out)
+	}
+	if out, err := run(t, "ekroots", "remove", fp, "--data-dir", e.Dir); err != nil || !strings.Contains(out, fp) {
+		t.Fatalf("ekroots remove: %v\n%s", err, out)
+	}
+	if out, err := run(t, "ekroots", "remove", fp, "--data-dir", e.Dir); err == nil {
+		t.Fatalf("ekroots remove twice: %s", out)
+	}
+	if roots := list(); len(roots) != 3 {
+		t.Fatalf("%d roots after remove", len(roots))
+	}
+
+	out, err := run(t, "settings", "set", "approval_retry=5s", "retain_refused=0s", "--data-dir", e.Dir)
+	if err != nil || !strings.Contains(out, "approval_retry:") || !strings.Contains(out, "5s") {
+		t.Fatalf("settings set: %v\n%s", err, out)
+	}
+	out, err = run(t, "settings", "show", "-o", "json", "--data-dir", e.Dir)
+	var v server.SettingsView
+	if err != nil || json.Unmarshal([]byte(out), &v) != nil || v.Settings.ApprovalRetry.Duration.String() != "5s" || v.Settings.RetainRefused.Duration != 0 || v.Version != 2 {
+		t.Fatalf("settings show: %v\n%s", err, out)
+	}
+	for _, bad := range [][]string{{"approval_retry"}, {"approval_retry=5s", "approval_retry=6s"}, {"no_such_setting=1s"}} {
+		if out, err := run(t, append(append([]string{"settings", "set"}, bad...), "--data-dir", e.Dir)...); err == nil {
+			t.Fatalf("settings set %v: %s", bad, out)
+		}
 	}
 }

@@ -291,9 +291,13 @@ func verifyAttestationCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "verify [ID | --bundle FILE] [--ek-roots FILE]",
 		Short: "Re-check a past decision from its evidence alone (EK chain, AK, quote, event log, certify, CSR, policy)",
-		Args:  cobra.MaximumNArgs(1),
+		Long: "Re-check a past decision from its evidence alone. With an ID, the evidence and the manufacturer CA set " +
+			"come from the cluster (the set it serves, as 'ekroots list' shows; --ek-roots files are added to it). " +
+			"With --bundle (offline), the shipped bundle plus --ek-roots files are the manufacturer CAs.",
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var b server.EvidenceBundle
+			online := false
 			switch {
 			case bundle != "" && len(args) == 0:
 				data, err := os.ReadFile(bundle)
@@ -311,10 +315,17 @@ func verifyAttestationCmd() *cobra.Command {
 				if b, err = adminClient(cmd).Evidence(cmd.Context(), id); err != nil {
 					return err
 				}
+				online = true
 			default:
 				return fmt.Errorf("give an attestation ID or --bundle FILE")
 			}
-			rootsPEM, err := manufacturerRoots(ekRoots, false, allowNoEvidence)
+			var rootsPEM []byte
+			var err error
+			if online {
+				rootsPEM, err = servedEKRoots(cmd, ekRoots, allowNoEvidence)
+			} else {
+				rootsPEM, err = manufacturerRoots(ekRoots, false, allowNoEvidence)
+			}
 			if err != nil {
 				return err
 			}
@@ -348,7 +359,7 @@ func verifyAttestationCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&bundle, "bundle", "", "bundle `FILE` saved by \"attestations evidence\" (offline)")
-	c.Flags().StringSliceVar(&ekRoots, "ek-roots", nil, "manufacturer CA files to trust besides the shipped bundle")
+	c.Flags().StringSliceVar(&ekRoots, "ek-roots", nil, "manufacturer CA files to trust besides the shipped bundle (offline) or the served set (online)")
 	c.Flags().StringArrayVar(&allowNoEvidence, "ek-allow-no-tpm-evidence", nil, "subject of a manufacturer CA whose EK certificates may carry no TPM evidence (as at init); repeatable")
 	addOutputFlag(c)
 	return c
