@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/attest"
@@ -239,6 +240,7 @@ type Appliance struct {
 	serverCert        *certSource
 	nodeCert          *certSource
 	nodeHTTP          *http.Client
+	lastMux           atomic.Pointer[routeMux] // the HTTPS port's routes (openapi.go)
 	ctx               context.Context // cancelled by Close: stops background loops
 	cancel            context.CancelFunc
 	closeOnce         sync.Once

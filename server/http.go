@@ -16,7 +16,7 @@ import (
 
 // deviceHandler serves the device API on the HTTPS port.
 func (a *Appliance) deviceHandler() http.Handler {
-	mux := http.NewServeMux()
+	mux := a.newRouteMux()
 	mux.HandleFunc("POST "+api.PathChallenge, requireJSON(func(w http.ResponseWriter, r *http.Request) {
 		var req api.ChallengeRequest
 		if err := a.decode(w, r, stageChallenge, api.MaxChallengeBody, &req); err != nil {
@@ -49,6 +49,7 @@ func (a *Appliance) deviceHandler() http.Handler {
 	a.remoteAdminRoutes(mux)
 	a.clusterRoutes(mux)
 	mux.Handle("GET /metrics", a.metricsHandler())
+	mux.HandleFunc("GET "+api.PathOpenAPI, a.serveOpenAPI)
 	return a.recoverPanics(mux)
 }
 
