@@ -1,8 +1,13 @@
 package openapitest_test
 
 import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/api/openapitest"
 )
 
@@ -14,5 +19,128 @@ func TestDocumentValid(t *testing.T) {
 	}
 	if doc.OpenAPI != "3.1.0" || doc.Paths.Len() == 0 {
 		t.Fatalf("document: openapi %q, %d paths", doc.OpenAPI, doc.Paths.Len())
+	}
+}
+
+const smallDoc = `
+openapi: 3.1.0
+info: {title: t, version: "1"}
+paths:
+  /thing/{id}:
+    get:
+      parameters:
+        - {name: id, in: path, required: true, schema: {type: string}}
+      responses:
+        '200':
+          description: ok
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [n]
+                properties:
+                  n: {type: integer}
+`
+
+// exchange serves one canned answer through a validating client and
+// returns the violations.
+func exchange(t *testing.T, path string, status int, body string) []string {
+	t.Helper()
+	doc, err := openapitest.LoadData([]byte(smallDoc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := openapitest.New(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	hc := &http.Client{Transport: v.Wrap(http.DefaultTransport)}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get(srv.URL + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(got) != body || resp.StatusCode != status {
+		t.Fatalf("the client got %d %q, the server sent %d %q", resp.StatusCode, got, status, body)
+	}
+	if v.Checked() != 1 {
+		t.Fatalf("%d exchanges checked, want 1", v.Checked())
+	}
+	for _, s := range v.Violations() {
+		t.Log("caught:", s)
+	}
+	return v.Violations()
+}
+
+// The negative controls: the validator the contract test relies on bites
+// on a wrong field type, an undocumented status and an undocumented
+// route, naming route, status and error, and passes a matching answer.
+func TestValidatorCatchesWrongType(t *testing.T) {
+	vs := exchange(t, "/thing/a", 200, `{"n":"seven"}`)
+	if len(vs) != 1 || !strings.Contains(vs[0], "GET /thing/{id} -> 200") || !strings.Contains(vs[0], `"n"`) {
+		t.Fatalf("violations %q, want one naming GET /thing/{id} -> 200 and field n", vs)
+	}
+}
+
+func TestValidatorCatchesMissingField(t *testing.T) {
+	vs := exchange(t, "/thing/a", 200, `{}`)
+	if len(vs) != 1 || !strings.Contains(vs[0], "GET /thing/{id} -> 200") || !strings.Contains(vs[0], `"n"`) {
+		t.Fatalf("violations %q, want one naming the missing field n", vs)
+	}
+}
+
+func TestValidatorCatchesUndocumentedStatus(t *testing.T) {
+	vs := exchange(t, "/thing/a", 418, `{"n":1}`)
+	if len(vs) != 1 || !strings.Contains(vs[0], "GET /thing/{id} -> 418") {
+		t.Fatalf("violations %q, want one naming GET /thing/{id} -> 418", vs)
+	}
+}
+
+func TestValidatorCatchesUndocumentedRoute(t *testing.T) {
+	vs := exchange(t, "/other", 200, `{"n":1}`)
+	if len(vs) != 1 || !strings.Contains(vs[0], "GET /other -> 200") || !strings.Contains(vs[0], "not in the OpenAPI document") {
+		t.Fatalf("violations %q, want one naming GET /other as undocumented", vs)
+	}
+}
+
+func TestValidatorPassesMatchingResponse(t *testing.T) {
+	if vs := exchange(t, "/thing/a", 200, `{"n":7}`); len(vs) != 0 {
+		t.Fatalf("violations %q on a matching answer", vs)
+	}
+}
+
+// TestDocumentBites: the real document refuses a device record with a
+// state outside the enum and a problem with an unknown code.
+func TestDocumentBites(t *testing.T) {
+	doc, err := openapitest.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := openapitest.New(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest(http.MethodGet, "https://node:8443/v1/whoami", nil)
+	h := http.Header{"Content-Type": {"application/json"}}
+	if err := v.Check(req, nil, 200, h, []byte(`{"device_id":"d","status":"active","certificate_serial":"1f"}`)); err != nil {
+		t.Fatalf("a valid whoami answer refused: %v", err)
+	}
+	if err := v.Check(req, nil, 200, h, []byte(`{"device_id":"d","status":"asleep","certificate_serial":"1f"}`)); err == nil {
+		t.Fatal("a device state outside the enum was accepted")
+	}
+	ph := http.Header{"Content-Type": {api.ContentTypeProblem}}
+	if err := v.Check(req, nil, 401, ph, []byte(`{"type":"urn:gatehouse:problem:x","title":"Unauthorized","status":401,"code":"no_such_code"}`)); err == nil {
+		t.Fatal("a problem with an unknown code was accepted")
+	}
+	if err := v.Check(req, nil, 401, h, []byte(`{"type":"urn:gatehouse:problem:unauthenticated","title":"Unauthorized","status":401,"code":"unauthenticated"}`)); err == nil {
+		t.Fatal("a problem served as application/json was accepted")
 	}
 }
