@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -61,6 +62,7 @@ type Validator struct {
 	mu         sync.Mutex
 	violations []string
 	checked    int
+	spent      time.Duration // in Check: the contract test's cost
 }
 
 // New returns a Validator for doc.
@@ -90,8 +92,10 @@ func (v *Validator) Checked() int {
 // and the response's status, header and body. It returns nil or the
 // violation, naming the route, the status and the schema error.
 func (v *Validator) Check(req *http.Request, reqBody []byte, status int, header http.Header, respBody []byte) error {
+	start := time.Now()
 	err := v.check(req, reqBody, status, header, respBody)
 	v.mu.Lock()
+	v.spent += time.Since(start)
 	v.checked++
 	if err != nil {
 		v.violations = append(v.violations, err.Error())
@@ -197,6 +201,11 @@ func Main(m *testing.M) int {
 	api.SetTransportWrapper(v.Wrap)
 	defer api.SetTransportWrapper(nil)
 	code := m.Run()
+	if testing.Verbose() {
+		v.mu.Lock()
+		fmt.Fprintf(os.Stderr, "openapitest: %d HTTP exchanges checked against api/openapi.yaml in %v\n", v.checked, v.spent.Round(time.Millisecond))
+		v.mu.Unlock()
+	}
 	if vs := v.Violations(); len(vs) > 0 {
 		fmt.Fprintf(os.Stderr, "FAIL: %d of %d HTTP exchanges do not match api/openapi.yaml:\n%s\n", len(vs), v.Checked(), strings.Join(dedup(vs), "\n"))
 		return 1
