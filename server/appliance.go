@@ -240,7 +240,6 @@ type Appliance struct {
 	serverCert        *certSource
 	nodeCert          *certSource
 	nodeHTTP          *http.Client
-	lastMux           atomic.Pointer[routeMux] // the HTTPS port's routes (openapi.go)
 	ctx               context.Context // cancelled by Close: stops background loops
 	cancel            context.CancelFunc
 	closeOnce         sync.Once
@@ -251,6 +250,10 @@ type Appliance struct {
 	tlsRefusedLimit   deniedLimiter
 	admission         *clientLimiter
 	crlCache          crlCache
+
+	// lastMux is the HTTPS port's mux, whose routes the contract test
+	// holds against the OpenAPI document (openapi.go).
+	lastMux atomic.Pointer[routeMux]
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA

@@ -228,4 +228,3 @@ func dedup(vs []string) []string {
 	sort.Strings(out)
 	return out
 }
-
