@@ -213,13 +213,23 @@ func Main(m *testing.M) int {
 	return code
 }
 
+// dedup lists each violation once, by everything but the body it quotes,
+// with how often it was seen.
 func dedup(vs []string) []string {
 	n := map[string]int{}
+	first := map[string]string{}
 	for _, s := range vs {
-		n[s]++
+		k := s
+		if i := strings.LastIndex(s, " (body: "); i >= 0 {
+			k = s[:i]
+		}
+		if n[k]++; n[k] == 1 {
+			first[k] = s
+		}
 	}
 	out := make([]string, 0, len(n))
-	for s, c := range n {
+	for k, c := range n {
+		s := first[k]
 		if c > 1 {
 			s = fmt.Sprintf("%s (%d times)", s, c)
 		}
