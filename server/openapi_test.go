@@ -11,6 +11,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/api/openapitest"
+	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
 // TestMain checks every exchange of the clients Gatehouse builds (device,
@@ -113,5 +114,22 @@ func TestOpenAPIServed(t *testing.T) {
 	wb, _ := json.Marshal(want)
 	if string(sb) != string(wb) {
 		t.Fatalf("the served document differs from api/openapi.yaml")
+	}
+}
+
+// TestOpenAPIDeviceOperations: the document's DeviceOperation enum is the
+// lifecycle's operations.
+func TestOpenAPIDeviceOperations(t *testing.T) {
+	doc, err := openapitest.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var documented []string
+	for _, v := range doc.Components.Schemas["DeviceOperation"].Value.Enum {
+		documented = append(documented, v.(string))
+	}
+	slices.Sort(documented)
+	if !slices.Equal(documented, cluster.Ops()) {
+		t.Fatalf("DeviceOperation enum %v, the lifecycle has %v", documented, cluster.Ops())
 	}
 }

@@ -1,6 +1,9 @@
 package openapitest_test
 
 import (
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -142,5 +145,46 @@ func TestDocumentBites(t *testing.T) {
 	}
 	if err := v.Check(req, nil, 401, h, []byte(`{"type":"urn:gatehouse:problem:unauthenticated","title":"Unauthorized","status":401,"code":"unauthenticated"}`)); err == nil {
 		t.Fatal("a problem served as application/json was accepted")
+	}
+}
+
+// TestProblemCodesDocumented: the ProblemCode enum is exactly the Code
+// constants of api/problem.go, so a new code cannot go undocumented.
+func TestProblemCodesDocumented(t *testing.T) {
+	doc, err := openapitest.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, v := range doc.Components.Schemas["ProblemCode"].Value.Enum {
+		documented[v.(string)] = true
+	}
+	f, err := parser.ParseFile(token.NewFileSet(), "../problem.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codes := map[string]bool{}
+	ast.Inspect(f, func(n ast.Node) bool {
+		vs, ok := n.(*ast.ValueSpec)
+		if !ok || len(vs.Names) != 1 || len(vs.Values) != 1 || !strings.HasPrefix(vs.Names[0].Name, "Code") {
+			return true
+		}
+		if lit, ok := vs.Values[0].(*ast.BasicLit); ok && lit.Kind == token.STRING {
+			codes[strings.Trim(lit.Value, `"`)] = true
+		}
+		return true
+	})
+	if len(codes) < 30 {
+		t.Fatalf("found only %d codes in api/problem.go", len(codes))
+	}
+	for c := range codes {
+		if !documented[c] {
+			t.Errorf("problem code %q (api/problem.go) is not in the ProblemCode enum", c)
+		}
+	}
+	for c := range documented {
+		if !codes[c] {
+			t.Errorf("ProblemCode %q is not a code of api/problem.go", c)
+		}
 	}
 }
