@@ -20,9 +20,17 @@ import (
 func TestMain(m *testing.M) { os.Exit(openapitest.Main(m)) }
 
 // notYetRegistered are documented operations whose handlers are being
-// written on another branch (the probes, issue 11). Each is an error once
-// it is registered, so the list cannot outlive them.
-var notYetRegistered = map[string]bool{"GET /healthz": true, "GET /readyz": true}
+// written on other branches of issue 11 (probes; enrollments delete and
+// admin certificate listing; the replicated EK roots and settings; node
+// versions). Each is an error once it is registered, so the list cannot
+// outlive them: once every branch is merged it must be empty.
+var notYetRegistered = map[string]bool{
+	"GET /healthz": true, "GET /readyz": true, // observe
+	"GET /admin/v1/admin-certs": true, "DELETE /admin/v1/enrollments/{ek}": true, // cli
+	"GET /admin/v1/ekroots": true, "POST /admin/v1/ekroots": true, "DELETE /admin/v1/ekroots/{sha256}": true, // replicate
+	"GET /admin/v1/settings": true, "PUT /admin/v1/settings": true, // replicate
+	"GET /cluster/v1/info": true, // logs
+}
 
 // TestOpenAPIRoutes: every route registered on the HTTPS port is in the
 // document, every documented operation is registered, and each admin
