@@ -240,6 +240,7 @@ type Appliance struct {
 	serverCert        *certSource
 	nodeCert          *certSource
 	nodeHTTP          *http.Client
+	lastMux           atomic.Pointer[routeMux]
 	ctx               context.Context // cancelled by Close: stops background loops
 	cancel            context.CancelFunc
 	closeOnce         sync.Once
@@ -250,10 +251,6 @@ type Appliance struct {
 	tlsRefusedLimit   deniedLimiter
 	admission         *clientLimiter
 	crlCache          crlCache
-
-	// lastMux is the HTTPS port's mux, whose routes the contract test
-	// holds against the OpenAPI document (openapi.go).
-	lastMux atomic.Pointer[routeMux]
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA

@@ -29,6 +29,3 @@ func (a *Appliance) ResealForTest(token, serialHex string) (string, error) {
 	}
 	return a.enroller.tokens.seal(sess)
 }
-
-// RoutesForTest lists the HTTPS port's route patterns ("METHOD /path").
-func (a *Appliance) RoutesForTest() []string { return a.routes() }

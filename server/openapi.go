@@ -21,8 +21,8 @@ type routeMux struct {
 	patterns []string
 }
 
-// newRouteMux returns an empty mux; the appliance keeps the newest one's
-// patterns for routes.
+// newRouteMux returns an empty mux; the appliance keeps the newest one
+// (Appliance.lastMux) for routes.
 func (a *Appliance) newRouteMux() *routeMux {
 	m := &routeMux{ServeMux: http.NewServeMux()}
 	a.lastMux.Store(m)
