@@ -114,6 +114,17 @@ func TestValidatorCatchesUndocumentedRoute(t *testing.T) {
 	}
 }
 
+// A 404 or 405 to an undocumented route is the server agreeing that it
+// has no such route: tests probe unknown paths on purpose.
+func TestValidatorAcceptsNotFoundOnUndocumentedRoute(t *testing.T) {
+	if vs := exchange(t, "/other", 404, `{"n":1}`); len(vs) != 0 {
+		t.Fatalf("violations %q on a 404 to an undocumented route", vs)
+	}
+	if vs := exchange(t, "/thing/a", 404, `{"n":1}`); len(vs) != 1 {
+		t.Fatalf("violations %q, want one: 404 is not documented on GET /thing/{id}", vs)
+	}
+}
+
 func TestValidatorPassesMatchingResponse(t *testing.T) {
 	if vs := exchange(t, "/thing/a", 200, `{"n":7}`); len(vs) != 0 {
 		t.Fatalf("violations %q on a matching answer", vs)
