@@ -86,7 +86,7 @@ func newHTTPClient(root *x509.Certificate, cert *tls.Certificate) *http.Client {
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}
-	return &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	return &http.Client{Timeout: 60 * time.Second, Transport: api.WrapTransport(&http.Transport{TLSClientConfig: cfg})}
 }
 
 // Enroll runs the two-round-trip enrollment with the TPM and returns the

@@ -427,14 +427,14 @@ func NewAdminClient(dataDir string) *AdminClient {
 	sock := filepath.Join(dataDir, adminSocket)
 	return &AdminClient{base: "http://gatehouse", hc: &http.Client{
 		Timeout: 30 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		Transport: api.WrapTransport(&http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "unix", sock)
 			if err != nil {
 				return nil, fmt.Errorf("admin socket %s (is gatehouse serve running?): %w", sock, err)
 			}
 			return c, nil
-		}},
+		}}),
 	}}
 }
 
@@ -446,9 +446,9 @@ func NewRemoteAdminClient(server string, cert tls.Certificate, root *x509.Certif
 	pool.AddCert(root)
 	return &AdminClient{base: strings.TrimRight(server, "/"), hc: &http.Client{
 		Timeout: 60 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		Transport: api.WrapTransport(&http.Transport{TLSClientConfig: &tls.Config{
 			MinVersion: tls.VersionTLS12, RootCAs: pool, Certificates: []tls.Certificate{cert},
-		}},
+		}}),
 	}}
 }
 

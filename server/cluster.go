@@ -147,11 +147,11 @@ func (a *Appliance) raftTLS() *tls.Config {
 func (a *Appliance) nodeClient() *http.Client {
 	pool := x509.NewCertPool()
 	pool.AddCert(a.ca.Root())
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+	return &http.Client{Timeout: 30 * time.Second, Transport: api.WrapTransport(&http.Transport{TLSClientConfig: &tls.Config{
 		MinVersion:           tls.VersionTLS12,
 		RootCAs:              pool,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return a.nodeCert.get(nil) },
-	}}}
+	}})}
 }
 
 // publicAddr is the address clients are told to use for this node's API:
@@ -171,7 +171,7 @@ func (a *Appliance) apiAddr() string {
 	return net.JoinHostPort(host, port)
 }
 
-func (a *Appliance) clusterRoutes(mux *http.ServeMux) {
+func (a *Appliance) clusterRoutes(mux *routeMux) {
 	mux.HandleFunc("GET "+pathClusterCA, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		w.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Root().Raw}))
@@ -583,7 +583,7 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 	}
 	// The root is public; fetch it without trust, then trust it only if it
 	// matches the token's pin.
-	insecure := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	insecure := &http.Client{Timeout: 30 * time.Second, Transport: api.WrapTransport(&http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}})}
 	rootPEM, err := httpGet(ctx, insecure, "https://"+seedAddr+pathClusterCA)
 	if err != nil {
 		return fmt.Errorf("fetch cluster root from %s: %w", seedAddr, err)
@@ -601,7 +601,7 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
-	trusted := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	trusted := &http.Client{Timeout: 30 * time.Second, Transport: api.WrapTransport(&http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}})}
 	reqBody, _ := json.Marshal(joinRequest{Token: token, NodeID: cfg.NodeID})
 	post := func(path string) (joinResponse, error) {
 		var jr joinResponse

@@ -42,7 +42,7 @@ func (a *Appliance) deviceHandler() http.Handler { return a.recoverPanics(a.devi
 // deviceRoutes routes the device API, the admin and cluster APIs, the
 // probes and the metrics of the HTTPS port.
 func (a *Appliance) deviceRoutes() *http.ServeMux {
-	mux := http.NewServeMux()
+	mux := a.newRouteMux()
 	mux.HandleFunc("POST "+api.PathChallenge, requireJSON(func(w http.ResponseWriter, r *http.Request) {
 		var req api.ChallengeRequest
 		if err := a.decode(w, r, stageChallenge, api.MaxChallengeBody, &req); err != nil {
@@ -77,7 +77,8 @@ func (a *Appliance) deviceRoutes() *http.ServeMux {
 	mux.Handle("GET /metrics", a.metricsHandler())
 	mux.HandleFunc("GET "+pathHealthz, a.healthz)
 	mux.HandleFunc("GET "+pathReadyz, a.readyz)
-	return mux
+	mux.HandleFunc("GET "+api.PathOpenAPI, a.serveOpenAPI)
+	return mux.ServeMux
 }
 
 // recoverPanics answers a request whose handler panicked with a 500

@@ -102,7 +102,7 @@ func mtlsClient(e *env, cert *tls.Certificate) *http.Client {
 	if cert != nil {
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
 	}
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	return &http.Client{Timeout: 30 * time.Second, Transport: api.WrapTransport(&http.Transport{TLSClientConfig: cfg})}
 }
 
 // call sends a JSON body (nil: none) and returns the status and problem code.

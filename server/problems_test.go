@@ -23,6 +23,7 @@ var notRefusals = map[string]string{
 	"server.ErrBadBackup":          "restore answers backup_invalid itself (admin.go); also a CLI error",
 	"server.ErrAuditSink":          "startup error: a bad audit_sink stops the node",
 	"server.ErrOtherCluster":       "startup and join error: the data directory or token is another cluster's",
+	"server.ErrUnknownConfigKey":   "startup error: config.json names a key Gatehouse does not know",
 	"cluster.ErrAddrInUse":         "startup error: the Raft address is taken",
 	"cluster.ErrCorruptState":      "startup error: raft.db or fsm.db is unreadable",
 	"cluster.ErrAuditRange":        "offline audit verification finding, not an HTTP answer",

@@ -91,7 +91,7 @@ func actor(r *http.Request, claimed string) string {
 }
 
 // remoteAdminRoutes mounts the admin API on the HTTPS mux behind role checks.
-func (a *Appliance) remoteAdminRoutes(mux *http.ServeMux) {
+func (a *Appliance) remoteAdminRoutes(mux *routeMux) {
 	a.registerAdmin(func(role, pattern string, h http.HandlerFunc) {
 		mux.HandleFunc(pattern, a.requireRole(role, adminBody(pattern, h)))
 	})

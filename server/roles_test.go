@@ -124,7 +124,7 @@ func TestAdminAuthorizationMatrix(t *testing.T) {
 			cert := c.cert
 			tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
 		}
-		hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+		hc := &http.Client{Timeout: 30 * time.Second, Transport: api.WrapTransport(&http.Transport{TLSClientConfig: tlsCfg})}
 		for _, r := range routes {
 			method, path, _ := strings.Cut(r.Pattern, " ")
 			path = strings.NewReplacer("{id}", "nonexistent", "{op}", "disable", "{name}", "nogroup").Replace(path)

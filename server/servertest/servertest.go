@@ -17,6 +17,7 @@ import (
 	goattest "github.com/google/go-attestation/attest"
 	"github.com/hashicorp/raft"
 
+	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/cluster"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
@@ -131,7 +132,7 @@ func (e *Env) Start() {
 	e.Client = fwclient.NewClient(e.URL(), app.Root())
 	pool := x509.NewCertPool()
 	pool.AddCert(app.Root())
-	e.HTTP = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	e.HTTP = &http.Client{Timeout: 30 * time.Second, Transport: api.WrapTransport(&http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}})}
 }
 
 // URL is the device API's base URL.
