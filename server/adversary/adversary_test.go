@@ -17,7 +17,9 @@ import (
 // An attack counts as refused only when the answer is a 4xx
 // application/problem+json with a code (or, where that is the
 // expectation, a refused TLS handshake, a connection the server gave
-// up on, or a finding of the offline audit verification), no certificate came back, the registry holds no new certificate
+// up on, a finding of the offline audit verification, or, for a route
+// that serves anyone, an answer below 500 with every invariant held), no
+// certificate came back, the registry holds no new certificate
 // serial, and the attack's own invariant held. A 5xx or a dropped
 // connection is a crash. The test fails unless every attack was refused,
 // nothing was issued, nothing crashed and every control succeeded.
@@ -110,7 +112,8 @@ func judge(a Attack, r Result, newSerials []string) verdict {
 	case problem,
 		a.Expect == ExpectTLSRefused && r.TLSRefused,
 		a.Expect == ExpectClosed && r.Closed,
-		a.Expect == ExpectFinding && r.Finding != "":
+		a.Expect == ExpectFinding && r.Finding != "",
+		a.Expect == ExpectHeld && r.Status > 0:
 		v.verdict = verdictRefused
 	default:
 		v.verdict = verdictThrough

@@ -752,6 +752,8 @@ func attacks() []Attack {
 			return last
 		}})
 
+	// ---- issue 11: probes, metrics, node info, EK roots, settings, enrollments ----
+	add(opsAttacks()...)
 	// ---- issue 10: identities, admin, joins, audit, revocation, rate limits, backups ----
 	add(trustAttacks()...)
 	return as

@@ -47,6 +47,12 @@ const (
 	// a joining node's checks) refuses what the attacker changed or
 	// offered; Result.Finding says what.
 	ExpectFinding
+	// ExpectHeld: the route serves anyone (a probe, the metrics, the
+	// OpenAPI document) or the caller may use it (an operator's dry run),
+	// so the attack is on what serving it costs, shows or writes: it is
+	// refused when it was answered below 500 and every invariant the
+	// attack checks held (Result.Violation empty).
+	ExpectHeld
 )
 
 // Attack is one row of the suite. Control plays the same flow untampered
@@ -141,6 +147,8 @@ type Harness struct {
 	NoRetry bool
 	// trustSt is what the issue-10 rows share (trust_test.go).
 	trustSt *trustState
+	// opsSt is what the issue-11 rows share (ops_test.go).
+	opsSt *opsState
 }
 
 // Device kinds in the pool: each is started once and reused across

@@ -309,6 +309,8 @@ const (
 	onAdmin   = "admin"
 	onCluster = "cluster"
 	onDevice  = "device"
+	// onInfo is GET /cluster/v1/info (ops_test.go): node certificates only.
+	onInfo = "cluster-info"
 )
 
 // deviceCalls are the routes only a device identity may call.
@@ -328,6 +330,8 @@ func identityAttack(name, on string, forge func(h *Harness) (*tls.Certificate, e
 	return Attack{Name: name, Category: catIdentity, Expect: ExpectProblem,
 		Control: func(h *Harness) error {
 			switch on {
+			case onInfo:
+				return h.nodeInfoOK()
 			case onCluster:
 				c, err := h.nodeCert()
 				if err != nil {
@@ -357,7 +361,10 @@ func identityAttack(name, on string, forge func(h *Harness) (*tls.Certificate, e
 			if err != nil {
 				return harnessErr("forge: %v", err)
 			}
+			h.Arm() // a genuine certificate issued for the attack (the first operator's) is not its doing
 			switch on {
+			case onInfo:
+				return h.allDenied(c, infoCalls())
 			case onCluster:
 				tag := "attack-" + hex.EncodeToString(randomBytes(4))
 				r := h.allDenied(c, h.clusterCalls(tag))
