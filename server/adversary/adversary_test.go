@@ -33,8 +33,8 @@ func TestAdversary(t *testing.T) {
 		}
 		names[a.Name] = true
 	}
-	if len(as) < 40 {
-		t.Fatalf("%d attacks, the suite keeps at least 40", len(as))
+	if len(as) < 180 {
+		t.Fatalf("%d attacks, the suite keeps at least 180", len(as))
 	}
 
 	var tried, refused, issued, crashes, controlsOK int
