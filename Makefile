@@ -60,7 +60,7 @@ adversary: deps
 	@$(GO) test -count=1 -timeout 5m -v -run '^TestAdversary$$' ./server/adversary/ > build/adversary.log 2>&1; rc=$$?; \
 	  if [ "$(ADVERSARY_SHOW)" = all ]; then grep -E '^  attack ' build/adversary.log; \
 	  else grep -E '^  attack (GOT-THROUGH|CRASH|HARNESS)' build/adversary.log; fi; \
-	  grep -E '^\s+(adversary|attacks|harness|craft)_test\.go:[0-9]+: ' build/adversary.log | grep -v -e 'flood: data directory' -e ': attack "'; \
+	  grep -E '^\s+[a-z0-9_]+_test\.go:[0-9]+: ' build/adversary.log | grep -v -e 'flood: data directory' -e ': attack "'; \
 	  grep -E '^(panic:|--- FAIL|FAIL|ok )' build/adversary.log; \
 	  if grep -q '^adversary: tried=' build/adversary.log; then grep '^adversary: tried=' build/adversary.log | tail -n 1; \
 	  else tail -n 40 build/adversary.log; echo "adversary: the suite failed before its summary (see build/adversary.log)"; fi; \
