@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/api"
-	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
@@ -167,45 +166,23 @@ func TestReadyzNoLeader(t *testing.T) {
 // runs another cluster's node) is not ready: the certificate check names
 // the peer that refused it.
 func TestReadyzPeerRefusesCertificate(t *testing.T) {
-	ctx := context.Background()
-	seedDir, seedCfg := initNode(t)
-	seed := openNode(t, seedDir)
-	tok, err := seed.CreateJoinToken(ctx, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := server.DefaultConfig()
-	cfg.NodeID, cfg.Listen, cfg.RaftAddr = "node-2", "127.0.0.1:0", servertest.FreeAddr(t)
-	memberDir := t.TempDir()
-	if err := server.Join(ctx, memberDir, servertest.Password, seed.Addr(), tok.String(), cfg); err != nil {
-		t.Fatal(err)
-	}
-	member := servertest.StartNode(t, memberDir)
-	waitFor(t, "node-2 as a voter", 20*time.Second, func() bool { return voters(t, seed) == 2 })
-	var rd server.Readiness
-	if code := probe(t, member, "/readyz", &rd); code != http.StatusOK {
-		t.Fatalf("member of its cluster: %d %+v", code, rd)
-	}
-	member.Close()
-	seed.Close()
-
-	otherDir := t.TempDir()
-	otherCfg := server.DefaultConfig()
-	otherCfg.TrustDomain, otherCfg.Listen, otherCfg.RaftAddr = servertest.TrustDomain, "127.0.0.1:0", seedCfg.RaftAddr
-	if err := server.Init(otherDir, servertest.Password, otherCfg, attest.ManufacturerRootsPEM()); err != nil {
-		t.Fatal(err)
-	}
-	openNode(t, otherDir)
-	member, err = server.Open(memberDir, servertest.Password, server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
+	memberDir, refuser := memberRefusedByPeer(t, func(member *server.Appliance, _ string) {
+		var rd server.Readiness
+		if code := probe(t, member, "/readyz", &rd); code != http.StatusOK {
+			t.Fatalf("member of its cluster: %d %+v", code, rd)
+		}
+	})
+	member, err := server.Open(memberDir, servertest.Password, server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer member.Close()
+	var rd server.Readiness
 	waitFor(t, "the refusal in /readyz", 20*time.Second, func() bool {
 		rd = server.Readiness{}
 		return probe(t, member, "/readyz?noleader", &rd) == http.StatusServiceUnavailable
 	})
-	if f := failing(rd); len(f) != 1 || !strings.Contains(f[server.CheckCertificate], seedCfg.RaftAddr) || !strings.Contains(f[server.CheckCertificate], "refused") {
+	if f := failing(rd); len(f) != 1 || !strings.Contains(f[server.CheckCertificate], refuser) || !strings.Contains(f[server.CheckCertificate], "refused") {
 		t.Fatalf("refused by its peer: %+v", rd)
 	}
 }
