@@ -267,12 +267,10 @@ func (a *Appliance) peerOf(listener string, r *http.Request) string {
 	if err != nil {
 		return "unidentified:" + leaf.SerialNumber.Text(16)
 	}
-	switch id.Path {
-	case ca.PathAdmin:
-		return "admin:" + id.ID + "(" + id.Role + ")"
-	default:
-		return string(id.Path) + ":" + id.ID
+	if id.Path == ca.PathAdmin {
+		return adminIdentity{Role: id.Role, Name: id.ID}.String()
 	}
+	return string(id.Path) + ":" + id.ID
 }
 
 func truncate(s string, n int) string {
