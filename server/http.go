@@ -26,7 +26,7 @@ func (a *Appliance) apiHandler() http.Handler {
 	mux := a.deviceRoutes()
 	served := a.recoverPanics(mux)
 	admitted := a.admit(served)
-	return a.logRequests(listenerAPI, mux, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return a.logRequests(listenerAPI, mux.ServeMux, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if (r.Method == http.MethodGet || r.Method == http.MethodHead) && (r.URL.Path == pathHealthz || r.URL.Path == pathReadyz) {
 			served.ServeHTTP(w, r)
 			return
@@ -41,8 +41,8 @@ func (a *Appliance) deviceHandler() http.Handler { return a.recoverPanics(a.devi
 
 // deviceRoutes routes the device API, the admin and cluster APIs, the
 // probes and the metrics of the HTTPS port.
-func (a *Appliance) deviceRoutes() *http.ServeMux {
-	mux := a.newRouteMux()
+func (a *Appliance) deviceRoutes() *routeMux {
+	mux := newRouteMux()
 	mux.HandleFunc("POST "+api.PathChallenge, requireJSON(func(w http.ResponseWriter, r *http.Request) {
 		var req api.ChallengeRequest
 		if err := a.decode(w, r, stageChallenge, api.MaxChallengeBody, &req); err != nil {
@@ -78,7 +78,7 @@ func (a *Appliance) deviceRoutes() *http.ServeMux {
 	mux.HandleFunc("GET "+pathHealthz, a.healthz)
 	mux.HandleFunc("GET "+pathReadyz, a.readyz)
 	mux.HandleFunc("GET "+api.PathOpenAPI, a.serveOpenAPI)
-	return mux.ServeMux
+	return mux
 }
 
 // recoverPanics answers a request whose handler panicked with a 500
