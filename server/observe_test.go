@@ -15,30 +15,9 @@ import (
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
-	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
-
-// reopenWith restarts e's node with opts (and e's clock), and points e's
-// clients at it.
-func reopenWith(t *testing.T, e *servertest.Env, opts ...server.Option) {
-	t.Helper()
-	e.App.Close()
-	opts = append([]server.Option{server.WithClock(e.Clock.Now), server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft))}, opts...)
-	app, err := server.Open(e.Dir, servertest.Password, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { app.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := app.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	e.App = app
-	e.Client = fwclient.NewClient(e.URL(), app.Root())
-}
 
 // probe GETs a probe of app (no client certificate) and decodes its body.
 func probe(t *testing.T, app *server.Appliance, path string, out any) int {
@@ -77,7 +56,8 @@ func failing(rd server.Readiness) map[string]string {
 // it 503, naming the check and why.
 func TestProbesReadyAndNotReady(t *testing.T) {
 	e := servertest.New(t)
-	reopenWith(t, e, server.WithRateLimit(1, 1))
+	e.App.Close()
+	e.Start(server.WithRateLimit(1, 1))
 
 	var h server.Health
 	if code := probe(t, e.App, "/healthz", &h); code != http.StatusOK || h.Status != "ok" || h.NodeID != "node-1" {
@@ -226,7 +206,8 @@ func (l *logLines) find(t *testing.T, method, path, peer string) map[string]any 
 func TestRequestLog(t *testing.T) {
 	e := newEnv(t)
 	var logs logLines
-	reopenWith(t, e.Env, server.WithLogger(slog.New(slog.NewJSONHandler(&logs.buf, nil))))
+	e.App.Close()
+	e.Start(server.WithLogger(slog.New(slog.NewJSONHandler(&logs.buf, nil))))
 	ctx := context.Background()
 	d := e.newDevice(e.Mfr)
 	id, err := e.Client.Enroll(ctx, d.TPM)
