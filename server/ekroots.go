@@ -9,7 +9,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -285,7 +284,7 @@ func (a *Appliance) registerEKRootsAdmin(add func(role, pattern string, h http.H
 	}))
 	add(ca.RoleOperator, "POST "+path, func(w http.ResponseWriter, r *http.Request) {
 		var req EKRootsAdd
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxEKRootsBody)).Decode(&req); err != nil {
+		if err := json.NewDecoder(limitBody(w, r.Body, maxEKRootsBody)).Decode(&req); err != nil {
 			writeProblem(w, malformed("body: "+err.Error()))
 			return
 		}
@@ -325,8 +324,8 @@ func (a *Appliance) registerEKRootsAdmin(add func(role, pattern string, h http.H
 		}
 		var req EKRootRemove
 		if r.ContentLength != 0 {
-			if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
-				writeProblem(w, malformed("body: "+err.Error()))
+			if err := decodeBody(r, 64<<10, &req); err != nil {
+				writeProblem(w, err)
 				return
 			}
 		}

@@ -285,3 +285,20 @@ func TestOversizedBodyClosesConnection(t *testing.T) {
 		t.Fatalf("oversized body: %s, Connection: close %v", resp.Status, resp.Close)
 	}
 }
+
+// The admin API bounds bodies the same way: an oversized ekroots add over
+// HTTPS is refused and its connection closed, not left open for more.
+func TestOversizedAdminBodyClosesConnection(t *testing.T) {
+	e := newEnv(t)
+	op := adminCert(t, e, ca.RoleOperator, "olga")
+	body := `{"pem":"` + strings.Repeat("A", server.MaxEKRootsBody) + `"}`
+	resp, err := mtlsClient(e, &op).Post(e.URL()+"/admin/v1/ekroots", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !resp.Close {
+		t.Fatalf("oversized ekroots add: %s, Connection: close %v", resp.Status, resp.Close)
+	}
+}
