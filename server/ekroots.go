@@ -97,12 +97,8 @@ func ekRootsFromPEM(b []byte, source string, allowNoEvidence, strict bool) ([]cl
 func ekRootsPEM(roots []cluster.EKRoot) []byte {
 	var out []byte
 	for _, r := range roots {
-		blk := &pem.Block{Type: "CERTIFICATE", Bytes: r.DER}
-		if r.AllowNoTPMEvidence {
-			blk.Headers = map[string]string{attest.NoTPMEvidenceHeader: "allowed"}
-		}
 		out = append(out, fmt.Sprintf("# %s (sha256 %s)\n", r.Subject, r.SHA256)...)
-		out = append(out, pem.EncodeToMemory(blk)...)
+		out = append(out, attest.EKRootPEM(r.DER, r.AllowNoTPMEvidence)...)
 	}
 	return out
 }
@@ -215,13 +211,10 @@ func EKRootsBundle(infos []EKRootInfo) []byte {
 	var out []byte
 	for _, i := range infos {
 		blk, _ := pem.Decode([]byte(i.PEM))
-		if blk == nil {
+		if blk == nil || blk.Type != "CERTIFICATE" {
 			continue
 		}
-		if i.AllowNoTPMEvidence {
-			blk.Headers = map[string]string{attest.NoTPMEvidenceHeader: "allowed"}
-		}
-		out = append(out, pem.EncodeToMemory(blk)...)
+		out = append(out, attest.EKRootPEM(blk.Bytes, i.AllowNoTPMEvidence)...)
 	}
 	return out
 }
