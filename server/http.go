@@ -23,7 +23,7 @@ import (
 // be refused 429 for traffic that shares their address), every request
 // logged and timed once.
 func (a *Appliance) apiHandler() http.Handler {
-	mux := a.deviceRoutes()
+	mux := a.apiRoutes()
 	served := a.recoverPanics(mux)
 	admitted := a.admit(served)
 	return a.logRequests(listenerAPI, mux.ServeMux, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -37,11 +37,11 @@ func (a *Appliance) apiHandler() http.Handler {
 
 // deviceHandler is the HTTPS port's routes without admission control or
 // request logging (in-process tests).
-func (a *Appliance) deviceHandler() http.Handler { return a.recoverPanics(a.deviceRoutes()) }
+func (a *Appliance) deviceHandler() http.Handler { return a.recoverPanics(a.apiRoutes()) }
 
-// deviceRoutes routes the device API, the admin and cluster APIs, the
+// apiRoutes routes the device API, the admin and cluster APIs, the
 // probes and the metrics of the HTTPS port.
-func (a *Appliance) deviceRoutes() *routeMux {
+func (a *Appliance) apiRoutes() *routeMux {
 	mux := newRouteMux()
 	mux.HandleFunc("POST "+api.PathChallenge, requireJSON(func(w http.ResponseWriter, r *http.Request) {
 		var req api.ChallengeRequest

@@ -32,8 +32,8 @@ func (m *routeMux) HandleFunc(pattern string, h func(http.ResponseWriter, *http.
 }
 
 // routes lists the patterns ("METHOD /path/{var}") of the HTTPS port, from
-// the registration the port is served from (deviceRoutes).
-func (a *Appliance) routes() []string { return a.deviceRoutes().patterns }
+// the registration the port is served from (apiRoutes).
+func (a *Appliance) routes() []string { return a.apiRoutes().patterns }
 
 // openAPIJSON is the embedded document as JSON, converted once.
 var openAPIJSON = sync.OnceValues(func() ([]byte, error) {
