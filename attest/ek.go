@@ -174,6 +174,16 @@ func EKRootsOptions(bundle []byte) []EKOption {
 	return []EKOption{WithNoTPMEvidenceIssuers(cas...)}
 }
 
+// EKRootPEM encodes one CA certificate (DER) for an EK roots bundle, marked
+// with NoTPMEvidenceHeader when allowNoEvidence (what EKRootsOptions reads).
+func EKRootPEM(der []byte, allowNoEvidence bool) []byte {
+	blk := &pem.Block{Type: "CERTIFICATE", Bytes: der}
+	if allowNoEvidence {
+		blk.Headers = map[string]string{NoTPMEvidenceHeader: "allowed"}
+	}
+	return pem.EncodeToMemory(blk)
+}
+
 // AllowNoTPMEvidence marks the CAs of a PEM bundle whose subject (as Name
 // prints it) is among subjects with NoTPMEvidenceHeader, keeping the rest
 // of the bundle byte for byte. Every subject must name a CA in the bundle.

@@ -25,7 +25,14 @@ func fastRaft(c *raft.Config) {
 
 func openNode(t *testing.T, dir string, opts ...Option) *Node {
 	t.Helper()
-	n, err := Open(Config{NodeID: "n1", DataDir: dir, RaftAddr: "127.0.0.1:0", Bootstrap: true}, append([]Option{WithRaftConfig(fastRaft)}, opts...)...)
+	return openConfigured(t, Config{NodeID: "n1", DataDir: dir, RaftAddr: "127.0.0.1:0", Bootstrap: true}, opts...)
+}
+
+// openConfigured opens a node with cfg and fast Raft timing, and waits
+// until it leads.
+func openConfigured(t *testing.T, cfg Config, opts ...Option) *Node {
+	t.Helper()
+	n, err := Open(cfg, append([]Option{WithRaftConfig(fastRaft)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

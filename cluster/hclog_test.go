@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -10,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -92,16 +90,7 @@ func TestHCLogBridgeLevelsAndAttrs(t *testing.T) {
 // message (what the old writer-based bridge produced, all at WARN).
 func TestRaftLogsThroughSlog(t *testing.T) {
 	var buf lockedBuffer
-	n, err := Open(Config{NodeID: "n1", DataDir: t.TempDir(), RaftAddr: "127.0.0.1:0", Bootstrap: true, Logger: jsonLogger(&buf, slog.LevelInfo)}, WithRaftConfig(fastRaft))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := n.WaitLeader(ctx); err != nil {
-		t.Fatal(err)
-	}
+	openConfigured(t, Config{NodeID: "n1", DataDir: t.TempDir(), RaftAddr: "127.0.0.1:0", Bootstrap: true, Logger: jsonLogger(&buf, slog.LevelInfo)})
 
 	stamped := regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d|\[(TRACE|DEBUG|INFO|WARN|ERROR)\]`)
 	leaderLine := false

@@ -435,16 +435,6 @@ func TestUnauthenticatedAdminRefusalsSummarized(t *testing.T) {
 func reopenThrottled(t *testing.T, e *servertest.Env) *server.Appliance {
 	t.Helper()
 	e.App.Close()
-	app, err := server.Open(e.Dir, servertest.Password, server.WithRateLimit(1, 3),
-		server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { app.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := app.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return app
+	e.Start(server.WithRateLimit(1, 3))
+	return e.App
 }

@@ -22,7 +22,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/attest"
@@ -258,7 +257,6 @@ type Appliance struct {
 	serverCert        *certSource
 	nodeCert          *certSource
 	nodeHTTP          *http.Client
-	lastMux           atomic.Pointer[routeMux]
 	ctx               context.Context // cancelled by Close: stops background loops
 	cancel            context.CancelFunc
 	closeOnce         sync.Once

@@ -9,7 +9,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -98,12 +97,8 @@ func ekRootsFromPEM(b []byte, source string, allowNoEvidence, strict bool) ([]cl
 func ekRootsPEM(roots []cluster.EKRoot) []byte {
 	var out []byte
 	for _, r := range roots {
-		blk := &pem.Block{Type: "CERTIFICATE", Bytes: r.DER}
-		if r.AllowNoTPMEvidence {
-			blk.Headers = map[string]string{attest.NoTPMEvidenceHeader: "allowed"}
-		}
 		out = append(out, fmt.Sprintf("# %s (sha256 %s)\n", r.Subject, r.SHA256)...)
-		out = append(out, pem.EncodeToMemory(blk)...)
+		out = append(out, attest.EKRootPEM(r.DER, r.AllowNoTPMEvidence)...)
 	}
 	return out
 }
@@ -216,13 +211,10 @@ func EKRootsBundle(infos []EKRootInfo) []byte {
 	var out []byte
 	for _, i := range infos {
 		blk, _ := pem.Decode([]byte(i.PEM))
-		if blk == nil {
+		if blk == nil || blk.Type != "CERTIFICATE" {
 			continue
 		}
-		if i.AllowNoTPMEvidence {
-			blk.Headers = map[string]string{attest.NoTPMEvidenceHeader: "allowed"}
-		}
-		out = append(out, pem.EncodeToMemory(blk)...)
+		out = append(out, attest.EKRootPEM(blk.Bytes, i.AllowNoTPMEvidence)...)
 	}
 	return out
 }
@@ -285,7 +277,7 @@ func (a *Appliance) registerEKRootsAdmin(add func(role, pattern string, h http.H
 	}))
 	add(ca.RoleOperator, "POST "+path, func(w http.ResponseWriter, r *http.Request) {
 		var req EKRootsAdd
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxEKRootsBody)).Decode(&req); err != nil {
+		if err := json.NewDecoder(limitBody(w, r.Body, maxEKRootsBody)).Decode(&req); err != nil {
 			writeProblem(w, malformed("body: "+err.Error()))
 			return
 		}
@@ -325,8 +317,8 @@ func (a *Appliance) registerEKRootsAdmin(add func(role, pattern string, h http.H
 		}
 		var req EKRootRemove
 		if r.ContentLength != 0 {
-			if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
-				writeProblem(w, malformed("body: "+err.Error()))
+			if err := decodeBody(r, 64<<10, &req); err != nil {
+				writeProblem(w, err)
 				return
 			}
 		}

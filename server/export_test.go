@@ -41,3 +41,6 @@ func SetProgressHook(a *Appliance, fn func(*cluster.Progress)) {
 	defer a.health.mu.Unlock()
 	a.health.progress = fn
 }
+
+// MaxEKRootsBody bounds a POST /admin/v1/ekroots body.
+const MaxEKRootsBody = maxEKRootsBody

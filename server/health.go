@@ -20,10 +20,11 @@ import (
 //
 // Both read memory only: no Raft write, no round trip to the leader, no
 // disk; the one chain verification is cached per certificate, and the one
-// signature is the node's own certificates' reissue when due (certSource). So they are exempt from the admission rate limit (an L7
-// load balancer's probes share its address with the device traffic it
-// forwards, and must not be refused 429 because of it), and cost a flood
-// no more than a 404 would.
+// signature is the node's own certificates' reissue when due (certSource).
+// So they are exempt from the admission rate limit (an L7 load balancer's
+// probes share its address with the device traffic it forwards, and must
+// not be refused 429 because of it), and cost a flood no more than a 404
+// would.
 //
 // Non-guarantees: readiness is this node's own view. A follower that is
 // ready may still answer a write with 503 when its leader fails meanwhile,

@@ -23,10 +23,10 @@ import (
 // be refused 429 for traffic that shares their address), every request
 // logged and timed once.
 func (a *Appliance) apiHandler() http.Handler {
-	mux := a.deviceRoutes()
+	mux := a.apiRoutes()
 	served := a.recoverPanics(mux)
 	admitted := a.admit(served)
-	return a.logRequests(listenerAPI, mux, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return a.logRequests(listenerAPI, mux.ServeMux, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if (r.Method == http.MethodGet || r.Method == http.MethodHead) && (r.URL.Path == pathHealthz || r.URL.Path == pathReadyz) {
 			served.ServeHTTP(w, r)
 			return
@@ -37,12 +37,12 @@ func (a *Appliance) apiHandler() http.Handler {
 
 // deviceHandler is the HTTPS port's routes without admission control or
 // request logging (in-process tests).
-func (a *Appliance) deviceHandler() http.Handler { return a.recoverPanics(a.deviceRoutes()) }
+func (a *Appliance) deviceHandler() http.Handler { return a.recoverPanics(a.apiRoutes()) }
 
-// deviceRoutes routes the device API, the admin and cluster APIs, the
+// apiRoutes routes the device API, the admin and cluster APIs, the
 // probes and the metrics of the HTTPS port.
-func (a *Appliance) deviceRoutes() *http.ServeMux {
-	mux := a.newRouteMux()
+func (a *Appliance) apiRoutes() *routeMux {
+	mux := newRouteMux()
 	mux.HandleFunc("POST "+api.PathChallenge, requireJSON(func(w http.ResponseWriter, r *http.Request) {
 		var req api.ChallengeRequest
 		if err := a.decode(w, r, stageChallenge, api.MaxChallengeBody, &req); err != nil {
@@ -78,7 +78,7 @@ func (a *Appliance) deviceRoutes() *http.ServeMux {
 	mux.HandleFunc("GET "+pathHealthz, a.healthz)
 	mux.HandleFunc("GET "+pathReadyz, a.readyz)
 	mux.HandleFunc("GET "+api.PathOpenAPI, a.serveOpenAPI)
-	return mux.ServeMux
+	return mux
 }
 
 // recoverPanics answers a request whose handler panicked with a 500
@@ -267,12 +267,10 @@ func (a *Appliance) peerOf(listener string, r *http.Request) string {
 	if err != nil {
 		return "unidentified:" + leaf.SerialNumber.Text(16)
 	}
-	switch id.Path {
-	case ca.PathAdmin:
-		return "admin:" + id.ID + "(" + id.Role + ")"
-	default:
-		return string(id.Path) + ":" + id.ID
+	if id.Path == ca.PathAdmin {
+		return adminIdentity{Role: id.Role, Name: id.ID}.String()
 	}
+	return string(id.Path) + ":" + id.ID
 }
 
 func truncate(s string, n int) string {

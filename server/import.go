@@ -294,7 +294,7 @@ func (c *AdminClient) DeleteEnrollment(ctx context.Context, ekPublicSHA256, acto
 
 // ImportEnrollments sends one batch of rows (with dryRun, only to be
 // judged). The batch is idempotent, so it is retried on 503 and on a lost
-// connection (RetryIdempotent).
+// connection (c.Retry).
 func (c *AdminClient) ImportEnrollments(ctx context.Context, actor, source string, rows []ImportRow, dryRun bool) (ImportResult, error) {
 	var out ImportResult
 	return out, c.retry(ctx, func() error {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/server"
-	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
 
 // A 5,000-row import through the admin API of a three-node cluster
@@ -17,12 +16,7 @@ import (
 // EK, is not doubled when it had in fact committed. Exactly the 5,000 EKs
 // end up enrolled, each once.
 func TestImportSurvivesLeaderChange(t *testing.T) {
-	e := servertest.New(t)
-	n2, dir2 := e.Join(t, "node-2")
-	n3, dir3 := e.Join(t, "node-3")
-	for _, n := range []*server.Appliance{e.App, n2, n3} {
-		waitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
-	}
+	e, _, dirs := threeNodes(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -70,7 +64,7 @@ func TestImportSurvivesLeaderChange(t *testing.T) {
 		t.Fatalf("re-sending a committed batch: %+v %v", res, err)
 	}
 
-	for _, dir := range []string{e.Dir, dir2, dir3} {
+	for _, dir := range dirs {
 		list, err := server.NewAdminClient(dir).IndividualEnrollments(ctx)
 		if err != nil {
 			t.Fatal(err)

@@ -13,33 +13,11 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/api"
-	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
-	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
-
-// reopenWith restarts e's node with opts (and e's clock), and points e's
-// clients at it.
-func reopenWith(t *testing.T, e *servertest.Env, opts ...server.Option) {
-	t.Helper()
-	e.App.Close()
-	opts = append([]server.Option{server.WithClock(e.Clock.Now), server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft))}, opts...)
-	app, err := server.Open(e.Dir, servertest.Password, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { app.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := app.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	e.App = app
-	e.Client = fwclient.NewClient(e.URL(), app.Root())
-}
 
 // probe GETs a probe of app (no client certificate) and decodes its body.
 func probe(t *testing.T, app *server.Appliance, path string, out any) int {
@@ -78,7 +56,8 @@ func failing(rd server.Readiness) map[string]string {
 // it 503, naming the check and why.
 func TestProbesReadyAndNotReady(t *testing.T) {
 	e := servertest.New(t)
-	reopenWith(t, e, server.WithRateLimit(1, 1))
+	e.App.Close()
+	e.Start(server.WithRateLimit(1, 1))
 
 	var h server.Health
 	if code := probe(t, e.App, "/healthz", &h); code != http.StatusOK || h.Status != "ok" || h.NodeID != "node-1" {
@@ -167,45 +146,23 @@ func TestReadyzNoLeader(t *testing.T) {
 // runs another cluster's node) is not ready: the certificate check names
 // the peer that refused it.
 func TestReadyzPeerRefusesCertificate(t *testing.T) {
-	ctx := context.Background()
-	seedDir, seedCfg := initNode(t)
-	seed := openNode(t, seedDir)
-	tok, err := seed.CreateJoinToken(ctx, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := server.DefaultConfig()
-	cfg.NodeID, cfg.Listen, cfg.RaftAddr = "node-2", "127.0.0.1:0", servertest.FreeAddr(t)
-	memberDir := t.TempDir()
-	if err := server.Join(ctx, memberDir, servertest.Password, seed.Addr(), tok.String(), cfg); err != nil {
-		t.Fatal(err)
-	}
-	member := servertest.StartNode(t, memberDir)
-	waitFor(t, "node-2 as a voter", 20*time.Second, func() bool { return voters(t, seed) == 2 })
-	var rd server.Readiness
-	if code := probe(t, member, "/readyz", &rd); code != http.StatusOK {
-		t.Fatalf("member of its cluster: %d %+v", code, rd)
-	}
-	member.Close()
-	seed.Close()
-
-	otherDir := t.TempDir()
-	otherCfg := server.DefaultConfig()
-	otherCfg.TrustDomain, otherCfg.Listen, otherCfg.RaftAddr = servertest.TrustDomain, "127.0.0.1:0", seedCfg.RaftAddr
-	if err := server.Init(otherDir, servertest.Password, otherCfg, attest.ManufacturerRootsPEM()); err != nil {
-		t.Fatal(err)
-	}
-	openNode(t, otherDir)
-	member, err = server.Open(memberDir, servertest.Password, server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
+	memberDir, refuser := memberRefusedByPeer(t, func(member *server.Appliance, _ string) {
+		var rd server.Readiness
+		if code := probe(t, member, "/readyz", &rd); code != http.StatusOK {
+			t.Fatalf("member of its cluster: %d %+v", code, rd)
+		}
+	})
+	member, err := server.Open(memberDir, servertest.Password, server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer member.Close()
+	var rd server.Readiness
 	waitFor(t, "the refusal in /readyz", 20*time.Second, func() bool {
 		rd = server.Readiness{}
 		return probe(t, member, "/readyz?noleader", &rd) == http.StatusServiceUnavailable
 	})
-	if f := failing(rd); len(f) != 1 || !strings.Contains(f[server.CheckCertificate], seedCfg.RaftAddr) || !strings.Contains(f[server.CheckCertificate], "refused") {
+	if f := failing(rd); len(f) != 1 || !strings.Contains(f[server.CheckCertificate], refuser) || !strings.Contains(f[server.CheckCertificate], "refused") {
 		t.Fatalf("refused by its peer: %+v", rd)
 	}
 }
@@ -249,7 +206,8 @@ func (l *logLines) find(t *testing.T, method, path, peer string) map[string]any 
 func TestRequestLog(t *testing.T) {
 	e := newEnv(t)
 	var logs logLines
-	reopenWith(t, e.Env, server.WithLogger(slog.New(slog.NewJSONHandler(&logs.buf, nil))))
+	e.App.Close()
+	e.Start(server.WithLogger(slog.New(slog.NewJSONHandler(&logs.buf, nil))))
 	ctx := context.Background()
 	d := e.newDevice(e.Mfr)
 	id, err := e.Client.Enroll(ctx, d.TPM)
@@ -325,5 +283,22 @@ func TestOversizedBodyClosesConnection(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusRequestEntityTooLarge || !resp.Close {
 		t.Fatalf("oversized body: %s, Connection: close %v", resp.Status, resp.Close)
+	}
+}
+
+// The admin API bounds bodies the same way: an oversized ekroots add over
+// HTTPS is refused and its connection closed, not left open for more.
+func TestOversizedAdminBodyClosesConnection(t *testing.T) {
+	e := newEnv(t)
+	op := adminCert(t, e, ca.RoleOperator, "olga")
+	body := `{"pem":"` + strings.Repeat("A", server.MaxEKRootsBody) + `"}`
+	resp, err := mtlsClient(e, &op).Post(e.URL()+"/admin/v1/ekroots", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !resp.Close {
+		t.Fatalf("oversized ekroots add: %s, Connection: close %v", resp.Status, resp.Close)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
 	"sync"
 
 	"go.yaml.in/yaml/v2"
@@ -17,44 +16,24 @@ import (
 // (api/openapi.yaml): a route missing from the document fails it.
 type routeMux struct {
 	*http.ServeMux
-	mu       sync.Mutex
 	patterns []string
 }
 
-// newRouteMux returns an empty mux; the appliance keeps the newest one
-// (Appliance.lastMux) for routes.
-func (a *Appliance) newRouteMux() *routeMux {
-	m := &routeMux{ServeMux: http.NewServeMux()}
-	a.lastMux.Store(m)
-	return m
-}
-
-func (m *routeMux) record(pattern string) {
-	m.mu.Lock()
-	m.patterns = append(m.patterns, pattern)
-	m.mu.Unlock()
-}
+func newRouteMux() *routeMux { return &routeMux{ServeMux: http.NewServeMux()} }
 
 func (m *routeMux) Handle(pattern string, h http.Handler) {
-	m.record(pattern)
+	m.patterns = append(m.patterns, pattern)
 	m.ServeMux.Handle(pattern, h)
 }
 
 func (m *routeMux) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
-	m.record(pattern)
+	m.patterns = append(m.patterns, pattern)
 	m.ServeMux.HandleFunc(pattern, h)
 }
 
-// routes lists the patterns ("METHOD /path/{var}") of the HTTPS port.
-func (a *Appliance) routes() []string {
-	m := a.lastMux.Load()
-	if m == nil {
-		return nil
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.patterns)
-}
+// routes lists the patterns ("METHOD /path/{var}") of the HTTPS port, from
+// the registration the port is served from (apiRoutes).
+func (a *Appliance) routes() []string { return a.apiRoutes().patterns }
 
 // openAPIJSON is the embedded document as JSON, converted once.
 var openAPIJSON = sync.OnceValues(func() ([]byte, error) {

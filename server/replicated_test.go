@@ -424,21 +424,7 @@ func TestBackupCarriesEKRootsAndSettings(t *testing.T) {
 	if files := archiveFiles(t, archive.Bytes()); !bytes.Contains(files["ek-roots.pem"], pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m2.Intermediate.Raw})) {
 		t.Fatal("the backup's ek-roots.pem lacks the CA added after init")
 	}
-	b, err := server.ReadBackup(bytes.NewReader(archive.Bytes()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cfg := server.DefaultConfig()
-	cfg.NodeID, cfg.Listen, cfg.RaftAddr = "dr-1", "127.0.0.1:0", servertest.FreeAddr(t)
-	if err := server.InitFromBackup(dir, servertest.Password, cfg, b); err != nil {
-		t.Fatal(err)
-	}
-	fresh := servertest.StartNode(t, dir)
-	waitFor(t, "the fresh node to lead", 10*time.Second, fresh.Node().IsLeader)
-	if _, err := server.NewAdminClient(dir).Restore(ctx, bytes.NewReader(archive.Bytes())); err != nil {
-		t.Fatalf("restore: %v", err)
-	}
+	fresh := restoreIntoFreshNode(t, archive.Bytes())
 	if !hasRoot(t, fresh.Node(), fingerprint(m2.Intermediate.Raw)) {
 		t.Fatal("the restored cluster lacks the CA added after init")
 	}

@@ -76,13 +76,16 @@ type adminIdentity struct {
 	Role, Name string
 }
 
+// String is how logs and the audit log name an admin: admin:<name>(<role>).
+func (id adminIdentity) String() string { return "admin:" + id.Name + "(" + id.Role + ")" }
+
 type adminKey struct{}
 
 // actor names who did something: the certificate's admin over HTTPS; over
 // the unix socket, what the local CLI said (its OS user).
 func actor(r *http.Request, claimed string) string {
 	if id, ok := r.Context().Value(adminKey{}).(adminIdentity); ok {
-		return "admin:" + id.Name + "(" + id.Role + ")"
+		return id.String()
 	}
 	if claimed == "" {
 		return "local"
@@ -174,7 +177,7 @@ func (a *Appliance) auditDenied(r *http.Request, id adminIdentity, cause error) 
 		who = "cert:" + c.Subject.CommonName + "/" + c.SerialNumber.Text(16)
 	}
 	if id.Name != "" {
-		who = "admin:" + id.Name + "(" + id.Role + ")"
+		who = id.String()
 	}
 	p := problemFor(cause)
 	a.log.Warn("admin request refused", "who", who, "method", r.Method, "path", r.URL.Path, "code", p.Code, "remote", r.RemoteAddr)

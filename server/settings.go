@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 
@@ -130,8 +129,8 @@ func (a *Appliance) registerSettingsAdmin(add func(role, pattern string, h http.
 	}))
 	add(ca.RoleOperator, "PUT "+adminSettings, func(w http.ResponseWriter, r *http.Request) {
 		var req SettingsChange
-		if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
-			writeProblem(w, malformed("body: "+err.Error()))
+		if err := decodeBody(r, 64<<10, &req); err != nil {
+			writeProblem(w, err)
 			return
 		}
 		v, err := a.ChangeSettings(r.Context(), actor(r, req.Actor), req.BaseVersion, req.Settings)

@@ -172,37 +172,13 @@ func TestJoinToAnotherClusterRefused(t *testing.T) {
 // that refused it, and the refusal is logged at error level.
 func TestNodeRefusedByPeersIsUnhealthy(t *testing.T) {
 	ctx := context.Background()
-	seedDir, seedCfg := initNode(t)
-	seed := openNode(t, seedDir)
-	tok, err := seed.CreateJoinToken(ctx, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := server.DefaultConfig()
-	cfg.NodeID, cfg.Listen, cfg.RaftAddr = "node-2", "127.0.0.1:0", servertest.FreeAddr(t)
-	memberDir := t.TempDir()
-	if err := server.Join(ctx, memberDir, servertest.Password, seed.Addr(), tok.String(), cfg); err != nil {
-		t.Fatal(err)
-	}
-	member := servertest.StartNode(t, memberDir)
-	waitFor(t, "node-2 as a voter", 20*time.Second, func() bool { return voters(t, seed) == 2 })
-	if st, err := server.NewAdminClient(memberDir).Status(ctx); err != nil || !st.Healthy || len(st.Problems) != 0 {
-		t.Fatalf("member of its cluster: %+v %v", st, err)
-	}
-	member.Close()
-	seed.Close()
-
-	// Another cluster's node now answers at the seed's Raft address.
-	otherDir := t.TempDir()
-	otherCfg := server.DefaultConfig()
-	otherCfg.TrustDomain, otherCfg.Listen, otherCfg.RaftAddr = servertest.TrustDomain, "127.0.0.1:0", seedCfg.RaftAddr
-	if err := server.Init(otherDir, servertest.Password, otherCfg, attest.ManufacturerRootsPEM()); err != nil {
-		t.Fatal(err)
-	}
-	openNode(t, otherDir)
-
+	memberDir, refuser := memberRefusedByPeer(t, func(member *server.Appliance, memberDir string) {
+		if st, err := server.NewAdminClient(memberDir).Status(ctx); err != nil || !st.Healthy || len(st.Problems) != 0 {
+			t.Fatalf("member of its cluster: %+v %v", st, err)
+		}
+	})
 	var logs syncBuffer
-	member, err = server.Open(memberDir, servertest.Password, server.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))),
+	member, err := server.Open(memberDir, servertest.Password, server.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))),
 		server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
 	if err != nil {
 		t.Fatal(err)
@@ -211,7 +187,7 @@ func TestNodeRefusedByPeersIsUnhealthy(t *testing.T) {
 	var st server.Status
 	waitFor(t, "the refused peer in status", 20*time.Second, func() bool {
 		st, err = server.NewAdminClient(memberDir).Status(ctx)
-		return err == nil && slices.ContainsFunc(st.Problems, func(p string) bool { return strings.Contains(p, seedCfg.RaftAddr) && strings.Contains(p, "refused") })
+		return err == nil && slices.ContainsFunc(st.Problems, func(p string) bool { return strings.Contains(p, refuser) && strings.Contains(p, "refused") })
 	})
 	if st.Healthy {
 		t.Fatalf("status with problems says healthy: %+v", st)
@@ -219,6 +195,41 @@ func TestNodeRefusedByPeersIsUnhealthy(t *testing.T) {
 	if out := logs.String(); !strings.Contains(out, "level=ERROR") || !strings.Contains(out, "raft peer refused") {
 		t.Fatalf("the refusal is not logged at error level:\n%s", out)
 	}
+}
+
+// memberRefusedByPeer makes a two-node cluster and runs whole on its member
+// (open, a voter), then stops both and starts another cluster's node at the
+// seed's Raft address. It returns the stopped member's data directory and
+// that address, whose node now refuses the member's certificate.
+func memberRefusedByPeer(t *testing.T, whole func(member *server.Appliance, memberDir string)) (memberDir, refuser string) {
+	t.Helper()
+	ctx := context.Background()
+	seedDir, seedCfg := initNode(t)
+	seed := openNode(t, seedDir)
+	tok, err := seed.CreateJoinToken(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := server.DefaultConfig()
+	cfg.NodeID, cfg.Listen, cfg.RaftAddr = "node-2", "127.0.0.1:0", servertest.FreeAddr(t)
+	memberDir = t.TempDir()
+	if err := server.Join(ctx, memberDir, servertest.Password, seed.Addr(), tok.String(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	member := servertest.StartNode(t, memberDir)
+	waitFor(t, "node-2 as a voter", 20*time.Second, func() bool { return voters(t, seed) == 2 })
+	whole(member, memberDir)
+	member.Close()
+	seed.Close()
+
+	otherDir := t.TempDir()
+	otherCfg := server.DefaultConfig()
+	otherCfg.TrustDomain, otherCfg.Listen, otherCfg.RaftAddr = servertest.TrustDomain, "127.0.0.1:0", seedCfg.RaftAddr
+	if err := server.Init(otherDir, servertest.Password, otherCfg, attest.ManufacturerRootsPEM()); err != nil {
+		t.Fatal(err)
+	}
+	openNode(t, otherDir)
+	return memberDir, seedCfg.RaftAddr
 }
 
 type syncBuffer struct {

@@ -324,6 +324,33 @@ func TestMinorityPartition(t *testing.T) {
 	t.Logf("converged after healing; majority acknowledged attestations %v", acked)
 }
 
+// restoreIntoFreshNode does what the disaster-recovery runbook does with
+// archive: a one-node cluster made from it (init --from-backup), then the
+// archive restored into it. It returns the node, leading.
+func restoreIntoFreshNode(t *testing.T, archive []byte) *server.Appliance {
+	t.Helper()
+	b, err := server.ReadBackup(bytes.NewReader(archive))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := server.DefaultConfig()
+	cfg.NodeID, cfg.Listen, cfg.RaftAddr = "dr-1", "127.0.0.1:0", servertest.FreeAddr(t)
+	if err := server.InitFromBackup(dir, servertest.Password, cfg, b); err != nil {
+		t.Fatal(err)
+	}
+	fresh := servertest.StartNode(t, dir)
+	waitFor(t, "the fresh node to lead", 10*time.Second, fresh.Node().IsLeader)
+	meta, err := server.NewAdminClient(dir).Restore(context.Background(), bytes.NewReader(archive))
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if meta.RootSHA256 != b.Meta.RootSHA256 {
+		t.Fatal("restore answered with another backup's meta")
+	}
+	return fresh
+}
+
 // A backup of a running cluster, restored into a fresh cluster made from it,
 // holds the same registry; a damaged archive or another cluster's is refused.
 func TestBackupRestore(t *testing.T) {
@@ -342,26 +369,7 @@ func TestBackupRestore(t *testing.T) {
 	if err := server.NewAdminClient(dirs[follower]).Backup(ctx, &archive); err != nil {
 		t.Fatal(err)
 	}
-	b, err := server.ReadBackup(bytes.NewReader(archive.Bytes()))
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	dir := t.TempDir()
-	cfg := server.DefaultConfig()
-	cfg.NodeID, cfg.Listen, cfg.RaftAddr = "dr-1", "127.0.0.1:0", servertest.FreeAddr(t)
-	if err := server.InitFromBackup(dir, servertest.Password, cfg, b); err != nil {
-		t.Fatal(err)
-	}
-	fresh := servertest.StartNode(t, dir)
-	waitFor(t, "the fresh node to lead", 10*time.Second, fresh.Node().IsLeader)
-	meta, err := server.NewAdminClient(dir).Restore(ctx, bytes.NewReader(archive.Bytes()))
-	if err != nil {
-		t.Fatalf("restore: %v", err)
-	}
-	if meta.RootSHA256 != b.Meta.RootSHA256 {
-		t.Fatal("restore answered with another backup's meta")
-	}
+	fresh := restoreIntoFreshNode(t, archive.Bytes())
 	wantDevs, _ := nodes[0].Node().Devices()
 	gotDevs, _ := fresh.Node().Devices()
 	wantRecs, _ := nodes[0].Node().Attestations(cluster.AttestationQuery{})

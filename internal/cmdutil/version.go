@@ -4,7 +4,6 @@
 package cmdutil
 
 import (
-	"encoding/json"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -39,9 +38,7 @@ func printBuildInfo(cmd *cobra.Command, output string, bi api.BuildInfo) error {
 		_, err := fmt.Fprint(w, bi.Text())
 		return err
 	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(bi)
+		return WriteJSON(w, bi)
 	}
 	return fmt.Errorf("unknown output format %q (want text or json)", output)
 }

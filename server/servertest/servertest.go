@@ -113,12 +113,13 @@ func EKRoots(m *swtpm.Manufacturer) []byte {
 	return append(m.RootPEM(), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.Intermediate.Raw})...)
 }
 
-// Start opens the appliance in e.Dir (again, after Close: a restart).
-func (e *Env) Start() {
+// Start opens the appliance in e.Dir (again, after Close: a restart), with
+// opts after the Env's own (e's clock, fast Raft).
+func (e *Env) Start(opts ...server.Option) {
 	e.T.Helper()
-	app, err := server.Open(e.Dir, Password,
+	app, err := server.Open(e.Dir, Password, append([]server.Option{
 		server.WithClock(e.Clock.Now),
-		server.WithClusterOptions(append([]cluster.Option{cluster.WithRaftConfig(FastRaft)}, e.opts...)...))
+		server.WithClusterOptions(append([]cluster.Option{cluster.WithRaftConfig(FastRaft)}, e.opts...)...)}, opts...)...)
 	if err != nil {
 		e.T.Fatalf("open appliance: %v", err)
 	}

@@ -69,20 +69,27 @@ func manufacturerRoots(files []string, replace bool, allowNoEvidence []string) (
 	if !replace {
 		out = attest.ManufacturerRootsPEM()
 	}
+	return withEKRootFiles(out, files, allowNoEvidence)
+}
+
+// withEKRootFiles is bundle with the CAs of files (--ek-roots) appended,
+// each under a comment naming its file, and the CAs named in
+// allowNoEvidence marked (attest.NoTPMEvidenceHeader).
+func withEKRootFiles(bundle []byte, files, allowNoEvidence []string) ([]byte, error) {
 	for _, f := range files {
 		certs, err := attest.LoadCertificates(f)
 		if err != nil {
 			return nil, fmt.Errorf("--ek-roots: %w", err)
 		}
 		for _, c := range certs {
-			out = append(out, fmt.Sprintf("\n# added at init from %s: %s\n", f, attest.Name(c.Subject))...)
-			out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+			bundle = append(bundle, fmt.Sprintf("\n# added from %s: %s\n", f, attest.Name(c.Subject))...)
+			bundle = append(bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 		}
 	}
 	if len(allowNoEvidence) > 0 {
-		return attest.AllowNoTPMEvidence(out, allowNoEvidence)
+		return attest.AllowNoTPMEvidence(bundle, allowNoEvidence)
 	}
-	return out, nil
+	return bundle, nil
 }
 
 func initCmd() *cobra.Command {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/server"
 )
 
@@ -92,20 +91,7 @@ func servedEKRoots(cmd *cobra.Command, files, allowNoEvidence []string) ([]byte,
 	if err != nil {
 		return nil, fmt.Errorf("fetching the cluster's manufacturer CAs: %w", err)
 	}
-	out := server.EKRootsBundle(roots)
-	for _, f := range files {
-		certs, err := attest.LoadCertificates(f)
-		if err != nil {
-			return nil, fmt.Errorf("--ek-roots: %w", err)
-		}
-		for _, c := range certs {
-			out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-		}
-	}
-	if len(allowNoEvidence) > 0 {
-		return attest.AllowNoTPMEvidence(out, allowNoEvidence)
-	}
-	return out, nil
+	return withEKRootFiles(server.EKRootsBundle(roots), files, allowNoEvidence)
 }
 
 func settingsCmd() *cobra.Command {

@@ -47,6 +47,17 @@ func writeFile(t *testing.T, name, content string) string {
 
 func hashN(i int) string { return fmt.Sprintf("%064x", i+1) }
 
+// enrollmentsCSV writes an import file of n rows in group default.
+func enrollmentsCSV(t *testing.T, n int) string {
+	t.Helper()
+	var csv strings.Builder
+	csv.WriteString("ek_public_sha256,group\n")
+	for i := range n {
+		csv.WriteString(hashN(i) + ",default\n")
+	}
+	return writeFile(t, "eks.csv", csv.String())
+}
+
 // Typos fail the command, naming what is wrong, instead of answering
 // something plausible: an empty list for a misspelt state, "removed" for
 // a node that never was a member.
@@ -365,12 +376,7 @@ func TestFlagPlaceholders(t *testing.T) {
 // writes its summary and not one progress byte.
 func TestNoProgressWhenNotATerminal(t *testing.T) {
 	e := servertest.New(t)
-	var csv strings.Builder
-	csv.WriteString("ek_public_sha256,group\n")
-	for i := 0; i < 30; i++ {
-		csv.WriteString(hashN(i) + ",default\n")
-	}
-	file := writeFile(t, "eks.csv", csv.String())
+	file := enrollmentsCSV(t, 30)
 	out, errOut, err := runAll(t, "enrollments", "import", file, "--batch", "5", "--data-dir", e.Dir)
 	if err != nil || !strings.Contains(out, "accepted:") || errOut != "" || strings.ContainsAny(out, "\r[") {
 		t.Fatalf("import into buffers: %v stdout %q stderr %q", err, out, errOut)

@@ -73,46 +73,51 @@ func amount(n int64, unit string) string {
 	return fmt.Sprintf("%d B", n)
 }
 
+// byteCount draws the bytes that went through a countWriter or countReader.
+type byteCount struct {
+	p        *progress
+	n, total int64
+}
+
+func (c *byteCount) add(n int) {
+	c.n += int64(n)
+	c.p.update(c.n, c.total, "bytes")
+}
+
 // countWriter reports the bytes written through it to p.
 type countWriter struct {
-	w     io.Writer
-	p     *progress
-	n     int64
-	total int64
+	w io.Writer
+	byteCount
 }
 
 func (p *progress) writer(w io.Writer, total int64) io.Writer {
 	if p == nil {
 		return w
 	}
-	return &countWriter{w: w, p: p, total: total}
+	return &countWriter{w, byteCount{p: p, total: total}}
 }
 
 func (c *countWriter) Write(b []byte) (int, error) {
 	n, err := c.w.Write(b)
-	c.n += int64(n)
-	c.p.update(c.n, c.total, "bytes")
+	c.add(n)
 	return n, err
 }
 
 // countReader reports the bytes read through it to p.
 type countReader struct {
-	r     io.Reader
-	p     *progress
-	n     int64
-	total int64
+	r io.Reader
+	byteCount
 }
 
 func (p *progress) reader(r io.Reader, total int64) io.Reader {
 	if p == nil {
 		return r
 	}
-	return &countReader{r: r, p: p, total: total}
+	return &countReader{r, byteCount{p: p, total: total}}
 }
 
 func (c *countReader) Read(b []byte) (int, error) {
 	n, err := c.r.Read(b)
-	c.n += int64(n)
-	c.p.update(c.n, c.total, "bytes")
+	c.add(n)
 	return n, err
 }

@@ -39,12 +39,7 @@ func openPTY(t *testing.T) (ptmx, tty *os.File) {
 // terminal it does not.
 func TestProgressOnATerminal(t *testing.T) {
 	e := servertest.New(t)
-	var csv strings.Builder
-	csv.WriteString("ek_public_sha256,group\n")
-	for i := 0; i < 20; i++ {
-		csv.WriteString(hashN(i) + ",default\n")
-	}
-	file := writeFile(t, "eks.csv", csv.String())
+	file := enrollmentsCSV(t, 20)
 	for _, tc := range []struct {
 		args []string
 		bar  bool

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/cluster"
+	"github.com/gatehouse-dev/gatehouse/internal/cmdutil"
 	"github.com/gatehouse-dev/gatehouse/server"
 )
 
@@ -29,13 +29,7 @@ func render(cmd *cobra.Command, v any, table func(w io.Writer)) error {
 	w := cmd.OutOrStdout()
 	switch format {
 	case "json":
-		// A list with nothing in it is [], never null: scripts iterate it.
-		if rv := reflect.ValueOf(v); rv.Kind() == reflect.Slice && rv.IsNil() {
-			v = reflect.MakeSlice(rv.Type(), 0, 0).Interface()
-		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		return cmdutil.WriteJSON(w, v)
 	case "table":
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		table(tw)
