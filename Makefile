@@ -94,7 +94,8 @@ demo: deps build
 # cluster: three local nodes in the background (build/cluster/), and a test
 # TPM manufacturer whose devices they accept; "already running" when they
 # are, restarted from their data when stopped. cluster-stop stops them and
-# keeps the data; cluster-clean stops them and deletes build/cluster.
+# keeps the data; cluster-clean stops them and deletes build/cluster,
+# keeping its CA password in build/backups so that its backups restore.
 cluster: deps build
 	@./cluster.sh up build/cluster
 
@@ -102,7 +103,7 @@ cluster-stop:
 	@./cluster.sh stop build/cluster && echo "stopped (data kept in build/cluster: make cluster restarts it, make cluster-clean deletes it)"
 
 cluster-clean:
-	@./cluster.sh stop build/cluster && rm -rf build/cluster && echo "stopped; deleted build/cluster"
+	@./cluster.sh clean build/cluster
 
 # package: .deb packages of the appliance (gatehouse, with its hardened
 # unit and service user) and the agent (gatehouse-agent, with its units) in

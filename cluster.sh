@@ -8,6 +8,9 @@
 # test TPM manufacturer (DIR/tpms) and starts a new cluster trusting it;
 # then prints how to use it.
 # cluster.sh running DIR: exit status 0 when all of DIR's nodes run.
+# cluster.sh clean DIR: `make cluster-clean`: stops it and deletes DIR, but
+# first keeps its CA password in $BACKUPS (ca-password-<root fingerprint>):
+# without it, the backups taken of this cluster would not restore.
 # Binaries come from $BIN (default bin), backups are suggested in $BACKUPS
 # (default build/backups: outside what make cluster-clean deletes).
 set -euo pipefail
@@ -91,6 +94,23 @@ stop() {
   rm -f "$D/pids"
 }
 
+# clean: stop, keep the CA password beside the backups (named by the first
+# 16 hex digits of the root's SHA-256, as `cluster backup inspect` prints
+# it), delete DIR.
+clean() {
+  local D=$1 fp kept
+  stop "$D"
+  if [ -f "$D/ca-password" ] && [ -f "$D/root.crt" ]; then
+    fp=$(openssl x509 -in "$D/root.crt" -outform der | sha256sum | cut -c1-16) || die "fingerprint of $D/root.crt"
+    kept="$BACKUPS/ca-password-$fp"
+    mkdir -p "$BACKUPS"
+    cp "$D/ca-password" "$kept" && chmod 600 "$kept"
+    echo "kept the CA password of the cluster (root sha256 $fp...) as $kept: its backups restore with it"
+  fi
+  rm -rf "$D"
+  echo "stopped; deleted $D"
+}
+
 # restart: the three nodes of a stopped cluster, from their data
 # directories (each keeps its addresses in its config.json). All three
 # start before any is waited for: a lone node has no quorum.
@@ -134,7 +154,7 @@ it runs in the background until you stop it (kill %1):
   $BIN/gatehouse-agent enroll --server https://$(cat "$D/api-1") --server-root $D/root.crt --tpm "\$(cat $D/more/devices.txt)" --out $D/dev-1
 Metrics: curl --cacert $D/root.crt https://$(cat "$D/api-1")/metrics
 Stop, keeping the data (make cluster starts it again): make cluster-stop
-Stop and delete $D: make cluster-clean
+Stop and delete $D (its CA password is kept in $BACKUPS for the backups): make cluster-clean
 EOF
 }
 
@@ -143,5 +163,6 @@ case "${1:-}" in
   stop) stop "$2" ;;
   up) up "$2" ;;
   running) running "$2" ;;
-  *) die "usage: cluster.sh start DIR EK_ROOTS_PEM | stop DIR | up DIR | running DIR" ;;
+  clean) clean "$2" ;;
+  *) die "usage: cluster.sh start DIR EK_ROOTS_PEM | stop DIR | up DIR | running DIR | clean DIR" ;;
 esac

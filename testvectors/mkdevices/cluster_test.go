@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/pem"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +20,9 @@ import (
 // was refused ek_untrusted when mkdevices minted a new manufacturer); a
 // second `make cluster` says "already running" and leaves the nodes alone;
 // `make cluster-stop` keeps the data, and the next `make cluster` restarts
-// the same cluster, the device still in it.
+// the same cluster, the device still in it. `make cluster-clean` deletes
+// the cluster but keeps, beside the backups, the CA password that opens
+// them: a kept backup must still restore.
 func TestClusterRecipe(t *testing.T) {
 	swtpm.Require(t)
 	bin, dir, backups := t.TempDir(), t.TempDir(), t.TempDir()
@@ -95,5 +100,29 @@ func TestClusterRecipe(t *testing.T) {
 	list, err := exec.CommandContext(ctx, filepath.Join(bin, "gatehouse"), "devices", "list", "--data-dir", filepath.Join(D, "node-2"), "-o", "json").CombinedOutput()
 	if err != nil || !strings.Contains(string(list), id) {
 		t.Fatalf("device %s not in the restarted cluster: %v\n%s", id, err, list)
+	}
+
+	rootPEM, err := os.ReadFile(filepath.Join(D, "root.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(rootPEM)
+	if block == nil {
+		t.Fatalf("%s/root.crt is not PEM", D)
+	}
+	sum := sha256.Sum256(block.Bytes)
+	kept := filepath.Join(backups, "ca-password-"+hex.EncodeToString(sum[:8]))
+	out, err = sh("cluster.sh", "clean", D)
+	if err != nil || !strings.Contains(out, kept) {
+		t.Fatalf("clean: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(D); !os.IsNotExist(err) {
+		t.Fatalf("clean left %s: %v", D, err)
+	}
+	restored := filepath.Join(t.TempDir(), "restored")
+	initOut, err := exec.CommandContext(ctx, filepath.Join(bin, "gatehouse"), "init", "--from-backup", filepath.Join(backups, "cluster.tar"),
+		"--data-dir", restored, "--password-file", kept).CombinedOutput()
+	if err != nil || !strings.Contains(string(initOut), "initialized "+restored+" from ") {
+		t.Fatalf("init --from-backup with the kept password: %v\n%s", err, initOut)
 	}
 }

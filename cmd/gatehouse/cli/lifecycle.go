@@ -108,7 +108,7 @@ func configCmd() *cobra.Command {
 			if err := target(); err != nil {
 				return err
 			}
-			doc, err := readFileOrStdin(args[0])
+			doc, err := readFileOrStdin(cmd.InOrStdin(), args[0])
 			if err != nil {
 				return err
 			}
@@ -143,9 +143,10 @@ func indentJSON(b []byte) string {
 	return "  " + buf.String()
 }
 
-func readFileOrStdin(path string) ([]byte, error) {
+// readFileOrStdin reads path, or stdin for "-".
+func readFileOrStdin(stdin io.Reader, path string) ([]byte, error) {
 	if path == "-" {
-		return io.ReadAll(os.Stdin)
+		return io.ReadAll(stdin)
 	}
 	return os.ReadFile(path)
 }
@@ -200,7 +201,7 @@ one whose entry differs from it head_mismatch.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var heads []cluster.AuditRange
 			if expectHead != "" {
-				b, err := readFileOrStdin(expectHead)
+				b, err := readFileOrStdin(cmd.InOrStdin(), expectHead)
 				if err != nil {
 					return err
 				}

@@ -281,7 +281,8 @@ func TestBackupInspect(t *testing.T) {
 }
 
 // policy show -o json prints the document policy apply takes: applying
-// it again gives a version with the same content hash.
+// it again gives a version with the same content hash, from a file or
+// piped (policy show -o json | policy apply -).
 func TestPolicyShowRoundTrip(t *testing.T) {
 	e := servertest.New(t)
 	ctx := context.Background()
@@ -303,6 +304,19 @@ func TestPolicyShowRoundTrip(t *testing.T) {
 	v2, err2 := server.NewAdminClient(e.Dir).Policy(ctx, 2)
 	if err1 != nil || err2 != nil || v1.SHA256 != v2.SHA256 || !bytes.Equal(v1.Document, v2.Document) {
 		t.Fatalf("round trip changed the policy: v1 %s %s, v2 %s %s (%v %v)", v1.SHA256, v1.Document, v2.SHA256, v2.Document, err1, err2)
+	}
+	for _, sub := range []string{"test", "apply"} {
+		var stdout, stderr bytes.Buffer
+		root := newRoot(&stdout, &stderr)
+		root.SetIn(strings.NewReader(out))
+		root.SetArgs([]string{"policy", sub, "-", "--data-dir", e.Dir})
+		if err := root.Execute(); err != nil {
+			t.Fatalf("policy %s - (stdin): %v %s", sub, err, stderr.String())
+		}
+	}
+	v3, err := server.NewAdminClient(e.Dir).Policy(ctx, 3)
+	if err != nil || v3.SHA256 != v1.SHA256 {
+		t.Fatalf("policy apply - (stdin): v3 %+v, %v; want the hash of v1 %s", v3, err, v1.SHA256)
 	}
 }
 

@@ -26,10 +26,10 @@ func policyCmd() *cobra.Command {
 	c := &cobra.Command{Use: "policy", Short: "Write, inspect and dry-run the enrollment policy"}
 	apply := &cobra.Command{
 		Use:   "apply FILE",
-		Short: "Validate a policy document and commit it as the next version",
+		Short: "Validate a policy document (FILE, or - for stdin) and commit it as the next version",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			doc, err := readPolicyFile(args[0])
+			doc, err := readPolicyFile(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -105,12 +105,12 @@ func policyCmd() *cobra.Command {
 	}
 	test := &cobra.Command{
 		Use:   "test FILE",
-		Short: "Dry-run a candidate policy against every device's stored evidence",
+		Short: "Dry-run a candidate policy (FILE, or - for stdin) against every device's stored evidence",
 		Long: "Judges the newest verified evidence of every device (the PCRs it quoted and the event log it sent)\n" +
 			"under the candidate policy and reports who would pass or fail, and why. Nothing is enforced or written.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			doc, err := readPolicyFile(args[0])
+			doc, err := readPolicyFile(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -151,10 +151,10 @@ func policyCmd() *cobra.Command {
 	return c
 }
 
-// readPolicyFile reads and validates a policy locally, so a typo is
-// reported before anything reaches the cluster.
-func readPolicyFile(path string) ([]byte, error) {
-	doc, err := os.ReadFile(path)
+// readPolicyFile reads (- for stdin) and validates a policy locally, so a
+// typo is reported before anything reaches the cluster.
+func readPolicyFile(cmd *cobra.Command, path string) ([]byte, error) {
+	doc, err := readFileOrStdin(cmd.InOrStdin(), path)
 	if err != nil {
 		return nil, err
 	}
