@@ -115,6 +115,10 @@ func DefaultConfig() Config {
 	}
 }
 
+// maxSessionTTL bounds how long an enrollment or renewal challenge stays
+// answerable (and a used one is remembered): a round trip takes seconds.
+const maxSessionTTL = time.Hour
+
 func (c Config) validate() error {
 	switch {
 	case c.NodeID == "":
@@ -125,8 +129,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("config: cert_validity %v must be in (0, 8760h]", c.CertValidity)
 	case len(c.Hostnames) == 0:
 		return errors.New("config: hostnames is empty (the HTTPS certificate needs a name)")
-	case c.SessionTTL.Duration <= 0:
-		return errors.New("config: session_ttl must be positive")
+	case c.SessionTTL.Duration <= 0 || c.SessionTTL.Duration > maxSessionTTL:
+		return fmt.Errorf("config: session_ttl %v must be in (0, %v]", c.SessionTTL, maxSessionTTL)
 	case c.ApprovalRetry.Duration < time.Second:
 		return errors.New("config: approval_retry must be at least 1s")
 	case c.AuditCheckpointEvery.Duration < time.Second:
@@ -344,7 +348,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		TLS:       a.raftTLS(),
 		Bootstrap: cfg.JoinSeed == "",
 		Logger:    o.logger.With("component", "raft"),
-	}, append([]cluster.Option{cluster.WithForwarder(forwarder{a})}, o.clusterOpts...)...)
+	}, append([]cluster.Option{cluster.WithForwarder(forwarder{a}), cluster.WithSettingsValidator(validateSettingsDocument)}, o.clusterOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("open cluster node: %w", err)
 	}

@@ -365,6 +365,8 @@ var clusterErrors = []struct {
 	{cluster.ErrLastEKRoot, http.StatusConflict, api.CodeEKRootLast},
 	{cluster.ErrEKRootsLimit, http.StatusBadRequest, api.CodeEKRootInvalid},
 	{cluster.ErrSettingsConflict, http.StatusConflict, api.CodeSettingsConflict},
+	{cluster.ErrEKRootInvalid, http.StatusBadRequest, api.CodeEKRootInvalid},
+	{cluster.ErrSettingsInvalid, http.StatusBadRequest, api.CodeSettingsInvalid},
 }
 
 func (a *Appliance) clusterProblem(err error) *api.Problem {

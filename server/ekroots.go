@@ -143,27 +143,37 @@ func (c *replicatedConf) view() confView {
 	if c.built && gen == c.gen {
 		return c.cur
 	}
-	v, err := c.build()
+	v, err := c.build(c.cur)
 	if err != nil {
-		c.log.Error("rebuilding the replicated configuration failed; keeping the previous one", "err", err)
-		if c.built {
-			return c.cur
-		}
+		// Not cached: the next view tries again.
+		c.log.Error("reading the replicated configuration failed", "err", err)
 	}
 	c.cur, c.gen, c.built = v, gen, err == nil
 	return v
 }
 
 // build reads the replica. The local files stand in for what the cluster
-// does not hold yet; an error still returns a usable (local) view.
-func (c *replicatedConf) build() (confView, error) {
+// does not hold yet. On an error it still returns a view to use: settings
+// it cannot read or that fail validation keep prev's (or the local ones);
+// EK roots it cannot read give a verifier that trusts no CA, never prev's,
+// which may hold a CA the replica has removed.
+func (c *replicatedConf) build(prev confView) (confView, error) {
 	v := confView{settings: c.local.clusterSettings()}
+	if prev.settingsVersion > 0 {
+		v.settings, v.settingsVersion, v.settingsTime, v.settingsActor = prev.settings, prev.settingsVersion, prev.settingsTime, prev.settingsActor
+	}
 	var errs []error
 	var roots []cluster.EKRoot
+	rootsOK := true
 	if c.node != nil {
 		rec, err := c.node.Settings()
 		if err == nil {
-			s := v.settings
+			if err = validateSettingsDocument(nil, rec.Document); err != nil {
+				err = fmt.Errorf("cluster settings version %d: %w", rec.Version, err)
+			}
+		}
+		if err == nil {
+			s := DefaultConfig().clusterSettings()
 			if err = json.Unmarshal(rec.Document, &s); err == nil {
 				v.settings, v.settingsVersion, v.settingsTime, v.settingsActor = s, rec.Version, rec.Time, rec.Actor
 			}
@@ -172,18 +182,19 @@ func (c *replicatedConf) build() (confView, error) {
 			errs = append(errs, err)
 		}
 		if roots, err = c.node.EKRoots(); err != nil {
-			errs = append(errs, err)
+			errs, rootsOK = append(errs, err), false
 		}
 	}
 	var bundle []byte
 	if len(roots) > 0 {
 		v.roots, bundle = roots, ekRootsPEM(roots)
-	} else {
+	} else if rootsOK {
 		bundle = c.localRoots
 	}
 	certs, err := attest.ParseCertificates(bundle)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("EK roots: %w", err))
+		certs, bundle = nil, nil
 	}
 	v.verifier = attest.NewEKVerifier(certs, attest.EKRootsOptions(bundle)...)
 	return v, errors.Join(errs...)

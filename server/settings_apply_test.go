@@ -1,0 +1,108 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+	"github.com/gatehouse-dev/gatehouse/server"
+	"github.com/gatehouse-dev/gatehouse/server/servertest"
+)
+
+// The FSM, not only the admin API, judges settings and EK roots: a
+// command that reaches Raft some other way (forwarded by a follower, as any
+// node may) with settings `settings set` refuses, or a certificate that is
+// not a CA, is refused on apply and changes nothing on any node.
+func TestReplicatedConfigJudgedAtApply(t *testing.T) {
+	e := servertest.New(t)
+	n2, _ := e.Join(t, "node-2")
+	waitFor(t, "two registered voters", 20*time.Second, func() bool { return voters(t, e.App) == 2 && voters(t, n2) == 2 })
+	ctx := context.Background()
+	leader, follower := e.App, n2
+	if !leader.Node().IsLeader() {
+		leader, follower = n2, e.App
+	}
+	before := leader.Settings()
+	if before.Version != 1 {
+		t.Fatalf("control: seeded settings version %d", before.Version)
+	}
+	doc := func(edit func(*server.ClusterSettings)) json.RawMessage {
+		s := before.Settings
+		edit(&s)
+		b, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for name, d := range map[string]json.RawMessage{
+		"cert_validity 100y": doc(func(s *server.ClusterSettings) { s.CertValidity.Duration = 100 * 365 * 24 * time.Hour }),
+		"session_ttl 0":      doc(func(s *server.ClusterSettings) { s.SessionTTL.Duration = 0 }),
+		"session_ttl 1y":     doc(func(s *server.ClusterSettings) { s.SessionTTL.Duration = 365 * 24 * time.Hour }),
+		"approval_retry 0":   doc(func(s *server.ClusterSettings) { s.ApprovalRetry.Duration = 0 }),
+		"trust_domain":       doc(func(s *server.ClusterSettings) { s.TrustDomain = "other.example" }),
+		"not settings":       json.RawMessage(`{"cert_validity":"soon"}`),
+	} {
+		for _, n := range []*server.Appliance{leader, follower} {
+			if _, err := n.Node().SetSettings(ctx, "mallory", before.Version, d); !errors.Is(err, cluster.ErrSettingsInvalid) {
+				t.Errorf("%s proposed through %s: %v, want ErrSettingsInvalid", name, n.Addr(), err)
+			}
+		}
+	}
+	if _, err := leader.Node().SetSettings(ctx, "mallory", before.Version, doc(func(s *server.ClusterSettings) { s.SessionTTL.Duration = 2 * time.Minute })); err != nil {
+		t.Fatalf("control: a valid document through the registry: %v", err)
+	}
+	waitFor(t, "both nodes apply version 2", 10*time.Second, func() bool {
+		return leader.Settings().Version == 2 && follower.Settings().Version == 2
+	})
+	for _, n := range []*server.Appliance{leader, follower} {
+		if got := n.Settings().Settings; got.SessionTTL.Duration != 2*time.Minute || got.CertValidity != before.Settings.CertValidity || got.TrustDomain != before.Settings.TrustDomain {
+			t.Fatalf("%s uses %+v", n.Addr(), got)
+		}
+	}
+	// The API refuses a session TTL past the bound too.
+	if _, err := server.NewAdminClient(e.Dir).ChangeSettings(ctx, "alice", 0, json.RawMessage(`{"session_ttl":"8760h"}`)); problemCode(err) != api.CodeSettingsInvalid {
+		t.Fatalf("settings set session_ttl 8760h: %v", err)
+	}
+
+	// A leaf certificate proposed as a manufacturer CA through the follower.
+	blk, _ := pem.Decode(selfSignedCert(t, "device.example", false))
+	der := blk.Bytes
+	if _, err := follower.Node().AddEKRoots(ctx, "mallory", []cluster.EKRoot{{DER: der, Subject: "CN=Trusted"}}); err == nil || !strings.Contains(err.Error(), "not a CA certificate") {
+		t.Fatalf("a leaf certificate through the follower: %v", err)
+	}
+	if hasRoot(t, leader.Node(), fingerprint(der)) || hasRoot(t, follower.Node(), fingerprint(der)) {
+		t.Fatal("the leaf certificate is in the set")
+	}
+}
+
+// A stored settings document that fails validation (one from a node that
+// did not judge it, or a restored state) is not used: the node keeps the
+// settings it had, and says so.
+func TestInvalidStoredSettingsNotUsed(t *testing.T) {
+	e := servertest.New(t, cluster.WithSettingsValidator(nil)) // this node's FSM stores anything
+	ctx := context.Background()
+	before := e.App.Settings()
+	if before.Version != 1 || before.Settings.SessionTTL.Duration <= 0 {
+		t.Fatalf("control: %+v", before)
+	}
+	bad, _ := json.Marshal(map[string]string{"trust_domain": before.Settings.TrustDomain, "session_ttl": "0s", "cert_validity": "876000h"})
+	if _, err := e.App.Node().SetSettings(ctx, "mallory", 1, bad); err != nil {
+		t.Fatalf("control: the unjudged FSM stores it: %v", err)
+	}
+	got := e.App.Settings()
+	if got.Version != 1 || got.Settings != before.Settings {
+		t.Fatalf("the node uses an invalid stored document: %+v", got)
+	}
+	// Enrollment still works with the kept settings (a zero session TTL
+	// would expire every challenge at once).
+	if code := enrollCode(t, e.App, e.Mfr); code != "" {
+		t.Fatalf("enroll with the kept settings: %q", code)
+	}
+}
