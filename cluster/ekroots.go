@@ -55,6 +55,11 @@ var (
 	ErrEKRootInvalid = errors.New("not a manufacturer CA certificate")
 )
 
+// ConfigCommands are the commands that change the EK root set and the
+// cluster settings, as Commands lists them: new in the build that
+// replicated them, so proposed only when every member applies them.
+var ConfigCommands = []string{"ekroots.add/1", "ekroots.remove/1", "settings.set/1"}
+
 // EKRoot is one manufacturer CA of the replicated set.
 type EKRoot struct {
 	SHA256  string `json:"sha256"` // hex SHA-256 of DER: the key

@@ -238,3 +238,21 @@ func hasSubject(n *Node, subject string) bool {
 }
 
 func must[T any](v T, _ error) T { return v }
+
+// ConfigCommands names commands this build applies, in Commands' form: a
+// typo would make every node wait forever for members to know it.
+func TestConfigCommandsAreCommands(t *testing.T) {
+	all := Commands()
+	if len(all) != len(commandTypes) {
+		t.Fatalf("Commands lists %d, the registry has %d", len(all), len(commandTypes))
+	}
+	for _, c := range ConfigCommands {
+		found := false
+		for _, k := range all {
+			found = found || k == c
+		}
+		if !found {
+			t.Errorf("%s is not in Commands %v", c, all)
+		}
+	}
+}

@@ -274,6 +274,7 @@ type Appliance struct {
 	admission         *clientLimiter
 	crlCache          crlCache
 	health            healthState
+	peerCmds          peerCommands // what each member applies (version.go)
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA
@@ -439,14 +440,17 @@ func (a *Appliance) Enroller() *Enroller { return a.enroller }
 // Node exposes the Raft node (tests and the admin API read from it).
 func (a *Appliance) Node() *cluster.Node { return a.node }
 
-// WaitReady blocks until the node can commit and, on the node that created
-// the cluster, until the replicated EK roots and settings are written
-// (ekroots.go seedLoop), so what it serves next is the cluster's state.
+// WaitReady blocks until the node can commit and, on a node that creates
+// its cluster now (no Raft state yet), until the replicated EK roots and
+// settings are written (ekroots.go seedLoop), so what it serves next is
+// the cluster's state. A node that restarts does not wait for them: in a
+// cluster being upgraded they wait for the last old member
+// (membersApply), and its local files stand in meanwhile.
 func (a *Appliance) WaitReady(ctx context.Context) error {
 	if err := a.node.WaitLeader(ctx); err != nil {
 		return err
 	}
-	for a.cfg.JoinSeed == "" && !a.seeded() {
+	for a.cfg.JoinSeed == "" && a.node.Fresh() && !a.seeded() {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("writing the initial EK roots and settings to the cluster: %w", ctx.Err())

@@ -305,6 +305,10 @@ func (a *Appliance) registerEKRootsAdmin(add func(role, pattern string, h http.H
 			writeProblem(w, err) // errEKRootInvalid: 400 ek_root_invalid
 			return
 		}
+		if err := a.membersApply(r.Context(), cluster.ConfigCommands...); err != nil {
+			writeProblem(w, err) // errMembersBehind: 503
+			return
+		}
 		// An add before the set was seeded would become the whole set.
 		if err := a.seedEKRoots(r.Context()); err != nil {
 			writeProblem(w, a.clusterProblem(err))
@@ -327,6 +331,10 @@ func (a *Appliance) registerEKRootsAdmin(add func(role, pattern string, h http.H
 		fp := r.PathValue("sha256")
 		if !fingerprintRE.MatchString(fp) {
 			writeProblem(w, malformed("a manufacturer CA is named by the lowercase hex SHA-256 of its DER (ekroots list)"))
+			return
+		}
+		if err := a.membersApply(r.Context(), cluster.ConfigCommands...); err != nil {
+			writeProblem(w, err) // errMembersBehind: 503
 			return
 		}
 		// Removal goes by what the cluster holds, not by this node's file.
@@ -395,12 +403,29 @@ func (a *Appliance) seedLoop() {
 	}
 }
 
+// seed writes what is missing of the replicated EK roots (on the leader)
+// and settings (the creator, once there is a leader), once every member
+// applies those commands (membersApply: in a rolling upgrade, an old member
+// would stop on them).
 func (a *Appliance) seed(ctx context.Context) error {
+	roots, err := a.node.EKRoots()
+	if err != nil {
+		return err
+	}
+	_, err = a.node.Settings()
+	needRoots := a.node.IsLeader() && len(roots) == 0
+	needSettings := a.cfg.JoinSeed == "" && a.node.LeaderID() != "" && errors.Is(err, cluster.ErrNotFound)
+	if !needRoots && !needSettings {
+		return nil
+	}
+	if err := a.membersApply(ctx, cluster.ConfigCommands...); err != nil {
+		return err
+	}
 	var errs []error
-	if a.node.IsLeader() {
+	if needRoots {
 		errs = append(errs, a.seedEKRoots(ctx))
 	}
-	if a.node.LeaderID() != "" {
+	if needSettings {
 		errs = append(errs, a.seedSettings(ctx))
 	}
 	return errors.Join(errs...)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
 // ClusterSettings are the settings every node of a cluster shares. They are
@@ -119,6 +120,9 @@ func (a *Appliance) Settings() SettingsView {
 // commits the result as the next version. Unknown keys and a changed
 // trust domain are refused; so is a change based on an older version.
 func (a *Appliance) ChangeSettings(ctx context.Context, actor string, base int, change json.RawMessage) (SettingsView, error) {
+	if err := a.membersApply(ctx, cluster.ConfigCommands...); err != nil {
+		return SettingsView{}, err
+	}
 	if err := a.seedSettings(ctx); err != nil {
 		return SettingsView{}, err
 	}
@@ -164,8 +168,8 @@ func (a *Appliance) registerSettingsAdmin(add func(role, pattern string, h http.
 			return
 		}
 		v, err := a.ChangeSettings(r.Context(), actor(r, req.Actor), req.BaseVersion, req.Settings)
-		if errors.Is(err, errSettingsInvalid) {
-			writeProblem(w, err) // 400 settings_invalid
+		if errors.Is(err, errSettingsInvalid) || errors.Is(err, errMembersBehind) {
+			writeProblem(w, err) // 400 settings_invalid, 503 unavailable
 			return
 		}
 		if err != nil {

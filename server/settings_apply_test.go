@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/cluster"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
+	bolt "go.etcd.io/bbolt"
 )
 
 // The FSM, not only the admin API, judges settings and EK roots: a
@@ -104,5 +106,100 @@ func TestInvalidStoredSettingsNotUsed(t *testing.T) {
 	// would expire every challenge at once).
 	if code := enrollCode(t, e.App, e.Mfr); code != "" {
 		t.Fatalf("enroll with the kept settings: %q", code)
+	}
+}
+
+// emptyReplicatedConfig makes dir an old data directory: Raft state
+// without the replicated EK roots and settings (a build before them).
+func emptyReplicatedConfig(t *testing.T, dir string) {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(dir, "raft", "fsm.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error {
+		for _, b := range []string{"ek_roots", "settings"} {
+			if err := tx.DeleteBucket([]byte(b)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A rolling upgrade: the commands that write the replicated EK roots and
+// settings are new, and a replica stops on a command it does not know. So
+// neither the seed nor `ekroots add` or `settings set` proposes them until
+// every member has shown it applies them (GET /cluster/v1/info): here
+// node-3 is down, as an old member being upgraded would be, and nothing is
+// written, the restarted nodes still start and serve from their local
+// files; once node-3 is back, the seed goes through.
+func TestReplicatedConfigWaitsForEveryMember(t *testing.T) {
+	e := servertest.New(t)
+	n2, d2 := e.Join(t, "node-2")
+	n3, d3 := e.Join(t, "node-3")
+	for _, n := range []*server.Appliance{e.App, n2, n3} {
+		waitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
+	}
+	e.App.Close()
+	n2.Close()
+	n3.Close()
+	for _, d := range []string{e.Dir, d2, d3} {
+		emptyReplicatedConfig(t, d)
+	}
+	open := func(dir string) *server.Appliance {
+		a, err := server.Open(dir, servertest.Password, server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close() })
+		return a
+	}
+	n1, n2 := open(e.Dir), open(d2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, n := range []*server.Appliance{n1, n2} {
+		if err := n.WaitReady(ctx); err != nil {
+			t.Fatalf("a restarted node with a member down: %v", err)
+		}
+	}
+	time.Sleep(2 * time.Second) // the seed loop's first rounds
+	for _, n := range []*server.Appliance{n1, n2} {
+		if roots, _ := n.Node().EKRoots(); len(roots) != 0 {
+			t.Fatalf("the EK roots were seeded with node-3 unaccounted for: %d", len(roots))
+		}
+		if _, err := n.Node().Settings(); !errors.Is(err, cluster.ErrNotFound) {
+			t.Fatalf("the settings were seeded with node-3 unaccounted for: %v", err)
+		}
+	}
+	admin := server.NewAdminClient(e.Dir)
+	_, err := admin.AddEKRoots(ctx, "alice", selfSignedCert(t, "New Vendor CA", true), false, "")
+	if p := (*api.Problem)(nil); !errors.As(err, &p) || p.Status != 503 || p.Code != api.CodeUnavailable || !strings.Contains(p.Detail, "node-3") {
+		t.Fatalf("ekroots add with node-3 unaccounted for: %v", err)
+	}
+	if _, err := admin.ChangeSettings(ctx, "alice", 0, json.RawMessage(`{"approval_retry":"3s"}`)); problemCode(err) != api.CodeUnavailable {
+		t.Fatalf("settings set with node-3 unaccounted for: %v", err)
+	}
+	// Local files stand in: enrollment works meanwhile.
+	if code := enrollCode(t, n1, e.Mfr); code != "" {
+		t.Fatalf("enroll while the seed waits: %q", code)
+	}
+
+	n3 = open(d3)
+	if err := n3.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*server.Appliance{n1, n2, n3} {
+		waitFor(t, "the seed once every member applies it", 20*time.Second, func() bool {
+			roots, _ := n.Node().EKRoots()
+			_, err := n.Node().Settings()
+			return len(roots) == 2 && err == nil
+		})
+	}
+	if _, err := admin.AddEKRoots(ctx, "alice", selfSignedCert(t, "New Vendor CA", true), false, ""); err != nil {
+		t.Fatalf("ekroots add once every member applies it: %v", err)
 	}
 }
