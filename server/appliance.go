@@ -490,13 +490,19 @@ func (a *Appliance) Close() error {
 }
 
 // certSource hands out a certificate issued in memory and reissues it when
-// two thirds of its lifetime have passed.
+// two thirds of its lifetime have passed. A failed reissue, while the
+// current certificate is still served, is retried at most every
+// certRetryEvery: get runs on every TLS handshake and every /readyz probe
+// (exempt from the rate limit), which must not each sign, propose and log.
 type certSource struct {
-	issue func() (tls.Certificate, error)
-	log   *slog.Logger
-	mu    sync.Mutex
-	cert  *tls.Certificate
+	issue    func() (tls.Certificate, error)
+	log      *slog.Logger
+	mu       sync.Mutex
+	cert     *tls.Certificate
+	failedAt time.Time // of the last failed reissue; zero after a success
 }
+
+const certRetryEvery = 10 * time.Second
 
 const serverCertValidity = 7 * 24 * time.Hour
 
@@ -517,14 +523,18 @@ func (s *certSource) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return s.cert, nil
 		}
 	}
+	if s.cert != nil && time.Since(s.failedAt) < certRetryEvery {
+		return s.cert, nil
+	}
 	c, err := s.issue()
 	if err != nil {
 		if s.cert != nil { // keep serving the old one while it is valid
-			s.log.Error("certificate renewal failed", "err", err)
+			s.failedAt = time.Now()
+			s.log.Error("certificate renewal failed; retrying later", "err", err, "retry_in", certRetryEvery)
 			return s.cert, nil
 		}
 		return nil, err
 	}
-	s.cert = &c
+	s.cert, s.failedAt = &c, time.Time{}
 	return s.cert, nil
 }
