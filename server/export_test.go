@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"net/http"
 
 	"github.com/gatehouse-dev/gatehouse/cluster"
@@ -41,3 +42,7 @@ func SetProgressHook(a *Appliance, fn func(*cluster.Progress)) {
 	defer a.health.mu.Unlock()
 	a.health.progress = fn
 }
+
+// ServerCertForTest is the node's HTTPS server certificate: a test stands
+// up an impostor seed that the cluster root vouches for.
+func (a *Appliance) ServerCertForTest() (*tls.Certificate, error) { return a.serverCert.get(nil) }
