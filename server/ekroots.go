@@ -191,10 +191,13 @@ func (c *replicatedConf) build(prev confView) (confView, error) {
 	} else if rootsOK {
 		bundle = c.localRoots
 	}
-	certs, err := attest.ParseCertificates(bundle)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("EK roots: %w", err))
-		certs, bundle = nil, nil
+	var certs []*x509.Certificate
+	if rootsOK {
+		var err error
+		if certs, err = attest.ParseCertificates(bundle); err != nil {
+			errs = append(errs, fmt.Errorf("EK roots: %w", err))
+			certs, bundle = nil, nil
+		}
 	}
 	v.verifier = attest.NewEKVerifier(certs, attest.EKRootsOptions(bundle)...)
 	return v, errors.Join(errs...)

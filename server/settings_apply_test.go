@@ -203,3 +203,32 @@ func TestReplicatedConfigWaitsForEveryMember(t *testing.T) {
 		t.Fatalf("ekroots add once every member applies it: %v", err)
 	}
 }
+
+// A replica whose EK roots cannot be read does not fall back to the node's
+// ek-roots.pem (which may still hold a CA the cluster removed): the node
+// trusts no manufacturer CA until it can read them.
+func TestUnreadableEKRootsTrustNothing(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := server.NewAdminClient(e.Dir).RemoveEKRoot(ctx, "alice", fingerprint(e.Mfr.Intermediate.Raw)); err != nil {
+		t.Fatal(err)
+	}
+	if code := enrollCode(t, e.App, e.Mfr); code != api.CodeEKUntrusted {
+		t.Fatalf("control: enroll through the removed intermediate: %q", code)
+	}
+	e.App.Close()
+	db, err := bolt.Open(filepath.Join(e.Dir, "raft", "fsm.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sorts before every fingerprint: the read stops on it.
+	err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("ek_roots")).Put([]byte("0"), []byte("not a record")) })
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Start()
+	if code := enrollCode(t, e.App, e.Mfr); code != api.CodeEKUntrusted {
+		t.Fatalf("enroll with an unreadable replica of the set: %q, want %s (ek-roots.pem still holds the removed CA)", code, api.CodeEKUntrusted)
+	}
+}
