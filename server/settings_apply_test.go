@@ -183,6 +183,10 @@ func TestReplicatedConfigWaitsForEveryMember(t *testing.T) {
 	if _, err := admin.ChangeSettings(ctx, "alice", 0, json.RawMessage(`{"approval_retry":"3s"}`)); problemCode(err) != api.CodeUnavailable {
 		t.Fatalf("settings set with node-3 unaccounted for: %v", err)
 	}
+	// `enrollments delete` is new in the same build.
+	if err := admin.DeleteEnrollment(ctx, strings.Repeat("ab", 32), "alice", ""); problemCode(err) != api.CodeUnavailable {
+		t.Fatalf("enrollments delete with node-3 unaccounted for: %v", err)
+	}
 	// Local files stand in: enrollment works meanwhile.
 	if code := enrollCode(t, n1, e.Mfr); code != "" {
 		t.Fatalf("enroll while the seed waits: %q", code)
@@ -201,6 +205,9 @@ func TestReplicatedConfigWaitsForEveryMember(t *testing.T) {
 	}
 	if _, err := admin.AddEKRoots(ctx, "alice", selfSignedCert(t, "New Vendor CA", true), false, ""); err != nil {
 		t.Fatalf("ekroots add once every member applies it: %v", err)
+	}
+	if err := admin.DeleteEnrollment(ctx, strings.Repeat("ab", 32), "alice", ""); problemCode(err) != api.CodeNotFound {
+		t.Fatalf("enrollments delete once every member applies it: %v, want not_found", err)
 	}
 }
 
