@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -62,6 +64,21 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"ekroots.add", 1}:        decodeAs[addEKRoots],
 	{"ekroots.remove", 1}:     decodeAs[removeEKRoot],
 	{"settings.set", 1}:       decodeAs[setSettings],
+}
+
+// Commands lists the command types and versions this build applies, as
+// "type/version", sorted. A replica stops on a command it does not know
+// (ErrUnknownCommand), so a node tells its peers this list (the
+// appliance's GET /cluster/v1/info), and a new command is proposed only
+// once every member lists it: during a rolling upgrade, not before the
+// last old member is upgraded.
+func Commands() []string {
+	out := make([]string, 0, len(commandTypes))
+	for k := range commandTypes {
+		out = append(out, k.typ+"/"+strconv.Itoa(k.version))
+	}
+	slices.Sort(out)
+	return out
 }
 
 func decodeAs[T any, PT interface {

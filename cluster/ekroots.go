@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -10,13 +12,19 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/gatehouse-dev/gatehouse/attest"
 )
 
 // The manufacturer CA set (EK roots) is replicated state: every node's EK
 // verifier is built from the ek_roots bucket, so an add or remove is in
 // force on a node as soon as that node applies it. The appliance validates
-// certificates (CA only, parseable) before it proposes them; the FSM keys
-// each by the SHA-256 of its DER, which it computes itself, and bounds the
+// certificates before it proposes them, and the FSM judges them again when
+// it applies the command (a forwarded command comes from any node holding
+// a node certificate, and is only as good as that node): each DER must be
+// exactly one certificate, a CA (basicConstraints cA) unless the command
+// seeds the set from a node's ek-roots.pem, and the FSM keys it by the
+// SHA-256 and names it by the subject it computes itself. It bounds the
 // set's size.
 
 var bEKRoots = []byte("ek_roots") // hex SHA-256 of DER → EKRoot (JSON)
@@ -42,7 +50,15 @@ var (
 	// ErrEKRootsLimit: the set would exceed MaxEKRoots, or a certificate
 	// MaxEKRootDER.
 	ErrEKRootsLimit = errors.New("manufacturer CA set limit")
+	// ErrEKRootInvalid: a certificate that is not one parseable CA
+	// certificate (the appliance refuses these before proposing them).
+	ErrEKRootInvalid = errors.New("not a manufacturer CA certificate")
 )
+
+// ConfigCommands are the commands that change the EK root set and the
+// cluster settings, as Commands lists them: new in the build that
+// replicated them, so proposed only when every member applies them.
+var ConfigCommands = []string{"ekroots.add/1", "ekroots.remove/1", "settings.set/1"}
 
 // EKRoot is one manufacturer CA of the replicated set.
 type EKRoot struct {
@@ -95,8 +111,12 @@ func (c *addEKRoots) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 		if len(r.DER) == 0 || len(r.DER) > MaxEKRootDER {
 			return applyResult{Err: fmt.Errorf("%w: a certificate of %d bytes (at most %d)", ErrEKRootsLimit, len(r.DER), MaxEKRootDER)}
 		}
+		cert, err := ekRootCert(r.DER, !c.Seed)
+		if err != nil {
+			return applyResult{Err: err}
+		}
 		sum := sha256.Sum256(r.DER)
-		r.SHA256, r.AddedAt, r.AddedBy = hex.EncodeToString(sum[:]), at, c.Actor
+		r.SHA256, r.Subject, r.AddedAt, r.AddedBy = hex.EncodeToString(sum[:]), attest.Name(cert.Subject), at, c.Actor
 		if seen[r.SHA256] {
 			continue
 		}
@@ -137,6 +157,21 @@ func (c *addEKRoots) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 		}
 	}
 	return applyResult{Result: uint64(len(changes))}
+}
+
+// ekRootCert parses der as exactly one certificate, as the verifier will
+// (attest.ParseCertificates), and with ca requires it to be a CA. A set
+// with a certificate the verifier cannot parse would leave every node
+// without an EK verifier.
+func ekRootCert(der []byte, ca bool) (*x509.Certificate, error) {
+	certs, err := attest.ParseCertificates(der)
+	if err != nil || len(certs) != 1 || !bytes.Equal(certs[0].Raw, der) {
+		return nil, fmt.Errorf("%w: the DER is not one certificate (%v)", ErrEKRootInvalid, err)
+	}
+	if ca && (!certs[0].BasicConstraintsValid || !certs[0].IsCA) {
+		return nil, fmt.Errorf("%w: %s is not a CA certificate", ErrEKRootInvalid, attest.Name(certs[0].Subject))
+	}
+	return certs[0], nil
 }
 
 // removeEKRoot removes one CA by fingerprint. It refuses an unknown

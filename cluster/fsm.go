@@ -54,6 +54,9 @@ type fsm struct {
 	// confGen counts applied batches that changed the EK root set or the
 	// cluster settings (and restores): the EK verifier compares it.
 	confGen atomic.Uint64
+	// validateSettings, when set, judges every settings command at apply
+	// (WithSettingsValidator).
+	validateSettings SettingsValidator
 }
 
 var (
@@ -135,6 +138,9 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 			f.fatal(fmt.Errorf("raft index %d: %w", l.Index, err))
 			results[i] = applyResult{Err: err}
 			continue
+		}
+		if s, ok := o.(*setSettings); ok {
+			s.validate = f.validateSettings
 		}
 		ops[i] = decoded{c, o}
 	}

@@ -67,6 +67,8 @@ type options struct {
 	forwarder    Forwarder
 	faults       *Faults
 	now          func() time.Time
+	// validateSettings judges settings commands at apply (settings.go).
+	validateSettings SettingsValidator
 }
 
 // WithForwarder lets a follower forward writes to the leader. Without one, a
@@ -141,6 +143,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if n.fsm, err = openFSM(filepath.Join(cfg.DataDir, "fsm.db"), o.fatal); err != nil {
 		return nil, storeError(filepath.Join(cfg.DataDir, "fsm.db"), "registry", err)
 	}
+	n.fsm.validateSettings = o.validateSettings
 	if n.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
 		return nil, storeError(filepath.Join(cfg.DataDir, "raft.db"), "Raft log", err)
 	}

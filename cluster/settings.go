@@ -24,9 +24,35 @@ var (
 // AuditSettings is the audit type of a settings change.
 const AuditSettings = "settings.changed"
 
-// ErrSettingsConflict: the settings changed since the caller read the
-// version it based its change on; read again and retry.
-var ErrSettingsConflict = errors.New("cluster settings changed concurrently")
+var (
+	// ErrSettingsConflict: the settings changed since the caller read the
+	// version it based its change on; read again and retry.
+	ErrSettingsConflict = errors.New("cluster settings changed concurrently")
+	// ErrSettingsInvalid: a settings document the FSM refuses to apply:
+	// over MaxSettingsDocument, or refused by the node's settings
+	// validator (WithSettingsValidator).
+	ErrSettingsInvalid = errors.New("invalid cluster settings")
+)
+
+// MaxSettingsDocument bounds the settings document: a handful of fields,
+// read by every node on every change.
+const MaxSettingsDocument = 16 << 10
+
+// SettingsValidator judges a settings document when the FSM applies it:
+// prev is the stored document (nil when none is), next the proposed one.
+// It must be a pure function of its arguments (every replica calls it on
+// the same entries and must agree), and is called under the FSM's write
+// transaction, so it must be quick.
+type SettingsValidator func(prev, next json.RawMessage) error
+
+// WithSettingsValidator makes the FSM refuse (ErrSettingsInvalid, nothing
+// written) a settings command validate refuses: whoever proposed it (an
+// operator through the API, a forwarded command from any node, a replayed
+// entry), settings that the appliance would not accept never take effect.
+// Every node of a cluster must use the same validator.
+func WithSettingsValidator(validate SettingsValidator) Option {
+	return func(o *options) { o.validateSettings = validate }
+}
 
 // SettingsRecord is the current cluster settings document.
 type SettingsRecord struct {
@@ -44,23 +70,34 @@ type setSettings struct {
 	Document json.RawMessage `json:"document"`
 	Base     int             `json:"base"`
 	Seed     bool            `json:"seed,omitempty"`
+
+	validate SettingsValidator // the FSM's, set when it decodes the entry
 }
 
 func (c *setSettings) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 	b := tx.Bucket(bSettings)
 	cur := 0
+	var prev json.RawMessage
 	if v := b.Get(keySettings); v != nil {
 		var old SettingsRecord
 		if err := json.Unmarshal(v, &old); err != nil {
 			return applyResult{Err: err}
 		}
-		cur = old.Version
+		cur, prev = old.Version, old.Document
 	}
 	if c.Seed && cur > 0 {
 		return applyResult{}
 	}
 	if !c.Seed && c.Base != cur {
 		return applyResult{Err: fmt.Errorf("%w: based on version %d, the cluster has %d", ErrSettingsConflict, c.Base, cur)}
+	}
+	if len(c.Document) > MaxSettingsDocument {
+		return applyResult{Err: fmt.Errorf("%w: a document of %d bytes (at most %d)", ErrSettingsInvalid, len(c.Document), MaxSettingsDocument)}
+	}
+	if c.validate != nil {
+		if err := c.validate(prev, c.Document); err != nil {
+			return applyResult{Err: fmt.Errorf("%w: %v", ErrSettingsInvalid, err)}
+		}
 	}
 	rec := SettingsRecord{Version: cur + 1, Time: at, Actor: c.Actor, Document: c.Document}
 	if err := putJSON(b, keySettings, rec); err != nil {
@@ -78,7 +115,8 @@ func (c *setSettings) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 
 // SetSettings commits a settings document as the version after base and
 // returns its version; ErrSettingsConflict if base is no longer current.
-// Validate the document first: the registry stores it as is.
+// Validate the document first: the FSM applies only what its
+// SettingsValidator accepts.
 func (n *Node) SetSettings(ctx context.Context, actor string, base int, document json.RawMessage) (int, error) {
 	v, err := n.apply(ctx, "settings.set", 1, &setSettings{Actor: actor, Document: document, Base: base})
 	return int(v), err

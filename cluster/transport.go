@@ -24,6 +24,7 @@ type tlsStreamLayer struct {
 	cfg     *tls.Config
 	faults  *Faults // nil outside partition tests
 	refused peerRefusals
+	inbound inboundRefusals
 }
 
 var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
@@ -36,7 +37,38 @@ func newTLSStreamLayer(addr string, cfg *tls.Config, faults *Faults, log *slog.L
 	if err != nil {
 		return nil, err
 	}
-	return &tlsStreamLayer{Listener: ln, cfg: cfg, faults: faults, refused: peerRefusals{log: log}}, nil
+	return &tlsStreamLayer{Listener: ln, cfg: cfg, faults: faults, refused: peerRefusals{log: log}, inbound: inboundRefusals{log: log}}, nil
+}
+
+// inboundRefusals logs incoming connections whose TLS handshake failed,
+// at most inboundRefusalsPerMinute a minute, and with the first of the next
+// minute how many went unlogged: anyone who reaches the Raft port can open them, and Raft would
+// log each at error level.
+type inboundRefusals struct {
+	log    *slog.Logger
+	mu     sync.Mutex
+	window time.Time // start of the current minute
+	n      int       // refusals in it
+}
+
+const inboundRefusalsPerMinute = 10
+
+func (r *inboundRefusals) refused(remote net.Addr, err error) {
+	if r.log == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	if now.Sub(r.window) >= time.Minute {
+		if r.n > inboundRefusalsPerMinute {
+			r.log.Warn("raft: more incoming connections were refused than logged", "unlogged", r.n-inboundRefusalsPerMinute, "since", r.window)
+		}
+		r.window, r.n = now, 0
+	}
+	if r.n++; r.n <= inboundRefusalsPerMinute {
+		r.log.Warn("raft: refused an incoming connection (its TLS handshake failed: not a node of this cluster)", "remote", remote.String(), "err", err)
+	}
 }
 
 // peerRefusals remembers Raft peers whose TLS handshake failed although
@@ -126,20 +158,24 @@ func (s *tlsStreamLayer) Accept() (net.Conn, error) {
 	}
 	tc := tls.Server(c, s.cfg)
 	_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
-	return &handshakeConn{Conn: tc}, nil
+	return &handshakeConn{Conn: tc, refused: &s.inbound}, nil
 }
 
 // handshakeConn clears the handshake deadline once the handshake is done.
+// A failed handshake is logged by inboundRefusals and ends the connection
+// as io.EOF, which Raft closes without a log line of its own.
 type handshakeConn struct {
 	*tls.Conn
-	done bool
+	refused *inboundRefusals
+	done    bool
 }
 
 func (c *handshakeConn) Read(b []byte) (int, error) {
 	if !c.done {
 		if err := c.Conn.Handshake(); err != nil {
+			c.refused.refused(c.Conn.RemoteAddr(), fmt.Errorf("raft peer refused: %w", err))
 			c.Conn.Close()
-			return 0, fmt.Errorf("raft peer refused: %w", err)
+			return 0, io.EOF
 		}
 		_ = c.Conn.SetDeadline(time.Time{})
 		c.done = true

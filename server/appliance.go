@@ -114,6 +114,10 @@ func DefaultConfig() Config {
 	}
 }
 
+// maxSessionTTL bounds how long an enrollment or renewal challenge stays
+// answerable (and a used one is remembered): a round trip takes seconds.
+const maxSessionTTL = time.Hour
+
 func (c Config) validate() error {
 	switch {
 	case c.NodeID == "":
@@ -124,8 +128,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("config: cert_validity %v must be in (0, 8760h]", c.CertValidity)
 	case len(c.Hostnames) == 0:
 		return errors.New("config: hostnames is empty (the HTTPS certificate needs a name)")
-	case c.SessionTTL.Duration <= 0:
-		return errors.New("config: session_ttl must be positive")
+	case c.SessionTTL.Duration <= 0 || c.SessionTTL.Duration > maxSessionTTL:
+		return fmt.Errorf("config: session_ttl %v must be in (0, %v]", c.SessionTTL, maxSessionTTL)
 	case c.ApprovalRetry.Duration < time.Second:
 		return errors.New("config: approval_retry must be at least 1s")
 	case c.AuditCheckpointEvery.Duration < time.Second:
@@ -268,6 +272,7 @@ type Appliance struct {
 	admission         *clientLimiter
 	crlCache          crlCache
 	health            healthState
+	peerCmds          peerCommands // what each member applies (version.go)
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA
@@ -342,7 +347,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		TLS:       a.raftTLS(),
 		Bootstrap: cfg.JoinSeed == "",
 		Logger:    o.logger.With("component", "raft"),
-	}, append([]cluster.Option{cluster.WithForwarder(forwarder{a})}, o.clusterOpts...)...)
+	}, append([]cluster.Option{cluster.WithForwarder(forwarder{a}), cluster.WithSettingsValidator(validateSettingsDocument)}, o.clusterOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("open cluster node: %w", err)
 	}
@@ -433,14 +438,17 @@ func (a *Appliance) Enroller() *Enroller { return a.enroller }
 // Node exposes the Raft node (tests and the admin API read from it).
 func (a *Appliance) Node() *cluster.Node { return a.node }
 
-// WaitReady blocks until the node can commit and, on the node that created
-// the cluster, until the replicated EK roots and settings are written
-// (ekroots.go seedLoop), so what it serves next is the cluster's state.
+// WaitReady blocks until the node can commit and, on a node that creates
+// its cluster now (no Raft state yet), until the replicated EK roots and
+// settings are written (ekroots.go seedLoop), so what it serves next is
+// the cluster's state. A node that restarts does not wait for them: in a
+// cluster being upgraded they wait for the last old member
+// (membersApply), and its local files stand in meanwhile.
 func (a *Appliance) WaitReady(ctx context.Context) error {
 	if err := a.node.WaitLeader(ctx); err != nil {
 		return err
 	}
-	for a.cfg.JoinSeed == "" && !a.seeded() {
+	for a.cfg.JoinSeed == "" && a.node.Fresh() && !a.seeded() {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("writing the initial EK roots and settings to the cluster: %w", ctx.Err())
@@ -480,13 +488,19 @@ func (a *Appliance) Close() error {
 }
 
 // certSource hands out a certificate issued in memory and reissues it when
-// two thirds of its lifetime have passed.
+// two thirds of its lifetime have passed. A failed reissue, while the
+// current certificate is still served, is retried at most every
+// certRetryEvery: get runs on every TLS handshake and every /readyz probe
+// (exempt from the rate limit), which must not each sign, propose and log.
 type certSource struct {
-	issue func() (tls.Certificate, error)
-	log   *slog.Logger
-	mu    sync.Mutex
-	cert  *tls.Certificate
+	issue    func() (tls.Certificate, error)
+	log      *slog.Logger
+	mu       sync.Mutex
+	cert     *tls.Certificate
+	failedAt time.Time // of the last failed reissue; zero after a success
 }
+
+const certRetryEvery = 10 * time.Second
 
 const serverCertValidity = 7 * 24 * time.Hour
 
@@ -507,14 +521,18 @@ func (s *certSource) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return s.cert, nil
 		}
 	}
+	if s.cert != nil && time.Since(s.failedAt) < certRetryEvery {
+		return s.cert, nil
+	}
 	c, err := s.issue()
 	if err != nil {
 		if s.cert != nil { // keep serving the old one while it is valid
-			s.log.Error("certificate renewal failed", "err", err)
+			s.failedAt = time.Now()
+			s.log.Error("certificate renewal failed; retrying later", "err", err, "retry_in", certRetryEvery)
 			return s.cert, nil
 		}
 		return nil, err
 	}
-	s.cert = &c
+	s.cert, s.failedAt = &c, time.Time{}
 	return s.cert, nil
 }

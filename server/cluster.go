@@ -365,6 +365,8 @@ var clusterErrors = []struct {
 	{cluster.ErrLastEKRoot, http.StatusConflict, api.CodeEKRootLast},
 	{cluster.ErrEKRootsLimit, http.StatusBadRequest, api.CodeEKRootInvalid},
 	{cluster.ErrSettingsConflict, http.StatusConflict, api.CodeSettingsConflict},
+	{cluster.ErrEKRootInvalid, http.StatusBadRequest, api.CodeEKRootInvalid},
+	{cluster.ErrSettingsInvalid, http.StatusBadRequest, api.CodeSettingsInvalid},
 }
 
 func (a *Appliance) clusterProblem(err error) *api.Problem {
@@ -625,10 +627,16 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 	if err != nil {
 		return err
 	}
+	if err := checkJoinCA(jr, root); err != nil {
+		return fmt.Errorf("%w; the join token was not used", err)
+	}
 	if err := ca.CheckPassword(jr.EncryptedKeyPEM, password); err != nil {
 		return fmt.Errorf("%w; the join token was not used", err)
 	}
 	if jr, err = post(pathClusterJoin); err != nil {
+		return err
+	}
+	if err := checkJoinCA(jr, root); err != nil {
 		return err
 	}
 	// The joiner's cluster-wide settings are the cluster's, whatever it
@@ -647,6 +655,30 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 		return err
 	}
 	return writeNodeFiles(dataDir, cfg, jr.EKRootsPEM)
+}
+
+// checkJoinCA checks that a join answer's CA is the cluster's: its root is
+// the one the token pinned, and its intermediate a CA that root issued.
+func checkJoinCA(jr joinResponse, pinned *x509.Certificate) error {
+	blk, _ := pem.Decode(jr.RootPEM)
+	if blk == nil || !bytes.Equal(blk.Bytes, pinned.Raw) {
+		return errors.New("the seed's join answer carries another root certificate than the token pins: refusing to join")
+	}
+	blk, _ = pem.Decode(jr.IntermediatePEM)
+	if blk == nil {
+		return errors.New("the seed's join answer carries no intermediate certificate")
+	}
+	inter, err := x509.ParseCertificate(blk.Bytes)
+	if err == nil && (!inter.BasicConstraintsValid || !inter.IsCA) {
+		err = errors.New("not a CA certificate")
+	}
+	if err == nil {
+		err = inter.CheckSignatureFrom(pinned)
+	}
+	if err != nil {
+		return fmt.Errorf("the seed's intermediate certificate is not one the pinned root issued (%v): refusing to join", err)
+	}
+	return nil
 }
 
 func httpGet(ctx context.Context, hc *http.Client, u string) ([]byte, error) {

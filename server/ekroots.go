@@ -138,27 +138,37 @@ func (c *replicatedConf) view() confView {
 	if c.built && gen == c.gen {
 		return c.cur
 	}
-	v, err := c.build()
+	v, err := c.build(c.cur)
 	if err != nil {
-		c.log.Error("rebuilding the replicated configuration failed; keeping the previous one", "err", err)
-		if c.built {
-			return c.cur
-		}
+		// Not cached: the next view tries again.
+		c.log.Error("reading the replicated configuration failed", "err", err)
 	}
 	c.cur, c.gen, c.built = v, gen, err == nil
 	return v
 }
 
 // build reads the replica. The local files stand in for what the cluster
-// does not hold yet; an error still returns a usable (local) view.
-func (c *replicatedConf) build() (confView, error) {
+// does not hold yet. On an error it still returns a view to use: settings
+// it cannot read or that fail validation keep prev's (or the local ones);
+// EK roots it cannot read give a verifier that trusts no CA, never prev's,
+// which may hold a CA the replica has removed.
+func (c *replicatedConf) build(prev confView) (confView, error) {
 	v := confView{settings: c.local.clusterSettings()}
+	if prev.settingsVersion > 0 {
+		v.settings, v.settingsVersion, v.settingsTime, v.settingsActor = prev.settings, prev.settingsVersion, prev.settingsTime, prev.settingsActor
+	}
 	var errs []error
 	var roots []cluster.EKRoot
+	rootsOK := true
 	if c.node != nil {
 		rec, err := c.node.Settings()
 		if err == nil {
-			s := v.settings
+			if err = validateSettingsDocument(nil, rec.Document); err != nil {
+				err = fmt.Errorf("cluster settings version %d: %w", rec.Version, err)
+			}
+		}
+		if err == nil {
+			s := DefaultConfig().clusterSettings()
 			if err = json.Unmarshal(rec.Document, &s); err == nil {
 				v.settings, v.settingsVersion, v.settingsTime, v.settingsActor = s, rec.Version, rec.Time, rec.Actor
 			}
@@ -167,18 +177,22 @@ func (c *replicatedConf) build() (confView, error) {
 			errs = append(errs, err)
 		}
 		if roots, err = c.node.EKRoots(); err != nil {
-			errs = append(errs, err)
+			errs, rootsOK = append(errs, err), false
 		}
 	}
 	var bundle []byte
 	if len(roots) > 0 {
 		v.roots, bundle = roots, ekRootsPEM(roots)
-	} else {
+	} else if rootsOK {
 		bundle = c.localRoots
 	}
-	certs, err := attest.ParseCertificates(bundle)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("EK roots: %w", err))
+	var certs []*x509.Certificate
+	if rootsOK {
+		var err error
+		if certs, err = attest.ParseCertificates(bundle); err != nil {
+			errs = append(errs, fmt.Errorf("EK roots: %w", err))
+			certs, bundle = nil, nil
+		}
 	}
 	v.verifier = attest.NewEKVerifier(certs, attest.EKRootsOptions(bundle)...)
 	return v, errors.Join(errs...)
@@ -286,6 +300,10 @@ func (a *Appliance) registerEKRootsAdmin(add func(role, pattern string, h http.H
 			writeProblem(w, err) // errEKRootInvalid: 400 ek_root_invalid
 			return
 		}
+		if err := a.membersApply(r.Context(), cluster.ConfigCommands...); err != nil {
+			writeProblem(w, err) // errMembersBehind: 503
+			return
+		}
 		// An add before the set was seeded would become the whole set.
 		if err := a.seedEKRoots(r.Context()); err != nil {
 			writeProblem(w, a.clusterProblem(err))
@@ -308,6 +326,10 @@ func (a *Appliance) registerEKRootsAdmin(add func(role, pattern string, h http.H
 		fp := r.PathValue("sha256")
 		if !fingerprintRE.MatchString(fp) {
 			writeProblem(w, malformed("a manufacturer CA is named by the lowercase hex SHA-256 of its DER (ekroots list)"))
+			return
+		}
+		if err := a.membersApply(r.Context(), cluster.ConfigCommands...); err != nil {
+			writeProblem(w, err) // errMembersBehind: 503
 			return
 		}
 		// Removal goes by what the cluster holds, not by this node's file.
@@ -376,12 +398,29 @@ func (a *Appliance) seedLoop() {
 	}
 }
 
+// seed writes what is missing of the replicated EK roots (on the leader)
+// and settings (the creator, once there is a leader), once every member
+// applies those commands (membersApply: in a rolling upgrade, an old member
+// would stop on them).
 func (a *Appliance) seed(ctx context.Context) error {
+	roots, err := a.node.EKRoots()
+	if err != nil {
+		return err
+	}
+	_, err = a.node.Settings()
+	needRoots := a.node.IsLeader() && len(roots) == 0
+	needSettings := a.cfg.JoinSeed == "" && a.node.LeaderID() != "" && errors.Is(err, cluster.ErrNotFound)
+	if !needRoots && !needSettings {
+		return nil
+	}
+	if err := a.membersApply(ctx, cluster.ConfigCommands...); err != nil {
+		return err
+	}
 	var errs []error
-	if a.node.IsLeader() {
+	if needRoots {
 		errs = append(errs, a.seedEKRoots(ctx))
 	}
-	if a.node.LeaderID() != "" {
+	if needSettings {
 		errs = append(errs, a.seedSettings(ctx))
 	}
 	return errors.Join(errs...)

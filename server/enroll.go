@@ -604,6 +604,8 @@ var problemTable = []struct {
 	{errUnsupportedMediaType, http.StatusUnsupportedMediaType, api.CodeUnsupportedMediaType},
 	{errEKRootInvalid, http.StatusBadRequest, api.CodeEKRootInvalid},     // ekroots add
 	{errSettingsInvalid, http.StatusBadRequest, api.CodeSettingsInvalid}, // settings set
+	// ekroots add/remove, settings set while a member runs an older build
+	{errMembersBehind, http.StatusServiceUnavailable, api.CodeUnavailable},
 }
 
 func newProblem(status int, code, detail string) *api.Problem {

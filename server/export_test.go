@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"net/http"
 
 	"github.com/gatehouse-dev/gatehouse/cluster"
@@ -44,3 +45,7 @@ func SetProgressHook(a *Appliance, fn func(*cluster.Progress)) {
 
 // MaxEKRootsBody bounds a POST /admin/v1/ekroots body.
 const MaxEKRootsBody = maxEKRootsBody
+
+// ServerCertForTest is the node's HTTPS server certificate: a test stands
+// up an impostor seed that the cluster root vouches for.
+func (a *Appliance) ServerCertForTest() (*tls.Certificate, error) { return a.serverCert.get(nil) }

@@ -281,6 +281,11 @@ func (a *Appliance) registerImportAdmin(add func(role, pattern string, h http.Ha
 			writeProblem(w, malformed("want the EK public SHA-256 as 64 hex digits"))
 			return
 		}
+		// New in the build that gates commands (version.go membersApply).
+		if err := a.membersApply(r.Context(), "enrollment.delete/1"); err != nil {
+			writeProblem(w, err) // errMembersBehind: 503
+			return
+		}
 		err := a.node.DeleteEnrollment(r.Context(), actor(r, req.Actor), ek, req.Reason)
 		writeResult(w, http.StatusOK, struct{}{}, a.errProblem(err))
 	})

@@ -517,6 +517,12 @@ func TestEKRootsAndSettingsMigratedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.Start()
+	// A restart does not wait for the migration (WaitReady): it follows.
+	waitFor(t, "the migration", 10*time.Second, func() bool {
+		_, err := e.App.Node().Settings()
+		roots, _ := e.App.Node().EKRoots()
+		return err == nil && len(roots) > 0
+	})
 	roots, err := e.App.Node().EKRoots()
 	if err != nil || len(roots) != 2 || !hasRoot(t, e.App.Node(), fingerprint(e.Mfr.Intermediate.Raw)) {
 		t.Fatalf("migrated set: %d roots, %v", len(roots), err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
 // ClusterSettings are the settings every node of a cluster shares. They are
@@ -60,6 +61,35 @@ func (s ClusterSettings) validate() error {
 	return nil
 }
 
+// validateSettingsDocument is the FSM's settings validator
+// (cluster.WithSettingsValidator), and what a node checks a replicated
+// document against before it uses it: Config's rules on the cluster-wide
+// fields, and a trust domain that never changes once stored. Fields the
+// document does not carry are the defaults; unknown keys are ignored here
+// (ChangeSettings refuses them), so that a node does not refuse a document
+// a newer node wrote with a field it does not know. It is a pure function
+// of its arguments, as every replica must agree on it.
+func validateSettingsDocument(prev, next json.RawMessage) error {
+	s := DefaultConfig().clusterSettings()
+	if err := json.Unmarshal(next, &s); err != nil {
+		return err
+	}
+	if err := DefaultConfig().withClusterSettings(s).validate(); err != nil {
+		return err
+	}
+	if prev == nil {
+		return nil
+	}
+	var old ClusterSettings
+	if err := json.Unmarshal(prev, &old); err != nil {
+		return fmt.Errorf("the stored settings: %w", err)
+	}
+	if old.TrustDomain != s.TrustDomain {
+		return fmt.Errorf("trust_domain %q cannot become %q: it is fixed when the cluster is created (it is in every certificate)", old.TrustDomain, s.TrustDomain)
+	}
+	return nil
+}
+
 // SettingsView is what GET /admin/v1/settings returns.
 type SettingsView struct {
 	// Version is the replicated version; 0 means the cluster holds none
@@ -89,6 +119,9 @@ func (a *Appliance) Settings() SettingsView {
 // commits the result as the next version. Unknown keys and a changed
 // trust domain are refused; so is a change based on an older version.
 func (a *Appliance) ChangeSettings(ctx context.Context, actor string, base int, change json.RawMessage) (SettingsView, error) {
+	if err := a.membersApply(ctx, cluster.ConfigCommands...); err != nil {
+		return SettingsView{}, err
+	}
 	if err := a.seedSettings(ctx); err != nil {
 		return SettingsView{}, err
 	}
@@ -134,8 +167,8 @@ func (a *Appliance) registerSettingsAdmin(add func(role, pattern string, h http.
 			return
 		}
 		v, err := a.ChangeSettings(r.Context(), actor(r, req.Actor), req.BaseVersion, req.Settings)
-		if errors.Is(err, errSettingsInvalid) {
-			writeProblem(w, err) // 400 settings_invalid
+		if errors.Is(err, errSettingsInvalid) || errors.Is(err, errMembersBehind) {
+			writeProblem(w, err) // 400 settings_invalid, 503 unavailable
 			return
 		}
 		if err != nil {

@@ -3,9 +3,12 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +27,9 @@ var buildInfo = api.ReadBuildInfo()
 type NodeInfo struct {
 	NodeID  string        `json:"node_id"`
 	Version api.BuildInfo `json:"version"`
+	// Commands are the Raft commands the node's build applies
+	// (cluster.Commands): see membersApply.
+	Commands []string `json:"commands,omitempty"`
 }
 
 // NodeStatus is one member of the cluster in Status: its addresses and
@@ -42,7 +48,7 @@ type NodeStatus struct {
 const nodeInfoTimeout = 2 * time.Second
 
 func (a *Appliance) handleNodeInfo(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, NodeInfo{NodeID: a.cfg.NodeID, Version: buildInfo})
+	writeJSON(w, http.StatusOK, NodeInfo{NodeID: a.cfg.NodeID, Version: buildInfo, Commands: cluster.Commands()})
 }
 
 // nodeStatuses lists every member of the Raft configuration with its
@@ -108,4 +114,86 @@ func (a *Appliance) askNodeInfo(ctx context.Context, m cluster.Member) (NodeInfo
 		return info, fmt.Errorf("%s answered as node %q", m.APIAddr, info.NodeID)
 	}
 	return info, nil
+}
+
+// errMembersBehind: a command was not proposed because some member of the
+// cluster is not known to apply it (a rolling upgrade in progress, or a
+// member that has not answered since this node started).
+var errMembersBehind = errors.New("not every member is known to apply the change")
+
+// peerCommands remembers which members answered GET /cluster/v1/info
+// listing which commands: a member that did once still does, short of a
+// downgrade, so a member down for maintenance does not block changes.
+type peerCommands struct {
+	mu sync.Mutex
+	m  map[string][]string // node ID → commands
+}
+
+func (p *peerCommands) knows(id string, cmds []string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range cmds {
+		if !slices.Contains(p.m[id], c) {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *peerCommands) set(id string, cmds []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		p.m = map[string][]string{}
+	}
+	p.m[id] = cmds
+}
+
+// membersApply returns nil when every member of the Raft configuration is
+// known to apply each of cmds (cluster.Commands' form): this node, and
+// each other member that answered GET /cluster/v1/info listing them, now
+// or before (peerCommands). Otherwise errMembersBehind naming the members.
+// A replica stops on a command its build does not know, so a new kind of
+// command must wait until every member runs a build that has it: in a
+// rolling upgrade, until the last old member (which answers 404) is
+// upgraded. Members are asked in parallel, within nodeInfoTimeout each.
+func (a *Appliance) membersApply(ctx context.Context, cmds ...string) error {
+	ms, err := a.node.Members()
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	var behind []string
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		if m.ID == a.cfg.NodeID || a.peerCmds.knows(m.ID, cmds) {
+			continue
+		}
+		if m.APIAddr == "" {
+			behind = append(behind, m.ID+": has not registered its API address yet")
+			continue
+		}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(ctx, nodeInfoTimeout)
+			defer cancel()
+			info, err := a.askNodeInfo(ctx, m)
+			if err == nil {
+				a.peerCmds.set(m.ID, info.Commands)
+				if !a.peerCmds.knows(m.ID, cmds) {
+					err = fmt.Errorf("its build (%s) does not apply %s", info.Version.Version, strings.Join(cmds, ", "))
+				}
+			}
+			if err != nil {
+				mu.Lock()
+				behind = append(behind, m.ID+": "+err.Error())
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(behind) > 0 {
+		slices.Sort(behind)
+		return fmt.Errorf("%w (%s); upgrade every member to this build, or remove the ones that are gone", errMembersBehind, strings.Join(behind, "; "))
+	}
+	return nil
 }

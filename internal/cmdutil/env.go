@@ -25,17 +25,27 @@ func EnvName(flag string) string {
 //
 // A typo must not be silently ignored: a value the flag refuses, and a
 // GATEHOUSE_ variable that names no flag of fs, are errors naming the
-// variable.
-func FlagsFromEnv(fs *pflag.FlagSet, environ []string) error {
+// variable. The variables of the flags named in others (flags fs inherits
+// but the command does not use, whose variables other commands read from
+// the same environment) are neither read nor refused. Only a refused
+// value is quoted in an error, never the value of an unknown variable (a
+// secret put in the environment by mistake).
+func FlagsFromEnv(fs *pflag.FlagSet, environ []string, others ...string) error {
 	env := map[string]string{}
 	for _, kv := range environ {
 		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, EnvPrefix) {
 			env[k] = v
 		}
 	}
+	for _, f := range others {
+		delete(env, EnvName(f))
+	}
 	var errs []string
 	fs.VisitAll(func(f *pflag.Flag) {
 		name := EnvName(f.Name)
+		if slices.Contains(others, f.Name) {
+			return
+		}
 		v, ok := env[name]
 		delete(env, name)
 		if !ok || f.Changed || f.Name == "help" {

@@ -215,8 +215,11 @@ func serveCmd() *cobra.Command {
 		Short: "Run this node until SIGINT or SIGTERM (with --join, first join a cluster)",
 		Long:  "Run this node until SIGINT or SIGTERM (with --join, first join a cluster).\n\n" + cmdutil.EnvHelp,
 		Args:  cobra.NoArgs,
-		PreRunE: func(cmd *cobra.Command, _ []string) error {
-			return cmdutil.FlagsFromEnv(cmd.Flags(), os.Environ())
+		// Instead of the root's loadRemote: serve uses no admin client, and
+		// $GATEHOUSE_ADMIN_CONFIG, set for remote admin commands in the
+		// same environment, must not stop it.
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return cmdutil.FlagsFromEnv(cmd.Flags(), os.Environ(), remoteFlags...)
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			pw, err := readPassword(passwordFile)

@@ -35,6 +35,10 @@ type AdminConfig struct {
 
 const envAdminConfig = "GATEHOUSE_ADMIN_CONFIG"
 
+// remoteFlags are the flags addRemoteFlags adds (serve ignores their
+// variables).
+var remoteFlags = []string{"admin-config", "server", "admin-cert", "admin-key", "server-root"}
+
 func addRemoteFlags(root *cobra.Command) {
 	f := root.PersistentFlags()
 	f.String("admin-config", "", "admin credentials `FILE` written by \"gatehouse admin issue-cert\" (or $"+envAdminConfig+"); without it, the local node's admin socket is used")

@@ -138,3 +138,32 @@ func TestStatusShowsEveryNodeVersion(t *testing.T) {
 		t.Fatalf("status table lacks this node's version:\n%s", out)
 	}
 }
+
+// Variables other gatehouse commands read in the same environment do not
+// make serve fail: $GATEHOUSE_ADMIN_CONFIG (remote admin commands) naming
+// a file serve cannot read, and the other remote-admin variables, are
+// neither read nor refused by serve; a typo still is.
+func TestServeIgnoresRemoteAdminEnv(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, servertest.Password, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "not-initialized")
+	t.Setenv("GATEHOUSE_PASSWORD_FILE", pw)
+	t.Setenv("GATEHOUSE_DATA_DIR", empty)
+	t.Setenv("GATEHOUSE_ADMIN_CONFIG", filepath.Join(dir, "no-such-admin.json"))
+	t.Setenv("GATEHOUSE_SERVER", "https://gatehouse.example.com:8443") // the agent's unit variable
+	t.Setenv("GATEHOUSE_ADMIN_CERT", filepath.Join(dir, "no-such.crt"))
+	if _, err := run(t, "serve"); !errors.Is(err, server.ErrNotInitialized) || !strings.Contains(err.Error(), empty) {
+		t.Fatalf("serve with remote-admin variables set: %v (want it to reach the data directory)", err)
+	}
+	t.Setenv("GATEHOUSE_NODEID", "n1")
+	if _, err := run(t, "serve"); err == nil || !strings.Contains(err.Error(), "$GATEHOUSE_NODEID") {
+		t.Fatalf("serve with $GATEHOUSE_NODEID: %v", err)
+	}
+	// Remote admin commands still read $GATEHOUSE_ADMIN_CONFIG.
+	if _, err := run(t, "status"); err == nil || !strings.Contains(err.Error(), "no-such-admin.json") {
+		t.Fatalf("status with $GATEHOUSE_ADMIN_CONFIG naming a missing file: %v", err)
+	}
+}
