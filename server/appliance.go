@@ -448,14 +448,23 @@ func (a *Appliance) WaitReady(ctx context.Context) error {
 	if err := a.node.WaitLeader(ctx); err != nil {
 		return err
 	}
-	for a.cfg.JoinSeed == "" && a.node.Fresh() && !a.seeded() {
+	// The node creating a cluster is ready once its own first writes (the
+	// seed and its member record, both asynchronous) are in: nothing it
+	// serves afterwards races them.
+	for a.cfg.JoinSeed == "" && a.node.Fresh() && !(a.seeded() && a.registered()) {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("writing the initial EK roots and settings to the cluster: %w", ctx.Err())
+			return fmt.Errorf("writing the initial EK roots, settings and member record to the cluster: %w", ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	return nil
+}
+
+// registered: this node's member record is in its replica.
+func (a *Appliance) registered() bool {
+	_, err := a.node.Member(a.cfg.NodeID)
+	return err == nil
 }
 
 // Close stops serving and shuts the node down.
