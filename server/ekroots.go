@@ -315,8 +315,21 @@ func (a *Appliance) registerEKRootsAdmin(add func(role, pattern string, h http.H
 			writeProblem(w, a.clusterProblem(err))
 			return
 		}
+		// Answer with the records as stored (who added them and when), once
+		// this node has applied the add.
+		stored := map[string]cluster.EKRoot{}
+		if a.node.Linearize(r.Context()) == nil {
+			if all, err := a.node.EKRoots(); err == nil {
+				for _, s := range all {
+					stored[s.SHA256] = s
+				}
+			}
+		}
 		out := EKRootsAdded{Written: n}
 		for _, root := range roots {
+			if s, ok := stored[root.SHA256]; ok {
+				root = s
+			}
 			out.Roots = append(out.Roots, ekRootInfo(root))
 			a.log.Info("manufacturer CA added", "subject", root.Subject, "sha256", root.SHA256, "actor", who)
 		}

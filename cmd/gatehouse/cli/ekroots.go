@@ -36,7 +36,11 @@ func ekrootsCmd() *cobra.Command {
 				return err
 			}
 			return render(cmd, res, func(w io.Writer) {
-				fmt.Fprintf(w, "%d of %d written (the others were already trusted as given)\n", res.Written, len(res.Roots))
+				if res.Written == len(res.Roots) {
+					fmt.Fprintf(w, "%d written\n", res.Written)
+				} else {
+					fmt.Fprintf(w, "%d of %d written (the others were already trusted with the same allowance)\n", res.Written, len(res.Roots))
+				}
 				printEKRoots(w, res.Roots)
 			})
 		},

@@ -284,7 +284,7 @@ func TestEKRootsAndSettingsCommands(t *testing.T) {
 	os.WriteFile(pemFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m2.Intermediate.Raw}), 0o644)
 	os.WriteFile(derFile, m2.Root.Raw, 0o644)
 	for _, f := range []string{pemFile, derFile} {
-		if out, err := run(t, "ekroots", "add", f, "--data-dir", e.Dir); err != nil || !strings.Contains(out, "1 of 1 written") {
+		if out, err := run(t, "ekroots", "add", f, "--data-dir", e.Dir); err != nil || !strings.Contains(out, "1 written") || !strings.Contains(out, actor()) {
 			t.Fatalf("ekroots add %s: %v\n%s", f, err, out)
 		}
 	}
