@@ -285,4 +285,3 @@ func (s *Server) session(r *http.Request) *session {
 	}
 	return sess
 }
-
