@@ -50,7 +50,6 @@ import (
 const (
 	DefaultLoginTTL   = 5 * time.Minute
 	DefaultSessionTTL = 12 * time.Hour
-	cookieName        = "gatehouse_console"
 	csrfField         = "csrf"
 )
 
@@ -142,6 +141,13 @@ func (s *Server) Bind(addr net.Addr) {
 	s.addr = addr.String()
 }
 
+// URL is the console's base URL, http://127.0.0.1:PORT.
+func (s *Server) URL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return "http://" + s.addr
+}
+
 // LoginURL mints a one-time login token and returns the URL that uses it.
 func (s *Server) LoginURL() string {
 	tok := random()
@@ -182,7 +188,9 @@ func (s *Server) Handler() http.Handler {
 		h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "no-referrer")
+		// same-origin, not no-referrer: under no-referrer Chromium sends
+		// "Origin: null" with form posts, which the Origin check refuses.
+		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Cache-Control", "no-store")
 		if !s.hostAllowed(r.Host) {
 			http.Error(w, "unknown host: open the console at the URL it printed", http.StatusMisdirectedRequest)
@@ -242,6 +250,16 @@ func (s *Server) hostAllowed(host string) bool {
 	return false
 }
 
+// CookieName is the session cookie's name. It names the port: browsers
+// share cookies between the ports of a host, and two consoles (say an
+// auditor's and an operator's) must not overwrite each other's session.
+func (s *Server) CookieName() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, port, _ := net.SplitHostPort(s.addr)
+	return "gatehouse_console_" + port
+}
+
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -262,13 +280,13 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this login link is unknown, used or expired: restart the console for a new one", http.StatusUnauthorized)
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: cookie, Path: "/", HttpOnly: true,
+	http.SetCookie(w, &http.Cookie{Name: s.CookieName(), Value: cookie, Path: "/", HttpOnly: true,
 		SameSite: http.SameSiteStrictMode, MaxAge: int(s.sessionTTL / time.Second)})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 
 func (s *Server) session(r *http.Request) *session {
-	c, err := r.Cookie(cookieName)
+	c, err := r.Cookie(s.CookieName())
 	if err != nil {
 		return nil
 	}

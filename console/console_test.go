@@ -194,7 +194,7 @@ func TestSessionCookieFlags(t *testing.T) {
 	r := newRig(t)
 	u, _ := url.Parse(r.s.LoginURL())
 	c := r.login()
-	if !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" || c.Domain != "" {
+	if c.Name != r.s.CookieName() || !strings.HasSuffix(c.Name, r.base[strings.LastIndex(r.base, ":")+1:]) || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" || c.Domain != "" {
 		t.Fatalf("cookie %+v", c)
 	}
 	if !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(c.Value) || strings.Contains(u.RawQuery, c.Value) {
@@ -207,7 +207,7 @@ func TestSessionRequired(t *testing.T) {
 	if resp := r.do("GET", "/", "", nil, nil, nil); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("no cookie: %s", resp.Status)
 	}
-	forged := &http.Cookie{Name: "gatehouse_console", Value: strings.Repeat("a", 64)}
+	forged := &http.Cookie{Name: r.s.CookieName(), Value: strings.Repeat("a", 64)}
 	if resp := r.do("GET", "/", "", forged, nil, nil); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("forged cookie: %s", resp.Status)
 	}

@@ -181,6 +181,12 @@ func (s *Server) fleet(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	var refusals []cluster.AttestationRecord // newest first
+	for _, rec := range recs {
+		if rec.Outcome == cluster.OutcomeRejected && len(refusals) < 20 {
+			refusals = append(refusals, rec)
+		}
+	}
 	s.render(w, r, http.StatusOK, "fleet", "Fleet", struct {
 		Status          server.Status
 		Total           int
@@ -190,7 +196,8 @@ func (s *Server) fleet(w http.ResponseWriter, r *http.Request) {
 		Chart           template.HTML
 		Legend          []legend
 		Accepted, Refus int
-	}{st, len(devs), counts(byState), counts(byGroup), queue, chart(recs, since, now), legendOf(recs, since), countOutcome(recs, since, cluster.OutcomeAccepted), countOutcome(recs, since, cluster.OutcomeRejected)})
+		Refusals        []cluster.AttestationRecord
+	}{st, len(devs), counts(byState), counts(byGroup), queue, chart(recs, since, now), legendOf(recs, since), countOutcome(recs, since, cluster.OutcomeAccepted), countOutcome(recs, since, cluster.OutcomeRejected), refusals})
 }
 
 func orNone(s string) string {
