@@ -253,6 +253,16 @@ func TestBrowser(t *testing.T) {
 			t.Fatalf("approval queue %q lacks %s", q, pendingID)
 		}
 		shot(t, aud, "fleet")
+		// The devices list, filtered by state on the server.
+		run(t, aud, "pending devices", chromedp.Navigate(audS.URL()+"/devices?state=pending"), chromedp.WaitVisible(chromedp.CSS("#devices")))
+		if l := text(t, aud, "#devices"); !strings.Contains(l, pendingID) || strings.Contains(l, ref.DeviceID) {
+			t.Fatalf("pending devices:\n%s", l)
+		}
+		run(t, aud, "active devices", chromedp.Navigate(audS.URL()+"/devices?state=active"), chromedp.WaitVisible(chromedp.CSS("#devices")))
+		if l := text(t, aud, "#devices"); strings.Contains(l, pendingID) || !strings.Contains(l, ref.DeviceID) {
+			t.Fatalf("active devices:\n%s", l)
+		}
+		run(t, aud, "back to the fleet", chromedp.Navigate(audS.URL()+"/"), chromedp.WaitVisible(chromedp.CSS("#refusals")))
 		link := fmt.Sprintf("#att-%d", refused.ID)
 		run(t, aud, "open the refusal", chromedp.Click(chromedp.CSS(link)), chromedp.WaitVisible(chromedp.CSS("#rules")))
 		if o := text(t, aud, "#outcome"); !strings.Contains(o, "REJECTED") || !strings.Contains(o, api.CodePolicyDenied) {
@@ -350,6 +360,33 @@ func TestBrowser(t *testing.T) {
 			t.Fatalf("agent: %v", err)
 		case <-time.After(20 * time.Second):
 			t.Fatal("the agent did not receive its certificate after the approval")
+		}
+	})
+
+	t.Run("policy versions and dry run", func(t *testing.T) {
+		run(t, aud, "policies", chromedp.Navigate(audS.URL()+"/policies"), chromedp.WaitVisible(chromedp.CSS("#versions")))
+		if v := text(t, aud, "#versions"); !strings.Contains(v, "v1") {
+			t.Fatalf("versions:\n%s", v)
+		}
+		want, err := opAdmin.TestPolicy(ctx, doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pass := 0
+		for _, r := range want {
+			if r.Decision != nil && r.Decision.Passed {
+				pass++
+			}
+		}
+		if pass == 0 || pass == len(want) {
+			t.Fatalf("the dry run should split the fleet: %d of %d pass", pass, len(want))
+		}
+		run(t, aud, "dry run", chromedp.Click(chromedp.CSS("#dryrun")), chromedp.WaitVisible(chromedp.CSS("#dryrun-summary")))
+		if sum := text(t, aud, "#dryrun-summary"); sum != fmt.Sprintf("%d would pass, %d would fail.", pass, len(want)-pass) {
+			t.Fatalf("dry run summary %q", sum)
+		}
+		if rows := text(t, aud, "#dryrun"); !strings.Contains(rows, "PCR 4") {
+			t.Errorf("the dry run does not say why:\n%s", rows)
 		}
 	})
 
