@@ -392,6 +392,15 @@ func TestBrowser(t *testing.T) {
 
 	t.Run("tampered audit range", func(t *testing.T) {
 		base := audS.URL()
+		// Browse: the operator's approval, found by actor and by device.
+		run(t, aud, "audit by actor", chromedp.Navigate(base+"/audit?actor=olga&device="+pendingID), chromedp.WaitVisible(chromedp.CSS("#audit")))
+		if rows := text(t, aud, "#audit"); !strings.Contains(rows, "admin:olga(operator)") || !strings.Contains(rows, pendingID) || strings.Contains(rows, "No entry matches") {
+			t.Fatalf("audit entries by olga for %s:\n%s", pendingID, rows)
+		}
+		run(t, aud, "audit by another actor", chromedp.Navigate(base+"/audit?actor=nobody"), chromedp.WaitVisible(chromedp.CSS("#audit")))
+		if rows := text(t, aud, "#audit"); !strings.Contains(rows, "No entry matches") {
+			t.Fatalf("audit entries by nobody:\n%s", rows)
+		}
 		run(t, aud, "verify live", chromedp.Navigate(base+"/audit/verify"), chromedp.WaitVisible(chromedp.CSS("#audit-result")))
 		if r := text(t, aud, "#audit-result"); r != "OK" {
 			t.Fatalf("the live log: %q", r)
