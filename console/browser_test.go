@@ -262,6 +262,17 @@ func TestBrowser(t *testing.T) {
 		if l := text(t, aud, "#devices"); strings.Contains(l, pendingID) || !strings.Contains(l, ref.DeviceID) {
 			t.Fatalf("active devices:\n%s", l)
 		}
+		// Attestation records, filtered by device on the server.
+		run(t, aud, "attestations of the pending device", chromedp.Navigate(audS.URL()+"/attestations?device="+pendingID), chromedp.WaitVisible(chromedp.CSS("#attestation-list")))
+		devs, err := chromedp.Run(aud, chromedp.Evaluate[[]string](`[...document.querySelectorAll('#attestation-list tr td:nth-child(7)')].map(td => td.textContent)`))
+		if err != nil || len(devs) == 0 {
+			t.Fatalf("attestation rows: %v %v", devs, err)
+		}
+		for _, d := range devs {
+			if d != pendingID {
+				t.Fatalf("filter device=%s lists a record of %s", pendingID, d)
+			}
+		}
 		run(t, aud, "back to the fleet", chromedp.Navigate(audS.URL()+"/"), chromedp.WaitVisible(chromedp.CSS("#refusals")))
 		link := fmt.Sprintf("#att-%d", refused.ID)
 		run(t, aud, "open the refusal", chromedp.Click(chromedp.CSS(link)), chromedp.WaitVisible(chromedp.CSS("#rules")))

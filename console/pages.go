@@ -126,6 +126,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /devices", s.devices)
 	mux.HandleFunc("GET /devices/{id}", s.device)
 	mux.HandleFunc("POST /devices/{id}/{op}", s.deviceOp)
+	mux.HandleFunc("GET /attestations", s.attestations)
 	mux.HandleFunc("GET /attestations/{id}", s.attestation)
 	mux.HandleFunc("GET /attestations/{id}/evidence", s.evidence)
 	mux.HandleFunc("GET /attestations/{id}/recheck", s.recheck)
@@ -323,6 +324,32 @@ func (s *Server) deviceOp(w http.ResponseWriter, r *http.Request) {
 }
 
 // ---- attestations
+
+func (s *Server) attestations(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := server.AttestationFilter{Outcome: q.Get("outcome"), Code: q.Get("code"), Group: q.Get("group"), Device: q.Get("device"),
+		Since: q.Get("since"), Until: q.Get("until"), Cursor: q.Get("cursor"), Limit: 50}
+	recs, next, err := s.client.AttestationsPage(r.Context(), f)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var nextURL string
+	if next != "" {
+		nq := url.Values{}
+		for k, v := range q {
+			nq[k] = v
+		}
+		nq.Set("cursor", next)
+		nextURL = "/attestations?" + nq.Encode()
+	}
+	s.render(w, r, http.StatusOK, "attestations", "Attestations", struct {
+		Filter   server.AttestationFilter
+		Outcomes []string
+		Records  []cluster.AttestationRecord
+		Next     string
+	}{f, []string{cluster.OutcomeAccepted, cluster.OutcomeRejected, cluster.OutcomePending}, recs, nextURL})
+}
 
 func attID(w http.ResponseWriter, r *http.Request) (uint64, bool) {
 	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
