@@ -161,26 +161,50 @@ func (s *Server) fleet(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	devs, err := s.client.Devices(ctx, "")
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+	// The counts walk every page (the list endpoints page by default);
+	// the admin API has no aggregate to ask instead.
 	byState, byGroup := map[string]int{}, map[string]int{}
 	var queue []cluster.Device
-	for _, d := range devs {
-		byState[d.Status]++
-		byGroup[orNone(d.Group)]++
-		if d.Status == cluster.DevicePending {
-			queue = append(queue, d)
+	total := 0
+	for f := (server.DeviceFilter{Limit: 1000}); ; {
+		devs, next, err := s.client.DevicesPage(ctx, f)
+		if err != nil {
+			s.fail(w, r, err)
+			return
 		}
+		for _, d := range devs {
+			total++
+			byState[d.Status]++
+			byGroup[orNone(d.Group)]++
+			if d.Status == cluster.DevicePending && len(queue) < 100 {
+				queue = append(queue, d)
+			}
+		}
+		if next == "" || next == f.Cursor {
+			break
+		}
+		f.Cursor = next
 	}
 	now := s.now().UTC()
 	since := now.Truncate(time.Hour).Add(-23 * time.Hour)
-	recs, _, err := s.client.AttestationsPage(ctx, server.AttestationFilter{Since: since.Format(time.RFC3339), Limit: 1000})
-	if err != nil {
-		s.fail(w, r, err)
-		return
+	// The chart walks the day's records page by page, up to chartMax.
+	var recs []cluster.AttestationRecord
+	capped := false
+	for f := (server.AttestationFilter{Since: since.Format(time.RFC3339), Limit: 1000}); ; {
+		page, next, err := s.client.AttestationsPage(ctx, f)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		recs = append(recs, page...)
+		if next == "" || next == f.Cursor {
+			break
+		}
+		if len(recs) >= chartMax {
+			capped = true
+			break
+		}
+		f.Cursor = next
 	}
 	var refusals []cluster.AttestationRecord // newest first
 	for _, rec := range recs {
@@ -198,8 +222,12 @@ func (s *Server) fleet(w http.ResponseWriter, r *http.Request) {
 		Legend          []legend
 		Accepted, Refus int
 		Refusals        []cluster.AttestationRecord
-	}{st, len(devs), counts(byState), counts(byGroup), queue, chart(recs, since, now), legendOf(recs, since), countOutcome(recs, since, cluster.OutcomeAccepted), countOutcome(recs, since, cluster.OutcomeRejected), refusals})
+		Capped          bool
+	}{st, total, counts(byState), counts(byGroup), queue, chart(recs, since, now), legendOf(recs, since), countOutcome(recs, since, cluster.OutcomeAccepted), countOutcome(recs, since, cluster.OutcomeRejected), refusals, capped})
 }
+
+// chartMax bounds the records the fleet chart reads.
+const chartMax = 50000
 
 func orNone(s string) string {
 	if s == "" {
