@@ -122,7 +122,7 @@ func shot(t *testing.T, ctx context.Context, name string) {
 
 func text(t *testing.T, ctx context.Context, sel string) string {
 	t.Helper()
-	c, cancel := context.WithTimeout(ctx, 5*time.Second)
+	c, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	s, err := chromedp.Run(c, chromedp.Text(chromedp.CSS(sel)))
 	if err != nil {
@@ -203,7 +203,7 @@ func TestBrowser(t *testing.T) {
 	// The agent of a lab device waits for approval (the appliance tells it
 	// to retry every second).
 	labDev := servertest.NewDevice(t, e.Mfr)
-	agentCtx, stopAgent := context.WithTimeout(ctx, 45*time.Second)
+	agentCtx, stopAgent := context.WithTimeout(ctx, 3*time.Minute) // generous: make test loads the machine
 	defer stopAgent()
 	got := make(chan *fwclient.Identity, 1)
 	agentErr := make(chan error, 1)
@@ -216,7 +216,7 @@ func TestBrowser(t *testing.T) {
 		got <- id
 	}()
 	var pendingID string
-	for deadline := time.Now().Add(15 * time.Second); pendingID == "" && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(60 * time.Second); pendingID == "" && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		devs, err := node.Devices()
 		if err != nil {
 			t.Fatal(err)
@@ -236,7 +236,7 @@ func TestBrowser(t *testing.T) {
 	aud, op := tab(t, actx), tab(t, actx)
 	run := func(t *testing.T, ctx context.Context, what string, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
-		c, cancel := context.WithTimeout(ctx, 15*time.Second)
+		c, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		if err := chromedp.Do(c, steps...); err != nil {
 			page, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href + "\n" + document.documentElement.outerHTML`))
@@ -369,7 +369,7 @@ func TestBrowser(t *testing.T) {
 			}
 		case err := <-agentErr:
 			t.Fatalf("agent: %v", err)
-		case <-time.After(20 * time.Second):
+		case <-time.After(60 * time.Second):
 			t.Fatal("the agent did not receive its certificate after the approval")
 		}
 	})
