@@ -228,6 +228,10 @@ func (s *Server) Handler() http.Handler {
 				return
 			}
 		}
+		if r.URL.Path == "/logout" && r.Method == http.MethodPost {
+			s.logout(w, r)
+			return
+		}
 		mux.ServeHTTP(w, r.WithContext(withSession(r.Context(), sess)))
 	})
 }
@@ -283,6 +287,18 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: s.CookieName(), Value: cookie, Path: "/", HttpOnly: true,
 		SameSite: http.SameSiteStrictMode, MaxAge: int(s.sessionTTL / time.Second)})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// logout ends the session of the request (its CSRF token was checked).
+func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
+	if c, err := r.Cookie(s.CookieName()); err == nil {
+		s.mu.Lock()
+		delete(s.sessions, digest(c.Value))
+		s.mu.Unlock()
+	}
+	http.SetCookie(w, &http.Cookie{Name: s.CookieName(), Value: "", Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte("logged out: restart the console for a new login URL\n"))
 }
 
 func (s *Server) session(r *http.Request) *session {

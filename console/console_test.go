@@ -269,6 +269,26 @@ func TestCSRF(t *testing.T) {
 	}
 }
 
+func TestLogout(t *testing.T) {
+	r := newRig(t)
+	c := r.login()
+	tok := r.csrf(c)
+	// Without the CSRF token a page cannot log the user out.
+	if got := r.do("POST", "/logout", "", c, url.Values{}, nil).StatusCode; got != http.StatusForbidden {
+		t.Fatalf("logout without CSRF: %d", got)
+	}
+	if got := r.do("GET", "/", "", c, nil, nil).StatusCode; got != http.StatusOK {
+		t.Fatalf("session after a refused logout: %d", got)
+	}
+	resp := r.do("POST", "/logout", "", c, url.Values{"csrf": {tok}}, nil)
+	if resp.StatusCode != http.StatusOK || len(resp.Cookies()) != 1 || resp.Cookies()[0].MaxAge >= 0 {
+		t.Fatalf("logout: %s %v", resp.Status, resp.Cookies())
+	}
+	if got := r.do("GET", "/", "", c, nil, nil).StatusCode; got != http.StatusUnauthorized {
+		t.Fatalf("the old cookie after logout: %d", got)
+	}
+}
+
 func TestHostCheck(t *testing.T) {
 	r := newRig(t)
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(r.base, "http://"))
