@@ -9,8 +9,9 @@ BIN     := bin
 TAGS    := hashicorpmetrics,nobadger,nomysql,nopgx,nobbolt
 export GOFLAGS := -tags=$(TAGS)
 PKGS    := ./...
-# Debian packages the TPM tests and the demo need.
-APT_PKGS := swtpm swtpm-tools openssl
+# Debian packages the TPM tests and the demo need, and the browser the
+# console's browser test drives (console/browser_test.go).
+APT_PKGS := swtpm swtpm-tools openssl chromium
 
 .PHONY: all build test bench demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary
 
@@ -21,22 +22,22 @@ build:
 	$(GO) build -o $(BIN)/gatehouse-agent ./cmd/gatehouse-agent
 	$(GO) build -o $(BIN)/mkdevices ./testvectors/mkdevices
 
-# deps installs swtpm when it is missing. It never pretends: without root or
-# apt-get it stops and says what to install.
+# deps installs swtpm and chromium when they are missing. It never
+# pretends: without root or apt-get it stops and says what to install.
 deps:
-	@missing=""; for c in swtpm swtpm_setup swtpm_localca openssl; do \
+	@missing=""; for c in swtpm swtpm_setup swtpm_localca openssl chromium; do \
 	  command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	echo "deps: missing:$$missing; installing $(APT_PKGS) with apt-get"; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
-	  echo "deps: FAILED: apt-get not found; install swtpm and swtpm-tools (swtpm >= 0.7) with your package manager" >&2; exit 1; fi; \
+	  echo "deps: FAILED: apt-get not found; install swtpm and swtpm-tools (swtpm >= 0.7) and chromium with your package manager" >&2; exit 1; fi; \
 	if [ "$$(id -u)" != 0 ]; then SUDO=sudo; command -v sudo >/dev/null 2>&1 || { \
 	  echo "deps: FAILED: not root and no sudo; run as root: apt-get install -y $(APT_PKGS)" >&2; exit 1; }; fi; \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq || { echo "deps: FAILED: apt-get update failed (no access to the Debian archive?)" >&2; exit 1; }; \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null || { echo "deps: FAILED: apt-get install $(APT_PKGS) failed" >&2; exit 1; }; \
-	for c in swtpm swtpm_setup swtpm_localca; do command -v $$c >/dev/null 2>&1 || { \
+	for c in swtpm swtpm_setup swtpm_localca chromium; do command -v $$c >/dev/null 2>&1 || { \
 	  echo "deps: FAILED: $$c still missing after install" >&2; exit 1; }; done; \
-	echo "deps: installed $$(swtpm --version 2>&1 | head -n1)"
+	echo "deps: installed $$(swtpm --version 2>&1 | head -n1), $$(chromium --version 2>/dev/null | head -n1)"
 
 vet:
 	$(GO) vet $(PKGS)

@@ -589,36 +589,42 @@ func (c *AdminClient) get(ctx context.Context, path string, v any) error {
 }
 
 func (c *AdminClient) do(ctx context.Context, method, path string, in, v any) error {
+	_, err := c.doHeader(ctx, method, path, in, v)
+	return err
+}
+
+// doHeader is do that also returns the response's header (Link, for paging).
+func (c *AdminClient) doHeader(ctx context.Context, method, path string, in, v any) (http.Header, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		var p api.Problem
 		if json.Unmarshal(out, &p) == nil && p.Code != "" {
-			return &p
+			return resp.Header, &p
 		}
-		return fmt.Errorf("admin API: %s", resp.Status)
+		return resp.Header, fmt.Errorf("admin API: %s", resp.Status)
 	}
-	return json.Unmarshal(out, v)
+	return resp.Header, json.Unmarshal(out, v)
 }

@@ -47,7 +47,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().Bool("stale", false, "read this node's local state without confirming with the leader")
 	addRemoteFlags(root)
 	root.PersistentPreRunE = loadRemote
-	root.AddCommand(initCmd(), serveCmd(), statusCmd(), devicesCmd(), attestationsCmd(), clusterCmd(), policyCmd(), eventlogCmd(), ekcertCmd(),
+	root.AddCommand(initCmd(), serveCmd(), consoleCmd(), statusCmd(), devicesCmd(), attestationsCmd(), clusterCmd(), policyCmd(), eventlogCmd(), ekcertCmd(),
 		adminCmd(), configCmd(), auditCmd(), enrollmentsCmd(), ekrootsCmd(), settingsCmd(), cmdutil.VersionCmd())
 	return root
 }

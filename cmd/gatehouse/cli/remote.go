@@ -100,8 +100,17 @@ func loadRemote(cmd *cobra.Command, _ []string) error {
 		return fmt.Errorf("%s: %w", cfg.Root, err)
 	}
 	c := server.NewRemoteAdminClient(cfg.Server, cert, root)
-	cmd.SetContext(context.WithValue(cmd.Context(), remoteKey{}, c))
+	ctx := context.WithValue(cmd.Context(), remoteKey{}, c)
+	cmd.SetContext(context.WithValue(ctx, remoteCredsKey{}, remoteCreds{leaf: cert.Leaf, root: root}))
 	return nil
+}
+
+type remoteCredsKey struct{}
+
+// remoteCreds are the admin certificate and the root loadRemote loaded
+// (the console names its role and verifies the audit log under the root).
+type remoteCreds struct {
+	leaf, root *x509.Certificate
 }
 
 // adminClient is the remote client when credentials were given, else the

@@ -1,0 +1,491 @@
+package console
+
+import (
+	"bytes"
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+	"github.com/gatehouse-dev/gatehouse/server"
+)
+
+//go:embed templates/*.html static/style.css
+var assets embed.FS
+
+type pages struct {
+	byName map[string]*template.Template
+	static http.Handler
+}
+
+var funcs = template.FuncMap{
+	"time": func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return t.UTC().Format("2006-01-02 15:04:05Z")
+	},
+	"dash": func(s string) string {
+		if s == "" {
+			return "-"
+		}
+		return s
+	},
+	"short": func(s string) string {
+		if len(s) > 16 {
+			return s[:16] + "…"
+		}
+		return s
+	},
+	"upper": strings.ToUpper,
+}
+
+func mustPages() *pages {
+	p := &pages{byName: map[string]*template.Template{}}
+	names, err := fs.Glob(assets, "templates/*.html")
+	if err != nil {
+		panic(err)
+	}
+	for _, n := range names {
+		if n == "templates/layout.html" {
+			continue
+		}
+		t := template.Must(template.New("layout.html").Funcs(funcs).ParseFS(assets, "templates/layout.html", n))
+		p.byName[strings.TrimSuffix(strings.TrimPrefix(n, "templates/"), ".html")] = t
+	}
+	static, _ := fs.Sub(assets, "static")
+	p.static = http.StripPrefix("/static/", http.FileServer(http.FS(static)))
+	return p
+}
+
+// view is what every page template gets.
+type view struct {
+	Title    string
+	Nav      string
+	Identity Identity
+	Operator bool
+	CSRF     string
+	Data     any
+}
+
+type sessionKey struct{}
+
+func withSession(ctx context.Context, s *session) context.Context {
+	return context.WithValue(ctx, sessionKey{}, s)
+}
+
+func (s *Server) render(w http.ResponseWriter, r *http.Request, status int, name, title string, data any) {
+	sess, _ := r.Context().Value(sessionKey{}).(*session)
+	v := view{Title: title, Nav: name, Identity: s.id, Operator: s.id.Role == ca.RoleOperator, Data: data}
+	if sess != nil {
+		v.CSRF = sess.csrf
+	}
+	var buf bytes.Buffer
+	if err := s.pages.byName[name].Execute(&buf, v); err != nil {
+		http.Error(w, "template: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	w.Write(buf.Bytes())
+}
+
+// fail shows an error from the cluster with its status: a 403 from the
+// cluster stays a 403.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status := http.StatusBadGateway
+	code := ""
+	var p *api.Problem
+	if errors.As(err, &p) {
+		status, code = p.Status, p.Code
+	}
+	s.render(w, r, status, "error", "Error", struct {
+		Status int
+		Code   string
+		Err    string
+	}{status, code, err.Error()})
+}
+
+func (s *Server) routes(mux *http.ServeMux) {
+	mux.Handle("GET /static/", s.pages.static)
+	mux.HandleFunc("GET /{$}", s.fleet)
+	mux.HandleFunc("GET /devices", s.devices)
+	mux.HandleFunc("GET /devices/{id}", s.device)
+	mux.HandleFunc("POST /devices/{id}/{op}", s.deviceOp)
+	mux.HandleFunc("GET /attestations", s.attestations)
+	mux.HandleFunc("GET /attestations/{id}", s.attestation)
+	mux.HandleFunc("GET /attestations/{id}/evidence", s.evidence)
+	mux.HandleFunc("GET /attestations/{id}/recheck", s.recheck)
+	mux.HandleFunc("GET /audit", s.audit)
+	mux.HandleFunc("GET /audit/export", s.auditExport)
+	mux.HandleFunc("GET /audit/verify", s.auditVerifyLive)
+	mux.HandleFunc("POST /audit/verify", s.auditVerifyFile)
+	mux.HandleFunc("GET /policies", s.policies)
+	mux.HandleFunc("POST /policies/dryrun", s.dryRun)
+}
+
+// ---- fleet
+
+type count struct {
+	Name string
+	N    int
+}
+
+func counts(m map[string]int) []count {
+	out := make([]count, 0, len(m))
+	for k, v := range m {
+		out = append(out, count{k, v})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (s *Server) fleet(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	st, err := s.client.Status(ctx)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	// The counts walk every page (the list endpoints page by default);
+	// the admin API has no aggregate to ask instead.
+	byState, byGroup := map[string]int{}, map[string]int{}
+	var queue []cluster.Device
+	total := 0
+	for f := (server.DeviceFilter{Limit: 1000}); ; {
+		devs, next, err := s.client.DevicesPage(ctx, f)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		for _, d := range devs {
+			total++
+			byState[d.Status]++
+			byGroup[orNone(d.Group)]++
+			if d.Status == cluster.DevicePending && len(queue) < 100 {
+				queue = append(queue, d)
+			}
+		}
+		if next == "" || next == f.Cursor {
+			break
+		}
+		f.Cursor = next
+	}
+	now := s.now().UTC()
+	since := now.Truncate(time.Hour).Add(-23 * time.Hour)
+	// The chart walks the day's records page by page, up to chartMax.
+	var recs []cluster.AttestationRecord
+	capped := false
+	for f := (server.AttestationFilter{Since: since.Format(time.RFC3339), Limit: 1000}); ; {
+		page, next, err := s.client.AttestationsPage(ctx, f)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		recs = append(recs, page...)
+		if next == "" || next == f.Cursor {
+			break
+		}
+		if len(recs) >= chartMax {
+			capped = true
+			break
+		}
+		f.Cursor = next
+	}
+	var refusals []cluster.AttestationRecord // newest first
+	for _, rec := range recs {
+		if rec.Outcome == cluster.OutcomeRejected && len(refusals) < 20 {
+			refusals = append(refusals, rec)
+		}
+	}
+	s.render(w, r, http.StatusOK, "fleet", "Fleet", struct {
+		Status          server.Status
+		Total           int
+		ByState         []count
+		ByGroup         []count
+		Queue           []cluster.Device
+		Chart           template.HTML
+		Legend          []legend
+		Accepted, Refus int
+		Refusals        []cluster.AttestationRecord
+		Capped          bool
+	}{st, total, counts(byState), counts(byGroup), queue, chart(recs, since, now), legendOf(recs, since), countOutcome(recs, since, cluster.OutcomeAccepted), countOutcome(recs, since, cluster.OutcomeRejected), refusals, capped})
+}
+
+// chartMax bounds the records the fleet chart reads.
+const chartMax = 50000
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// ---- devices
+
+func (s *Server) devices(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := server.DeviceFilter{State: q.Get("state"), Group: q.Get("group"), Label: q.Get("label"), Flag: q.Get("flag"),
+		Model: q.Get("model"), Cursor: q.Get("cursor"), Limit: 50}
+	devs, next, err := s.client.DevicesPage(r.Context(), f)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var nextURL string
+	if next != "" {
+		nq := url.Values{}
+		for k, v := range q {
+			nq[k] = v
+		}
+		nq.Set("cursor", next)
+		nextURL = "/devices?" + nq.Encode()
+	}
+	s.render(w, r, http.StatusOK, "devices", "Devices", struct {
+		Filter  server.DeviceFilter
+		States  []string
+		Devices []cluster.Device
+		Next    string
+	}{f, cluster.DeviceStates(), devs, nextURL})
+}
+
+// ops lists the lifecycle actions the console offers, for a device in
+// state st.
+func ops(st string) []string {
+	switch st {
+	case cluster.DevicePending:
+		return []string{cluster.OpApprove, cluster.OpRevoke}
+	case cluster.DeviceActive:
+		return []string{cluster.OpQuarantine, cluster.OpDisable, cluster.OpRevoke}
+	case cluster.DeviceDisabled, cluster.DeviceQuarantined:
+		return []string{cluster.OpEnable, cluster.OpRevoke}
+	}
+	return nil
+}
+
+type certRow struct {
+	Serial  string
+	Current bool
+	Revoked bool
+}
+
+func (s *Server) device(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	d, err := s.client.Device(ctx, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	recs, err := s.client.Attestations(ctx, d.ID, 50)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var certs []certRow
+	for _, serial := range d.Serials {
+		// A revoked device's certificates are all on the CRL.
+		certs = append(certs, certRow{Serial: serial, Current: serial == d.CertificateSerial, Revoked: d.Status == cluster.DeviceRevoked})
+	}
+	var labels []count
+	keys := make([]string, 0, len(d.Labels))
+	for k := range d.Labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		labels = append(labels, count{Name: k + "=" + d.Labels[k]})
+	}
+	var cfg string
+	if len(d.Config) > 0 {
+		var b bytes.Buffer
+		if json.Indent(&b, d.Config, "", "  ") == nil {
+			cfg = b.String()
+		}
+	}
+	s.render(w, r, http.StatusOK, "device", "Device "+d.ID, struct {
+		Device       cluster.Device
+		Ops          []string
+		Certs        []certRow
+		Labels       []count
+		Config       string
+		Attestations []cluster.AttestationRecord
+	}{d, ops(d.Status), certs, labels, cfg, recs})
+}
+
+func (s *Server) deviceOp(w http.ResponseWriter, r *http.Request) {
+	id, op := r.PathValue("id"), r.PathValue("op")
+	if !slices.Contains([]string{cluster.OpApprove, cluster.OpQuarantine, cluster.OpDisable, cluster.OpEnable, cluster.OpRevoke}, op) {
+		http.Error(w, "unknown action", http.StatusNotFound)
+		return
+	}
+	reason := strings.TrimSpace(r.PostFormValue("reason"))
+	if reason == "" && op != cluster.OpApprove {
+		s.render(w, r, http.StatusBadRequest, "error", "Error", struct {
+			Status int
+			Code   string
+			Err    string
+		}{http.StatusBadRequest, api.CodeMalformed, op + " needs a reason"})
+		return
+	}
+	// The cluster records the certificate's identity as the actor; the
+	// claimed one only says it came through the console.
+	if _, err := s.client.TransitionDevice(r.Context(), id, op, "console:"+s.id.Name, reason); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	http.Redirect(w, r, "/devices/"+url.PathEscape(id), http.StatusSeeOther)
+}
+
+// ---- attestations
+
+func (s *Server) attestations(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := server.AttestationFilter{Outcome: q.Get("outcome"), Code: q.Get("code"), Group: q.Get("group"), Device: q.Get("device"),
+		Since: q.Get("since"), Until: q.Get("until"), Cursor: q.Get("cursor"), Limit: 50}
+	recs, next, err := s.client.AttestationsPage(r.Context(), f)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var nextURL string
+	if next != "" {
+		nq := url.Values{}
+		for k, v := range q {
+			nq[k] = v
+		}
+		nq.Set("cursor", next)
+		nextURL = "/attestations?" + nq.Encode()
+	}
+	s.render(w, r, http.StatusOK, "attestations", "Attestations", struct {
+		Filter   server.AttestationFilter
+		Outcomes []string
+		Records  []cluster.AttestationRecord
+		Next     string
+	}{f, []string{cluster.OutcomeAccepted, cluster.OutcomeRejected, cluster.OutcomePending}, recs, nextURL})
+}
+
+func attID(w http.ResponseWriter, r *http.Request) (uint64, bool) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil {
+		http.Error(w, "attestation IDs are positive integers", http.StatusBadRequest)
+		return 0, false
+	}
+	return id, true
+}
+
+func (s *Server) attestation(w http.ResponseWriter, r *http.Request) {
+	id, ok := attID(w, r)
+	if !ok {
+		return
+	}
+	b, err := s.client.Evidence(r.Context(), id)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var events []attest.LogEvent
+	var pcrs []int
+	var logErr string
+	pcr := -1
+	if p := r.URL.Query().Get("pcr"); p != "" {
+		if n, err := strconv.Atoi(p); err == nil {
+			pcr = n
+		}
+	}
+	if len(b.EventLog) > 0 {
+		if l, err := attest.ParseEventLog(b.EventLog); err != nil {
+			logErr = err.Error()
+		} else {
+			seen := map[int]bool{}
+			for _, e := range l.Events {
+				if !seen[e.PCR] {
+					seen[e.PCR] = true
+					pcrs = append(pcrs, e.PCR)
+				}
+				if pcr < 0 || e.PCR == pcr {
+					events = append(events, e)
+				}
+			}
+			sort.Ints(pcrs)
+		}
+	}
+	s.render(w, r, http.StatusOK, "attestation", fmt.Sprintf("Attestation %d", id), struct {
+		Rec    cluster.AttestationRecord
+		Raw    bool
+		Events []attest.LogEvent
+		PCRs   []int
+		PCR    int
+		LogErr string
+		Bank   string
+	}{b.Record, b.Raw != nil, events, pcrs, pcr, logErr, orDefault(b.Record.Evidence.PCRBank, "sha256")})
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+func (s *Server) evidence(w http.ResponseWriter, r *http.Request) {
+	id, ok := attID(w, r)
+	if !ok {
+		return
+	}
+	b, err := s.client.Evidence(r.Context(), id)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	data, err := json.MarshalIndent(b, "", "  ")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="attestation-%d.json"`, id))
+	w.Write(append(data, '\n'))
+}
+
+// recheck re-verifies the decision from its evidence alone, as
+// `gatehouse attestations verify ID` does, against the manufacturer CAs
+// the cluster serves.
+func (s *Server) recheck(w http.ResponseWriter, r *http.Request) {
+	id, ok := attID(w, r)
+	if !ok {
+		return
+	}
+	b, err := s.client.Evidence(r.Context(), id)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	served, err := s.client.EKRoots(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	rootsPEM := server.EKRootsBundle(served)
+	roots, err := attest.ParseCertificates(rootsPEM)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	rep := server.Recheck(b, roots, attest.EKRootsOptions(rootsPEM)...)
+	s.render(w, r, http.StatusOK, "recheck", fmt.Sprintf("Re-check of attestation %d", id), rep)
+}
