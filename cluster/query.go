@@ -365,14 +365,24 @@ func predecessor(k []byte) []byte {
 	return nil
 }
 
-func encodeCursor(sk []byte) string { return base64.RawURLEncoding.EncodeToString(sk) }
+// A cursor is the last sort key of a page behind a byte naming its list,
+// base64url: opaque to clients, and stable under inserts, because the next
+// page seeks past that key whatever was added before or after it.
+const (
+	cursorDevices      = 'd'
+	cursorAttestations = 'a'
+)
 
-func decodeCursor(s string) ([]byte, error) {
+func encodeCursor(kind byte, sk []byte) string {
+	return base64.RawURLEncoding.EncodeToString(append([]byte{kind}, sk...))
+}
+
+func decodeCursor(kind byte, s string) ([]byte, error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) == 0 {
+	if err != nil || len(b) < 2 || b[0] != kind || kind == cursorAttestations && len(b) != 17 {
 		return nil, fmt.Errorf("%w: %q", ErrBadCursor, s)
 	}
-	return b, nil
+	return b[1:], nil
 }
 
 func pageLimit(n int) int {
@@ -455,7 +465,7 @@ func (n *Node) QueryDevices(q DeviceQuery) ([]Device, string, error) {
 	}
 	var start []byte
 	if q.Cursor != "" {
-		c, err := decodeCursor(q.Cursor)
+		c, err := decodeCursor(cursorDevices, q.Cursor)
 		if err != nil {
 			return nil, "", err
 		}
@@ -498,7 +508,7 @@ func (n *Node) QueryDevices(q DeviceQuery) ([]Device, string, error) {
 				return true, nil
 			}
 			if len(out) == limit {
-				next = encodeCursor([]byte(out[len(out)-1].ID))
+				next = encodeCursor(cursorDevices, []byte(out[len(out)-1].ID))
 				return false, nil
 			}
 			out = append(out, d)
@@ -557,12 +567,9 @@ func (n *Node) QueryAttestations(q AttestationFilter) ([]AttestationRecord, stri
 		start = append(timeKey(q.Until), bytes.Repeat([]byte{0xff}, 8)...)
 	}
 	if q.Cursor != "" {
-		c, err := decodeCursor(q.Cursor)
+		c, err := decodeCursor(cursorAttestations, q.Cursor)
 		if err != nil {
 			return nil, "", err
-		}
-		if len(c) != 16 {
-			return nil, "", fmt.Errorf("%w: %q", ErrBadCursor, q.Cursor)
 		}
 		if c = predecessor(c); c == nil {
 			return []AttestationRecord{}, "", nil
@@ -612,7 +619,7 @@ func (n *Node) QueryAttestations(q AttestationFilter) ([]AttestationRecord, stri
 				return true, nil
 			}
 			if len(out) == limit {
-				next = encodeCursor(attSortKey(out[len(out)-1]))
+				next = encodeCursor(cursorAttestations, attSortKey(out[len(out)-1]))
 				return false, nil
 			}
 			out = append(out, a)
