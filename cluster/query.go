@@ -628,3 +628,82 @@ func (n *Node) QueryAttestations(q AttestationFilter) ([]AttestationRecord, stri
 	})
 	return out, next, err
 }
+
+// pageBucket decodes one page of bucket b's values in key order (desc:
+// backwards) after the cursor's key, with the next page's cursor.
+func pageBucket(tx *bolt.Tx, b []byte, kind byte, cursor string, limit int, desc bool, add func(v []byte) error) (string, error) {
+	c := tx.Bucket(b).Cursor()
+	var k []byte
+	switch {
+	case cursor == "" && desc:
+		k, _ = c.Last()
+	case cursor == "":
+		k, _ = c.First()
+	default:
+		last, err := decodeCursor(kind, cursor)
+		if err != nil {
+			return "", err
+		}
+		k, _ = c.Seek(last)
+		switch {
+		case desc && k == nil:
+			k, _ = c.Last()
+		case desc:
+			k, _ = c.Prev() // Seek landed on last or past it
+		case bytes.Equal(k, last):
+			k, _ = c.Next()
+		}
+		for desc && k != nil && bytes.Compare(k, last) >= 0 {
+			k, _ = c.Prev()
+		}
+	}
+	limit = pageLimit(limit)
+	var prev []byte
+	for n := 0; k != nil; n++ {
+		if n == limit {
+			return encodeCursor(kind, prev), nil
+		}
+		if err := add(c.Bucket().Get(k)); err != nil {
+			return "", err
+		}
+		prev = slices.Clone(k)
+		if desc {
+			k, _ = c.Prev()
+		} else {
+			k, _ = c.Next()
+		}
+	}
+	return "", nil
+}
+
+// IndividualEnrollmentsPage returns one page of the individual enrollments
+// by EK hash (the cursor continues a previous page) and the next cursor.
+func (n *Node) IndividualEnrollmentsPage(cursor string, limit int) ([]IndividualEnrollment, string, error) {
+	out := []IndividualEnrollment{}
+	var next string
+	err := n.fsm.view(func(tx *bolt.Tx) (err error) {
+		next, err = pageBucket(tx, bIndividual, 'e', cursor, limit, false, func(v []byte) error {
+			var e IndividualEnrollment
+			out = append(out, e)
+			return json.Unmarshal(v, &out[len(out)-1])
+		})
+		return err
+	})
+	return out, next, err
+}
+
+// PolicyHistoryPage returns one page of the policy versions, newest first,
+// and the next cursor.
+func (n *Node) PolicyHistoryPage(cursor string, limit int) ([]PolicyRecord, string, error) {
+	out := []PolicyRecord{}
+	var next string
+	err := n.fsm.view(func(tx *bolt.Tx) (err error) {
+		next, err = pageBucket(tx, bPolicies, 'p', cursor, limit, true, func(v []byte) error {
+			var r PolicyRecord
+			out = append(out, r)
+			return json.Unmarshal(v, &out[len(out)-1])
+		})
+		return err
+	})
+	return out, next, err
+}

@@ -447,3 +447,60 @@ func TestQueryRefusesBadInput(t *testing.T) {
 		}
 	}
 }
+
+// The small lists page by their bucket's keys: enrollments by EK hash,
+// policy versions newest first.
+func TestBucketPaging(t *testing.T) {
+	n := openNode(t, t.TempDir())
+	ctx := context.Background()
+	var es []IndividualEnrollment
+	for i := 0; i < 25; i++ {
+		es = append(es, IndividualEnrollment{EKPublicSHA256: fmt.Sprintf("%064x", i*7%25), Group: "g"})
+	}
+	if err := n.ImportEnrollments(ctx, "t", es); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 12; i++ {
+		if _, err := n.ApplyPolicy(ctx, "t", []byte(fmt.Sprintf(`{"groups":[],"n":%d}`, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var eks []string
+	for c, pages := "", 0; ; pages++ {
+		page, next, err := n.IndividualEnrollmentsPage(c, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range page {
+			eks = append(eks, e.EKPublicSHA256)
+		}
+		if c = next; c == "" {
+			if pages != 6 {
+				t.Fatalf("%d pages of enrollments, want 7", pages+1)
+			}
+			break
+		}
+	}
+	if len(eks) != 25 || !slices.IsSorted(eks) || len(slices.Compact(slices.Clone(eks))) != 25 {
+		t.Fatalf("enrollments: %v", eks)
+	}
+	var versions []int
+	for c := ""; ; {
+		page, next, err := n.PolicyHistoryPage(c, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range page {
+			versions = append(versions, p.Version)
+		}
+		if c = next; c == "" {
+			break
+		}
+	}
+	if len(versions) != 12 || versions[0] != 12 || versions[11] != 1 || !slices.IsSortedFunc(versions, func(a, b int) int { return b - a }) {
+		t.Fatalf("policy versions: %v", versions)
+	}
+	if _, _, err := n.PolicyHistoryPage(encodeCursor('e', []byte("x")), 5); !errors.Is(err, ErrBadCursor) {
+		t.Fatalf("an enrollments cursor for the policy history: %v", err)
+	}
+}
