@@ -223,7 +223,6 @@ func auditorGet(t *testing.T, hc *http.Client, u string, out any) (int, string) 
 	return resp.StatusCode, resp.Header.Get("Link")
 }
 
-
 // The small lists page too: admin certificates, enrollments and policy
 // versions come back whole through the client's Link following.
 func TestAdminListsPage(t *testing.T) {
