@@ -394,12 +394,12 @@ func (a *Appliance) leaderOp(ctx context.Context, op leaderOp) error {
 }
 
 // queryErr maps a list query's error: a bad cursor or filter is the
-// client's (400 malformed_request).
+// client's (400 malformed_request); anything else is logged as internal.
 func (a *Appliance) queryErr(err error) error {
-	if errors.Is(err, cluster.ErrBadCursor) || errors.Is(err, cluster.ErrBadFilter) || errors.Is(err, cluster.ErrUnknownState) {
-		return malformed(err.Error())
+	if err == nil {
+		return nil
 	}
-	return a.adminErr(err)
+	return a.clusterProblem(err)
 }
 
 func (a *Appliance) adminErr(err error) error {
