@@ -69,11 +69,26 @@ var ErrBadCursor = errors.New("malformed cursor")
 // ErrBadFilter: a list filter with an unknown or malformed value.
 var ErrBadFilter = errors.New("malformed filter")
 
+// MaxIndexedValue bounds the filter values the indexes hold. Some are
+// attacker-controlled (the claimed model): a longer one is left out of its
+// index, because bolt refuses keys over 32 KiB and a refused write would
+// stop the replica; filtering by one is refused (ErrBadFilter).
+const MaxIndexedValue = 512
+
 // lp is a value's length-prefixed key part.
 func lp(v string) []byte {
 	b := make([]byte, 2, 2+len(v))
-	binary.BigEndian.PutUint16(b, uint16(min(len(v), 0xffff)))
+	binary.BigEndian.PutUint16(b, uint16(len(v)))
 	return append(b, v...)
+}
+
+// ixAdd appends the entry of value v (with sort key sk) unless v is too
+// long to index.
+func ixAdd(es []ixEntry, bucket []byte, v string, sk []byte) []ixEntry {
+	if len(v) > MaxIndexedValue {
+		return es
+	}
+	return append(es, ixEntry{bucket, append(lp(v), sk...)})
 }
 
 func timeKey(t time.Time) []byte {
@@ -92,39 +107,52 @@ type ixEntry struct {
 	key    []byte
 }
 
+// deviceIndexEntries are the index keys of d. A device ID longer than
+// MaxIndexedValue leaves the device out of every index but the primary.
 func deviceIndexEntries(d Device) []ixEntry {
 	id := []byte(d.ID)
-	k := func(v string) []byte { return append(lp(v), id...) }
-	out := []ixEntry{{bIxDevState, k(d.Status)}}
+	if len(id) > MaxIndexedValue {
+		return nil
+	}
+	out := ixAdd(nil, bIxDevState, d.Status, id)
 	if d.Group != "" {
-		out = append(out, ixEntry{bIxDevGroup, k(d.Group)})
+		out = ixAdd(out, bIxDevGroup, d.Group, id)
 	}
 	if d.Claims.Model != "" {
-		out = append(out, ixEntry{bIxDevModel, k(d.Claims.Model)})
+		out = ixAdd(out, bIxDevModel, d.Claims.Model, id)
 	}
 	for lk, lv := range d.Labels {
-		out = append(out, ixEntry{bIxDevLabel, k(lk + "=" + lv)})
+		out = ixAdd(out, bIxDevLabel, lk+"="+lv, id)
 	}
 	for _, f := range d.Flags {
-		out = append(out, ixEntry{bIxDevFlag, k(f.Name)}) // a repeated flag puts the same key again
+		out = ixAdd(out, bIxDevFlag, f.Name, id) // a repeated flag puts the same key again
 	}
 	return out
 }
 
 func attestationIndexEntries(a AttestationRecord) []ixEntry {
 	sk := attSortKey(a)
-	k := func(v string) []byte { return append(lp(v), sk...) }
-	out := []ixEntry{{bIxAttTime, sk}, {bIxAttOutcome, k(a.Outcome)}}
+	out := ixAdd([]ixEntry{{bIxAttTime, sk}}, bIxAttOutcome, a.Outcome, sk)
 	if a.Code != "" {
-		out = append(out, ixEntry{bIxAttCode, k(a.Code)})
+		out = ixAdd(out, bIxAttCode, a.Code, sk)
 	}
 	if a.Policy != nil && a.Policy.Group != "" {
-		out = append(out, ixEntry{bIxAttGroup, k(a.Policy.Group)})
+		out = ixAdd(out, bIxAttGroup, a.Policy.Group, sk)
 	}
 	if a.DeviceID != "" {
-		out = append(out, ixEntry{bIxAttDevice, k(a.DeviceID)})
+		out = ixAdd(out, bIxAttDevice, a.DeviceID, sk)
 	}
 	return out
+}
+
+// checkIndexable refuses filter values no index holds.
+func checkIndexable(vs ...string) error {
+	for _, v := range vs {
+		if len(v) > MaxIndexedValue {
+			return fmt.Errorf("%w: a value longer than %d bytes", ErrBadFilter, MaxIndexedValue)
+		}
+	}
+	return nil
 }
 
 func putEntries(tx *bolt.Tx, es []ixEntry) error {
@@ -411,6 +439,9 @@ type DeviceQuery struct {
 // Check reports a filter value the registry cannot hold as ErrBadFilter
 // (or ErrUnknownState).
 func (q DeviceQuery) Check() error {
+	if err := checkIndexable(append([]string{q.State, q.Group, q.Model}, q.Labels...)...); err != nil {
+		return err
+	}
 	if q.State != "" {
 		if err := CheckDeviceState(q.State); err != nil {
 			return err
@@ -536,6 +567,9 @@ type AttestationFilter struct {
 
 // Check reports an unknown outcome or an empty time range as ErrBadFilter.
 func (q AttestationFilter) Check() error {
+	if err := checkIndexable(q.Outcome, q.Code, q.Group, q.DeviceID); err != nil {
+		return err
+	}
 	if q.Outcome != "" && !slices.Contains(Outcomes(), q.Outcome) {
 		return fmt.Errorf("%w: unknown outcome %q (want one of %s)", ErrBadFilter, q.Outcome, strings.Join(Outcomes(), ", "))
 	}

@@ -504,3 +504,29 @@ func TestBucketPaging(t *testing.T) {
 		t.Fatalf("an enrollments cursor for the policy history: %v", err)
 	}
 }
+
+// A claimed model is the device's to choose: one too long for a bolt key
+// must not fail the apply (which would stop the replica); it is left out of
+// the model index, and filtering by such a value is refused.
+func TestHugeClaimIsNotIndexed(t *testing.T) {
+	fatal := make(chan error, 1)
+	n := openNode(t, t.TempDir(), WithFatalHook(func(err error) { fatal <- err }))
+	huge := strings.Repeat("m", 40<<10)
+	rec := record("big", OutcomeAccepted)
+	rec.Evidence.Claims.Model = huge
+	if _, err := n.CommitEnrollment(context.Background(), "s", time.Now().Add(time.Minute), Device{ID: "big", Status: DeviceActive, Claims: Claims{Model: huge}}, rec); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-fatal:
+		t.Fatalf("the replica stopped: %v", err)
+	default:
+	}
+	mustVerifyIndexes(t, n, "a huge claim")
+	if got := deviceIDs(t, n, DeviceQuery{State: DeviceActive}); !slices.Equal(got, []string{"big"}) {
+		t.Fatalf("state filter: %v", got)
+	}
+	if _, _, err := n.QueryDevices(DeviceQuery{Model: huge}); !errors.Is(err, ErrBadFilter) {
+		t.Fatalf("filter by a huge model: %v", err)
+	}
+}
