@@ -82,6 +82,7 @@ func BenchmarkAdminQueries(b *testing.B) {
 		{"devices/flag=possible_clone", "/admin/v1/devices?flag=possible_clone"},
 		{"devices/model=model-3", "/admin/v1/devices?model=model-3"},
 		{"devices/state+group+label", "/admin/v1/devices?state=active&group=group-03&label=site%3Dsite-13"},
+		{"devices/empty-intersection", "/admin/v1/devices?state=active&group=group-03&label=env%3Dstaging"},
 		{"devices/deep-cursor", "/admin/v1/devices?cursor=" + url.QueryEscape(deepDevice)},
 		{"attestations/first-page", "/admin/v1/attestations"},
 		{"attestations/outcome=rejected", "/admin/v1/attestations?outcome=rejected"},
@@ -92,6 +93,7 @@ func BenchmarkAdminQueries(b *testing.B) {
 		{"attestations/since=24h", "/admin/v1/attestations?since=" + url.QueryEscape(fleet.End.Add(-24*time.Hour).UTC().Format(time.RFC3339))},
 		{"attestations/one-day-45d-ago", "/admin/v1/attestations?" + dayQ},
 		{"attestations/rejected+code+day", "/admin/v1/attestations?outcome=rejected&code=pcr_mismatch&" + dayQ},
+		{"attestations/empty-intersection", "/admin/v1/attestations?outcome=accepted&code=pcr_mismatch"},
 		{"attestations/deep-cursor", "/admin/v1/attestations?cursor=" + url.QueryEscape(deepRecord)},
 	} {
 		b.Run(q.name, func(b *testing.B) {
