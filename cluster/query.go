@@ -301,6 +301,7 @@ func (f *fsm) verifyIndexes() error {
 type ixCursor struct {
 	c      *bolt.Cursor
 	prefix []byte
+	cur    []byte // the key the cursor is on; nil: not placed
 }
 
 func newIxCursor(tx *bolt.Tx, bucket, prefix []byte) *ixCursor {
@@ -314,10 +315,29 @@ func (x *ixCursor) suffix(k []byte) []byte {
 	return k[len(x.prefix):]
 }
 
+// gallop is how many steps a cursor takes towards a nearby target before it
+// seeks from the root: intersections of interleaved indexes mostly move a
+// key or two.
+const gallop = 8
+
 // seekGE returns the least sort key >= s (nil s: the first), or nil.
 func (x *ixCursor) seekGE(s []byte) []byte {
-	k, _ := x.c.Seek(append(slices.Clip(x.prefix), s...))
-	return x.suffix(k)
+	target := append(slices.Clip(x.prefix), s...)
+	if k := x.cur; k != nil && bytes.Compare(k, target) <= 0 {
+		for i := 0; i < gallop && k != nil; i++ {
+			if bytes.Compare(k, target) >= 0 {
+				x.cur = k
+				return x.suffix(k)
+			}
+			k, _ = x.c.Next()
+		}
+		if k == nil {
+			x.cur = nil
+			return nil
+		}
+	}
+	x.cur, _ = x.c.Seek(target)
+	return x.suffix(x.cur)
 }
 
 // seekLE returns the greatest sort key <= s (nil s: the last), or nil.
@@ -327,12 +347,26 @@ func (x *ixCursor) seekLE(s []byte) []byte {
 		// Past every key with the prefix: prefix followed by 0xff… beyond any sort key.
 		target = append(target, bytes.Repeat([]byte{0xff}, 17)...)
 	}
+	if k := x.cur; k != nil && bytes.Compare(k, target) >= 0 {
+		for i := 0; i < gallop && k != nil; i++ {
+			if bytes.Compare(k, target) <= 0 {
+				x.cur = k
+				return x.suffix(k)
+			}
+			k, _ = x.c.Prev()
+		}
+		if k == nil {
+			x.cur = nil
+			return nil
+		}
+	}
 	k, _ := x.c.Seek(target)
 	if k == nil {
 		k, _ = x.c.Last()
 	} else if !bytes.Equal(k, target) {
 		k, _ = x.c.Prev()
 	}
+	x.cur = k
 	return x.suffix(k)
 }
 
