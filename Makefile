@@ -13,7 +13,7 @@ PKGS    := ./...
 # console's browser test drives (console/browser_test.go).
 APT_PKGS := swtpm swtpm-tools openssl chromium
 
-.PHONY: all build test bench demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary
+.PHONY: all build test bench bench-queries demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary
 
 all: build
 
@@ -73,6 +73,14 @@ bench: deps
 	$(GO) test -run '^$$' -bench 'Enrollment' -benchmem -benchtime 200x ./server/
 	$(GO) test -run '^$$' -bench 'ClusterCommits' -benchtime 20000x ./server/
 	$(GO) test -run '^$$' -bench 'Failover' -benchtime 3x ./server/
+	$(MAKE) bench-queries
+
+# The admin API's list and filter queries at 100,000 devices and 300,000
+# attestation records: p50 and p99 per query (see BenchmarkAdminQueries).
+bench-queries: deps
+	@mkdir -p build
+	@$(GO) test -run '^$$' -bench 'AdminQueries' -benchtime 300x -timeout 30m -v ./server/ > build/bench-queries.log 2>&1; rc=$$?; \
+	  grep -E '^(devices|attestations)/|seeded|walked|^(ok|FAIL|panic)' build/bench-queries.log; exit $$rc
 
 # fuzz runs every fuzz target for FUZZTIME each (the seed corpora also run
 # in `make test`). Crashers land in PKG/testdata/fuzz/: commit them.

@@ -169,7 +169,7 @@ func (c *acceptEnrollment) apply(tx *bolt.Tx, index uint64, at time.Time) applyR
 	if err := raiseFlags(tx, &d, c.Flags, index, at); err != nil {
 		return applyResult{Err: err}
 	}
-	if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+	if err := putDevice(tx, d); err != nil {
 		return applyResult{Err: err}
 	}
 	if err := putAttestation(tx, a); err != nil {
@@ -247,7 +247,7 @@ func (c *rejectAttestation) apply(tx *bolt.Tx, index uint64, at time.Time) apply
 			if err := raiseFlags(tx, &d, c.Flags, index, at); err != nil {
 				return applyResult{Err: err}
 			}
-			if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+			if err := putDevice(tx, d); err != nil {
 				return applyResult{Err: err}
 			}
 		}
@@ -297,6 +297,9 @@ func putAttestation(tx *bolt.Tx, a AttestationRecord) error {
 		a.HasEventLog = true
 	}
 	if err := putJSON(tx.Bucket(bAttestations), be64(a.ID), a); err != nil {
+		return err
+	}
+	if err := putEntries(tx, attestationIndexEntries(a)); err != nil {
 		return err
 	}
 	if a.DeviceID == "" {
@@ -394,7 +397,7 @@ func (c *acceptRenewal) apply(tx *bolt.Tx, index uint64, at time.Time) applyResu
 	d.CertificateSerial, d.CertificateNotAfter = a.CertificateSerial, c.NotAfter
 	d.Serials = keepLast(append(d.Serials, a.CertificateSerial), MaxSerials)
 	d.LastAttestedAt, d.LastAttestationID, d.Stale = a.Time, index, false
-	if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+	if err := putDevice(tx, d); err != nil {
 		return applyResult{Err: err}
 	}
 	if err := putAttestation(tx, a); err != nil {

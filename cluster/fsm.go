@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,11 @@ func openFSM(path string, fatal func(error)) (*fsm, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An upgraded data directory gets its query indexes here, once.
+	if err := db.Update(func(tx *bolt.Tx) error { return ensureIndexes(tx, false) }); err != nil {
+		db.Close()
+		return nil, err
+	}
 	f := &fsm{path: path, fatal: fatal, db: db}
 	f.last.Store(f.appliedIndex())
 	return f, nil
@@ -80,7 +86,7 @@ func openBolt(path string) (*bolt.DB, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range allBuckets {
+		for _, b := range append(slices.Clone(allBuckets), indexBuckets...) {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -166,6 +172,9 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 			}
 		}
 		if top := logs[len(logs)-1].Index; top > applied {
+			if err := meta.Put(keyIndexMark, indexMark(top)); err != nil {
+				return err
+			}
 			return meta.Put(keyAppliedIndex, be64(top))
 		}
 		return nil
@@ -254,6 +263,14 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		if v := tx.Bucket(bMeta).Get(keyAppliedIndex); len(v) == 8 {
 			snapIndex = binary.BigEndian.Uint64(v)
 		}
+		// A snapshot from a build without query indexes (or older ones)
+		// gets them now; a current one keeps its own.
+		if err := ensureIndexes(tx, false); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bMeta).Put(keyIndexMark, indexMark(0)); err != nil {
+			return err
+		}
 		return tx.Bucket(bMeta).Delete(keyAppliedIndex)
 	})
 	check.Close()
@@ -276,7 +293,8 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 }
 
 // stateHash hashes every bucket but meta, in a fixed order: two replicas
-// with equal hashes hold the same registry.
+// with equal hashes hold the same registry. The query indexes are not
+// hashed: they are derived from the hashed buckets (see query.go).
 func (f *fsm) stateHash() (string, error) {
 	h := sha256.New()
 	err := f.view(func(tx *bolt.Tx) error {

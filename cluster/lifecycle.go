@@ -126,7 +126,7 @@ func setState(tx *bolt.Tx, d Device, op, to, actor, reason string, at time.Time)
 	ch := StateChange{Time: at, Op: op, From: d.Status, To: to, Actor: actor, Reason: reason}
 	d.History = append(d.History, ch)
 	d.Status = to
-	if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+	if err := putDevice(tx, d); err != nil {
 		return err
 	}
 	return appendAudit(tx, at, AuditDeviceState, actor, d.ID, ch)
@@ -181,7 +181,7 @@ func countFailure(tx *bolt.Tx, a AttestationRecord, at time.Time) error {
 		Detail: fmt.Sprintf("%d refused attempts since %s; the last: %s", fc.Count, fc.WindowStart.Format(time.RFC3339), a.Code)}
 	if d, err := getDevice(tx, a.DeviceID); err == nil {
 		d.Flags = keepLast(append(d.Flags, f), MaxFlags)
-		if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+		if err := putDevice(tx, d); err != nil {
 			return err
 		}
 	}
@@ -210,7 +210,7 @@ func (c *labelDevice) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 	for _, k := range c.Remove {
 		delete(d.Labels, k)
 	}
-	if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+	if err := putDevice(tx, d); err != nil {
 		return applyResult{Err: err}
 	}
 	return applyResult{Err: appendAudit(tx, at, AuditDeviceLabels, c.Actor, d.ID, map[string]any{"set": c.Set, "remove": c.Remove, "labels": d.Labels})}
@@ -256,7 +256,7 @@ func (c *configureDevice) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult
 	}
 	d.Config = c.Config
 	d.ConfigVersion++
-	if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+	if err := putDevice(tx, d); err != nil {
 		return applyResult{Err: err}
 	}
 	return applyResult{Result: uint64(d.ConfigVersion), Err: appendAudit(tx, at, AuditDeviceConfig, c.Actor, d.ID, map[string]any{"version": d.ConfigVersion, "config": c.Config})}
@@ -298,7 +298,7 @@ func (c *markStale) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 		d.Stale = true
 		f := Flag{Name: FlagStale, Time: at, Detail: "no re-attestation since " + d.LastAttestedAt.Format(time.RFC3339)}
 		d.Flags = keepLast(append(d.Flags, f), MaxFlags)
-		if err := putJSON(tx.Bucket(bDevices), []byte(d.ID), d); err != nil {
+		if err := putDevice(tx, d); err != nil {
 			return applyResult{Err: err}
 		}
 		if err := appendAudit(tx, at, AuditDeviceFlag, "gatehouse", d.ID, f); err != nil {

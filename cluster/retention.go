@@ -126,6 +126,9 @@ func compactRefused(tx *bolt.Tx, r *CompactionReport, limit int) error {
 		if err := recs.Delete(be64(a.ID)); err != nil {
 			return err
 		}
+		if err := deleteEntries(tx, attestationIndexEntries(a)); err != nil {
+			return err
+		}
 		for _, b := range [][]byte{bRawEvidence, bEvidence} {
 			if err := tx.Bucket(b).Delete(be64(a.ID)); err != nil {
 				return err

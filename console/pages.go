@@ -166,8 +166,8 @@ func (s *Server) fleet(w http.ResponseWriter, r *http.Request) {
 	byState, byGroup := map[string]int{}, map[string]int{}
 	var queue []cluster.Device
 	total := 0
-	for f := (server.DeviceFilter{Limit: 1000}); ; {
-		devs, next, err := s.client.DevicesPage(ctx, f)
+	for cursor := ""; ; {
+		devs, next, err := s.client.DevicePage(ctx, server.DeviceFilter{}, cursor, cluster.MaxPageLimit)
 		if err != nil {
 			s.fail(w, r, err)
 			return
@@ -180,31 +180,31 @@ func (s *Server) fleet(w http.ResponseWriter, r *http.Request) {
 				queue = append(queue, d)
 			}
 		}
-		if next == "" || next == f.Cursor {
+		if next == "" || next == cursor {
 			break
 		}
-		f.Cursor = next
+		cursor = next
 	}
 	now := s.now().UTC()
 	since := now.Truncate(time.Hour).Add(-23 * time.Hour)
 	// The chart walks the day's records page by page, up to chartMax.
 	var recs []cluster.AttestationRecord
 	capped := false
-	for f := (server.AttestationFilter{Since: since.Format(time.RFC3339), Limit: 1000}); ; {
-		page, next, err := s.client.AttestationsPage(ctx, f)
+	for cursor := ""; ; {
+		page, next, err := s.client.AttestationPage(ctx, server.AttestationFilter{Since: since}, cursor, cluster.MaxPageLimit)
 		if err != nil {
 			s.fail(w, r, err)
 			return
 		}
 		recs = append(recs, page...)
-		if next == "" || next == f.Cursor {
+		if next == "" || next == cursor {
 			break
 		}
 		if len(recs) >= chartMax {
 			capped = true
 			break
 		}
-		f.Cursor = next
+		cursor = next
 	}
 	var refusals []cluster.AttestationRecord // newest first
 	for _, rec := range recs {
@@ -238,11 +238,48 @@ func orNone(s string) string {
 
 // ---- devices
 
+// pageSize is how many devices or records a list page shows.
+const pageSize = 50
+
+// deviceForm is the devices page's filter form: one label and one flag.
+type deviceForm struct{ State, Group, Label, Flag, Model string }
+
+func (f deviceForm) filter() server.DeviceFilter {
+	df := server.DeviceFilter{State: f.State, Group: f.Group, Model: f.Model}
+	if f.Label != "" {
+		df.Labels = []string{f.Label}
+	}
+	if f.Flag != "" {
+		df.Flags = []string{f.Flag}
+	}
+	return df
+}
+
+// attestationForm is the attestations page's filter form; times are RFC 3339.
+type attestationForm struct{ Outcome, Code, Group, Device, Since, Until string }
+
+func (f attestationForm) filter() (server.AttestationFilter, error) {
+	af := server.AttestationFilter{Outcome: f.Outcome, Code: f.Code, Group: f.Group, Device: f.Device}
+	for _, t := range []struct {
+		name, v string
+		to      *time.Time
+	}{{"since", f.Since, &af.Since}, {"until", f.Until, &af.Until}} {
+		if t.v == "" {
+			continue
+		}
+		v, err := time.Parse(time.RFC3339, t.v)
+		if err != nil {
+			return af, fmt.Errorf("%s: a time like 2026-11-01T00:00:00Z", t.name)
+		}
+		*t.to = v
+	}
+	return af, nil
+}
+
 func (s *Server) devices(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := server.DeviceFilter{State: q.Get("state"), Group: q.Get("group"), Label: q.Get("label"), Flag: q.Get("flag"),
-		Model: q.Get("model"), Cursor: q.Get("cursor"), Limit: 50}
-	devs, next, err := s.client.DevicesPage(r.Context(), f)
+	form := deviceForm{State: q.Get("state"), Group: q.Get("group"), Label: q.Get("label"), Flag: q.Get("flag"), Model: q.Get("model")}
+	devs, next, err := s.client.DevicePage(r.Context(), form.filter(), q.Get("cursor"), pageSize)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -257,11 +294,11 @@ func (s *Server) devices(w http.ResponseWriter, r *http.Request) {
 		nextURL = "/devices?" + nq.Encode()
 	}
 	s.render(w, r, http.StatusOK, "devices", "Devices", struct {
-		Filter  server.DeviceFilter
+		Filter  deviceForm
 		States  []string
 		Devices []cluster.Device
 		Next    string
-	}{f, cluster.DeviceStates(), devs, nextURL})
+	}{form, cluster.DeviceStates(), devs, nextURL})
 }
 
 // ops lists the lifecycle actions the console offers, for a device in
@@ -355,9 +392,14 @@ func (s *Server) deviceOp(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) attestations(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := server.AttestationFilter{Outcome: q.Get("outcome"), Code: q.Get("code"), Group: q.Get("group"), Device: q.Get("device"),
-		Since: q.Get("since"), Until: q.Get("until"), Cursor: q.Get("cursor"), Limit: 50}
-	recs, next, err := s.client.AttestationsPage(r.Context(), f)
+	form := attestationForm{Outcome: q.Get("outcome"), Code: q.Get("code"), Group: q.Get("group"), Device: q.Get("device"),
+		Since: q.Get("since"), Until: q.Get("until")}
+	f, err := form.filter()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	recs, next, err := s.client.AttestationPage(r.Context(), f, q.Get("cursor"), pageSize)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -372,11 +414,11 @@ func (s *Server) attestations(w http.ResponseWriter, r *http.Request) {
 		nextURL = "/attestations?" + nq.Encode()
 	}
 	s.render(w, r, http.StatusOK, "attestations", "Attestations", struct {
-		Filter   server.AttestationFilter
+		Filter   attestationForm
 		Outcomes []string
 		Records  []cluster.AttestationRecord
 		Next     string
-	}{f, []string{cluster.OutcomeAccepted, cluster.OutcomeRejected, cluster.OutcomePending}, recs, nextURL})
+	}{form, []string{cluster.OutcomeAccepted, cluster.OutcomeRejected, cluster.OutcomePending}, recs, nextURL})
 }
 
 func attID(w http.ResponseWriter, r *http.Request) (uint64, bool) {

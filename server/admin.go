@@ -14,7 +14,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -160,18 +159,13 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 		}, a.adminErr(err))
 	})
 	add(ca.RoleAuditor, "GET "+adminDevices, a.read(func(w http.ResponseWriter, r *http.Request) {
-		state := r.URL.Query().Get("state")
-		if state != "" {
-			if err := cluster.CheckDeviceState(state); err != nil {
-				writeProblem(w, malformed(err.Error()))
-				return
-			}
+		q, err := deviceQuery(r)
+		if err != nil {
+			writeProblem(w, err)
+			return
 		}
-		devs, err := a.node.Devices()
-		if state != "" && err == nil {
-			devs = slices.DeleteFunc(devs, func(d cluster.Device) bool { return d.Status != state })
-		}
-		writeResult(w, http.StatusOK, devs, a.adminErr(err))
+		devs, next, err := a.node.QueryDevices(q)
+		writePage(w, r, devs, next, a.queryErr(err))
 	}))
 	add(ca.RoleOperator, "POST "+adminDevices+"/{id}/{op}", func(w http.ResponseWriter, r *http.Request) {
 		var req DeviceOp
@@ -206,17 +200,13 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 		writeResult(w, http.StatusOK, dev, a.adminErr(err))
 	}))
 	add(ca.RoleAuditor, "GET "+adminAttestation, a.read(func(w http.ResponseWriter, r *http.Request) {
-		q := cluster.AttestationQuery{DeviceID: r.URL.Query().Get("device"), Limit: 100}
-		if s := r.URL.Query().Get("limit"); s != "" {
-			n, err := strconv.Atoi(s)
-			if err != nil || n <= 0 {
-				writeProblem(w, malformed("limit must be a positive integer"))
-				return
-			}
-			q.Limit = n
+		q, err := attestationFilter(r)
+		if err != nil {
+			writeProblem(w, err)
+			return
 		}
-		recs, err := a.node.Attestations(q)
-		writeResult(w, http.StatusOK, recs, a.adminErr(err))
+		recs, next, err := a.node.QueryAttestations(q)
+		writePage(w, r, recs, next, a.queryErr(err))
 	}))
 	add(ca.RoleAuditor, "GET "+adminAttestation+"/{id}", a.read(func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
@@ -250,8 +240,13 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 		writeResult(w, http.StatusOK, rec, a.adminErr(err))
 	}))
 	add(ca.RoleAuditor, "GET "+adminPolicy+"/history", a.read(func(w http.ResponseWriter, r *http.Request) {
-		recs, err := a.node.PolicyHistory()
-		writeResult(w, http.StatusOK, recs, a.adminErr(err))
+		cursor, limit, err := pageParams(r)
+		if err != nil {
+			writeProblem(w, err)
+			return
+		}
+		recs, next, err := a.node.PolicyHistoryPage(cursor, limit)
+		writePage(w, r, recs, next, a.queryErr(err))
 	}))
 	add(ca.RoleAuditor, "POST "+adminPolicy+"/test", a.read(func(w http.ResponseWriter, r *http.Request) {
 		doc, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
@@ -398,6 +393,15 @@ func (a *Appliance) leaderOp(ctx context.Context, op leaderOp) error {
 	return nil
 }
 
+// queryErr maps a list query's error: a bad cursor or filter is the
+// client's (400 malformed_request); anything else is logged as internal.
+func (a *Appliance) queryErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return a.clusterProblem(err)
+}
+
 func (a *Appliance) adminErr(err error) error {
 	switch {
 	case err == nil:
@@ -464,17 +468,21 @@ func (c *AdminClient) Device(ctx context.Context, id string) (cluster.Device, er
 	return d, c.get(ctx, adminDevices+"/"+url.PathEscape(id), &d)
 }
 
-// Attestations lists attestation records, newest first.
+// Attestations lists attestation records, newest first: the newest limit
+// of them (limit <= 0: one page of the server's default size).
 func (c *AdminClient) Attestations(ctx context.Context, deviceID string, limit int) ([]cluster.AttestationRecord, error) {
-	q := url.Values{}
-	if deviceID != "" {
-		q.Set("device", deviceID)
+	out := []cluster.AttestationRecord{}
+	for cursor := ""; ; {
+		recs, next, err := c.AttestationPage(ctx, AttestationFilter{Device: deviceID}, cursor, min(max(limit-len(out), 0), cluster.MaxPageLimit))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, recs...)
+		if next == "" || limit <= 0 || len(out) >= limit {
+			return out, nil
+		}
+		cursor = next
 	}
-	if limit > 0 {
-		q.Set("limit", strconv.Itoa(limit))
-	}
-	var recs []cluster.AttestationRecord
-	return recs, c.get(ctx, adminAttestation+"?"+q.Encode(), &recs)
 }
 
 // Attestation returns one attestation record.
@@ -526,14 +534,11 @@ func (c *AdminClient) Restore(ctx context.Context, archive io.Reader) (BackupMet
 	return meta, decodeProblemOr(resp, &meta)
 }
 
-// Devices lists devices; with state set, only those in it.
+// Devices lists devices, every page; with state set, only those in it.
 func (c *AdminClient) Devices(ctx context.Context, state string) ([]cluster.Device, error) {
-	var devs []cluster.Device
-	path := adminDevices
-	if state != "" {
-		path += "?state=" + url.QueryEscape(state)
-	}
-	return devs, c.get(ctx, path, &devs)
+	return allPages(ctx, func(cursor string) ([]cluster.Device, string, error) {
+		return c.DevicePage(ctx, DeviceFilter{State: state}, cursor, cluster.MaxPageLimit)
+	})
 }
 
 // TransitionDevice performs a lifecycle operation (approve, disable, …).
@@ -560,8 +565,11 @@ func (c *AdminClient) Policy(ctx context.Context, version int) (cluster.PolicyRe
 
 // PolicyHistory returns every applied version, newest first.
 func (c *AdminClient) PolicyHistory(ctx context.Context) ([]cluster.PolicyRecord, error) {
-	var recs []cluster.PolicyRecord
-	return recs, c.get(ctx, adminPolicy+"/history", &recs)
+	return allPages(ctx, func(cursor string) ([]cluster.PolicyRecord, string, error) {
+		var recs []cluster.PolicyRecord
+		next, err := c.getPage(ctx, adminPolicy+"/history", nil, cursor, cluster.MaxPageLimit, &recs)
+		return recs, next, err
+	})
 }
 
 // TestPolicy judges every device's stored evidence under a candidate.

@@ -157,8 +157,18 @@ func (a *Appliance) registerRegistryAdmin(add func(role, pattern string, h http.
 		w.Write(pemChain(chain))
 	})
 	add(ca.RoleAuditor, "GET "+adminAdminCerts, a.read(func(w http.ResponseWriter, r *http.Request) {
+		cursor, limit, err := pageParams(r)
+		if err != nil {
+			writeProblem(w, err)
+			return
+		}
 		certs, err := a.ca.AdminCertificates()
-		writeResult(w, http.StatusOK, certs, a.errProblem(err))
+		if err != nil {
+			writeProblem(w, a.errProblem(err))
+			return
+		}
+		page, next, err := pageSlice(certs, adminCertKey, cursor, limit)
+		writePage(w, r, page, next, a.queryErr(err))
 	}))
 	add(ca.RoleOperator, "POST "+adminAdminCerts+"/{serial}/revoke", func(w http.ResponseWriter, r *http.Request) {
 		var req DeviceOp
@@ -509,8 +519,11 @@ func (c *AdminClient) IssueAdminCert(ctx context.Context, role, name string, csr
 // AdminCertificates lists the admin certificates the cluster issued, with
 // whether each is revoked.
 func (c *AdminClient) AdminCertificates(ctx context.Context) ([]ca.AdminCertificate, error) {
-	var out []ca.AdminCertificate
-	return out, c.get(ctx, adminAdminCerts, &out)
+	return allPages(ctx, func(cursor string) ([]ca.AdminCertificate, string, error) {
+		var out []ca.AdminCertificate
+		next, err := c.getPage(ctx, adminAdminCerts, nil, cursor, cluster.MaxPageLimit, &out)
+		return out, next, err
+	})
 }
 
 // RevokeAdminCert revokes an admin certificate by its hex serial.

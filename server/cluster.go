@@ -362,6 +362,8 @@ var clusterErrors = []struct {
 	{cluster.ErrAuditCheckpoint, http.StatusConflict, api.CodeMalformed},
 	{cluster.ErrUnknownMember, http.StatusNotFound, api.CodeNotFound},
 	{cluster.ErrUnknownState, http.StatusBadRequest, api.CodeMalformed},
+	{cluster.ErrBadCursor, http.StatusBadRequest, api.CodeMalformed},
+	{cluster.ErrBadFilter, http.StatusBadRequest, api.CodeMalformed},
 	{cluster.ErrLastEKRoot, http.StatusConflict, api.CodeEKRootLast},
 	{cluster.ErrEKRootsLimit, http.StatusBadRequest, api.CodeEKRootInvalid},
 	{cluster.ErrSettingsConflict, http.StatusConflict, api.CodeSettingsConflict},

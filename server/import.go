@@ -265,8 +265,13 @@ func (a *Appliance) registerImportAdmin(add func(role, pattern string, h http.Ha
 		writeResult(w, http.StatusOK, res, err)
 	})
 	add(ca.RoleAuditor, "GET "+adminEnrollments, a.read(func(w http.ResponseWriter, r *http.Request) {
-		list, err := a.node.IndividualEnrollments()
-		writeResult(w, http.StatusOK, list, a.adminErr(err))
+		cursor, limit, err := pageParams(r)
+		if err != nil {
+			writeProblem(w, err)
+			return
+		}
+		list, next, err := a.node.IndividualEnrollmentsPage(cursor, limit)
+		writePage(w, r, list, next, a.queryErr(err))
 	}))
 	add(ca.RoleOperator, "DELETE "+adminEnrollments+"/{ek}", func(w http.ResponseWriter, r *http.Request) {
 		var req DeviceOp
@@ -307,10 +312,13 @@ func (c *AdminClient) ImportEnrollments(ctx context.Context, actor, source strin
 	})
 }
 
-// IndividualEnrollments lists imported enrollments.
+// IndividualEnrollments lists imported enrollments, every page.
 func (c *AdminClient) IndividualEnrollments(ctx context.Context) ([]cluster.IndividualEnrollment, error) {
-	var out []cluster.IndividualEnrollment
-	return out, c.get(ctx, adminEnrollments, &out)
+	return allPages(ctx, func(cursor string) ([]cluster.IndividualEnrollment, string, error) {
+		var out []cluster.IndividualEnrollment
+		next, err := c.getPage(ctx, adminEnrollments, nil, cursor, cluster.MaxPageLimit, &out)
+		return out, next, err
+	})
 }
 
 // csvLine is the line a record (or its read error) starts on. FieldPos

@@ -28,7 +28,7 @@ import (
 )
 
 // adminCert has the appliance issue an admin certificate for a fresh key.
-func adminCert(t *testing.T, e *env, role, name string) tls.Certificate {
+func adminCert(t testing.TB, e *env, role, name string) tls.Certificate {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)

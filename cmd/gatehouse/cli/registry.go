@@ -81,18 +81,21 @@ func statusCmd() *cobra.Command {
 
 func devicesCmd() *cobra.Command {
 	c := &cobra.Command{Use: "devices", Short: "Query the device registry and change device states"}
-	var state string
+	var f server.DeviceFilter
+	var pg pageFlags
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List devices",
+		Short: "List devices by ID, one page at a time (filters combine with AND)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if state != "" {
-				if err := cluster.CheckDeviceState(state); err != nil {
+			if f.State != "" {
+				if err := cluster.CheckDeviceState(f.State); err != nil {
 					return fmt.Errorf("--state: %w", err)
 				}
 			}
-			devs, err := adminClient(cmd).Devices(cmd.Context(), state)
+			devs, err := collect(&pg, cmd, "devices", func(cursor string) ([]cluster.Device, string, error) {
+				return adminClient(cmd).DevicePage(cmd.Context(), f, cursor, pg.limit)
+			})
 			if err != nil {
 				return err
 			}
@@ -116,7 +119,12 @@ func devicesCmd() *cobra.Command {
 			return render(cmd, d, func(w io.Writer) { printDevice(w, d) })
 		},
 	}
-	list.Flags().StringVar(&state, "state", "", "only devices in this state ("+strings.Join(cluster.DeviceStates(), ", ")+")")
+	list.Flags().StringVar(&f.State, "state", "", "only devices in this state ("+strings.Join(cluster.DeviceStates(), ", ")+")")
+	list.Flags().StringVar(&f.Group, "group", "", "only devices in this enrollment group")
+	list.Flags().StringArrayVar(&f.Labels, "label", nil, "only devices with this label, KEY=VALUE (repeat: all must match)")
+	list.Flags().StringArrayVar(&f.Flags, "flag", nil, "only devices with this flag raised ("+strings.Join(cluster.DeviceFlags(), ", ")+"; repeat: all must match)")
+	list.Flags().StringVar(&f.Model, "model", "", "only devices that claim this model")
+	pg.add(list)
 	addOutputFlag(list)
 	addOutputFlag(show)
 	c.AddCommand(list, show, labelCmd())
@@ -209,14 +217,24 @@ func printEK(w io.Writer, ek *cluster.EKInfo) {
 
 func attestationsCmd() *cobra.Command {
 	c := &cobra.Command{Use: "attestations", Short: "Query attestation records"}
-	var device string
-	var limit int
+	var f server.AttestationFilter
+	var since, until string
+	var pg pageFlags
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List attestation records, newest first",
+		Short: "List attestation records, newest first, one page at a time (filters combine with AND)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			recs, err := adminClient(cmd).Attestations(cmd.Context(), device, limit)
+			var err error
+			if f.Since, err = parseWhen(since); err != nil {
+				return fmt.Errorf("--since: %w", err)
+			}
+			if f.Until, err = parseWhen(until); err != nil {
+				return fmt.Errorf("--until: %w", err)
+			}
+			recs, err := collect(&pg, cmd, "records", func(cursor string) ([]cluster.AttestationRecord, string, error) {
+				return adminClient(cmd).AttestationPage(cmd.Context(), f, cursor, pg.limit)
+			})
 			if err != nil {
 				return err
 			}
@@ -228,8 +246,13 @@ func attestationsCmd() *cobra.Command {
 			})
 		},
 	}
-	list.Flags().StringVar(&device, "device", "", "only this device's records")
-	list.Flags().IntVar(&limit, "limit", 100, "at most this many records")
+	list.Flags().StringVar(&f.Device, "device", "", "only this device's records")
+	list.Flags().StringVar(&f.Outcome, "outcome", "", "only records with this outcome ("+strings.Join(cluster.Outcomes(), ", ")+")")
+	list.Flags().StringVar(&f.Code, "code", "", "only records refused with this problem code, e.g. pcr_mismatch")
+	list.Flags().StringVar(&f.Group, "group", "", "only records whose policy decision names this group")
+	list.Flags().StringVar(&since, "since", "", "only records at or after this time: RFC 3339, or a duration back from now (24h)")
+	list.Flags().StringVar(&until, "until", "", "only records at or before this time: RFC 3339, or a duration back from now")
+	pg.add(list)
 	show := &cobra.Command{
 		Use:   "show ID",
 		Short: "Show what one attestation proved, and why it passed or failed",
@@ -448,4 +471,54 @@ func ranges(idx []int) string {
 		i = j + 1
 	}
 	return strings.Join(parts, ",")
+}
+
+// pageFlags are a list command's --limit, --cursor and --all.
+type pageFlags struct {
+	limit  int
+	cursor string
+	all    bool
+}
+
+func (p *pageFlags) add(c *cobra.Command) {
+	c.Flags().IntVar(&p.limit, "limit", cluster.DefaultPageLimit, fmt.Sprintf("at most this many per page (at most %d)", cluster.MaxPageLimit))
+	c.Flags().StringVar(&p.cursor, "cursor", "", "continue where a previous page ended (as it said)")
+	c.Flags().BoolVar(&p.all, "all", false, "follow every page")
+}
+
+// collect fetches one page, or with --all every page; after one page of
+// several it says on stderr how to get the next, so that -o json stays a
+// plain array.
+func collect[T any](p *pageFlags, cmd *cobra.Command, what string, page func(cursor string) ([]T, string, error)) ([]T, error) {
+	out := []T{}
+	for cursor := p.cursor; ; {
+		items, next, err := page(cursor)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, items...)
+		if next == "" {
+			return out, nil
+		}
+		if !p.all {
+			fmt.Fprintf(cmd.ErrOrStderr(), "more %s follow: run again with --cursor %s (or --all for every page)\n", what, next)
+			return out, nil
+		}
+		cursor = next
+	}
+}
+
+// parseWhen reads an RFC 3339 time or a duration back from now; "" is zero.
+func parseWhen(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return time.Now().Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("want an RFC 3339 time (2026-11-29T12:00:00Z) or a duration (24h): %q", s)
+	}
+	return t, nil
 }

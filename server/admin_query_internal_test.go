@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"testing"
+	"time"
 )
 
 func TestNextCursor(t *testing.T) {
@@ -26,13 +27,13 @@ func TestNextCursor(t *testing.T) {
 		for _, l := range c.links {
 			h.Add("Link", l)
 		}
-		if got := nextCursor(h); got != c.want {
-			t.Errorf("%q: %q, want %q", c.links, got, c.want)
+		if got, err := nextCursor(h); err != nil || got != c.want {
+			t.Errorf("%q: %q %v, want %q", c.links, got, err, c.want)
 		}
 	}
 }
 
-// DevicesPage and AttestationsPage send the shared contract's filters and
+// DevicePage and AttestationPage send the shared contract's filters and
 // return the cursor of the Link rel="next".
 func TestPageQueries(t *testing.T) {
 	var got []url.Values
@@ -44,11 +45,12 @@ func TestPageQueries(t *testing.T) {
 	defer ts.Close()
 	c := &AdminClient{base: ts.URL, hc: ts.Client()}
 	ctx := context.Background()
-	_, next, err := c.DevicesPage(ctx, DeviceFilter{State: "active", Group: "edge", Label: "site=lyon", Flag: "clock_skew", Model: "m", Limit: 50, Cursor: "c1"})
+	_, next, err := c.DevicePage(ctx, DeviceFilter{State: "active", Group: "edge", Labels: []string{"site=lyon"}, Flags: []string{"clock_skew"}, Model: "m"}, "c1", 50)
 	if err != nil || next != "next-devices" {
 		t.Fatalf("devices: %q %v", next, err)
 	}
-	_, next, err = c.AttestationsPage(ctx, AttestationFilter{Outcome: "rejected", Code: "policy_denied", Group: "edge", Device: "d", Since: "2026-11-01T00:00:00Z", Until: "2026-11-02T00:00:00Z", Limit: 10})
+	since, until := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
+	_, next, err = c.AttestationPage(ctx, AttestationFilter{Outcome: "rejected", Code: "policy_denied", Group: "edge", Device: "d", Since: since, Until: until}, "", 10)
 	if err != nil || next != "next-attestations" {
 		t.Fatalf("attestations: %q %v", next, err)
 	}
