@@ -13,7 +13,7 @@ PKGS    := ./...
 # console's browser test drives (console/browser_test.go).
 APT_PKGS := swtpm swtpm-tools openssl chromium
 
-.PHONY: all build test bench bench-queries demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary
+.PHONY: all build test bench bench-queries bench-console demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary
 
 all: build
 
@@ -74,6 +74,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench 'ClusterCommits' -benchtime 20000x ./server/
 	$(GO) test -run '^$$' -bench 'Failover' -benchtime 3x ./server/
 	$(MAKE) bench-queries
+	$(MAKE) bench-console
 
 # The admin API's list and filter queries at 100,000 devices and 300,000
 # attestation records: p50 and p99 per query (see BenchmarkAdminQueries).
@@ -81,6 +82,13 @@ bench-queries: deps
 	@mkdir -p build
 	@$(GO) test -run '^$$' -bench 'AdminQueries' -benchtime 300x -timeout 30m -v ./server/ > build/bench-queries.log 2>&1; rc=$$?; \
 	  grep -E '^(devices|attestations)/|seeded|walked|^(ok|FAIL|panic)' build/bench-queries.log; exit $$rc
+
+# The console's pages (HTML, through a logged-in session) at the same
+# scale: p50 and p99 per page (see BenchmarkConsolePages).
+bench-console: deps
+	@mkdir -p build
+	@$(GO) test -run '^$$' -bench 'ConsolePages' -benchtime 200x -timeout 30m -v ./console/ > build/bench-console.log 2>&1; rc=$$?; \
+	  grep -E '^(devices|attestations|device|attestation|fleet)[/ ]|seeded|^(ok|FAIL|panic)' build/bench-console.log; exit $$rc
 
 # fuzz runs every fuzz target for FUZZTIME each (the seed corpora also run
 # in `make test`). Crashers land in PKG/testdata/fuzz/: commit them.

@@ -3,13 +3,8 @@ package console_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -37,31 +32,13 @@ import (
 const shotDir = "../build/console"
 
 // adminCert issues an admin certificate through the node's admin socket.
-func adminCert(t *testing.T, e *servertest.Env, role, name string) tls.Certificate {
+func adminCert(t testing.TB, e *servertest.Env, role, name string) tls.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := server.NewAdminClient(e.Dir).IssueAdminCert(context.Background(), role, name, csr, time.Hour)
-	if err != nil {
-		t.Fatalf("issue %s certificate: %v", role, err)
-	}
-	var cert tls.Certificate
-	for rest := resp.Chain; ; {
-		var blk *pem.Block
-		if blk, rest = pem.Decode(rest); blk == nil {
-			break
-		}
-		cert.Certificate = append(cert.Certificate, blk.Bytes)
-	}
-	cert.PrivateKey = key
-	return cert
+	return e.AdminCert(t, role, name)
 }
 
 // startConsole serves a console acting with a fresh certificate of role.
-func startConsole(t *testing.T, e *servertest.Env, role, name string) (*console.Server, *server.AdminClient) {
+func startConsole(t testing.TB, e *servertest.Env, role, name string) (*console.Server, *server.AdminClient) {
 	t.Helper()
 	ac := server.NewRemoteAdminClient(e.URL(), adminCert(t, e, role, name), e.App.Root())
 	s := console.New(ac, console.Identity{Role: role, Name: name}, e.App.Root())

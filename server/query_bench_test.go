@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -32,13 +31,7 @@ import (
 func BenchmarkAdminQueries(b *testing.B) {
 	fleet := cluster.SyntheticFleet{Devices: 100_000, Attestations: 300_000, End: time.Now(), Span: 90 * 24 * time.Hour}
 	e := newEnv(b)
-	e.App.Close()
-	t0 := time.Now()
-	if err := cluster.LoadSynthetic(filepath.Join(e.Dir, "raft"), fleet); err != nil {
-		b.Fatal(err)
-	}
-	b.Logf("seeded %d devices and %d attestation records in %s", fleet.Devices, fleet.Attestations, time.Since(t0).Round(time.Millisecond))
-	e.Start()
+	e.Seed(fleet)
 	ctx := context.Background()
 	c := server.NewRemoteAdminClient("https://"+e.App.Addr(), adminCert(b, e, ca.RoleAuditor, "bench"), e.App.Root())
 

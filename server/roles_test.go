@@ -30,25 +30,7 @@ import (
 // adminCert has the appliance issue an admin certificate for a fresh key.
 func adminCert(t testing.TB, e *env, role, name string) tls.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := server.NewAdminClient(e.Dir).IssueAdminCert(context.Background(), role, name, csr, time.Hour)
-	if err != nil {
-		t.Fatalf("issue %s certificate: %v", role, err)
-	}
-	var cert tls.Certificate
-	for rest := resp.Chain; ; {
-		var blk *pem.Block
-		if blk, rest = pem.Decode(rest); blk == nil {
-			break
-		}
-		cert.Certificate = append(cert.Certificate, blk.Bytes)
-	}
-	cert.PrivateKey = key
-	return cert
+	return e.AdminCert(t, role, name)
 }
 
 // foreignCert is an operator-looking admin certificate from another CA.

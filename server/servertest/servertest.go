@@ -5,11 +5,15 @@ package servertest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -138,6 +142,45 @@ func (e *Env) Start(opts ...server.Option) {
 
 // URL is the device API's base URL.
 func (e *Env) URL() string { return "https://" + e.App.Addr() }
+
+// Seed stops the node, loads fleet straight into its registry
+// (cluster.LoadSynthetic: no Raft commit per record, so 100,000 devices
+// take seconds, not hours) and starts it again, which reads them back.
+func (e *Env) Seed(fleet cluster.SyntheticFleet) {
+	e.T.Helper()
+	e.App.Close()
+	t0 := time.Now()
+	if err := cluster.LoadSynthetic(filepath.Join(e.Dir, "raft"), fleet); err != nil {
+		e.T.Fatalf("seed: %v", err)
+	}
+	e.T.Logf("seeded %d devices and %d attestation records in %s", fleet.Devices, fleet.Attestations, time.Since(t0).Round(time.Millisecond))
+	e.Start()
+}
+
+// AdminCert has the node issue an admin certificate of role for a fresh
+// key, through its admin socket.
+func (e *Env) AdminCert(t testing.TB, role, name string) tls.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := server.NewAdminClient(e.Dir).IssueAdminCert(context.Background(), role, name, csr, time.Hour)
+	if err != nil {
+		t.Fatalf("issue %s certificate: %v", role, err)
+	}
+	var cert tls.Certificate
+	for rest := resp.Chain; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		cert.Certificate = append(cert.Certificate, blk.Bytes)
+	}
+	cert.PrivateKey = key
+	return cert
+}
 
 // Device is a running swtpm with an open go-attestation handle.
 type Device struct {
