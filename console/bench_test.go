@@ -80,24 +80,25 @@ func BenchmarkConsolePages(b *testing.B) {
 	day := fleet.End.Add(-45 * 24 * time.Hour).UTC().Truncate(time.Second)
 	dayQ := "since=" + url.QueryEscape(day.Format(time.RFC3339)) + "&until=" + url.QueryEscape(day.Add(24*time.Hour).Format(time.RFC3339))
 
-	type page struct{ name, path string }
+	// want is an element each page shows when it rendered what was asked.
+	type page struct{ name, path, want string }
 	for _, p := range []page{
-		{"devices/first-page", "/devices"},
-		{"devices/state=quarantined", "/devices?state=quarantined"},
-		{"devices/group=group-07", "/devices?group=group-07"},
-		{"devices/label=site=site-13", "/devices?label=site%3Dsite-13"},
-		{"devices/model=model-3", "/devices?model=model-3"},
-		{"devices/deep-cursor", "/devices?cursor=" + url.QueryEscape(deep)},
-		{"attestations/first-page", "/attestations"},
-		{"attestations/outcome=rejected", "/attestations?outcome=rejected"},
-		{"attestations/code=ek_untrusted", "/attestations?code=ek_untrusted"},
-		{"attestations/device", "/attestations?device=" + someDevice},
-		{"attestations/one-day-45d-ago", "/attestations?" + dayQ},
-		{"device", "/devices/" + someDevice},
-		{"attestation", "/attestations/" + strconv.FormatUint(recs[0].ID, 10)},
+		{"devices/first-page", "/devices", `id="devices"`},
+		{"devices/state=quarantined", "/devices?state=quarantined", `id="devices"`},
+		{"devices/group=group-07", "/devices?group=group-07", `id="devices"`},
+		{"devices/label=site=site-13", "/devices?label=site%3Dsite-13", `id="devices"`},
+		{"devices/model=model-3", "/devices?model=model-3", `id="devices"`},
+		{"devices/deep-cursor", "/devices?cursor=" + url.QueryEscape(deep), `id="devices"`},
+		{"attestations/first-page", "/attestations", `id="attestation-list"`},
+		{"attestations/outcome=rejected", "/attestations?outcome=rejected", `id="attestation-list"`},
+		{"attestations/code=ek_untrusted", "/attestations?code=ek_untrusted", `id="attestation-list"`},
+		{"attestations/device", "/attestations?device=" + someDevice, `id="attestation-list"`},
+		{"attestations/one-day-45d-ago", "/attestations?" + dayQ, `id="attestation-list"`},
+		{"device", "/devices/" + someDevice, `id="certs"`},
+		{"attestation", "/attestations/" + strconv.FormatUint(recs[0].ID, 10), `id="rules"`},
 		// The fleet page counts devices by walking every page of them
 		// until the admin API has an aggregate to ask.
-		{"fleet", "/"},
+		{"fleet", "/", `id="by-state"`},
 	} {
 		b.Run(p.name, func(b *testing.B) {
 			lat := make([]time.Duration, 0, b.N)
@@ -115,8 +116,8 @@ func BenchmarkConsolePages(b *testing.B) {
 				body, err := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				lat = append(lat, time.Since(t))
-				if err != nil || resp.StatusCode != http.StatusOK {
-					b.Fatalf("GET %s: %s %v: %.300s", p.path, resp.Status, err, body)
+				if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(string(body), p.want) {
+					b.Fatalf("GET %s: %s %v, want %s: %.300s", p.path, resp.Status, err, p.want, body)
 				}
 				size = len(body)
 			}

@@ -73,6 +73,7 @@ func decodeBody(r *http.Request, limit int64, v any) error {
 func (a *Appliance) registerRegistryAdmin(add func(role, pattern string, h http.HandlerFunc)) {
 	a.registerImportAdmin(add)
 	a.registerEvidenceAdmin(add)
+	a.registerDeviceCertsAdmin(add)
 	add(ca.RoleOperator, "POST "+adminDevices+"/{id}/labels", func(w http.ResponseWriter, r *http.Request) {
 		var req LabelChange
 		if err := decodeBody(r, 64<<10, &req); err != nil {
@@ -288,19 +289,13 @@ func (a *Appliance) RevokeDevice(ctx context.Context, id, who, reason string) (c
 // attestation record's, and the device record's) and returns how many it
 // revoked now; serials already revoked are skipped.
 func (a *Appliance) revokeSerials(ctx context.Context, id, reason string) (int, error) {
-	dev, err := a.node.Device(id)
+	_, certs, err := a.deviceSerials(id)
 	if err != nil {
 		return 0, err
 	}
-	recs, err := a.node.Attestations(cluster.AttestationQuery{DeviceID: id})
-	if err != nil {
-		return 0, err
-	}
-	serials := append([]string(nil), dev.Serials...)
-	for _, r := range recs {
-		if r.Outcome == cluster.OutcomeAccepted && r.CertificateSerial != "" && !slices.Contains(serials, r.CertificateSerial) {
-			serials = append(serials, r.CertificateSerial)
-		}
+	serials := make([]string, len(certs))
+	for i, c := range certs {
+		serials[i] = c.Serial
 	}
 	n := 0
 	for _, s := range serials {

@@ -1,0 +1,112 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"math/big"
+	"net/http"
+	"net/url"
+	"slices"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+)
+
+// DeviceCertificate is one certificate issued to a device, as GET
+// /admin/v1/devices/{id}/certificates lists it.
+//
+// The appliance does not keep device certificates (ca.authDB stores only
+// admin certificates): it keeps the serial each accepted attestation
+// record reserved before the certificate was signed, the newest
+// certificate's expiry on the device record, and step-ca's revocations.
+// So a certificate's exact notBefore is not known (it was signed just
+// after Committed, backdated by a minute), nor an older certificate's
+// notAfter; and a serial whose signing failed after its commit is listed
+// though no certificate carries it.
+type DeviceCertificate struct {
+	Serial string `json:"serial"` // hex
+	// AttestationID and Stage name the record that reserved the serial, and
+	// Committed its time; zero for a serial known only from the device
+	// record.
+	AttestationID uint64    `json:"attestation_id,omitempty"`
+	Stage         string    `json:"stage,omitempty"`
+	Committed     time.Time `json:"committed,omitzero"`
+	// Current marks the device's newest certificate; NotAfter, its expiry
+	// as recorded when its record committed, is set for it only.
+	Current  bool      `json:"current"`
+	NotAfter time.Time `json:"not_after,omitzero"`
+	// Revoked is step-ca's revocation table's answer for the serial (what
+	// the CRL and mTLS checks use), not the device's state.
+	Revoked bool `json:"revoked"`
+}
+
+// deviceSerials lists every serial issued to a device, oldest first: every
+// accepted attestation record's, then any of the device record's newest
+// serials that no record carries. Revocation revokes exactly these.
+func (a *Appliance) deviceSerials(id string) (cluster.Device, []DeviceCertificate, error) {
+	dev, err := a.node.Device(id)
+	if err != nil {
+		return cluster.Device{}, nil, err
+	}
+	recs, err := a.node.Attestations(cluster.AttestationQuery{DeviceID: id}) // newest first
+	if err != nil {
+		return cluster.Device{}, nil, err
+	}
+	var out []DeviceCertificate
+	seen := map[string]bool{}
+	for _, r := range slices.Backward(recs) {
+		if r.Outcome == cluster.OutcomeAccepted && r.CertificateSerial != "" && !seen[r.CertificateSerial] {
+			seen[r.CertificateSerial] = true
+			out = append(out, DeviceCertificate{Serial: r.CertificateSerial, AttestationID: r.ID, Stage: r.Stage, Committed: r.Time})
+		}
+	}
+	for _, s := range dev.Serials {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, DeviceCertificate{Serial: s})
+		}
+	}
+	return dev, out, nil
+}
+
+// DeviceCertificates lists the certificates issued to a device, oldest
+// first, each with step-ca's revoked status (see DeviceCertificate for
+// what is and is not known about them).
+func (a *Appliance) DeviceCertificates(id string) ([]DeviceCertificate, error) {
+	dev, certs, err := a.deviceSerials(id)
+	if err != nil {
+		return nil, err
+	}
+	for i := range certs {
+		c := &certs[i]
+		serial, ok := new(big.Int).SetString(c.Serial, 16)
+		if !ok {
+			return nil, fmt.Errorf("device %s: bad serial %q in the registry", id, c.Serial)
+		}
+		if c.Revoked, err = a.ca.IsRevoked(serial); err != nil {
+			return nil, err
+		}
+		if c.Serial == dev.CertificateSerial {
+			c.Current, c.NotAfter = true, dev.CertificateNotAfter
+		}
+	}
+	if certs == nil {
+		certs = []DeviceCertificate{}
+	}
+	return certs, nil
+}
+
+func (a *Appliance) registerDeviceCertsAdmin(add func(role, pattern string, h http.HandlerFunc)) {
+	add(ca.RoleAuditor, "GET "+adminDevices+"/{id}/certificates", a.read(func(w http.ResponseWriter, r *http.Request) {
+		certs, err := a.DeviceCertificates(r.PathValue("id"))
+		writeResult(w, http.StatusOK, certs, a.adminErr(err))
+	}))
+}
+
+// DeviceCertificates lists the certificates issued to a device, oldest
+// first, with their revoked status.
+func (c *AdminClient) DeviceCertificates(ctx context.Context, id string) ([]DeviceCertificate, error) {
+	var certs []DeviceCertificate
+	return certs, c.get(ctx, adminDevices+"/"+url.PathEscape(id)+"/certificates", &certs)
+}
