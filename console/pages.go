@@ -315,12 +315,6 @@ func ops(st string) []string {
 	return nil
 }
 
-type certRow struct {
-	Serial  string
-	Current bool
-	Revoked bool
-}
-
 func (s *Server) device(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	d, err := s.client.Device(ctx, r.PathValue("id"))
@@ -333,10 +327,12 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	var certs []certRow
-	for _, serial := range d.Serials {
-		// A revoked device's certificates are all on the CRL.
-		certs = append(certs, certRow{Serial: serial, Current: serial == d.CertificateSerial, Revoked: d.Status == cluster.DeviceRevoked})
+	// Revoked is the CA's answer per serial: a device whose revocation
+	// was interrupted after its state change still has valid certificates.
+	certs, err := s.client.DeviceCertificates(ctx, d.ID)
+	if err != nil {
+		s.fail(w, r, err)
+		return
 	}
 	var labels []count
 	keys := make([]string, 0, len(d.Labels))
@@ -357,7 +353,7 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, http.StatusOK, "device", "Device "+d.ID, struct {
 		Device       cluster.Device
 		Ops          []string
-		Certs        []certRow
+		Certs        []server.DeviceCertificate
 		Labels       []count
 		Config       string
 		Attestations []cluster.AttestationRecord
