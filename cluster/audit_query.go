@@ -159,3 +159,15 @@ func (n *Node) QueryAudit(q AuditQuery) ([]AuditEntry, string, error) {
 	})
 	return out, next, err
 }
+
+// AuditTypes lists the entry types the registry appends (the appliance may
+// append others through AppendAudit, e.g. admin.certificate_issued).
+func AuditTypes() []string {
+	ts := []string{AuditEnrollmentAccepted, AuditEnrollmentPending, AuditEnrollmentRejected, AuditRenewalAccepted,
+		AuditDeviceState, AuditDeviceLabels, AuditDeviceConfig, AuditDeviceFlag, AuditPolicyApplied, AuditMemberSet,
+		AuditJoinTokenCreated, AuditJoinTokenUsed, AuditCheckpoint, AuditEnrollmentImport, AuditEnrollmentDelete,
+		AuditAdminDenied, AuditTLSRefused, AuditMemberRemoved, AuditLeaderTransfer, AuditRegistryRestore,
+		AuditEKRootAdded, AuditEKRootRemoved, AuditEKRootsSeeded, AuditRetentionCompacted, AuditAdmissionRefused, AuditSettings}
+	slices.Sort(ts)
+	return ts
+}

@@ -15,7 +15,6 @@ import (
 	"github.com/spf13/cobra"
 	"go.step.sm/crypto/pemutil"
 
-	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
 	"github.com/gatehouse-dev/gatehouse/server"
 )
@@ -304,10 +303,6 @@ func verifyAuditFile(path, rootFile, keyCertFile string, opts ...cluster.VerifyO
 		return cluster.AuditReport{}, "", err
 	}
 	defer f.Close()
-	h, lines, err := cluster.ReadAudit(f)
-	if err != nil {
-		return cluster.AuditReport{}, "", fmt.Errorf("%s: %w", path, err)
-	}
 	rootPEM, err := os.ReadFile(rootFile)
 	if err != nil {
 		return cluster.AuditReport{}, "", err
@@ -316,25 +311,21 @@ func verifyAuditFile(path, rootFile, keyCertFile string, opts ...cluster.VerifyO
 	if err != nil {
 		return cluster.AuditReport{}, "", fmt.Errorf("%s: %w", rootFile, err)
 	}
-	chainPEM := []byte(h.KeyCertificate)
-	if keyCertFile != "" {
-		if chainPEM, err = os.ReadFile(keyCertFile); err != nil {
-			return cluster.AuditReport{}, "", err
+	rep, key, err := server.VerifyAuditExport(f, root, func(header []byte) ([]byte, error) {
+		if keyCertFile != "" {
+			return os.ReadFile(keyCertFile)
 		}
+		return header, nil
+	}, opts...)
+	switch {
+	case errors.Is(err, server.ErrAuditExportUnreadable):
+		return rep, "", fmt.Errorf("%s: %w", path, err)
+	case errors.Is(err, server.ErrNoAuditKeyCert):
+		return rep, "", fmt.Errorf("%w: a CSV export needs --key-cert (gatehouse audit key)", err)
+	case err != nil:
+		return rep, "", err
 	}
-	if len(chainPEM) == 0 {
-		return cluster.AuditReport{}, "", errors.New("no audit key certificate: a CSV export needs --key-cert (gatehouse audit key)")
-	}
-	chain, err := pemutil.ParseCertificateBundle(chainPEM)
-	if err != nil {
-		return cluster.AuditReport{}, "", fmt.Errorf("audit key certificate: %w", err)
-	}
-	key, err := ca.VerifyAuditKey(chain, root)
-	if err != nil {
-		return cluster.AuditReport{}, "", err
-	}
-	rep := cluster.VerifyAudit(lines, key, opts...)
-	return rep, fmt.Sprintf("%s, certified under %s (%s)", cluster.KeyID(key)[:16], root.Subject.CommonName, filepath.Base(rootFile)), nil
+	return rep, fmt.Sprintf("%s (%s)", key, filepath.Base(rootFile)), nil
 }
 
 func enrollmentsCmd() *cobra.Command {
