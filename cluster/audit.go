@@ -130,7 +130,10 @@ func appendAudit(tx *bolt.Tx, at time.Time, typ, actor, subject string, detail a
 		e.Detail = string(bytes.TrimRight(buf.Bytes(), "\n"))
 	}
 	e.Hash = e.ComputeHash()
-	return putJSON(b, be64(e.Seq), e)
+	if err := putJSON(b, be64(e.Seq), e); err != nil {
+		return err
+	}
+	return putEntries(tx, auditIndexEntries(e))
 }
 
 // appendAuditCmd appends an entry the appliance decided on (an admin

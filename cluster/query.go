@@ -45,8 +45,13 @@ var (
 	bIxAttCode    = []byte("ix_attestation_code")
 	bIxAttGroup   = []byte("ix_attestation_group")
 	bIxAttDevice  = []byte("ix_attestation_device")
+	bIxAudTime    = []byte("ix_audit_time")
+	bIxAudType    = []byte("ix_audit_type")
+	bIxAudActor   = []byte("ix_audit_actor")  // the actor and its name (auditActorKeys)
+	bIxAudDevice  = []byte("ix_audit_device") // Subject of device entries (auditDeviceTypes)
 
-	indexBuckets = [][]byte{bIxDevState, bIxDevGroup, bIxDevLabel, bIxDevFlag, bIxDevModel, bIxAttTime, bIxAttOutcome, bIxAttCode, bIxAttGroup, bIxAttDevice}
+	indexBuckets = [][]byte{bIxDevState, bIxDevGroup, bIxDevLabel, bIxDevFlag, bIxDevModel, bIxAttTime, bIxAttOutcome, bIxAttCode, bIxAttGroup, bIxAttDevice,
+		bIxAudTime, bIxAudType, bIxAudActor, bIxAudDevice}
 
 	// keyIndexMark (in meta) is indexVersion and the applied index the
 	// indexes are current at; ApplyBatch moves it with the applied index.
@@ -54,8 +59,8 @@ var (
 )
 
 // indexVersion changes when the index layout does: a data directory with
-// another version is rebuilt when opened.
-const indexVersion = 1
+// another version is rebuilt when opened. 2: the audit indexes.
+const indexVersion = 2
 
 // Paging bounds of the list queries.
 const (
@@ -232,7 +237,8 @@ func rebuildIndexes(tx *bolt.Tx) error {
 	return forEachPrimary(tx, func(es []ixEntry) error { return putEntries(tx, es) })
 }
 
-// forEachPrimary hands fn the index entries every device and record implies.
+// forEachPrimary hands fn the index entries every device, record and
+// audit entry implies.
 func forEachPrimary(tx *bolt.Tx, fn func([]ixEntry) error) error {
 	err := tx.Bucket(bDevices).ForEach(func(_, v []byte) error {
 		var d Device
@@ -244,12 +250,22 @@ func forEachPrimary(tx *bolt.Tx, fn func([]ixEntry) error) error {
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(bAttestations).ForEach(func(_, v []byte) error {
+	err = tx.Bucket(bAttestations).ForEach(func(_, v []byte) error {
 		var a AttestationRecord
 		if err := json.Unmarshal(v, &a); err != nil {
 			return err
 		}
 		return fn(attestationIndexEntries(a))
+	})
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bAudit).ForEach(func(_, v []byte) error {
+		var e AuditEntry
+		if err := json.Unmarshal(v, &e); err != nil {
+			return err
+		}
+		return fn(auditIndexEntries(e))
 	})
 }
 
@@ -433,6 +449,7 @@ func predecessor(k []byte) []byte {
 const (
 	cursorDevices      = 'd'
 	cursorAttestations = 'a'
+	cursorAudit        = 'u'
 )
 
 func encodeCursor(kind byte, sk []byte) string {
@@ -441,7 +458,7 @@ func encodeCursor(kind byte, sk []byte) string {
 
 func decodeCursor(kind byte, s string) ([]byte, error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 2 || b[0] != kind || kind == cursorAttestations && len(b) != 17 {
+	if err != nil || len(b) < 2 || b[0] != kind || (kind == cursorAttestations || kind == cursorAudit) && len(b) != 17 {
 		return nil, fmt.Errorf("%w: %q", ErrBadCursor, s)
 	}
 	return b[1:], nil
@@ -630,29 +647,13 @@ func (n *Node) QueryAttestations(q AttestationFilter) ([]AttestationRecord, stri
 	if err := q.Check(); err != nil {
 		return nil, "", err
 	}
-	var start []byte // nil: from the newest
-	if !q.Until.IsZero() {
-		start = append(timeKey(q.Until), bytes.Repeat([]byte{0xff}, 8)...)
-	}
-	if q.Cursor != "" {
-		c, err := decodeCursor(cursorAttestations, q.Cursor)
-		if err != nil {
-			return nil, "", err
-		}
-		if c = predecessor(c); c == nil {
-			return []AttestationRecord{}, "", nil
-		}
-		if start == nil || bytes.Compare(c, start) < 0 {
-			start = c
-		}
-	}
-	var floor []byte
-	if !q.Since.IsZero() {
-		floor = append(timeKey(q.Since), make([]byte, 8)...)
+	start, floor, done, err := timeWindow(cursorAttestations, q.Since, q.Until, q.Cursor)
+	if err != nil || done {
+		return []AttestationRecord{}, "", err
 	}
 	limit := pageLimit(q.Limit)
 	out, next := []AttestationRecord{}, ""
-	err := n.fsm.view(func(tx *bolt.Tx) error {
+	err = n.fsm.view(func(tx *bolt.Tx) error {
 		var cs []*ixCursor
 		add := func(b []byte, v string) { cs = append(cs, newIxCursor(tx, b, lp(v))) }
 		if q.Outcome != "" {
@@ -695,6 +696,32 @@ func (n *Node) QueryAttestations(q AttestationFilter) ([]AttestationRecord, stri
 		})
 	})
 	return out, next, err
+}
+
+// timeWindow is where a newest-first walk over (time, id) sort keys starts
+// (inclusive; nil: the newest) and the least key it may emit (nil: none):
+// the until bound and the cursor, whichever is lower, and since. done: the
+// cursor was the oldest key, nothing follows.
+func timeWindow(kind byte, since, until time.Time, cursor string) (start, floor []byte, done bool, err error) {
+	if !until.IsZero() {
+		start = append(timeKey(until), bytes.Repeat([]byte{0xff}, 8)...)
+	}
+	if cursor != "" {
+		c, err := decodeCursor(kind, cursor)
+		if err != nil {
+			return nil, nil, false, err
+		}
+		if c = predecessor(c); c == nil {
+			return nil, nil, true, nil
+		}
+		if start == nil || bytes.Compare(c, start) < 0 {
+			start = c
+		}
+	}
+	if !since.IsZero() {
+		floor = append(timeKey(since), make([]byte, 8)...)
+	}
+	return start, floor, false, nil
 }
 
 // pageBucket decodes one page of bucket b's values in key order (desc:

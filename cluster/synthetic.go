@@ -33,11 +33,50 @@ import (
 // of those from an unregistered EK (no device ID, no policy group); the
 // others are accepted renewals. Every accepted or pending record carries
 // its device's group as the deciding policy group.
+//
+// Audit (optional, default none): that many audit entries, one hash chain
+// from seq 1 (appended as apply appends them, with their indexes), times
+// spread evenly over the Span, in groups of ten: seven mirror records
+// round robin (enrollment.accepted/pending/rejected or renewal.accepted,
+// actor device:ID or unauthenticated, with the record's summary), then a
+// device.state and a device.labels by admin:operator-0 … operator-4
+// (operator), and an admin.denied by admin:auditor-0 … auditor-2 (auditor).
+// The chain holds no checkpoint.
 type SyntheticFleet struct {
 	Devices      int
 	Attestations int
+	Audit        int
 	End          time.Time
 	Span         time.Duration
+}
+
+// appendAuditEntry appends synthetic audit entry k (0-based) of fleet s.
+func (s SyntheticFleet) appendAuditEntry(tx *bolt.Tx, k int, devs []Device) error {
+	t := s.End.Add(-s.Span).Add(time.Duration(float64(s.Span) * float64(k) / float64(max(s.Audit, 1))))
+	d := devs[k%len(devs)]
+	switch r := k % 10; {
+	case r < 7 && s.Attestations > 0:
+		a := s.record((k/10*7+r)%s.Attestations, devs)
+		typ, actor := AuditEnrollmentAccepted, "device:"+a.DeviceID
+		switch {
+		case a.Outcome == OutcomeRejected:
+			typ = AuditEnrollmentRejected
+			if a.DeviceID == "" {
+				actor = "unauthenticated"
+			}
+		case a.Outcome == OutcomePending:
+			typ = AuditEnrollmentPending
+		case a.Stage == "renew":
+			typ = AuditRenewalAccepted
+		}
+		return appendAudit(tx, t, typ, actor, a.DeviceID, attestationSummary(a))
+	case r == 9:
+		return appendAudit(tx, t, AuditAdminDenied, fmt.Sprintf("admin:auditor-%d(auditor)", k/10%3), "/admin/v1/devices/"+d.ID+"/revoke", map[string]string{"role": "auditor", "need": "operator"})
+	case r == 8:
+		return appendAudit(tx, t, AuditDeviceLabels, fmt.Sprintf("admin:operator-%d(operator)", k/10%5), d.ID, map[string]any{"set": d.Labels})
+	default:
+		return appendAudit(tx, t, AuditDeviceState, fmt.Sprintf("admin:operator-%d(operator)", k/10%5), d.ID, map[string]string{"op": OpQuarantine, "reason": "synthetic"})
+	}
 }
 
 var syntheticStates = []struct {
@@ -118,7 +157,8 @@ func (s SyntheticFleet) record(j int, devs []Device) AttestationRecord {
 // directory is dataDir (the cluster's, which holds fsm.db) while the node
 // is closed, through the same writes (and index maintenance) as apply.
 //
-// It bypasses Raft and the audit log: for benchmarks and tests on a single
+// It bypasses Raft (and writes audit entries only when s.Audit asks for
+// them, not for its devices and records): for benchmarks and tests on a single
 // node only. Other replicas never see the records, and the state hash
 // differs from theirs. Record IDs start at SyntheticIDBase; the applied
 // index does not move.
@@ -133,7 +173,10 @@ func LoadSynthetic(dataDir string, s SyntheticFleet) error {
 		devs[i] = SyntheticDevice(i)
 	}
 	const batch = 20000
-	for lo := 0; lo < max(s.Devices, s.Attestations); lo += batch {
+	if s.Audit > 0 && s.Devices == 0 {
+		return fmt.Errorf("load synthetic registry: audit entries need devices")
+	}
+	for lo := 0; lo < max(s.Devices, s.Attestations, s.Audit); lo += batch {
 		err := f.db.Update(func(tx *bolt.Tx) error {
 			for i := lo; i < lo+batch && i < s.Devices; i++ {
 				d := devs[i]
@@ -145,6 +188,11 @@ func LoadSynthetic(dataDir string, s SyntheticFleet) error {
 			}
 			for j := lo; j < lo+batch && j < s.Attestations; j++ {
 				if err := putAttestation(tx, s.record(j, devs)); err != nil {
+					return err
+				}
+			}
+			for k := lo; k < lo+batch && k < s.Audit; k++ {
+				if err := s.appendAuditEntry(tx, k, devs); err != nil {
 					return err
 				}
 			}

@@ -2,36 +2,21 @@ package console
 
 import (
 	"bytes"
-	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
+	"net/url"
 	"strings"
 	"time"
 
-	"go.step.sm/crypto/pemutil"
-
-	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
+	"github.com/gatehouse-dev/gatehouse/server"
 )
-
-// auditShown bounds the entries one audit page lists.
-const auditShown = 500
 
 type auditFilter struct {
 	Type, Actor, Device, Since, Until string
-}
-
-func (f auditFilter) match(e cluster.AuditEntry, since, until time.Time) bool {
-	return (f.Type == "" || e.Type == f.Type) &&
-		(f.Actor == "" || strings.Contains(e.Actor, f.Actor)) &&
-		(f.Device == "" || e.Subject == f.Device) &&
-		(since.IsZero() || !e.Time.Before(since)) &&
-		(until.IsZero() || e.Time.Before(until))
 }
 
 func parseTime(s string) (time.Time, error) {
@@ -41,17 +26,8 @@ func parseTime(s string) (time.Time, error) {
 	return time.Parse(time.RFC3339, s)
 }
 
-// export reads the cluster's audit log from since on (it signs the head
-// first, so the export ends on a checkpoint).
-func (s *Server) export(ctx context.Context, since time.Time) (cluster.AuditHeader, []cluster.AuditLine, []byte, error) {
-	var buf bytes.Buffer
-	if err := s.client.ExportAudit(ctx, since, cluster.AuditJSONL, &buf); err != nil {
-		return cluster.AuditHeader{}, nil, nil, err
-	}
-	h, lines, err := cluster.ReadAudit(bytes.NewReader(buf.Bytes()))
-	return h, lines, buf.Bytes(), err
-}
-
+// audit lists one page of entries, newest first, filtered by the cluster
+// (GET /admin/v1/audit/entries): it never reads the whole log.
 func (s *Server) audit(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := auditFilter{Type: q.Get("type"), Actor: q.Get("actor"), Device: q.Get("device"), Since: q.Get("since"), Until: q.Get("until")}
@@ -61,39 +37,27 @@ func (s *Server) audit(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "since/until: want RFC 3339 times such as 2026-11-01T00:00:00Z", http.StatusBadRequest)
 		return
 	}
-	_, lines, _, err := s.export(r.Context(), since)
+	entries, next, err := s.client.AuditPage(r.Context(), server.AuditFilter{Type: f.Type, Actor: f.Actor, Device: f.Device, Since: since, Until: until},
+		q.Get("cursor"), pageSize)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	var shown []cluster.AuditEntry
-	types := map[string]bool{}
-	more := false
-	for i := len(lines) - 1; i >= 0; i-- { // newest first
-		l := lines[i]
-		if l.Range != nil || l.Err != nil {
-			continue
+	var nextURL string
+	if next != "" {
+		nq := url.Values{}
+		for k, v := range q {
+			nq[k] = v
 		}
-		types[l.Entry.Type] = true
-		if f.match(l.Entry, since, until) {
-			if len(shown) == auditShown {
-				more = true
-				continue
-			}
-			shown = append(shown, l.Entry)
-		}
+		nq.Set("cursor", next)
+		nextURL = "/audit?" + nq.Encode()
 	}
-	var typeList []string
-	for t := range types {
-		typeList = append(typeList, t)
-	}
-	sort.Strings(typeList)
 	s.render(w, r, http.StatusOK, "audit", "Audit log", struct {
 		Filter  auditFilter
 		Types   []string
 		Entries []cluster.AuditEntry
-		More    bool
-	}{f, typeList, shown, more})
+		Next    string
+	}{f, cluster.AuditTypes(), entries, nextURL})
 }
 
 func (s *Server) auditExport(w http.ResponseWriter, r *http.Request) {
@@ -123,46 +87,36 @@ type auditResult struct {
 	Err    string
 }
 
-// verify checks an export as `gatehouse audit verify` does: the audit key
-// must be certified under the appliance root the console trusts (the
-// admin configuration's root), then every hash, link and checkpoint.
-func (s *Server) verify(ctx context.Context, h cluster.AuditHeader, lines []cluster.AuditLine) (cluster.AuditReport, string, error) {
-	chainPEM := []byte(h.KeyCertificate)
-	if len(chainPEM) == 0 { // CSV: ask the cluster for the key's chain
-		var err error
-		if chainPEM, err = s.client.AuditKey(ctx); err != nil {
-			return cluster.AuditReport{}, "", err
-		}
-	}
-	chain, err := pemutil.ParseCertificateBundle(chainPEM)
-	if err != nil {
-		return cluster.AuditReport{}, "", fmt.Errorf("audit key certificate: %w", err)
-	}
-	var key ed25519.PublicKey
-	if key, err = ca.VerifyAuditKey(chain, s.root); err != nil {
-		return cluster.AuditReport{}, "", err
-	}
-	return cluster.VerifyAudit(lines, key), fmt.Sprintf("%s, certified under %s", cluster.KeyID(key)[:16], s.root.Subject.CommonName), nil
-}
-
-func (s *Server) showVerify(w http.ResponseWriter, r *http.Request, source string, h cluster.AuditHeader, lines []cluster.AuditLine) {
+// showVerify checks an export as `gatehouse audit verify` does, through
+// the same core (server.VerifyAuditExport): the audit key must be
+// certified under the appliance root the console trusts (the admin
+// configuration's root), then every hash, link and checkpoint. A CSV
+// export carries no key certificate: the cluster's is used.
+func (s *Server) showVerify(w http.ResponseWriter, r *http.Request, source string, export io.Reader) {
 	res := auditResult{Source: source}
 	var err error
-	if res.Report, res.Key, err = s.verify(r.Context(), h, lines); err != nil {
+	res.Report, res.Key, err = server.VerifyAuditExport(export, s.root, func(header []byte) ([]byte, error) {
+		if len(header) > 0 {
+			return header, nil
+		}
+		return s.client.AuditKey(r.Context())
+	})
+	if err != nil {
 		res.Err = err.Error()
 	}
 	s.render(w, r, http.StatusOK, "auditverify", "Audit verification", res)
 }
 
-// auditVerifyLive verifies the cluster's log from since on.
+// auditVerifyLive verifies the cluster's log from since on (the export
+// signs the head first, so it ends on a checkpoint).
 func (s *Server) auditVerifyLive(w http.ResponseWriter, r *http.Request) {
 	since, err := parseTime(r.URL.Query().Get("since"))
 	if err != nil {
 		http.Error(w, "since: want an RFC 3339 time", http.StatusBadRequest)
 		return
 	}
-	h, lines, _, err := s.export(r.Context(), since)
-	if err != nil {
+	var buf bytes.Buffer
+	if err := s.client.ExportAudit(r.Context(), since, cluster.AuditJSONL, &buf); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -170,7 +124,7 @@ func (s *Server) auditVerifyLive(w http.ResponseWriter, r *http.Request) {
 	if !since.IsZero() {
 		src += " since " + since.UTC().Format(time.RFC3339)
 	}
-	s.showVerify(w, r, src, h, lines)
+	s.showVerify(w, r, src, &buf)
 }
 
 // auditVerifyFile verifies an export the user uploads (one kept from
@@ -182,12 +136,7 @@ func (s *Server) auditVerifyFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
-	h, lines, err := cluster.ReadAudit(io.LimitReader(f, 16<<20))
-	if err != nil {
-		s.render(w, r, http.StatusOK, "auditverify", "Audit verification", auditResult{Source: fh.Filename, Err: err.Error()})
-		return
-	}
-	s.showVerify(w, r, fh.Filename, h, lines)
+	s.showVerify(w, r, fh.Filename, io.LimitReader(f, 16<<20))
 }
 
 // ---- policies

@@ -61,17 +61,33 @@ func attestationFilter(r *http.Request) (cluster.AttestationFilter, error) {
 	q := r.URL.Query()
 	f := cluster.AttestationFilter{Outcome: q.Get("outcome"), Code: q.Get("code"), Group: q.Get("group"),
 		DeviceID: q.Get("device"), Cursor: cursor, Limit: limit}
+	return f, timeParams(r, &f.Since, &f.Until)
+}
+
+// timeParams reads ?since= and ?until= (RFC 3339).
+func timeParams(r *http.Request, since, until *time.Time) (err error) {
 	for _, p := range []struct {
 		name string
 		t    *time.Time
-	}{{"since", &f.Since}, {"until", &f.Until}} {
-		if s := q.Get(p.name); s != "" {
+	}{{"since", since}, {"until", until}} {
+		if s := r.URL.Query().Get(p.name); s != "" {
 			if *p.t, err = time.Parse(time.RFC3339Nano, s); err != nil {
-				return f, malformed(p.name + " must be an RFC 3339 time")
+				return malformed(p.name + " must be an RFC 3339 time")
 			}
 		}
 	}
-	return f, nil
+	return nil
+}
+
+// auditQuery reads GET /admin/v1/audit/entries' filters.
+func auditQuery(r *http.Request) (cluster.AuditQuery, error) {
+	cursor, limit, err := pageParams(r)
+	if err != nil {
+		return cluster.AuditQuery{}, err
+	}
+	q := r.URL.Query()
+	f := cluster.AuditQuery{Type: q.Get("type"), Actor: q.Get("actor"), Device: q.Get("device"), Cursor: cursor, Limit: limit}
+	return f, timeParams(r, &f.Since, &f.Until)
 }
 
 // pageSlice pages a list held in memory (the admin certificates), whose
@@ -133,13 +149,35 @@ func (f AttestationFilter) values() url.Values {
 	setNonEmpty(q, "code", f.Code)
 	setNonEmpty(q, "group", f.Group)
 	setNonEmpty(q, "device", f.Device)
-	if !f.Since.IsZero() {
-		q.Set("since", f.Since.Format(time.RFC3339Nano))
-	}
-	if !f.Until.IsZero() {
-		q.Set("until", f.Until.Format(time.RFC3339Nano))
-	}
+	setTimes(q, f.Since, f.Until)
 	return q
+}
+
+// AuditFilter selects audit entries for AdminClient.AuditPage; the filters
+// combine with AND. Actor is the whole actor or its name (olga for
+// admin:olga(operator)); Device the device of enrollment, renewal and
+// device.* entries.
+type AuditFilter struct {
+	Type, Actor, Device string
+	Since, Until        time.Time
+}
+
+func (f AuditFilter) values() url.Values {
+	q := url.Values{}
+	setNonEmpty(q, "type", f.Type)
+	setNonEmpty(q, "actor", f.Actor)
+	setNonEmpty(q, "device", f.Device)
+	setTimes(q, f.Since, f.Until)
+	return q
+}
+
+func setTimes(q url.Values, since, until time.Time) {
+	if !since.IsZero() {
+		q.Set("since", since.Format(time.RFC3339Nano))
+	}
+	if !until.IsZero() {
+		q.Set("until", until.Format(time.RFC3339Nano))
+	}
 }
 
 func setNonEmpty(q url.Values, k, v string) {
@@ -162,6 +200,15 @@ func (c *AdminClient) AttestationPage(ctx context.Context, f AttestationFilter, 
 	var recs []cluster.AttestationRecord
 	next, err := c.getPage(ctx, adminAttestation, f.values(), cursor, limit, &recs)
 	return recs, next, err
+}
+
+// AuditPage returns one page of audit entries, newest (by time, then seq)
+// first, and the cursor of the next ("" on the last). The entries are as
+// the cluster stores them; only an export verifies them (ExportAudit).
+func (c *AdminClient) AuditPage(ctx context.Context, f AuditFilter, cursor string, limit int) ([]cluster.AuditEntry, string, error) {
+	var es []cluster.AuditEntry
+	next, err := c.getPage(ctx, adminAudit+"/entries", f.values(), cursor, limit, &es)
+	return es, next, err
 }
 
 // allPages collects every page of a list.

@@ -152,6 +152,15 @@ func (a *Appliance) registerRegistryAdmin(add func(role, pattern string, h http.
 		head, err := a.auditHead(r.Context())
 		writeResult(w, http.StatusOK, head, a.errProblem(err))
 	})
+	add(ca.RoleAuditor, "GET "+adminAudit+"/entries", a.read(func(w http.ResponseWriter, r *http.Request) {
+		q, err := auditQuery(r)
+		if err != nil {
+			writeProblem(w, err)
+			return
+		}
+		es, next, err := a.node.QueryAudit(q)
+		writePage(w, r, es, next, a.queryErr(err))
+	}))
 	add(ca.RoleAuditor, "GET "+adminAudit+"/key", func(w http.ResponseWriter, r *http.Request) {
 		_, chain := a.ca.AuditKey()
 		w.Header().Set("Content-Type", "application/pem-certificate-chain")

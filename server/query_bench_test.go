@@ -19,8 +19,9 @@ import (
 
 // BenchmarkAdminQueries measures the latency of the admin API's list and
 // filter queries (the console's pages call the same ones) at scale: 100,000
-// devices and 300,000 attestation records (cluster.SyntheticFleet documents
-// their spread of states, groups, labels, flags, outcomes and codes),
+// devices, 300,000 attestation records and 430,000 audit entries
+// (cluster.SyntheticFleet documents their spread of states, groups, labels,
+// flags, outcomes, codes, entry types and actors),
 // seeded straight into the node's registry (cluster.LoadSynthetic), then
 // asked over HTTPS with an auditor certificate against the live node, as
 // a remote CLI or the console would. Each sub-benchmark reports the p50
@@ -29,7 +30,7 @@ import (
 //	make bench-queries
 //	go test -tags hashicorpmetrics -run '^$' -bench AdminQueries -benchtime 300x -timeout 30m ./server/
 func BenchmarkAdminQueries(b *testing.B) {
-	fleet := cluster.SyntheticFleet{Devices: 100_000, Attestations: 300_000, End: time.Now(), Span: 90 * 24 * time.Hour}
+	fleet := cluster.SyntheticFleet{Devices: 100_000, Attestations: 300_000, Audit: 430_000, End: time.Now(), Span: 90 * 24 * time.Hour}
 	e := newEnv(b)
 	e.Seed(fleet)
 	ctx := context.Background()
@@ -53,7 +54,15 @@ func BenchmarkAdminQueries(b *testing.B) {
 		}
 		deepRecord = next
 	}
-	b.Logf("walked 90 device pages and 250 record pages of 1,000 in %s", time.Since(walk).Round(time.Millisecond))
+	deepAudit := ""
+	for i := 0; i < 350; i++ {
+		_, next, err := c.AuditPage(ctx, server.AuditFilter{}, deepAudit, 1000)
+		if err != nil || next == "" {
+			b.Fatalf("walking audit entries, page %d: %v", i, err)
+		}
+		deepAudit = next
+	}
+	b.Logf("walked 90 device pages, 250 record pages and 350 audit pages of 1,000 in %s", time.Since(walk).Round(time.Millisecond))
 
 	// Timed requests go through a plain client: the test binary's OpenAPI
 	// checker (which wraps every Gatehouse client) is not timed. The walk
@@ -88,6 +97,16 @@ func BenchmarkAdminQueries(b *testing.B) {
 		{"attestations/rejected+code+day", "/admin/v1/attestations?outcome=rejected&code=pcr_mismatch&" + dayQ},
 		{"attestations/empty-intersection", "/admin/v1/attestations?outcome=accepted&code=pcr_mismatch"},
 		{"attestations/deep-cursor", "/admin/v1/attestations?cursor=" + url.QueryEscape(deepRecord)},
+		{"audit/first-page", "/admin/v1/audit/entries"},
+		{"audit/type=device.state", "/admin/v1/audit/entries?type=device.state"},
+		{"audit/type=admin.denied", "/admin/v1/audit/entries?type=admin.denied"},
+		{"audit/actor=operator-3", "/admin/v1/audit/entries?actor=operator-3"},
+		{"audit/device", "/admin/v1/audit/entries?device=" + someDevice},
+		{"audit/since=24h", "/admin/v1/audit/entries?since=" + url.QueryEscape(fleet.End.Add(-24*time.Hour).UTC().Format(time.RFC3339))},
+		{"audit/one-day-45d-ago", "/admin/v1/audit/entries?" + dayQ},
+		{"audit/type+actor+day", "/admin/v1/audit/entries?type=device.labels&actor=operator-1&" + dayQ},
+		{"audit/empty-intersection", "/admin/v1/audit/entries?type=admin.denied&device=" + someDevice},
+		{"audit/deep-cursor", "/admin/v1/audit/entries?cursor=" + url.QueryEscape(deepAudit)},
 	} {
 		b.Run(q.name, func(b *testing.B) {
 			lat := make([]time.Duration, 0, b.N)

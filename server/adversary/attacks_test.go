@@ -758,6 +758,8 @@ func attacks() []Attack {
 	add(trustAttacks()...)
 	// ---- issue 12: a device's certificates ----
 	add(deviceCertsAttacks()...)
+	// ---- issue 12: the audit entries query ----
+	add(auditQueryAttacks()...)
 	return as
 }
 

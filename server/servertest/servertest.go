@@ -153,7 +153,7 @@ func (e *Env) Seed(fleet cluster.SyntheticFleet) {
 	if err := cluster.LoadSynthetic(filepath.Join(e.Dir, "raft"), fleet); err != nil {
 		e.T.Fatalf("seed: %v", err)
 	}
-	e.T.Logf("seeded %d devices and %d attestation records in %s", fleet.Devices, fleet.Attestations, time.Since(t0).Round(time.Millisecond))
+	e.T.Logf("seeded %d devices, %d attestation records and %d audit entries in %s", fleet.Devices, fleet.Attestations, fleet.Audit, time.Since(t0).Round(time.Millisecond))
 	e.Start()
 }
 

@@ -15,7 +15,6 @@ import (
 	"github.com/spf13/cobra"
 	"go.step.sm/crypto/pemutil"
 
-	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
 	"github.com/gatehouse-dev/gatehouse/server"
 )
@@ -292,8 +291,51 @@ one whose entry differs from it head_mismatch.`,
 		},
 	}
 	addOutputFlag(head)
-	c.AddCommand(export, verify, checkpoint, key, head)
+	c.AddCommand(export, verify, checkpoint, key, head, auditListCmd())
 	return c
+}
+
+// auditListCmd is `audit list`: entries filtered and paged by the cluster
+// (GET /admin/v1/audit/entries). What it prints is not verified: export
+// and `audit verify` for that.
+func auditListCmd() *cobra.Command {
+	var f server.AuditFilter
+	var since, until string
+	var pg pageFlags
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List audit entries, newest first, one page at a time (filters combine with AND; unverified: use export + verify for evidence)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if f.Since, err = parseWhen(since); err != nil {
+				return fmt.Errorf("--since: %w", err)
+			}
+			if f.Until, err = parseWhen(until); err != nil {
+				return fmt.Errorf("--until: %w", err)
+			}
+			es, err := collect(&pg, cmd, "entries", func(cursor string) ([]cluster.AuditEntry, string, error) {
+				return adminClient(cmd).AuditPage(cmd.Context(), f, cursor, pg.limit)
+			})
+			if err != nil {
+				return err
+			}
+			return render(cmd, es, func(w io.Writer) {
+				fmt.Fprintln(w, "SEQ\tTIME\tTYPE\tACTOR\tSUBJECT")
+				for _, e := range es {
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339), e.Type, e.Actor, orDash(e.Subject))
+				}
+			})
+		},
+	}
+	list.Flags().StringVar(&f.Type, "type", "", "only entries of this type, e.g. device.state")
+	list.Flags().StringVar(&f.Actor, "actor", "", "only entries by this actor: whole (admin:olga(operator)) or its name (olga; a device or node ID)")
+	list.Flags().StringVar(&f.Device, "device", "", "only enrollment, renewal and device.* entries about this device")
+	list.Flags().StringVar(&since, "since", "", "only entries at or after this time: RFC 3339, or a duration back from now (24h)")
+	list.Flags().StringVar(&until, "until", "", "only entries at or before this time: RFC 3339, or a duration back from now")
+	pg.add(list)
+	addOutputFlag(list)
+	return list
 }
 
 // verifyAuditFile checks an export against the audit key certified under
@@ -304,10 +346,6 @@ func verifyAuditFile(path, rootFile, keyCertFile string, opts ...cluster.VerifyO
 		return cluster.AuditReport{}, "", err
 	}
 	defer f.Close()
-	h, lines, err := cluster.ReadAudit(f)
-	if err != nil {
-		return cluster.AuditReport{}, "", fmt.Errorf("%s: %w", path, err)
-	}
 	rootPEM, err := os.ReadFile(rootFile)
 	if err != nil {
 		return cluster.AuditReport{}, "", err
@@ -316,25 +354,21 @@ func verifyAuditFile(path, rootFile, keyCertFile string, opts ...cluster.VerifyO
 	if err != nil {
 		return cluster.AuditReport{}, "", fmt.Errorf("%s: %w", rootFile, err)
 	}
-	chainPEM := []byte(h.KeyCertificate)
-	if keyCertFile != "" {
-		if chainPEM, err = os.ReadFile(keyCertFile); err != nil {
-			return cluster.AuditReport{}, "", err
+	rep, key, err := server.VerifyAuditExport(f, root, func(header []byte) ([]byte, error) {
+		if keyCertFile != "" {
+			return os.ReadFile(keyCertFile)
 		}
+		return header, nil
+	}, opts...)
+	switch {
+	case errors.Is(err, server.ErrAuditExportUnreadable):
+		return rep, "", fmt.Errorf("%s: %w", path, err)
+	case errors.Is(err, server.ErrNoAuditKeyCert):
+		return rep, "", fmt.Errorf("%w: a CSV export needs --key-cert (gatehouse audit key)", err)
+	case err != nil:
+		return rep, "", err
 	}
-	if len(chainPEM) == 0 {
-		return cluster.AuditReport{}, "", errors.New("no audit key certificate: a CSV export needs --key-cert (gatehouse audit key)")
-	}
-	chain, err := pemutil.ParseCertificateBundle(chainPEM)
-	if err != nil {
-		return cluster.AuditReport{}, "", fmt.Errorf("audit key certificate: %w", err)
-	}
-	key, err := ca.VerifyAuditKey(chain, root)
-	if err != nil {
-		return cluster.AuditReport{}, "", err
-	}
-	rep := cluster.VerifyAudit(lines, key, opts...)
-	return rep, fmt.Sprintf("%s, certified under %s (%s)", cluster.KeyID(key)[:16], root.Subject.CommonName, filepath.Base(rootFile)), nil
+	return rep, fmt.Sprintf("%s (%s)", key, filepath.Base(rootFile)), nil
 }
 
 func enrollmentsCmd() *cobra.Command {
