@@ -756,6 +756,8 @@ func attacks() []Attack {
 	add(opsAttacks()...)
 	// ---- issue 10: identities, admin, joins, audit, revocation, rate limits, backups ----
 	add(trustAttacks()...)
+	// ---- issue 12: the fleet aggregate ----
+	add(fleetAttacks()...)
 	return as
 }
 
