@@ -80,7 +80,7 @@ bench: deps
 bench-queries: deps
 	@mkdir -p build
 	@$(GO) test -run '^$$' -bench 'AdminQueries' -benchtime 300x -timeout 30m -v ./server/ > build/bench-queries.log 2>&1; rc=$$?; \
-	  grep -E '^(devices|attestations)/|seeded|walked|^(ok|FAIL|panic)' build/bench-queries.log; exit $$rc
+	  grep -E '^(devices|attestations|fleet)/|seeded|walked|^(ok|FAIL|panic)' build/bench-queries.log; exit $$rc
 
 # fuzz runs every fuzz target for FUZZTIME each (the seed corpora also run
 # in `make test`). Crashers land in PKG/testdata/fuzz/: commit them.
