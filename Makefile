@@ -82,7 +82,7 @@ bench: deps
 bench-queries: deps
 	@mkdir -p build
 	@$(GO) test -run '^$$' -bench 'AdminQueries' -benchtime 300x -timeout 30m -v ./server/ > build/bench-queries.log 2>&1; rc=$$?; \
-	  grep -E '^(devices|attestations|audit)/|seeded|walked|^(ok|FAIL|panic)' build/bench-queries.log; exit $$rc
+	  grep -E '^(devices|attestations|audit|fleet)/|seeded|walked|^(ok|FAIL|panic)' build/bench-queries.log; exit $$rc
 
 # The console's pages (HTML, through a logged-in session) at the same
 # scale: p50 and p99 per page (see BenchmarkConsolePages).

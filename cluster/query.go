@@ -49,9 +49,10 @@ var (
 	bIxAudType    = []byte("ix_audit_type")
 	bIxAudActor   = []byte("ix_audit_actor")  // the actor and its name (auditActorKeys)
 	bIxAudDevice  = []byte("ix_audit_device") // Subject of device entries (auditDeviceTypes)
+	bIxCounts     = []byte("ix_counts") // counters, not keys: see fleet.go
 
 	indexBuckets = [][]byte{bIxDevState, bIxDevGroup, bIxDevLabel, bIxDevFlag, bIxDevModel, bIxAttTime, bIxAttOutcome, bIxAttCode, bIxAttGroup, bIxAttDevice,
-		bIxAudTime, bIxAudType, bIxAudActor, bIxAudDevice}
+		bIxAudTime, bIxAudType, bIxAudActor, bIxAudDevice, bIxCounts}
 
 	// keyIndexMark (in meta) is indexVersion and the applied index the
 	// indexes are current at; ApplyBatch moves it with the applied index.
@@ -59,8 +60,9 @@ var (
 )
 
 // indexVersion changes when the index layout does: a data directory with
-// another version is rebuilt when opened. 2: the audit indexes.
-const indexVersion = 2
+// another version is rebuilt when opened. 2: the audit indexes, or the
+// fleet counters (ix_counts); 3: both.
+const indexVersion = 3
 
 // Paging bounds of the list queries.
 const (
@@ -115,11 +117,12 @@ type ixEntry struct {
 // deviceIndexEntries are the index keys of d. A device ID longer than
 // MaxIndexedValue leaves the device out of every index but the primary.
 func deviceIndexEntries(d Device) []ixEntry {
+	cs := deviceCounterEntries(d)
 	id := []byte(d.ID)
 	if len(id) > MaxIndexedValue {
-		return nil
+		return cs
 	}
-	out := ixAdd(nil, bIxDevState, d.Status, id)
+	out := ixAdd(cs, bIxDevState, d.Status, id)
 	if d.Group != "" {
 		out = ixAdd(out, bIxDevGroup, d.Group, id)
 	}
@@ -137,7 +140,8 @@ func deviceIndexEntries(d Device) []ixEntry {
 
 func attestationIndexEntries(a AttestationRecord) []ixEntry {
 	sk := attSortKey(a)
-	out := ixAdd([]ixEntry{{bIxAttTime, sk}}, bIxAttOutcome, a.Outcome, sk)
+	out := append(attestationCounterEntries(a), ixEntry{bIxAttTime, sk})
+	out = ixAdd(out, bIxAttOutcome, a.Outcome, sk)
 	if a.Code != "" {
 		out = ixAdd(out, bIxAttCode, a.Code, sk)
 	}
@@ -162,6 +166,12 @@ func checkIndexable(vs ...string) error {
 
 func putEntries(tx *bolt.Tx, es []ixEntry) error {
 	for _, e := range es {
+		if bytes.Equal(e.bucket, bIxCounts) {
+			if err := addCount(tx, e.key, 1); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := tx.Bucket(e.bucket).Put(e.key, nil); err != nil {
 			return err
 		}
@@ -171,6 +181,12 @@ func putEntries(tx *bolt.Tx, es []ixEntry) error {
 
 func deleteEntries(tx *bolt.Tx, es []ixEntry) error {
 	for _, e := range es {
+		if bytes.Equal(e.bucket, bIxCounts) {
+			if err := addCount(tx, e.key, -1); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := tx.Bucket(e.bucket).Delete(e.key); err != nil {
 			return err
 		}
@@ -282,15 +298,25 @@ func (f *fsm) verifyIndexes() error {
 		for _, b := range indexBuckets {
 			want[string(b)] = map[string]bool{}
 		}
+		wantCounts := map[string]uint64{}
 		if err := forEachPrimary(tx, func(es []ixEntry) error {
 			for _, e := range es {
 				want[string(e.bucket)][string(e.key)] = true
+				if bytes.Equal(e.bucket, bIxCounts) {
+					wantCounts[string(e.key)]++
+				}
 			}
 			return nil
 		}); err != nil {
 			return err
 		}
+		if err := verifyCounts(tx, wantCounts); err != nil {
+			return err
+		}
 		for _, b := range indexBuckets {
+			if bytes.Equal(b, bIxCounts) {
+				continue
+			}
 			bk := tx.Bucket(b)
 			if bk == nil {
 				return fmt.Errorf("%w: bucket %s missing", ErrIndexMismatch, b)

@@ -229,6 +229,16 @@ func TestBrowser(t *testing.T) {
 		if q := text(t, aud, "#queue"); !strings.Contains(q, pendingID) {
 			t.Fatalf("approval queue %q lacks %s", q, pendingID)
 		}
+		// The counts come from the cluster's counters (GET /admin/v1/fleet).
+		if n := text(t, aud, "#queue-length"); n != "1" {
+			t.Fatalf("approval queue length %q, want 1", n)
+		}
+		if l := text(t, aud, "#legend"); !strings.Contains(l, api.CodePolicyDenied+" (1)") || !strings.Contains(l, "accepted (1)") {
+			t.Fatalf("chart legend %q: want one accepted enrollment and one %s refusal", l, api.CodePolicyDenied)
+		}
+		if st := text(t, aud, "#by-state"); !strings.Contains(st, "pending") || !strings.Contains(st, "total") {
+			t.Fatalf("devices by state %q", st)
+		}
 		shot(t, aud, "fleet")
 		// The devices list, filtered by state on the server.
 		run(t, aud, "pending devices", chromedp.Navigate(audS.URL()+"/devices?state=pending"), chromedp.WaitVisible(chromedp.CSS("#devices")))

@@ -5,13 +5,13 @@ import (
 	"html/template"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
 // The fleet chart: one bar per hour over the last 24 hours, accepted
-// enrollments stacked under refusals broken down by code. It is an
+// enrollments stacked under refusals broken down by code, drawn from the
+// hourly counts of GET /admin/v1/fleet. It is an
 // inline SVG rendered here, so the page needs no JavaScript.
 
 var palette = []string{"#c0392b", "#e67e22", "#8e44ad", "#d35400", "#7f8c8d", "#b03a2e", "#af601a", "#6c3483"}
@@ -23,16 +23,12 @@ type legend struct {
 	N           int
 }
 
-func hourOf(rec cluster.AttestationRecord, since time.Time) int {
-	return int(rec.Time.Sub(since) / time.Hour)
-}
-
-// refusalCodes are the refusal codes in recs since since, most frequent first.
-func refusalCodes(recs []cluster.AttestationRecord, since time.Time) []legend {
+// refusalCodes are the refusal codes of hours, most frequent first.
+func refusalCodes(hours []cluster.FleetHour) []legend {
 	n := map[string]int{}
-	for _, r := range recs {
-		if r.Outcome == cluster.OutcomeRejected && !r.Time.Before(since) {
-			n[orDefault(r.Code, "unknown")]++
+	for _, h := range hours {
+		for c, k := range h.Refusals {
+			n[orDefault(c, "unknown")] += k
 		}
 	}
 	var out []legend
@@ -46,52 +42,39 @@ func refusalCodes(recs []cluster.AttestationRecord, since time.Time) []legend {
 	return out
 }
 
-func legendOf(recs []cluster.AttestationRecord, since time.Time) []legend {
-	return append([]legend{{Name: "accepted", Color: acceptedColor, N: countOutcome(recs, since, cluster.OutcomeAccepted)}}, refusalCodes(recs, since)...)
+func legendOf(hours []cluster.FleetHour) []legend {
+	acc, _ := totals(hours)
+	return append([]legend{{Name: "accepted", Color: acceptedColor, N: acc}}, refusalCodes(hours)...)
 }
 
-func countOutcome(recs []cluster.AttestationRecord, since time.Time, outcome string) int {
-	n := 0
-	for _, r := range recs {
-		if r.Outcome == outcome && !r.Time.Before(since) {
-			n++
-		}
+// totals are the accepted and the refused records of hours.
+func totals(hours []cluster.FleetHour) (accepted, rejected int) {
+	for _, h := range hours {
+		accepted += h.Accepted
+		rejected += h.Rejected
 	}
-	return n
+	return accepted, rejected
 }
 
-func chart(recs []cluster.AttestationRecord, since, now time.Time) template.HTML {
-	const hours, barW, gap, height, top, bottom, left = 24, 24, 6, 160, 10, 30, 36
+func chart(hours []cluster.FleetHour) template.HTML {
+	const barW, gap, height, top, bottom, left = 24, 6, 160, 10, 30, 36
 	colors := map[string]string{}
-	for _, l := range refusalCodes(recs, since) {
+	for _, l := range refusalCodes(hours) {
 		colors[l.Name] = l.Color
 	}
 	type stack map[string]int // "accepted" or a code → count
-	bars := make([]stack, hours)
-	for i := range bars {
-		bars[i] = stack{}
-	}
+	bars := make([]stack, len(hours))
 	peak := 1
-	for _, r := range recs {
-		h := hourOf(r, since)
-		if h < 0 || h >= hours || r.Time.After(now) {
-			continue
-		}
-		switch r.Outcome {
-		case cluster.OutcomeAccepted:
-			bars[h]["accepted"]++
-		case cluster.OutcomeRejected:
-			bars[h][orDefault(r.Code, "unknown")]++
-		}
-	}
-	for _, b := range bars {
-		t := 0
-		for _, n := range b {
+	for i, h := range hours {
+		bars[i] = stack{"accepted": h.Accepted}
+		t := h.Accepted
+		for c, n := range h.Refusals {
+			bars[i][orDefault(c, "unknown")] += n
 			t += n
 		}
 		peak = max(peak, t)
 	}
-	width := left + hours*(barW+gap)
+	width := left + len(hours)*(barW+gap)
 	var sb strings.Builder
 	fmt.Fprintf(&sb, `<svg class="chart" role="img" aria-label="enrollments and refusals per hour" viewBox="0 0 %d %d" width="%d" height="%d">`, width, height+top+bottom, width, height+top+bottom)
 	fmt.Fprintf(&sb, `<text x="0" y="%d" class="axis">%d</text><text x="0" y="%d" class="axis">0</text>`, top+10, peak, top+height)
@@ -122,10 +105,10 @@ func chart(recs []cluster.AttestationRecord, since, now time.Time) template.HTML
 				c = colors[k]
 			}
 			fmt.Fprintf(&sb, `<rect x="%d" y="%d" width="%d" height="%d" fill="%s"><title>%s: %d %s</title></rect>`,
-				x, y, barW, hgt, c, since.Add(time.Duration(i)*time.Hour).Format("15:04"), n, template.HTMLEscapeString(k))
+				x, y, barW, hgt, c, hours[i].Start.Format("15:04"), n, template.HTMLEscapeString(k))
 		}
 		if i%3 == 0 {
-			fmt.Fprintf(&sb, `<text x="%d" y="%d" class="axis">%s</text>`, x, top+height+18, since.Add(time.Duration(i)*time.Hour).Format("15h"))
+			fmt.Fprintf(&sb, `<text x="%d" y="%d" class="axis">%s</text>`, x, top+height+18, hours[i].Start.Format("15h"))
 		}
 	}
 	sb.WriteString(`</svg>`)

@@ -36,6 +36,9 @@ func (f *fakeAdmin) start(t *testing.T) *server.AdminClient {
 	})
 	mux.HandleFunc("GET /admin/v1/devices", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("[]")) })
 	mux.HandleFunc("GET /admin/v1/attestations", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("[]")) })
+	mux.HandleFunc("GET /admin/v1/fleet", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(cluster.FleetCounts{ByState: map[string]int{}, ByGroup: map[string]int{}, Hours: []cluster.FleetHour{}})
+	})
 	mux.HandleFunc("GET /admin/v1/policy/history", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("[]")) })
 	mux.HandleFunc("POST /admin/v1/devices/{id}/{op}", func(w http.ResponseWriter, r *http.Request) {
 		f.ops.Add(1)

@@ -161,73 +161,52 @@ func (s *Server) fleet(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	// The counts walk every page (the list endpoints page by default);
-	// the admin API has no aggregate to ask instead.
-	byState, byGroup := map[string]int{}, map[string]int{}
-	var queue []cluster.Device
-	total := 0
-	for cursor := ""; ; {
-		devs, next, err := s.client.DevicePage(ctx, server.DeviceFilter{}, cursor, cluster.MaxPageLimit)
-		if err != nil {
-			s.fail(w, r, err)
-			return
-		}
-		for _, d := range devs {
-			total++
-			byState[d.Status]++
-			byGroup[orNone(d.Group)]++
-			if d.Status == cluster.DevicePending && len(queue) < 100 {
-				queue = append(queue, d)
-			}
-		}
-		if next == "" || next == cursor {
-			break
-		}
-		cursor = next
+	// The counts and the chart come from the cluster's counters
+	// (GET /admin/v1/fleet); the lists below them are one indexed page each.
+	fc, err := s.client.Fleet(ctx, chartHours)
+	if err != nil {
+		s.fail(w, r, err)
+		return
 	}
-	now := s.now().UTC()
-	since := now.Truncate(time.Hour).Add(-23 * time.Hour)
-	// The chart walks the day's records page by page, up to chartMax.
-	var recs []cluster.AttestationRecord
-	capped := false
-	for cursor := ""; ; {
-		page, next, err := s.client.AttestationPage(ctx, server.AttestationFilter{Since: since}, cursor, cluster.MaxPageLimit)
-		if err != nil {
-			s.fail(w, r, err)
-			return
-		}
-		recs = append(recs, page...)
-		if next == "" || next == cursor {
-			break
-		}
-		if len(recs) >= chartMax {
-			capped = true
-			break
-		}
-		cursor = next
+	byGroup := map[string]int{}
+	for g, n := range fc.ByGroup {
+		byGroup[orNone(g)] += n
 	}
-	var refusals []cluster.AttestationRecord // newest first
-	for _, rec := range recs {
-		if rec.Outcome == cluster.OutcomeRejected && len(refusals) < 20 {
-			refusals = append(refusals, rec)
-		}
+	queue, _, err := s.client.DevicePage(ctx, server.DeviceFilter{State: cluster.DevicePending}, "", queueMax)
+	if err != nil {
+		s.fail(w, r, err)
+		return
 	}
+	var since time.Time
+	if len(fc.Hours) > 0 {
+		since = fc.Hours[0].Start
+	}
+	refusals, _, err := s.client.AttestationPage(ctx, server.AttestationFilter{Outcome: cluster.OutcomeRejected, Since: since}, "", 20)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	accepted, refused := totals(fc.Hours)
 	s.render(w, r, http.StatusOK, "fleet", "Fleet", struct {
 		Status          server.Status
 		Total           int
 		ByState         []count
 		ByGroup         []count
+		Pending         int
 		Queue           []cluster.Device
 		Chart           template.HTML
 		Legend          []legend
 		Accepted, Refus int
-		Refusals        []cluster.AttestationRecord
-		Capped          bool
-	}{st, total, counts(byState), counts(byGroup), queue, chart(recs, since, now), legendOf(recs, since), countOutcome(recs, since, cluster.OutcomeAccepted), countOutcome(recs, since, cluster.OutcomeRejected), refusals, capped})
+		Refusals        []cluster.AttestationRecord // newest first
+	}{st, fc.Devices, counts(fc.ByState), counts(byGroup), fc.Pending, queue, chart(fc.Hours), legendOf(fc.Hours), accepted, refused, refusals})
 }
 
-// chartMax bounds the records the fleet chart reads.
-const chartMax = 50000
+// chartHours is the fleet chart's window; queueMax bounds the approval
+// queue the fleet page lists (its length is counted in full).
+const (
+	chartHours = 24
+	queueMax   = 100
+)
 
 func orNone(s string) string {
 	if s == "" {

@@ -334,6 +334,7 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 	a.registerRegistryAdmin(add)
 	a.registerEKRootsAdmin(add)
 	a.registerSettingsAdmin(add)
+	a.registerFleetAdmin(add)
 }
 
 // leaderOp is a membership operation only the leader can carry out; a

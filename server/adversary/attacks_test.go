@@ -760,6 +760,8 @@ func attacks() []Attack {
 	add(deviceCertsAttacks()...)
 	// ---- issue 12: the audit entries query ----
 	add(auditQueryAttacks()...)
+	// ---- issue 12: the fleet aggregate ----
+	add(fleetAttacks()...)
 	return as
 }
 

@@ -48,7 +48,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	addRemoteFlags(root)
 	root.PersistentPreRunE = loadRemote
 	root.AddCommand(initCmd(), serveCmd(), consoleCmd(), statusCmd(), devicesCmd(), attestationsCmd(), clusterCmd(), policyCmd(), eventlogCmd(), ekcertCmd(),
-		adminCmd(), configCmd(), auditCmd(), enrollmentsCmd(), ekrootsCmd(), settingsCmd(), cmdutil.VersionCmd())
+		adminCmd(), configCmd(), auditCmd(), enrollmentsCmd(), ekrootsCmd(), settingsCmd(), fleetCmd(), cmdutil.VersionCmd())
 	return root
 }
 
