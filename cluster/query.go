@@ -49,7 +49,7 @@ var (
 	bIxAudType    = []byte("ix_audit_type")
 	bIxAudActor   = []byte("ix_audit_actor")  // the actor and its name (auditActorKeys)
 	bIxAudDevice  = []byte("ix_audit_device") // Subject of device entries (auditDeviceTypes)
-	bIxCounts     = []byte("ix_counts") // counters, not keys: see fleet.go
+	bIxCounts     = []byte("ix_counts")       // counters, not keys: see fleet.go
 
 	indexBuckets = [][]byte{bIxDevState, bIxDevGroup, bIxDevLabel, bIxDevFlag, bIxDevModel, bIxAttTime, bIxAttOutcome, bIxAttCode, bIxAttGroup, bIxAttDevice,
 		bIxAudTime, bIxAudType, bIxAudActor, bIxAudDevice, bIxCounts}
