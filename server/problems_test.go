@@ -18,16 +18,18 @@ import (
 // notRefusals are sentinels that never answer an HTTP request through the
 // problem tables, and why.
 var notRefusals = map[string]string{
-	"server.ErrNotInitialized":     "startup (serve, init) error, not an HTTP answer",
-	"server.ErrAlreadyInitialized": "init error, not an HTTP answer",
-	"server.ErrBadBackup":          "restore answers backup_invalid itself (admin.go); also a CLI error",
-	"server.ErrAuditSink":          "startup error: a bad audit_sink stops the node",
-	"server.ErrOtherCluster":       "startup and join error: the data directory or token is another cluster's",
-	"server.ErrUnknownConfigKey":   "startup error: config.json names a key Gatehouse does not know",
-	"cluster.ErrAddrInUse":         "startup error: the Raft address is taken",
-	"cluster.ErrCorruptState":      "startup error: raft.db or fsm.db is unreadable",
-	"cluster.ErrAuditRange":        "offline audit verification finding, not an HTTP answer",
-	"cluster.ErrIndexMismatch":     "a registry fault (Node.VerifyIndexes, or a query meeting one): an internal error, logged",
+	"server.ErrNotInitialized":        "startup (serve, init) error, not an HTTP answer",
+	"server.ErrAlreadyInitialized":    "init error, not an HTTP answer",
+	"server.ErrBadBackup":             "restore answers backup_invalid itself (admin.go); also a CLI error",
+	"server.ErrAuditSink":             "startup error: a bad audit_sink stops the node",
+	"server.ErrOtherCluster":          "startup and join error: the data directory or token is another cluster's",
+	"server.ErrUnknownConfigKey":      "startup error: config.json names a key Gatehouse does not know",
+	"server.ErrAuditExportUnreadable": "offline audit verification (CLI, console) error, not an HTTP answer",
+	"server.ErrNoAuditKeyCert":        "offline audit verification (CLI, console) error, not an HTTP answer",
+	"cluster.ErrAddrInUse":            "startup error: the Raft address is taken",
+	"cluster.ErrCorruptState":         "startup error: raft.db or fsm.db is unreadable",
+	"cluster.ErrAuditRange":           "offline audit verification finding, not an HTTP answer",
+	"cluster.ErrIndexMismatch":        "a registry fault (Node.VerifyIndexes, or a query meeting one): an internal error, logged",
 }
 
 // sentinels returns every package-level `var X = errors.New(...)` of the
