@@ -156,7 +156,7 @@ func counts(m map[string]int) []count {
 
 func (s *Server) fleet(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	st, err := s.client.Status(ctx)
+	st, err := s.client.StatusBrief(ctx)
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -84,3 +84,18 @@ func TestStatusDeviceAPIUsesHostname(t *testing.T) {
 		t.Fatalf("device_api %q, want %q", st.DeviceAPI, want)
 	}
 }
+
+// StatusBrief leaves out the state hash (a read of the whole registry);
+// Status keeps it, and both report the same node.
+func TestStatusBriefLeavesOutTheStateHash(t *testing.T) {
+	e := servertest.New(t)
+	c := server.NewAdminClient(e.Dir)
+	full, err := c.Status(context.Background())
+	if err != nil || len(full.StateHash) != 64 {
+		t.Fatalf("status: %q %v", full.StateHash, err)
+	}
+	brief, err := c.StatusBrief(context.Background())
+	if err != nil || brief.StateHash != "" || brief.NodeID != full.NodeID || brief.Version != full.Version || !brief.Healthy {
+		t.Fatalf("brief status: %+v %v", brief, err)
+	}
+}
