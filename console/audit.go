@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -43,15 +42,7 @@ func (s *Server) audit(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	var nextURL string
-	if next != "" {
-		nq := url.Values{}
-		for k, v := range q {
-			nq[k] = v
-		}
-		nq.Set("cursor", next)
-		nextURL = "/audit?" + nq.Encode()
-	}
+	nextURL := nextPageURL("/audit", q, next)
 	s.render(w, r, http.StatusOK, "audit", "Audit log", struct {
 		Filter  auditFilter
 		Types   []string

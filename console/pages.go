@@ -220,6 +220,20 @@ func orNone(s string) string {
 // pageSize is how many devices or records a list page shows.
 const pageSize = 50
 
+// nextPageURL is the link to the page after this one (path with the same
+// query q and the cluster's next cursor), or "" on the last page.
+func nextPageURL(path string, q url.Values, next string) string {
+	if next == "" {
+		return ""
+	}
+	nq := url.Values{}
+	for k, v := range q {
+		nq[k] = v
+	}
+	nq.Set("cursor", next)
+	return path + "?" + nq.Encode()
+}
+
 // deviceForm is the devices page's filter form: one label and one flag.
 type deviceForm struct{ State, Group, Label, Flag, Model string }
 
@@ -263,15 +277,7 @@ func (s *Server) devices(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	var nextURL string
-	if next != "" {
-		nq := url.Values{}
-		for k, v := range q {
-			nq[k] = v
-		}
-		nq.Set("cursor", next)
-		nextURL = "/devices?" + nq.Encode()
-	}
+	nextURL := nextPageURL("/devices", q, next)
 	s.render(w, r, http.StatusOK, "devices", "Devices", struct {
 		Filter  deviceForm
 		States  []string
@@ -379,15 +385,7 @@ func (s *Server) attestations(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	var nextURL string
-	if next != "" {
-		nq := url.Values{}
-		for k, v := range q {
-			nq[k] = v
-		}
-		nq.Set("cursor", next)
-		nextURL = "/attestations?" + nq.Encode()
-	}
+	nextURL := nextPageURL("/attestations", q, next)
 	s.render(w, r, http.StatusOK, "attestations", "Attestations", struct {
 		Filter   attestationForm
 		Outcomes []string

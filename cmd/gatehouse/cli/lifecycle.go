@@ -308,11 +308,8 @@ func auditListCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
-			if f.Since, err = parseWhen(since); err != nil {
-				return fmt.Errorf("--since: %w", err)
-			}
-			if f.Until, err = parseWhen(until); err != nil {
-				return fmt.Errorf("--until: %w", err)
+			if f.Since, f.Until, err = parseWindow(since, until); err != nil {
+				return err
 			}
 			es, err := collect(&pg, cmd, "entries", func(cursor string) ([]cluster.AuditEntry, string, error) {
 				return adminClient(cmd).AuditPage(cmd.Context(), f, cursor, pg.limit)

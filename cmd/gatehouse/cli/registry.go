@@ -226,11 +226,8 @@ func attestationsCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
-			if f.Since, err = parseWhen(since); err != nil {
-				return fmt.Errorf("--since: %w", err)
-			}
-			if f.Until, err = parseWhen(until); err != nil {
-				return fmt.Errorf("--until: %w", err)
+			if f.Since, f.Until, err = parseWindow(since, until); err != nil {
+				return err
 			}
 			recs, err := collect(&pg, cmd, "records", func(cursor string) ([]cluster.AttestationRecord, string, error) {
 				return adminClient(cmd).AttestationPage(cmd.Context(), f, cursor, pg.limit)
@@ -509,6 +506,17 @@ func collect[T any](p *pageFlags, cmd *cobra.Command, what string, page func(cur
 }
 
 // parseWhen reads an RFC 3339 time or a duration back from now; "" is zero.
+// parseWindow reads --since and --until (parseWhen each).
+func parseWindow(since, until string) (from, to time.Time, err error) {
+	if from, err = parseWhen(since); err != nil {
+		return from, to, fmt.Errorf("--since: %w", err)
+	}
+	if to, err = parseWhen(until); err != nil {
+		return from, to, fmt.Errorf("--until: %w", err)
+	}
+	return from, to, nil
+}
+
 func parseWhen(s string) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, nil
