@@ -11,7 +11,7 @@ export GOFLAGS := -tags=$(TAGS)
 PKGS    := ./...
 # Debian packages the TPM tests and the demo need, and the browser the
 # console's browser test drives (console/browser_test.go).
-APT_PKGS := swtpm swtpm-tools openssl chromium
+APT_PKGS := swtpm swtpm-tools openssl chromium systemd dpkg
 
 .PHONY: all build test bench bench-queries bench-console demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary
 
@@ -22,10 +22,10 @@ build:
 	$(GO) build -o $(BIN)/gatehouse-agent ./cmd/gatehouse-agent
 	$(GO) build -o $(BIN)/mkdevices ./testvectors/mkdevices
 
-# deps installs swtpm and chromium when they are missing. It never
+# deps installs swtpm, chromium, systemd-analyze and dpkg-deb when missing. It never
 # pretends: without root or apt-get it stops and says what to install.
 deps:
-	@missing=""; for c in swtpm swtpm_setup swtpm_localca openssl chromium; do \
+	@missing=""; for c in swtpm swtpm_setup swtpm_localca openssl chromium systemd-analyze dpkg-deb; do \
 	  command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	echo "deps: missing:$$missing; installing $(APT_PKGS) with apt-get"; \
@@ -35,7 +35,7 @@ deps:
 	  echo "deps: FAILED: not root and no sudo; run as root: apt-get install -y $(APT_PKGS)" >&2; exit 1; }; fi; \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq || { echo "deps: FAILED: apt-get update failed (no access to the Debian archive?)" >&2; exit 1; }; \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null || { echo "deps: FAILED: apt-get install $(APT_PKGS) failed" >&2; exit 1; }; \
-	for c in swtpm swtpm_setup swtpm_localca chromium; do command -v $$c >/dev/null 2>&1 || { \
+	for c in swtpm swtpm_setup swtpm_localca chromium systemd-analyze dpkg-deb; do command -v $$c >/dev/null 2>&1 || { \
 	  echo "deps: FAILED: $$c still missing after install" >&2; exit 1; }; done; \
 	echo "deps: installed $$(swtpm --version 2>&1 | head -n1), $$(chromium --version 2>/dev/null | head -n1)"
 
