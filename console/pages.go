@@ -252,21 +252,12 @@ func (f deviceForm) filter() server.DeviceFilter {
 type attestationForm struct{ Outcome, Code, Group, Device, Since, Until string }
 
 func (f attestationForm) filter() (server.AttestationFilter, error) {
-	af := server.AttestationFilter{Outcome: f.Outcome, Code: f.Code, Group: f.Group, Device: f.Device}
-	for _, t := range []struct {
-		name, v string
-		to      *time.Time
-	}{{"since", f.Since, &af.Since}, {"until", f.Until, &af.Until}} {
-		if t.v == "" {
-			continue
-		}
-		v, err := time.Parse(time.RFC3339, t.v)
-		if err != nil {
-			return af, fmt.Errorf("%s: a time like 2026-11-01T00:00:00Z", t.name)
-		}
-		*t.to = v
+	since, err1 := parseTime(f.Since)
+	until, err2 := parseTime(f.Until)
+	if err := errors.Join(err1, err2); err != nil {
+		return server.AttestationFilter{}, errors.New("since/until: want RFC 3339 times such as 2026-11-01T00:00:00Z")
 	}
-	return af, nil
+	return server.AttestationFilter{Outcome: f.Outcome, Code: f.Code, Group: f.Group, Device: f.Device, Since: since, Until: until}, nil
 }
 
 func (s *Server) devices(w http.ResponseWriter, r *http.Request) {
