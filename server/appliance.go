@@ -22,6 +22,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/attest"
@@ -272,7 +273,9 @@ type Appliance struct {
 	admission         *clientLimiter
 	crlCache          crlCache
 	health            healthState
-	peerCmds          peerCommands // what each member applies (version.go)
+	peerCmds          peerCommands             // what each member applies (version.go)
+	validityGate      commandGate              // whether every member applies the v3 accepts (version.go)
+	commandsHook      atomic.Pointer[[]string] // tests: the commands this node claims to apply (an older build's)
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA
@@ -366,6 +369,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		metrics:     newEnrollMetrics(),
 		unproven:    newRefusalCounts(o.now),
 	}
+	a.enroller.recordValidity = a.recordsValidity
 	a.admission = newClientLimiter(cfg.RateLimit, cfg.RateBurst)
 	if err := a.serveDevices(); err != nil {
 		return nil, err

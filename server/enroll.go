@@ -58,6 +58,9 @@ type Enroller struct {
 	log         *slog.Logger
 	issued      atomic.Uint64 // certificates issued since start
 	metrics     *enrollMetrics
+	// recordValidity says whether the record may carry the certificate's
+	// validity (the v3 accepts every member must apply); nil: it may not.
+	recordValidity func(context.Context) bool
 	// unproven counts refusals before TPM possession was proven, which are
 	// not committed one by one (see refuse).
 	unproven *refusalCounts
@@ -385,10 +388,12 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		return nil, e.internal(err)
 	}
 	profile.Serial = serial
+	decideValidity(&profile)
 	if err := e.ca.CheckDevice(profile); err != nil { // before commit: no record without a certificate
 		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
 	}
 	rec.Outcome, rec.CertificateSerial = cluster.OutcomeAccepted, serial.Text(16)
+	e.recordCertificate(ctx, &rec, profile)
 	dev := cluster.Device{
 		ID:                  sess.DeviceID,
 		Status:              cluster.DeviceActive,
@@ -396,7 +401,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		AKPublicSHA256:      sess.AKSHA256,
 		Claims:              sess.Claims,
 		CertificateSerial:   rec.CertificateSerial,
-		CertificateNotAfter: now.Add(profile.Validity),
+		CertificateNotAfter: profile.NotAfter,
 		Group:               decision.Group,
 		Mode:                decision.Mode,
 		PolicyVersion:       decision.PolicyVersion,
@@ -405,6 +410,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	attID, err := e.reg.CommitEnrollment(ctx, sess.ID, sess.Expires, dev, rec, flags...)
 	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrSessionExpired) || errors.Is(err, cluster.ErrDeviceInactive) { // lost a race with a completion or an operator
 		rec.Outcome, rec.CertificateSerial = "", ""
+		rec.CertificateNotBefore, rec.CertificateNotAfter = time.Time{}, time.Time{}
 		return nil, e.reject(ctx, rec, sess, err)
 	}
 	if err != nil {
@@ -418,8 +424,24 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	return e.issue(ctx, "enrolled", attID, res.CSR, profile, mergeConfig(decision.Config, override))
 }
 
-// issue signs the certificate whose serial the committed record attID
-// reserved, and builds the device's answer.
+// decideValidity sets the certificate's validity before commit, so the
+// registry records what the CA then signs exactly. It reads the CA's
+// clock (time.Now), not e.now: the CA checks on it that what it signs is
+// valid now.
+func decideValidity(p *ca.DeviceProfile) {
+	p.NotBefore, p.NotAfter = ca.DeviceValidity(time.Now(), p.Validity)
+}
+
+// recordCertificate puts the certificate's validity on the accepted record
+// when every member applies the commands that keep it (recordValidity).
+func (e *Enroller) recordCertificate(ctx context.Context, rec *cluster.AttestationRecord, p ca.DeviceProfile) {
+	if e.recordValidity != nil && e.recordValidity(ctx) {
+		rec.CertificateNotBefore, rec.CertificateNotAfter = p.NotBefore, p.NotAfter
+	}
+}
+
+// issue signs the certificate whose serial and validity the committed
+// record attID reserved, and builds the device's answer.
 func (e *Enroller) issue(ctx context.Context, what string, attID uint64, csr *x509.CertificateRequest, profile ca.DeviceProfile, config json.RawMessage) (*api.CompleteResponse, error) {
 	chain, err := e.ca.IssueDevice(ctx, csr, profile)
 	if err != nil {

@@ -49,3 +49,13 @@ const MaxEKRootsBody = maxEKRootsBody
 // ServerCertForTest is the node's HTTPS server certificate: a test stands
 // up an impostor seed that the cluster root vouches for.
 func (a *Appliance) ServerCertForTest() (*tls.Certificate, error) { return a.serverCert.get(nil) }
+
+// SetCommandsForTest makes a answer GET /cluster/v1/info listing cmds as
+// the commands it applies, as an older build would (nil: its own).
+func SetCommandsForTest(a *Appliance, cmds []string) {
+	if cmds == nil {
+		a.commandsHook.Store(nil)
+		return
+	}
+	a.commandsHook.Store(&cmds)
+}

@@ -48,7 +48,11 @@ type NodeStatus struct {
 const nodeInfoTimeout = 2 * time.Second
 
 func (a *Appliance) handleNodeInfo(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, NodeInfo{NodeID: a.cfg.NodeID, Version: buildInfo, Commands: cluster.Commands()})
+	cmds := cluster.Commands()
+	if h := a.commandsHook.Load(); h != nil {
+		cmds = *h
+	}
+	writeJSON(w, http.StatusOK, NodeInfo{NodeID: a.cfg.NodeID, Version: buildInfo, Commands: cmds})
 }
 
 // nodeStatuses lists every member of the Raft configuration with its
@@ -196,4 +200,45 @@ func (a *Appliance) membersApply(ctx context.Context, cmds ...string) error {
 		return fmt.Errorf("%w (%s); upgrade every member to this build, or remove the ones that are gone", errMembersBehind, strings.Join(behind, "; "))
 	}
 	return nil
+}
+
+// acceptV3 are the accept commands that record the issued certificate's
+// validity on the attestation record (cluster: enrollment.accept and
+// renewal.accept v3).
+var acceptV3 = []string{"enrollment.accept/3", "renewal.accept/3"}
+
+// behindRecheck is how long a "some member does not apply it" stands
+// before the members are asked again, so enrollments do not each wait on
+// a member that is behind or down.
+const behindRecheck = 30 * time.Second
+
+// commandGate remembers until when membersApply last said no.
+type commandGate struct {
+	mu     sync.Mutex
+	behind time.Time
+}
+
+// recordsValidity reports whether enrollments and renewals may commit the
+// certificate's validity (acceptV3): every member is known to apply those
+// commands (membersApply). Otherwise they commit the v2 accepts, which
+// every member applies, and the record lacks the validity (the device's
+// certificates list shows it as unknown): in a rolling upgrade an older
+// replica would stop on v3, and a v2 with the validity in its payload
+// would be stored without it by old replicas only.
+func (a *Appliance) recordsValidity(ctx context.Context) bool {
+	now := a.enroller.now()
+	a.validityGate.mu.Lock()
+	behind := now.Before(a.validityGate.behind)
+	a.validityGate.mu.Unlock()
+	if behind {
+		return false
+	}
+	if err := a.membersApply(ctx, acceptV3...); err != nil {
+		a.log.Warn("recording certificates without their validity", "err", err)
+		a.validityGate.mu.Lock()
+		a.validityGate.behind = now.Add(behindRecheck)
+		a.validityGate.mu.Unlock()
+		return false
+	}
+	return true
 }
