@@ -68,6 +68,12 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"settings.set", 1}:       decodeAs[setSettings],
 }
 
+// ValidityCommands are the accept commands that record the issued
+// certificate's validity, as Commands lists them: proposed (by
+// CommitEnrollment and CommitRenewal, for a record that carries it) only
+// when every member applies them.
+var ValidityCommands = []string{"enrollment.accept/3", "renewal.accept/3"}
+
 // Commands lists the command types and versions this build applies, as
 // "type/version", sorted. A replica stops on a command it does not know
 // (ErrUnknownCommand), so a node tells its peers this list (the

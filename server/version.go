@@ -202,11 +202,6 @@ func (a *Appliance) membersApply(ctx context.Context, cmds ...string) error {
 	return nil
 }
 
-// acceptV3 are the accept commands that record the issued certificate's
-// validity on the attestation record (cluster: enrollment.accept and
-// renewal.accept v3).
-var acceptV3 = []string{"enrollment.accept/3", "renewal.accept/3"}
-
 // behindRecheck is how long a "some member does not apply it" stands
 // before the members are asked again, so enrollments do not each wait on
 // a member that is behind or down.
@@ -219,7 +214,7 @@ type commandGate struct {
 }
 
 // recordsValidity reports whether enrollments and renewals may commit the
-// certificate's validity (acceptV3): every member is known to apply those
+// certificate's validity (cluster.ValidityCommands): every member is known to apply those
 // commands (membersApply). Otherwise they commit the v2 accepts, which
 // every member applies, and the record lacks the validity (the device's
 // certificates list shows it as unknown): in a rolling upgrade an older
@@ -233,7 +228,7 @@ func (a *Appliance) recordsValidity(ctx context.Context) bool {
 	if behind {
 		return false
 	}
-	if err := a.membersApply(ctx, acceptV3...); err != nil {
+	if err := a.membersApply(ctx, cluster.ValidityCommands...); err != nil {
 		a.log.Warn("recording certificates without their validity", "err", err)
 		a.validityGate.mu.Lock()
 		a.validityGate.behind = now.Add(behindRecheck)
