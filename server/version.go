@@ -214,12 +214,14 @@ type commandGate struct {
 }
 
 // recordsValidity reports whether enrollments and renewals may commit the
-// certificate's validity (cluster.ValidityCommands): every member is known to apply those
-// commands (membersApply). Otherwise they commit the v2 accepts, which
-// every member applies, and the record lacks the validity (the device's
-// certificates list shows it as unknown): in a rolling upgrade an older
-// replica would stop on v3, and a v2 with the validity in its payload
-// would be stored without it by old replicas only.
+// certificate's validity (cluster.ValidityCommands): every member is known
+// to apply those commands (membersApply). Otherwise they commit the v2
+// accepts, which every member applies, and the record lacks the validity
+// (the device's certificates list shows it as unknown): in a rolling
+// upgrade an older replica would stop on v3, and a v2 with the validity in
+// its payload would be stored without it by old replicas only.
+// Non-guarantee: a member that joins with an older build between this
+// check and the commit stops on the v3 entry, as for any gated command.
 func (a *Appliance) recordsValidity(ctx context.Context) bool {
 	now := a.enroller.now()
 	a.validityGate.mu.Lock()
@@ -228,7 +230,9 @@ func (a *Appliance) recordsValidity(ctx context.Context) bool {
 	if behind {
 		return false
 	}
-	if err := a.membersApply(ctx, cluster.ValidityCommands...); err != nil {
+	// Not the request's cancellation: one client leaving must not make the
+	// answer "behind" for everyone (membersApply bounds each ask anyway).
+	if err := a.membersApply(context.WithoutCancel(ctx), cluster.ValidityCommands...); err != nil {
 		a.log.Warn("recording certificates without their validity", "err", err)
 		a.validityGate.mu.Lock()
 		a.validityGate.behind = now.Add(behindRecheck)
