@@ -10,7 +10,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -143,33 +142,10 @@ func (d *stepDevice) activate(resp acme.AttestResponse) []byte {
 	return secret
 }
 
-// postStep posts like the step client: JSON with no Content-Type.
-func (e *env) postStep(path string, in, out any) *api.Problem {
-	e.t.Helper()
-	b, _ := json.Marshal(in)
-	req, _ := http.NewRequest(http.MethodPost, e.URL()+path, bytes.NewReader(b))
-	resp, err := e.HTTP.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode == http.StatusOK {
-		if err := json.Unmarshal(body, out); err != nil {
-			e.t.Fatalf("decode %s: %v", path, err)
-		}
-		return nil
-	}
-	var p api.Problem
-	if err := json.Unmarshal(body, &p); err != nil || p.Status != resp.StatusCode {
-		e.t.Fatalf("POST %s: %d %s", path, resp.StatusCode, body)
-	}
-	return &p
-}
-
 const acmePolicy = `{"groups":[{"name":"fleet","match":{},"mode":"auto","require":{},"acme":true}]}`
 
-// The step CLI's attestation client gets an AK certificate from a
+// The step CLI's attestation client (which sends its JSON with no
+// Content-Type) gets an AK certificate from a
 // two-node cluster: it chains to the AK CA (the same on both nodes), has
 // the shape step-ca's device-attest-01 accepts and names the device and
 // its EK as the CLI computes them; the ak_certificate record is committed
@@ -264,7 +240,7 @@ func TestAttestationCARefusals(t *testing.T) {
 	}
 	attest1 := func(d *stepDevice) (acme.AttestResponse, *api.Problem) {
 		var resp acme.AttestResponse
-		p := e.postStep(api.PathAttestationAttest, d.attestRequest(), &resp)
+		p := e.postJSON(api.PathAttestationAttest, d.attestRequest(), &resp)
 		return resp, p
 	}
 	// A read of the term (Raft's barrier) before counting entries.
@@ -302,7 +278,7 @@ func TestAttestationCARefusals(t *testing.T) {
 		}
 		junk := make([]byte, 32)
 		rand.Read(junk)
-		if p := e.postStep(api.PathAttestationSecret, acme.SecretRequest{Secret: junk}, &acme.SecretResponse{}); p == nil || p.Code != api.CodeSecretUnknown {
+		if p := e.postJSON(api.PathAttestationSecret, acme.SecretRequest{Secret: junk}, &acme.SecretResponse{}); p == nil || p.Code != api.CodeSecretUnknown {
 			t.Fatalf("wrong secret: %+v", p)
 		}
 	})
@@ -313,7 +289,7 @@ func TestAttestationCARefusals(t *testing.T) {
 		t.Fatal(p)
 	}
 	secret := d.activate(resp)
-	p = e.postStep(api.PathAttestationSecret, acme.SecretRequest{Secret: secret}, &acme.SecretResponse{})
+	p = e.postJSON(api.PathAttestationSecret, acme.SecretRequest{Secret: secret}, &acme.SecretResponse{})
 	if p == nil || p.Status != http.StatusForbidden || p.Code != api.CodeApprovalPending || p.AttestationID == 0 {
 		t.Fatalf("approve mode: %+v", p)
 	}
@@ -322,7 +298,7 @@ func TestAttestationCARefusals(t *testing.T) {
 		t.Fatalf("pending record: %+v", recs)
 	}
 	noEntries("a replayed secret", func() {
-		if p := e.postStep(api.PathAttestationSecret, acme.SecretRequest{Secret: secret}, &acme.SecretResponse{}); p == nil || p.Code != api.CodeSecretUnknown {
+		if p := e.postJSON(api.PathAttestationSecret, acme.SecretRequest{Secret: secret}, &acme.SecretResponse{}); p == nil || p.Code != api.CodeSecretUnknown {
 			t.Fatalf("replayed secret: %+v", p)
 		}
 	})
@@ -335,14 +311,14 @@ func TestAttestationCARefusals(t *testing.T) {
 	}
 	secret = d.activate(resp)
 	var chain acme.SecretResponse
-	if p := e.postStep(api.PathAttestationSecret, acme.SecretRequest{Secret: secret}, &chain); p != nil || len(chain.Chain) != 2 {
+	if p := e.postJSON(api.PathAttestationSecret, acme.SecretRequest{Secret: secret}, &chain); p != nil || len(chain.Chain) != 2 {
 		t.Fatalf("after approval: %+v (%d certificates)", p, len(chain.Chain))
 	}
 	if recs, _ = e.App.Node().Attestations(cluster.AttestationQuery{DeviceID: d.id}); recs[0].Outcome != cluster.OutcomeAccepted {
 		t.Fatalf("after approval: %+v", recs[0])
 	}
 	noEntries("a replay of an accepted secret", func() {
-		if p := e.postStep(api.PathAttestationSecret, acme.SecretRequest{Secret: secret}, &acme.SecretResponse{}); p == nil || p.Code != api.CodeSecretUnknown {
+		if p := e.postJSON(api.PathAttestationSecret, acme.SecretRequest{Secret: secret}, &acme.SecretResponse{}); p == nil || p.Code != api.CodeSecretUnknown {
 			t.Fatalf("replayed secret: %+v", p)
 		}
 	})
