@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -214,6 +215,18 @@ func TestAttestationCAIssuesAKCertificate(t *testing.T) {
 	}
 	if dev, err := n2.Node().Device(d.id); err != nil || dev.Status != cluster.DeviceActive || dev.Group != "fleet" {
 		t.Fatalf("device %+v, %v", dev, err)
+	}
+	// Counted like enrollment's stages.
+	resp, err := e.HTTP.Get(e.URL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`gatehouse_enrollments_total{code="",outcome="accepted",stage="ak_challenge"} 1`, `gatehouse_enrollments_total{code="",outcome="accepted",stage="ak_certificate"} 1`} {
+		if !bytes.Contains(metrics, []byte(want)) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
 
