@@ -19,6 +19,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
+	stepacme "github.com/smallstep/certificates/acme"
+	acmenosql "github.com/smallstep/certificates/acme/db/nosql"
+	"github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/authority/provisioner"
+	"github.com/smallstep/nosql"
+	"go.step.sm/crypto/jose"
 	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/tpm"
 	"go.step.sm/crypto/tpm/attestation"
@@ -374,5 +381,90 @@ func TestAttestationCARefusals(t *testing.T) {
 		if sum.Counts[key] != want {
 			t.Errorf("summary %q = %d, want %d (%s)", key, sum.Counts[key], want, head.Detail)
 		}
+	}
+}
+
+// step-ca's own device-attest-01 validation (acme.Challenge.Validate,
+// format "tpm", with the AK CA as the provisioner's only attestation root)
+// accepts a TPM key attested by the AK the attestation CA certified, for
+// the device's ID and for no other identifier.
+func TestStepCAValidatesAKCertificate(t *testing.T) {
+	e := newEnv(t)
+	applyPolicy(t, e, acmePolicy)
+	d := newStepDevice(t, e.Mfr)
+	chain, err := d.attestWithClient(e.URL(), e.App.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	prov := &provisioner.ACME{Type: "ACME", Name: "device-attest", Challenges: []provisioner.ACMEChallenge{provisioner.DEVICE_ATTEST_01},
+		AttestationFormats: []provisioner.ACMEAttestationFormat{provisioner.TPM},
+		AttestationRoots:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.App.AKCA().Raw})}
+	if err := prov.Init(provisioner.Config{Claims: config.GlobalProvisionerClaims}); err != nil {
+		t.Fatal(err)
+	}
+	ctx = stepacme.NewProvisionerContext(ctx, prov)
+	kv, err := nosql.New(nosql.BBoltDriver, filepath.Join(t.TempDir(), "acme.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kv.Close() })
+	db, err := acmenosql.New(kv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accountKey, err := jose.GenerateJWK("EC", "P-256", "ES256", "sig", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubJWK := accountKey.Public()
+
+	validate := func(identifier, keyName string) (*stepacme.Challenge, error) {
+		az := &stepacme.Authorization{AccountID: "acct", Identifier: stepacme.Identifier{Type: "permanent-identifier", Value: identifier},
+			Status: stepacme.StatusPending, ExpiresAt: time.Now().Add(time.Hour)}
+		if err := db.CreateAuthorization(ctx, az); err != nil {
+			t.Fatal(err)
+		}
+		ch := &stepacme.Challenge{AccountID: "acct", AuthorizationID: az.ID, Value: identifier, Type: stepacme.DEVICEATTEST01,
+			Status: stepacme.StatusPending, Token: "tok-" + keyName}
+		if err := db.CreateChallenge(ctx, ch); err != nil {
+			t.Fatal(err)
+		}
+		// What the CLI does (cautils doTPMAttestation): a key attested by
+		// the AK over the key authorization digest, in a "tpm" statement.
+		keyAuth, err := stepacme.KeyAuthorization(ch.Token, &pubJWK)
+		if err != nil {
+			t.Fatal(err)
+		}
+		digest := sha256.Sum256([]byte(keyAuth))
+		key, err := d.tpm.AttestKey(ctx, d.ak.Name(), keyName, tpm.AttestKeyConfig{Algorithm: "ECDSA", Size: 256, QualifyingData: digest[:]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		params, err := key.CertificationParameters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var x5c [][]byte
+		for _, c := range chain {
+			x5c = append(x5c, c.Raw)
+		}
+		obj, err := cbor.Marshal(map[string]any{"fmt": "tpm", "attStmt": map[string]any{
+			"ver": "2.0", "alg": int64(-7), "x5c": x5c, "sig": params.CreateSignature, "certInfo": params.CreateAttestation, "pubArea": params.Public}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		payload, _ := json.Marshal(map[string]string{"attObj": base64.RawURLEncoding.EncodeToString(obj)})
+		err = ch.Validate(ctx, db, &pubJWK, payload)
+		return ch, err
+	}
+	ch, err := validate(d.id, "k1")
+	if err != nil || ch.Status != stepacme.StatusValid || ch.Error != nil {
+		t.Fatalf("step-ca refused the attested key for %s: %v %+v", d.id, err, ch.Error)
+	}
+	other := strings.Repeat("0", 32)
+	ch, err = validate(other, "k2")
+	if err != nil || ch.Status != stepacme.StatusInvalid || ch.Error == nil || !strings.Contains(ch.Error.Detail, "permanent identifier does not match") {
+		t.Fatalf("step-ca accepted the AK certificate for another identifier: %v %+v %+v", err, ch.Status, ch.Error)
 	}
 }
