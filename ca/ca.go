@@ -174,6 +174,8 @@ type CA struct {
 	tokenKey     []byte
 	auditKey     ed25519.PrivateKey
 	auditCert    *x509.Certificate
+	akKey        ed25519.PrivateKey // the AK CA's (akca.go)
+	akCA         *x509.Certificate
 	crlURL       string
 	crl          crlCache
 	reserved     func() []string // DNS names no device certificate may carry
@@ -244,6 +246,9 @@ func Open(dir string, password []byte, opts ...Option) (*CA, error) {
 		return nil, fmt.Errorf("start step-ca authority: %w", err)
 	}
 	if err := c.initAuditKey(); err != nil {
+		return nil, err
+	}
+	if err := c.initAKCA(); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -132,6 +132,10 @@ func limitedStage(path string) string {
 		return stageJoin
 	case api.PathCRL:
 		return "crl"
+	case api.PathAttestationAttest:
+		return stageAKChallenge
+	case api.PathAttestationSecret:
+		return stageAKCertificate
 	}
 	if strings.HasPrefix(path, "/admin/") {
 		return stageAdmin
@@ -187,9 +191,11 @@ func possession(rec cluster.AttestationRecord) (proven, keepRaw bool) {
 	switch rec.Stage {
 	case stageChallenge:
 		return false, false
-	case stageComplete:
+	case stageComplete, stageAKCertificate:
 		ok, _ := check(rec.Checks, attest.CheckActivation)
 		return ok, ok
+	case stageAKChallenge:
+		return false, false
 	default:
 		ok, judged := check(rec.Checks, attest.CheckAK)
 		return judged, ok

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/acme"
 	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
@@ -361,6 +362,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		reg:         a.node,
 		policies:    &policyCache{store: a.node},
 		ca:          a.ca,
+		akCA:        a.ca,
 		tokens:      sealer,
 		nodeID:      cfg.NodeID,
 		trustDomain: cfg.TrustDomain,
@@ -370,6 +372,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		unproven:    newRefusalCounts(o.now),
 	}
 	a.enroller.recordValidity = a.recordsValidity
+	a.enroller.attestCA = acme.NewAttestationCA(a.enroller, acme.WithClock(o.now))
 	a.admission = newClientLimiter(cfg.RateLimit, cfg.RateBurst)
 	if err := a.serveDevices(); err != nil {
 		return nil, err

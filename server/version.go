@@ -48,12 +48,19 @@ type NodeStatus struct {
 const nodeInfoTimeout = 2 * time.Second
 
 func (a *Appliance) handleNodeInfo(w http.ResponseWriter, _ *http.Request) {
-	cmds := cluster.Commands()
+	cmds := append(cluster.Commands(), featurePolicyACME)
 	if h := a.commandsHook.Load(); h != nil {
 		cmds = *h
 	}
 	writeJSON(w, http.StatusOK, NodeInfo{NodeID: a.cfg.NodeID, Version: buildInfo, Commands: cmds})
 }
+
+// featurePolicyACME is advertised among a node's commands (NodeInfo) so
+// membersApply can gate it like one: the policy field Group.ACME. An older
+// build's ParsePolicy refuses unknown fields, so a replicated policy that
+// uses it would make every enrollment on that node fail; `policy apply`
+// of such a document waits until every member parses it.
+const featurePolicyACME = "policy.acme/1"
 
 // nodeStatuses lists every member of the Raft configuration with its
 // version: this node's from its own build, the others' asked in parallel
