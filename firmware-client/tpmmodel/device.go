@@ -184,7 +184,9 @@ func (d *Device) Endorsement(kind string) (*fwclient.Endorsement, error) {
 }
 
 // PCRBanks reports the one bank the model has, SHA-256.
-func (d *Device) PCRBanks() ([]attest.HashAlg, error) { return []attest.HashAlg{attest.HashSHA256}, nil }
+func (d *Device) PCRBanks() ([]attest.HashAlg, error) {
+	return []attest.HashAlg{attest.HashSHA256}, nil
+}
 
 // PCRs reads all 24 SHA-256 PCRs.
 func (d *Device) PCRs(alg attest.HashAlg) ([]attest.PCR, error) {
