@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/big"
 	"sync"
 	"time"
 
@@ -96,7 +97,7 @@ type Device struct {
 	platform *Platform
 	kind     string // fwclient.EKRSA2048 or fwclient.EKECCP256
 	ek       fwclient.Endorsement
-	ekPub    tpm2.TPMTPublic
+	ekArea   []byte // TPMT_PUBLIC
 	ekRSA    *rsa.PrivateKey
 	ekECDH   *ecdh.PrivateKey
 	srkName  []byte // TPM2B_NAME contents: nameAlg || digest
@@ -126,8 +127,7 @@ func (m *Manufacturer) NewDevice(p *Platform, kind string) (*Device, error) {
 		if d.ekECDH, err = k.ECDH(); err != nil {
 			return nil, err
 		}
-		d.ekPub = ECCEKTemplate()
-		d.ekPub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, eccPoint(&k.PublicKey))
+		d.ekArea = eccEKArea.ecc(&k.PublicKey)
 		certPub = &k.PublicKey
 	case fwclient.EKRSA2048:
 		k, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -135,8 +135,7 @@ func (m *Manufacturer) NewDevice(p *Platform, kind string) (*Device, error) {
 			return nil, err
 		}
 		d.ekRSA = k
-		d.ekPub = RSAEKTemplate()
-		d.ekPub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: k.N.FillBytes(make([]byte, 256))})
+		d.ekArea = rsaEKArea.rsa(k.N)
 		certPub = &k.PublicKey
 	default:
 		return nil, fmt.Errorf("%w: EK %q (want %s or %s)", ErrUnsupported, kind, fwclient.EKECCP256, fwclient.EKRSA2048)
@@ -149,27 +148,25 @@ func (m *Manufacturer) NewDevice(p *Platform, kind string) (*Device, error) {
 	if kind == fwclient.EKECCP256 {
 		// As the client sends a non-default EK: with its public area, which
 		// the appliance needs to wrap a credential to an ECC EK.
-		d.ek.Area = tpm2.Marshal(tpm2.New2B(d.ekPub))
+		d.ek.Area = append(binary.BigEndian.AppendUint16(nil, uint16(len(d.ekArea))), d.ekArea...) // TPM2B_PUBLIC
 	}
 	// The SRK: the TCG RSA SRK template with a random modulus. Nothing is
 	// wrapped to it; its name makes the AK's creation data and qualified
 	// names what a TPM's are.
-	srk := RSASRKTemplate()
 	mod := make([]byte, 256)
 	if _, err := rand.Read(mod); err != nil {
 		return nil, err
 	}
 	mod[0] |= 0x80
-	srk.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: mod})
-	if d.srkName, err = objectName(&srk); err != nil {
-		return nil, err
-	}
+	d.srkName = nameOf(srkArea.rsa(new(big.Int).SetBytes(mod)))
 	d.srkQN = qualifiedName(binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMRHOwner)), d.srkName)
 	return d, nil
 }
 
 // EKPublic is the EK's TPMT_PUBLIC.
-func (d *Device) EKPublic() tpm2.TPMTPublic { return d.ekPub }
+func (d *Device) EKPublic() (*tpm2.TPMTPublic, error) {
+	return tpm2.Unmarshal[tpm2.TPMTPublic](d.ekArea)
+}
 
 // SRKName is the modelled SRK's name (nameAlg || digest).
 func (d *Device) SRKName() []byte { return bytes.Clone(d.srkName) }

@@ -35,29 +35,25 @@ type object struct {
 	createData, createAttestation, createSignature []byte
 }
 
-// newObject creates a key from template under the SRK.
-func (d *Device) newObject(template tpm2.TPMTPublic, rsaKey bool) (*object, error) {
-	var priv crypto.Signer
+// newObject creates a key of template's area under the SRK.
+func (d *Device) newObject(a area, rsaKey, restricted bool) (*object, error) {
+	o := &object{restricted: restricted}
 	if rsaKey {
 		k, err := rsa.GenerateKey(rand.Reader, 2048)
 		if err != nil {
 			return nil, err
 		}
-		template.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: k.N.FillBytes(make([]byte, 256))})
-		priv = k
+		o.public, o.priv = a.rsa(k.N), k
 	} else {
 		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			return nil, err
 		}
-		template.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, eccPoint(&k.PublicKey))
-		priv = k
+		o.public, o.priv = a.ecc(&k.PublicKey), k
 	}
-	name, err := objectName(&template)
-	if err != nil {
-		return nil, err
-	}
-	return &object{public: tpm2.Marshal(&template), name: name, qn: qualifiedName(d.srkQN, name), priv: priv, restricted: template.ObjectAttributes.Restricted}, nil
+	o.name = nameOf(o.public)
+	o.qn = qualifiedName(d.srkQN, o.name)
+	return o, nil
 }
 
 // attest builds and signs a TPMS_ATTEST as TPM2_CertifyCreation, Quote and
@@ -112,16 +108,16 @@ func signTPM(priv crypto.Signer, msg []byte) ([]byte, error) {
 // (TPM2_CertifyCreation with no qualifying data), as go-attestation's NewAK
 // does.
 func (d *Device) CreateAK(alg attest.Algorithm) (fwclient.AK, error) {
-	var tmpl tpm2.TPMTPublic
+	var a area
 	switch alg {
 	case attest.ECDSA:
-		tmpl = AKTemplateECC()
+		a = eccAKArea
 	case attest.RSA:
-		tmpl = AKTemplateRSA()
+		a = rsaAKArea
 	default:
 		return nil, fmt.Errorf("%w: AK algorithm %q", ErrUnsupported, alg)
 	}
-	o, err := d.newObject(tmpl, alg == attest.RSA)
+	o, err := d.newObject(a, alg == attest.RSA, true)
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +289,7 @@ func (a *AK) Quote(nonce []byte, bank attest.HashAlg) (*attest.Quote, error) {
 // under the SRK and certifies it with the AK (TPM2_Certify) over
 // qualifyingData.
 func (a *AK) NewKey(qualifyingData []byte) (fwclient.Key, error) {
-	o, err := a.d.newObject(DeviceKeyTemplate(), false)
+	o, err := a.d.newObject(deviceArea, false, false)
 	if err != nil {
 		return nil, err
 	}
