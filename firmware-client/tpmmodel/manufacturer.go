@@ -36,6 +36,7 @@ var (
 // for swtpm: with the EK CA of a test manufacturer (for example
 // firmware-client/swtpm's Manufacturer: its Intermediate and SigningKey),
 // so a cluster initialised to trust that manufacturer trusts model EKs.
+// It is safe for concurrent use once its fields are set.
 type Manufacturer struct {
 	CA  *x509.Certificate // issues EK certificates
 	Key crypto.Signer     // CA's key
