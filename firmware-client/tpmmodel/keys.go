@@ -60,19 +60,11 @@ func (d *Device) newObject(a area, rsaKey, restricted bool) (*object, error) {
 // Certify do: magic, type, the signer's qualified name, extraData, the
 // clock, the firmware version and the attested info; signed with the
 // signer's scheme (ECDSA or RSASSA, SHA-256), returned as TPMT_SIGNATURE.
-func (d *Device) attest(signer *object, typ tpm2.TPMST, extraData []byte, info tpm2.TPMUAttest) (att, sig []byte, err error) {
+func (d *Device) attest(signer *object, typ tpm2.TPMST, extraData []byte, info []byte) (att, sig []byte, err error) {
 	if len(extraData) > sha256.Size+32 { // TPM2B_DATA holds at most a TPMT_HA
 		return nil, nil, fmt.Errorf("%w: qualifying data of %d bytes (TPM_RC_SIZE)", ErrUnsupported, len(extraData))
 	}
-	att = tpm2.Marshal(&tpm2.TPMSAttest{
-		Magic:           tpm2.TPMGeneratedValue,
-		Type:            typ,
-		QualifiedSigner: tpm2.TPM2BName{Buffer: signer.qn},
-		ExtraData:       tpm2.TPM2BData{Buffer: extraData},
-		ClockInfo:       d.clockInfo(),
-		FirmwareVersion: FirmwareVersion,
-		Attested:        info,
-	})
+	att = marshalAttest(typ, signer.qn, extraData, d.clockInfo(), FirmwareVersion, info)
 	sig, err = signTPM(signer.priv, att)
 	return att, sig, err
 }
@@ -86,19 +78,13 @@ func signTPM(priv crypto.Signer, msg []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		return tpm2.Marshal(&tpm2.TPMTSignature{SigAlg: tpm2.TPMAlgECDSA, Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgECDSA, &tpm2.TPMSSignatureECC{
-			Hash:       tpm2.TPMAlgSHA256,
-			SignatureR: tpm2.TPM2BECCParameter{Buffer: r.FillBytes(make([]byte, 32))},
-			SignatureS: tpm2.TPM2BECCParameter{Buffer: s.FillBytes(make([]byte, 32))},
-		})}), nil
+		return ecdsaSignature(tpm2.TPMAlgSHA256, r.FillBytes(make([]byte, 32)), s.FillBytes(make([]byte, 32))), nil
 	case *rsa.PrivateKey:
 		s, err := rsa.SignPKCS1v15(rand.Reader, k, crypto.SHA256, digest[:])
 		if err != nil {
 			return nil, err
 		}
-		return tpm2.Marshal(&tpm2.TPMTSignature{SigAlg: tpm2.TPMAlgRSASSA, Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgRSASSA, &tpm2.TPMSSignatureRSA{
-			Hash: tpm2.TPMAlgSHA256, Sig: tpm2.TPM2BPublicKeyRSA{Buffer: s},
-		})}), nil
+		return rsassaSignature(tpm2.TPMAlgSHA256, s), nil
 	}
 	return nil, fmt.Errorf("%w: key type %T", ErrUnsupported, priv)
 }
@@ -121,21 +107,9 @@ func (d *Device) CreateAK(alg attest.Algorithm) (fwclient.AK, error) {
 	if err != nil {
 		return nil, err
 	}
-	o.createData = tpm2.Marshal(&tpm2.TPMSCreationData{
-		PCRSelect:           tpm2.TPMLPCRSelection{},
-		PCRDigest:           tpm2.TPM2BDigest{Buffer: emptyPCRDigest[:]},
-		Locality:            tpm2.TPMALocality{TPMLocZero: true},
-		ParentNameAlg:       tpm2.TPMAlgSHA256,
-		ParentName:          tpm2.TPM2BName{Buffer: d.srkName},
-		ParentQualifiedName: tpm2.TPM2BName{Buffer: d.srkQN},
-		OutsideInfo:         tpm2.TPM2BData{},
-	})
+	o.createData = creationData(emptyPCRDigest[:], d.srkName, d.srkQN)
 	creationHash := sha256.Sum256(o.createData)
-	o.createAttestation, o.createSignature, err = d.attest(o, tpm2.TPMSTAttestCreation, nil,
-		tpm2.NewTPMUAttest(tpm2.TPMSTAttestCreation, &tpm2.TPMSCreationInfo{
-			ObjectName:   tpm2.TPM2BName{Buffer: o.name},
-			CreationHash: tpm2.TPM2BDigest{Buffer: creationHash[:]},
-		}))
+	o.createAttestation, o.createSignature, err = d.attest(o, tpm2.TPMSTAttestCreation, nil, twoNames(o.name, creationHash[:]))
 	if err != nil {
 		return nil, err
 	}
@@ -275,10 +249,7 @@ func (a *AK) Quote(nonce []byte, bank attest.HashAlg) (*attest.Quote, error) {
 	for i := range numPCRs {
 		h.Write(a.d.platform.pcrs[i])
 	}
-	att, sig, err := a.d.attest(a.o, tpm2.TPMSTAttestQuote, nonce, tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{
-		PCRSelect: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{Hash: tpm2.TPMAlgSHA256, PCRSelect: []byte{0xff, 0xff, 0xff}}}},
-		PCRDigest: tpm2.TPM2BDigest{Buffer: h.Sum(nil)},
-	}))
+	att, sig, err := a.d.attest(a.o, tpm2.TPMSTAttestQuote, nonce, quoteInfo(tpm2.TPMAlgSHA256, []byte{0xff, 0xff, 0xff}, h.Sum(nil)))
 	if err != nil {
 		return nil, err
 	}
@@ -293,11 +264,7 @@ func (a *AK) NewKey(qualifyingData []byte) (fwclient.Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	o.createAttestation, o.createSignature, err = a.d.attest(a.o, tpm2.TPMSTAttestCertify, qualifyingData,
-		tpm2.NewTPMUAttest(tpm2.TPMSTAttestCertify, &tpm2.TPMSCertifyInfo{
-			Name:          tpm2.TPM2BName{Buffer: o.name},
-			QualifiedName: tpm2.TPM2BName{Buffer: o.qn},
-		}))
+	o.createAttestation, o.createSignature, err = a.d.attest(a.o, tpm2.TPMSTAttestCertify, qualifyingData, twoNames(o.name, o.qn))
 	if err != nil {
 		return nil, err
 	}
