@@ -411,6 +411,23 @@ func TestModelMatchesSWTPM(t *testing.T) {
 		}
 	})
 
+	// TPM2B_DATA's capacity: both quote a 66-byte nonce and refuse 67.
+	t.Run("extraData capacity", func(t *testing.T) {
+		for who, dev := range map[string]fwclient.Device{"swtpm": tpm, "model": eccDev} {
+			ak, err := dev.CreateAK(goattest.ECDSA)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ak.Quote(make([]byte, maxData), goattest.HashSHA256); err != nil {
+				t.Errorf("%s: a %d-byte nonce: %v", who, maxData, err)
+			}
+			if _, err := ak.Quote(make([]byte, maxData+1), goattest.HashSHA256); err == nil {
+				t.Errorf("%s quoted a %d-byte nonce", who, maxData+1)
+			}
+			ak.Close()
+		}
+	})
+
 	nonce := sha256.Sum256([]byte("session nonce"))
 	qualifying := sha256.Sum256([]byte("certify qualifying data"))
 	for _, tc := range []struct {

@@ -31,9 +31,26 @@
 //   - TPM2_Create of an ECDSA P-256 device key (go-attestation's key
 //     template) and TPM2_Certify of it by the AK with qualifying data.
 //
-// Every structure is built with go-tpm's tpm2 types and Marshal, so their
-// layout is the TPM's. TestModelMatchesSWTPM compares them with swtpm's,
-// field by field, and names what legitimately differs.
+// Layouts are go-tpm's: public areas are go-tpm's Marshal of the templates
+// (once per template) completed with each key, and the structures written
+// on every operation (TPMS_ATTEST, TPMT_SIGNATURE, TPMS_CREATION_DATA) are
+// encoded directly but checked byte for byte against go-tpm's Marshal
+// (TestWireMatchesGoTPM). TestModelMatchesSWTPM compares them with
+// swtpm's, field by field, and names what legitimately differs.
+//
+// Use from a load generator (fwclient's real protocol code does the rest):
+//
+//	m, _ := swtpm.LoadManufacturer(dir) // the manufacturer the cluster trusts
+//	key, _ := m.SigningKey()
+//	mfr, _ := tpmmodel.NewManufacturer(m.Intermediate, key)
+//	plat, _ := tpmmodel.NewPlatform(eventLog) // once, shared by all devices
+//	dev, _ := mfr.NewDevice(plat, fwclient.EKECCP256)
+//	id, _ := client.Enroll(ctx, dev, fwclient.WithAKAlgorithm(attest.ECDSA))
+//	id, _ = client.Renew(ctx, dev, id, nil)
+//
+// A Manufacturer and a Platform are safe for concurrent use; a Device is
+// used by one goroutine at a time, like a TPM. BenchmarkModelEnrollment and
+// BenchmarkModelRenewal measure what the model costs its caller.
 //
 // Blobs (AK and key Marshal) are references to keys held by the Device
 // that made them: they are valid only in this process, for that Device.

@@ -61,13 +61,17 @@ func (d *Device) newObject(a area, rsaKey, restricted bool) (*object, error) {
 // clock, the firmware version and the attested info; signed with the
 // signer's scheme (ECDSA or RSASSA, SHA-256), returned as TPMT_SIGNATURE.
 func (d *Device) attest(signer *object, typ tpm2.TPMST, extraData []byte, info []byte) (att, sig []byte, err error) {
-	if len(extraData) > sha256.Size+32 { // TPM2B_DATA holds at most a TPMT_HA
+	if len(extraData) > maxData {
 		return nil, nil, fmt.Errorf("%w: qualifying data of %d bytes (TPM_RC_SIZE)", ErrUnsupported, len(extraData))
 	}
 	att = marshalAttest(typ, signer.qn, extraData, d.clockInfo(), FirmwareVersion, info)
 	sig, err = signTPM(signer.priv, att)
 	return att, sig, err
 }
+
+// maxData is TPM2B_DATA's capacity, sizeof(TPMT_HA): a hash algorithm ID
+// and a SHA-512 digest. swtpm refuses a 67-byte nonce (TPM_RC_SIZE).
+const maxData = 2 + 64
 
 // signTPM signs SHA-256(msg) and encodes a TPMT_SIGNATURE.
 func signTPM(priv crypto.Signer, msg []byte) ([]byte, error) {
