@@ -3,6 +3,7 @@ package tpmmodel_test
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"os"
 	"testing"
@@ -141,5 +142,54 @@ func TestModelUntrustedManufacturerRefused(t *testing.T) {
 	var p *api.Problem
 	if !errors.As(err, &p) || p.Code != api.CodeEKUntrusted {
 		t.Fatalf("enroll with an untrusted EK: %v, want problem %s", err, api.CodeEKUntrusted)
+	}
+}
+
+// The agent's own loop (fwclient.Daemon) runs on a model device: it
+// enrolls, saves the identity (the blobs refer to the model's keys), and
+// renews from the saved identity, as a load generator's herd runs it.
+func TestModelDaemon(t *testing.T) {
+	e := servertest.New(t)
+	plat, err := tpmmodel.NewPlatform(readBootLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := modelManufacturer(t, e.Mfr).NewDevice(plat, fwclient.EKECCP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed := make(chan *fwclient.Identity, 10)
+	d := &fwclient.Daemon{
+		Client:   e.Client,
+		TPM:      dev,
+		Dir:      t.TempDir(),
+		Server:   e.URL(),
+		Schedule: func(*x509.Certificate, time.Time) time.Duration { return 50 * time.Millisecond },
+		Renewed:  func(id *fwclient.Identity) { renewed <- id },
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	var ids []*fwclient.Identity
+	for len(ids) < 2 {
+		select {
+		case id := <-renewed:
+			ids = append(ids, id)
+		case err := <-done:
+			t.Fatalf("daemon stopped: %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("only %d identities after 30s", len(ids))
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("daemon returned %v on stop", err)
+	}
+	if ids[1].DeviceID != ids[0].DeviceID || ids[1].Certificate.SerialNumber.Cmp(ids[0].Certificate.SerialNumber) == 0 {
+		t.Fatalf("enrolled %s serial %s, then %s serial %s: want one device, a renewed certificate", ids[0].DeviceID, ids[0].Certificate.SerialNumber, ids[1].DeviceID, ids[1].Certificate.SerialNumber)
+	}
+	dv, err := e.App.Node().Device(ids[0].DeviceID)
+	if err != nil || dv.CertificateSerial == "" {
+		t.Fatalf("registry: %+v, %v", dv, err)
 	}
 }
