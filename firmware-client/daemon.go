@@ -19,7 +19,7 @@ import (
 // (quarantine, disable) are retried slowly rather than given up.
 type Daemon struct {
 	Client *Client
-	TPM    *TPM
+	TPM    Device   // a *TPM; a load generator's herd uses tpmmodel devices
 	Dir    string   // identity directory
 	Server string   // recorded with the identity
 	Opts   []Option // for enrollment

@@ -33,8 +33,9 @@ const (
 type Endorsement struct {
 	Certificate []byte           // as stored in NV (padding allowed)
 	Public      crypto.PublicKey //
-	Area        []byte           // TPM2B_PUBLIC
+	Area        []byte           // TPM2B_PUBLIC; nil for go-attestation's default RSA EK
 	handle      uint32
+	ek          *attest.EK // go-attestation's EK, when it found this one
 }
 
 // ReadEK reads an EK certificate from its NV index (as stored: possibly with

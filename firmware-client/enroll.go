@@ -6,6 +6,7 @@ package fwclient
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -89,16 +90,17 @@ func newHTTPClient(root *x509.Certificate, cert *tls.Certificate) *http.Client {
 	return &http.Client{Timeout: 60 * time.Second, Transport: api.WrapTransport(&http.Transport{TLSClientConfig: cfg})}
 }
 
-// Enroll runs the two-round-trip enrollment with the TPM and returns the
-// device's identity. The AK is transient: it is flushed when Enroll returns.
-func (c *Client) Enroll(ctx context.Context, tpm *TPM, opts ...Option) (*Identity, error) {
+// Enroll runs the two-round-trip enrollment with the device's TPM and
+// returns the device's identity. The AK is transient: it is flushed when
+// Enroll returns.
+func (c *Client) Enroll(ctx context.Context, dev Device, opts ...Option) (*Identity, error) {
 	o := c.options(opts)
-	ak, err := tpm.NewAK(&attest.AKConfig{Algorithm: o.akAlg})
+	ak, err := dev.CreateAK(o.akAlg)
 	if err != nil {
 		return nil, fmt.Errorf("create AK: %w", err)
 	}
-	defer ak.Close(tpm.TPM)
-	return c.enroll(ctx, tpm, ak, o)
+	defer ak.Close()
+	return c.enroll(ctx, dev, ak, o)
 }
 
 func (c *Client) options(opts []Option) options {
@@ -110,47 +112,32 @@ func (c *Client) options(opts []Option) options {
 }
 
 // enroll runs both round trips with a given AK.
-func (c *Client) enroll(ctx context.Context, tpm *TPM, ak *attest.AK, o options) (*Identity, error) {
-	var err error
-
-	var chReq *api.ChallengeRequest
-	var activate func(attest.EncryptedCredential) ([]byte, error)
-	switch o.ek {
-	case "", EKRSA2048:
-		ek, err := EndorsementKey(tpm)
-		if err != nil {
-			return nil, err
-		}
-		if chReq, err = NewChallengeRequest(ek, ak, o.claims); err != nil {
-			return nil, err
-		}
-		activate = func(c attest.EncryptedCredential) ([]byte, error) { return ak.ActivateCredentialWithEK(tpm.TPM, c, ek) }
-	case EKECCP384:
-		ek, err := ReadEK(tpm.raw, NVIndexECCP384EKCert, HandleECCP384EK)
-		if err != nil {
-			return nil, err
-		}
-		if chReq, err = NewChallengeRequest(attest.EK{Public: ek.Public}, ak, o.claims); err != nil {
-			return nil, err
-		}
-		chReq.EKCertificate, chReq.EKPublicArea = ek.Certificate, ek.Area
-		activate = func(c attest.EncryptedCredential) ([]byte, error) { return tpm.activateWithEK(ak, c, ek) }
-	default:
-		return nil, fmt.Errorf("unknown EK %q (want %s or %s)", o.ek, EKRSA2048, EKECCP384)
+func (c *Client) enroll(ctx context.Context, dev Device, ak AK, o options) (*Identity, error) {
+	ek, err := dev.Endorsement(o.ek)
+	if err != nil {
+		return nil, err
+	}
+	chReq, err := newChallengeRequest(ek, ak.AttestationParameters(), o.claims)
+	if err != nil {
+		return nil, err
 	}
 	var ch api.ChallengeResponse
 	if err := c.post(ctx, o.hc, api.PathChallenge, chReq, &ch); err != nil {
 		return nil, fmt.Errorf("challenge: %w", err)
 	}
-	secret, err := activate(attest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret})
+	secret, err := ak.ActivateCredential(ek, attest.EncryptedCredential{Credential: ch.Credential.Credential, Secret: ch.Credential.Secret})
 	if err != nil {
 		return nil, fmt.Errorf("activate credential: %w", err)
 	}
-	ev, key, err := Evidence(tpm, ak, &ch, secret, o.eventLog)
+	key, err := ak.NewKey(api.CertifyQualifyingData(ch.Nonce))
+	if err != nil {
+		return nil, fmt.Errorf("create device key: %w", err)
+	}
+	defer key.Close()
+	ev, err := evidence(dev, ak, key, &ch, secret, o.eventLog)
 	if err != nil {
 		return nil, err
 	}
-	defer key.Close()
 
 	var done api.CompleteResponse
 	if err := c.post(ctx, o.hc, api.PathComplete, ev, &done); err != nil {
@@ -176,15 +163,15 @@ func (c *Client) enroll(ctx context.Context, tpm *TPM, ak *attest.AK, o options)
 //
 // Every attempt uses the same AK: an operator approves the device with the
 // AK it showed, and a new AK after approval would be a re-provisioning.
-func (c *Client) EnrollWaiting(ctx context.Context, tpm *TPM, pending func(*api.Pending), opts ...Option) (*Identity, error) {
+func (c *Client) EnrollWaiting(ctx context.Context, dev Device, pending func(*api.Pending), opts ...Option) (*Identity, error) {
 	o := c.options(opts)
-	ak, err := tpm.NewAK(&attest.AKConfig{Algorithm: o.akAlg})
+	ak, err := dev.CreateAK(o.akAlg)
 	if err != nil {
 		return nil, fmt.Errorf("create AK: %w", err)
 	}
-	defer ak.Close(tpm.TPM)
+	defer ak.Close()
 	for {
-		id, err := c.enroll(ctx, tpm, ak, o)
+		id, err := c.enroll(ctx, dev, ak, o)
 		var p *api.Pending
 		if !errors.As(err, &p) {
 			return id, err
@@ -203,20 +190,25 @@ func (c *Client) EnrollWaiting(ctx context.Context, tpm *TPM, pending func(*api.
 
 // NewChallengeRequest builds the first round trip's request.
 func NewChallengeRequest(ek attest.EK, ak *attest.AK, claims api.Claims) (*api.ChallengeRequest, error) {
+	e := &Endorsement{Public: ek.Public}
+	if ek.Certificate != nil {
+		e.Certificate = ek.Certificate.Raw
+	}
+	return newChallengeRequest(e, ak.AttestationParameters(), claims)
+}
+
+func newChallengeRequest(ek *Endorsement, p attest.AttestationParameters, claims api.Claims) (*api.ChallengeRequest, error) {
 	ekPub, err := x509.MarshalPKIXPublicKey(ek.Public)
 	if err != nil {
 		return nil, fmt.Errorf("EK public key: %w", err)
 	}
-	p := ak.AttestationParameters()
-	req := &api.ChallengeRequest{
-		EKPublic: ekPub,
-		AK:       api.KeyParameters{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature},
-		Claims:   claims,
-	}
-	if ek.Certificate != nil {
-		req.EKCertificate = ek.Certificate.Raw
-	}
-	return req, nil
+	return &api.ChallengeRequest{
+		EKPublic:      ekPub,
+		EKCertificate: ek.Certificate,
+		EKPublicArea:  ek.Area,
+		AK:            api.KeyParameters{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature},
+		Claims:        claims,
+	}, nil
 }
 
 // Evidence answers a challenge given the activated secret: it quotes the
@@ -224,31 +216,42 @@ func NewChallengeRequest(ek attest.EK, ak *attest.AK, claims api.Claims) (*api.C
 // session, and signs a CSR with it. The caller closes the returned key.
 // Activation stays outside so tests can send evidence with a wrong secret.
 func Evidence(tpm *TPM, ak *attest.AK, ch *api.ChallengeResponse, secret, eventLog []byte) (*api.CompleteRequest, *attest.Key, error) {
-	bank, err := pcrBank(tpm)
-	if err != nil {
-		return nil, nil, err
-	}
-	quote, err := ak.Quote(tpm.TPM, ch.Nonce, bank)
-	if err != nil {
-		return nil, nil, fmt.Errorf("quote: %w", err)
-	}
-	pcrs, err := tpm.PCRs(bank)
-	if err != nil {
-		return nil, nil, fmt.Errorf("read PCRs: %w", err)
-	}
-	if eventLog == nil {
-		if eventLog, err = tpm.MeasurementLog(); err != nil {
-			eventLog = nil // no firmware log (swtpm, some VMs): the quote still binds the PCRs
-		}
-	}
-	key, err := tpm.NewKey(ak, &attest.KeyConfig{Algorithm: attest.ECDSA, Size: 256, QualifyingData: api.CertifyQualifyingData(ch.Nonce)})
+	key, err := newDeviceKey(tpm, ak, api.CertifyQualifyingData(ch.Nonce))
 	if err != nil {
 		return nil, nil, fmt.Errorf("create device key: %w", err)
 	}
-	csr, err := CSR(key)
+	req, err := evidence(tpm, &tpmAK{t: tpm, ak: ak}, key, ch, secret, eventLog)
 	if err != nil {
 		key.Close()
 		return nil, nil, err
+	}
+	return req, key, nil
+}
+
+// evidence builds the second round trip's request: a quote of the PCRs
+// over the nonce, the PCR values, the event log, key's certification and a
+// CSR signed by key.
+func evidence(dev Device, ak AK, key Key, ch *api.ChallengeResponse, secret, eventLog []byte) (*api.CompleteRequest, error) {
+	bank, err := pcrBank(dev)
+	if err != nil {
+		return nil, err
+	}
+	quote, err := ak.Quote(ch.Nonce, bank)
+	if err != nil {
+		return nil, fmt.Errorf("quote: %w", err)
+	}
+	pcrs, err := dev.PCRs(bank)
+	if err != nil {
+		return nil, fmt.Errorf("read PCRs: %w", err)
+	}
+	if eventLog == nil {
+		if eventLog, err = dev.MeasurementLog(); err != nil {
+			eventLog = nil // no firmware log (swtpm, some VMs): the quote still binds the PCRs
+		}
+	}
+	csr, err := CSR(key)
+	if err != nil {
+		return nil, err
 	}
 	cp := key.CertificationParameters()
 	req := &api.CompleteRequest{
@@ -263,17 +266,21 @@ func Evidence(tpm *TPM, ak *attest.AK, ch *api.ChallengeResponse, secret, eventL
 	for _, p := range pcrs {
 		req.PCRs = append(req.PCRs, api.PCR{Index: p.Index, Bank: bankName, Digest: p.Digest})
 	}
-	return req, key, nil
+	return req, nil
 }
 
 // CSR makes a certificate request signed inside the TPM by key. The
 // appliance sets the subject; the CSR only proves possession.
-func CSR(key *attest.Key) ([]byte, error) {
+func CSR(key Key) ([]byte, error) {
 	priv, err := key.Private(key.Public())
 	if err != nil {
 		return nil, fmt.Errorf("device key signer: %w", err)
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "gatehouse-device"}}, priv)
+	signer, ok := priv.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("device key signer: %T is not a crypto.Signer", priv)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "gatehouse-device"}}, signer)
 	if err != nil {
 		return nil, fmt.Errorf("sign CSR in the TPM: %w", err)
 	}
@@ -298,8 +305,8 @@ func EndorsementKey(tpm *TPM) (attest.EK, error) {
 }
 
 // pcrBank prefers SHA-256, the bank every current firmware extends.
-func pcrBank(tpm *TPM) (attest.HashAlg, error) {
-	banks, err := tpm.PCRBanks()
+func pcrBank(dev Device) (attest.HashAlg, error) {
+	banks, err := dev.PCRBanks()
 	if err != nil {
 		return 0, fmt.Errorf("read PCR banks: %w", err)
 	}
@@ -316,7 +323,7 @@ func pcrBank(tpm *TPM) (attest.HashAlg, error) {
 
 // identity checks the issued certificate before the device relies on it: it
 // must chain to the pinned root and certify the TPM-resident key.
-func (c *Client) identity(r *api.CompleteResponse, key *attest.Key) (*Identity, error) {
+func (c *Client) identity(r *api.CompleteResponse, key Key) (*Identity, error) {
 	leaf, err := x509.ParseCertificate(r.Certificate)
 	if err != nil {
 		return nil, fmt.Errorf("issued certificate: %w", err)

@@ -13,17 +13,17 @@ import (
 // the same TPM-resident device key, over mTLS with the current certificate.
 // eventLog nil sends the firmware's log, if any. The returned identity
 // keeps the key and AK blobs.
-func (c *Client) Renew(ctx context.Context, tpm *TPM, id *Identity, eventLog []byte) (*Identity, error) {
-	cert, key, err := id.TLSCertificate(tpm)
+func (c *Client) Renew(ctx context.Context, dev Device, id *Identity, eventLog []byte) (*Identity, error) {
+	cert, key, err := id.DeviceTLSCertificate(dev)
 	if err != nil {
 		return nil, err
 	}
 	defer key.Close()
-	ak, err := tpm.LoadAK(id.AKBlob)
+	ak, err := dev.OpenAK(id.AKBlob)
 	if err != nil {
 		return nil, fmt.Errorf("load AK into the TPM: %w", err)
 	}
-	defer ak.Close(tpm.TPM)
+	defer ak.Close()
 	hc := newHTTPClient(c.root, &cert)
 	defer hc.CloseIdleConnections()
 
@@ -31,20 +31,20 @@ func (c *Client) Renew(ctx context.Context, tpm *TPM, id *Identity, eventLog []b
 	if err := c.post(ctx, hc, api.PathRenewChallenge, struct{}{}, &ch); err != nil {
 		return nil, fmt.Errorf("renew challenge: %w", err)
 	}
-	bank, err := pcrBank(tpm)
+	bank, err := pcrBank(dev)
 	if err != nil {
 		return nil, err
 	}
-	quote, err := ak.Quote(tpm.TPM, ch.Nonce, bank)
+	quote, err := ak.Quote(ch.Nonce, bank)
 	if err != nil {
 		return nil, fmt.Errorf("quote: %w", err)
 	}
-	pcrs, err := tpm.PCRs(bank)
+	pcrs, err := dev.PCRs(bank)
 	if err != nil {
 		return nil, fmt.Errorf("read PCRs: %w", err)
 	}
 	if eventLog == nil {
-		if eventLog, err = tpm.MeasurementLog(); err != nil {
+		if eventLog, err = dev.MeasurementLog(); err != nil {
 			eventLog = nil
 		}
 	}
@@ -76,13 +76,13 @@ func (c *Client) Renew(ctx context.Context, tpm *TPM, id *Identity, eventLog []b
 }
 
 // Config fetches the device's effective configuration over mTLS.
-func (c *Client) Config(ctx context.Context, tpm *TPM, id *Identity) (*api.ConfigResponse, error) {
+func (c *Client) Config(ctx context.Context, dev Device, id *Identity) (*api.ConfigResponse, error) {
 	var out api.ConfigResponse
-	return &out, c.getMTLS(ctx, tpm, id, api.PathConfig, &out)
+	return &out, c.getMTLS(ctx, dev, id, api.PathConfig, &out)
 }
 
-func (c *Client) getMTLS(ctx context.Context, tpm *TPM, id *Identity, path string, out any) error {
-	cert, key, err := id.TLSCertificate(tpm)
+func (c *Client) getMTLS(ctx context.Context, dev Device, id *Identity, path string, out any) error {
+	cert, key, err := id.DeviceTLSCertificate(dev)
 	if err != nil {
 		return err
 	}

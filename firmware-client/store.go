@@ -147,20 +147,42 @@ func (id *Identity) TLSCertificate(tpm *TPM) (tls.Certificate, *attest.Key, erro
 	if err != nil {
 		return tls.Certificate{}, nil, fmt.Errorf("load device key into the TPM: %w", err)
 	}
-	priv, err := key.Private(key.Public())
+	cert, err := id.tlsCertificate(key)
 	if err != nil {
 		key.Close()
 		return tls.Certificate{}, nil, err
+	}
+	return cert, key, nil
+}
+
+// DeviceTLSCertificate is TLSCertificate for any Device.
+func (id *Identity) DeviceTLSCertificate(dev Device) (tls.Certificate, Key, error) {
+	key, err := dev.OpenKey(id.KeyBlob)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("load device key into the TPM: %w", err)
+	}
+	cert, err := id.tlsCertificate(key)
+	if err != nil {
+		key.Close()
+		return tls.Certificate{}, nil, err
+	}
+	return cert, key, nil
+}
+
+func (id *Identity) tlsCertificate(key Key) (tls.Certificate, error) {
+	priv, err := key.Private(key.Public())
+	if err != nil {
+		return tls.Certificate{}, err
 	}
 	cert := tls.Certificate{Certificate: [][]byte{id.Certificate.Raw}, PrivateKey: priv, Leaf: id.Certificate}
 	for _, c := range id.Chain {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
-	return cert, key, nil
+	return cert, nil
 }
 
 // WhoAmI calls GET /v1/whoami authenticated by the identity's TPM key.
-func (c *Client) WhoAmI(ctx context.Context, tpm *TPM, id *Identity) (*api.WhoAmIResponse, error) {
+func (c *Client) WhoAmI(ctx context.Context, dev Device, id *Identity) (*api.WhoAmIResponse, error) {
 	var out api.WhoAmIResponse
-	return &out, c.getMTLS(ctx, tpm, id, api.PathWhoAmI, &out)
+	return &out, c.getMTLS(ctx, dev, id, api.PathWhoAmI, &out)
 }

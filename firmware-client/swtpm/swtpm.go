@@ -11,6 +11,7 @@ package swtpm
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -186,6 +187,29 @@ func LoadManufacturer(dir string) (*Manufacturer, error) {
 		}
 	}
 	return m, nil
+}
+
+// SigningKey loads the EK CA's private key, for issuers other than
+// swtpm_localca (the software TPM model) that issue EK certificates of
+// this manufacturer.
+func (m *Manufacturer) SigningKey() (crypto.Signer, error) {
+	b, err := os.ReadFile(filepath.Join(m.Dir, signKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, fmt.Errorf("%s: not PEM", signKeyFile)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", signKeyFile, err)
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("%s: %T is not a signing key", signKeyFile, k)
+	}
+	return signer, nil
 }
 
 // RootPEM is the manufacturer root in PEM.
