@@ -470,14 +470,20 @@ func (d *DB) CreateOrder(ctx context.Context, o *stepacme.Order) error {
 	return nil
 }
 
-// OrderIdentifier returns the one identifier of the order id names, if
-// this appliance made id.
-func (d *DB) OrderIdentifier(id string) (stepacme.Identifier, bool) {
+// OrderInfo is what an order ID says, for the issuance hook.
+type OrderInfo struct {
+	Identifier stepacme.Identifier
+	Expires    time.Time
+}
+
+// Order decodes an order ID this appliance made (its MAC checked), for the
+// issuance hook: its one identifier and when it expires.
+func (d *DB) Order(id string) (OrderInfo, bool) {
 	var p orderPayload
 	if err := d.open("order", id, &p); err != nil || len(p.Identifiers) != 1 {
-		return stepacme.Identifier{}, false
+		return OrderInfo{}, false
 	}
-	return p.Identifiers[0], true
+	return OrderInfo{Identifier: p.Identifiers[0], Expires: time.Unix(p.Expires, 0).UTC()}, true
 }
 
 func (d *DB) openOrder(id string) (dbOrder, error) {

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/gatehouse-dev/gatehouse/acme"
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/cluster"
@@ -132,6 +133,9 @@ func limitedStage(path string) string {
 		return stageJoin
 	case api.PathCRL:
 		return "crl"
+	}
+	if strings.HasPrefix(path, acme.Prefix+"/") || path == acme.PathProvisioners {
+		return stageACME
 	}
 	if strings.HasPrefix(path, "/admin/") {
 		return stageAdmin

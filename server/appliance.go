@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/acme"
 	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
@@ -223,6 +224,7 @@ type options struct {
 	now         func() time.Time
 	rateLimit   float64
 	rateBurst   int
+	acmeRoots   func(*ca.CA) []*x509.Certificate // nil: no ACME (acme.go)
 }
 
 // WithLogger sets the logger (default: discard).
@@ -273,6 +275,8 @@ type Appliance struct {
 	crlCache          crlCache
 	health            healthState
 	peerCmds          peerCommands // what each member applies (version.go)
+	acme              http.Handler // nil: ACME not enabled (acme.go)
+	acmeDB            *acme.DB
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA
@@ -313,11 +317,16 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		return nil, fmt.Errorf("device API listen %s: %w", cfg.Listen, err)
 	}
 	kv := &registryKV{}
-	if a.ca, err = ca.Open(filepath.Join(dataDir, caDir), password,
+	caOpts := []ca.Option{
 		ca.WithDatabase(kv),
-		ca.WithCRLDistributionPoint("https://"+a.publicAddr()+"/crl"),
+		ca.WithCRLDistributionPoint("https://" + a.publicAddr() + "/crl"),
 		ca.WithReservedNames(a.reservedNames),
-	); err != nil {
+	}
+	acmeHook := &acmeIssuer{}
+	if o.acmeRoots != nil {
+		caOpts = append(caOpts, ca.WithACME(o.acmeRoots, acmeHook))
+	}
+	if a.ca, err = ca.Open(filepath.Join(dataDir, caDir), password, caOpts...); err != nil {
 		return nil, fmt.Errorf("open CA: %w", err)
 	}
 	if err := checkClusterRoot(filepath.Join(dataDir, raftDir), rootHash(a.ca.Root())); err != nil {
@@ -365,6 +374,11 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		log:         o.logger,
 		metrics:     newEnrollMetrics(),
 		unproven:    newRefusalCounts(o.now),
+	}
+	if o.acmeRoots != nil {
+		if err := a.openACME(acmeHook, kv); err != nil {
+			return nil, err
+		}
 	}
 	a.admission = newClientLimiter(cfg.RateLimit, cfg.RateBurst)
 	if err := a.serveDevices(); err != nil {
