@@ -49,3 +49,7 @@ const MaxEKRootsBody = maxEKRootsBody
 // ServerCertForTest is the node's HTTPS server certificate: a test stands
 // up an impostor seed that the cluster root vouches for.
 func (a *Appliance) ServerCertForTest() (*tls.Certificate, error) { return a.serverCert.get(nil) }
+
+// ACMESizesForTest reports the ACME database's node-local state: used
+// nonces and cached pre-proof updates.
+func (a *Appliance) ACMESizesForTest() (usedNonces, pending int) { return a.acmeDB.Sizes() }
