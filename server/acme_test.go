@@ -400,8 +400,8 @@ func TestACMEOrderRefusals(t *testing.T) {
 	}
 	c := acmeClient(t, e.App)
 	for _, ids := range [][]xacme.AuthzID{
-		{{Type: "permanent-identifier", Value: strings.Repeat("0", 32)}},                  // unknown device
-		{{Type: "dns", Value: "example.com"}},                                             // not a permanent identifier
+		{{Type: "permanent-identifier", Value: strings.Repeat("0", 32)}},                                                       // unknown device
+		{{Type: "dns", Value: "example.com"}},                                                                                  // not a permanent identifier
 		{{Type: "permanent-identifier", Value: victim.DeviceID}, {Type: "permanent-identifier", Value: victim.DeviceID + "x"}}, // two
 	} {
 		if _, err := c.AuthorizeOrder(ctx, ids); err == nil || acmeProblem(err) != "urn:ietf:params:acme:error:rejectedIdentifier" {
