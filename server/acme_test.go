@@ -565,3 +565,95 @@ func signJWS(t *testing.T, key *ecdsa.PrivateKey, nonce, url, payload string) st
 	out, _ := json.Marshal(map[string]string{"protected": p64, "payload": b64, "signature": sig})
 	return string(out)
 }
+
+// joinACME adds a node with ACME enabled (servertest.Join passes no server
+// options).
+func joinACME(t *testing.T, e *env, nodeID string, aca *testAKCA) *server.Appliance {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tok, err := e.App.CreateJoinToken(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := server.DefaultConfig()
+	cfg.NodeID, cfg.Listen, cfg.RaftAddr = nodeID, "127.0.0.1:0", servertest.FreeAddr(t)
+	servertest.Unthrottled(&cfg)
+	if err := server.Join(ctx, dir, servertest.Password, e.App.Addr(), tok.String(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	app, err := server.Open(dir, servertest.Password, server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)), aca.option())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	if err := app.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return app
+}
+
+func onNode(u string, app *server.Appliance) string {
+	i := strings.Index(u[len("https://"):], "/") + len("https://")
+	return "https://" + app.Addr() + u[i:]
+}
+
+// Any node serves any step once the proof is written: an order made on one
+// node is proven on another and finalized on the first; the record is on
+// both.
+func TestACMEAnyNodeServesAnyStep(t *testing.T) {
+	e, aca := newACMEEnv(t)
+	b := joinACME(t, e, "node-b", aca)
+	d := newACMEDevice(t, e, aca, "")
+	ctx := context.Background()
+	cA := acmeClient(t, e.App)
+	cB := &xacme.Client{Key: cA.Key, HTTPClient: cA.HTTPClient, DirectoryURL: onNode(cA.DirectoryURL, b)}
+	if _, err := cB.Register(ctx, &xacme.Account{}, xacme.AcceptTOS); err != nil {
+		t.Fatalf("new-account on node b: %v", err)
+	}
+
+	o, err := cA.AuthorizeOrder(ctx, []xacme.AuthzID{{Type: "permanent-identifier", Value: d.id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	az, err := cB.GetAuthorization(ctx, onNode(o.AuthzURLs[0], b))
+	if err != nil {
+		t.Fatalf("node b reads node a's pending authorization: %v", err)
+	}
+	chal := az.Challenges[0]
+	keyAuth, _ := cB.HTTP01ChallengeResponse(chal.Token)
+	payload, key := d.attest(t, keyAuth)
+	chal.Payload = payload
+	if _, err := cB.Accept(ctx, chal); err != nil {
+		t.Fatalf("prove on node b: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if o, err = cB.WaitOrder(wctx, onNode(o.URI, b)); err != nil || o.Status != xacme.StatusReady {
+		t.Fatalf("order on node b: %+v %v", o, err)
+	}
+	chain, err := finalize(cA, &xacme.Order{FinalizeURL: onNode(o.FinalizeURL, e.App)}, key, d.id)
+	if err != nil {
+		t.Fatalf("finalize on node a: %v", err)
+	}
+	serial := chain[0].SerialNumber.Text(16)
+	for _, app := range []*server.Appliance{e.App, b} {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			dev, err := app.Node().Device(d.id)
+			if err == nil && dev.CertificateSerial == serial {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %s: device %+v %v, want serial %s", app.Addr(), dev, err, serial)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// The order has its certificate: finalizing it again on node b issues
+	// no other.
+	if again, err := finalize(cB, &xacme.Order{FinalizeURL: onNode(o.FinalizeURL, b)}, key, d.id); err == nil && again[0].SerialNumber.Text(16) != serial {
+		t.Fatalf("node b issued a second certificate %s for the order", again[0].SerialNumber.Text(16))
+	}
+}
