@@ -5,7 +5,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -303,7 +302,7 @@ func TestACMENonceReplay(t *testing.T) {
 	resp.Body.Close()
 	nonce := resp.Header.Get("Replay-Nonce")
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	body := signJWS(t, key, nonce, base+"/new-account", `{"termsOfServiceAgreed":true}`)
+	body := servertest.SignACMEJWS(key, nonce, base+"/new-account", `{"termsOfServiceAgreed":true}`)
 	for i, want := range []int{http.StatusCreated, http.StatusBadRequest} {
 		resp, err := hc.Post(base+"/new-account", "application/jose+json", strings.NewReader(body))
 		if err != nil {
@@ -315,25 +314,6 @@ func TestACMENonceReplay(t *testing.T) {
 			t.Fatalf("request %d with nonce %s: %d %s, want %d", i, nonce, resp.StatusCode, b, want)
 		}
 	}
-}
-
-// signJWS is an RFC 8555 JWS with an embedded JWK (new-account).
-func signJWS(t *testing.T, key *ecdsa.PrivateKey, nonce, url, payload string) string {
-	t.Helper()
-	pad := func(b []byte) []byte { return append(make([]byte, 32-len(b)), b...) }
-	jwk := map[string]string{"kty": "EC", "crv": "P-256",
-		"x": base64.RawURLEncoding.EncodeToString(pad(key.X.Bytes())), "y": base64.RawURLEncoding.EncodeToString(pad(key.Y.Bytes()))}
-	prot, _ := json.Marshal(map[string]any{"alg": "ES256", "jwk": jwk, "nonce": nonce, "url": url})
-	p64 := base64.RawURLEncoding.EncodeToString(prot)
-	b64 := base64.RawURLEncoding.EncodeToString([]byte(payload))
-	sum := sha256.Sum256([]byte(p64 + "." + b64))
-	r, s, err := ecdsa.Sign(rand.Reader, key, sum[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig := base64.RawURLEncoding.EncodeToString(append(pad(r.Bytes()), pad(s.Bytes())...))
-	out, _ := json.Marshal(map[string]string{"protected": p64, "payload": b64, "signature": sig})
-	return string(out)
 }
 
 // joinACME adds a node with ACME enabled (servertest.Join passes no server

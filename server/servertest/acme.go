@@ -197,6 +197,10 @@ func ACMEClient(t testing.TB, app *server.Appliance) *xacme.Client {
 
 // OrderAndProve runs new-order and the device-attest-01 challenge; it
 // returns the order URL, finalize URL and the attested key.
+// ErrNotProven: the device-attest-01 answer left the authorization
+// unproven (the challenge's error is wrapped).
+var ErrNotProven = errors.New("authorization not valid after the device-attest-01 answer")
+
 func OrderAndProve(t testing.TB, c *xacme.Client, d *ACMEDevice, identifier string) (*xacme.Order, crypto.Signer, error) {
 	t.Helper()
 	ctx := context.Background()
@@ -220,6 +224,17 @@ func OrderAndProve(t testing.TB, c *xacme.Client, d *ACMEDevice, identifier stri
 	chal.Payload = payload
 	if _, err := c.Accept(ctx, chal); err != nil {
 		return o, key, err
+	}
+	// step-ca validates device-attest-01 within the request: a refused
+	// proof leaves the authorization pending with the challenge's error.
+	if az, err = c.GetAuthorization(ctx, o.AuthzURLs[0]); err != nil {
+		return o, key, err
+	} else if az.Status != xacme.StatusValid {
+		var why error = ErrNotProven
+		if len(az.Challenges) == 1 && az.Challenges[0].Error != nil {
+			why = fmt.Errorf("%w: %w", ErrNotProven, az.Challenges[0].Error)
+		}
+		return o, key, why
 	}
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -253,4 +268,23 @@ func ACMEProblem(err error) string {
 		return ae.ProblemType
 	}
 	return ""
+}
+
+// SignACMEJWS is an RFC 8555 JWS over payload with key's JWK embedded
+// (new-account), for requests a client library would not make (replays).
+func SignACMEJWS(key *ecdsa.PrivateKey, nonce, url, payload string) string {
+	pad := func(b []byte) []byte { return append(make([]byte, 32-len(b)), b...) }
+	jwk := map[string]string{"kty": "EC", "crv": "P-256",
+		"x": base64.RawURLEncoding.EncodeToString(pad(key.X.Bytes())), "y": base64.RawURLEncoding.EncodeToString(pad(key.Y.Bytes()))}
+	prot, _ := json.Marshal(map[string]any{"alg": "ES256", "jwk": jwk, "nonce": nonce, "url": url})
+	p64 := base64.RawURLEncoding.EncodeToString(prot)
+	b64 := base64.RawURLEncoding.EncodeToString([]byte(payload))
+	sum := sha256.Sum256([]byte(p64 + "." + b64))
+	r, s, err := ecdsa.Sign(rand.Reader, key, sum[:])
+	if err != nil {
+		panic(err)
+	}
+	out, _ := json.Marshal(map[string]string{"protected": p64, "payload": b64,
+		"signature": base64.RawURLEncoding.EncodeToString(append(pad(r.Bytes()), pad(s.Bytes())...))})
+	return string(out)
 }
