@@ -1,16 +1,20 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,13 +29,13 @@ import (
 
 // newACMEEnv starts an appliance with ACME enabled (the test AK CA as the
 // attestation root).
-func newACMEEnv(t *testing.T) (*env, *servertest.TestAKCA) {
+func newACMEEnv(t *testing.T, opts ...server.Option) (*env, *servertest.TestAKCA) {
 	e := newEnv(t)
 	aca := servertest.NewTestAKCA(t)
 	if err := e.App.Close(); err != nil {
 		t.Fatal(err)
 	}
-	e.Start(aca.Option())
+	e.Start(append([]server.Option{aca.Option()}, opts...)...)
 	return e, aca
 }
 
@@ -292,7 +296,8 @@ func TestACMEUnprovenFloodIsBounded(t *testing.T) {
 // A nonce is accepted once: a replayed request is refused with badNonce
 // on the node that saw it.
 func TestACMENonceReplay(t *testing.T) {
-	e, _ := newACMEEnv(t)
+	var logs bytes.Buffer
+	e, _ := newACMEEnv(t, server.WithLogger(slog.New(slog.NewJSONHandler(&syncWriter{w: &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	base := "https://" + e.App.Addr() + "/acme/" + ca.ACMEProvisionerName
 	hc := servertest.ACMEClient(t, e.App).HTTPClient
 	resp, err := hc.Head(base + "/new-nonce")
@@ -313,6 +318,52 @@ func TestACMENonceReplay(t *testing.T) {
 		if resp.StatusCode != want || (i == 1 && !strings.Contains(string(b), "badNonce")) {
 			t.Fatalf("request %d with nonce %s: %d %s, want %d", i, nonce, resp.StatusCode, b, want)
 		}
+	}
+	// The request log names the requests, never their JWS bodies.
+	var jws struct{ Protected, Payload, Signature string }
+	json.Unmarshal([]byte(body), &jws)
+	out := logs.String()
+	if !strings.Contains(out, "/new-account") {
+		t.Fatalf("no request log: %s", out)
+	}
+	for _, part := range []string{jws.Protected[:20], jws.Payload, jws.Signature[:20]} {
+		if strings.Contains(out, part) {
+			t.Fatalf("the log carries the JWS body (%s): %s", part, out)
+		}
+	}
+}
+
+// syncWriter serializes the log handler's writes with the test's read.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// The ACME routes are anonymous routes: admission control limits them.
+func TestACMERateLimited(t *testing.T) {
+	e, _ := newACMEEnv(t, server.WithRateLimit(1, 3))
+	url := "https://" + e.App.Addr() + "/acme/" + ca.ACMEProvisionerName + "/new-nonce"
+	pool := x509.NewCertPool()
+	pool.AddCert(e.App.Root())
+	// Not e.HTTP: the OpenAPI check cannot route /acme/{rest} over segments.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	limited := false
+	for i := 0; i < 10 && !limited; i++ {
+		resp, err := hc.Head(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		limited = resp.StatusCode == http.StatusTooManyRequests
+	}
+	if !limited {
+		t.Fatal("10 new-nonce requests from one address at 1/s, burst 3: none refused 429")
 	}
 }
 
