@@ -9,6 +9,7 @@ import (
 	stepacme "github.com/smallstep/certificates/acme"
 	acmeapi "github.com/smallstep/certificates/acme/api"
 	stepapi "github.com/smallstep/certificates/api"
+	"github.com/smallstep/certificates/api/render"
 	"github.com/smallstep/certificates/authority"
 	"github.com/smallstep/certificates/authority/provisioner"
 
@@ -23,7 +24,8 @@ const Prefix = "/acme"
 // served: the stock step CLI lists the provisioners to learn that
 // ca.ACMEProvisionerName is an ACME provisioner. It is read-only; the
 // native signing routes (/sign, /renew, /rekey, /revoke, /1.0/sign, ...)
-// are not served, as they would issue without attestation.
+// are not served, as they would issue without attestation. ACME's own
+// revoke-cert is refused too: revocation is the registry's.
 const PathProvisioners = "/provisioners"
 
 // MaxBody bounds an ACME request body (a JWS; the largest is the
@@ -41,6 +43,13 @@ func Handler(auth *authority.Authority, db *DB, publicHost string) http.Handler 
 	r.Route(Prefix, func(r chi.Router) {
 		r.Use(func(next http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+				if strings.HasSuffix(req.URL.Path, "/"+stepacme.RevokeCertLinkType.String()) {
+					// Revocation is the registry's (devices revoke): a
+					// revocation here would bypass its record and audit.
+					render.Error(w, req, stepacme.NewError(stepacme.ErrorUnauthorizedType,
+						"revocation through ACME is not supported: an operator revokes the device (gatehouse devices revoke)"))
+					return
+				}
 				req.Body = http.MaxBytesReader(w, req.Body, MaxBody)
 				ctx := authority.NewContext(req.Context(), auth)
 				ctx = stepacme.NewContext(ctx, db, client, linker, nil)

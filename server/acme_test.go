@@ -211,8 +211,17 @@ func TestACMENativeRoutesNotServed(t *testing.T) {
 			t.Errorf("POST %s: %d, want 404", p, resp.StatusCode)
 		}
 	}
+	// ACME revoke-cert would revoke outside the registry: refused.
+	resp, err := servertest.ACMEClient(t, e.App).HTTPClient.Post(e.URL()+"/acme/"+ca.ACMEProvisionerName+"/revoke-cert", "application/jose+json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("revoke-cert: %d, want 401", resp.StatusCode)
+	}
 	// Positive controls: the provisioner list and the ACME directory.
-	resp, err := e.HTTP.Get(e.URL() + "/provisioners")
+	resp, err = e.HTTP.Get(e.URL() + "/provisioners")
 	if err != nil {
 		t.Fatal(err)
 	}
