@@ -61,12 +61,21 @@ func (h *acmeIssuer) device(deviceID string) (cluster.Device, error) {
 	if err != nil {
 		return d, stepacme.WrapErrorISE(err, "read policy")
 	}
-	g := policy.GroupNamed(d.Group)
-	if g == nil {
-		return d, stepacme.NewDetailedError(stepacme.ErrorUnauthorizedType, "%v: device %s's group %q is not in the current policy", errACMEDevice, d.ID, d.Group)
+	// The group that decides for the device now, as at the attestation
+	// CA (Enroller.acmeAdmissible): its registry labels and individual
+	// enrollment, no boot state (ACME device-attest carries no quote).
+	in := policyInput(d.ID, d.EK, d.Claims, d.Labels, nil, nil)
+	if ie, err := h.e.reg.IndividualEnrollment(d.EK.PublicSHA256); err == nil {
+		in.EnrolledGroup = ie.Group
 	}
-	// TODO(integrator): refuse unless g.ACME (attest.Group.ACME, added by
-	// the attestca work) with "group %s does not admit ACME device-attest".
+	// TODO(integrator): with attestca's attest.Policy.ACMEGroup, replace
+	// the rest by
+	//	if _, err := policy.ACMEGroup(in); err != nil {
+	//		return d, stepacme.NewDetailedError(stepacme.ErrorUnauthorizedType, "%v: %v", errACMEDevice, err)
+	//	}
+	if policy.Select(in) == nil {
+		return d, stepacme.NewDetailedError(stepacme.ErrorUnauthorizedType, "%v: no group of policy v%d selects device %s", errACMEDevice, policy.Version, d.ID)
+	}
 	return d, nil
 }
 
