@@ -53,7 +53,8 @@ type acmeOptions struct {
 }
 
 // WithACME enables the ACME provisioner ACMEProvisionerName: roots (asked
-// once, in Open, after the intermediate key is unlocked) are its only
+// once, in Open, after the intermediate key is unlocked and before the
+// step-ca authority starts; none is an error) are its only
 // attestation roots (the AK CA), and hook decides every certificate it
 // signs. Without this option there is no ACME provisioner.
 func WithACME(roots func(*CA) []*x509.Certificate, hook ACMEHook) Option {
@@ -73,9 +74,12 @@ func (c *CA) Authority() *authority.Authority { return c.auth }
 func (c *CA) acmeAuthority(conf *config.AuthConfig) ([]authority.Option, error) {
 	var bundle []byte
 	for _, r := range c.acme.roots(c) {
-		bundle = append(bundle, pemCert(r)...)
+		if r != nil {
+			bundle = append(bundle, pemCert(r)...)
+		}
 	}
 	if len(bundle) == 0 {
+		// e.g. a root derived in Open after the authority starts
 		return nil, fmt.Errorf("ACME provisioner: no attestation roots")
 	}
 	conf.Provisioners = provisioner.List{&provisioner.ACME{

@@ -155,3 +155,13 @@ func TestACMECASRefuses(t *testing.T) {
 		t.Fatalf("a CSR's own order mark was honoured (%v, %d calls)", err, hook.calls)
 	}
 }
+
+func TestACMENeedsRoots(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	if err := Init(dir, pw); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir, pw, WithACME(func(*CA) []*x509.Certificate { return []*x509.Certificate{nil} }, &fakeHook{})); err == nil {
+		t.Fatal("an ACME provisioner without attestation roots started")
+	}
+}
