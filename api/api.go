@@ -38,6 +38,10 @@ const (
 	PathConfig         = "/v1/config"
 	// PathCRL serves the DER CRL (application/pkix-crl) to anyone.
 	PathCRL = "/crl"
+	// The attestation CA for ACME device-attest-01 (the step CLI's
+	// --attestation-ca-url is https://HOST:PORT/attestation), anonymous.
+	PathAttestationAttest = "/attestation/attest"
+	PathAttestationSecret = "/attestation/secret"
 )
 
 // Request body limits. A real UEFI event log is tens of kilobytes; 1 MiB

@@ -23,6 +23,10 @@ var ErrPolicyInvalid = errors.New("policy invalid")
 // ErrPolicyDenied: the evidence is genuine but the policy refuses it.
 var ErrPolicyDenied = errors.New("policy refused the device")
 
+// ErrACMENotAllowed: the group that decides for the device does not admit
+// identity-only attestation through ACME device-attest-01 (Group.ACME).
+var ErrACMENotAllowed = errors.New("the device's group does not admit ACME device-attest")
+
 // Enrollment modes.
 const (
 	ModeAuto    = "auto"    // enroll at once
@@ -65,6 +69,38 @@ type Group struct {
 	// ReattestInterval (a Go duration) marks a device stale when it has not
 	// renewed or re-enrolled within it; empty: never.
 	ReattestInterval string `json:"reattest_interval,omitempty"`
+	// ACME admits identity-only attestation through ACME device-attest-01
+	// (the attestation CA and step-ca's ACME provisioner): the EK and the
+	// AK are verified, but there is no quote, so a group with boot-state
+	// requirements cannot set it (Validate).
+	ACME bool `json:"acme,omitempty"`
+}
+
+// BootState reports whether the requirements judge boot state (PCRs or the
+// event log), which only a quote can show.
+func (r *Requirements) BootState() bool {
+	return len(r.PCRs) > 0 || r.EventLog || r.SecureBoot != nil || len(r.FirmwareVersions) > 0 || len(r.BootDigests) > 0 || r.DBXMinEntries > 0
+}
+
+// ACMEGroup returns the group that decides for in (Select) and whether it
+// admits ACME device-attest-01: nil error only for a group with ACME set.
+// Otherwise the error wraps ErrACMENotAllowed and says why: no group
+// selects the device, or the deciding group (named) does not set acme, and,
+// if it has boot-state requirements, that ACME device-attest carries no
+// quote, so they cannot be checked. in has no PCRs or log on this path.
+func (p *Policy) ACMEGroup(in *Input) (*Group, error) {
+	g := p.Select(in)
+	if g == nil {
+		return nil, fmt.Errorf("%w: no enrollment group of policy v%d selects this device (EK issuer %q, manufacturer %q)", ErrACMENotAllowed, p.Version, in.EKIssuer, in.Manufacturer)
+	}
+	if g.ACME {
+		return g, nil
+	}
+	err := fmt.Errorf("%w: group %s of policy v%d does not set \"acme\": true", ErrACMENotAllowed, g.Name, p.Version)
+	if g.Require.BootState() {
+		err = fmt.Errorf("%w; it requires boot state (PCRs or event log), and ACME device-attest carries no quote, so that cannot be checked: enroll natively (gatehouse-agent)", err)
+	}
+	return g, err
 }
 
 // ReprovisionAction is the group's re-provisioning choice with the default
@@ -305,6 +341,11 @@ func (p *Policy) Validate() error {
 		}
 		if g.Require.DBXMinEntries < 0 {
 			return bad("%s: dbx_min_entries is negative", at)
+		}
+		if g.ACME && g.Require.BootState() {
+			// ACME device-attest has no quote: it would admit what the
+			// group's rules exist to refuse.
+			return bad("%s: acme cannot be set on a group with boot-state requirements (PCRs or event log): ACME device-attest carries no quote, so they could not be checked", at)
 		}
 		if g.Certificate.Validity != "" {
 			d, err := time.ParseDuration(g.Certificate.Validity)

@@ -39,7 +39,8 @@ type ACMERequest struct {
 }
 
 // ACMEHook decides an ACME certificate before it exists. It returns the
-// device profile to sign with (device ID, serial, validity, names) after it
+// device profile to sign with (device ID, serial, validity: NotBefore and
+// NotAfter exactly when set, names) after it
 // committed the record that reserves the serial, or an error: then nothing
 // is signed. The error reaches the ACME client (an *acme.Error keeps its
 // type and status).
@@ -179,19 +180,23 @@ func (s *acmeCAS) CreateCertificate(req *apiv1.CreateCertificateRequest) (*apiv1
 	if err != nil {
 		return nil, err
 	}
+	now := time.Now()
+	notBefore, notAfter := p.NotBefore, p.NotAfter
+	if notBefore.IsZero() {
+		notBefore, notAfter = DeviceValidity(now, p.Validity)
+	}
 	crt := req.Template
 	crt.ExtraExtensions = nil
 	s.c.shapeDevice(crt, p)
 	crt.ExtraExtensions = []pkix.Extension{san}
-	now := time.Now()
-	finish(crt, pathOIDs[PathDevice], now.Add(-backdate), now.Add(p.Validity))
-	req.Lifetime, req.Backdate = p.Validity, backdate
+	finish(crt, pathOIDs[PathDevice], notBefore, notAfter)
+	req.Lifetime, req.Backdate = notAfter.Sub(notBefore), 0
 	resp, err := s.SoftCAS.CreateCertificate(req)
 	if err != nil {
 		return nil, err
 	}
 	leaf := resp.Certificate
-	if err := checkIssued(leaf, now, PathDevice); err != nil {
+	if err := checkIssued(leaf, now, notBefore, notAfter, PathDevice); err != nil {
 		return nil, err
 	}
 	if leaf.SerialNumber.Cmp(p.Serial) != 0 || leaf.Subject.CommonName != p.DeviceID {

@@ -8,8 +8,10 @@
 //     CN = device ID and one SPIFFE URI SAN; whatever names the CSR asks
 //     for are dropped. They are valid now (notBefore is backdated one minute,
 //     notAfter set explicitly), for client authentication only.
-//   - The serial of a device certificate is chosen by the caller, so it can be
-//     committed to the registry before the certificate exists.
+//   - The serial and the validity of a device certificate are chosen by the
+//     caller (NewSerial, DeviceValidity), so they can be committed to the
+//     registry before the certificate exists, and the certificate carries
+//     exactly those.
 //
 // Non-guarantees:
 //   - Nothing here checks that the caller verified the device; the caller
@@ -172,6 +174,8 @@ type CA struct {
 	tokenKey     []byte
 	auditKey     ed25519.PrivateKey
 	auditCert    *x509.Certificate
+	akKey        ed25519.PrivateKey // the AK CA's (akca.go)
+	akCA         *x509.Certificate
 	acme         acmeOptions
 	crlURL       string
 	crl          crlCache
@@ -227,6 +231,10 @@ func Open(dir string, password []byte, opts ...Option) (*CA, error) {
 	c := &CA{root: root, intermediate: inter, signer: signer, tokenKey: deriveKey(signer, "gatehouse session-token v1")}
 	for _, fn := range opts {
 		fn(c)
+	}
+	// Before the authority: the AK CA is the ACME provisioner's root.
+	if err := c.initAKCA(); err != nil {
+		return nil, err
 	}
 	authConf := &config.AuthConfig{Backdate: &provisioner.Duration{Duration: backdate}}
 	authOpts := []authority.Option{
@@ -300,6 +308,10 @@ type DeviceProfile struct {
 	TrustDomain string
 	Serial      *big.Int
 	Validity    time.Duration
+	// NotBefore and NotAfter, when set, are the certificate's validity as
+	// the caller decided it before committing (DeviceValidity): it is
+	// signed with exactly these. Zero: from Validity at signing.
+	NotBefore, NotAfter time.Time
 	// DNSNames and URIs come from the enrollment group's profile; the
 	// SPIFFE ID is always the first URI, and the only one: URIs may hold
 	// no other SPIFFE ID nor a Gatehouse URN.
@@ -327,6 +339,10 @@ func (p DeviceProfile) Validate() error {
 		return fmt.Errorf("%w: a positive serial is required", ErrBadProfile)
 	case p.Validity <= 0 || p.Validity > maxLeafValidity:
 		return fmt.Errorf("%w: validity %v must be in (0, %v]", ErrBadProfile, p.Validity, maxLeafValidity)
+	case (p.NotBefore.IsZero() || p.NotAfter.IsZero()) && p.NotBefore != p.NotAfter:
+		return fmt.Errorf("%w: notBefore and notAfter are set together", ErrBadProfile)
+	case !p.NotBefore.IsZero() && (!p.NotAfter.After(p.NotBefore) || p.NotAfter.Sub(p.NotBefore) > maxLeafValidity+backdate):
+		return fmt.Errorf("%w: validity %v..%v must be at most %v", ErrBadProfile, p.NotBefore, p.NotAfter, maxLeafValidity)
 	}
 	for _, d := range p.DNSNames {
 		if !attest.ValidHostname(d) {
@@ -375,13 +391,27 @@ func (p DeviceProfile) uris() []*url.URL {
 	return out
 }
 
-// IssueDevice signs a device certificate for the CSR's key through step-ca.
-// It returns the leaf followed by the intermediate.
+// DeviceValidity is the validity of a certificate valid for validity from
+// now: notBefore backdated one minute (clock skew), both in UTC and to the
+// second, as X.509 encodes them, so a value recorded before signing equals
+// the signed certificate's.
+func DeviceValidity(now time.Time, validity time.Duration) (notBefore, notAfter time.Time) {
+	now = now.UTC().Truncate(time.Second)
+	return now.Add(-backdate), now.Add(validity)
+}
+
+// IssueDevice signs a device certificate for the CSR's key through step-ca,
+// valid exactly for the profile's NotBefore..NotAfter when set. It returns
+// the leaf followed by the intermediate.
 func (c *CA) IssueDevice(ctx context.Context, csr *x509.CertificateRequest, p DeviceProfile) ([]*x509.Certificate, error) {
 	if err := c.CheckDevice(p); err != nil {
 		return nil, err
 	}
-	return c.sign(ctx, csr, p.Validity, PathDevice, func(crt *x509.Certificate) { c.shapeDevice(crt, p) })
+	notBefore, notAfter := p.NotBefore, p.NotAfter
+	if notBefore.IsZero() {
+		notBefore, notAfter = DeviceValidity(time.Now(), p.Validity)
+	}
+	return c.sign(ctx, csr, notBefore, notAfter, PathDevice, func(crt *x509.Certificate) { c.shapeDevice(crt, p) })
 }
 
 // shapeDevice makes crt say what the device profile p says: the one shaping
@@ -401,14 +431,14 @@ func (c *CA) shapeDevice(crt *x509.Certificate, p DeviceProfile) {
 // sign runs step-ca's SignWithContext with validity set explicitly: a bare
 // step-ca sign yields notBefore == notAfter, an already-expired certificate.
 // It marks the certificate with path (see Path) after shape, so only the
-// issuing function chooses the mark, and checks the result carries it.
-func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, validity time.Duration, path Path, shape func(*x509.Certificate)) ([]*x509.Certificate, error) {
+// issuing function chooses the mark, and checks the result carries it and
+// exactly notBefore..notAfter, and is valid now.
+func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, notBefore, notAfter time.Time, path Path, shape func(*x509.Certificate)) ([]*x509.Certificate, error) {
 	mark, ok := pathOIDs[path]
 	if !ok {
 		return nil, fmt.Errorf("%w: unknown issuance path %q", ErrBadProfile, path)
 	}
 	now := time.Now()
-	notBefore, notAfter := now.Add(-backdate), now.Add(validity)
 	chain, err := c.auth.SignWithContext(ctx, csr, provisioner.SignOptions{
 		NotBefore: provisioner.NewTimeDuration(notBefore),
 		NotAfter:  provisioner.NewTimeDuration(notAfter),
@@ -423,7 +453,7 @@ func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, validity ti
 	if err != nil {
 		return nil, fmt.Errorf("step-ca sign: %w", err)
 	}
-	if err := checkIssued(chain[0], now, path); err != nil {
+	if err := checkIssued(chain[0], now, notBefore, notAfter, path); err != nil {
 		return nil, err
 	}
 	return chain, nil
@@ -437,11 +467,13 @@ func finish(crt *x509.Certificate, mark x509.OID, notBefore, notAfter time.Time)
 	crt.BasicConstraintsValid, crt.IsCA = true, false
 }
 
-// checkIssued is sign's check of a signed leaf: valid now, and carrying
-// exactly one issuance mark, path's.
-func checkIssued(leaf *x509.Certificate, now time.Time, path Path) error {
+// checkIssued is sign's check of a signed leaf: valid now, exactly
+// notBefore..notAfter, and carrying exactly one issuance mark, path's.
+func checkIssued(leaf *x509.Certificate, now, notBefore, notAfter time.Time, path Path) error {
 	if now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter) {
 		return fmt.Errorf("step-ca issued a certificate not valid now (%v..%v)", leaf.NotBefore, leaf.NotAfter)
+	} else if !leaf.NotBefore.Equal(notBefore.Truncate(time.Second)) || !leaf.NotAfter.Equal(notAfter.Truncate(time.Second)) {
+		return fmt.Errorf("step-ca issued a certificate valid %v..%v, not %v..%v", leaf.NotBefore, leaf.NotAfter, notBefore, notAfter)
 	}
 	if by, ok := IssuedBy(leaf); !ok || by != path {
 		return fmt.Errorf("step-ca issued a certificate without the %s issuance mark", path)
@@ -488,7 +520,8 @@ func (c *CA) issueWithFreshKey(validity time.Duration, path Path, shape func(*x5
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	chain, err := c.sign(context.Background(), csr, validity, path, func(crt *x509.Certificate) {
+	notBefore, notAfter := DeviceValidity(time.Now(), validity)
+	chain, err := c.sign(context.Background(), csr, notBefore, notAfter, path, func(crt *x509.Certificate) {
 		crt.URIs, crt.EmailAddresses = nil, nil
 		shape(crt)
 	})

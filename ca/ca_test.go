@@ -97,6 +97,30 @@ func TestIssueDevice(t *testing.T) {
 	}
 }
 
+// A validity decided before signing (and committed to the registry) is the
+// certificate's, to the second; one no longer valid when signing comes is
+// refused rather than signed as something else.
+func TestIssueDeviceWithDecidedValidity(t *testing.T) {
+	c, _ := openTestCA(t)
+	csr, _ := csrWithDNS(t)
+	notBefore, notAfter := DeviceValidity(time.Now().Add(-30*time.Second), 2*time.Hour)
+	if notBefore.Location() != time.UTC || notBefore.Nanosecond() != 0 || notAfter.Sub(notBefore) != 2*time.Hour+time.Minute {
+		t.Fatalf("DeviceValidity: %v..%v", notBefore, notAfter)
+	}
+	p := DeviceProfile{DeviceID: "abc", TrustDomain: "td.example", Serial: big.NewInt(11), Validity: time.Hour, NotBefore: notBefore, NotAfter: notAfter}
+	chain, err := c.IssueDevice(context.Background(), csr, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !chain[0].NotBefore.Equal(notBefore) || !chain[0].NotAfter.Equal(notAfter) {
+		t.Fatalf("certificate valid %v..%v, decided %v..%v", chain[0].NotBefore, chain[0].NotAfter, notBefore, notAfter)
+	}
+	p.Serial, p.NotBefore, p.NotAfter = big.NewInt(12), notBefore.Add(-3*time.Hour), notAfter.Add(-3*time.Hour)
+	if chain, err := c.IssueDevice(context.Background(), csr, p); err == nil {
+		t.Fatalf("signed an expired window: %v..%v", chain[0].NotBefore, chain[0].NotAfter)
+	}
+}
+
 func TestIssueDeviceRejectsBadProfiles(t *testing.T) {
 	c, _ := openTestCA(t)
 	csr, _ := csrWithDNS(t)
@@ -109,6 +133,9 @@ func TestIssueDeviceRejectsBadProfiles(t *testing.T) {
 		"too long":          func(p *DeviceProfile) { p.Validity = 2 * 365 * 24 * time.Hour },
 		"bad ID":            func(p *DeviceProfile) { p.DeviceID = "../x" },
 		"bad trust domain":  func(p *DeviceProfile) { p.TrustDomain = "Bad Domain" },
+		"notBefore only":    func(p *DeviceProfile) { p.NotBefore = time.Now() },
+		"window reversed":   func(p *DeviceProfile) { p.NotBefore, p.NotAfter = time.Now(), time.Now().Add(-time.Hour) },
+		"window too long":   func(p *DeviceProfile) { p.NotBefore, p.NotAfter = time.Now(), time.Now().Add(2*365*24*time.Hour) },
 	} {
 		p := good
 		mutate(&p)

@@ -44,6 +44,7 @@ type applyResult struct {
 var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"enrollment.accept", 1}:  decodeAs[acceptEnrollment],
 	{"enrollment.accept", 2}:  decodeAs[acceptEnrollmentV2],
+	{"enrollment.accept", 3}:  decodeAs[acceptEnrollmentV3], // v3: the certificate's validity on the record
 	{"attestation.reject", 1}: decodeAs[rejectAttestation],
 	{"member.set", 1}:         decodeAs[setMember],
 	{"jointoken.create", 1}:   decodeAs[createJoinToken],
@@ -55,6 +56,7 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"device.stale", 1}:       decodeAs[markStale],
 	{"renewal.accept", 1}:     decodeAs[acceptRenewal],
 	{"renewal.accept", 2}:     decodeAs[acceptRenewalV2], // v2: the group decision, and session expiry at apply
+	{"renewal.accept", 3}:     decodeAs[acceptRenewalV3], // v3: the certificate's validity on the record
 	{"audit.append", 1}:       decodeAs[appendAuditCmd],
 	{"audit.checkpoint", 1}:   decodeAs[checkpointAudit],
 	{"stepca.update", 1}:      decodeAs[stepCAUpdate],
@@ -65,6 +67,12 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"ekroots.remove", 1}:     decodeAs[removeEKRoot],
 	{"settings.set", 1}:       decodeAs[setSettings],
 }
+
+// ValidityCommands are the accept commands that record the issued
+// certificate's validity, as Commands lists them: proposed (by
+// CommitEnrollment and CommitRenewal, for a record that carries it) only
+// when every member applies them.
+var ValidityCommands = []string{"enrollment.accept/3", "renewal.accept/3"}
 
 // Commands lists the command types and versions this build applies, as
 // "type/version", sorted. A replica stops on a command it does not know
@@ -132,6 +140,11 @@ type acceptEnrollment struct {
 }
 
 func (c *acceptEnrollment) apply(tx *bolt.Tx, index uint64, at time.Time) applyResult {
+	c.Attestation = withoutValidity(c.Attestation)
+	return c.commit(tx, index, at)
+}
+
+func (c *acceptEnrollment) commit(tx *bolt.Tx, index uint64, at time.Time) applyResult {
 	if sessionUsed(tx, c.SessionID) {
 		return applyResult{Err: ErrSessionUsed}
 	}
@@ -196,6 +209,46 @@ func (c *acceptEnrollmentV2) apply(tx *bolt.Tx, index uint64, at time.Time) appl
 	return c.acceptEnrollment.apply(tx, index, at)
 }
 
+// acceptEnrollmentV3 is acceptEnrollmentV2 whose record keeps the issued
+// certificate's validity (none for a pending device), which must be the
+// device's CertificateNotAfter.
+type acceptEnrollmentV3 struct{ acceptEnrollment }
+
+func (c *acceptEnrollmentV3) apply(tx *bolt.Tx, index uint64, at time.Time) applyResult {
+	if err := sessionLive(c.SessionExpires, at); err != nil {
+		return applyResult{Err: err}
+	}
+	if err := checkValidity(c.Attestation, c.Device.CertificateNotAfter); err != nil {
+		return applyResult{Err: err}
+	}
+	return c.commit(tx, index, at)
+}
+
+// withoutValidity drops a record's certificate validity, which commands
+// before v3 do not carry: an older replica decodes them without it, and
+// every replica must store the same record.
+func withoutValidity(a AttestationRecord) AttestationRecord {
+	a.CertificateNotBefore, a.CertificateNotAfter = time.Time{}, time.Time{}
+	return a
+}
+
+// checkValidity accepts a v3 record: a certificate's validity (notBefore
+// before notAfter, notAfter the one the device records) with its serial,
+// none without one.
+func checkValidity(a AttestationRecord, deviceNotAfter time.Time) error {
+	switch {
+	case a.CertificateSerial == "":
+		if !a.CertificateNotBefore.IsZero() || !a.CertificateNotAfter.IsZero() {
+			return fmt.Errorf("%w: a validity without a certificate serial", ErrCertificateValidity)
+		}
+	case a.CertificateNotBefore.IsZero() || !a.CertificateNotAfter.After(a.CertificateNotBefore):
+		return fmt.Errorf("%w: %v..%v", ErrCertificateValidity, a.CertificateNotBefore, a.CertificateNotAfter)
+	case !a.CertificateNotAfter.Equal(deviceNotAfter):
+		return fmt.Errorf("%w: notAfter %v, the device records %v", ErrCertificateValidity, a.CertificateNotAfter, deviceNotAfter)
+	}
+	return nil
+}
+
 // auditAttestation is what the audit log says about an attestation record;
 // the record itself (by ID) holds the evidence.
 type auditAttestation struct {
@@ -235,7 +288,7 @@ type rejectAttestation struct {
 }
 
 func (c *rejectAttestation) apply(tx *bolt.Tx, index uint64, at time.Time) applyResult {
-	a := c.Attestation
+	a := withoutValidity(c.Attestation) // no certificate
 	a.ID = index
 	if c.Quarantine && a.DeviceID != "" {
 		if err := quarantine(tx, a.DeviceID, at, fmt.Sprintf("%s failed (attestation %d): %s", a.Stage, index, a.Code)); err != nil {
@@ -379,6 +432,11 @@ type acceptRenewal struct {
 }
 
 func (c *acceptRenewal) apply(tx *bolt.Tx, index uint64, at time.Time) applyResult {
+	c.Attestation = withoutValidity(c.Attestation)
+	return c.commit(tx, index, at)
+}
+
+func (c *acceptRenewal) commit(tx *bolt.Tx, index uint64, at time.Time) applyResult {
 	if sessionUsed(tx, c.SessionID) {
 		return applyResult{Err: ErrSessionUsed}
 	}
@@ -420,16 +478,38 @@ func (c *acceptRenewalV2) apply(tx *bolt.Tx, index uint64, at time.Time) applyRe
 	return c.acceptRenewal.apply(tx, index, at)
 }
 
+// acceptRenewalV3 is acceptRenewalV2 whose record keeps the new
+// certificate's validity, which must end at NotAfter.
+type acceptRenewalV3 struct{ acceptRenewal }
+
+func (c *acceptRenewalV3) apply(tx *bolt.Tx, index uint64, at time.Time) applyResult {
+	if err := sessionLive(c.SessionExpires, at); err != nil {
+		return applyResult{Err: err}
+	}
+	if err := checkValidity(c.Attestation, c.NotAfter); err != nil {
+		return applyResult{Err: err}
+	}
+	if c.Attestation.CertificateSerial == "" {
+		return applyResult{Err: fmt.Errorf("%w: a renewal without a certificate serial", ErrCertificateValidity)}
+	}
+	return c.commit(tx, index, at)
+}
+
 // CommitRenewal records an accepted renewal and returns the attestation ID.
 // The device moves to the group, mode and policy version of the record's
 // policy decision, so its configuration follows the policy that renewed it.
 // It fails with ErrDeviceInactive for a device that is not active (revoked
 // included), and with ErrSessionExpired if the session expired by the
-// leader's clock, writing nothing.
+// leader's clock, writing nothing. A record carrying the certificate's
+// validity (notAfter its end) commits as renewal.accept v3, which every
+// member must apply (the caller checks, see Commands); one without as v2.
 func (n *Node) CommitRenewal(ctx context.Context, sessionID string, sessionExpires time.Time, a AttestationRecord, notAfter time.Time) (uint64, error) {
 	c := acceptRenewal{SessionID: sessionID, SessionExpires: sessionExpires, Attestation: a, NotAfter: notAfter}
 	if a.Policy != nil {
 		c.Group, c.Mode, c.PolicyVersion = a.Policy.Group, a.Policy.Mode, a.Policy.PolicyVersion
+	}
+	if !a.CertificateNotBefore.IsZero() || !a.CertificateNotAfter.IsZero() {
+		return n.apply(ctx, "renewal.accept", 3, &acceptRenewalV3{c})
 	}
 	return n.apply(ctx, "renewal.accept", 2, &acceptRenewalV2{c})
 }

@@ -276,12 +276,19 @@ func (n *Node) RaftAddr() string { return string(n.transport.LocalAddr()) }
 
 // CommitEnrollment records a verified enrollment and consumes its session.
 // It fails with ErrSessionUsed, changing nothing, if the session was used,
-// and with ErrSessionExpired if it expired by the leader's clock.
+// and with ErrSessionExpired if it expired by the leader's clock. A record
+// carrying the certificate's validity (notAfter the device's
+// CertificateNotAfter) commits as enrollment.accept v3, which every member
+// must apply (the caller checks, see Commands); one without as v2.
 func (n *Node) CommitEnrollment(ctx context.Context, sessionID string, sessionExpires time.Time, d Device, a AttestationRecord, flags ...Flag) (uint64, error) {
 	if sessionID == "" || d.ID == "" {
 		return 0, errors.New("cluster: an enrollment needs a session and a device ID")
 	}
-	return n.apply(ctx, "enrollment.accept", 2, &acceptEnrollmentV2{acceptEnrollment{SessionID: sessionID, SessionExpires: sessionExpires, Device: d, Attestation: a, Flags: flags}})
+	c := acceptEnrollment{SessionID: sessionID, SessionExpires: sessionExpires, Device: d, Attestation: a, Flags: flags}
+	if !a.CertificateNotBefore.IsZero() || !a.CertificateNotAfter.IsZero() {
+		return n.apply(ctx, "enrollment.accept", 3, &acceptEnrollmentV3{c})
+	}
+	return n.apply(ctx, "enrollment.accept", 2, &acceptEnrollmentV2{c})
 }
 
 // CommitRejection records a refused attempt; sessionID, if set, is consumed.

@@ -24,6 +24,10 @@ var (
 	// ErrDeviceInactive: a disabled, quarantined, revoked or deleted device
 	// cannot enroll again until an operator changes its state.
 	ErrDeviceInactive = errors.New("device is not active")
+	// ErrCertificateValidity: an enrollment.accept or renewal.accept v3
+	// whose record's certificate validity is missing, reversed, or not the
+	// device's (nothing written).
+	ErrCertificateValidity = errors.New("invalid certificate validity")
 	// ErrNotLeader: this node cannot commit now; retry (against the leader).
 	ErrNotLeader = errors.New("not the Raft leader")
 )
@@ -174,6 +178,12 @@ type AttestationRecord struct {
 	// CertificateSerial (hex) is reserved before commit; the certificate is
 	// issued only after this record commits.
 	CertificateSerial string `json:"certificate_serial,omitempty"`
+	// CertificateNotBefore and CertificateNotAfter are that certificate's
+	// validity, decided before commit and signed exactly
+	// (ca.DeviceValidity). Only enrollment.accept and renewal.accept v3
+	// record them; zero (unknown) in records older commands stored.
+	CertificateNotBefore time.Time `json:"certificate_not_before,omitzero"`
+	CertificateNotAfter  time.Time `json:"certificate_not_after,omitzero"`
 	// Policy is the policy's decision: its version, the deciding group and
 	// every rule's outcome. Nil when verification failed before policy.
 	Policy *attest.Decision `json:"policy,omitempty"`

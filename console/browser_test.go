@@ -38,10 +38,10 @@ func adminCert(t testing.TB, e *servertest.Env, role, name string) tls.Certifica
 }
 
 // startConsole serves a console acting with a fresh certificate of role.
-func startConsole(t testing.TB, e *servertest.Env, role, name string) (*console.Server, *server.AdminClient) {
+func startConsole(t testing.TB, e *servertest.Env, role, name string, opts ...console.Option) (*console.Server, *server.AdminClient) {
 	t.Helper()
 	ac := server.NewRemoteAdminClient(e.URL(), adminCert(t, e, role, name), e.App.Root())
-	s := console.New(ac, console.Identity{Role: role, Name: name}, e.App.Root())
+	s := console.New(ac, console.Identity{Role: role, Name: name}, e.App.Root(), opts...)
 	ln, err := console.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -353,6 +353,14 @@ func TestBrowser(t *testing.T) {
 			d, err := opAdmin.Device(ctx, pendingID)
 			if err != nil || d.CertificateSerial != fmt.Sprintf("%x", id.Certificate.SerialNumber) {
 				t.Fatalf("registry serial %q, agent's certificate %x (%v)", d.CertificateSerial, id.Certificate.SerialNumber, err)
+			}
+			// The device page lists the certificate with the validity it carries.
+			run(t, op, "the device's certificates", chromedp.Navigate(base+"/devices/"+pendingID), chromedp.WaitVisible(chromedp.CSS("#certs")))
+			certs := text(t, op, "#certs")
+			for _, want := range []string{d.CertificateSerial, id.Certificate.NotBefore.UTC().Format("2006-01-02 15:04:05Z"), id.Certificate.NotAfter.UTC().Format("2006-01-02 15:04:05Z"), "current"} {
+				if !strings.Contains(certs, want) {
+					t.Fatalf("certificates table lacks %q:\n%s", want, certs)
+				}
 			}
 		case err := <-agentErr:
 			t.Fatalf("agent: %v", err)

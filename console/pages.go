@@ -305,10 +305,18 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request) {
 	}
 	// Revoked is the CA's answer per serial: a device whose revocation
 	// was interrupted after its state change still has valid certificates.
-	certs, err := s.client.DeviceCertificates(ctx, d.ID)
+	list, err := s.client.DeviceCertificates(ctx, d.ID)
 	if err != nil {
 		s.fail(w, r, err)
 		return
+	}
+	type cert struct {
+		server.DeviceCertificate
+		Expired bool // by the console's clock; false when NotAfter is not recorded
+	}
+	certs := make([]cert, len(list))
+	for i, c := range list {
+		certs[i] = cert{c, !c.NotAfter.IsZero() && !s.now().Before(c.NotAfter)}
 	}
 	var labels []count
 	keys := make([]string, 0, len(d.Labels))
@@ -329,7 +337,7 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, http.StatusOK, "device", "Device "+d.ID, struct {
 		Device       cluster.Device
 		Ops          []string
-		Certs        []server.DeviceCertificate
+		Certs        []cert
 		Labels       []count
 		Config       string
 		Attestations []cluster.AttestationRecord

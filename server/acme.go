@@ -20,12 +20,15 @@ import (
 // stageACME names the attestation record of an ACME issuance.
 const stageACME = "acme"
 
-// WithACMEAttestationRoots enables ACME device-attest-01 (the /acme
-// routes) with roots as the ACME provisioner's only attestation roots
-// (normally the AK CA, the only issuer of AK certificates).
+// WithACMEAttestationRoots replaces the ACME provisioner's attestation
+// roots, by default the AK CA (the attestation CA's, the only issuer of
+// AK certificates): tests certify AKs with a CA of their own.
 func WithACMEAttestationRoots(roots func(*ca.CA) []*x509.Certificate) Option {
 	return func(o *options) { o.acmeRoots = roots }
 }
+
+// akCARoots makes the AK CA the ACME provisioner's only attestation root.
+func akCARoots(c *ca.CA) []*x509.Certificate { return []*x509.Certificate{c.AKCA()} }
 
 // acmeIssuer is the server side of ACME: the Gate of the ACME database
 // (who may order) and the CA's ACME hook (the record before the
@@ -36,8 +39,9 @@ type acmeIssuer struct {
 	db *acme.DB
 }
 
-// MayOrder admits an order for a known device that is active in a group
-// that admits ACME. It reads the registry and writes nothing.
+// MayOrder admits an order for a known device that is active and whose
+// deciding group admits ACME (attest.Policy.ACMEGroup, as the attestation
+// CA judges). It reads the registry and writes nothing.
 func (h *acmeIssuer) MayOrder(_ context.Context, deviceID string) error {
 	_, err := h.device(deviceID)
 	return err
@@ -68,13 +72,8 @@ func (h *acmeIssuer) device(deviceID string) (cluster.Device, error) {
 	if ie, err := h.e.reg.IndividualEnrollment(d.EK.PublicSHA256); err == nil {
 		in.EnrolledGroup = ie.Group
 	}
-	// TODO(integrator): with attestca's attest.Policy.ACMEGroup, replace
-	// the rest by
-	//	if _, err := policy.ACMEGroup(in); err != nil {
-	//		return d, stepacme.NewDetailedError(stepacme.ErrorUnauthorizedType, "%v: %v", errACMEDevice, err)
-	//	}
-	if policy.Select(in) == nil {
-		return d, stepacme.NewDetailedError(stepacme.ErrorUnauthorizedType, "%v: no group of policy v%d selects device %s", errACMEDevice, policy.Version, d.ID)
+	if _, err := policy.ACMEGroup(in); err != nil {
+		return d, stepacme.NewDetailedError(stepacme.ErrorUnauthorizedType, "%v: %v", errACMEDevice, err)
 	}
 	return d, nil
 }
@@ -107,6 +106,7 @@ func (h *acmeIssuer) ReserveACME(ctx context.Context, req ca.ACMERequest) (ca.De
 		return ca.DeviceProfile{}, stepacme.WrapErrorISE(err, "serial")
 	}
 	profile.Serial = serial
+	decideValidity(&profile)
 	if err := e.ca.CheckDevice(profile); err != nil {
 		return ca.DeviceProfile{}, stepacme.WrapErrorISE(err, "device profile")
 	}
@@ -117,11 +117,12 @@ func (h *acmeIssuer) ReserveACME(ctx context.Context, req ca.ACMERequest) (ca.De
 	if sum, err := keySHA256(req.CSR); err == nil {
 		rec.Evidence.DeviceKeySHA256 = sum
 	}
+	e.recordCertificate(ctx, &rec, profile)
 	expires := order.Expires
 	if !expires.After(now) {
 		return ca.DeviceProfile{}, stepacme.NewError(stepacme.ErrorOrderNotReadyType, "order expired")
 	}
-	attID, err := e.reg.CommitRenewal(ctx, sessionID, expires, rec, now.Add(profile.Validity))
+	attID, err := e.reg.CommitRenewal(ctx, sessionID, expires, rec, profile.NotAfter)
 	switch {
 	case errors.Is(err, cluster.ErrSessionUsed):
 		return ca.DeviceProfile{}, stepacme.NewError(stepacme.ErrorOrderNotReadyType, "order already has a certificate")

@@ -36,6 +36,7 @@ func newACMEEnv(t *testing.T, opts ...server.Option) (*env, *servertest.TestAKCA
 		t.Fatal(err)
 	}
 	e.Start(append([]server.Option{aca.Option()}, opts...)...)
+	applyPolicy(t, e, acmePolicy)
 	return e, aca
 }
 
@@ -181,6 +182,14 @@ func TestACMEOrderRefusals(t *testing.T) {
 			t.Errorf("new-order %+v: %v, want rejectedIdentifier", ids, err)
 		}
 	}
+	// A group that does not admit ACME: refused, with the reason; the
+	// positive control below runs after the policy admits it again.
+	applyPolicy(t, e, `{"groups":[{"name":"fleet","match":{},"mode":"auto","require":{}}]}`)
+	if _, err := c.AuthorizeOrder(ctx, []xacme.AuthzID{{Type: "permanent-identifier", Value: victim.DeviceID}}); err == nil ||
+		servertest.ACMEProblem(err) != "urn:ietf:params:acme:error:unauthorized" || !strings.Contains(err.Error(), `does not set \"acme\"`) && !strings.Contains(err.Error(), "acme") {
+		t.Fatalf("new-order in a group without acme: %v", err)
+	}
+	applyPolicy(t, e, acmePolicy)
 	// Positive control and the identity check: an AK certificate naming
 	// the attacker's own device proves nothing about the victim.
 	atk := servertest.NewACMEDevice(t, e.Env, aca, "")

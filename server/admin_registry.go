@@ -391,6 +391,9 @@ func (a *Appliance) ApplyPolicy(ctx context.Context, who string, doc []byte) (cl
 	if err == nil {
 		err = p.CheckReservedNames(a.reservedNames())
 	}
+	if err == nil && slices.ContainsFunc(p.Groups, func(g attest.Group) bool { return g.ACME }) {
+		err = a.membersApply(ctx, featurePolicyACME)
+	}
 	if err != nil {
 		return cluster.PolicyRecord{}, problemFor(err)
 	}

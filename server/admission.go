@@ -133,6 +133,10 @@ func limitedStage(path string) string {
 		return stageJoin
 	case api.PathCRL:
 		return "crl"
+	case api.PathAttestationAttest:
+		return stageAKChallenge
+	case api.PathAttestationSecret:
+		return stageAKCertificate
 	}
 	if strings.HasPrefix(path, acme.Prefix+"/") || path == acme.PathProvisioners {
 		return stageACME
@@ -191,9 +195,11 @@ func possession(rec cluster.AttestationRecord) (proven, keepRaw bool) {
 	switch rec.Stage {
 	case stageChallenge:
 		return false, false
-	case stageComplete:
+	case stageComplete, stageAKCertificate:
 		ok, _ := check(rec.Checks, attest.CheckActivation)
 		return ok, ok
+	case stageAKChallenge:
+		return false, false
 	default:
 		ok, judged := check(rec.Checks, attest.CheckAK)
 		return judged, ok

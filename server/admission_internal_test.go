@@ -31,6 +31,11 @@ func TestPossession(t *testing.T) {
 		{"renew, foreign AK", cluster.AttestationRecord{Stage: stageRenew, Checks: []cluster.Check{badAK}}, true, false},
 		{"renew, token refused before any check", cluster.AttestationRecord{Stage: stageRenew}, false, false},
 		{"renew, enrolled AK", cluster.AttestationRecord{Stage: stageRenew, Checks: []cluster.Check{ak, {Name: attest.CheckPCRDigest}}}, true, true},
+		// The attestation CA: /attest never, /secret once the secret came back.
+		{"ak challenge, all passed", cluster.AttestationRecord{Stage: stageAKChallenge, Checks: []cluster.Check{{Name: attest.CheckEKChain, Passed: true}, ak}}, false, false},
+		{"ak certificate, unknown secret", cluster.AttestationRecord{Stage: stageAKCertificate}, false, false},
+		{"ak certificate, AK passed but no activation", cluster.AttestationRecord{Stage: stageAKCertificate, Checks: []cluster.Check{ak}}, false, false},
+		{"ak certificate, activated", cluster.AttestationRecord{Stage: stageAKCertificate, Checks: []cluster.Check{ak, act}}, true, true},
 	} {
 		proven, keepRaw := possession(tc.rec)
 		if proven != tc.proven || keepRaw != tc.keepRaw {

@@ -22,6 +22,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/acme"
@@ -224,7 +225,7 @@ type options struct {
 	now         func() time.Time
 	rateLimit   float64
 	rateBurst   int
-	acmeRoots   func(*ca.CA) []*x509.Certificate // nil: no ACME (acme.go)
+	acmeRoots   func(*ca.CA) []*x509.Certificate // nil: the AK CA (acme.go)
 }
 
 // WithLogger sets the logger (default: discard).
@@ -274,8 +275,10 @@ type Appliance struct {
 	admission         *clientLimiter
 	crlCache          crlCache
 	health            healthState
-	peerCmds          peerCommands // what each member applies (version.go)
-	acme              http.Handler // nil: ACME not enabled (acme.go)
+	peerCmds          peerCommands             // what each member applies (version.go)
+	validityGate      commandGate              // whether every member applies the v3 accepts (version.go)
+	commandsHook      atomic.Pointer[[]string] // tests: the commands this node claims to apply (an older build's)
+	acme              http.Handler             // step-ca's ACME API and GET /provisioners (acme.go)
 	acmeDB            *acme.DB
 }
 
@@ -323,9 +326,10 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		ca.WithReservedNames(a.reservedNames),
 	}
 	acmeHook := &acmeIssuer{}
-	if o.acmeRoots != nil {
-		caOpts = append(caOpts, ca.WithACME(o.acmeRoots, acmeHook))
+	if o.acmeRoots == nil {
+		o.acmeRoots = akCARoots
 	}
+	caOpts = append(caOpts, ca.WithACME(o.acmeRoots, acmeHook))
 	if a.ca, err = ca.Open(filepath.Join(dataDir, caDir), password, caOpts...); err != nil {
 		return nil, fmt.Errorf("open CA: %w", err)
 	}
@@ -367,6 +371,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		reg:         a.node,
 		policies:    &policyCache{store: a.node},
 		ca:          a.ca,
+		akCA:        a.ca,
 		tokens:      sealer,
 		nodeID:      cfg.NodeID,
 		trustDomain: cfg.TrustDomain,
@@ -375,10 +380,10 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		metrics:     newEnrollMetrics(),
 		unproven:    newRefusalCounts(o.now),
 	}
-	if o.acmeRoots != nil {
-		if err := a.openACME(acmeHook, kv); err != nil {
-			return nil, err
-		}
+	a.enroller.recordValidity = a.recordsValidity
+	a.enroller.attestCA = acme.NewAttestationCA(a.enroller, acme.WithClock(o.now))
+	if err := a.openACME(acmeHook, kv); err != nil {
+		return nil, err
 	}
 	a.admission = newClientLimiter(cfg.RateLimit, cfg.RateBurst)
 	if err := a.serveDevices(); err != nil {

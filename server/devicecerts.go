@@ -17,13 +17,15 @@ import (
 // /admin/v1/devices/{id}/certificates lists it.
 //
 // The appliance does not keep device certificates (ca.authDB stores only
-// admin certificates): it keeps the serial each accepted attestation
-// record reserved before the certificate was signed, the newest
+// admin certificates): it keeps what each accepted attestation record
+// committed before the certificate was signed (the serial, and since the
+// v3 accepts its validity, which the CA then signs exactly), the newest
 // certificate's expiry on the device record, and step-ca's revocations.
-// So a certificate's exact notBefore is not known (it was signed just
-// after Committed, backdated by a minute), nor an older certificate's
-// notAfter; and a serial whose signing failed after its commit is listed
-// though no certificate carries it.
+// So a certificate committed by an older build (or while a member did not
+// apply the v3 accepts) has no known notBefore, nor notAfter unless it is
+// the current one; and a serial whose signing failed after its commit is
+// listed, with the validity it would have had, though no certificate
+// carries it.
 type DeviceCertificate struct {
 	Serial string `json:"serial"` // hex
 	// AttestationID and Stage name the record that reserved the serial, and
@@ -32,10 +34,13 @@ type DeviceCertificate struct {
 	AttestationID uint64    `json:"attestation_id,omitempty"`
 	Stage         string    `json:"stage,omitempty"`
 	Committed     time.Time `json:"committed,omitzero"`
-	// Current marks the device's newest certificate; NotAfter, its expiry
-	// as recorded when its record committed, is set for it only.
-	Current  bool      `json:"current"`
-	NotAfter time.Time `json:"not_after,omitzero"`
+	// Current marks the device's newest certificate.
+	Current bool `json:"current"`
+	// NotBefore and NotAfter are the certificate's validity as its record
+	// committed it; zero (absent) when not recorded, except the current
+	// certificate's NotAfter, which the device record always keeps.
+	NotBefore time.Time `json:"not_before,omitzero"`
+	NotAfter  time.Time `json:"not_after,omitzero"`
 	// Revoked is step-ca's revocation table's answer for the serial (what
 	// the CRL and mTLS checks use), not the device's state.
 	Revoked bool `json:"revoked"`
@@ -58,7 +63,8 @@ func (a *Appliance) deviceSerials(id string) (cluster.Device, []DeviceCertificat
 	for _, r := range slices.Backward(recs) {
 		if r.Outcome == cluster.OutcomeAccepted && r.CertificateSerial != "" && !seen[r.CertificateSerial] {
 			seen[r.CertificateSerial] = true
-			out = append(out, DeviceCertificate{Serial: r.CertificateSerial, AttestationID: r.ID, Stage: r.Stage, Committed: r.Time})
+			out = append(out, DeviceCertificate{Serial: r.CertificateSerial, AttestationID: r.ID, Stage: r.Stage, Committed: r.Time,
+				NotBefore: r.CertificateNotBefore, NotAfter: r.CertificateNotAfter})
 		}
 	}
 	for _, s := range dev.Serials {
@@ -71,8 +77,8 @@ func (a *Appliance) deviceSerials(id string) (cluster.Device, []DeviceCertificat
 }
 
 // DeviceCertificates lists the certificates issued to a device, oldest
-// first, each with step-ca's revoked status (see DeviceCertificate for
-// what is and is not known about them).
+// first, each with its recorded validity and step-ca's revoked status (see
+// DeviceCertificate for what is and is not known about them).
 func (a *Appliance) DeviceCertificates(id string) ([]DeviceCertificate, error) {
 	dev, certs, err := a.deviceSerials(id)
 	if err != nil {
@@ -88,7 +94,10 @@ func (a *Appliance) DeviceCertificates(id string) ([]DeviceCertificate, error) {
 			return nil, err
 		}
 		if c.Serial == dev.CertificateSerial {
-			c.Current, c.NotAfter = true, dev.CertificateNotAfter
+			c.Current = true
+			if c.NotAfter.IsZero() {
+				c.NotAfter = dev.CertificateNotAfter
+			}
 		}
 	}
 	if certs == nil {
@@ -105,7 +114,7 @@ func (a *Appliance) registerDeviceCertsAdmin(add func(role, pattern string, h ht
 }
 
 // DeviceCertificates lists the certificates issued to a device, oldest
-// first, with their revoked status.
+// first, with their recorded validity and revoked status.
 func (c *AdminClient) DeviceCertificates(ctx context.Context, id string) ([]DeviceCertificate, error) {
 	var certs []DeviceCertificate
 	return certs, c.get(ctx, adminDevices+"/"+url.PathEscape(id)+"/certificates", &certs)

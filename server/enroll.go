@@ -18,6 +18,7 @@ import (
 
 	goattest "github.com/google/go-attestation/attest"
 
+	"github.com/gatehouse-dev/gatehouse/acme"
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/ca"
@@ -51,6 +52,8 @@ type Enroller struct {
 	reg         registry
 	policies    *policyCache
 	ca          issuer
+	akCA        akIssuer            // the AK CA (attestca.go)
+	attestCA    *acme.AttestationCA // its protocol, with the node's pending activations
 	tokens      *sealer
 	nodeID      string
 	trustDomain string
@@ -58,6 +61,9 @@ type Enroller struct {
 	log         *slog.Logger
 	issued      atomic.Uint64 // certificates issued since start
 	metrics     *enrollMetrics
+	// recordValidity says whether the record may carry the certificate's
+	// validity (the v3 accepts every member must apply); nil: it may not.
+	recordValidity func(context.Context) bool
 	// unproven counts refusals before TPM possession was proven, which are
 	// not committed one by one (see refuse).
 	unproven *refusalCounts
@@ -313,63 +319,14 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	}
 
 	// The evidence is genuine; now the policy judges it.
-	policy, err := e.policies.current()
+	v, err := e.judge(ctx, &rec, sess, res.PCRs, res.EventLog, false)
 	if err != nil {
-		return nil, e.internal(err)
+		return nil, err
 	}
-	var old *cluster.Device
-	if d, err := e.reg.Device(sess.DeviceID); err == nil {
-		if d.Status != cluster.DeviceActive && d.Status != cluster.DevicePending {
-			return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: device %s is %s", cluster.ErrDeviceInactive, d.ID, d.Status))
-		}
-		old = &d
-	} else if !errors.Is(err, cluster.ErrNotFound) {
-		return nil, e.internal(err)
+	if v.status == cluster.DevicePending {
+		return nil, e.pend(ctx, rec, sess, v.decision, v.why, v.flags, v.labels)
 	}
-	var labels map[string]string
-	individual, ierr := e.reg.IndividualEnrollment(sess.EK.PublicSHA256)
-	if old != nil {
-		labels = old.Labels
-	} else if ierr == nil {
-		labels = individual.Labels
-	}
-	in := policyInput(sess.DeviceID, sess.EK, sess.Claims, labels, res.PCRs, res.EventLog)
-	in.EnrolledGroup = individual.Group
-	rec.Evidence.Labels, rec.Evidence.EnrolledGroup = labels, individual.Group
-	decision := policy.Evaluate(in)
-	rec.Policy = decision
-	if err := decision.Err(); err != nil {
-		rec.Checks = append(rec.Checks, cluster.Check{Name: checkPolicy, Detail: err.Error()})
-		return nil, e.reject(ctx, rec, sess, err)
-	}
-	rec.Checks = append(rec.Checks, cluster.Check{Name: checkPolicy, Passed: true, Detail: fmt.Sprintf("group %s of policy v%d, mode %s", decision.Group, decision.PolicyVersion, decision.Mode)})
-
-	// Pending or active, and anomalies: see DESIGN.md, "Approval, re-provisioning, anomalies".
-	status, why := cluster.DeviceActive, ""
-	var flags []cluster.Flag
-	switch {
-	case old == nil && decision.Mode == attest.ModeApprove:
-		status, why = cluster.DevicePending, fmt.Sprintf("group %s enrolls in approve mode", decision.Group)
-	case old != nil && old.Status == cluster.DevicePending:
-		status, why = cluster.DevicePending, "awaiting an operator's approval"
-	case old != nil && old.AKPublicSHA256 != sess.AKSHA256 && len(old.Serials) > 0:
-		// A new AK for an EK that already had a certificate. (A device that
-		// was only ever pending makes a new AK on every retry: no anomaly.)
-		flags = append(flags, cluster.Flag{Name: cluster.FlagReprovisioned, Detail: fmt.Sprintf("same EK, new AK %.16s (was %.16s); group %s: %s", sess.AKSHA256, old.AKPublicSHA256, decision.Group, decision.Reprovision)})
-		if now.Before(old.CertificateNotAfter) {
-			flags = append(flags, cluster.Flag{Name: cluster.FlagPossibleClone, Detail: fmt.Sprintf("a new AK while certificate %s is valid until %s", old.CertificateSerial, old.CertificateNotAfter.Format(time.RFC3339))})
-		}
-		switch decision.Reprovision {
-		case attest.ReprovisionReject:
-			rec.Checks = append(rec.Checks, cluster.Check{Name: checkReprovision, Detail: "group " + decision.Group + " rejects re-provisioning"})
-			return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: device %s came back with a new AK and group %s rejects re-provisioning", errReprovisionRefused, sess.DeviceID, decision.Group), flags...)
-		case attest.ReprovisionRequireApproval:
-			status, why = cluster.DevicePending, fmt.Sprintf("device came back with a new AK; group %s requires approval", decision.Group)
-		}
-	}
-	if status == cluster.DevicePending {
-		return nil, e.pend(ctx, rec, sess, decision, why, flags, labels)
-	}
+	decision, in, old, labels, flags := v.decision, v.in, v.old, v.labels, v.flags
 	profile := ca.DeviceProfile{DeviceID: sess.DeviceID, TrustDomain: e.trustDomain, Validity: e.conf.view().settings.CertValidity.Duration}
 	if v := decision.Certificate.Validity; v != "" {
 		profile.Validity, _ = time.ParseDuration(v) // validated with the policy
@@ -385,10 +342,12 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		return nil, e.internal(err)
 	}
 	profile.Serial = serial
+	decideValidity(&profile)
 	if err := e.ca.CheckDevice(profile); err != nil { // before commit: no record without a certificate
 		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
 	}
 	rec.Outcome, rec.CertificateSerial = cluster.OutcomeAccepted, serial.Text(16)
+	e.recordCertificate(ctx, &rec, profile)
 	dev := cluster.Device{
 		ID:                  sess.DeviceID,
 		Status:              cluster.DeviceActive,
@@ -396,7 +355,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		AKPublicSHA256:      sess.AKSHA256,
 		Claims:              sess.Claims,
 		CertificateSerial:   rec.CertificateSerial,
-		CertificateNotAfter: now.Add(profile.Validity),
+		CertificateNotAfter: profile.NotAfter,
 		Group:               decision.Group,
 		Mode:                decision.Mode,
 		PolicyVersion:       decision.PolicyVersion,
@@ -405,6 +364,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	attID, err := e.reg.CommitEnrollment(ctx, sess.ID, sess.Expires, dev, rec, flags...)
 	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrSessionExpired) || errors.Is(err, cluster.ErrDeviceInactive) { // lost a race with a completion or an operator
 		rec.Outcome, rec.CertificateSerial = "", ""
+		rec.CertificateNotBefore, rec.CertificateNotAfter = time.Time{}, time.Time{}
 		return nil, e.reject(ctx, rec, sess, err)
 	}
 	if err != nil {
@@ -418,8 +378,103 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 	return e.issue(ctx, "enrolled", attID, res.CSR, profile, mergeConfig(decision.Config, override))
 }
 
-// issue signs the certificate whose serial the committed record attID
-// reserved, and builds the device's answer.
+// decideValidity sets the certificate's validity before commit, so the
+// registry records what the CA then signs exactly. It reads the CA's
+// clock (time.Now), not e.now: the CA checks on it that what it signs is
+// valid now.
+func decideValidity(p *ca.DeviceProfile) {
+	p.NotBefore, p.NotAfter = ca.DeviceValidity(time.Now(), p.Validity)
+}
+
+// recordCertificate puts the certificate's validity on the accepted record
+// when every member applies the commands that keep it (recordValidity).
+func (e *Enroller) recordCertificate(ctx context.Context, rec *cluster.AttestationRecord, p ca.DeviceProfile) {
+	if e.recordValidity != nil && e.recordValidity(ctx) {
+		rec.CertificateNotBefore, rec.CertificateNotAfter = p.NotBefore, p.NotAfter
+	}
+}
+
+// judgement is what judge decided for a device that proved possession.
+type judgement struct {
+	decision *attest.Decision
+	in       *attest.Input
+	old      *cluster.Device // the registered device, if any
+	labels   map[string]string
+	status   string // cluster.DeviceActive or cluster.DevicePending
+	why      string // why pending
+	flags    []cluster.Flag
+}
+
+// judge decides, after possession was proven, whether a device enrolls and
+// how: its registry state, the policy (for acme, the deciding group must
+// admit ACME device-attest, ACMEGroup), approval and re-provisioning. It
+// writes its checks and the decision into rec; a refusal is committed
+// (reject) and returned as the device's problem. Native enrollment and the
+// attestation CA share it, so both paths follow one state machine.
+func (e *Enroller) judge(ctx context.Context, rec *cluster.AttestationRecord, sess *session, pcrs []goattest.PCR, log *attest.EventLog, acme bool) (*judgement, error) {
+	policy, err := e.policies.current()
+	if err != nil {
+		return nil, e.internal(err)
+	}
+	v := &judgement{status: cluster.DeviceActive}
+	if d, err := e.reg.Device(sess.DeviceID); err == nil {
+		if d.Status != cluster.DeviceActive && d.Status != cluster.DevicePending {
+			return nil, e.reject(ctx, *rec, sess, fmt.Errorf("%w: device %s is %s", cluster.ErrDeviceInactive, d.ID, d.Status))
+		}
+		v.old = &d
+	} else if !errors.Is(err, cluster.ErrNotFound) {
+		return nil, e.internal(err)
+	}
+	individual, ierr := e.reg.IndividualEnrollment(sess.EK.PublicSHA256)
+	if v.old != nil {
+		v.labels = v.old.Labels
+	} else if ierr == nil {
+		v.labels = individual.Labels
+	}
+	v.in = policyInput(sess.DeviceID, sess.EK, sess.Claims, v.labels, pcrs, log)
+	v.in.EnrolledGroup = individual.Group
+	rec.Evidence.Labels, rec.Evidence.EnrolledGroup = v.labels, individual.Group
+	if acme {
+		if _, err := policy.ACMEGroup(v.in); err != nil {
+			rec.Checks = append(rec.Checks, cluster.Check{Name: checkPolicy, Detail: err.Error()})
+			return nil, e.reject(ctx, *rec, sess, err)
+		}
+	}
+	decision := policy.Evaluate(v.in)
+	v.decision, rec.Policy = decision, decision
+	if err := decision.Err(); err != nil {
+		rec.Checks = append(rec.Checks, cluster.Check{Name: checkPolicy, Detail: err.Error()})
+		return nil, e.reject(ctx, *rec, sess, err)
+	}
+	rec.Checks = append(rec.Checks, cluster.Check{Name: checkPolicy, Passed: true, Detail: fmt.Sprintf("group %s of policy v%d, mode %s", decision.Group, decision.PolicyVersion, decision.Mode)})
+
+	// Pending or active, and anomalies: see DESIGN.md, "Approval, re-provisioning, anomalies".
+	old := v.old
+	switch {
+	case old == nil && decision.Mode == attest.ModeApprove:
+		v.status, v.why = cluster.DevicePending, fmt.Sprintf("group %s enrolls in approve mode", decision.Group)
+	case old != nil && old.Status == cluster.DevicePending:
+		v.status, v.why = cluster.DevicePending, "awaiting an operator's approval"
+	case old != nil && old.AKPublicSHA256 != sess.AKSHA256 && len(old.Serials) > 0:
+		// A new AK for an EK that already had a certificate. (A device that
+		// was only ever pending makes a new AK on every retry: no anomaly.)
+		v.flags = append(v.flags, cluster.Flag{Name: cluster.FlagReprovisioned, Detail: fmt.Sprintf("same EK, new AK %.16s (was %.16s); group %s: %s", sess.AKSHA256, old.AKPublicSHA256, decision.Group, decision.Reprovision)})
+		if rec.Time.Before(old.CertificateNotAfter) {
+			v.flags = append(v.flags, cluster.Flag{Name: cluster.FlagPossibleClone, Detail: fmt.Sprintf("a new AK while certificate %s is valid until %s", old.CertificateSerial, old.CertificateNotAfter.Format(time.RFC3339))})
+		}
+		switch decision.Reprovision {
+		case attest.ReprovisionReject:
+			rec.Checks = append(rec.Checks, cluster.Check{Name: checkReprovision, Detail: "group " + decision.Group + " rejects re-provisioning"})
+			return nil, e.reject(ctx, *rec, sess, fmt.Errorf("%w: device %s came back with a new AK and group %s rejects re-provisioning", errReprovisionRefused, sess.DeviceID, decision.Group), v.flags...)
+		case attest.ReprovisionRequireApproval:
+			v.status, v.why = cluster.DevicePending, fmt.Sprintf("device came back with a new AK; group %s requires approval", decision.Group)
+		}
+	}
+	return v, nil
+}
+
+// issue signs the certificate whose serial and validity the committed
+// record attID reserved, and builds the device's answer.
 func (e *Enroller) issue(ctx context.Context, what string, attID uint64, csr *x509.CertificateRequest, profile ca.DeviceProfile, config json.RawMessage) (*api.CompleteResponse, error) {
 	chain, err := e.ca.IssueDevice(ctx, csr, profile)
 	if err != nil {
@@ -597,6 +652,8 @@ var problemTable = []struct {
 	{attest.ErrClaimInvalid, http.StatusForbidden, api.CodeClaimInvalid},    // before ErrPolicyDenied, which wraps it
 	{cluster.ErrSessionExpired, http.StatusForbidden, api.CodeTokenExpired}, // at open, and at apply by the leader's clock
 	{attest.ErrPolicyDenied, http.StatusForbidden, api.CodePolicyDenied},
+	{attest.ErrACMENotAllowed, http.StatusForbidden, api.CodeACMENotAllowed},
+	{acme.ErrSecretUnknown, http.StatusForbidden, api.CodeSecretUnknown},
 	{attest.ErrPolicyInvalid, http.StatusBadRequest, api.CodePolicyInvalid}, // policy apply and test
 	{cluster.ErrDeviceInactive, http.StatusForbidden, api.CodeDeviceInactive},
 	{errReprovisionRefused, http.StatusForbidden, api.CodeReprovisionRefused},

@@ -50,6 +50,16 @@ const MaxEKRootsBody = maxEKRootsBody
 // up an impostor seed that the cluster root vouches for.
 func (a *Appliance) ServerCertForTest() (*tls.Certificate, error) { return a.serverCert.get(nil) }
 
+// SetCommandsForTest makes a answer GET /cluster/v1/info listing cmds as
+// the commands it applies, as an older build would (nil: its own).
+func SetCommandsForTest(a *Appliance, cmds []string) {
+	if cmds == nil {
+		a.commandsHook.Store(nil)
+		return
+	}
+	a.commandsHook.Store(&cmds)
+}
+
 // ACMESizesForTest reports the ACME database's node-local state: used
 // nonces and cached pre-proof updates.
 func (a *Appliance) ACMESizesForTest() (usedNonces, pending int) { return a.acmeDB.Sizes() }

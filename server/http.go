@@ -73,6 +73,7 @@ func (a *Appliance) apiRoutes() *routeMux {
 	mux.HandleFunc("GET "+api.PathCRL, a.crl)
 	mux.HandleFunc("POST "+api.PathRenewChallenge, requireJSON(a.renewChallenge))
 	mux.HandleFunc("POST "+api.PathRenew, requireJSON(a.renew))
+	a.attestationRoutes(mux)
 	a.remoteAdminRoutes(mux)
 	a.clusterRoutes(mux)
 	mux.Handle("GET /metrics", a.metricsHandler())

@@ -30,6 +30,7 @@ var notRefusals = map[string]string{
 	"cluster.ErrCorruptState":         "startup error: raft.db or fsm.db is unreadable",
 	"cluster.ErrAuditRange":           "offline audit verification finding, not an HTTP answer",
 	"cluster.ErrIndexMismatch":        "a registry fault (Node.VerifyIndexes, or a query meeting one): an internal error, logged",
+	"cluster.ErrCertificateValidity":  "the server built an inconsistent accept (validity it decided itself): an internal error, logged",
 }
 
 // sentinels returns every package-level `var X = errors.New(...)` of the

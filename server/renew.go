@@ -119,13 +119,16 @@ func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Cer
 	if profile.Serial, err = e.ca.NewSerial(); err != nil {
 		return nil, e.internal(err)
 	}
+	decideValidity(&profile)
 	if err := e.ca.CheckDevice(profile); err != nil {
 		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
 	}
 	rec.Outcome, rec.CertificateSerial = cluster.OutcomeAccepted, profile.Serial.Text(16)
-	attID, err := e.reg.CommitRenewal(ctx, sess.ID, sess.Expires, rec, now.Add(profile.Validity))
+	e.recordCertificate(ctx, &rec, profile)
+	attID, err := e.reg.CommitRenewal(ctx, sess.ID, sess.Expires, rec, profile.NotAfter)
 	if errors.Is(err, cluster.ErrSessionUsed) || errors.Is(err, cluster.ErrSessionExpired) || errors.Is(err, cluster.ErrDeviceInactive) {
 		rec.Outcome, rec.CertificateSerial = "", ""
+		rec.CertificateNotBefore, rec.CertificateNotAfter = time.Time{}, time.Time{}
 		return nil, e.reject(ctx, rec, sess, err)
 	}
 	if err != nil {

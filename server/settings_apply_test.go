@@ -187,6 +187,14 @@ func TestReplicatedConfigWaitsForEveryMember(t *testing.T) {
 	if err := admin.DeleteEnrollment(ctx, strings.Repeat("ab", 32), "alice", ""); problemCode(err) != api.CodeUnavailable {
 		t.Fatalf("enrollments delete with node-3 unaccounted for: %v", err)
 	}
+	// A policy using acme: an older build's strict parser would refuse it.
+	acmePolicy := []byte(`{"groups":[{"name":"fleet","match":{},"mode":"auto","require":{},"acme":true}]}`)
+	if _, err := admin.ApplyPolicy(ctx, "alice", acmePolicy); problemCode(err) != api.CodeUnavailable {
+		t.Fatalf("policy apply using acme with node-3 unaccounted for: %v", err)
+	}
+	if _, err := admin.ApplyPolicy(ctx, "alice", []byte(`{"groups":[{"name":"fleet","match":{},"mode":"auto","require":{}}]}`)); err != nil {
+		t.Fatalf("control: policy apply without acme: %v", err)
+	}
 	// Local files stand in: enrollment works meanwhile.
 	if code := enrollCode(t, n1, e.Mfr); code != "" {
 		t.Fatalf("enroll while the seed waits: %q", code)
@@ -208,6 +216,9 @@ func TestReplicatedConfigWaitsForEveryMember(t *testing.T) {
 	}
 	if err := admin.DeleteEnrollment(ctx, strings.Repeat("ab", 32), "alice", ""); problemCode(err) != api.CodeNotFound {
 		t.Fatalf("enrollments delete once every member applies it: %v, want not_found", err)
+	}
+	if _, err := admin.ApplyPolicy(ctx, "alice", acmePolicy); err != nil {
+		t.Fatalf("policy apply using acme once every member parses it: %v", err)
 	}
 }
 

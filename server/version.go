@@ -48,8 +48,19 @@ type NodeStatus struct {
 const nodeInfoTimeout = 2 * time.Second
 
 func (a *Appliance) handleNodeInfo(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, NodeInfo{NodeID: a.cfg.NodeID, Version: buildInfo, Commands: cluster.Commands()})
+	cmds := append(cluster.Commands(), featurePolicyACME)
+	if h := a.commandsHook.Load(); h != nil {
+		cmds = *h
+	}
+	writeJSON(w, http.StatusOK, NodeInfo{NodeID: a.cfg.NodeID, Version: buildInfo, Commands: cmds})
 }
+
+// featurePolicyACME is advertised among a node's commands (NodeInfo) so
+// membersApply can gate it like one: the policy field Group.ACME. An older
+// build's ParsePolicy refuses unknown fields, so a replicated policy that
+// uses it would make every enrollment on that node fail; `policy apply`
+// of such a document waits until every member parses it.
+const featurePolicyACME = "policy.acme/1"
 
 // nodeStatuses lists every member of the Raft configuration with its
 // version: this node's from its own build, the others' asked in parallel
@@ -196,4 +207,44 @@ func (a *Appliance) membersApply(ctx context.Context, cmds ...string) error {
 		return fmt.Errorf("%w (%s); upgrade every member to this build, or remove the ones that are gone", errMembersBehind, strings.Join(behind, "; "))
 	}
 	return nil
+}
+
+// behindRecheck is how long a "some member does not apply it" stands
+// before the members are asked again, so enrollments do not each wait on
+// a member that is behind or down.
+const behindRecheck = 30 * time.Second
+
+// commandGate remembers until when membersApply last said no.
+type commandGate struct {
+	mu     sync.Mutex
+	behind time.Time
+}
+
+// recordsValidity reports whether enrollments and renewals may commit the
+// certificate's validity (cluster.ValidityCommands): every member is known
+// to apply those commands (membersApply). Otherwise they commit the v2
+// accepts, which every member applies, and the record lacks the validity
+// (the device's certificates list shows it as unknown): in a rolling
+// upgrade an older replica would stop on v3, and a v2 with the validity in
+// its payload would be stored without it by old replicas only.
+// Non-guarantee: a member that joins with an older build between this
+// check and the commit stops on the v3 entry, as for any gated command.
+func (a *Appliance) recordsValidity(ctx context.Context) bool {
+	now := a.enroller.now()
+	a.validityGate.mu.Lock()
+	behind := now.Before(a.validityGate.behind)
+	a.validityGate.mu.Unlock()
+	if behind {
+		return false
+	}
+	// Not the request's cancellation: one client leaving must not make the
+	// answer "behind" for everyone (membersApply bounds each ask anyway).
+	if err := a.membersApply(context.WithoutCancel(ctx), cluster.ValidityCommands...); err != nil {
+		a.log.Warn("recording certificates without their validity", "err", err)
+		a.validityGate.mu.Lock()
+		a.validityGate.behind = now.Add(behindRecheck)
+		a.validityGate.mu.Unlock()
+		return false
+	}
+	return true
 }

@@ -25,6 +25,7 @@ import (
 	xacme "golang.org/x/crypto/acme"
 
 	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
 
@@ -56,6 +57,9 @@ func (h *Harness) acme() *acmeState {
 		t.Fatal(err)
 	}
 	s.env.Start(s.aca.Option())
+	if _, err := server.NewAdminClient(s.env.Dir).ApplyPolicy(h.Ctx, "test", []byte(`{"groups":[{"name":"fleet","match":{},"mode":"auto","require":{},"acme":true}]}`)); err != nil {
+		t.Fatal(err)
+	}
 	s.dev = servertest.NewACMEDevice(t, s.env, s.aca, "")
 	gone := servertest.NewACMEDevice(t, s.env, s.aca, "")
 	if _, err := s.env.App.RevokeDevice(h.Ctx, gone.ID, "alice", "stolen"); err != nil {

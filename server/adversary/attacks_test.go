@@ -762,6 +762,8 @@ func attacks() []Attack {
 	add(auditQueryAttacks()...)
 	// ---- issue 12: the fleet aggregate ----
 	add(fleetAttacks()...)
+	// ---- issue 13: the attestation CA ----
+	add(attestCAAttacks()...)
 	// ---- issue 13: ACME device-attest-01 ----
 	add(acmeAttacks()...)
 	return as

@@ -250,7 +250,7 @@ func (h *Harness) setupPolicy() {
 		Require: attest.Requirements{EventLog: true, FirmwareVersions: golden.Require.FirmwareVersions}}
 	claims := attest.Group{Name: "claims", Match: attest.Match{Models: []string{modelClaims}}, Mode: attest.ModeAuto,
 		Certificate: attest.CertProfile{DNSNames: []string{"{{.Serial}}.devices.example.com"}, URIs: []string{"spiffe://" + servertest.TrustDomain + "/{{.Serial}}"}}}
-	open := attest.Group{Name: "open", Mode: attest.ModeAuto}
+	open := attest.Group{Name: "open", Mode: attest.ModeAuto, ACME: true} // ACME: the attestation CA's rows
 	vouchedEK, err := attest.PublicKeySHA256(h.dev(devVouched).EK.Public)
 	if err != nil {
 		t.Fatal(err)
