@@ -112,6 +112,9 @@ func TestACMEDeviceAttest(t *testing.T) {
 	if len(acmeRecs) != 1 || acmeRecs[0].Outcome != cluster.OutcomeAccepted || acmeRecs[0].CertificateSerial != leaf.SerialNumber.Text(16) {
 		t.Fatalf("acme records %+v, want one accepted with serial %x", acmeRecs, leaf.SerialNumber)
 	}
+	if r := acmeRecs[0]; !r.CertificateNotBefore.Equal(leaf.NotBefore) || !r.CertificateNotAfter.Equal(leaf.NotAfter) {
+		t.Errorf("record's validity %v..%v, certificate's %v..%v", r.CertificateNotBefore, r.CertificateNotAfter, leaf.NotBefore, leaf.NotAfter)
+	}
 	dev, _ := e.App.Node().Device(d.ID)
 	if dev.CertificateSerial != leaf.SerialNumber.Text(16) {
 		t.Errorf("device's current serial %s, want the ACME certificate's %x", dev.CertificateSerial, leaf.SerialNumber)
@@ -474,5 +477,45 @@ func TestACMEAnyNodeServesAnyStep(t *testing.T) {
 	// no other.
 	if again, err := servertest.Finalize(cB, &xacme.Order{FinalizeURL: onNode(o.FinalizeURL, b)}, key, d.ID); err == nil && again[0].SerialNumber.Text(16) != serial {
 		t.Fatalf("node b issued a second certificate %s for the order", again[0].SerialNumber.Text(16))
+	}
+}
+
+// With the real attestation CA: the step CLI's attestation client gets the
+// AK certificate from /attestation, and with it device-attest-01 under the
+// AK CA (the default attestation root) gives a device certificate; the
+// ak_certificate and acme records are both there.
+func TestACMEWithAttestationCA(t *testing.T) {
+	e := newEnv(t)
+	applyPolicy(t, e, acmePolicy)
+	d := newStepDevice(t, e.Mfr)
+	chain, err := d.attestWithClient(e.URL(), e.App.Root())
+	if err != nil {
+		t.Fatalf("attestation client: %v", err)
+	}
+	dev := servertest.ACMEDeviceFromAK(d.id, d.tpm, d.ak.Name(), chain[0])
+	c := servertest.ACMEClient(t, e.App)
+	o, key, err := servertest.OrderAndProve(t, c, dev, d.id)
+	if err != nil {
+		t.Fatalf("order and prove: %v", err)
+	}
+	certs, err := servertest.Finalize(c, o, key, d.id)
+	if err != nil {
+		t.Fatalf("finalize: %v", err)
+	}
+	if id, err := ca.ParseIdentity(certs[0], servertest.TrustDomain); err != nil || id.ID != d.id {
+		t.Fatalf("identity %+v %v", id, err)
+	}
+	recs, err := e.App.Node().Attestations(cluster.AttestationQuery{DeviceID: d.id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stages := map[string]string{}
+	for _, r := range recs {
+		if r.Outcome == cluster.OutcomeAccepted {
+			stages[r.Stage] = r.CertificateSerial
+		}
+	}
+	if _, ok := stages["ak_certificate"]; !ok || stages["acme"] != certs[0].SerialNumber.Text(16) {
+		t.Fatalf("accepted records by stage %v, want ak_certificate and acme with serial %x", stages, certs[0].SerialNumber)
 	}
 }

@@ -103,10 +103,17 @@ func (a *TestAKCA) IssueAK(t testing.TB, ak crypto.PublicKey, permanentID string
 // active) whose swtpm is then driven by go.step.sm/crypto/tpm, the library
 // the step CLI uses, with an RSA AK certified by the test AK CA.
 type ACMEDevice struct {
-	ID    string // the Gatehouse device ID, the AK certificate's permanent identifier
-	tpm   *tpm.TPM
-	akDER []byte
-	keys  int
+	ID     string // the Gatehouse device ID, the AK certificate's permanent identifier
+	tpm    *tpm.TPM
+	akName string
+	akDER  []byte
+	keys   int
+}
+
+// ACMEDeviceFromAK is a device whose AK (akName in t) the attestation CA
+// certified: akCert is the AK certificate it answered.
+func ACMEDeviceFromAK(id string, t *tpm.TPM, akName string, akCert *x509.Certificate) *ACMEDevice {
+	return &ACMEDevice{ID: id, tpm: t, akName: akName, akDER: akCert.Raw}
 }
 
 type noLogChannel struct{ io.ReadWriteCloser }
@@ -149,7 +156,7 @@ func NewACMEDevice(t testing.TB, e *Env, aca *TestAKCA, akNames string) *ACMEDev
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &ACMEDevice{ID: id.DeviceID, tpm: st, akDER: aca.IssueAK(t, akPub.Public, akNames).Raw}
+	return &ACMEDevice{ID: id.DeviceID, tpm: st, akName: "ak", akDER: aca.IssueAK(t, akPub.Public, akNames).Raw}
 }
 
 // attest makes a TPM key attested by the AK over keyAuth (the
@@ -158,7 +165,7 @@ func (d *ACMEDevice) Attest(t testing.TB, keyAuth string) ([]byte, crypto.Signer
 	t.Helper()
 	sum := sha256.Sum256([]byte(keyAuth))
 	d.keys++
-	k, err := d.tpm.AttestKey(context.Background(), "ak", fmt.Sprint("key-", d.keys), tpm.AttestKeyConfig{Algorithm: "ECDSA", Size: 256, QualifyingData: sum[:]})
+	k, err := d.tpm.AttestKey(context.Background(), d.akName, fmt.Sprint("key-", d.keys), tpm.AttestKeyConfig{Algorithm: "ECDSA", Size: 256, QualifyingData: sum[:]})
 	if err != nil {
 		t.Fatal(err)
 	}
