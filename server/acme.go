@@ -39,10 +39,17 @@ type acmeIssuer struct {
 	db *acme.DB
 }
 
-// MayOrder admits an order for a known device that is active and whose
-// deciding group admits ACME (attest.Policy.ACMEGroup, as the attestation
-// CA judges). It reads the registry and writes nothing.
+// MayOrder admits an order for a device the registry does not know yet,
+// and for a known device that is active and whose deciding group admits
+// ACME (attest.Policy.ACMEGroup, as the attestation CA judges). An unknown
+// ID is admitted because the step CLI orders before it asks the
+// attestation CA, which registers a new device; the order costs nothing
+// (stateless) and ReserveACME refuses it unless the registry knows the
+// device, active, by finalize. It reads the registry and writes nothing.
 func (h *acmeIssuer) MayOrder(_ context.Context, deviceID string) error {
+	if _, err := h.e.reg.Device(deviceID); errors.Is(err, cluster.ErrNotFound) {
+		return nil
+	}
 	_, err := h.device(deviceID)
 	return err
 }
@@ -53,7 +60,8 @@ var errACMEDevice = errors.New("device may not order an ACME certificate")
 func (h *acmeIssuer) device(deviceID string) (cluster.Device, error) {
 	d, err := h.e.reg.Device(deviceID)
 	if errors.Is(err, cluster.ErrNotFound) {
-		return d, stepacme.NewDetailedError(stepacme.ErrorRejectedIdentifierType, "%v: no device %q is registered (the identifier is the Gatehouse device ID)", errACMEDevice, deviceID)
+		return d, stepacme.NewDetailedError(stepacme.ErrorUnauthorizedType,
+			"%v: no device %q is registered (the identifier is the Gatehouse device ID; the attestation CA registers a new device)", errACMEDevice, deviceID)
 	}
 	if err != nil {
 		return d, stepacme.WrapErrorISE(err, "read device")

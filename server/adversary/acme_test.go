@@ -3,7 +3,8 @@ package adversary_test
 // Issue 13's ACME rows: step-ca's ACME API under /acme (device-attest-01,
 // format tpm, the AK CA as the only attestation root). Anonymous clients
 // must write nothing before a proof; a proof for one device must not get
-// another's identifier; the native signing routes are not there; nonces
+// another's identifier; a device the registry does not know gets no
+// certificate even with an AK certificate; the native signing routes are not there; nonces
 // are single-use; accounts cannot change. They run against their own node
 // with ACME enabled and a test AK CA (servertest.TestAKCA), so each row
 // checks that node's Raft log and certificate serials itself.
@@ -13,6 +14,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +27,7 @@ import (
 	xacme "golang.org/x/crypto/acme"
 
 	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
@@ -151,6 +154,9 @@ func (s *acmeState) guard() (func(err error, writes uint64, types ...string) Res
 	}, nil
 }
 
+// hexID is a fresh device ID no registry knows.
+func hexID() string { return hex.EncodeToString(randomBytes(16)) }
+
 func permID(id string) []xacme.AuthzID {
 	return []xacme.AuthzID{{Type: "permanent-identifier", Value: id}}
 }
@@ -177,7 +183,6 @@ func acmeAttacks() []Attack {
 		ids   func(s *acmeState) []xacme.AuthzID
 		types []string
 	}{
-		{"ACME new-order for a device ID the registry does not know", func(*acmeState) []xacme.AuthzID { return permID(strings.Repeat("0f", 16)) }, []string{"rejectedIdentifier"}},
 		{"ACME new-order for a revoked device", func(s *acmeState) []xacme.AuthzID { return permID(s.revoked) }, []string{"unauthorized"}},
 		{"ACME new-order for a DNS name", func(*acmeState) []xacme.AuthzID { return []xacme.AuthzID{{Type: "dns", Value: "gatehouse.example"}} }, []string{"rejectedIdentifier"}},
 		{"ACME new-order for two permanent identifiers (a device and another)", func(s *acmeState) []xacme.AuthzID {
@@ -195,6 +200,35 @@ func acmeAttacks() []Attack {
 				return check(err, 0, c.types...)
 			}})
 	}
+	add(Attack{Name: "ACME order for a device ID the registry does not know, proven with an AK certificate for it: finalize refused, nothing recorded", Category: catACME, Expect: ExpectHeld,
+		Control: func(h *Harness) error {
+			s := h.acme()
+			o, key, err := servertest.OrderAndProve(h.T, s.client, s.dev, s.dev.ID)
+			if err != nil {
+				return err
+			}
+			_, err = servertest.Finalize(s.client, o, key, s.dev.ID)
+			return err
+		},
+		Attack: func(h *Harness) Result {
+			s := h.acme()
+			ghostID := hexID()
+			ghost := servertest.NewACMEDevice(h.T, s.env, s.aca, ghostID)
+			o, key, err := servertest.OrderAndProve(h.T, s.client, ghost, ghostID)
+			if err != nil {
+				return harnessErr("setup: %v", err)
+			}
+			check, err := s.guard()
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			_, err = servertest.Finalize(s.client, o, key, ghostID)
+			r := check(err, 0, "unauthorized")
+			if recs, _ := s.env.App.Node().Attestations(cluster.AttestationQuery{DeviceID: ghostID}); len(recs) != 0 && r.Violation == "" {
+				r.Violation = fmt.Sprintf("%d records for the unknown device", len(recs))
+			}
+			return r
+		}})
 	add(Attack{Name: "ACME device-attest-01 for another device's identifier with an AK certificate naming the attacker's device: refused, nothing written", Category: catACME, Expect: ExpectHeld,
 		Control: func(h *Harness) error { _, err := h.acme().readyOrder(h); return err },
 		Attack: func(h *Harness) Result {
@@ -374,8 +408,11 @@ func acmeAttacks() []Attack {
 			var r Result
 			for i := 0; i < 20; i++ {
 				atk := servertest.ACMEClient(h.T, s.env.App)
-				if _, err := atk.AuthorizeOrder(h.Ctx, permID(strings.Repeat("ab", 16))); err == nil {
-					return Result{Status: http.StatusCreated, Violation: "an order for an unknown device was accepted"}
+				if _, err := atk.AuthorizeOrder(h.Ctx, []xacme.AuthzID{{Type: "dns", Value: "flood.example"}}); err == nil {
+					return Result{Status: http.StatusCreated, Violation: "an order for a DNS name was accepted"}
+				}
+				if _, err := atk.AuthorizeOrder(h.Ctx, permID(strings.Repeat("ab", 16))); err != nil { // not registered (yet): admitted, stateless
+					return harnessErr("%v", err)
 				}
 				o, err := atk.AuthorizeOrder(h.Ctx, permID(s.dev.ID))
 				if err != nil {
