@@ -24,9 +24,11 @@ import (
 )
 
 // Gate decides whether a device may order an ACME certificate: nil, or an
-// error that explains the refusal to the client (unknown device, not
-// active, its group does not admit ACME). It is a registry read; it writes
-// nothing.
+// error that explains the refusal to the client (not active, its group
+// does not admit ACME). It is a registry read; it writes nothing.
+// (Gatehouse's admits a device ID the registry does not know yet: the step
+// CLI orders before the attestation CA registers a new device; the CA's
+// issuance hook refuses it unless it is registered by finalize.)
 type Gate interface {
 	MayOrder(ctx context.Context, deviceID string) error
 }
@@ -444,8 +446,8 @@ type dbOrder struct {
 }
 
 // CreateOrder refuses an order that is not for exactly one
-// permanent-identifier naming a device the Gate admits; otherwise it gives
-// the order its stateless ID. Nothing is written either way.
+// permanent-identifier, or that the Gate refuses; otherwise it gives the
+// order its stateless ID. Nothing is written either way.
 func (d *DB) CreateOrder(ctx context.Context, o *stepacme.Order) error {
 	if len(o.Identifiers) != 1 || o.Identifiers[0].Type != stepacme.PermanentIdentifier {
 		return stepacme.NewError(stepacme.ErrorRejectedIdentifierType,
