@@ -2,6 +2,7 @@ package acme
 
 import (
 	"bytes"
+	"container/list"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -221,7 +222,7 @@ func TestObjectsWrittenOnlyAfterProof(t *testing.T) {
 	if got, _ := d.GetChallenge(ctx, ch.ID, az.ID); got.Status != stepacme.StatusInvalid {
 		t.Fatalf("this node forgot the failed challenge: %s", got.Status)
 	}
-	other := &DB{store: d.store, kv: d.kv, idKey: d.idKey, nKey: d.nKey, now: time.Now, used: map[string]time.Time{}, pending: map[string][]byte{}, order: d.order}
+	other := &DB{store: d.store, kv: d.kv, idKey: d.idKey, nKey: d.nKey, now: time.Now, used: map[string]time.Time{}, usedOrder: list.New(), pending: map[string][]byte{}, order: list.New()}
 	if got, _ := other.GetChallenge(ctx, ch.ID, az.ID); got.Status != stepacme.StatusPending {
 		t.Fatalf("another node sees %s", got.Status)
 	}
