@@ -45,6 +45,9 @@ const (
 	MaxPending = 4096
 	// maxAccountKey bounds the JWK an account ID carries.
 	maxAccountKey = 2048
+	// maxID bounds an object ID before it is decoded (an order's carries
+	// its account's and its authorization's).
+	maxID = 16 << 10
 )
 
 // Tables in step-ca's ACME layout (acme/db/nosql), in the registry KV.
@@ -171,7 +174,7 @@ func (d *DB) seal(kind string, v any) (string, error) {
 // open checks id's MAC for kind and decodes its payload into v.
 func (d *DB) open(kind, id string, v any) error {
 	p, m, ok := strings.Cut(id, ".")
-	if !ok {
+	if !ok || len(id) > maxID {
 		return errBadID
 	}
 	b, err1 := base64.RawURLEncoding.DecodeString(p)
