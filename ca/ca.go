@@ -176,6 +176,7 @@ type CA struct {
 	auditCert    *x509.Certificate
 	akKey        ed25519.PrivateKey // the AK CA's (akca.go)
 	akCA         *x509.Certificate
+	acme         acmeOptions
 	crlURL       string
 	crl          crlCache
 	reserved     func() []string // DNS names no device certificate may carry
@@ -231,13 +232,23 @@ func Open(dir string, password []byte, opts ...Option) (*CA, error) {
 	for _, fn := range opts {
 		fn(c)
 	}
+	// Before the authority: the AK CA is the ACME provisioner's root.
+	if err := c.initAKCA(); err != nil {
+		return nil, err
+	}
+	authConf := &config.AuthConfig{Backdate: &provisioner.Duration{Duration: backdate}}
 	authOpts := []authority.Option{
-		authority.WithConfig(&config.Config{AuthorityConfig: &config.AuthConfig{
-			Backdate: &provisioner.Duration{Duration: backdate},
-		}}),
+		authority.WithConfig(&config.Config{AuthorityConfig: authConf}),
 		authority.WithX509RootCerts(root),
 		authority.WithX509Signer(inter, signer),
 		authority.WithQuietInit(),
+	}
+	if c.acme.roots != nil {
+		acmeOpts, err := c.acmeAuthority(authConf)
+		if err != nil {
+			return nil, err
+		}
+		authOpts = append(authOpts, acmeOpts...)
 	}
 	if c.db != nil {
 		authOpts = append(authOpts, authority.WithDatabase(c.db))
@@ -246,9 +257,6 @@ func Open(dir string, password []byte, opts ...Option) (*CA, error) {
 		return nil, fmt.Errorf("start step-ca authority: %w", err)
 	}
 	if err := c.initAuditKey(); err != nil {
-		return nil, err
-	}
-	if err := c.initAKCA(); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -403,17 +411,21 @@ func (c *CA) IssueDevice(ctx context.Context, csr *x509.CertificateRequest, p De
 	if notBefore.IsZero() {
 		notBefore, notAfter = DeviceValidity(time.Now(), p.Validity)
 	}
-	return c.sign(ctx, csr, notBefore, notAfter, PathDevice, func(crt *x509.Certificate) {
-		crt.SerialNumber = new(big.Int).Set(p.Serial)
-		crt.Subject = pkix.Name{CommonName: p.DeviceID}
-		crt.DNSNames, crt.IPAddresses, crt.EmailAddresses = p.DNSNames, nil, nil
-		crt.URIs = p.uris()
-		crt.KeyUsage = x509.KeyUsageDigitalSignature
-		crt.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-		if c.crlURL != "" {
-			crt.CRLDistributionPoints = []string{c.crlURL}
-		}
-	})
+	return c.sign(ctx, csr, notBefore, notAfter, PathDevice, func(crt *x509.Certificate) { c.shapeDevice(crt, p) })
+}
+
+// shapeDevice makes crt say what the device profile p says: the one shaping
+// of device certificates, native (IssueDevice) and ACME (acmeCAS).
+func (c *CA) shapeDevice(crt *x509.Certificate, p DeviceProfile) {
+	crt.SerialNumber = new(big.Int).Set(p.Serial)
+	crt.Subject = pkix.Name{CommonName: p.DeviceID}
+	crt.DNSNames, crt.IPAddresses, crt.EmailAddresses = p.DNSNames, nil, nil
+	crt.URIs = p.uris()
+	crt.KeyUsage = x509.KeyUsageDigitalSignature
+	crt.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	if c.crlURL != "" {
+		crt.CRLDistributionPoints = []string{c.crlURL}
+	}
 }
 
 // sign runs step-ca's SignWithContext with validity set explicitly: a bare
@@ -435,23 +447,38 @@ func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, notBefore, 
 		// would override the SANs set here: the CSR requests nothing.
 		crt.ExtraExtensions = nil
 		shape(crt)
-		crt.Policies, crt.PolicyIdentifiers = []x509.OID{mark}, nil
-		crt.NotBefore, crt.NotAfter = notBefore, notAfter
-		crt.BasicConstraintsValid, crt.IsCA = true, false
+		finish(crt, mark, notBefore, notAfter)
 		return nil
 	}))
 	if err != nil {
 		return nil, fmt.Errorf("step-ca sign: %w", err)
 	}
-	if leaf := chain[0]; now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter) {
-		return nil, fmt.Errorf("step-ca issued a certificate not valid now (%v..%v)", leaf.NotBefore, leaf.NotAfter)
-	} else if !leaf.NotBefore.Equal(notBefore.Truncate(time.Second)) || !leaf.NotAfter.Equal(notAfter.Truncate(time.Second)) {
-		return nil, fmt.Errorf("step-ca issued a certificate valid %v..%v, not %v..%v", leaf.NotBefore, leaf.NotAfter, notBefore, notAfter)
-	}
-	if by, ok := IssuedBy(chain[0]); !ok || by != path {
-		return nil, fmt.Errorf("step-ca issued a certificate without the %s issuance mark", path)
+	if err := checkIssued(chain[0], now, notBefore, notAfter, path); err != nil {
+		return nil, err
 	}
 	return chain, nil
+}
+
+// finish sets what every path's certificate has in common, after the
+// path's own shaping: the path mark, the validity, not a CA.
+func finish(crt *x509.Certificate, mark x509.OID, notBefore, notAfter time.Time) {
+	crt.Policies, crt.PolicyIdentifiers = []x509.OID{mark}, nil
+	crt.NotBefore, crt.NotAfter = notBefore, notAfter
+	crt.BasicConstraintsValid, crt.IsCA = true, false
+}
+
+// checkIssued is sign's check of a signed leaf: valid now, exactly
+// notBefore..notAfter, and carrying exactly one issuance mark, path's.
+func checkIssued(leaf *x509.Certificate, now, notBefore, notAfter time.Time, path Path) error {
+	if now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter) {
+		return fmt.Errorf("step-ca issued a certificate not valid now (%v..%v)", leaf.NotBefore, leaf.NotAfter)
+	} else if !leaf.NotBefore.Equal(notBefore.Truncate(time.Second)) || !leaf.NotAfter.Equal(notAfter.Truncate(time.Second)) {
+		return fmt.Errorf("step-ca issued a certificate valid %v..%v, not %v..%v", leaf.NotBefore, leaf.NotAfter, notBefore, notAfter)
+	}
+	if by, ok := IssuedBy(leaf); !ok || by != path {
+		return fmt.Errorf("step-ca issued a certificate without the %s issuance mark", path)
+	}
+	return nil
 }
 
 // IssueServer issues the appliance's HTTPS certificate for hosts (DNS names

@@ -40,6 +40,9 @@ type KVOp struct {
 	Old        []byte
 }
 
+// NoSQL is step-ca's nosql database over kv, for step-ca's ACME store.
+func NoSQL(kv KV) database.DB { return nosqlKV{kv} }
+
 // nosqlKV is step-ca's nosql.DB over a KV.
 type nosqlKV struct{ kv KV }
 

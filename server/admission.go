@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/gatehouse-dev/gatehouse/acme"
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/cluster"
@@ -136,6 +137,9 @@ func limitedStage(path string) string {
 		return stageAKChallenge
 	case api.PathAttestationSecret:
 		return stageAKCertificate
+	}
+	if strings.HasPrefix(path, acme.Prefix+"/") || path == acme.PathProvisioners {
+		return stageACME
 	}
 	if strings.HasPrefix(path, "/admin/") {
 		return stageAdmin

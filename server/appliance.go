@@ -225,6 +225,7 @@ type options struct {
 	now         func() time.Time
 	rateLimit   float64
 	rateBurst   int
+	acmeRoots   func(*ca.CA) []*x509.Certificate // nil: the AK CA (acme.go)
 }
 
 // WithLogger sets the logger (default: discard).
@@ -277,6 +278,8 @@ type Appliance struct {
 	peerCmds          peerCommands             // what each member applies (version.go)
 	validityGate      commandGate              // whether every member applies the v3 accepts (version.go)
 	commandsHook      atomic.Pointer[[]string] // tests: the commands this node claims to apply (an older build's)
+	acme              http.Handler             // step-ca's ACME API and GET /provisioners (acme.go)
+	acmeDB            *acme.DB
 }
 
 // Open starts a node from an initialized data directory: it unlocks the CA
@@ -317,11 +320,17 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		return nil, fmt.Errorf("device API listen %s: %w", cfg.Listen, err)
 	}
 	kv := &registryKV{}
-	if a.ca, err = ca.Open(filepath.Join(dataDir, caDir), password,
+	caOpts := []ca.Option{
 		ca.WithDatabase(kv),
-		ca.WithCRLDistributionPoint("https://"+a.publicAddr()+"/crl"),
+		ca.WithCRLDistributionPoint("https://" + a.publicAddr() + "/crl"),
 		ca.WithReservedNames(a.reservedNames),
-	); err != nil {
+	}
+	acmeHook := &acmeIssuer{}
+	if o.acmeRoots == nil {
+		o.acmeRoots = akCARoots
+	}
+	caOpts = append(caOpts, ca.WithACME(o.acmeRoots, acmeHook))
+	if a.ca, err = ca.Open(filepath.Join(dataDir, caDir), password, caOpts...); err != nil {
 		return nil, fmt.Errorf("open CA: %w", err)
 	}
 	if err := checkClusterRoot(filepath.Join(dataDir, raftDir), rootHash(a.ca.Root())); err != nil {
@@ -373,6 +382,9 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	}
 	a.enroller.recordValidity = a.recordsValidity
 	a.enroller.attestCA = acme.NewAttestationCA(a.enroller, acme.WithClock(o.now))
+	if err := a.openACME(acmeHook, kv); err != nil {
+		return nil, err
+	}
 	a.admission = newClientLimiter(cfg.RateLimit, cfg.RateBurst)
 	if err := a.serveDevices(); err != nil {
 		return nil, err

@@ -59,3 +59,7 @@ func SetCommandsForTest(a *Appliance, cmds []string) {
 	}
 	a.commandsHook.Store(&cmds)
 }
+
+// ACMESizesForTest reports the ACME database's node-local state: used
+// nonces and cached pre-proof updates.
+func (a *Appliance) ACMESizesForTest() (usedNonces, pending int) { return a.acmeDB.Sizes() }

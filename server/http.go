@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/acme"
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/ca"
 )
@@ -79,6 +80,12 @@ func (a *Appliance) apiRoutes() *routeMux {
 	mux.HandleFunc("GET "+pathHealthz, a.healthz)
 	mux.HandleFunc("GET "+pathReadyz, a.readyz)
 	mux.HandleFunc("GET "+api.PathOpenAPI, a.serveOpenAPI)
+	// step-ca's ACME API (RFC 8555) and the one read-only native route the
+	// step CLI reads first (acme.go); no other step-ca route is served.
+	for _, m := range []string{"GET ", "HEAD ", "POST "} {
+		mux.HandleFunc(m+acme.Prefix+"/{rest...}", a.acmeRoute)
+	}
+	mux.HandleFunc("GET "+acme.PathProvisioners, a.acmeRoute)
 	return mux
 }
 

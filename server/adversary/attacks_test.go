@@ -764,6 +764,8 @@ func attacks() []Attack {
 	add(fleetAttacks()...)
 	// ---- issue 13: the attestation CA ----
 	add(attestCAAttacks()...)
+	// ---- issue 13: ACME device-attest-01 ----
+	add(acmeAttacks()...)
 	return as
 }
 
