@@ -59,6 +59,16 @@ func newStepDevice(t *testing.T, m *swtpm.Manufacturer) *stepDevice {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The README's recipe for an operator gives the same ID from the EK
+	// certificate.
+	der := filepath.Join(t.TempDir(), "ek.der")
+	if err := os.WriteFile(der, ek.Certificate.Raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("sh", "-c", "openssl x509 -inform DER -in "+der+" -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -c1-32").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != id {
+		t.Fatalf("the README's device ID recipe gives %q (%v), want %s", out, err, id)
+	}
 	return &stepDevice{id: id, sock: swtpm.BridgeTest(t, p), storage: t.TempDir()}
 }
 
