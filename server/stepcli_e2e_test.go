@@ -177,9 +177,10 @@ func stepApplyPolicy(t *testing.T, n *server.Appliance, doc string) {
 // attestation CA: the certificate chains to the Gatehouse root, its key is
 // the TPM key the CLI created (the TPM signs with it), and every node holds
 // the AK-certificate and ACME records. Refused, and leaving no certificate
-// and no ACME record: a group without acme, an EK from a manufacturer the
-// cluster does not trust, an order for another device than the AK
-// certificate names, and a device that was revoked.
+// and no ACME record: a group without acme (a fresh device at /attest, a
+// known one at its order), an EK from a manufacturer the cluster does not
+// trust, an order for another device than the AK certificate names, and a
+// device that was revoked.
 func TestStepCLIDeviceAttest(t *testing.T) {
 	step := servertest.StepCLI(t)
 	e, nodes, _ := threeNodes(t)
@@ -188,15 +189,27 @@ func TestStepCLIDeviceAttest(t *testing.T) {
 	stepWritePEM(t, rootFile, e.App.Root())
 	a := newStepDevice(t, e.Mfr)
 
-	// A group without acme refuses at /attest, before anything is
-	// recorded: the CLI has no AK certificate and no order.
+	// A group without acme. A fresh device (unknown to the registry: its
+	// order is admitted, as nothing is written before proof) is refused at
+	// /attest, before anything is recorded.
 	stepApplyPolicy(t, e.App, `{"groups":[{"name":"fleet","mode":"auto"}]}`)
+	ctx := context.Background()
+	b := servertest.NewDevice(t, e.Mfr) // enrolled natively, reached only by ID
+	bid, err := e.Client.Enroll(ctx, b.TPM)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r := stepCertificate(t, step, rootFile, nodes[1], a, a.id, "k0")
 	stepWantRefusedAt(t, r, "https://"+nodes[1].Addr()+"/attestation/attest", "403")
 	for _, n := range nodes {
 		if recs := stepRecords(t, n, a.id); len(recs) != 0 {
 			t.Fatalf("group without acme: %d records for %s, want none (a refusal before possession is not recorded)", len(recs), a.id)
 		}
+	}
+	// A known, active device of that group cannot even order.
+	r = stepCertificate(t, step, rootFile, nodes[2], a, bid.DeviceID, "k0")
+	if r.err == nil || !strings.Contains(r.out, "error creating new ACME order") {
+		t.Fatalf("order for %s, whose group has no acme: %v, want the new order refused\n%s", bid.DeviceID, r.err, r.out)
 	}
 
 	// The group allows ACME: the CLI gets a certificate from node 2 (any
@@ -231,7 +244,6 @@ func TestStepCLIDeviceAttest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	key, err := st.GetKey(ctx, "k1")
 	if err != nil {
 		t.Fatalf("the CLI's TPM key: %v", err)
@@ -261,14 +273,9 @@ func TestStepCLIDeviceAttest(t *testing.T) {
 	}
 
 	// An order for another device than the AK certificate names: b is a
-	// known, active device of the acme group (enrolled natively), but a's
-	// cached AK certificate says a. The challenge fails; no certificate,
-	// no ACME record for b.
-	b := servertest.NewDevice(t, e.Mfr)
-	bid, err := e.Client.Enroll(ctx, b.TPM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// known, active device of the acme group now, but a's cached AK
+	// certificate says a. The challenge fails; no certificate, no ACME
+	// record for b.
 	r = stepCertificate(t, step, rootFile, nodes[2], a, bid.DeviceID, "k2")
 	if r.err == nil || !strings.Contains(strings.ToLower(r.out), "challenge") {
 		t.Fatalf("order for %s with %s's AK certificate: %v, want a failed challenge\n%s", bid.DeviceID, a.id, r.err, r.out)
