@@ -84,7 +84,7 @@ type stepRun struct {
 // with provisioner device-attest, the TPM key named keyName created in the
 // swtpm behind d's socket, Gatehouse as the attestation CA. STEPPATH and
 // HOME are temporary, stdin is empty (a prompt fails instead of hanging),
-// and the run is bounded.
+// and the run is bounded; STEPDEBUG makes its errors name their causes.
 func stepCertificate(t *testing.T, step, rootFile string, node *server.Appliance, d *stepDevice, subject, keyName string) stepRun {
 	t.Helper()
 	dir := t.TempDir()
@@ -103,7 +103,7 @@ func stepCertificate(t *testing.T, step, rootFile string, node *server.Appliance
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, step, r.args...)
-	cmd.Env = append(os.Environ(), "STEPPATH="+filepath.Join(dir, "steppath"), "HOME="+filepath.Join(dir, "home"))
+	cmd.Env = append(os.Environ(), "STEPPATH="+filepath.Join(dir, "steppath"), "HOME="+filepath.Join(dir, "home"), "STEPDEBUG=1")
 	cmd.Stdin = nil
 	out, err := cmd.CombinedOutput()
 	r.out, r.err = string(out), err
