@@ -29,17 +29,17 @@ import (
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
 
-// stepDevice is a swtpm the stock step CLI reaches through a socat bridge,
+// cliDevice is a swtpm the stock step CLI reaches through a socat bridge,
 // with the CLI's own storage directory (its AK, AK certificate and keys).
-type stepDevice struct {
+type cliDevice struct {
 	id      string // attest.DeviceID of the EK the CLI sends (RSA)
 	sock    string
 	storage string
 }
 
-// newStepDevice starts a fresh swtpm of m and bridges it. No handle stays
+// newCLIDevice starts a fresh swtpm of m and bridges it. No handle stays
 // open on it: swtpm serves one connection at a time, and the CLI needs it.
-func newStepDevice(t *testing.T, m *swtpm.Manufacturer) *stepDevice {
+func newCLIDevice(t *testing.T, m *swtpm.Manufacturer) *cliDevice {
 	t.Helper()
 	p := swtpm.StartTest(t, m)
 	tpm, err := p.Open()
@@ -69,7 +69,7 @@ func newStepDevice(t *testing.T, m *swtpm.Manufacturer) *stepDevice {
 	if err != nil || strings.TrimSpace(string(out)) != id {
 		t.Fatalf("the README's device ID recipe gives %q (%v), want %s", out, err, id)
 	}
-	return &stepDevice{id: id, sock: swtpm.BridgeTest(t, p), storage: t.TempDir()}
+	return &cliDevice{id: id, sock: swtpm.BridgeTest(t, p), storage: t.TempDir()}
 }
 
 // stepRun is one run of `step ca certificate`.
@@ -85,7 +85,7 @@ type stepRun struct {
 // swtpm behind d's socket, Gatehouse as the attestation CA. STEPPATH and
 // HOME are temporary, stdin is empty (a prompt fails instead of hanging),
 // and the run is bounded; STEPDEBUG makes its errors name their causes.
-func stepCertificate(t *testing.T, step, rootFile string, node *server.Appliance, d *stepDevice, subject, keyName string) stepRun {
+func stepCertificate(t *testing.T, step, rootFile string, node *server.Appliance, d *cliDevice, subject, keyName string) stepRun {
 	t.Helper()
 	dir := t.TempDir()
 	base := "https://" + node.Addr()
@@ -187,7 +187,7 @@ func TestStepCLIDeviceAttest(t *testing.T) {
 	dir := t.TempDir()
 	rootFile := filepath.Join(dir, "root.crt")
 	stepWritePEM(t, rootFile, e.App.Root())
-	a := newStepDevice(t, e.Mfr)
+	a := newCLIDevice(t, e.Mfr)
 
 	// A group without acme. A fresh device (unknown to the registry: its
 	// order is admitted, as nothing is written before proof) is refused at
@@ -291,7 +291,7 @@ func TestStepCLIDeviceAttest(t *testing.T) {
 
 	// An EK from a manufacturer the cluster does not trust is refused at
 	// /attest; nothing is recorded.
-	u := newStepDevice(t, swtpm.NewTestManufacturer(t))
+	u := newCLIDevice(t, swtpm.NewTestManufacturer(t))
 	r = stepCertificate(t, step, rootFile, nodes[0], u, u.id, "k1")
 	stepWantRefusedAt(t, r, "https://"+nodes[0].Addr()+"/attestation/attest", "403")
 	for _, n := range nodes {
