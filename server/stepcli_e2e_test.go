@@ -180,7 +180,8 @@ func stepApplyPolicy(t *testing.T, n *server.Appliance, doc string) {
 // and no ACME record: a group without acme (a fresh device at /attest, a
 // known one at its order), an EK from a manufacturer the cluster does not
 // trust, an order for another device than the AK certificate names, and a
-// device that was revoked.
+// device that was revoked. In an approve-mode group a fresh device waits
+// pending until an operator approves it, then the same command succeeds.
 func TestStepCLIDeviceAttest(t *testing.T) {
 	step := servertest.StepCLI(t)
 	e, nodes, _ := threeNodes(t)
@@ -322,6 +323,33 @@ func TestStepCLIDeviceAttest(t *testing.T) {
 	}
 	if after := stepRecords(t, e.App, a.id); len(after) != before {
 		t.Fatalf("the refused order added %d records", len(after)-before)
+	}
+
+	// A group in approve mode: a fresh device proves possession, is
+	// recorded pending and refused at /secret; once approved, the same
+	// command gets its certificate.
+	stepApplyPolicy(t, e.App, `{"groups":[{"name":"fleet","mode":"approve","acme":true}]}`)
+	c := newCLIDevice(t, e.Mfr)
+	r = stepCertificate(t, step, rootFile, nodes[2], c, c.id, "k1")
+	stepWantRefusedAt(t, r, "https://"+nodes[2].Addr()+"/attestation/secret", "403")
+	for i, n := range nodes {
+		waitFor(t, fmt.Sprintf("node %d: %s pending, its ak_certificate record pending", i+1, c.id), 15*time.Second, func() bool {
+			d, err := n.Node().Device(c.id)
+			return err == nil && d.Status == cluster.DevicePending && stepHasRecord(stepRecords(t, n, c.id), "ak_certificate", cluster.OutcomePending, "")
+		})
+	}
+	if _, err := server.NewAdminClient(e.Dir).TransitionDevice(ctx, c.id, cluster.OpApprove, "test", "checked"); err != nil {
+		t.Fatal(err)
+	}
+	r = stepCertificate(t, step, rootFile, nodes[2], c, c.id, "k2")
+	if r.err != nil {
+		t.Fatalf("step ca certificate after approval: %v\n%s", r.err, r.out)
+	}
+	cleaf := stepReadChain(t, r.crt)[0]
+	for i, n := range nodes {
+		waitFor(t, fmt.Sprintf("node %d: the acme record of the approved %s", i+1, c.id), 15*time.Second, func() bool {
+			return stepHasRecord(stepRecords(t, n, c.id), "acme", cluster.OutcomeAccepted, cleaf.SerialNumber.Text(16))
+		})
 	}
 }
 
