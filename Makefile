@@ -9,11 +9,20 @@ BIN     := bin
 TAGS    := hashicorpmetrics,nobadger,nomysql,nopgx,nobbolt
 export GOFLAGS := -tags=$(TAGS)
 PKGS    := ./...
-# Debian packages the TPM tests and the demo need, and the browser the
-# console's browser test drives (console/browser_test.go).
-APT_PKGS := swtpm swtpm-tools openssl chromium systemd dpkg
+# Debian packages the TPM tests and the demo need, the browser the
+# console's browser test drives (console/browser_test.go), and socat, which
+# bridges swtpm to the UNIX socket the step CLI's tpmkms opens
+# (server/stepcli_e2e_test.go).
+APT_PKGS := swtpm swtpm-tools openssl chromium systemd dpkg socat
 
-.PHONY: all build test bench bench-queries bench-console demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary
+.PHONY: all build test bench bench-queries bench-console demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary step-cli
+
+# The stock step CLI the ACME device-attest-01 end-to-end test runs
+# (server/stepcli_e2e_test.go), pinned: `@latest` resolves to an old
+# v0.21.0. The test finds it through GATEHOUSE_STEP.
+STEP_CLI_VERSION := v0.30.2
+STEP_CLI := $(CURDIR)/$(BIN)/step
+export GATEHOUSE_STEP := $(STEP_CLI)
 
 all: build
 
@@ -22,22 +31,32 @@ build:
 	$(GO) build -o $(BIN)/gatehouse-agent ./cmd/gatehouse-agent
 	$(GO) build -o $(BIN)/mkdevices ./testvectors/mkdevices
 
-# deps installs swtpm, chromium, systemd-analyze and dpkg-deb when missing. It never
+# deps installs swtpm, chromium, systemd-analyze, dpkg-deb and socat when missing. It never
 # pretends: without root or apt-get it stops and says what to install.
 deps:
-	@missing=""; for c in swtpm swtpm_setup swtpm_localca openssl chromium systemd-analyze dpkg-deb; do \
+	@missing=""; for c in swtpm swtpm_setup swtpm_localca openssl chromium systemd-analyze dpkg-deb socat; do \
 	  command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	echo "deps: missing:$$missing; installing $(APT_PKGS) with apt-get"; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
-	  echo "deps: FAILED: apt-get not found; install swtpm and swtpm-tools (swtpm >= 0.7) and chromium with your package manager" >&2; exit 1; fi; \
+	  echo "deps: FAILED: apt-get not found; install swtpm and swtpm-tools (swtpm >= 0.7), chromium and socat with your package manager" >&2; exit 1; fi; \
 	if [ "$$(id -u)" != 0 ]; then SUDO=sudo; command -v sudo >/dev/null 2>&1 || { \
 	  echo "deps: FAILED: not root and no sudo; run as root: apt-get install -y $(APT_PKGS)" >&2; exit 1; }; fi; \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq || { echo "deps: FAILED: apt-get update failed (no access to the Debian archive?)" >&2; exit 1; }; \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null || { echo "deps: FAILED: apt-get install $(APT_PKGS) failed" >&2; exit 1; }; \
-	for c in swtpm swtpm_setup swtpm_localca chromium systemd-analyze dpkg-deb; do command -v $$c >/dev/null 2>&1 || { \
+	for c in swtpm swtpm_setup swtpm_localca chromium systemd-analyze dpkg-deb socat; do command -v $$c >/dev/null 2>&1 || { \
 	  echo "deps: FAILED: $$c still missing after install" >&2; exit 1; }; done; \
-	echo "deps: installed $$(swtpm --version 2>&1 | head -n1), $$(chromium --version 2>/dev/null | head -n1)"
+	echo "deps: installed $$(swtpm --version 2>&1 | head -n1), $$(chromium --version 2>/dev/null | head -n1), $$(socat -V 2>/dev/null | grep -m1 "socat version")"
+
+# step-cli installs the pinned step CLI into bin/ unless the one there was
+# built from that module version (go version -m reads it from the binary:
+# `step version` prints only what -ldflags set, so set it for operators too).
+# GOFLAGS is cleared: the appliance's build tags are not the CLI's.
+step-cli:
+	@if [ "$$($(GO) version -m $(STEP_CLI) 2>/dev/null | awk '$$1=="mod" && $$2=="github.com/smallstep/cli" {print $$3}')" = "$(STEP_CLI_VERSION)" ]; then exit 0; fi; \
+	echo "step-cli: installing github.com/smallstep/cli/cmd/step@$(STEP_CLI_VERSION) into $(BIN)/"; \
+	GOBIN=$(CURDIR)/$(BIN) GOFLAGS= $(GO) install -ldflags='-X main.Version=$(STEP_CLI_VERSION:v%=%)' github.com/smallstep/cli/cmd/step@$(STEP_CLI_VERSION) && \
+	$(STEP_CLI) version | head -n1
 
 vet:
 	$(GO) vet $(PKGS)
@@ -45,7 +64,7 @@ vet:
 
 # test runs every package but the adversarial suite, then the suite (its
 # summary line, and the output of anything that failed).
-test: deps vet
+test: deps step-cli vet
 	@rc=0; $(GO) test -count=1 -timeout 9m $$($(GO) list $(PKGS) | grep -v '/server/adversary$$') || rc=$$?; \
 	  (cd packaging && $(GO) test -count=1 ./...) || rc=$$?; \
 	  $(MAKE) --no-print-directory adversary ADVERSARY_SHOW=failures || rc=$$?; exit $$rc
