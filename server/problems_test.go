@@ -30,6 +30,7 @@ var notRefusals = map[string]string{
 	"cluster.ErrCorruptState":         "startup error: raft.db or fsm.db is unreadable",
 	"cluster.ErrAuditRange":           "offline audit verification finding, not an HTTP answer",
 	"cluster.ErrIndexMismatch":        "a registry fault (Node.VerifyIndexes, or a query meeting one): an internal error, logged",
+	"server.errACMEDevice":            "answered as an RFC 8555 problem (unauthorized) by step-ca's ACME handlers, not through the problem tables",
 	"cluster.ErrCertificateValidity":  "the server built an inconsistent accept (validity it decided itself): an internal error, logged",
 }
 
@@ -130,6 +131,7 @@ func TestEverySentinelHasAProblemCode(t *testing.T) {
 	all = append(all, sentinels(t, ".", "server")...)
 	all = append(all, sentinels(t, "../attest", "attest")...)
 	all = append(all, sentinels(t, "../cluster", "cluster")...)
+	all = append(all, sentinels(t, "../acme", "acme")...)
 	if len(all) < 20 {
 		t.Fatalf("found only %d sentinels: %v", len(all), all)
 	}
