@@ -19,10 +19,10 @@ APT_PKGS := swtpm swtpm-tools openssl chromium systemd dpkg socat
 
 # The stock step CLI the ACME device-attest-01 end-to-end test runs
 # (server/stepcli_e2e_test.go), pinned: `@latest` resolves to an old
-# v0.21.0. The test finds it through GATEHOUSE_STEP.
+# v0.21.0. The test finds it through STEP_CLI_PATH.
 STEP_CLI_VERSION := v0.30.2
 STEP_CLI := $(CURDIR)/$(BIN)/step
-export GATEHOUSE_STEP := $(STEP_CLI)
+export STEP_CLI_PATH := $(STEP_CLI)
 
 all: build
 

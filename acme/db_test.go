@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,55 +17,16 @@ import (
 	"go.step.sm/crypto/jose"
 
 	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/ca/catest"
 )
-
-// memKV is a ca.KV in memory that counts writes.
-type memKV struct {
-	mu     sync.Mutex
-	m      map[string][]byte
-	writes int
-}
-
-func (k *memKV) Get(table string, key []byte) ([]byte, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	v, ok := k.m[table+"/"+string(key)]
-	if !ok {
-		return nil, ca.ErrKVNotFound
-	}
-	return v, nil
-}
-
-func (k *memKV) List(string) ([][]byte, [][]byte, error) { return nil, nil, nil }
-
-func (k *memKV) Update(ops []ca.KVOp) (bool, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.writes++
-	for _, op := range ops {
-		key := op.Table + "/" + string(op.Key)
-		switch op.Op {
-		case ca.KVCmpAndSwap:
-			if cur, ok := k.m[key]; ok != (op.Old != nil) || !bytes.Equal(cur, op.Old) {
-				return false, nil
-			}
-			k.m[key] = op.Value
-		case ca.KVSet:
-			k.m[key] = op.Value
-		case ca.KVDelete:
-			delete(k.m, key)
-		}
-	}
-	return true, nil
-}
 
 type gateFunc func(string) error
 
 func (g gateFunc) MayOrder(_ context.Context, id string) error { return g(id) }
 
-func newTestDB(t *testing.T, gate Gate) (*DB, *memKV) {
+func newTestDB(t *testing.T, gate Gate) (*DB, *catest.MemKV) {
 	t.Helper()
-	kv := &memKV{m: map[string][]byte{}}
+	kv := catest.NewMemKV()
 	d, err := NewDB(ca.NoSQL(kv), bytes.Repeat([]byte{7}, 32), gate)
 	if err != nil {
 		t.Fatal(err)
@@ -103,8 +63,8 @@ func TestNonces(t *testing.T) {
 	if err := d.DeleteNonce(ctx, old); err == nil {
 		t.Fatal("expired nonce accepted")
 	}
-	if kv.writes != 0 {
-		t.Fatalf("nonces wrote %d times", kv.writes)
+	if kv.Writes() != 0 {
+		t.Fatalf("nonces wrote %d times", kv.Writes())
 	}
 }
 
@@ -157,8 +117,8 @@ func TestStatelessAccount(t *testing.T) {
 	if err := d.UpdateAccount(ctx, got); err == nil {
 		t.Fatal("account update accepted")
 	}
-	if kv.writes != 0 {
-		t.Fatalf("accounts wrote %d times", kv.writes)
+	if kv.Writes() != 0 {
+		t.Fatalf("accounts wrote %d times", kv.Writes())
 	}
 }
 
@@ -216,8 +176,8 @@ func TestObjectsWrittenOnlyAfterProof(t *testing.T) {
 	if err := d.UpdateChallenge(ctx, ch); err != nil {
 		t.Fatal(err)
 	}
-	if kv.writes != 0 {
-		t.Fatalf("%d writes before proof", kv.writes)
+	if kv.Writes() != 0 {
+		t.Fatalf("%d writes before proof", kv.Writes())
 	}
 	if got, _ := d.GetChallenge(ctx, ch.ID, az.ID); got.Status != stepacme.StatusInvalid {
 		t.Fatalf("this node forgot the failed challenge: %s", got.Status)
@@ -240,8 +200,8 @@ func TestObjectsWrittenOnlyAfterProof(t *testing.T) {
 	if err := d.UpdateOrder(ctx, o); err != nil {
 		t.Fatal(err)
 	}
-	if kv.writes != 3 {
-		t.Fatalf("%d writes after proof, want 3", kv.writes)
+	if kv.Writes() != 3 {
+		t.Fatalf("%d writes after proof, want 3", kv.Writes())
 	}
 	if got, _ := other.GetAuthorization(ctx, az.ID); got.Status != stepacme.StatusValid || got.Fingerprint != "fp" || got.Challenges[0].Status != stepacme.StatusValid {
 		t.Fatalf("another node's authorization %+v", got)
@@ -267,7 +227,7 @@ func TestPendingCacheBounded(t *testing.T) {
 	if _, pending := d.Sizes(); pending != MaxPending {
 		t.Fatalf("pending cache %d, want the cap %d", pending, MaxPending)
 	}
-	if kv.writes != 0 {
-		t.Fatalf("%d writes", kv.writes)
+	if kv.Writes() != 0 {
+		t.Fatalf("%d writes", kv.Writes())
 	}
 }

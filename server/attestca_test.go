@@ -24,7 +24,6 @@ import (
 	acmenosql "github.com/smallstep/certificates/acme/db/nosql"
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
-	"github.com/smallstep/nosql"
 	"go.step.sm/crypto/jose"
 	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/tpm"
@@ -35,6 +34,8 @@ import (
 	"github.com/gatehouse-dev/gatehouse/acme"
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/ca/catest"
 	"github.com/gatehouse-dev/gatehouse/cluster"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
@@ -404,12 +405,8 @@ func TestStepCAValidatesAKCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx = stepacme.NewProvisionerContext(ctx, prov)
-	kv, err := nosql.New(nosql.BBoltDriver, filepath.Join(t.TempDir(), "acme.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { kv.Close() })
-	db, err := acmenosql.New(kv)
+	// In memory: make test builds without step's bbolt driver (nobbolt).
+	db, err := acmenosql.New(ca.NoSQL(catest.NewMemKV()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,18 +12,18 @@ import (
 // Makefile's STEP_CLI_VERSION).
 const StepCLIVersion = "v0.30.2"
 
-// StepCLI returns the path of the pinned step CLI: $GATEHOUSE_STEP (the
+// StepCLI returns the path of the pinned step CLI: $STEP_CLI_PATH (the
 // Makefile sets it), else bin/step at the module root. It fails the test
 // (never skips) when the binary is missing or was built from another
 // version, which the binary's own build information says.
 func StepCLI(t testing.TB) string {
 	t.Helper()
 	const hint = "run make test (it installs step " + StepCLIVersion + ") or make step-cli"
-	path := os.Getenv("GATEHOUSE_STEP")
+	path := os.Getenv("STEP_CLI_PATH")
 	if path == "" {
 		root, err := moduleRoot()
 		if err != nil {
-			t.Fatalf("step CLI: GATEHOUSE_STEP is not set and the module root is not found (%v): %s", err, hint)
+			t.Fatalf("step CLI: STEP_CLI_PATH is not set and the module root is not found (%v): %s", err, hint)
 		}
 		path = filepath.Join(root, "bin", "step")
 	}
