@@ -12,7 +12,6 @@ import (
 	"encoding/pem"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -26,94 +25,40 @@ import (
 	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/smallstep/nosql"
 	"go.step.sm/crypto/jose"
-	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/tpm"
-	"go.step.sm/crypto/tpm/attestation"
-	tpmstorage "go.step.sm/crypto/tpm/storage"
 	"go.step.sm/crypto/x509util"
 
 	"github.com/gatehouse-dev/gatehouse/acme"
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/cluster"
-	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
 	"github.com/gatehouse-dev/gatehouse/server"
+	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
 
-// keepOpen is a swtpm command channel that go.step.sm/crypto/tpm cannot
-// close: it closes its channel after every operation, and the swtpm data
-// port is one connection for the test's life.
-type keepOpen struct{ tpm.CommandChannel }
-
-func (keepOpen) Close() error { return nil }
-
-// stepDevice is a swtpm driven by go.step.sm/crypto/tpm, the library the
-// step CLI runs, through tpm.WithCommandChannel over the swtpm data port
-// (the CLI's tpmkms device= takes a device path or a UNIX socket; in
-// process, the channel needs no bridge).
+// stepDevice is a servertest.StepTPM (a swtpm driven by
+// go.step.sm/crypto/tpm, the library the step CLI runs) with the test.
 type stepDevice struct {
 	t   *testing.T
 	tpm *tpm.TPM
 	ek  *tpm.EK
 	ak  *tpm.AK
 	id  string // attest.DeviceID of the EK
+	st  *servertest.StepTPM
 }
 
 func newStepDevice(t *testing.T, m *swtpm.Manufacturer) *stepDevice {
 	t.Helper()
-	p := swtpm.StartTest(t, m)
-	ch, err := fwclient.OpenTransport(p.URI())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ch.Close() })
-	tp, err := tpm.New(tpm.WithCommandChannel(keepOpen{ch.(tpm.CommandChannel)}), tpm.WithStore(tpmstorage.NewDirstore(t.TempDir())), tpm.WithDisableDownload())
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &stepDevice{t: t, tpm: tp}
-	ctx := context.Background()
-	eks, err := tp.GetEKs(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ek := range eks { // the CLI's getPreferredEK: RSA first
-		if _, ok := ek.Public().(*rsa.PublicKey); ok {
-			d.ek = ek
-			break
-		}
-	}
-	if d.ek == nil {
-		d.ek = eks[0]
-	}
-	// The CLI names its AK after the EK's hex fingerprint.
-	fp, err := keyutil.EncodedFingerprint(d.ek.Public(), keyutil.HexFingerprint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d.ak, err = tp.CreateAK(ctx, strings.Split(fp, ":")[1]); err != nil {
-		t.Fatal(err)
-	}
-	if d.id, err = attest.DeviceID(d.ek.Public()); err != nil {
-		t.Fatal(err)
-	}
-	return d
+	st := servertest.NewStepTPM(t, m)
+	return &stepDevice{t: t, tpm: st.TPM, ek: st.EK, ak: st.AK, id: st.ID, st: st}
 }
 
 // attestWithClient runs the whole protocol with the attestation client of
 // go.step.sm/crypto/tpm/attestation (the CLI's copy speaks the same JSON).
 func (d *stepDevice) attestWithClient(base string, root *x509.Certificate) ([]*x509.Certificate, error) {
 	d.t.Helper()
-	rootFile := filepath.Join(d.t.TempDir(), "root.crt")
-	if err := os.WriteFile(rootFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}), 0o600); err != nil {
-		d.t.Fatal(err)
-	}
-	c, err := attestation.NewClient(base+"/attestation", attestation.WithRootsFile(rootFile))
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	return c.Attest(context.Background(), d.tpm, d.ek, d.ak)
+	return d.st.AttestWithClient(d.t, base, root)
 }
 
 // attestRequest is the /attest body the step client builds.
