@@ -548,3 +548,28 @@ func TestACMEWithAttestationCA(t *testing.T) {
 		t.Fatalf("accepted records by stage %v, want ak_certificate and acme with serial %x", stages, certs[0].SerialNumber)
 	}
 }
+
+// new-order admits a device ID the registry does not know only if it has
+// the form of one (attest.DeviceID: 32 lowercase hex digits): anything
+// else is no device, and would only make the stateless order, its
+// authorization and challenge IDs, and a failed challenge this node
+// remembers, as large as the identifier. Refused with rejectedIdentifier,
+// nothing written; a well-formed unknown ID is still admitted.
+func TestACMEOrderNeedsDeviceIDForm(t *testing.T) {
+	e, _ := newACMEEnv(t)
+	ctx := context.Background()
+	c := servertest.ACMEClient(t, e.App)
+	before := lastLogIndex(t, e.App)
+	for _, id := range []string{"not-a-device", strings.Repeat("ab", 4000), strings.Repeat("AB", 16), strings.Repeat("a", 31), strings.Repeat("a", 33), strings.Repeat("g", 32)} {
+		if _, err := c.AuthorizeOrder(ctx, []xacme.AuthzID{{Type: "permanent-identifier", Value: id}}); err == nil ||
+			servertest.ACMEProblem(err) != "urn:ietf:params:acme:error:rejectedIdentifier" {
+			t.Errorf("new-order for %.40q (%d chars): %v, want rejectedIdentifier", id, len(id), err)
+		}
+	}
+	if _, err := c.AuthorizeOrder(ctx, []xacme.AuthzID{{Type: "permanent-identifier", Value: strings.Repeat("ab", 16)}}); err != nil {
+		t.Fatalf("positive control, a well-formed device ID not registered yet: %v", err)
+	}
+	if after := lastLogIndex(t, e.App); after != before {
+		t.Fatalf("new-order appended %d Raft entries", after-before)
+	}
+}

@@ -185,6 +185,7 @@ func acmeAttacks() []Attack {
 	}{
 		{"ACME new-order for a revoked device", func(s *acmeState) []xacme.AuthzID { return permID(s.revoked) }, []string{"unauthorized"}},
 		{"ACME new-order for a DNS name", func(*acmeState) []xacme.AuthzID { return []xacme.AuthzID{{Type: "dns", Value: "gatehouse.example"}} }, []string{"rejectedIdentifier"}},
+		{"ACME new-order for a permanent identifier that is not a device ID (8000 characters)", func(*acmeState) []xacme.AuthzID { return permID(strings.Repeat("ab", 4000)) }, []string{"rejectedIdentifier"}},
 		{"ACME new-order for two permanent identifiers (a device and another)", func(s *acmeState) []xacme.AuthzID {
 			return append(permID(s.dev.ID), permID(s.revoked)...)
 		}, []string{"rejectedIdentifier"}},
