@@ -617,6 +617,14 @@ func (d *DB) remember(key string, b []byte) {
 	}
 }
 
+// PendingBytes is the size of the pending cache (its IDs and copies), at
+// most MaxPendingBytes.
+func (d *DB) PendingBytes() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.pendingB
+}
+
 // Sizes reports the node-local state (used nonces, pending updates), for
 // tests and metrics.
 func (d *DB) Sizes() (usedNonces, pending int) {
