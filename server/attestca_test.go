@@ -236,6 +236,18 @@ func TestAttestationCARefusals(t *testing.T) {
 		}
 	})
 
+	// A reported TPM field longer than any TPM's (it may go into the AK
+	// certificate, and the pending activation keeps it): refused before a
+	// credential is made. (Unbounded before.)
+	noEntries("an oversized TPM info", func() {
+		req := d.attestRequest()
+		req.TPMInfo.Model = strings.Repeat("m", 40<<10)
+		var resp acme.AttestResponse
+		if p := e.postJSON(api.PathAttestationAttest, req, &resp); p == nil || p.Code != api.CodeMalformed {
+			t.Fatalf("oversized TPM info: %+v", p)
+		}
+	})
+
 	// A secret the TPM did not activate.
 	noEntries("a wrong secret", func() {
 		if _, p := attest1(d); p != nil {
