@@ -8,9 +8,11 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -423,5 +425,44 @@ func TestStepCAValidatesAKCertificate(t *testing.T) {
 	ch, err = validate(other, "k2")
 	if err != nil || ch.Status != stepacme.StatusInvalid || ch.Error == nil || !strings.Contains(ch.Error.Detail, "permanent identifier does not match") {
 		t.Fatalf("step-ca accepted the AK certificate for another identifier: %v %+v %+v", err, ch.Status, ch.Error)
+	}
+}
+
+// The activation secret is never logged, whether it is right or wrong
+// (debug level included), nor the credential that wraps it; the log does
+// say what was certified.
+func TestAttestationCALogsNoSecret(t *testing.T) {
+	var logs bytes.Buffer
+	e := newEnv(t)
+	if err := e.App.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.Start(server.WithLogger(slog.New(slog.NewJSONHandler(&syncWriter{w: &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	applyPolicy(t, e, acmePolicy)
+	d := newStepDevice(t, e.Mfr)
+	var resp acme.AttestResponse
+	if p := e.postJSON(api.PathAttestationAttest, d.attestRequest(), &resp); p != nil {
+		t.Fatal(p)
+	}
+	secret := d.activate(resp)
+	wrong := append([]byte(nil), secret...)
+	wrong[0] ^= 1
+	if p := e.postJSON(api.PathAttestationSecret, acme.SecretRequest{Secret: wrong}, &acme.SecretResponse{}); p == nil || p.Code != api.CodeSecretUnknown {
+		t.Fatalf("wrong secret: %+v", p)
+	}
+	var chain acme.SecretResponse
+	if p := e.postJSON(api.PathAttestationSecret, acme.SecretRequest{Secret: secret}, &chain); p != nil || len(chain.Chain) != 2 {
+		t.Fatalf("secret: %+v", p)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "AK certified") || !strings.Contains(out, d.id) {
+		t.Fatalf("no log of the AK certification: %s", out)
+	}
+	for _, s := range [][]byte{secret, wrong, resp.Credential, resp.Secret} {
+		for _, enc := range []string{base64.StdEncoding.EncodeToString(s), base64.RawURLEncoding.EncodeToString(s), hex.EncodeToString(s)} {
+			if strings.Contains(out, enc[:24]) {
+				t.Fatalf("the log carries a secret or credential (%s…)", enc[:24])
+			}
+		}
 	}
 }
