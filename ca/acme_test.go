@@ -202,7 +202,7 @@ func TestACMECASDropsCSRExtensions(t *testing.T) {
 		IPAddresses:    []net.IP{net.IPv4(10, 0, 0, 1)},
 		ExtraExtensions: []pkix.Extension{basicCA, eku, policy, custom,
 			{Id: asn1.ObjectIdentifier{2, 5, 29, 30}, Critical: true, Value: []byte{0x30, 0x00}}, // name constraints
-			{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 1, 1}, Value: []byte{0x30, 0x00}},     // authority information access
+			{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 1, 1}, Value: []byte{0x30, 0x00}},    // authority information access
 			{Id: acmeOrderOID, Value: []byte("victim-order")}},
 	}, k)
 	if err != nil {
