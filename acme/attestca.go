@@ -78,6 +78,10 @@ const (
 	MaxSecretBody = 1 << 10
 	// DefaultPendingLimit bounds the activations a node keeps pending.
 	DefaultPendingLimit = 4096
+	// maxAKField bounds each field of the AK evidence (TPM2B_PUBLIC,
+	// TPMS_CREATION_DATA, TPMS_ATTEST, TPMT_SIGNATURE of an RSA-4096 key
+	// are each well under 1 KiB).
+	maxAKField = 2 << 10
 )
 
 // ErrSecretUnknown: the activated secret matches no pending activation on
@@ -259,6 +263,14 @@ func (c *AttestationCA) expire() {
 func VerifyAKParameters(p AttestationParameters) (*attest.AK, error) {
 	if p.UseTCSDActivationFormat {
 		return nil, fmt.Errorf("%w: TPM 1.2 (TCSD) activation is not supported", attest.ErrAKInvalid)
+	}
+	// Before anything is decoded: the decoders ignore trailing bytes, and
+	// a self-signed AK's signature covers whatever follows, so only this
+	// bound keeps a pending activation small.
+	for _, f := range [][]byte{p.Public, p.CreateData, p.CreateAttestation, p.CreateSignature} {
+		if len(f) > maxAKField {
+			return nil, fmt.Errorf("%w: an AK evidence field of %d bytes (at most %d)", attest.ErrAKInvalid, len(f), maxAKField)
+		}
 	}
 	return attest.VerifyAK(goattest.AttestationParameters{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature})
 }

@@ -43,6 +43,10 @@ const (
 	// MaxPending bounds the cache of pre-proof updates (a failed challenge,
 	// an expired order); the oldest is forgotten first.
 	MaxPending = 4096
+	// MaxPendingBytes bounds the same cache in bytes (IDs and copies): an
+	// entry's size follows its account key (up to maxAccountKey), so a
+	// count alone would let a client's large keys hold tens of MiB.
+	MaxPendingBytes = 8 << 20
 	// maxAccountKey bounds the JWK an account ID carries.
 	maxAccountKey = 2048
 	// maxID bounds an object ID before it is decoded (an order's carries
@@ -76,6 +80,7 @@ type DB struct {
 	usedOrder *list.List           // used nonces, in the order they were used
 	pending   map[string][]byte    // object ID -> JSON of a pre-proof update
 	order     *list.List           // pending IDs, oldest first
+	pendingB  int                  // bytes of pending's keys and values
 }
 
 // NewDB wraps kv (normally the CA's view of the registry) for step-ca's
@@ -596,14 +601,28 @@ func (d *DB) save(table []byte, id string, v any, proven bool) error {
 func (d *DB) remember(key string, b []byte) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := d.pending[key]; !ok {
+	if old, ok := d.pending[key]; ok {
+		d.pendingB -= len(key) + len(old)
+	} else {
 		d.order.PushBack(key)
 	}
 	d.pending[key] = b
-	for d.order.Len() > MaxPending {
+	d.pendingB += len(key) + len(b)
+	// The newest entry stays even alone over the byte bound (IDs are at
+	// most maxID, so one entry is small).
+	for d.order.Len() > MaxPending || d.pendingB > MaxPendingBytes && d.order.Len() > 1 {
 		oldest := d.order.Remove(d.order.Front()).(string)
+		d.pendingB -= len(oldest) + len(d.pending[oldest])
 		delete(d.pending, oldest)
 	}
+}
+
+// PendingBytes is the size of the pending cache (its IDs and copies), at
+// most MaxPendingBytes.
+func (d *DB) PendingBytes() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.pendingB
 }
 
 // Sizes reports the node-local state (used nonces, pending updates), for

@@ -231,3 +231,41 @@ func TestPendingCacheBounded(t *testing.T) {
 		t.Fatalf("%d writes", kv.Writes())
 	}
 }
+
+// The pending cache is bounded in bytes too: failed challenges of accounts
+// with the largest key an account ID may carry (each entry then holds
+// several KiB of IDs) never hold more than MaxPendingBytes; the newest
+// entry is kept.
+func TestPendingCacheBoundedInBytes(t *testing.T) {
+	d, kv := newTestDB(t, nil)
+	ctx := context.Background()
+	acct := strings.Repeat("k", maxAccountKey*4/3) // base64url of the largest JWK
+	var last *stepacme.Challenge
+	for i := 0; i < MaxPending; i++ {
+		ch := &stepacme.Challenge{AccountID: acct, Value: strings.Repeat("ab", 16), Type: stepacme.DEVICEATTEST01, Token: fmt.Sprint("token-", i), Status: stepacme.StatusPending}
+		if err := d.CreateChallenge(ctx, ch); err != nil {
+			t.Fatal(err)
+		}
+		ch.Status, ch.Error = stepacme.StatusInvalid, stepacme.NewError(stepacme.ErrorBadAttestationStatementType, "junk")
+		if err := d.UpdateChallenge(ctx, ch); err != nil {
+			t.Fatal(err)
+		}
+		last = ch
+	}
+	d.mu.Lock()
+	size := 0
+	for k, v := range d.pending {
+		size += len(k) + len(v)
+	}
+	n := len(d.pending)
+	d.mu.Unlock()
+	if size > MaxPendingBytes {
+		t.Fatalf("pending cache holds %d bytes in %d entries, more than MaxPendingBytes %d", size, n, MaxPendingBytes)
+	}
+	if got, err := d.GetChallenge(ctx, last.ID, ""); err != nil || got.Status != stepacme.StatusInvalid {
+		t.Fatalf("the newest failed challenge was forgotten: %+v %v", got, err)
+	}
+	if kv.writes != 0 {
+		t.Fatalf("%d writes", kv.writes)
+	}
+}

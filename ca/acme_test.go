@@ -7,8 +7,11 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"math/big"
+	"net"
+	"net/url"
 	"path/filepath"
 	"testing"
 	"time"
@@ -163,5 +166,75 @@ func TestACMENeedsRoots(t *testing.T) {
 	}
 	if _, err := Open(dir, pw, WithACME(func(*CA) []*x509.Certificate { return []*x509.Certificate{nil} }, &fakeHook{})); err == nil {
 		t.Fatal("an ACME provisioner without attestation roots started")
+	}
+}
+
+// A CSR cannot smuggle anything into an ACME device certificate: whatever
+// names, key usages, policies, name constraints, access information,
+// custom (critical) extensions, subject attributes or order mark it asks
+// for, the certificate carries exactly the device shape: subject CN =
+// device ID, SAN (permanent identifier, SPIFFE ID), key usage, client-auth
+// EKU, basic constraints (not a CA), the device path mark, the CRL
+// distribution point, and the key identifiers Go adds.
+func TestACMECASDropsCSRExtensions(t *testing.T) {
+	hook := &fakeHook{profile: DeviceProfile{DeviceID: devID, TrustDomain: "td.test", Serial: big.NewInt(0x77), Validity: time.Hour}}
+	c := openACMECA(t, hook)
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ext := func(oid asn1.ObjectIdentifier, critical bool, v any) pkix.Extension {
+		b, err := asn1.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pkix.Extension{Id: oid, Critical: critical, Value: b}
+	}
+	basicCA := ext(asn1.ObjectIdentifier{2, 5, 29, 19}, true, struct {
+		IsCA bool
+		Len  int
+	}{true, 5})
+	eku := ext(asn1.ObjectIdentifier{2, 5, 29, 37}, false, []asn1.ObjectIdentifier{{1, 3, 6, 1, 5, 5, 7, 3, 1}, {1, 3, 6, 1, 4, 1, 311, 20, 2, 2}, {2, 5, 29, 37, 0}})
+	policy := ext(asn1.ObjectIdentifier{2, 5, 29, 32}, false, []struct{ ID asn1.ObjectIdentifier }{{asn1.ObjectIdentifier{2, 5, 29, 32, 0}}})
+	custom := ext(asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1}, true, "admin")
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject:        pkix.Name{CommonName: "admin", Organization: []string{"Gatehouse"}, ExtraNames: []pkix.AttributeTypeAndValue{{Type: asn1.ObjectIdentifier{2, 5, 4, 12}, Value: "operator"}}},
+		DNSNames:       []string{"gatehouse.example"},
+		EmailAddresses: []string{"root@example.com"},
+		URIs:           []*url.URL{{Scheme: "spiffe", Host: "td.test", Path: "/admin/operator/mallory"}},
+		IPAddresses:    []net.IP{net.IPv4(10, 0, 0, 1)},
+		ExtraExtensions: []pkix.Extension{basicCA, eku, policy, custom,
+			{Id: asn1.ObjectIdentifier{2, 5, 29, 30}, Critical: true, Value: []byte{0x30, 0x00}}, // name constraints
+			{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 1, 1}, Value: []byte{0x30, 0x00}},    // authority information access
+			{Id: acmeOrderOID, Value: []byte("victim-order")}},
+	}, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := x509.ParseCertificateRequest(der)
+	chain, err := signACME(t, c, csr, devID, ACMEOrderMark("order-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := chain[0]
+	want := map[string]bool{"2.5.29.15": true, "2.5.29.37": true, "2.5.29.19": true, "2.5.29.14": true, "2.5.29.35": true,
+		"2.5.29.17": true, "2.5.29.31": true, "2.5.29.32": true}
+	for _, e := range leaf.Extensions {
+		if !want[e.Id.String()] {
+			t.Errorf("the certificate carries extension %s (critical %v)", e.Id, e.Critical)
+		}
+		delete(want, e.Id.String())
+	}
+	if len(want) != 0 {
+		t.Errorf("the certificate lacks %v", want)
+	}
+	if leaf.Subject.String() != "CN="+devID || leaf.IsCA || len(leaf.DNSNames) != 0 || len(leaf.EmailAddresses) != 0 || len(leaf.IPAddresses) != 0 {
+		t.Fatalf("subject %q, CA %v, DNS %v, email %v, IP %v", leaf.Subject, leaf.IsCA, leaf.DNSNames, leaf.EmailAddresses, leaf.IPAddresses)
+	}
+	if len(leaf.ExtKeyUsage) != 1 || leaf.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth || len(leaf.UnknownExtKeyUsage) != 0 || leaf.KeyUsage != x509.KeyUsageDigitalSignature {
+		t.Fatalf("key usage %v, EKU %v %v", leaf.KeyUsage, leaf.ExtKeyUsage, leaf.UnknownExtKeyUsage)
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://td.test/device/"+devID || hook.got.OrderID != "order-1" {
+		t.Fatalf("URIs %v, order %q", leaf.URIs, hook.got.OrderID)
+	}
+	if id, err := ParseIdentity(leaf, "td.test"); err != nil || id.Path != PathDevice || id.ID != devID {
+		t.Fatalf("identity %+v %v", id, err)
 	}
 }

@@ -51,7 +51,9 @@ var funcs = template.FuncMap{
 		}
 		return s
 	},
-	"upper": strings.ToUpper,
+	"upper":    strings.ToUpper,
+	"issuedBy": server.StageDescription,
+	"pathName": server.PathDescription,
 }
 
 func mustPages() *pages {
@@ -336,12 +338,13 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request) {
 	}
 	s.render(w, r, http.StatusOK, "device", "Device "+d.ID, struct {
 		Device       cluster.Device
+		Path         []string
 		Ops          []string
 		Certs        []cert
 		Labels       []count
 		Config       string
 		Attestations []cluster.AttestationRecord
-	}{d, ops(d.Status), certs, labels, cfg, recs})
+	}{d.Device, d.Path, ops(d.Status), certs, labels, cfg, recs})
 }
 
 func (s *Server) deviceOp(w http.ResponseWriter, r *http.Request) {

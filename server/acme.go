@@ -46,12 +46,34 @@ type acmeIssuer struct {
 // attestation CA, which registers a new device; the order costs nothing
 // (stateless) and ReserveACME refuses it unless the registry knows the
 // device, active, by finalize. It reads the registry and writes nothing.
+//
+// An identifier without the form of a device ID (attest.DeviceID: 32
+// lowercase hex digits) names no device and is refused before the
+// registry is read: admitted, it would make the stateless order IDs, and
+// a failed challenge this node caches, as large as the client likes.
 func (h *acmeIssuer) MayOrder(_ context.Context, deviceID string) error {
+	if !deviceIDForm(deviceID) {
+		return stepacme.NewDetailedError(stepacme.ErrorRejectedIdentifierType,
+			"%v: %.40q is not a Gatehouse device ID (32 lowercase hex digits: the first 128 bits of the SHA-256 of the EK public key)", errACMEDevice, deviceID)
+	}
 	if _, err := h.e.reg.Device(deviceID); errors.Is(err, cluster.ErrNotFound) {
 		return nil
 	}
 	_, err := h.device(deviceID)
 	return err
+}
+
+// deviceIDForm reports whether id has the form attest.DeviceID gives.
+func deviceIDForm(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	for _, c := range []byte(id) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // errACMEDevice: the device may not get an ACME certificate.

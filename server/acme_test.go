@@ -548,3 +548,83 @@ func TestACMEWithAttestationCA(t *testing.T) {
 		t.Fatalf("accepted records by stage %v, want ak_certificate and acme with serial %x", stages, certs[0].SerialNumber)
 	}
 }
+
+// new-order admits a device ID the registry does not know only if it has
+// the form of one (attest.DeviceID: 32 lowercase hex digits): anything
+// else is no device, and would only make the stateless order, its
+// authorization and challenge IDs, and a failed challenge this node
+// remembers, as large as the identifier. Refused with rejectedIdentifier,
+// nothing written; a well-formed unknown ID is still admitted.
+func TestACMEOrderNeedsDeviceIDForm(t *testing.T) {
+	e, _ := newACMEEnv(t)
+	ctx := context.Background()
+	c := servertest.ACMEClient(t, e.App)
+	before := lastLogIndex(t, e.App)
+	for _, id := range []string{"not-a-device", strings.Repeat("ab", 4000), strings.Repeat("AB", 16), strings.Repeat("a", 31), strings.Repeat("a", 33), strings.Repeat("g", 32)} {
+		if _, err := c.AuthorizeOrder(ctx, []xacme.AuthzID{{Type: "permanent-identifier", Value: id}}); err == nil ||
+			servertest.ACMEProblem(err) != "urn:ietf:params:acme:error:rejectedIdentifier" {
+			t.Errorf("new-order for %.40q (%d chars): %v, want rejectedIdentifier", id, len(id), err)
+		}
+	}
+	if _, err := c.AuthorizeOrder(ctx, []xacme.AuthzID{{Type: "permanent-identifier", Value: strings.Repeat("ab", 16)}}); err != nil {
+		t.Fatalf("positive control, a well-formed device ID not registered yet: %v", err)
+	}
+	if after := lastLogIndex(t, e.App); after != before {
+		t.Fatalf("new-order appended %d Raft entries", after-before)
+	}
+}
+
+// An AK certificate (and an order proven with it) issued while the device
+// was admitted gives nothing once it is not: finalize judges the device
+// again, so a quarantined or disabled device, or one whose group no longer
+// admits ACME, gets no certificate and no record from an order it proved
+// before; once admitted again the same order finalizes (the control).
+func TestACMEFinalizeRechecksDevice(t *testing.T) {
+	e, aca := newACMEEnv(t)
+	ctx := context.Background()
+	admin := server.NewAdminClient(e.Dir)
+	d := servertest.NewACMEDevice(t, e.Env, aca, "")
+	c := servertest.ACMEClient(t, e.App)
+	o, key, err := servertest.OrderAndProve(t, c, d, d.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := func() int {
+		recs, err := e.App.Node().Attestations(cluster.AttestationQuery{DeviceID: d.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(recs)
+	}
+	op := func(name, reason string) func() {
+		return func() {
+			if _, err := admin.TransitionDevice(ctx, d.ID, name, "test", reason); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+	}
+	before := records()
+	for _, c2 := range []struct {
+		name         string
+		change, undo func()
+	}{
+		{"quarantined", op(cluster.OpQuarantine, "odd"), op(cluster.OpEnable, "ok")},
+		{"disabled", op(cluster.OpDisable, "lost"), op(cluster.OpEnable, "found")},
+		{"group without acme", func() { applyPolicy(t, e, `{"groups":[{"name":"fleet","match":{},"mode":"auto","require":{}}]}`) }, func() { applyPolicy(t, e, acmePolicy) }},
+	} {
+		c2.change()
+		if _, err := servertest.Finalize(c, o, key, d.ID); err == nil || servertest.ACMEProblem(err) != "urn:ietf:params:acme:error:unauthorized" {
+			t.Errorf("finalize for a device %s: %v, want unauthorized", c2.name, err)
+		}
+		if n := records(); n != before {
+			t.Errorf("finalize for a device %s committed %d records", c2.name, n-before)
+		}
+		c2.undo()
+	}
+	if _, err := servertest.Finalize(c, o, key, d.ID); err != nil {
+		t.Fatalf("control: the device admitted again finalizes the same order: %v", err)
+	}
+	if records() != before+1 {
+		t.Fatal("control: no acme record")
+	}
+}

@@ -202,7 +202,7 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 		writeJSON(w, http.StatusOK, dev)
 	})
 	add(ca.RoleAuditor, "GET "+adminDevices+"/{id}", a.read(func(w http.ResponseWriter, r *http.Request) {
-		dev, err := a.node.Device(r.PathValue("id"))
+		dev, err := a.DeviceDetail(r.PathValue("id"))
 		writeResult(w, http.StatusOK, dev, a.adminErr(err))
 	}))
 	add(ca.RoleAuditor, "GET "+adminAttestation, a.read(func(w http.ResponseWriter, r *http.Request) {
@@ -476,9 +476,9 @@ func (c *AdminClient) StatusBrief(ctx context.Context) (Status, error) {
 	return s, c.get(ctx, adminStatus+"?state_hash=false", &s)
 }
 
-// Device returns one device.
-func (c *AdminClient) Device(ctx context.Context, id string) (cluster.Device, error) {
-	var d cluster.Device
+// Device returns one device, with the enrollment paths it came through.
+func (c *AdminClient) Device(ctx context.Context, id string) (DeviceDetail, error) {
+	var d DeviceDetail
 	return d, c.get(ctx, adminDevices+"/"+url.PathEscape(id), &d)
 }
 

@@ -33,6 +33,11 @@ const (
 // sends one per EK: RSA and ECC).
 const maxEKCerts = 4
 
+// maxTPMInfo bounds each reported TPM field (the vendor string is at most
+// 16 bytes): the AK certificate's TPM SAN may take them, and a pending
+// activation keeps them.
+const maxTPMInfo = 128
+
 // akIssuer is what the attestation CA needs from the CA.
 type akIssuer interface {
 	NewSerial() (*big.Int, error)
@@ -58,6 +63,9 @@ func (e *Enroller) VerifyAttestation(ctx context.Context, req *acme.AttestReques
 	rec := cluster.AttestationRecord{Time: now, Node: e.nodeID, Stage: stageAKChallenge}
 	if len(req.EKCerts) > maxEKCerts {
 		return nil, e.reject(ctx, rec, nil, malformed(fmt.Sprintf("more than %d EK certificates", maxEKCerts)))
+	}
+	if i := req.TPMInfo; max(len(i.Manufacturer), len(i.Model), len(i.FirmwareVersion)) > maxTPMInfo {
+		return nil, e.reject(ctx, rec, nil, malformed(fmt.Sprintf("a TPM info field over %d bytes", maxTPMInfo)))
 	}
 	creq := &api.ChallengeRequest{EKPublic: req.EK, EKCertificate: chooseEKCert(req)}
 	sess := &session{Expires: now.Add(e.conf.view().settings.SessionTTL.Duration), Raw: cluster.RawEvidence{

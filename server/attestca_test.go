@@ -8,11 +8,12 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"log/slog"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -25,10 +26,7 @@ import (
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
 	"go.step.sm/crypto/jose"
-	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/tpm"
-	"go.step.sm/crypto/tpm/attestation"
-	tpmstorage "go.step.sm/crypto/tpm/storage"
 	"go.step.sm/crypto/x509util"
 
 	"github.com/gatehouse-dev/gatehouse/acme"
@@ -37,84 +35,33 @@ import (
 	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/ca/catest"
 	"github.com/gatehouse-dev/gatehouse/cluster"
-	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
 	"github.com/gatehouse-dev/gatehouse/server"
+	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
 
-// keepOpen is a swtpm command channel that go.step.sm/crypto/tpm cannot
-// close: it closes its channel after every operation, and the swtpm data
-// port is one connection for the test's life.
-type keepOpen struct{ tpm.CommandChannel }
-
-func (keepOpen) Close() error { return nil }
-
-// stepDevice is a swtpm driven by go.step.sm/crypto/tpm, the library the
-// step CLI runs, through tpm.WithCommandChannel over the swtpm data port
-// (the CLI's tpmkms device= takes a device path or a UNIX socket; in
-// process, the channel needs no bridge).
+// stepDevice is a servertest.StepTPM (a swtpm driven by
+// go.step.sm/crypto/tpm, the library the step CLI runs) with the test.
 type stepDevice struct {
 	t   *testing.T
 	tpm *tpm.TPM
 	ek  *tpm.EK
 	ak  *tpm.AK
 	id  string // attest.DeviceID of the EK
+	st  *servertest.StepTPM
 }
 
 func newStepDevice(t *testing.T, m *swtpm.Manufacturer) *stepDevice {
 	t.Helper()
-	p := swtpm.StartTest(t, m)
-	ch, err := fwclient.OpenTransport(p.URI())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ch.Close() })
-	tp, err := tpm.New(tpm.WithCommandChannel(keepOpen{ch.(tpm.CommandChannel)}), tpm.WithStore(tpmstorage.NewDirstore(t.TempDir())), tpm.WithDisableDownload())
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &stepDevice{t: t, tpm: tp}
-	ctx := context.Background()
-	eks, err := tp.GetEKs(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ek := range eks { // the CLI's getPreferredEK: RSA first
-		if _, ok := ek.Public().(*rsa.PublicKey); ok {
-			d.ek = ek
-			break
-		}
-	}
-	if d.ek == nil {
-		d.ek = eks[0]
-	}
-	// The CLI names its AK after the EK's hex fingerprint.
-	fp, err := keyutil.EncodedFingerprint(d.ek.Public(), keyutil.HexFingerprint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d.ak, err = tp.CreateAK(ctx, strings.Split(fp, ":")[1]); err != nil {
-		t.Fatal(err)
-	}
-	if d.id, err = attest.DeviceID(d.ek.Public()); err != nil {
-		t.Fatal(err)
-	}
-	return d
+	st := servertest.NewStepTPM(t, m)
+	return &stepDevice{t: t, tpm: st.TPM, ek: st.EK, ak: st.AK, id: st.ID, st: st}
 }
 
 // attestWithClient runs the whole protocol with the attestation client of
 // go.step.sm/crypto/tpm/attestation (the CLI's copy speaks the same JSON).
 func (d *stepDevice) attestWithClient(base string, root *x509.Certificate) ([]*x509.Certificate, error) {
 	d.t.Helper()
-	rootFile := filepath.Join(d.t.TempDir(), "root.crt")
-	if err := os.WriteFile(rootFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}), 0o600); err != nil {
-		d.t.Fatal(err)
-	}
-	c, err := attestation.NewClient(base+"/attestation", attestation.WithRootsFile(rootFile))
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	return c.Attest(context.Background(), d.tpm, d.ek, d.ak)
+	return d.st.AttestWithClient(d.t, base, root)
 }
 
 // attestRequest is the /attest body the step client builds.
@@ -292,6 +239,18 @@ func TestAttestationCARefusals(t *testing.T) {
 		}
 	})
 
+	// A reported TPM field longer than any TPM's (it may go into the AK
+	// certificate, and the pending activation keeps it): refused before a
+	// credential is made. (Unbounded before.)
+	noEntries("an oversized TPM info", func() {
+		req := d.attestRequest()
+		req.TPMInfo.Model = strings.Repeat("m", 40<<10)
+		var resp acme.AttestResponse
+		if p := e.postJSON(api.PathAttestationAttest, req, &resp); p == nil || p.Code != api.CodeMalformed {
+			t.Fatalf("oversized TPM info: %+v", p)
+		}
+	})
+
 	// A secret the TPM did not activate.
 	noEntries("a wrong secret", func() {
 		if _, p := attest1(d); p != nil {
@@ -463,5 +422,44 @@ func TestStepCAValidatesAKCertificate(t *testing.T) {
 	ch, err = validate(other, "k2")
 	if err != nil || ch.Status != stepacme.StatusInvalid || ch.Error == nil || !strings.Contains(ch.Error.Detail, "permanent identifier does not match") {
 		t.Fatalf("step-ca accepted the AK certificate for another identifier: %v %+v %+v", err, ch.Status, ch.Error)
+	}
+}
+
+// The activation secret is never logged, whether it is right or wrong
+// (debug level included), nor the credential that wraps it; the log does
+// say what was certified.
+func TestAttestationCALogsNoSecret(t *testing.T) {
+	var logs bytes.Buffer
+	e := newEnv(t)
+	if err := e.App.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.Start(server.WithLogger(slog.New(slog.NewJSONHandler(&syncWriter{w: &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	applyPolicy(t, e, acmePolicy)
+	d := newStepDevice(t, e.Mfr)
+	var resp acme.AttestResponse
+	if p := e.postJSON(api.PathAttestationAttest, d.attestRequest(), &resp); p != nil {
+		t.Fatal(p)
+	}
+	secret := d.activate(resp)
+	wrong := append([]byte(nil), secret...)
+	wrong[0] ^= 1
+	if p := e.postJSON(api.PathAttestationSecret, acme.SecretRequest{Secret: wrong}, &acme.SecretResponse{}); p == nil || p.Code != api.CodeSecretUnknown {
+		t.Fatalf("wrong secret: %+v", p)
+	}
+	var chain acme.SecretResponse
+	if p := e.postJSON(api.PathAttestationSecret, acme.SecretRequest{Secret: secret}, &chain); p != nil || len(chain.Chain) != 2 {
+		t.Fatalf("secret: %+v", p)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "AK certified") || !strings.Contains(out, d.id) {
+		t.Fatalf("no log of the AK certification: %s", out)
+	}
+	for _, s := range [][]byte{secret, wrong, resp.Credential, resp.Secret} {
+		for _, enc := range []string{base64.StdEncoding.EncodeToString(s), base64.RawURLEncoding.EncodeToString(s), hex.EncodeToString(s)} {
+			if strings.Contains(out, enc[:24]) {
+				t.Fatalf("the log carries a secret or credential (%s…)", enc[:24])
+			}
+		}
 	}
 }

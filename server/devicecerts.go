@@ -34,6 +34,14 @@ type DeviceCertificate struct {
 	AttestationID uint64    `json:"attestation_id,omitempty"`
 	Stage         string    `json:"stage,omitempty"`
 	Committed     time.Time `json:"committed,omitzero"`
+	// Path is the enrollment path that issued it (PathNative, PathACME),
+	// from Stage; empty for a serial known only from the device record.
+	Path string `json:"path,omitempty"`
+	// AK marks an AK certificate (stage ak_certificate): the attestation
+	// CA's certificate for the TPM's attestation key, signed by the AK CA,
+	// not a device certificate. It is never current and never
+	// authenticates the device; revoking the device revokes it too.
+	AK bool `json:"ak,omitempty"`
 	// Current marks the device's newest certificate.
 	Current bool `json:"current"`
 	// NotBefore and NotAfter are the certificate's validity as its record
@@ -64,7 +72,7 @@ func (a *Appliance) deviceSerials(id string) (cluster.Device, []DeviceCertificat
 		if r.Outcome == cluster.OutcomeAccepted && r.CertificateSerial != "" && !seen[r.CertificateSerial] {
 			seen[r.CertificateSerial] = true
 			out = append(out, DeviceCertificate{Serial: r.CertificateSerial, AttestationID: r.ID, Stage: r.Stage, Committed: r.Time,
-				NotBefore: r.CertificateNotBefore, NotAfter: r.CertificateNotAfter})
+				NotBefore: r.CertificateNotBefore, NotAfter: r.CertificateNotAfter, Path: stagePath(r.Stage), AK: r.Stage == stageAKCertificate})
 		}
 	}
 	for _, s := range dev.Serials {

@@ -153,12 +153,13 @@ var (
 	descCommit    = prometheus.NewDesc("gatehouse_cluster_commit_index", "Raft commit index as this node knows it.", nil, nil)
 	descAuditHead = prometheus.NewDesc("gatehouse_audit_head_seq", "Sequence number of the newest audit entry in this node's replica.", nil, nil)
 	descReady     = prometheus.NewDesc("gatehouse_ready", "1 if GET /readyz would answer 200 (every readiness check passes), else 0.", nil, nil)
+	descACMEState = prometheus.NewDesc("gatehouse_acme_node_state", "ACME state this node keeps in memory (acme/DESIGN.md): used nonces, pending (pre-proof) updates, and their bytes.", []string{"kind"}, nil)
 	deviceStates  = []string{cluster.DevicePending, cluster.DeviceActive, cluster.DeviceDisabled, cluster.DeviceQuarantined, cluster.DeviceRevoked, cluster.DeviceDeleted}
 	_             = prometheus.Collector((*stateCollector)(nil))
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDevices, descApprovals, descLeader, descHasLeader, descApplied, descCommit, descAuditHead, descReady} {
+	for _, d := range []*prometheus.Desc{descDevices, descApprovals, descLeader, descHasLeader, descApplied, descCommit, descAuditHead, descReady, descACMEState} {
 		ch <- d
 	}
 }
@@ -173,6 +174,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descApplied, float64(p.Applied))
 	gauge(descCommit, float64(p.Commit))
 	gauge(descReady, boolGauge(c.a.Readiness(true).Ready))
+	if db := c.a.acmeDB; db != nil {
+		used, pending := db.Sizes()
+		gauge(descACMEState, float64(used), "used_nonces")
+		gauge(descACMEState, float64(pending), "pending_updates")
+		gauge(descACMEState, float64(db.PendingBytes()), "pending_bytes")
+	}
 	if head, err := c.a.node.AuditHead(); err == nil {
 		gauge(descAuditHead, float64(head.Seq))
 	}

@@ -130,6 +130,7 @@ func TestMetrics(t *testing.T) {
 		"gatehouse_cluster_commit_index":          dto.MetricType_GAUGE,
 		"gatehouse_audit_head_seq":                dto.MetricType_GAUGE,
 		"gatehouse_ready":                         dto.MetricType_GAUGE,
+		"gatehouse_acme_node_state":               dto.MetricType_GAUGE,
 	}
 	for name, typ := range types {
 		if f := after[name]; f == nil || f.GetType() != typ {

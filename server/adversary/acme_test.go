@@ -20,12 +20,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 
 	xacme "golang.org/x/crypto/acme"
 
+	"github.com/gatehouse-dev/gatehouse/acme"
 	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
 	"github.com/gatehouse-dev/gatehouse/server"
@@ -185,6 +187,7 @@ func acmeAttacks() []Attack {
 	}{
 		{"ACME new-order for a revoked device", func(s *acmeState) []xacme.AuthzID { return permID(s.revoked) }, []string{"unauthorized"}},
 		{"ACME new-order for a DNS name", func(*acmeState) []xacme.AuthzID { return []xacme.AuthzID{{Type: "dns", Value: "gatehouse.example"}} }, []string{"rejectedIdentifier"}},
+		{"ACME new-order for a permanent identifier that is not a device ID (8000 characters)", func(*acmeState) []xacme.AuthzID { return permID(strings.Repeat("ab", 4000)) }, []string{"rejectedIdentifier"}},
 		{"ACME new-order for two permanent identifiers (a device and another)", func(s *acmeState) []xacme.AuthzID {
 			return append(permID(s.dev.ID), permID(s.revoked)...)
 		}, []string{"rejectedIdentifier"}},
@@ -438,9 +441,43 @@ func acmeAttacks() []Attack {
 			if idx2, _ := s.lastIndex(); idx2 != idx {
 				r.Violation = fmt.Sprintf("the flood appended %d Raft entries", idx2-idx)
 			}
+			// What the node keeps in memory for it stays within its bounds
+			// (entries and bytes), as its metrics report them.
+			st, err := acmeNodeState(s)
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			if st["pending_updates"] < 1 || st["pending_updates"] > acme.MaxPending || st["pending_bytes"] > acme.MaxPendingBytes || st["used_nonces"] > acme.MaxUsedNonces {
+				r.Violation = strings.TrimPrefix(r.Violation+fmt.Sprintf("; node-local ACME state %v, bounds %d entries, %d bytes, %d nonces", st, acme.MaxPending, acme.MaxPendingBytes, acme.MaxUsedNonces), "; ")
+			}
 			return r
 		}})
 	return as
+}
+
+// acmeNodeState scrapes the node's gatehouse_acme_node_state gauges by kind.
+func acmeNodeState(s *acmeState) (map[string]float64, error) {
+	resp, err := s.client.HTTPClient.Get("https://" + s.env.App.Addr() + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
+	for _, m := range regexp.MustCompile(`(?m)^gatehouse_acme_node_state\{kind="([a-z_]+)"\} (\S+)$`).FindAllSubmatch(b, -1) {
+		v, err := strconv.ParseFloat(string(m[2]), 64)
+		if err != nil {
+			return nil, err
+		}
+		out[string(m[1])] = v
+	}
+	if len(out) != 3 {
+		return nil, fmt.Errorf("gatehouse_acme_node_state: %v, want used_nonces, pending_updates, pending_bytes", out)
+	}
+	return out, nil
 }
 
 // acmeNewAccount posts a new-account JWS (a fresh key) with a fresh nonce,

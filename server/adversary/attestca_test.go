@@ -198,6 +198,18 @@ func attestCAAttacks() []Attack {
 			req.Params.CreateAttestation = randomBytes(len(req.Params.CreateAttestation))
 			return h.unwritten(func() Result { _, r := h.akAttest(req); return expectCode(r, api.CodeAKInvalid) })
 		}})
+	add(Attack{Name: "attestation CA: AK evidence padded to 40 KiB (a software AK signs its own creation data), kept pending in memory: refused", Category: catAttestCA, Expect: ExpectProblem,
+		Control: akControl,
+		Attack: func(h *Harness) Result {
+			req, _ := h.akAttestRequest(h.newDev(nil))
+			p := req.Params
+			ak, err := paddedSoftwareAK(api.KeyParameters{Public: p.Public, CreateData: p.CreateData, CreateAttestation: p.CreateAttestation, CreateSignature: p.CreateSignature}, make([]byte, 40<<10))
+			if err != nil {
+				return harnessErr("craft: %v", err)
+			}
+			req.Params = acme.AttestationParameters{Public: ak.Public, CreateData: ak.CreateData, CreateAttestation: ak.CreateAttestation, CreateSignature: ak.CreateSignature}
+			return h.unwritten(func() Result { _, r := h.akAttest(req); return expectCode(r, api.CodeAKInvalid) })
+		}})
 	add(Attack{Name: "attestation CA: unknown fields, garbage and a non-JSON media type", Category: catAttestCA, Expect: ExpectProblem,
 		Control: akControl,
 		Attack: func(h *Harness) Result {

@@ -69,6 +69,12 @@ func eccPublic(pub *ecdsa.PublicKey, restricted bool) tpm2.Public {
 // TPMS_CREATION_DATA, and the creation attestation is signed in software.
 // real supplies the template of a genuine attestation (clock, firmware).
 func softwareAK(real api.KeyParameters) (api.KeyParameters, error) {
+	return paddedSoftwareAK(real, nil)
+}
+
+// paddedSoftwareAK is softwareAK whose creation data carries pad after the
+// TPMS_CREATION_DATA, inside what the creation attestation hashes and signs.
+func paddedSoftwareAK(real api.KeyParameters, pad []byte) (api.KeyParameters, error) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return api.KeyParameters{}, err
@@ -95,6 +101,7 @@ func softwareAK(real api.KeyParameters) (api.KeyParameters, error) {
 	if err != nil {
 		return api.KeyParameters{}, err
 	}
+	cdBytes = append(cdBytes, pad...)
 	att, err := tpm2.DecodeAttestationData(real.CreateAttestation)
 	if err != nil {
 		return api.KeyParameters{}, err

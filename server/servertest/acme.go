@@ -11,6 +11,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -18,23 +19,31 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
 	goattest "github.com/google/go-attestation/attest"
+	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/tpm"
+	"go.step.sm/crypto/tpm/attestation"
 	"go.step.sm/crypto/tpm/storage"
 	"go.step.sm/crypto/x509util"
 	xacme "golang.org/x/crypto/acme"
 
+	"github.com/gatehouse-dev/gatehouse/attest"
 	"github.com/gatehouse-dev/gatehouse/ca"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
+	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
 	"github.com/gatehouse-dev/gatehouse/server"
 )
 
@@ -294,4 +303,101 @@ func SignACMEJWS(key *ecdsa.PrivateKey, nonce, url, payload string) string {
 	out, _ := json.Marshal(map[string]string{"protected": p64, "payload": b64,
 		"signature": base64.RawURLEncoding.EncodeToString(append(pad(r.Bytes()), pad(s.Bytes())...))})
 	return string(out)
+}
+
+// keepOpen is a swtpm command channel that go.step.sm/crypto/tpm cannot
+// close: it closes its channel after every operation, and the swtpm data
+// port is one connection for the test's life.
+type keepOpen struct{ tpm.CommandChannel }
+
+func (keepOpen) Close() error { return nil }
+
+// StepTPM is a swtpm driven by go.step.sm/crypto/tpm, the library the step
+// CLI runs, through tpm.WithCommandChannel over the swtpm data port (the
+// CLI's tpmkms device= takes a device path or a UNIX socket; in process,
+// the channel needs no bridge), with the EK and AK the CLI would use.
+type StepTPM struct {
+	TPM *tpm.TPM
+	EK  *tpm.EK
+	AK  *tpm.AK
+	ID  string // attest.DeviceID of the EK
+}
+
+func NewStepTPM(t testing.TB, m *swtpm.Manufacturer) *StepTPM {
+	t.Helper()
+	p := swtpm.StartTest(t, m)
+	ch, err := fwclient.OpenTransport(p.URI())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ch.Close() })
+	tp, err := tpm.New(tpm.WithCommandChannel(keepOpen{ch.(tpm.CommandChannel)}), tpm.WithStore(storage.NewDirstore(t.TempDir())), tpm.WithDisableDownload())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &StepTPM{TPM: tp}
+	ctx := context.Background()
+	eks, err := tp.GetEKs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ek := range eks { // the CLI's getPreferredEK: RSA first
+		if _, ok := ek.Public().(*rsa.PublicKey); ok {
+			d.EK = ek
+			break
+		}
+	}
+	if d.EK == nil {
+		d.EK = eks[0]
+	}
+	// The CLI names its AK after the EK's hex fingerprint.
+	fp, err := keyutil.EncodedFingerprint(d.EK.Public(), keyutil.HexFingerprint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.AK, err = tp.CreateAK(ctx, strings.Split(fp, ":")[1]); err != nil {
+		t.Fatal(err)
+	}
+	if d.ID, err = attest.DeviceID(d.EK.Public()); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// AttestWithClient runs the attestation CA protocol with the attestation
+// client of go.step.sm/crypto/tpm/attestation (the CLI's copy speaks the
+// same JSON) against the appliance at base, whose TLS root is root.
+func (d *StepTPM) AttestWithClient(t testing.TB, base string, root *x509.Certificate) ([]*x509.Certificate, error) {
+	t.Helper()
+	rootFile := filepath.Join(t.TempDir(), "root.crt")
+	if err := os.WriteFile(rootFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := attestation.NewClient(base+"/attestation", attestation.WithRootsFile(rootFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Attest(context.Background(), d.TPM, d.EK, d.AK)
+}
+
+// EnrollThroughACME is the step CLI's whole path for a new device: the
+// attestation CA certifies its AK, device-attest-01 proves a new TPM key,
+// and finalize issues the device certificate. It returns the device's ID,
+// the AK certificate and the device certificate chain.
+func EnrollThroughACME(t testing.TB, e *Env) (id string, akCert *x509.Certificate, chain []*x509.Certificate) {
+	t.Helper()
+	d := NewStepTPM(t, e.Mfr)
+	aks, err := d.AttestWithClient(t, e.URL(), e.App.Root())
+	if err != nil {
+		t.Fatalf("attestation client: %v", err)
+	}
+	c := ACMEClient(t, e.App)
+	o, key, err := OrderAndProve(t, c, ACMEDeviceFromAK(d.ID, d.TPM, d.AK.Name(), aks[0]), d.ID)
+	if err != nil {
+		t.Fatalf("order and prove: %v", err)
+	}
+	if chain, err = Finalize(c, o, key, d.ID); err != nil {
+		t.Fatalf("finalize: %v", err)
+	}
+	return d.ID, aks[0], chain
 }

@@ -157,9 +157,14 @@ func deviceOpCmd(op string) *cobra.Command {
 	return c
 }
 
-func printDevice(w io.Writer, d cluster.Device) {
+func printDevice(w io.Writer, d server.DeviceDetail) {
 	fmt.Fprintf(w, "device:\t%s\n", d.ID)
 	fmt.Fprintf(w, "status:\t%s\n", d.Status)
+	path := make([]string, len(d.Path))
+	for i, p := range d.Path {
+		path[i] = server.PathDescription(p)
+	}
+	fmt.Fprintf(w, "path:\t%s\n", orDash(strings.Join(path, " → ")))
 	fmt.Fprintf(w, "enrolled:\t%s (%d enrollments, last %s)\n", d.EnrolledAt.Format(time.RFC3339), d.Enrollments, d.LastEnrolledAt.Format(time.RFC3339))
 	fmt.Fprintf(w, "certificate serial:\t%s\n", d.CertificateSerial)
 	fmt.Fprintf(w, "last attestation:\t%d\n", d.LastAttestationID)
