@@ -265,7 +265,7 @@ func TestPendingCacheBoundedInBytes(t *testing.T) {
 	if got, err := d.GetChallenge(ctx, last.ID, ""); err != nil || got.Status != stepacme.StatusInvalid {
 		t.Fatalf("the newest failed challenge was forgotten: %+v %v", got, err)
 	}
-	if kv.writes != 0 {
-		t.Fatalf("%d writes", kv.writes)
+	if kv.Writes() != 0 {
+		t.Fatalf("%d writes", kv.Writes())
 	}
 }
