@@ -29,6 +29,7 @@ const (
 	evEFIBootApplication   = 0x80000003
 	evEFIBootDriver        = 0x80000004
 	evEFIAction            = 0x80000007
+	evEFIHCRTMEvent        = 0x80000010
 	evEFIVariableAuthority = 0x800000e0
 	maxPCR                 = 23
 )
@@ -38,7 +39,14 @@ const (
 // PCR values from a verified quote. An EventLog is not safe for concurrent
 // use (Replay and Verify update it).
 type EventLog struct {
-	Banks []string // digest banks present, e.g. "sha1", "sha256"
+	// Banks are the digest banks present that this package implements,
+	// e.g. "sha1", "sha256", in the Spec ID event's order. Replay returns
+	// nil for one of them that cannot be replayed (see BankInfo).
+	Banks []string
+	// BankInfo is every bank the log declares, those not replayed here
+	// (an algorithm not implemented, or events without its digest) with a
+	// note saying why.
+	BankInfo []BankInfo
 	// Events are in log order. Number counts from 0 at the first event in
 	// the file (the Spec ID event, when there is one), as tpm2_eventlog does.
 	Events []LogEvent
@@ -47,25 +55,52 @@ type EventLog struct {
 	// S-CRTM events): they do not stop replay, and policy decides.
 	Problems []string
 
-	log      *goattest.EventLog
-	events   map[string][]goattest.Event // per bank, as go-attestation splits them
+	hashes   []crypto.Hash // per entry of Banks
+	evs      []event       // parallel to Events
+	dig      [][]byte      // event i's digest in Banks[j] at i*len(Banks)+j; nil: none
+	pcr0Init int           // PCR 0's initial locality; -1 when no event sets it
+	agile    bool          // a crypto-agile log (Spec ID event first)
 	replayed map[string]map[int][]byte
 	sbBank   string // the bank the parsed Secure Boot state was read from
 	sb       secureBootResult
 }
 
+// bank returns a bank's index in Banks, or -1.
+func (l *EventLog) bank(name string) int {
+	for i, b := range l.Banks {
+		if b == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// digest returns event i's digest in bank j, nil when it has none.
+func (l *EventLog) digest(i, j int) []byte { return l.dig[i*len(l.Banks)+j] }
+
+// replayable reports whether bank j can be replayed.
+func (l *EventLog) replayable(j int) bool {
+	for _, bi := range l.BankInfo {
+		if bi.Name == l.Banks[j] {
+			return bi.Replayable
+		}
+	}
+	return false
+}
+
 // Replay returns one bank's PCR values computed from the log alone,
-// starting PCR0 at the locality a StartupLocality event names; nil for a
-// bank the log does not carry. Banks are replayed on first use.
+// starting PCR0 at the locality a StartupLocality or H-CRTM event sets; nil
+// for a bank the log does not carry or cannot replay (BankInfo says why).
+// Banks are replayed on first use.
 func (l *EventLog) Replay(bank string) map[int][]byte {
 	if pcrs, ok := l.replayed[bank]; ok {
 		return pcrs
 	}
-	events, ok := l.events[bank]
-	if !ok {
+	j := l.bank(bank)
+	if j < 0 || !l.replayable(j) {
 		return nil
 	}
-	pcrs := replay(events, bankHashes[bank])
+	pcrs := l.replay(j)
 	l.replayed[bank] = pcrs
 	return pcrs
 }
@@ -104,8 +139,6 @@ type DigestFact struct {
 	Digests map[string]string `json:"digests"`
 }
 
-var bankNames = map[goattest.HashAlg]string{goattest.HashSHA1: "sha1", goattest.HashSHA256: "sha256", goattest.HashAlg(0x0C): "sha384", goattest.HashAlg(0x0D): "sha512"}
-
 var bankHashes = map[string]crypto.Hash{"sha1": crypto.SHA1, "sha256": crypto.SHA256, "sha384": crypto.SHA384, "sha512": crypto.SHA512}
 
 // BankHash returns the hash of a PCR bank named as in policies and the wire
@@ -115,163 +148,184 @@ func BankHash(bank string) (crypto.Hash, bool) {
 	return h, ok
 }
 
-// ParseEventLog parses and replays a TCG event log (legacy SHA-1 or crypto
-// agile). A log that is empty, truncated, or names a PCR beyond 23 is
-// refused with an error wrapping ErrEventLogInvalid.
+// ParseEventLog parses a TCG event log (legacy SHA-1 or crypto agile) in
+// one pass with this package's own parser. Digests of algorithms it does
+// not implement (SM3_256, say) are skipped by the sizes the Spec ID event
+// declares; the other banks are still replayed, and BankInfo says which
+// are not. A log that is empty, truncated or inconsistent with itself is
+// refused with a *LogFormatError naming the event and byte offset; one that
+// names a PCR beyond 23 or sets PCR 0's initial value out of place with an
+// error naming the event. Every error wraps ErrEventLogInvalid. The input
+// is copied; the log does not alias it.
 func ParseEventLog(b []byte) (*EventLog, error) {
 	if len(b) == 0 {
 		return nil, fmt.Errorf("%w: the log is empty", ErrEventLogInvalid)
 	}
-	raw, err := goattest.ParseEventLog(b)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrEventLogInvalid, err)
-	}
-	l := &EventLog{log: raw, replayed: map[string]map[int][]byte{}}
-	for _, a := range raw.Algs {
-		if name, ok := bankNames[a]; ok {
-			// Each bank's digests are laid out once per listing.
-			if slices.Contains(l.Banks, name) {
-				return nil, fmt.Errorf("%w: the Spec ID event lists %s twice", ErrEventLogInvalid, name)
-			}
-			l.Banks = append(l.Banks, name)
-		}
+	l := &EventLog{replayed: map[string]map[int][]byte{}, pcr0Init: -1}
+	if err := l.parseWire(bytes.Clone(b)); err != nil {
+		return nil, err
 	}
 	if len(l.Banks) == 0 {
 		return nil, fmt.Errorf("%w: no supported digest bank", ErrEventLogInvalid)
 	}
+	nb := len(l.Banks)
 	offset := 0
-	if len(raw.Algs) != 1 || raw.Algs[0] != goattest.HashSHA1 || isAgile(b) {
+	if l.agile {
 		offset = 1 // the Spec ID event is event 0
 	}
-	perBank := map[string][]goattest.Event{}
-	for _, a := range raw.Algs {
-		if name, ok := bankNames[a]; ok {
-			perBank[name] = raw.Events(a)
-		}
-	}
-	first := perBank[l.Banks[0]]
 	// All hex digests go into one string and events hold substrings of it:
 	// one allocation instead of one per digest.
 	size := 0
-	for _, bank := range l.Banks {
-		for _, e := range perBank[bank] {
-			size += 2 * min(len(e.Digest), 64)
-		}
+	for _, d := range l.dig {
+		size += 2 * len(d)
 	}
 	var sb strings.Builder // String() does not copy
 	sb.Grow(size)
-	next := make(map[string]int, len(l.Banks)) // each bank's next digest in sb
 	var tmp [2 * 64]byte
-	for _, bank := range l.Banks {
-		next[bank] = sb.Len()
-		for _, e := range perBank[bank] {
-			n := hex.Encode(tmp[:], e.Digest[:min(len(e.Digest), 64)])
-			sb.Write(tmp[:n])
-		}
+	for _, d := range l.dig {
+		n := hex.Encode(tmp[:], d)
+		sb.Write(tmp[:n])
 	}
-	hexAll := sb.String()
-	l.Events = make([]LogEvent, 0, len(first))
-	pcr0, locality := false, false
-	for i, e := range first {
-		// A StartupLocality sets PCR 0's initial value, so it must come
-		// before any PCR 0 measurement, once: a later one would let
-		// events before it replay to nothing.
-		if isStartupLocality(e) {
+	hexAll, next := sb.String(), 0
+	l.Events = make([]LogEvent, 0, len(l.evs))
+	pcr0, locality, hcrtm := false, false, false
+	for i, e := range l.evs {
+		n := i + offset
+		// StartupLocality and H-CRTM set PCR 0's initial value, so they
+		// must come before any other PCR 0 measurement, once: a later one
+		// would let events before it replay to nothing.
+		switch {
+		case isStartupLocality(e):
 			if pcr0 || locality {
-				return nil, fmt.Errorf("%w: event %d: a StartupLocality after PCR 0 was measured or set", ErrEventLogInvalid, i+offset)
+				return nil, fmt.Errorf("%w: event %d: a StartupLocality after PCR 0 was measured or set", ErrEventLogInvalid, n)
 			}
-			locality = true
-		} else if e.Index == 0 && uint32(e.Type) != evNoAction {
+			loc := int(e.data[16])
+			if loc != 0 && loc != 3 && loc != 4 {
+				return nil, fmt.Errorf("%w: event %d: StartupLocality %d; the PC Client PFP defines 0, 3 and 4", ErrEventLogInvalid, n, loc)
+			}
+			if hcrtm && loc != 4 {
+				return nil, fmt.Errorf("%w: event %d: StartupLocality %d after an H-CRTM event, which starts at locality 4", ErrEventLogInvalid, n, loc)
+			}
+			locality, l.pcr0Init = true, loc
+		case e.pcr == 0 && e.typ == evEFIHCRTMEvent:
+			// The H-CRTM digest is PCR 0's first extend, from locality 4.
+			if pcr0 || (locality && l.pcr0Init != 4) {
+				return nil, fmt.Errorf("%w: event %d: an H-CRTM event after PCR 0 was measured, or after a StartupLocality other than 4", ErrEventLogInvalid, n)
+			}
+			hcrtm, pcr0 = true, true
+			if !locality {
+				l.pcr0Init = 4
+			}
+		case e.pcr == 0 && e.typ != evNoAction:
 			pcr0 = true
 		}
 		// Windows logs EV_NO_ACTION events against PCR 0xFFFFFFFF; they
 		// extend nothing, so only measured events must name a real PCR.
-		if (e.Index < 0 || e.Index > maxPCR) && uint32(e.Type) != evNoAction {
-			return nil, fmt.Errorf("%w: event %d extends PCR %d (0x%x), beyond PCR %d: not a TCG log", ErrEventLogInvalid, i+offset, e.Index, e.Index, maxPCR)
+		if (e.pcr < 0 || e.pcr > maxPCR) && e.typ != evNoAction {
+			return nil, fmt.Errorf("%w: event %d extends PCR %d (0x%x), beyond PCR %d: not a TCG log", ErrEventLogInvalid, n, e.pcr, e.pcr, maxPCR)
 		}
-		le := LogEvent{Number: i + offset, PCR: e.Index, Type: eventTypeName(uint32(e.Type)), TypeCode: uint32(e.Type), Digests: make(map[string]string, len(l.Banks))}
-		for _, bank := range l.Banks {
-			// The Spec ID event states each bank's digest size: one that is
-			// not the hash's would be replayed and compared as something else.
-			if d := perBank[bank][i].Digest; d != nil && len(d) != bankHashes[bank].Size() {
-				return nil, fmt.Errorf("%w: event %d has a %d-byte %s digest", ErrEventLogInvalid, i+offset, len(d), bank)
+		le := LogEvent{Number: n, PCR: e.pcr, Type: eventTypeName(e.typ), TypeCode: e.typ, Digests: make(map[string]string, nb)}
+		for j, bank := range l.Banks {
+			d := l.digest(i, j)
+			if d == nil {
+				// A measured event without this bank's digest: the TPM
+				// extended something the log does not say, so the bank
+				// cannot be replayed (never replayed as if it were zero).
+				if e.typ != evNoAction {
+					l.unreplayable(bank, fmt.Sprintf("event %d carries no %s digest", n, bank))
+				}
+				continue
 			}
-			if n := 2 * min(len(perBank[bank][i].Digest), 64); n > 0 {
-				le.Digests[bank] = hexAll[next[bank] : next[bank]+n]
-				next[bank] += n
-			}
+			le.Digests[bank] = hexAll[next : next+2*len(d)]
+			next += 2 * len(d)
 		}
-		le.Description = l.describe(e, le)
+		le.Description = l.describe(i, e, le)
 		l.Events = append(l.Events, le)
 	}
-	l.events = perBank
 	sbBank := "sha256"
-	if _, ok := perBank[sbBank]; !ok {
+	if j := l.bank(sbBank); j < 0 || !l.replayable(j) {
 		sbBank = l.Banks[0]
 	}
 	l.applySecureBoot(&l.Facts, l.secureBoot(sbBank))
 	return l, nil
 }
 
-// isAgile reports whether the first event is a Spec ID event.
-func isAgile(b []byte) bool {
-	return len(b) > 32+16 && bytes.HasPrefix(b[32:], []byte("Spec ID Event03"))
+// unreplayable marks a bank as one that cannot be replayed, keeping the
+// first reason.
+func (l *EventLog) unreplayable(bank, why string) {
+	for i := range l.BankInfo {
+		if l.BankInfo[i].Name == bank && l.BankInfo[i].Replayable {
+			l.BankInfo[i].Replayable = false
+			l.BankInfo[i].Note = why + ": the bank is not replayed"
+		}
+	}
 }
 
 // isStartupLocality reports whether e is a StartupLocality EV_NO_ACTION
-// event for PCR 0.
-func isStartupLocality(e goattest.Event) bool {
-	return uint32(e.Type) == evNoAction && e.Index == 0 && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality\x00"))
+// event for PCR 0 (TCG_EfiStartupLocalityEvent: "StartupLocality\0" and one
+// byte).
+func isStartupLocality(e event) bool {
+	return e.typ == evNoAction && e.pcr == 0 && len(e.data) == 17 && bytes.HasPrefix(e.data, []byte("StartupLocality\x00"))
 }
 
-// replay extends every measured event into a PCR bank. EV_NO_ACTION events
-// are not measured; a StartupLocality event sets PCR0's initial value.
-func replay(events []goattest.Event, h crypto.Hash) map[int][]byte {
+// replay extends every measured event into bank j. EV_NO_ACTION events are
+// never extended.
+//
+// PCR 0's initial value follows the TCG PC Client Platform Firmware
+// Profile (PFP, rev. 1.05), "StartupLocality Event" (EV_NO_ACTION with
+// TCG_EfiStartupLocalityEvent, section 10.4.5.3 as we read it): the TPM
+// resets PCR 0 to zero with its last byte the locality TPM2_Startup came
+// from, so 0x00..03 after a startup from locality 3. With an H-CRTM the
+// TPM library's H-CRTM event sequence (_TPM_Hash_Start/_Data/_End, TPM 2.0
+// Part 1, "H-CRTM Measurement") resets PCR 0 to 0x00..04 and extends it
+// with the digest of the H-CRTM data, which the PFP logs as PCR 0's first
+// event (EV_EFI_HCRTM_EVENT) after a StartupLocality of 4. So replay starts
+// PCR 0 at 0x00..04 and extends the logged H-CRTM digest like any other.
+func (l *EventLog) replay(j int) map[int][]byte {
+	h := l.hashes[j]
 	pcrs := map[int][]byte{}
+	if l.pcr0Init >= 0 {
+		init := make([]byte, h.Size())
+		init[len(init)-1] = byte(l.pcr0Init)
+		pcrs[0] = init
+	}
 	hh := h.New()
-	for _, e := range events {
-		if uint32(e.Type) == evNoAction {
-			if isStartupLocality(e) {
-				init := make([]byte, h.Size())
-				init[len(init)-1] = e.Data[16]
-				pcrs[0] = init
-			}
-			continue
+	for i, e := range l.evs {
+		d := l.digest(i, j)
+		if e.typ == evNoAction || d == nil {
+			continue // a measured event without d made the bank unreplayable
 		}
-		if e.Digest == nil {
-			continue
-		}
-		cur, ok := pcrs[e.Index]
+		cur, ok := pcrs[e.pcr]
 		if !ok {
 			cur = make([]byte, h.Size())
-			pcrs[e.Index] = cur
+			pcrs[e.pcr] = cur
 		}
 		hh.Reset()
 		hh.Write(cur)
-		hh.Write(e.Digest)
+		hh.Write(d)
 		hh.Sum(cur[:0])
 	}
 	return pcrs
 }
 
 // describe makes an event readable and collects its facts.
-func (l *EventLog) describe(e goattest.Event, le LogEvent) string {
+func (l *EventLog) describe(i int, e event, le LogEvent) string {
 	f := &l.Facts
 	switch le.TypeCode {
 	case evNoAction:
-		if e.Index == 0 && len(e.Data) == 17 && bytes.HasPrefix(e.Data, []byte("StartupLocality\x00")) {
-			f.StartupLocality = int(e.Data[16])
-			return fmt.Sprintf("StartupLocality %d", e.Data[16])
+		if isStartupLocality(e) {
+			f.StartupLocality = int(e.data[16])
+			return fmt.Sprintf("StartupLocality %d", e.data[16])
 		}
-		if i := bytes.IndexByte(e.Data, 0); i > 0 {
-			return "no action: " + printable(e.Data[:i])
+		if i := bytes.IndexByte(e.data, 0); i > 0 {
+			return "no action: " + printable(e.data[:i])
 		}
 	case evSeparator:
 		if f.Separators == nil {
 			f.Separators = map[int]bool{}
 		}
-		ok := len(e.Data) == 4 && binary.LittleEndian.Uint32(e.Data) == 0
-		f.Separators[e.Index] = ok
+		ok := len(e.data) == 4 && binary.LittleEndian.Uint32(e.data) == 0
+		f.Separators[e.pcr] = ok
 		if !ok {
 			return "separator (error value)"
 		}
@@ -279,19 +333,19 @@ func (l *EventLog) describe(e goattest.Event, le LogEvent) string {
 	case evSCRTMVersion:
 		// The digest must be the hash of the version string it describes;
 		// otherwise the version the log states is not the one measured.
-		if h, ok := bankHashes[l.Banks[0]]; ok && e.Digest != nil {
-			hh := h.New()
-			hh.Write(e.Data)
-			if !bytes.Equal(hh.Sum(nil), e.Digest) {
-				l.Problems = append(l.Problems, fmt.Sprintf("event %d: invalid SCRTM version event for PCR%d: its %s digest is not the hash of its data", le.Number, e.Index, l.Banks[0]))
+		if d := l.digest(i, 0); d != nil {
+			hh := l.hashes[0].New()
+			hh.Write(e.data)
+			if !bytes.Equal(hh.Sum(nil), d) {
+				l.Problems = append(l.Problems, fmt.Sprintf("event %d: invalid SCRTM version event for PCR%d: its %s digest is not the hash of its data", le.Number, e.pcr, l.Banks[0]))
 			}
 		}
-		v := scrtmVersion(e.Data)
+		v := scrtmVersion(e.data)
 		f.SCRTMVersion = v
 		return "S-CRTM version " + v
 	case evEFIBootApplication, evEFIBootDriver:
-		path := imageLoadPath(e.Data)
-		fact := DigestFact{Event: le.Number, PCR: e.Index, Path: path, Digests: le.Digests}
+		path := imageLoadPath(e.data)
+		fact := DigestFact{Event: le.Number, PCR: e.pcr, Path: path, Digests: le.Digests}
 		kind := "EFI boot application"
 		if le.TypeCode == evEFIBootDriver {
 			kind = "EFI boot services driver"
@@ -304,11 +358,11 @@ func (l *EventLog) describe(e goattest.Event, le LogEvent) string {
 		}
 		return kind + " " + path
 	case evEFIAction, evAction:
-		s := printable(e.Data)
+		s := printable(e.data)
 		f.Actions = append(f.Actions, s)
 		return s
 	case evEFIVariableDriver, evEFIVariableAuthority, 0x80000002:
-		if name := efiVariableName(e.Data); name != "" {
+		if name := efiVariableName(e.data); name != "" {
 			return "EFI variable " + name
 		}
 	}
@@ -324,20 +378,21 @@ func (l *EventLog) secureBoot(bank string) secureBootResult {
 	if bank == l.sbBank {
 		return l.sb
 	}
-	events := l.events[bank]
+	j := l.bank(bank)
 	h := sha256.New()
 	var hdr [16]byte
-	for _, e := range events {
-		if e.Index != 2 && e.Index != 7 {
+	for i, e := range l.evs {
+		if e.pcr != 2 && e.pcr != 7 {
 			continue
 		}
-		binary.LittleEndian.PutUint32(hdr[0:], uint32(e.Index))
-		binary.LittleEndian.PutUint32(hdr[4:], uint32(e.Type))
-		binary.LittleEndian.PutUint32(hdr[8:], uint32(len(e.Digest)))
-		binary.LittleEndian.PutUint32(hdr[12:], uint32(len(e.Data)))
+		d := l.digest(i, j)
+		binary.LittleEndian.PutUint32(hdr[0:], uint32(e.pcr))
+		binary.LittleEndian.PutUint32(hdr[4:], e.typ)
+		binary.LittleEndian.PutUint32(hdr[8:], uint32(len(d)))
+		binary.LittleEndian.PutUint32(hdr[12:], uint32(len(e.data)))
 		h.Write(hdr[:])
-		h.Write(e.Digest)
-		h.Write(e.Data)
+		h.Write(d)
+		h.Write(e.data)
 	}
 	var key [32]byte
 	h.Sum(key[:0])
@@ -349,6 +404,12 @@ func (l *EventLog) secureBoot(bank string) secureBootResult {
 	// go-attestation checks that every PCR 7 variable, authority and
 	// separator event's digest in this bank is the hash of its data (SHA-1
 	// and SHA-256 only), so these facts are not re-verified here.
+	// Only go-attestation's Secure Boot decoder is used (EFI variables and
+	// signature lists), over events from this package's parser.
+	events := make([]goattest.Event, len(l.evs))
+	for i, e := range l.evs {
+		events[i] = goattest.Event{Index: e.pcr, Type: goattest.EventType(e.typ), Data: e.data, Digest: l.digest(i, j)}
+	}
 	sb, err := goattest.ParseSecurebootState(events)
 	if err != nil {
 		r.problem = "Secure Boot state: " + err.Error()
@@ -417,17 +478,26 @@ func (c *secureBootCache) put(k [32]byte, v secureBootResult) {
 // on an event of a quoted PCR in the quoted bank, and every fact read from
 // event data on an event whose digest is the hash of that data. Events
 // extending PCRs the quote does not cover are bound to nothing: a Problem
-// says so. When the replay differs, go-attestation's replay is consulted for
-// its workaround for one known firmware bug (ExitBootServices events missing
-// from PCR5); when that workaround was needed, it is added to Problems so
-// that policy and auditors see it. On a mismatch the error wraps
-// ErrEventLogInvalid and a *PCRMismatch naming each PCR that differs.
+// says so. When only PCR 5 differs, the replay is retried with the
+// ExitBootServices events some firmware extends without logging (the one
+// workaround go-attestation applies); when that was needed, it is added to
+// Problems so that policy and auditors see it. On a mismatch the error
+// wraps ErrEventLogInvalid and a *PCRMismatch naming each PCR that differs.
+// A quoted bank the log declares but cannot replay is refused.
 func (l *EventLog) Verify(pcrs []goattest.PCR) error {
 	quoted := map[string]map[int]bool{}
 	for _, p := range pcrs {
 		bank := BankName(p.DigestAlg)
-		if _, ok := l.events[bank]; !ok {
+		j := l.bank(bank)
+		if j < 0 {
 			continue // the log does not carry this bank
+		}
+		if !l.replayable(j) {
+			for _, bi := range l.BankInfo {
+				if bi.Name == bank {
+					return fmt.Errorf("%w: the quoted %s bank cannot be replayed: %s", ErrEventLogInvalid, bank, bi.Note)
+				}
+			}
 		}
 		if quoted[bank] == nil {
 			quoted[bank] = map[int]bool{}
@@ -463,11 +533,51 @@ func (l *EventLog) Verify(pcrs []goattest.PCR) error {
 	if len(mm.PCRs) == 0 {
 		return nil
 	}
-	if _, err := l.log.Verify(pcrs); err == nil {
+	if l.ebsWorkaround(mm) {
 		l.addProblem(fmt.Sprintf("%s matches only with the ExitBootServices events the firmware did not log", mm.PCRs[0].label()))
 		return nil
 	}
 	return fmt.Errorf("%w: %w", ErrEventLogInvalid, mm)
+}
+
+// ebsVariants are the EV_EFI_ACTION strings some firmware extends into
+// PCR 5 at ExitBootServices without logging them, in the orders
+// go-attestation's workaround tries (eventlog_workarounds.go).
+var ebsVariants = [][]string{
+	{"Exit Boot Services Invocation", "Exit Boot Services Returned with Success"},
+	{"Exit Boot Services Invocation", "Exit Boot Services Returned with Failure"},
+	{"Exit Boot Services Invocation", "Exit Boot Services Returned with Failure", "Exit Boot Services Returned with Success"},
+}
+
+// ebsWorkaround reports whether every mismatch is PCR 5 and one variant
+// of the unlogged ExitBootServices events makes each bank's PCR 5 equal
+// the quote.
+func (l *EventLog) ebsWorkaround(mm *PCRMismatch) bool {
+	for _, d := range mm.PCRs {
+		if d.Index != 5 {
+			return false
+		}
+	}
+next:
+	for _, v := range ebsVariants {
+		for _, d := range mm.PCRs {
+			h := bankHashes[d.Bank]
+			pcr := bytes.Clone(l.Replay(d.Bank)[5])
+			for _, s := range v {
+				ev := h.New()
+				ev.Write([]byte(s))
+				ext := h.New()
+				ext.Write(pcr)
+				ext.Write(ev.Sum(nil))
+				pcr = ext.Sum(pcr[:0])
+			}
+			if hex.EncodeToString(pcr) != d.Expected {
+				continue next
+			}
+		}
+		return true
+	}
+	return false
 }
 
 func (l *EventLog) addProblem(p string) {
@@ -487,13 +597,14 @@ func (l *EventLog) addProblem(p string) {
 // description, never evidence.
 func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 	var f Facts
-	hash := bankHashes[bank]
-	hh := hash.New()
+	j := l.bank(bank)
+	hh := l.hashes[j].New()
 	var sum [64]byte
-	dataBound := func(e goattest.Event) bool {
+	var dig []byte // the current event's digest in bank
+	dataBound := func(e event) bool {
 		hh.Reset()
-		hh.Write(e.Data)
-		return bytes.Equal(hh.Sum(sum[:0]), e.Digest)
+		hh.Write(e.data)
+		return bytes.Equal(hh.Sum(sum[:0]), dig)
 	}
 	// A log may hold many such events (an OS can extend PCR 8-15 at will):
 	// a few are named, the rest counted, so a log cannot bloat the record.
@@ -517,58 +628,59 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 		sepDigests = append(sepDigests, hh.Sum(nil))
 	}
 	firmwareOpen := true // no PCR 0 event yet but S-CRTM contents
-	for i, e := range l.events[bank] {
-		typ := uint32(e.Type)
+	if l.pcr0Init > 0 && quoted[0] {
+		f.StartupLocality = l.pcr0Init // bound by PCR 0's replay
+	}
+	for i, e := range l.evs {
+		typ := e.typ
 		if typ == evNoAction {
-			if isStartupLocality(e) && quoted[0] {
-				f.StartupLocality = int(e.Data[16]) // bound by PCR 0's replay
-			}
 			continue
 		}
-		if !quoted[e.Index] {
+		dig = l.digest(i, j)
+		if !quoted[e.pcr] {
 			continue
 		}
 		le := &l.Events[i]
-		scrtmOK := e.Index == pcrFirmware && firmwareOpen
-		if e.Index == pcrFirmware && typ != evSCRTMContents && (typ != evSCRTMVersion || slices.ContainsFunc(sepDigests, func(d []byte) bool { return bytes.Equal(d, e.Digest) })) {
+		scrtmOK := e.pcr == pcrFirmware && firmwareOpen
+		if e.pcr == pcrFirmware && typ != evSCRTMContents && (typ != evSCRTMVersion || slices.ContainsFunc(sepDigests, func(d []byte) bool { return bytes.Equal(d, dig) })) {
 			firmwareOpen = false
 		}
-		if e.Index == pcrBootApps && typ != evEFIBootApplication && !dataBound(e) {
+		if e.pcr == pcrBootApps && typ != evEFIBootApplication && !dataBound(e) {
 			// The type is the log's word: an event in PCR 4 whose digest
 			// is not over its data is an image measurement whatever its
 			// type says, so boot_digests judges it.
-			f.BootApps = append(f.BootApps, DigestFact{Event: le.Number, PCR: e.Index, Path: imageLoadPath(e.Data), Digests: map[string]string{bank: le.Digests[bank]}})
-			l.addProblem(fmt.Sprintf("event %d: %s in PCR %d is not bound to its data; judged as a boot application", le.Number, le.Type, e.Index))
+			f.BootApps = append(f.BootApps, DigestFact{Event: le.Number, PCR: e.pcr, Path: imageLoadPath(e.data), Digests: map[string]string{bank: le.Digests[bank]}})
+			l.addProblem(fmt.Sprintf("event %d: %s in PCR %d is not bound to its data; judged as a boot application", le.Number, le.Type, e.pcr))
 			continue
 		}
 		switch typ {
 		case evSeparator:
 			if !dataBound(e) {
-				unbound(le.Number, "separator", e.Index)
+				unbound(le.Number, "separator", e.pcr)
 				continue
 			}
 			if f.Separators == nil {
 				f.Separators = map[int]bool{}
 			}
-			f.Separators[e.Index] = len(e.Data) == 4 && binary.LittleEndian.Uint32(e.Data) == 0
+			f.Separators[e.pcr] = len(e.data) == 4 && binary.LittleEndian.Uint32(e.data) == 0
 		case evSCRTMVersion:
 			if !scrtmOK {
-				l.addProblem(fmt.Sprintf("event %d: S-CRTM version %s in PCR %d: only one measured in PCR 0 before anything but S-CRTM contents is the firmware's", le.Number, strconv.Quote(scrtmVersion(e.Data)), e.Index))
+				l.addProblem(fmt.Sprintf("event %d: S-CRTM version %s in PCR %d: only one measured in PCR 0 before anything but S-CRTM contents is the firmware's", le.Number, strconv.Quote(scrtmVersion(e.data)), e.pcr))
 				continue
 			}
 			if !dataBound(e) {
-				unbound(le.Number, "S-CRTM version "+strconv.Quote(scrtmVersion(e.Data)), e.Index)
+				unbound(le.Number, "S-CRTM version "+strconv.Quote(scrtmVersion(e.data)), e.pcr)
 				continue
 			}
-			f.SCRTMVersion = scrtmVersion(e.Data)
+			f.SCRTMVersion = scrtmVersion(e.data)
 		case evEFIAction, evAction:
 			if !dataBound(e) {
-				unbound(le.Number, "action "+strconv.Quote(printable(e.Data)), e.Index)
+				unbound(le.Number, "action "+strconv.Quote(printable(e.data)), e.pcr)
 				continue
 			}
-			f.Actions = append(f.Actions, printable(e.Data))
+			f.Actions = append(f.Actions, printable(e.data))
 		case evEFIBootApplication, evEFIBootDriver:
-			fact := DigestFact{Event: le.Number, PCR: e.Index, Path: imageLoadPath(e.Data), Digests: map[string]string{bank: le.Digests[bank]}}
+			fact := DigestFact{Event: le.Number, PCR: e.pcr, Path: imageLoadPath(e.data), Digests: map[string]string{bank: le.Digests[bank]}}
 			if typ == evEFIBootDriver {
 				f.Drivers = append(f.Drivers, fact)
 			} else {

@@ -190,12 +190,10 @@ func TestUnboundEventProblemsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	events := l.events["sha256"]
 	for i := 0; i < 100; i++ {
-		events = append(events, goattest.Event{Index: 8, Type: evAction, Data: []byte("claimed"), Digest: make([]byte, 32)})
-	}
-	l.events["sha256"] = events
-	for i := 0; i < 100; i++ {
+		digs := make([][]byte, len(l.Banks))
+		digs[l.bank("sha256")] = make([]byte, 32)
+		l.appendEvent(event{pcr: 8, typ: evAction, data: []byte("claimed")}, digs)
 		l.Events = append(l.Events, LogEvent{Number: 1000 + i, PCR: 8})
 	}
 	l.bindFacts("sha256", map[int]bool{8: true})
