@@ -3,7 +3,9 @@ package attest
 import (
 	"bytes"
 	"crypto"
+	"crypto/sha1"
 	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
@@ -55,9 +57,12 @@ type EventLog struct {
 	// S-CRTM events): they do not stop replay, and policy decides.
 	Problems []string
 
+	raw      []byte        // the log's own copy of its bytes
 	hashes   []crypto.Hash // per entry of Banks
-	evs      []event       // parallel to Events
-	dig      [][]byte      // event i's digest in Banks[j] at i*len(Banks)+j; nil: none
+	// Events and digests are offsets into raw, so the parsed log holds no
+	// pointers but raw (nothing for the garbage collector to trace).
+	evs []event  // parallel to Events
+	dig []uint32 // offset of event i's digest in Banks[j] at i*len(Banks)+j; 0: none
 	pcr0Init int           // PCR 0's initial locality; -1 when no event sets it
 	agile    bool          // a crypto-agile log (Spec ID event first)
 	replayed map[string]map[int][]byte
@@ -76,7 +81,16 @@ func (l *EventLog) bank(name string) int {
 }
 
 // digest returns event i's digest in bank j, nil when it has none.
-func (l *EventLog) digest(i, j int) []byte { return l.dig[i*len(l.Banks)+j] }
+func (l *EventLog) digest(i, j int) []byte {
+	o := l.dig[i*len(l.Banks)+j]
+	if o == 0 {
+		return nil
+	}
+	return l.raw[o : int(o)+l.hashes[j].Size() : int(o)+l.hashes[j].Size()]
+}
+
+// data returns an event's data.
+func (l *EventLog) data(e event) []byte { return l.raw[e.data : e.data+e.size : e.data+e.size] }
 
 // replayable reports whether bank j can be replayed.
 func (l *EventLog) replayable(j int) bool {
@@ -176,15 +190,19 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 	// All hex digests go into one string and events hold substrings of it:
 	// one allocation instead of one per digest.
 	size := 0
-	for _, d := range l.dig {
-		size += 2 * len(d)
+	for k, o := range l.dig {
+		if o != 0 {
+			size += 2 * l.hashes[k%nb].Size()
+		}
 	}
 	var sb strings.Builder // String() does not copy
 	sb.Grow(size)
 	var tmp [2 * 64]byte
-	for _, d := range l.dig {
-		n := hex.Encode(tmp[:], d)
-		sb.Write(tmp[:n])
+	for k, o := range l.dig {
+		if o != 0 {
+			n := hex.Encode(tmp[:], l.raw[o:int(o)+l.hashes[k%nb].Size()])
+			sb.Write(tmp[:n])
+		}
 	}
 	hexAll, next := sb.String(), 0
 	l.Events = make([]LogEvent, 0, len(l.evs))
@@ -195,11 +213,11 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 		// must come before any other PCR 0 measurement, once: a later one
 		// would let events before it replay to nothing.
 		switch {
-		case isStartupLocality(e):
+		case l.isStartupLocality(e):
 			if pcr0 || locality {
 				return nil, fmt.Errorf("%w: event %d: a StartupLocality after PCR 0 was measured or set", ErrEventLogInvalid, n)
 			}
-			loc := int(e.data[16])
+			loc := int(l.data(e)[16])
 			if loc != 0 && loc != 3 && loc != 4 {
 				return nil, fmt.Errorf("%w: event %d: StartupLocality %d; the PC Client PFP defines 0, 3 and 4", ErrEventLogInvalid, n, loc)
 			}
@@ -264,8 +282,8 @@ func (l *EventLog) unreplayable(bank, why string) {
 // isStartupLocality reports whether e is a StartupLocality EV_NO_ACTION
 // event for PCR 0 (TCG_EfiStartupLocalityEvent: "StartupLocality\0" and one
 // byte).
-func isStartupLocality(e event) bool {
-	return e.typ == evNoAction && e.pcr == 0 && len(e.data) == 17 && bytes.HasPrefix(e.data, []byte("StartupLocality\x00"))
+func (l *EventLog) isStartupLocality(e event) bool {
+	return e.typ == evNoAction && e.pcr == 0 && e.size == 17 && bytes.HasPrefix(l.data(e), []byte("StartupLocality\x00"))
 }
 
 // replay extends every measured event into bank j. EV_NO_ACTION events are
@@ -289,7 +307,6 @@ func (l *EventLog) replay(j int) map[int][]byte {
 		init[len(init)-1] = byte(l.pcr0Init)
 		pcrs[0] = init
 	}
-	hh := h.New()
 	for i, e := range l.evs {
 		d := l.digest(i, j)
 		if e.typ == evNoAction || d == nil {
@@ -300,12 +317,31 @@ func (l *EventLog) replay(j int) map[int][]byte {
 			cur = make([]byte, h.Size())
 			pcrs[e.pcr] = cur
 		}
-		hh.Reset()
-		hh.Write(cur)
-		hh.Write(d)
-		hh.Sum(cur[:0])
+		extend(h, cur, d)
 	}
 	return pcrs
+}
+
+// extend sets pcr to H(pcr || d), as TPM2_PCR_Extend does; pcr and d are
+// one digest of h long. The fixed-size sums avoid a hash.Hash per event.
+func extend(h crypto.Hash, pcr, d []byte) {
+	var buf [2 * sha512.Size]byte
+	n := copy(buf[:], pcr)
+	n += copy(buf[n:], d)
+	switch h {
+	case crypto.SHA1:
+		s := sha1.Sum(buf[:n])
+		copy(pcr, s[:])
+	case crypto.SHA256:
+		s := sha256.Sum256(buf[:n])
+		copy(pcr, s[:])
+	case crypto.SHA384:
+		s := sha512.Sum384(buf[:n])
+		copy(pcr, s[:])
+	default:
+		s := sha512.Sum512(buf[:n])
+		copy(pcr, s[:])
+	}
 }
 
 // describe makes an event readable and collects its facts.
@@ -313,18 +349,18 @@ func (l *EventLog) describe(i int, e event, le LogEvent) string {
 	f := &l.Facts
 	switch le.TypeCode {
 	case evNoAction:
-		if isStartupLocality(e) {
-			f.StartupLocality = int(e.data[16])
-			return fmt.Sprintf("StartupLocality %d", e.data[16])
+		if l.isStartupLocality(e) {
+			f.StartupLocality = int(l.data(e)[16])
+			return fmt.Sprintf("StartupLocality %d", l.data(e)[16])
 		}
-		if i := bytes.IndexByte(e.data, 0); i > 0 {
-			return "no action: " + printable(e.data[:i])
+		if i := bytes.IndexByte(l.data(e), 0); i > 0 {
+			return "no action: " + printable(l.data(e)[:i])
 		}
 	case evSeparator:
 		if f.Separators == nil {
 			f.Separators = map[int]bool{}
 		}
-		ok := len(e.data) == 4 && binary.LittleEndian.Uint32(e.data) == 0
+		ok := len(l.data(e)) == 4 && binary.LittleEndian.Uint32(l.data(e)) == 0
 		f.Separators[e.pcr] = ok
 		if !ok {
 			return "separator (error value)"
@@ -335,16 +371,16 @@ func (l *EventLog) describe(i int, e event, le LogEvent) string {
 		// otherwise the version the log states is not the one measured.
 		if d := l.digest(i, 0); d != nil {
 			hh := l.hashes[0].New()
-			hh.Write(e.data)
+			hh.Write(l.data(e))
 			if !bytes.Equal(hh.Sum(nil), d) {
 				l.Problems = append(l.Problems, fmt.Sprintf("event %d: invalid SCRTM version event for PCR%d: its %s digest is not the hash of its data", le.Number, e.pcr, l.Banks[0]))
 			}
 		}
-		v := scrtmVersion(e.data)
+		v := scrtmVersion(l.data(e))
 		f.SCRTMVersion = v
 		return "S-CRTM version " + v
 	case evEFIBootApplication, evEFIBootDriver:
-		path := imageLoadPath(e.data)
+		path := imageLoadPath(l.data(e))
 		fact := DigestFact{Event: le.Number, PCR: e.pcr, Path: path, Digests: le.Digests}
 		kind := "EFI boot application"
 		if le.TypeCode == evEFIBootDriver {
@@ -358,11 +394,11 @@ func (l *EventLog) describe(i int, e event, le LogEvent) string {
 		}
 		return kind + " " + path
 	case evEFIAction, evAction:
-		s := printable(e.data)
+		s := printable(l.data(e))
 		f.Actions = append(f.Actions, s)
 		return s
 	case evEFIVariableDriver, evEFIVariableAuthority, 0x80000002:
-		if name := efiVariableName(e.data); name != "" {
+		if name := efiVariableName(l.data(e)); name != "" {
 			return "EFI variable " + name
 		}
 	}
@@ -389,10 +425,10 @@ func (l *EventLog) secureBoot(bank string) secureBootResult {
 		binary.LittleEndian.PutUint32(hdr[0:], uint32(e.pcr))
 		binary.LittleEndian.PutUint32(hdr[4:], e.typ)
 		binary.LittleEndian.PutUint32(hdr[8:], uint32(len(d)))
-		binary.LittleEndian.PutUint32(hdr[12:], uint32(len(e.data)))
+		binary.LittleEndian.PutUint32(hdr[12:], uint32(len(l.data(e))))
 		h.Write(hdr[:])
 		h.Write(d)
-		h.Write(e.data)
+		h.Write(l.data(e))
 	}
 	var key [32]byte
 	h.Sum(key[:0])
@@ -408,7 +444,7 @@ func (l *EventLog) secureBoot(bank string) secureBootResult {
 	// signature lists), over events from this package's parser.
 	events := make([]goattest.Event, len(l.evs))
 	for i, e := range l.evs {
-		events[i] = goattest.Event{Index: e.pcr, Type: goattest.EventType(e.typ), Data: e.data, Digest: l.digest(i, j)}
+		events[i] = goattest.Event{Index: e.pcr, Type: goattest.EventType(e.typ), Data: l.data(e), Digest: l.digest(i, j)}
 	}
 	sb, err := goattest.ParseSecurebootState(events)
 	if err != nil {
@@ -603,7 +639,7 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 	var dig []byte // the current event's digest in bank
 	dataBound := func(e event) bool {
 		hh.Reset()
-		hh.Write(e.data)
+		hh.Write(l.data(e))
 		return bytes.Equal(hh.Sum(sum[:0]), dig)
 	}
 	// A log may hold many such events (an OS can extend PCR 8-15 at will):
@@ -649,7 +685,7 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 			// The type is the log's word: an event in PCR 4 whose digest
 			// is not over its data is an image measurement whatever its
 			// type says, so boot_digests judges it.
-			f.BootApps = append(f.BootApps, DigestFact{Event: le.Number, PCR: e.pcr, Path: imageLoadPath(e.data), Digests: map[string]string{bank: le.Digests[bank]}})
+			f.BootApps = append(f.BootApps, DigestFact{Event: le.Number, PCR: e.pcr, Path: imageLoadPath(l.data(e)), Digests: map[string]string{bank: le.Digests[bank]}})
 			l.addProblem(fmt.Sprintf("event %d: %s in PCR %d is not bound to its data; judged as a boot application", le.Number, le.Type, e.pcr))
 			continue
 		}
@@ -662,25 +698,25 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 			if f.Separators == nil {
 				f.Separators = map[int]bool{}
 			}
-			f.Separators[e.pcr] = len(e.data) == 4 && binary.LittleEndian.Uint32(e.data) == 0
+			f.Separators[e.pcr] = len(l.data(e)) == 4 && binary.LittleEndian.Uint32(l.data(e)) == 0
 		case evSCRTMVersion:
 			if !scrtmOK {
-				l.addProblem(fmt.Sprintf("event %d: S-CRTM version %s in PCR %d: only one measured in PCR 0 before anything but S-CRTM contents is the firmware's", le.Number, strconv.Quote(scrtmVersion(e.data)), e.pcr))
+				l.addProblem(fmt.Sprintf("event %d: S-CRTM version %s in PCR %d: only one measured in PCR 0 before anything but S-CRTM contents is the firmware's", le.Number, strconv.Quote(scrtmVersion(l.data(e))), e.pcr))
 				continue
 			}
 			if !dataBound(e) {
-				unbound(le.Number, "S-CRTM version "+strconv.Quote(scrtmVersion(e.data)), e.pcr)
+				unbound(le.Number, "S-CRTM version "+strconv.Quote(scrtmVersion(l.data(e))), e.pcr)
 				continue
 			}
-			f.SCRTMVersion = scrtmVersion(e.data)
+			f.SCRTMVersion = scrtmVersion(l.data(e))
 		case evEFIAction, evAction:
 			if !dataBound(e) {
-				unbound(le.Number, "action "+strconv.Quote(printable(e.data)), e.pcr)
+				unbound(le.Number, "action "+strconv.Quote(printable(l.data(e))), e.pcr)
 				continue
 			}
-			f.Actions = append(f.Actions, printable(e.data))
+			f.Actions = append(f.Actions, printable(l.data(e)))
 		case evEFIBootApplication, evEFIBootDriver:
-			fact := DigestFact{Event: le.Number, PCR: e.pcr, Path: imageLoadPath(e.data), Digests: map[string]string{bank: le.Digests[bank]}}
+			fact := DigestFact{Event: le.Number, PCR: e.pcr, Path: imageLoadPath(l.data(e)), Digests: map[string]string{bank: le.Digests[bank]}}
 			if typ == evEFIBootDriver {
 				f.Drivers = append(f.Drivers, fact)
 			} else {

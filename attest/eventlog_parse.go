@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	tpm2new "github.com/google/go-tpm/tpm2"
 )
@@ -44,12 +45,13 @@ type BankInfo struct {
 	Note string `json:"note,omitempty"`
 }
 
-// event is one parsed event; data aliases the log's own copy of the input.
+// event is one parsed event; its data is raw[data:data+size].
 type event struct {
 	pcr    int
 	typ    uint32
-	data   []byte
-	offset int // byte offset of the event's header
+	offset uint32 // byte offset of the event's header
+	data   uint32
+	size   uint32
 }
 
 // specAlg is one TCG_EfiSpecIdEventAlgorithmSize.
@@ -109,16 +111,19 @@ func (r *reader) u16() (uint16, bool) {
 	return v, true
 }
 
-// bytes returns the next n bytes without copying; n is checked against
-// what remains before anything is sliced.
-func (r *reader) bytes(n uint64) ([]byte, bool) {
+// skip steps over the next n bytes and returns where they start; n is
+// checked against what remains first.
+func (r *reader) skip(n uint64) (int, bool) {
 	if n > uint64(r.left()) {
-		return nil, false
+		return 0, false
 	}
-	s := r.b[r.off : r.off+int(n) : r.off+int(n)]
+	at := r.off
 	r.off += int(n)
-	return s, true
+	return at, true
 }
+
+// maxLogSize bounds a log so every offset fits the parsed log's uint32s.
+const maxLogSize = 1 << 31
 
 // parseWire reads a TCG event log in one pass: the legacy SHA-1 format
 // (TCG_PCClientPCREvent throughout), or the crypto-agile one (a
@@ -127,12 +132,17 @@ func (r *reader) bytes(n uint64) ([]byte, bool) {
 // algorithm), per the TCG PC Client Platform Firmware Profile. Digests of
 // algorithms not replayed here are skipped by the size the Spec ID event
 // declares. Every length is checked against the bytes that remain before
-// it is used; nothing is allocated per length read. b is retained.
+// it is used; nothing is allocated by a length read from the log. b is
+// retained.
 func (l *EventLog) parseWire(b []byte) error {
-	r := &reader{b: b}
 	fail := func(n, off int, format string, a ...any) error {
 		return &LogFormatError{Event: n, Offset: off, Reason: fmt.Sprintf(format, a...)}
 	}
+	if len(b) > maxLogSize {
+		return fail(0, maxLogSize, "the log is larger than %d bytes", maxLogSize)
+	}
+	l.raw = b
+	r := &reader{b: b}
 	// The first event is always in the legacy format.
 	first, sha1d, err := readLegacy(r)
 	if err != nil {
@@ -140,20 +150,23 @@ func (l *EventLog) parseWire(b []byte) error {
 	}
 	var algs []specAlg
 	number := 0
-	if first.typ == evNoAction && bytes.HasPrefix(first.data, []byte(specIDSignature)) {
-		algs, err = l.parseSpecID(first.data)
+	// Events are a few hundred bytes: start with room for most logs.
+	l.evs = make([]event, 0, min(len(b)/256+8, 512))
+	if first.typ == evNoAction && bytes.HasPrefix(l.data(first), []byte(specIDSignature)) {
+		algs, err = l.parseSpecID(l.data(first))
 		if err != nil {
-			return fail(0, first.offset+legacyHeaderSize, "Spec ID event: %s", err)
+			return fail(0, int(first.data), "Spec ID event: %s", err)
 		}
 		number, l.agile = 1, true // the Spec ID event is event 0 and not an event of the log
 	} else {
 		l.BankInfo = []BankInfo{{Name: "sha1", AlgID: uint16(tpm2new.TPMAlgSHA1), DigestSize: 20, Replayable: true}}
 		l.Banks = []string{"sha1"}
 		l.hashes = []crypto.Hash{crypto.SHA1}
-		l.appendEvent(first, [][]byte{sha1d})
+		l.evs = append(l.evs, first)
+		l.dig = append(l.dig, sha1d)
 	}
 	nb := len(l.Banks)
-	digs := make([][]byte, nb)
+	l.dig = slices.Grow(l.dig, cap(l.evs)*nb)
 	for r.left() > 0 {
 		start := r.off
 		if algs == nil {
@@ -161,7 +174,8 @@ func (l *EventLog) parseWire(b []byte) error {
 			if err != nil {
 				return fail(number+len(l.evs), r.off, "%s", err)
 			}
-			l.appendEvent(e, [][]byte{d})
+			l.evs = append(l.evs, e)
+			l.dig = append(l.dig, d)
 			continue
 		}
 		n := number + len(l.evs)
@@ -175,7 +189,11 @@ func (l *EventLog) parseWire(b []byte) error {
 		if uint64(count)*2 > uint64(r.left()) {
 			return fail(n, r.off-4, "%d digests do not fit in the %d bytes left", count, r.left())
 		}
-		clear(digs)
+		base := len(l.dig)
+		for range nb {
+			l.dig = append(l.dig, 0)
+		}
+		digs := l.dig[base:]
 		for range count {
 			at := r.off
 			id, _ := r.u16()
@@ -183,27 +201,27 @@ func (l *EventLog) parseWire(b []byte) error {
 			if a == nil {
 				return fail(n, at, "digest of algorithm 0x%04x, which the Spec ID event does not declare", id)
 			}
-			d, ok := r.bytes(uint64(a.size))
+			d, ok := r.skip(uint64(a.size))
 			if !ok {
 				return fail(n, r.off, "%s digest truncated (%d bytes declared, %d left)", algName(a.id), a.size, r.left())
 			}
 			if a.bank < 0 {
 				continue // not replayed here: skipped by its declared size
 			}
-			if digs[a.bank] != nil {
+			if digs[a.bank] != 0 {
 				return fail(n, at, "two %s digests", l.Banks[a.bank])
 			}
-			digs[a.bank] = d
+			digs[a.bank] = uint32(d)
 		}
 		size, ok := r.u32()
 		if !ok {
 			return fail(n, r.off, "event size truncated")
 		}
-		data, ok := r.bytes(uint64(size))
+		data, ok := r.skip(uint64(size))
 		if !ok {
 			return fail(n, r.off, "event data of %d bytes, only %d left", size, r.left())
 		}
-		l.appendEvent(event{pcr: int(pcr), typ: typ, data: data, offset: start}, digs)
+		l.evs = append(l.evs, event{pcr: int(pcr), typ: typ, offset: uint32(start), data: uint32(data), size: size})
 	}
 	return nil
 }
@@ -217,29 +235,22 @@ func findAlg(algs []specAlg, id tpm2new.TPMAlgID) *specAlg {
 	return nil
 }
 
-// appendEvent records an event and its digests (one per known bank, nil
-// for none).
-func (l *EventLog) appendEvent(e event, digs [][]byte) {
-	l.evs = append(l.evs, e)
-	l.dig = append(l.dig, digs...)
-}
-
 // readLegacy reads one TCG_PCClientPCREvent: PCR, type, SHA-1 digest, size,
-// data.
-func readLegacy(r *reader) (event, []byte, error) {
+// data. It returns the digest's offset.
+func readLegacy(r *reader) (event, uint32, error) {
 	start := r.off
 	if r.left() < legacyHeaderSize {
-		return event{}, nil, fmt.Errorf("header truncated (%d bytes left)", r.left())
+		return event{}, 0, fmt.Errorf("header truncated (%d bytes left)", r.left())
 	}
 	pcr, _ := r.u32()
 	typ, _ := r.u32()
-	d, _ := r.bytes(20)
+	d, _ := r.skip(20)
 	size, _ := r.u32()
-	data, ok := r.bytes(uint64(size))
+	data, ok := r.skip(uint64(size))
 	if !ok {
-		return event{}, nil, fmt.Errorf("data of %d bytes, only %d left", size, r.left())
+		return event{}, 0, fmt.Errorf("data of %d bytes, only %d left", size, r.left())
 	}
-	return event{pcr: int(pcr), typ: typ, data: data, offset: start}, d, nil
+	return event{pcr: int(pcr), typ: typ, offset: uint32(start), data: uint32(data), size: size}, uint32(d), nil
 }
 
 // parseSpecID reads TCG_EfiSpecIDEvent and sets the log's banks.
@@ -283,12 +294,13 @@ func (l *EventLog) parseSpecID(b []byte) ([]specAlg, error) {
 		l.BankInfo = append(l.BankInfo, info)
 		algs = append(algs, a)
 	}
-	vlen, ok := r.bytes(1)
-	if !ok {
+	if r.left() < 1 {
 		return nil, errTruncated
 	}
-	if int(vlen[0]) != r.left() {
-		return nil, fmt.Errorf("vendor info of %d bytes, %d present", vlen[0], r.left())
+	vlen := int(b[r.off])
+	r.off++
+	if vlen != r.left() {
+		return nil, fmt.Errorf("vendor info of %d bytes, %d present", vlen, r.left())
 	}
 	return algs, nil
 }

@@ -191,9 +191,18 @@ func TestUnboundEventProblemsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 100; i++ {
-		digs := make([][]byte, len(l.Banks))
-		digs[l.bank("sha256")] = make([]byte, 32)
-		l.appendEvent(event{pcr: 8, typ: evAction, data: []byte("claimed")}, digs)
+		// Appended to the log's bytes: "claimed" and a zero digest.
+		at := uint32(len(l.raw))
+		l.raw = append(l.raw, "claimed"...)
+		l.raw = append(l.raw, make([]byte, 32)...)
+		l.evs = append(l.evs, event{pcr: 8, typ: evAction, data: at, size: 7})
+		for j := range l.Banks {
+			d := uint32(0)
+			if l.Banks[j] == "sha256" {
+				d = at + 7
+			}
+			l.dig = append(l.dig, d)
+		}
 		l.Events = append(l.Events, LogEvent{Number: 1000 + i, PCR: 8})
 	}
 	l.bindFacts("sha256", map[int]bool{8: true})
