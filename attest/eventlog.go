@@ -57,14 +57,14 @@ type EventLog struct {
 	// S-CRTM events): they do not stop replay, and policy decides.
 	Problems []string
 
-	raw      []byte        // the log's own copy of its bytes
-	hashes   []crypto.Hash // per entry of Banks
+	raw    []byte        // the log's own copy of its bytes
+	hashes []crypto.Hash // per entry of Banks
 	// Events and digests are offsets into raw, so the parsed log holds no
 	// pointers but raw (nothing for the garbage collector to trace).
-	evs []event  // parallel to Events
-	dig []uint32 // offset of event i's digest in Banks[j] at i*len(Banks)+j; 0: none
-	pcr0Init int           // PCR 0's initial locality; -1 when no event sets it
-	agile    bool          // a crypto-agile log (Spec ID event first)
+	evs      []event  // parallel to Events
+	dig      []uint32 // offset of event i's digest in Banks[j] at i*len(Banks)+j; 0: none
+	pcr0Init int      // PCR 0's initial locality; -1 when no event sets it
+	agile    bool     // a crypto-agile log (Spec ID event first)
 	replayed map[string]map[int][]byte
 	sbBank   string // the bank the parsed Secure Boot state was read from
 	sb       secureBootResult
@@ -179,6 +179,12 @@ func ParseEventLog(b []byte) (*EventLog, error) {
 	if err := l.parseWire(bytes.Clone(b)); err != nil {
 		return nil, err
 	}
+	return l.finish()
+}
+
+// finish numbers, checks and describes the parsed events and reads the
+// facts they state.
+func (l *EventLog) finish() (*EventLog, error) {
 	if len(l.Banks) == 0 {
 		return nil, fmt.Errorf("%w: no supported digest bank", ErrEventLogInvalid)
 	}
@@ -785,10 +791,15 @@ func (m *PCRMismatch) Error() string {
 
 // BankName is BankHash's inverse; other hashes keep crypto's name.
 func BankName(h crypto.Hash) string {
-	for name, hh := range bankHashes {
-		if hh == h {
-			return name
-		}
+	switch h { // a switch, not a walk of bankHashes: Verify asks per PCR
+	case crypto.SHA1:
+		return "sha1"
+	case crypto.SHA256:
+		return "sha256"
+	case crypto.SHA384:
+		return "sha384"
+	case crypto.SHA512:
+		return "sha512"
 	}
 	return h.String()
 }
