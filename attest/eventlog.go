@@ -399,6 +399,8 @@ func (l *EventLog) describe(i int, e event, le LogEvent) string {
 			return kind
 		}
 		return kind + " " + path
+	case evEFIHCRTMEvent:
+		return "H-CRTM measurement " + strconv.Quote(printable(l.data(e)))
 	case evEFIAction, evAction:
 		s := printable(l.data(e))
 		f.Actions = append(f.Actions, s)
@@ -669,7 +671,7 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 		hh.Write(v)
 		sepDigests = append(sepDigests, hh.Sum(nil))
 	}
-	firmwareOpen := true // no PCR 0 event yet but S-CRTM contents
+	firmwareOpen := true // no PCR 0 event yet but S-CRTM contents (or the H-CRTM's)
 	if l.pcr0Init > 0 && quoted[0] {
 		f.StartupLocality = l.pcr0Init // bound by PCR 0's replay
 	}
@@ -684,7 +686,7 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 		}
 		le := &l.Events[i]
 		scrtmOK := e.pcr == pcrFirmware && firmwareOpen
-		if e.pcr == pcrFirmware && typ != evSCRTMContents && (typ != evSCRTMVersion || slices.ContainsFunc(sepDigests, func(d []byte) bool { return bytes.Equal(d, dig) })) {
+		if e.pcr == pcrFirmware && typ != evSCRTMContents && typ != evEFIHCRTMEvent && (typ != evSCRTMVersion || slices.ContainsFunc(sepDigests, func(d []byte) bool { return bytes.Equal(d, dig) })) {
 			firmwareOpen = false
 		}
 		if e.pcr == pcrBootApps && typ != evEFIBootApplication && !dataBound(e) {
