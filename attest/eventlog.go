@@ -267,7 +267,7 @@ func (l *EventLog) finish() (*EventLog, error) {
 		l.Events = append(l.Events, le)
 	}
 	sbBank := "sha256"
-	if j := l.bank(sbBank); j < 0 || !l.replayable(j) {
+	if l.bank(sbBank) < 0 {
 		sbBank = l.Banks[0]
 	}
 	l.applySecureBoot(&l.Facts, l.secureBoot(sbBank))

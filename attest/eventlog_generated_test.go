@@ -277,3 +277,42 @@ func TestTruncatedLogRefusedWithEventAndOffset(t *testing.T) {
 		t.Fatalf("undeclared algorithm: %v", err)
 	}
 }
+
+// The Spec ID event bounds the work a log can cause: at most 16 algorithms,
+// none with empty digests, and no event with more digests than algorithms
+// (else lookups grow with the square of the log's size).
+func TestSpecIDBounds(t *testing.T) {
+	many := make([]testvectors.LogBank, 17)
+	for i := range many {
+		many[i] = testvectors.LogBank{ID: uint16(0x100 + i), Size: 32}
+	}
+	sha256Bank := testvectors.LogBank{ID: 0x000b, Size: 32}
+	sep := testvectors.LogEvent{PCR: 7, Type: evSeparator, Data: make([]byte, 4), Digests: map[uint16][]byte{0x000b: make([]byte, 32)}}
+	for name, tc := range map[string]struct {
+		log  []byte
+		want string
+	}{
+		"18 algorithms": {testvectors.WriteAgileLog(append(many, sha256Bank), nil), "18 algorithms (1 to 16 expected)"},
+		"empty digests": {testvectors.WriteAgileLog([]testvectors.LogBank{sha256Bank, {ID: 0x0012, Size: 0}}, nil), "sm3_256 with 0-byte digests"},
+		"extra digests": {withDigestCount(t, testvectors.WriteAgileLog([]testvectors.LogBank{sha256Bank}, []testvectors.LogEvent{sep}), 2), "2 digests, more than the 1 algorithms"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := ParseEventLog(tc.log)
+			var fe *LogFormatError
+			if !errors.As(err, &fe) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// withDigestCount rewrites the last event's TPML_DIGEST_VALUES count (the
+// log has one event after the Spec ID event).
+func withDigestCount(t *testing.T, log []byte, n byte) []byte {
+	t.Helper()
+	specSize := int(log[28]) | int(log[29])<<8
+	at := 32 + specSize + 8 // the event's count, after PCR and type
+	out := bytes.Clone(log)
+	out[at] = n
+	return out
+}

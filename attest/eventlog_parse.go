@@ -23,7 +23,7 @@ type LogFormatError struct {
 }
 
 func (e *LogFormatError) Error() string {
-	return fmt.Sprintf("event %d at byte %d: %s", e.Event, e.Offset, e.Reason)
+	return fmt.Sprintf("%v: event %d at byte %d: %s", ErrEventLogInvalid, e.Event, e.Offset, e.Reason)
 }
 
 // Unwrap makes errors.Is(err, ErrEventLogInvalid) hold.
@@ -68,6 +68,7 @@ const (
 	// uintnSize (u8 each), numberOfAlgorithms u32.
 	specIDHeaderSize = 16 + 4 + 4 + 4
 	legacyHeaderSize = 4 + 4 + 20 + 4 // TCG_PCClientPCREvent before its data
+	maxAlgorithms    = 16
 )
 
 // algNames names TPM_ALG_IDs of hashes this parser does not replay.
@@ -185,9 +186,10 @@ func (l *EventLog) parseWire(b []byte) error {
 		if !ok1 || !ok2 || !ok3 {
 			return fail(n, r.off, "header truncated")
 		}
-		// Each TPMT_HA is at least its 2-byte algorithm ID.
-		if uint64(count)*2 > uint64(r.left()) {
-			return fail(n, r.off-4, "%d digests do not fit in the %d bytes left", count, r.left())
+		// One digest per declared algorithm at most: more would be two of
+		// one bank, and which the TPM extended would be unknown.
+		if int(count) > len(algs) {
+			return fail(n, r.off-4, "%d digests, more than the %d algorithms the Spec ID event declares", count, len(algs))
 		}
 		base := len(l.dig)
 		for range nb {
@@ -266,6 +268,11 @@ func (l *EventLog) parseSpecID(b []byte) ([]specAlg, error) {
 		return nil, fmt.Errorf("version %d.%d, not 2.0", major, minor)
 	}
 	n, _ := r.u32()
+	// A TPM has a few PCR banks; the bound keeps the per-digest lookups
+	// below cheap whatever the log says.
+	if n == 0 || n > maxAlgorithms {
+		return nil, fmt.Errorf("%d algorithms (1 to %d expected)", n, maxAlgorithms)
+	}
 	if uint64(n)*4 > uint64(r.left()) {
 		return nil, fmt.Errorf("%d algorithms do not fit in %d bytes", n, r.left())
 	}
@@ -274,6 +281,9 @@ func (l *EventLog) parseSpecID(b []byte) ([]specAlg, error) {
 		id, _ := r.u16()
 		size, _ := r.u16()
 		a := specAlg{id: tpm2new.TPMAlgID(id), size: int(size), bank: -1}
+		if size == 0 {
+			return nil, fmt.Errorf("declares %s with 0-byte digests", algName(a.id))
+		}
 		if findAlg(algs, a.id) != nil {
 			return nil, fmt.Errorf("lists %s twice", algName(a.id))
 		}
