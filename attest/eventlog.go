@@ -25,8 +25,10 @@ const (
 	evNoAction             = 0x00000003
 	evSeparator            = 0x00000004
 	evAction               = 0x00000005
+	evEventTag             = 0x00000006
 	evSCRTMContents        = 0x00000007
 	evSCRTMVersion         = 0x00000008
+	evCompactHash          = 0x0000000c
 	evEFIVariableDriver    = 0x80000001
 	evEFIBootApplication   = 0x80000003
 	evEFIBootDriver        = 0x80000004
@@ -359,6 +361,11 @@ func (l *EventLog) describe(i int, e event, le LogEvent) string {
 			f.StartupLocality = int(l.data(e)[16])
 			return fmt.Sprintf("StartupLocality %d", l.data(e)[16])
 		}
+		if e.pcr > maxPCR { // Windows' events on PCR 0xFFFFFFFF
+			if d := describeSIPA(l.data(e)); d != "" {
+				return d
+			}
+		}
 		if i := bytes.IndexByte(l.data(e), 0); i > 0 {
 			return "no action: " + printable(l.data(e)[:i])
 		}
@@ -399,6 +406,13 @@ func (l *EventLog) describe(i int, e event, le LogEvent) string {
 			return kind
 		}
 		return kind + " " + path
+	case evEventTag:
+		return describeSIPA(l.data(e))
+	case evCompactHash:
+		if d := l.data(e); len(d) > 0 && len(d) <= 64 && printable(d) == strings.TrimRight(string(d), "\x00") {
+			return "compact hash " + strconv.Quote(printable(d))
+		}
+		return fmt.Sprintf("compact hash (%d bytes)", e.size)
 	case evEFIHCRTMEvent:
 		return "H-CRTM measurement " + strconv.Quote(printable(l.data(e)))
 	case evEFIAction, evAction:

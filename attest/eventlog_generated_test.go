@@ -3,8 +3,13 @@ package attest
 import (
 	"bytes"
 	"crypto"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -315,4 +320,95 @@ func withDigestCount(t *testing.T, log []byte, n byte) []byte {
 	out := bytes.Clone(log)
 	out[at] = n
 	return out
+}
+
+// A Windows boot configuration log (WBCL, go-attestation's GCE Shielded VM
+// sample) parses, replays to the PCRs its source quoted (PCRs 11-14 of
+// Windows' SIPA events included), and its SIPA events read as such.
+func TestWBCL(t *testing.T) {
+	var exp struct {
+		PCRs map[string]map[string]string `json:"pcrs"`
+	}
+	if err := json.Unmarshal(readVector(t, "eventlogs/expected/go-attestation_windows_pcrs.json"), &exp); err != nil {
+		t.Fatal(err)
+	}
+	var quote []goattest.PCR
+	for idx, v := range exp.PCRs["sha1"] {
+		i, _ := strconv.Atoi(idx)
+		d, _ := hex.DecodeString(v)
+		quote = append(quote, goattest.PCR{Index: i, Digest: d, DigestAlg: crypto.SHA1})
+	}
+	if len(quote) != 24 {
+		t.Fatalf("%d PCRs", len(quote))
+	}
+	l, err := ParseEventLog(readVector(t, "eventlogs/go-attestation/windows_gcp_shielded_vm_wbcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{11, 12, 13, 14} {
+		if _, ok := l.Replay("sha1")[i]; !ok {
+			t.Fatalf("PCR %d not replayed", i)
+		}
+	}
+	if err := l.Verify(quote); err != nil {
+		t.Fatal(err)
+	}
+	if l.Facts.SecureBoot == nil || !*l.Facts.SecureBoot {
+		t.Fatalf("Secure Boot %v", l.Facts.SecureBoot)
+	}
+	tags := 0
+	for _, e := range l.Events {
+		if e.TypeCode == evEventTag {
+			tags++
+			if !strings.HasPrefix(e.Description, "SIPA ") || strings.ContainsAny(e.Description, "\n\r") {
+				t.Errorf("event %d: %q", e.Number, e.Description)
+			}
+		}
+	}
+	if tags != 6 || !strings.Contains(l.Events[11].Description, "TrustBoundary{BootCounter=4, LoadedModuleAggregation{AuthenticodeHash=") ||
+		!strings.Contains(l.Events[15].Description, "SystemRoot=\\Windows") {
+		t.Fatalf("%d SIPA events; event 11 %q, 15 %q", tags, l.Events[11].Description, l.Events[15].Description)
+	}
+	// A PCR 12 value other than the quoted one is a mismatch.
+	bad := slices.Clone(quote)
+	for i := range bad {
+		if bad[i].Index == 12 {
+			bad[i].Digest = make([]byte, 20)
+		}
+	}
+	l, _ = ParseEventLog(readVector(t, "eventlogs/go-attestation/windows_gcp_shielded_vm_wbcl"))
+	var mm *PCRMismatch
+	if err := l.Verify(bad); !errors.As(err, &mm) || len(mm.PCRs) != 1 || mm.PCRs[0].Index != 12 {
+		t.Fatalf("PCR 12 changed: %v", err)
+	}
+}
+
+// SIPA data is described within bounds: nesting stops at a depth, the
+// text at a length, and data that is not SIPA is not described as such.
+func TestDescribeSIPABounded(t *testing.T) {
+	ev := func(typ uint32, data []byte) []byte {
+		b := binary.LittleEndian.AppendUint32(nil, typ)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(data)))
+		return append(b, data...)
+	}
+	nested := ev(0x00020002, []byte{7, 0, 0, 0, 0, 0, 0, 0})
+	for range 10 {
+		nested = ev(0x40010001, nested)
+	}
+	if d := describeSIPA(nested); strings.Count(d, "{") != sipaMaxDepth || strings.Contains(d, "BootCounter") {
+		t.Fatalf("nested: %q", d)
+	}
+	var long []byte
+	for range 500 {
+		long = append(long, ev(0x00050001, []byte{0})...)
+	}
+	if d := describeSIPA(long); len(d) > sipaMaxDesc+len("SIPA …") {
+		t.Fatalf("%d characters", len(d))
+	}
+	if d := describeSIPA([]byte("not a SIPA event at all")); d != "" {
+		t.Fatalf("text described as %q", d)
+	}
+	if d := describeSIPA(ev(0x00070001, []byte{'a', 0, '\n', 0, 'b', 0})); d != "SIPA FilePath=a.b" {
+		t.Fatalf("path: %q", d)
+	}
 }
