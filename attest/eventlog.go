@@ -208,8 +208,11 @@ func (l *EventLog) finish() (*EventLog, error) {
 	var tmp [2 * 64]byte
 	for k, o := range l.dig {
 		if o != 0 {
-			n := hex.Encode(tmp[:], l.raw[o:int(o)+l.hashes[k%nb].Size()])
-			sb.Write(tmp[:n])
+			d := l.raw[o : int(o)+l.hashes[k%nb].Size()]
+			for i, c := range d {
+				binary.BigEndian.PutUint16(tmp[2*i:], hexPairs[c])
+			}
+			sb.Write(tmp[:2*len(d)])
 		}
 	}
 	hexAll, next := sb.String(), 0
@@ -276,6 +279,16 @@ func (l *EventLog) finish() (*EventLog, error) {
 	return l, nil
 }
 
+// hexPairs[b] is b in lower-case hex, two ASCII bytes big-endian: a byte a
+// step instead of a nibble (the log's digests are most of its hex).
+var hexPairs = func() (t [256]uint16) {
+	const digits = "0123456789abcdef"
+	for i := range t {
+		t[i] = uint16(digits[i>>4])<<8 | uint16(digits[i&15])
+	}
+	return t
+}()
+
 // unreplayable marks a bank as one that cannot be replayed, keeping the
 // first reason.
 func (l *EventLog) unreplayable(bank, why string) {
@@ -328,6 +341,24 @@ func (l *EventLog) replay(j int) map[int][]byte {
 		extend(h, cur, d)
 	}
 	return pcrs
+}
+
+// hashEqual reports whether d is h(data), without a hash.Hash.
+func hashEqual(h crypto.Hash, data, d []byte) bool {
+	switch h {
+	case crypto.SHA1:
+		s := sha1.Sum(data)
+		return bytes.Equal(s[:], d)
+	case crypto.SHA256:
+		s := sha256.Sum256(data)
+		return bytes.Equal(s[:], d)
+	case crypto.SHA384:
+		s := sha512.Sum384(data)
+		return bytes.Equal(s[:], d)
+	default:
+		s := sha512.Sum512(data)
+		return bytes.Equal(s[:], d)
+	}
 }
 
 // extend sets pcr to H(pcr || d), as TPM2_PCR_Extend does; pcr and d are
@@ -657,12 +688,9 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 	var f Facts
 	j := l.bank(bank)
 	hh := l.hashes[j].New()
-	var sum [64]byte
 	var dig []byte // the current event's digest in bank
 	dataBound := func(e event) bool {
-		hh.Reset()
-		hh.Write(l.data(e))
-		return bytes.Equal(hh.Sum(sum[:0]), dig)
+		return hashEqual(l.hashes[j], l.data(e), dig)
 	}
 	// A log may hold many such events (an OS can extend PCR 8-15 at will):
 	// a few are named, the rest counted, so a log cannot bloat the record.
