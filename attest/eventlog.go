@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"sort"
 	"strconv"
@@ -468,27 +469,28 @@ func (l *EventLog) secureBoot(bank string) secureBootResult {
 		return l.sb
 	}
 	j := l.bank(bank)
-	h := sha256.New()
-	var hdr [16]byte
-	for i, e := range l.evs {
-		if e.pcr != 2 && e.pcr != 7 {
-			continue
-		}
-		d := l.digest(i, j)
-		binary.LittleEndian.PutUint32(hdr[0:], uint32(e.pcr))
-		binary.LittleEndian.PutUint32(hdr[4:], e.typ)
-		binary.LittleEndian.PutUint32(hdr[8:], uint32(len(d)))
-		binary.LittleEndian.PutUint32(hdr[12:], uint32(len(l.data(e))))
-		h.Write(hdr[:])
-		h.Write(d)
-		h.Write(l.data(e))
-	}
-	var key [32]byte
-	h.Sum(key[:0])
-	if r, ok := secureBootMemo.get(key); ok {
+	// The key is exactly those events' bytes: a fast hash finds the entry
+	// and an exact comparison confirms it, so two configurations can never
+	// share a result (a collision is a miss).
+	var key maphash.Hash
+	key.SetSeed(secureBootMemo.seed)
+	size := l.secureBootKey(j, func(b []byte) { key.Write(b) })
+	sum := key.Sum64()
+	if r, ok := secureBootMemo.get(sum, func(m []byte) bool {
+		eq := len(m) == size
+		l.secureBootKey(j, func(b []byte) {
+			eq = eq && bytes.HasPrefix(m, b)
+			if eq {
+				m = m[len(b):]
+			}
+		})
+		return eq
+	}); ok {
 		l.sbBank, l.sb = bank, r
 		return r
 	}
+	material := make([]byte, 0, size)
+	l.secureBootKey(j, func(b []byte) { material = append(material, b...) })
 	var r secureBootResult
 	// go-attestation checks that every PCR 7 variable, authority and
 	// separator event's digest in this bank is the hash of its data (SHA-1
@@ -510,7 +512,7 @@ func (l *EventLog) secureBoot(bank string) secureBootResult {
 		r.dbx = len(sb.ForbiddenKeys) + len(sb.ForbiddenHashes)
 		r.authorities = certNames(append(sb.PreSeparatorAuthority, sb.PostSeparatorAuthority...), nil)
 	}
-	secureBootMemo.put(key, r)
+	secureBootMemo.put(sum, material, r)
 	l.sbBank, l.sb = bank, r
 	return r
 }
@@ -533,32 +535,72 @@ func (l *EventLog) applySecureBoot(f *Facts, r secureBootResult) {
 	f.DBXEntries = r.dbx
 }
 
-// secureBootCache is a small bounded map; when full it forgets everything,
-// which is simple and keeps a flood of distinct configurations from growing
-// memory.
-type secureBootCache struct {
-	mu sync.Mutex
-	m  map[[32]byte]secureBootResult
-}
-
-const secureBootCacheSize = 256
-
-var secureBootMemo = &secureBootCache{}
-
-func (c *secureBootCache) get(k [32]byte) (secureBootResult, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	v, ok := c.m[k]
-	return v, ok
-}
-
-func (c *secureBootCache) put(k [32]byte, v secureBootResult) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= secureBootCacheSize {
-		c.m = make(map[[32]byte]secureBootResult, secureBootCacheSize)
+// secureBootKey streams the PCR 2 and 7 events of bank j (PCR, type,
+// digest and data, each length-prefixed) to w and returns their length.
+func (l *EventLog) secureBootKey(j int, w func([]byte)) int {
+	var hdr [16]byte
+	n := 0
+	for i, e := range l.evs {
+		if e.pcr != 2 && e.pcr != 7 {
+			continue
+		}
+		d := l.digest(i, j)
+		binary.LittleEndian.PutUint32(hdr[0:], uint32(e.pcr))
+		binary.LittleEndian.PutUint32(hdr[4:], e.typ)
+		binary.LittleEndian.PutUint32(hdr[8:], uint32(len(d)))
+		binary.LittleEndian.PutUint32(hdr[12:], e.size)
+		w(hdr[:])
+		w(d)
+		w(l.data(e))
+		n += len(hdr) + len(d) + int(e.size)
 	}
-	c.m[k] = v
+	return n
+}
+
+// secureBootCache is a small bounded map; when full (entries or bytes of
+// keys) it forgets everything, which is simple and keeps a flood of
+// distinct configurations from growing memory.
+type secureBootCache struct {
+	seed  maphash.Seed
+	mu    sync.Mutex
+	m     map[uint64]secureBootEntry
+	bytes int
+}
+
+type secureBootEntry struct {
+	key []byte
+	r   secureBootResult
+}
+
+const (
+	secureBootCacheSize  = 256
+	secureBootCacheBytes = 16 << 20
+)
+
+var secureBootMemo = &secureBootCache{seed: maphash.MakeSeed()}
+
+// get returns the result stored under sum whose key same accepts.
+func (c *secureBootCache) get(sum uint64, same func([]byte) bool) (secureBootResult, bool) {
+	c.mu.Lock()
+	e, ok := c.m[sum]
+	c.mu.Unlock()
+	if !ok || !same(e.key) { // keys are never modified once stored
+		return secureBootResult{}, false
+	}
+	return e.r, true
+}
+
+func (c *secureBootCache) put(sum uint64, key []byte, v secureBootResult) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= secureBootCacheSize || c.bytes+len(key) > secureBootCacheBytes {
+		c.m, c.bytes = make(map[uint64]secureBootEntry, secureBootCacheSize), 0
+	}
+	if old, ok := c.m[sum]; ok {
+		c.bytes -= len(old.key)
+	}
+	c.m[sum] = secureBootEntry{key: key, r: v}
+	c.bytes += len(key)
 }
 
 // Verify checks the log against PCR values from a verified quote: replaying

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"hash/maphash"
 	"reflect"
 	"slices"
 	"strconv"
@@ -411,4 +412,39 @@ func TestDescribeSIPABounded(t *testing.T) {
 	if d := describeSIPA(ev(0x00070001, []byte{'a', 0, '\n', 0, 'b', 0})); d != "SIPA FilePath=a.b" {
 		t.Fatalf("path: %q", d)
 	}
+}
+
+// The Secure Boot memo returns a result only for exactly the events it was
+// computed from: a log whose db data differs in one byte is decoded anew
+// (and refused by its digest), and an entry under a colliding hash with
+// other key bytes is a miss.
+func TestSecureBootMemoExact(t *testing.T) {
+	raw := readVector(t, ubuntuLog)
+	l, err := ParseEventLog(raw)
+	if err != nil || l.Facts.SecureBoot == nil {
+		t.Fatalf("%v %v", err, l.Facts.SecureBoot)
+	}
+	j := l.bank("sha256")
+	var key maphash.Hash
+	key.SetSeed(secureBootMemo.seed)
+	l.secureBootKey(j, func(b []byte) { key.Write(b) })
+	secureBootMemo.put(key.Sum64(), []byte("other events"), secureBootResult{enabled: true, dbx: 12345})
+	if l, _ = ParseEventLog(raw); l.Facts.SecureBoot == nil || *l.Facts.SecureBoot || l.Facts.DBXEntries == 12345 {
+		t.Fatalf("colliding entry used: %+v", l.Facts)
+	}
+	for i, e := range l.evs {
+		if e.pcr == 7 && l.Events[i].Description == "EFI variable db" {
+			bad := bytes.Clone(raw)
+			bad[e.data+e.size-1] ^= 1
+			m, err := ParseEventLog(bad)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Facts.SecureBoot != nil || len(m.Problems) == 0 || !strings.Contains(m.Problems[0], "invalid digest") {
+				t.Fatalf("db changed: %+v %q", m.Facts, m.Problems)
+			}
+			return
+		}
+	}
+	t.Fatal("no db event")
 }
