@@ -462,8 +462,8 @@ func (l *EventLog) describe(i int, e event, le LogEvent) string {
 // secureBoot extracts Secure Boot facts with go-attestation's parser. That
 // parser reads only PCR 2 and PCR 7 events, and decoding a dbx of hundreds
 // of entries is most of a log's parsing cost, while a fleet's devices share
-// a handful of Secure Boot configurations: so results are memoized under a
-// hash of exactly those events (PCR, type, digest and data).
+// a handful of Secure Boot configurations: so results are memoized under
+// exactly those events (PCR, type, digest and data; see secureBootCache).
 func (l *EventLog) secureBoot(bank string) secureBootResult {
 	if bank == l.sbBank {
 		return l.sb
