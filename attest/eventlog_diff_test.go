@@ -253,3 +253,31 @@ func TestOwnParserMatchesGoAttestation(t *testing.T) {
 		t.Fatalf("only %d logs compared", compared)
 	}
 }
+
+// go-attestation's event-log parser and replay are not on the verification
+// path: no non-test file of this package calls them.
+func TestNoGoAttestationEventLogParser(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		for _, call := range []string{"goattest.ParseEventLog", "goattest.EventLog", ".Events(goattest", "goattest.AppendEvents"} {
+			if strings.Contains(string(b), call) {
+				t.Errorf("%s uses %s", f, call)
+			}
+		}
+	}
+	if n < 5 {
+		t.Fatalf("%d source files", n)
+	}
+}
