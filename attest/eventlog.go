@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"hash/maphash"
 	"slices"
@@ -124,12 +125,62 @@ func (l *EventLog) Replay(bank string) map[int][]byte {
 
 // LogEvent is one event.
 type LogEvent struct {
-	Number      int               `json:"number"`
-	PCR         int               `json:"pcr"`
-	Type        string            `json:"type"`
-	TypeCode    uint32            `json:"type_code"`
-	Digests     map[string]string `json:"digests"` // bank → hex
-	Description string            `json:"description,omitempty"`
+	Number      int          `json:"number"`
+	PCR         int          `json:"pcr"`
+	Type        string       `json:"type"`
+	TypeCode    uint32       `json:"type_code"`
+	Digests     EventDigests `json:"digests"` // JSON: bank → hex
+	Description string       `json:"description,omitempty"`
+}
+
+// EventDigests are an event's digests, one per bank it carries, in the
+// log's bank order. In JSON they are an object of bank → lower-case hex.
+type EventDigests []BankDigest
+
+// BankDigest is one bank's digest of an event.
+type BankDigest struct {
+	Bank   string
+	Digest []byte
+}
+
+// Get returns bank's digest in lower-case hex, "" when there is none.
+func (d EventDigests) Get(bank string) string {
+	for _, bd := range d {
+		if bd.Bank == bank {
+			return hex.EncodeToString(bd.Digest)
+		}
+	}
+	return ""
+}
+
+// Map returns the digests as bank → hex.
+func (d EventDigests) Map() map[string]string {
+	m := make(map[string]string, len(d))
+	for _, bd := range d {
+		m[bd.Bank] = hex.EncodeToString(bd.Digest)
+	}
+	return m
+}
+
+// MarshalJSON writes {"sha1": "<hex>", …}, keys sorted.
+func (d EventDigests) MarshalJSON() ([]byte, error) { return json.Marshal(d.Map()) }
+
+// UnmarshalJSON reads what MarshalJSON writes; a value that is not hex is
+// an error.
+func (d *EventDigests) UnmarshalJSON(b []byte) error {
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	*d = (*d)[:0]
+	for _, bank := range sortedKeys(m) {
+		v, err := hex.DecodeString(m[bank])
+		if err != nil {
+			return fmt.Errorf("digest %s: %w", bank, err)
+		}
+		*d = append(*d, BankDigest{Bank: bank, Digest: v})
+	}
+	return nil
 }
 
 // Facts are what the log says about the boot.
@@ -196,27 +247,18 @@ func (l *EventLog) finish() (*EventLog, error) {
 	if l.agile {
 		offset = 1 // the Spec ID event is event 0
 	}
-	// All hex digests go into one string and events hold substrings of it:
-	// one allocation instead of one per digest.
-	size := 0
+	// Every event's digests are copied into one array (the log's bytes
+	// stay its own) and each event holds a slice of it: two allocations for
+	// all events, not a map and strings per event.
+	n, size := 0, 0
 	for k, o := range l.dig {
 		if o != 0 {
-			size += 2 * l.hashes[k%nb].Size()
+			n++
+			size += l.hashes[k%nb].Size()
 		}
 	}
-	var sb strings.Builder // String() does not copy
-	sb.Grow(size)
-	var tmp [2 * 64]byte
-	for k, o := range l.dig {
-		if o != 0 {
-			d := l.raw[o : int(o)+l.hashes[k%nb].Size()]
-			for i, c := range d {
-				binary.BigEndian.PutUint16(tmp[2*i:], hexPairs[c])
-			}
-			sb.Write(tmp[:2*len(d)])
-		}
-	}
-	hexAll, next := sb.String(), 0
+	digestBytes := make([]byte, 0, size)
+	all := make([]BankDigest, 0, n)
 	l.Events = make([]LogEvent, 0, len(l.evs))
 	pcr0, locality, hcrtm := false, false, false
 	for i, e := range l.evs {
@@ -254,7 +296,8 @@ func (l *EventLog) finish() (*EventLog, error) {
 		if (e.pcr < 0 || e.pcr > maxPCR) && e.typ != evNoAction {
 			return nil, fmt.Errorf("%w: event %d extends PCR %d (0x%x), beyond PCR %d: not a TCG log", ErrEventLogInvalid, n, e.pcr, e.pcr, maxPCR)
 		}
-		le := LogEvent{Number: n, PCR: e.pcr, Type: eventTypeName(e.typ), TypeCode: e.typ, Digests: make(map[string]string, nb)}
+		le := LogEvent{Number: n, PCR: e.pcr, Type: eventTypeName(e.typ), TypeCode: e.typ}
+		first := len(all)
 		for j, bank := range l.Banks {
 			d := l.digest(i, j)
 			if d == nil {
@@ -266,9 +309,11 @@ func (l *EventLog) finish() (*EventLog, error) {
 				}
 				continue
 			}
-			le.Digests[bank] = hexAll[next : next+2*len(d)]
-			next += 2 * len(d)
+			at := len(digestBytes)
+			digestBytes = append(digestBytes, d...)
+			all = append(all, BankDigest{Bank: bank, Digest: digestBytes[at:len(digestBytes):len(digestBytes)]})
 		}
+		le.Digests = all[first:len(all):len(all)]
 		le.Description = l.describe(i, e, le)
 		l.Events = append(l.Events, le)
 	}
@@ -279,16 +324,6 @@ func (l *EventLog) finish() (*EventLog, error) {
 	l.applySecureBoot(&l.Facts, l.secureBoot(sbBank))
 	return l, nil
 }
-
-// hexPairs[b] is b in lower-case hex, two ASCII bytes big-endian: a byte a
-// step instead of a nibble (the log's digests are most of its hex).
-var hexPairs = func() (t [256]uint16) {
-	const digits = "0123456789abcdef"
-	for i := range t {
-		t[i] = uint16(digits[i>>4])<<8 | uint16(digits[i&15])
-	}
-	return t
-}()
 
 // unreplayable marks a bank as one that cannot be replayed, keeping the
 // first reason.
@@ -426,7 +461,7 @@ func (l *EventLog) describe(i int, e event, le LogEvent) string {
 		return "S-CRTM version " + v
 	case evEFIBootApplication, evEFIBootDriver:
 		path := imageLoadPath(l.data(e))
-		fact := DigestFact{Event: le.Number, PCR: e.pcr, Path: path, Digests: le.Digests}
+		fact := DigestFact{Event: le.Number, PCR: e.pcr, Path: path, Digests: le.Digests.Map()}
 		kind := "EFI boot application"
 		if le.TypeCode == evEFIBootDriver {
 			kind = "EFI boot services driver"
@@ -777,7 +812,7 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 			// The type is the log's word: an event in PCR 4 whose digest
 			// is not over its data is an image measurement whatever its
 			// type says, so boot_digests judges it.
-			f.BootApps = append(f.BootApps, DigestFact{Event: le.Number, PCR: e.pcr, Path: imageLoadPath(l.data(e)), Digests: map[string]string{bank: le.Digests[bank]}})
+			f.BootApps = append(f.BootApps, DigestFact{Event: le.Number, PCR: e.pcr, Path: imageLoadPath(l.data(e)), Digests: map[string]string{bank: le.Digests.Get(bank)}})
 			l.addProblem(fmt.Sprintf("event %d: %s in PCR %d is not bound to its data; judged as a boot application", le.Number, le.Type, e.pcr))
 			continue
 		}
@@ -808,7 +843,7 @@ func (l *EventLog) bindFacts(bank string, quoted map[int]bool) {
 			}
 			f.Actions = append(f.Actions, printable(l.data(e)))
 		case evEFIBootApplication, evEFIBootDriver:
-			fact := DigestFact{Event: le.Number, PCR: e.pcr, Path: imageLoadPath(l.data(e)), Digests: map[string]string{bank: le.Digests[bank]}}
+			fact := DigestFact{Event: le.Number, PCR: e.pcr, Path: imageLoadPath(l.data(e)), Digests: map[string]string{bank: le.Digests.Get(bank)}}
 			if typ == evEFIBootDriver {
 				f.Drivers = append(f.Drivers, fact)
 			} else {

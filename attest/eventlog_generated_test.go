@@ -448,3 +448,31 @@ func TestSecureBootMemoExact(t *testing.T) {
 	}
 	t.Fatal("no db event")
 }
+
+// An event's digests are a JSON object of bank → hex, as before they were a
+// map; they read back to the same digests, and a value that is not hex is
+// refused.
+func TestEventDigestsJSON(t *testing.T) {
+	l, err := ParseEventLog(readVector(t, ubuntuLog))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := l.Events[0]
+	b, err := json.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		Digests map[string]string `json:"digests"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil || len(m.Digests) != 3 || m.Digests["sha256"] != hex.EncodeToString(e.Digests[1].Digest) || e.Digests[1].Bank != "sha256" {
+		t.Fatalf("%s: %v %v", b, m.Digests, err)
+	}
+	var back LogEvent
+	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, e) {
+		t.Fatalf("read back %+v, want %+v (%v)", back, e, err)
+	}
+	if err := json.Unmarshal([]byte(`{"digests":{"sha256":"zz"}}`), &back); err == nil {
+		t.Fatal("non-hex digest accepted")
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"crypto"
 	_ "crypto/sha1"
 	_ "crypto/sha512"
-	"encoding/hex"
 	"strings"
 	"testing"
 	"unicode/utf16"
@@ -32,9 +31,9 @@ func forgeSCRTM(t testing.TB, raw []byte, version string) []byte {
 		if e.TypeCode != evSCRTMVersion {
 			continue
 		}
-		for bank, d := range e.Digests {
-			old, _ := hex.DecodeString(d)
-			h := bankHashes[bank].New()
+		for _, bd := range e.Digests {
+			old := bd.Digest
+			h := bankHashes[bd.Bank].New()
 			h.Write(data)
 			if out, err = testvectors.ReplaceDigest(out, old, h.Sum(nil)); err != nil {
 				t.Fatal(err)
