@@ -317,6 +317,9 @@ func (l *EventLog) finish() (*EventLog, error) {
 		le.Description = l.describe(i, e, le)
 		l.Events = append(l.Events, le)
 	}
+	if l.pcr0Init > 0 {
+		l.Facts.StartupLocality = l.pcr0Init // also when an H-CRTM event implies it
+	}
 	sbBank := "sha256"
 	if l.bank(sbBank) < 0 {
 		sbBank = l.Banks[0]

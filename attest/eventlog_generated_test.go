@@ -212,8 +212,8 @@ func TestHCRTMOutOfPlaceRefused(t *testing.T) {
 		hh.Write(e.Digests[0x000b])
 		v = hh.Sum(nil)
 	}
-	if got := l.Replay("sha256")[0]; !bytes.Equal(got, v) {
-		t.Fatalf("PCR 0 %x, want %x", got, v)
+	if got := l.Replay("sha256")[0]; !bytes.Equal(got, v) || l.Facts.StartupLocality != 4 {
+		t.Fatalf("PCR 0 %x, want %x; startup locality %d", got, v, l.Facts.StartupLocality)
 	}
 }
 
