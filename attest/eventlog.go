@@ -250,15 +250,16 @@ func (l *EventLog) finish() (*EventLog, error) {
 	// Every event's digests are copied into one array (the log's bytes
 	// stay its own) and each event holds a slice of it: two allocations for
 	// all events, not a map and strings per event.
-	n, size := 0, 0
+	count, size := 0, 0
 	for k, o := range l.dig {
 		if o != 0 {
-			n++
+			count++
 			size += l.hashes[k%nb].Size()
 		}
 	}
+	// Exact capacities: appending never moves what events already hold.
 	digestBytes := make([]byte, 0, size)
-	all := make([]BankDigest, 0, n)
+	all := make([]BankDigest, 0, count)
 	l.Events = make([]LogEvent, 0, len(l.evs))
 	pcr0, locality, hcrtm := false, false, false
 	for i, e := range l.evs {
