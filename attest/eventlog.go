@@ -270,20 +270,20 @@ func (l *EventLog) finish() (*EventLog, error) {
 		switch {
 		case l.isStartupLocality(e):
 			if pcr0 || locality {
-				return nil, fmt.Errorf("%w: event %d: a StartupLocality after PCR 0 was measured or set", ErrEventLogInvalid, n)
+				return nil, refuse(n, e, "a StartupLocality after PCR 0 was measured or set")
 			}
 			loc := int(l.data(e)[16])
 			if loc != 0 && loc != 3 && loc != 4 {
-				return nil, fmt.Errorf("%w: event %d: StartupLocality %d; the PC Client PFP defines 0, 3 and 4", ErrEventLogInvalid, n, loc)
+				return nil, refuse(n, e, "StartupLocality %d; the PC Client PFP defines 0, 3 and 4", loc)
 			}
 			if hcrtm && loc != 4 {
-				return nil, fmt.Errorf("%w: event %d: StartupLocality %d after an H-CRTM event, which starts at locality 4", ErrEventLogInvalid, n, loc)
+				return nil, refuse(n, e, "StartupLocality %d after an H-CRTM event, which starts at locality 4", loc)
 			}
 			locality, l.pcr0Init = true, loc
 		case e.pcr == 0 && e.typ == evEFIHCRTMEvent:
 			// The H-CRTM digest is PCR 0's first extend, from locality 4.
 			if pcr0 || (locality && l.pcr0Init != 4) {
-				return nil, fmt.Errorf("%w: event %d: an H-CRTM event after PCR 0 was measured, or after a StartupLocality other than 4", ErrEventLogInvalid, n)
+				return nil, refuse(n, e, "an H-CRTM event after PCR 0 was measured, or after a StartupLocality other than 4")
 			}
 			hcrtm, pcr0 = true, true
 			if !locality {
@@ -295,7 +295,7 @@ func (l *EventLog) finish() (*EventLog, error) {
 		// Windows logs EV_NO_ACTION events against PCR 0xFFFFFFFF; they
 		// extend nothing, so only measured events must name a real PCR.
 		if (e.pcr < 0 || e.pcr > maxPCR) && e.typ != evNoAction {
-			return nil, fmt.Errorf("%w: event %d extends PCR %d (0x%x), beyond PCR %d: not a TCG log", ErrEventLogInvalid, n, e.pcr, e.pcr, maxPCR)
+			return nil, refuse(n, e, "extends PCR %d (0x%x), beyond PCR %d: not a TCG log", e.pcr, e.pcr, maxPCR)
 		}
 		le := LogEvent{Number: n, PCR: e.pcr, Type: eventTypeName(e.typ), TypeCode: e.typ}
 		first := len(all)
@@ -327,6 +327,11 @@ func (l *EventLog) finish() (*EventLog, error) {
 	}
 	l.applySecureBoot(&l.Facts, l.secureBoot(sbBank))
 	return l, nil
+}
+
+// refuse is the error for event n, e, that the log cannot hold where it is.
+func refuse(n int, e event, format string, a ...any) error {
+	return &LogFormatError{Event: n, Offset: int(e.offset), Reason: fmt.Sprintf(format, a...)}
 }
 
 // unreplayable marks a bank as one that cannot be replayed, keeping the

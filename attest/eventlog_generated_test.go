@@ -183,19 +183,32 @@ func TestHCRTMOutOfPlaceRefused(t *testing.T) {
 	scrtm := testvectors.LogEvent{PCR: 0, Type: evSCRTMContents, Data: []byte("x"), Digests: d(bytes.Repeat([]byte{2}, 32))}
 	for name, tc := range map[string]struct {
 		events []testvectors.LogEvent
+		event  int // the one refused, counted from the Spec ID event (0)
 		want   string
 	}{
-		"H-CRTM after a PCR 0 measurement":    {[]testvectors.LogEvent{scrtm, hcrtm}, "event 2: an H-CRTM event after PCR 0 was measured"},
-		"H-CRTM after StartupLocality 3":      {[]testvectors.LogEvent{loc(3), hcrtm}, "event 2: an H-CRTM event after PCR 0 was measured, or after a StartupLocality other than 4"},
-		"StartupLocality 0 after an H-CRTM":   {[]testvectors.LogEvent{hcrtm, loc(0)}, "event 2: a StartupLocality after PCR 0 was measured"},
-		"StartupLocality 2":                   {[]testvectors.LogEvent{loc(2), scrtm}, "event 1: StartupLocality 2"},
-		"second StartupLocality":              {[]testvectors.LogEvent{loc(3), loc(3), scrtm}, "event 2: a StartupLocality after PCR 0 was measured or set"},
-		"StartupLocality after a measurement": {[]testvectors.LogEvent{scrtm, loc(3)}, "event 2: a StartupLocality after"},
+		"H-CRTM after a PCR 0 measurement":    {[]testvectors.LogEvent{scrtm, hcrtm}, 2, "an H-CRTM event after PCR 0 was measured"},
+		"H-CRTM after StartupLocality 3":      {[]testvectors.LogEvent{loc(3), hcrtm}, 2, "an H-CRTM event after PCR 0 was measured, or after a StartupLocality other than 4"},
+		"StartupLocality 0 after an H-CRTM":   {[]testvectors.LogEvent{hcrtm, loc(0)}, 2, "a StartupLocality after PCR 0 was measured"},
+		"StartupLocality 2":                   {[]testvectors.LogEvent{loc(2), scrtm}, 1, "StartupLocality 2; the PC Client PFP defines 0, 3 and 4"},
+		"second StartupLocality":              {[]testvectors.LogEvent{loc(3), loc(3), scrtm}, 2, "a StartupLocality after PCR 0 was measured or set"},
+		"StartupLocality after a measurement": {[]testvectors.LogEvent{scrtm, loc(3)}, 2, "a StartupLocality after"},
+		"PCR 24":                              {[]testvectors.LogEvent{scrtm, {PCR: 24, Type: evSeparator, Data: make([]byte, 4), Digests: d(zero)}}, 2, "extends PCR 24 (0x18), beyond PCR 23"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := ParseEventLog(testvectors.WriteAgileLog(banks, tc.events))
-			if !errors.Is(err, ErrEventLogInvalid) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err %v, want %q", err, tc.want)
+			log := testvectors.WriteAgileLog(banks, tc.events)
+			_, err := ParseEventLog(log)
+			var fe *LogFormatError
+			if !errors.Is(err, ErrEventLogInvalid) || !errors.As(err, &fe) || fe.Event != tc.event || !strings.Contains(fe.Reason, tc.want) {
+				t.Fatalf("err %v, want event %d: %q", err, tc.event, tc.want)
+			}
+			// The offset is where the refused event starts: after the
+			// Spec ID event and the events before it (one SHA-256 digest each).
+			at := 32 + int(binary.LittleEndian.Uint32(log[28:]))
+			for _, e := range tc.events[:tc.event-1] {
+				at += 4 + 4 + 4 + 2 + 32 + 4 + len(e.Data)
+			}
+			if fe.Offset != at {
+				t.Fatalf("offset %d, want %d", fe.Offset, at)
 			}
 		})
 	}

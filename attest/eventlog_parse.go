@@ -11,11 +11,13 @@ import (
 	tpm2new "github.com/google/go-tpm/tpm2"
 )
 
-// LogFormatError is a log refused while reading its wire format: truncated,
-// or inconsistent with itself (a digest of an algorithm the Spec ID event
-// does not declare, a declared size that is not the algorithm's, a bank
-// listed twice). It names the event and the byte offset where reading
-// stopped. It wraps ErrEventLogInvalid.
+// LogFormatError is a log refused while reading it: truncated, or
+// inconsistent with itself (a digest of an algorithm the Spec ID event does
+// not declare, a declared size that is not the algorithm's, a bank listed
+// twice, an event extending a PCR beyond 23, a StartupLocality or H-CRTM
+// event out of place). It names the event and the byte offset where
+// reading stopped (for an event out of place, where the event starts). It
+// wraps ErrEventLogInvalid.
 type LogFormatError struct {
 	Event  int // event number, counted as Events count them (the Spec ID event is 0)
 	Offset int // byte offset into the log of the field that could not be read
