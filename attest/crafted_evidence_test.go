@@ -68,15 +68,15 @@ func TestStartupLocalityCannotResetPCR0(t *testing.T) {
 		id uint16
 		h  crypto.Hash
 	}{}
-	for _, a := range measured.log.Algs {
-		h, ok := bankHashes[bankNames[a]]
+	for _, a := range measured.BankInfo {
+		h, ok := bankHashes[a.Name]
 		if !ok {
 			t.Fatalf("bank %v", a)
 		}
 		banks = append(banks, struct {
 			id uint16
 			h  crypto.Hash
-		}{uint16(a), h})
+		}{a.AlgID, h})
 	}
 	specEnd := 32 + int(binary.LittleEndian.Uint32(raw[28:32]))
 	var forged []byte
@@ -223,11 +223,11 @@ func TestSCRTMVersionOnlyBeforeSeparator(t *testing.T) {
 		id uint16
 		h  crypto.Hash
 	}
-	for _, a := range measured.log.Algs {
+	for _, a := range measured.BankInfo {
 		banks = append(banks, struct {
 			id uint16
 			h  crypto.Hash
-		}{uint16(a), bankHashes[bankNames[a]]})
+		}{a.AlgID, bankHashes[a.Name]})
 	}
 	p := &Policy{Groups: []Group{{Name: "edge", Mode: ModeAuto, Require: Requirements{FirmwareVersions: []string{"GCE Virtual Firmware v1"}}}}}
 	bank := "sha256"

@@ -4,7 +4,6 @@ import (
 	"crypto"
 	_ "crypto/sha1"
 	_ "crypto/sha512"
-	"encoding/hex"
 	"strings"
 	"testing"
 	"unicode/utf16"
@@ -32,9 +31,9 @@ func forgeSCRTM(t testing.TB, raw []byte, version string) []byte {
 		if e.TypeCode != evSCRTMVersion {
 			continue
 		}
-		for bank, d := range e.Digests {
-			old, _ := hex.DecodeString(d)
-			h := bankHashes[bank].New()
+		for _, bd := range e.Digests {
+			old := bd.Digest
+			h := bankHashes[bd.Bank].New()
 			h.Write(data)
 			if out, err = testvectors.ReplaceDigest(out, old, h.Sum(nil)); err != nil {
 				t.Fatal(err)
@@ -190,12 +189,19 @@ func TestUnboundEventProblemsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	events := l.events["sha256"]
 	for i := 0; i < 100; i++ {
-		events = append(events, goattest.Event{Index: 8, Type: evAction, Data: []byte("claimed"), Digest: make([]byte, 32)})
-	}
-	l.events["sha256"] = events
-	for i := 0; i < 100; i++ {
+		// Appended to the log's bytes: "claimed" and a zero digest.
+		at := uint32(len(l.raw))
+		l.raw = append(l.raw, "claimed"...)
+		l.raw = append(l.raw, make([]byte, 32)...)
+		l.evs = append(l.evs, event{pcr: 8, typ: evAction, data: at, size: 7})
+		for j := range l.Banks {
+			d := uint32(0)
+			if l.Banks[j] == "sha256" {
+				d = at + 7
+			}
+			l.dig = append(l.dig, d)
+		}
 		l.Events = append(l.Events, LogEvent{Number: 1000 + i, PCR: 8})
 	}
 	l.bindFacts("sha256", map[int]bool{8: true})

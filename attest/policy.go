@@ -619,10 +619,10 @@ func firstDifferingEvent(ref []ReferenceEvent, log *EventLog, pcr int, bank stri
 			return &EventDiff{Number: -1, Type: ref[i].Type, Description: ref[i].Description, Expected: ref[i].Digests[bank]}
 		case i >= len(ref):
 			e := events[i]
-			return &EventDiff{Number: e.Number, Type: e.Type, Description: e.Description, Actual: e.Digests[bank]}
-		case events[i].Type != ref[i].Type || events[i].Digests[bank] != ref[i].Digests[bank]:
+			return &EventDiff{Number: e.Number, Type: e.Type, Description: e.Description, Actual: e.Digests.Get(bank)}
+		case events[i].Type != ref[i].Type || events[i].Digests.Get(bank) != ref[i].Digests[bank]:
 			e := events[i]
-			return &EventDiff{Number: e.Number, Type: e.Type, Description: e.Description, Expected: ref[i].Digests[bank], Actual: e.Digests[bank]}
+			return &EventDiff{Number: e.Number, Type: e.Type, Description: e.Description, Expected: ref[i].Digests[bank], Actual: e.Digests.Get(bank)}
 		}
 	}
 	return nil
@@ -999,7 +999,7 @@ func Capture(name string, in *Input) Group {
 			continue
 		}
 		k := strconv.Itoa(e.PCR)
-		r.Reference[k] = append(r.Reference[k], ReferenceEvent{Type: e.Type, Description: e.Description, Digests: e.Digests})
+		r.Reference[k] = append(r.Reference[k], ReferenceEvent{Type: e.Type, Description: e.Description, Digests: e.Digests.Map()})
 	}
 	return g
 }

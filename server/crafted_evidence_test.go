@@ -273,7 +273,7 @@ func TestRelabelledBootApplicationRefused(t *testing.T) {
 	var all []string
 	for _, ev := range l.Events {
 		if ev.Type == "EV_EFI_BOOT_SERVICES_APPLICATION" {
-			all = append(all, `"`+ev.Digests["sha256"]+`"`)
+			all = append(all, `"`+ev.Digests.Get("sha256")+`"`)
 		}
 	}
 	if len(all) < 2 {

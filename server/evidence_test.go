@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"math/big"
@@ -168,9 +167,9 @@ func forgeSCRTM(t *testing.T, log []byte, version string) []byte {
 		if ev.Type != "EV_S_CRTM_VERSION" {
 			continue
 		}
-		for bank, d := range ev.Digests {
-			old, _ := hex.DecodeString(d)
-			h, _ := attest.BankHash(bank)
+		for _, bd := range ev.Digests {
+			old := bd.Digest
+			h, _ := attest.BankHash(bd.Bank)
 			hh := h.New()
 			hh.Write(data)
 			if out, err = testvectors.ReplaceDigest(out, old, hh.Sum(nil)); err != nil {

@@ -34,7 +34,7 @@ func (p *Process) Boot(log []byte) error {
 		if e.Type == "EV_NO_ACTION" {
 			continue
 		}
-		d, err := hex.DecodeString(e.Digests["sha256"])
+		d, err := hex.DecodeString(e.Digests.Get("sha256"))
 		if err != nil || len(d) != 32 {
 			return fmt.Errorf("boot: event %d has no SHA-256 digest", e.Number)
 		}

@@ -53,7 +53,36 @@ func TestEventlogInspect(t *testing.T) {
 			t.Errorf("%s: no events or facts", name)
 		}
 	}
-	out, err := run(t, "eventlog", "inspect", "-o", "json", testvectors.Path("eventlogs/keylime/binary_bios_measurements-bogus"))
+	// A log with a bank the parser does not implement (SM3_256): each bank
+	// is listed, the three it replays with their PCRs (the base log's), the
+	// SM3 one with a note and none.
+	out, err := run(t, "eventlog", "inspect", "-o", "json", testvectors.Path("eventlogs/generated/sm3-bank.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sm3 eventLogReport
+	if err := json.Unmarshal([]byte(out), &sm3); err != nil {
+		t.Fatal(err)
+	}
+	base := exp.Logs["Ubuntu2104NoSecureBootGCE"]
+	if len(sm3.Banks) != 4 || sm3.Banks[1].Name != "sm3_256" || sm3.Banks[1].Replayable || sm3.Banks[1].ReplayedPCRs != nil || !strings.Contains(sm3.Banks[1].Note, "not implemented") || len(base.PCRs) == 0 {
+		t.Fatalf("banks %+v", sm3.Banks)
+	}
+	for _, br := range []bankReport{sm3.Banks[0], sm3.Banks[2]} {
+		for idx, want := range base.PCRs[br.Name] {
+			if !br.Replayable || br.ReplayedPCRs[idx] != want {
+				t.Errorf("sm3-bank.bin %s PCR %s: %s, want %s", br.Name, idx, br.ReplayedPCRs[idx], want)
+			}
+		}
+	}
+	if _, ok := sm3.ReplayedPCRs["sm3_256"]; ok || sm3.Banks[3].Name != "sha384" || len(sm3.Banks[3].ReplayedPCRs) == 0 {
+		t.Fatalf("replayed %v", sm3.ReplayedPCRs)
+	}
+	out, err = run(t, "eventlog", "inspect", testvectors.Path("eventlogs/generated/sm3-bank.bin"))
+	if err != nil || !strings.Contains(out, "not replayed sm3_256:") {
+		t.Fatalf("table output: %v\n%s", err, out)
+	}
+	out, err = run(t, "eventlog", "inspect", "-o", "json", testvectors.Path("eventlogs/keylime/binary_bios_measurements-bogus"))
 	if err == nil {
 		t.Fatal("bogus log accepted")
 	}

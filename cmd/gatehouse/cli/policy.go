@@ -257,11 +257,18 @@ func eventlogCmd() *cobra.Command {
 
 // eventLogReport is `eventlog inspect -o json`.
 type eventLogReport struct {
-	Banks        []string                     `json:"banks"`
+	// Banks are every bank the log declares, in its order: those the
+	// parser replays with their PCRs, the others with a note saying why not.
+	Banks        []bankReport                 `json:"banks"`
 	Events       []attest.LogEvent            `json:"events"`
 	Facts        *attest.Facts                `json:"facts,omitempty"`
-	ReplayedPCRs map[string]map[string]string `json:"replayed_pcrs"`
+	ReplayedPCRs map[string]map[string]string `json:"replayed_pcrs"` // the replayed banks' PCRs, as in Banks
 	Errors       []string                     `json:"errors"`
+}
+
+type bankReport struct {
+	attest.BankInfo
+	ReplayedPCRs map[string]string `json:"replayed_pcrs,omitempty"`
 }
 
 func inspectEventLog(b []byte) eventLogReport {
@@ -271,14 +278,18 @@ func inspectEventLog(b []byte) eventLogReport {
 		rep.Errors = append(rep.Errors, err.Error())
 		return rep
 	}
-	rep.Banks, rep.Events, rep.Facts = l.Banks, l.Events, &l.Facts
+	rep.Events, rep.Facts = l.Events, &l.Facts
 	rep.Errors = append(rep.Errors, l.Problems...)
-	for _, bank := range l.Banks {
-		pcrs := l.Replay(bank)
-		rep.ReplayedPCRs[bank] = map[string]string{}
-		for i, d := range pcrs {
-			rep.ReplayedPCRs[bank][fmt.Sprint(i)] = fmt.Sprintf("%x", d)
+	for _, bi := range l.BankInfo {
+		br := bankReport{BankInfo: bi}
+		if pcrs := l.Replay(bi.Name); bi.Replayable && pcrs != nil {
+			br.ReplayedPCRs = map[string]string{}
+			for i, d := range pcrs {
+				br.ReplayedPCRs[fmt.Sprint(i)] = fmt.Sprintf("%x", d)
+			}
+			rep.ReplayedPCRs[bi.Name] = br.ReplayedPCRs
 		}
+		rep.Banks = append(rep.Banks, br)
 	}
 	return rep
 }
@@ -312,7 +323,12 @@ func printEventLog(w io.Writer, rep eventLogReport) {
 	for _, a := range f.Drivers {
 		fmt.Fprintf(w, "  driver / option ROM:\tevent %d %s sha256 %s\n", a.Event, orDash(a.Path), orDash(a.Digests["sha256"]))
 	}
-	for _, bank := range rep.Banks {
+	for _, br := range rep.Banks {
+		bank := br.Name
+		if !br.Replayable {
+			fmt.Fprintf(w, "\nnot replayed %s:\t%s\n", bank, br.Note)
+			continue
+		}
 		fmt.Fprintf(w, "\nreplayed %s:\n", bank)
 		idx := make([]int, 0, len(rep.ReplayedPCRs[bank]))
 		for k := range rep.ReplayedPCRs[bank] {
