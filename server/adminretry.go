@@ -39,14 +39,19 @@ func retryable(err error) bool {
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
 }
 
-// retry runs an idempotent request, retrying what retryable allows with
-// c.Retry's backoff until it succeeds, the attempts run out or ctx ends.
-// Only callers whose request may be applied twice with one effect use it.
+// retry runs an idempotent request with c.Retry (DefaultRetry if nil).
 func (c *AdminClient) retry(ctx context.Context, try func() error) error {
 	pol := c.Retry
 	if pol == nil {
 		pol = &DefaultRetry
 	}
+	return pol.Do(ctx, try)
+}
+
+// Do runs an idempotent request, retrying what retryable allows with the
+// policy's backoff until it succeeds, the attempts run out or ctx ends.
+// Only callers whose request may be applied twice with one effect use it.
+func (pol RetryPolicy) Do(ctx context.Context, try func() error) error {
 	for n := 0; ; n++ {
 		err := try()
 		if err == nil || n >= pol.Attempts || !retryable(err) || ctx.Err() != nil {

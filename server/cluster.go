@@ -624,9 +624,11 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 		return jr, nil
 	}
 	// The password must unlock the CA key before the token is spent: a
-	// typo in the password file must not use up a one-time token.
-	jr, err := post(pathClusterCheck)
-	if err != nil {
+	// typo in the password file must not use up a one-time token. The
+	// check only reads, so it outlasts an election (503) like an admin
+	// read.
+	var jr joinResponse
+	if err := DefaultRetry.Do(ctx, func() (err error) { jr, err = post(pathClusterCheck); return err }); err != nil {
 		return err
 	}
 	if err := checkJoinCA(jr, root); err != nil {
@@ -635,7 +637,10 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 	if err := ca.CheckPassword(jr.EncryptedKeyPEM, password); err != nil {
 		return fmt.Errorf("%w; the join token was not used", err)
 	}
-	if jr, err = post(pathClusterJoin); err != nil {
+	// A join refused with 503 (no leader yet) consumed nothing and is
+	// tried again; one whose answer was lost after the token was consumed
+	// is then refused as used, which says what happened.
+	if err := DefaultRetry.Do(ctx, func() (err error) { jr, err = post(pathClusterJoin); return err }); err != nil {
 		return err
 	}
 	if err := checkJoinCA(jr, root); err != nil {
