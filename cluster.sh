@@ -70,7 +70,7 @@ start() {
 
 # is_node PID: PID is a live `gatehouse serve` (not a recycled PID).
 is_node() {
-  tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q 'gatehouse serve'
+  tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" | grep -q 'gatehouse serve'
 }
 
 running() {

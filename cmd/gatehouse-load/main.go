@@ -55,6 +55,9 @@ func run() error {
 		pregen     = flag.Int("pregen", 0, "devices made before each window (made during it once used up)")
 		timeout    = flag.Duration("timeout", 60*time.Second, "per operation")
 		kill       = flag.Duration("kill-leader-after", 0, "SIGKILL the leader this long into the (first) window, report when writes are acknowledged again and verify nothing acknowledged was lost")
+		herd       = flag.Int("herd", 0, "instead of windows: N devices start within one second, each running the agent's loop (fwclient.Daemon) with its backoff until enrolled")
+		herdLimit  = flag.Duration("herd-limit", 10*time.Minute, "-herd: stop waiting after this")
+		herdDir    = flag.String("herd-dir", "", "-herd: where the devices keep their identities (default: a temporary directory, removed after)")
 		verify     = flag.Bool("verify", false, "after the run, check every acknowledged operation in the registry through a surviving node's admin socket")
 	)
 	flag.Parse()
@@ -103,6 +106,21 @@ func run() error {
 	defer stop()
 	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "gatehouse-load: "+format+"\n", args...) }
 	fmt.Printf("gatehouse-load: %d nodes, EK %s, AK %s, event log %s\n", len(nodes), *ek, *ak, orNone(*eventLog))
+	if *herd > 0 {
+		dir := *herdDir
+		if dir == "" {
+			if dir, err = os.MkdirTemp("", "gatehouse-herd-"); err != nil {
+				return err
+			}
+		}
+		r, err := loadgen.Herd(ctx, loadgen.HerdConfig{Nodes: nodes, Root: root, Manufacturer: mfr, Platform: plat, EK: *ek, AK: akAlg,
+			N: *herd, Limit: *herdLimit, Dir: dir, Timeout: *timeout, Log: logf})
+		if err != nil {
+			return err
+		}
+		loadgen.WriteHerd(os.Stdout, r)
+		return nil
+	}
 	var results []*loadgen.Result
 	for i, md := range strings.Split(*mode, ",") {
 		cfg := loadgen.Config{

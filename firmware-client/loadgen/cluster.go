@@ -121,6 +121,14 @@ func (g *gen) killLeader(ctx context.Context, at time.Time, res *Result, cpu0 []
 		}
 	}
 	g.targets.Store(&alive)
+	// When do the survivors name a new leader?
+	for time.Since(now) < time.Minute && ctx.Err() == nil {
+		if rd, err := g.readyz(ctx, alive[0]); err == nil && rd.LeaderID != "" && rd.LeaderID != n.ID {
+			res.NewLeaderAfter = time.Since(now)
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	g.cfg.Log("SIGKILLed the leader %s (PID %d) %s into the window", n.ID, n.PID, res.KilledAt.Round(time.Millisecond))
 	return nil
 }

@@ -123,6 +123,7 @@ type Result struct {
 	SetupEnrollments      int
 	LeaderKilled          string        // node ID, "" when none
 	KilledAt              time.Duration // into the window
+	NewLeaderAfter        time.Duration // kill → a survivor's /readyz names a new leader
 	WritesBackAfter       time.Duration // kill → first acknowledged operation started after it; -1: never
 	Verified, Lost        int           // acknowledged operations checked, and missing
 	VerifyErr             error
@@ -219,6 +220,9 @@ func (c *Config) check() error {
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 60 * time.Second
+	}
+	if c.KillLeaderAfter >= c.Duration {
+		return fmt.Errorf("%w: the leader must be killed within the window", ErrConfig)
 	}
 	if c.KillLeaderAfter > 0 {
 		c.Verify = true
@@ -415,14 +419,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Rate > 0 {
 		g.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), max(1, int(cfg.Rate/100)))
 	}
-	nodeCPU0 := make([]time.Duration, len(cfg.Nodes))
 	for i, n := range cfg.Nodes {
 		res.Nodes = append(res.Nodes, NodeResult{Node: n, ID: ids[i]})
-		if n.PID != 0 {
-			if nodeCPU0[i], err = procCPU(n.PID); err != nil {
-				return nil, fmt.Errorf("node %s: %w", n.API, err)
-			}
-		}
+	}
+	nodeCPU0, err := startMeasure(cfg.Nodes)
+	if err != nil {
+		return nil, err
 	}
 	selfCPU0 := selfCPU()
 	start := time.Now()
@@ -454,20 +456,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if killErr != nil {
 		return nil, killErr
 	}
-	for i := range res.Nodes {
-		n := &res.Nodes[i]
-		if n.PID == 0 || n.Killed {
-			continue
-		}
-		c, err := procCPU(n.PID)
-		if err != nil {
-			return nil, fmt.Errorf("node %s: %w", n.API, err)
-		}
-		n.CPU = c - nodeCPU0[i]
-		if n.RSS, n.HWM, err = procMem(n.PID); err != nil {
-			return nil, fmt.Errorf("node %s: %w", n.API, err)
-		}
-		n.MeasureOK = true
+	if err := finishMeasure(res.Nodes, nodeCPU0); err != nil {
+		return nil, err
 	}
 	for _, n := range res.Nodes {
 		res.ServerCPU += n.CPU

@@ -4,13 +4,19 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/firmware-client/tpmmodel"
+	"github.com/gatehouse-dev/gatehouse/internal/backoff"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 	"github.com/gatehouse-dev/gatehouse/testvectors"
@@ -137,5 +143,53 @@ func TestDeviceIPs(t *testing.T) {
 			t.Fatalf("device %d: %s again", i, ip)
 		}
 		seen[ip.String()] = true
+	}
+}
+
+// overloaded answers every other enrollment completion as an overloaded
+// appliance does (429, Retry-After) without passing it on.
+type overloaded struct {
+	rt http.RoundTripper
+	n  *atomic.Int64
+}
+
+func (o overloaded) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path == api.PathComplete && o.n.Add(1)%2 == 1 {
+		body := `{"type":"about:blank","title":"Too Many Requests","status":429,"code":"rate_limited"}`
+		return &http.Response{StatusCode: http.StatusTooManyRequests, Status: "429 Too Many Requests", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{"Retry-After": {"1"}, "Content-Type": {"application/problem+json"}}, Body: io.NopCloser(strings.NewReader(body)), Request: r}, nil
+	}
+	return o.rt.RoundTrip(r)
+}
+
+// A herd runs the agent's loop on every device until it is enrolled: the
+// completions answered 429 with Retry-After are counted and retried with
+// the daemon's backoff until all are enrolled and none gave up.
+func TestHerd(t *testing.T) {
+	e := servertest.New(t)
+	cfg := testConfig(t, e)
+	var calls atomic.Int64
+	api.SetTransportWrapper(func(rt http.RoundTripper) http.RoundTripper { return overloaded{rt, &calls} })
+	t.Cleanup(func() { api.SetTransportWrapper(nil) })
+	const n = 12
+	r, err := Herd(context.Background(), HerdConfig{
+		Nodes: cfg.Nodes, Root: cfg.Root, Manufacturer: cfg.Manufacturer, Platform: cfg.Platform,
+		N: n, Dir: t.TempDir(), Limit: time.Minute, Log: t.Logf,
+		Backoff: backoff.Policy{Base: 100 * time.Millisecond, Cap: time.Second},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf strings.Builder
+	WriteHerd(&buf, r)
+	t.Log(buf.String())
+	if r.Enrolled != n || r.GaveUp != 0 || r.LastEnrolled <= 0 || r.P99 < r.P50 || r.P50 <= 0 {
+		t.Fatalf("herd: %+v", r)
+	}
+	if r.Status429 < n/2 || r.WithRetryAfter != r.Status429 || r.Failures["rate_limited (429)"] != r.Status429 || r.Attempts != n+r.Status429 {
+		t.Fatalf("429s %d (%d with Retry-After), failures %v, attempts %d", r.Status429, r.WithRetryAfter, r.Failures, r.Attempts)
+	}
+	if !regexp.MustCompile(`(?m)^herd: devices=12 enrolled=12 gave_up=0 last_enrolled_s=[0-9.]+ max_rss_mib=[1-9][0-9]* status_429=[1-9][0-9]* status_503=0$`).MatchString(buf.String()) {
+		t.Fatalf("herd line missing:\n%s", buf.String())
 	}
 }

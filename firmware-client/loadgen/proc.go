@@ -77,3 +77,39 @@ func selfCPU() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// startMeasure reads the nodes' CPU times at a window's start.
+func startMeasure(nodes []Node) ([]time.Duration, error) {
+	cpu0 := make([]time.Duration, len(nodes))
+	for i, n := range nodes {
+		if n.PID == 0 {
+			continue
+		}
+		var err error
+		if cpu0[i], err = procCPU(n.PID); err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.API, err)
+		}
+	}
+	return cpu0, nil
+}
+
+// finishMeasure fills in what each node spent since startMeasure, and its
+// memory; a node killed during the window was measured then.
+func finishMeasure(nodes []NodeResult, cpu0 []time.Duration) error {
+	for i := range nodes {
+		n := &nodes[i]
+		if n.PID == 0 || n.Killed {
+			continue
+		}
+		c, err := procCPU(n.PID)
+		if err != nil {
+			return fmt.Errorf("node %s: %w", n.API, err)
+		}
+		n.CPU = c - cpu0[i]
+		if n.RSS, n.HWM, err = procMem(n.PID); err != nil {
+			return fmt.Errorf("node %s: %w", n.API, err)
+		}
+		n.MeasureOK = true
+	}
+	return nil
+}

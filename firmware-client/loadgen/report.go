@@ -125,8 +125,9 @@ func WriteTable(w io.Writer, r *Result) {
 		if r.WritesBackAfter >= 0 {
 			back = fmt.Sprintf("%.0f ms", ms(r.WritesBackAfter))
 		}
-		fmt.Fprintf(w, "  failover: leader %s SIGKILLed %.1f s into the window; writes acknowledged again after %s\n",
-			r.LeaderKilled, r.KilledAt.Seconds(), back)
+		fmt.Fprintf(w, "  failover: leader %s SIGKILLed %.1f s into the window; a new leader after %.0f ms; writes acknowledged again after %s"+
+			" (the first operation started after the kill, its own latency included)\n",
+			r.LeaderKilled, r.KilledAt.Seconds(), ms(r.NewLeaderAfter), back)
 	}
 	if r.Verified > 0 || r.VerifyErr != nil || r.Lost > 0 {
 		fmt.Fprintf(w, "  verified: %d acknowledged operations checked in the registry, %d lost", r.Verified, r.Lost)
