@@ -101,14 +101,17 @@ bench: deps
 # LOADTEST_MODE, a table each, and the last line
 #   loadtest: enroll_per_s=N renew_per_s=N p99_ms=N server_cpu_ms_per_enroll=N errors=N
 # LOADTEST_FLAGS adds gatehouse-load flags (e.g. --kill-leader-after 10s,
-# --rate 500, --ek rsa-2048 --ak rsa). Not part of `make test`.
+# --rate 500, --ek rsa-2048 --ak rsa, --herd 10000). LOADTEST_PROFILE=1: each
+# node writes a CPU profile, build/loadtest/node-N.cpu.pprof (serve
+# --cpu-profile). Not part of `make test`.
 LOADTEST_MODE ?= enroll,renew,mixed
 LOADTEST_DURATION ?= 20s
 LOADTEST_CONCURRENCY ?= 200
 LOADTEST_PREGEN ?= 20000
 LOADTEST_FLAGS ?=
+LOADTEST_PROFILE ?=
 loadtest: deps build
-	@./loadtest.sh build/loadtest --mode $(LOADTEST_MODE) --duration $(LOADTEST_DURATION) \
+	@CPU_PROFILE=$(LOADTEST_PROFILE) ./loadtest.sh build/loadtest --mode $(LOADTEST_MODE) --duration $(LOADTEST_DURATION) \
 	  --concurrency $(LOADTEST_CONCURRENCY) --pregen $(LOADTEST_PREGEN) $(LOADTEST_FLAGS)
 
 # The admin API's list and filter queries at 100,000 devices, 300,000
