@@ -15,7 +15,7 @@ PKGS    := ./...
 # (server/stepcli_e2e_test.go).
 APT_PKGS := swtpm swtpm-tools openssl chromium systemd dpkg socat
 
-.PHONY: all build test bench bench-queries bench-console demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary step-cli
+.PHONY: all build test bench loadtest bench-queries bench-console demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary step-cli
 
 # The stock step CLI the ACME device-attest-01 end-to-end test runs
 # (server/stepcli_e2e_test.go), pinned: `@latest` resolves to an old
@@ -30,6 +30,7 @@ build:
 	$(GO) build -o $(BIN)/gatehouse ./cmd/gatehouse
 	$(GO) build -o $(BIN)/gatehouse-agent ./cmd/gatehouse-agent
 	$(GO) build -o $(BIN)/mkdevices ./testvectors/mkdevices
+	$(GO) build -o $(BIN)/gatehouse-load ./cmd/gatehouse-load
 
 # deps installs swtpm, chromium, systemd-analyze, dpkg-deb and socat when missing. It never
 # pretends: without root or apt-get it stops and says what to install.
@@ -94,6 +95,24 @@ bench: deps
 	$(GO) test -run '^$$' -bench 'Failover' -benchtime 3x ./server/
 	$(MAKE) bench-queries
 	$(MAKE) bench-console
+
+# loadtest: a three-node cluster (fsync on) in build/loadtest under load
+# from gatehouse-load's simulated devices: one window per mode in
+# LOADTEST_MODE, a table each, and the last line
+#   loadtest: enroll_per_s=N renew_per_s=N p99_ms=N server_cpu_ms_per_enroll=N errors=N
+# LOADTEST_FLAGS adds gatehouse-load flags (e.g. --kill-leader-after 10s,
+# --rate 500, --ek rsa-2048 --ak rsa, --herd 10000). LOADTEST_PROFILE=1: each
+# node writes a CPU profile, build/loadtest/node-N.cpu.pprof (serve
+# --cpu-profile). Not part of `make test`.
+LOADTEST_MODE ?= enroll,renew,mixed
+LOADTEST_DURATION ?= 20s
+LOADTEST_CONCURRENCY ?= 200
+LOADTEST_PREGEN ?= 5000
+LOADTEST_FLAGS ?=
+LOADTEST_PROFILE ?=
+loadtest: deps build
+	@CPU_PROFILE=$(LOADTEST_PROFILE) ./loadtest.sh build/loadtest --mode $(LOADTEST_MODE) --duration $(LOADTEST_DURATION) \
+	  --concurrency $(LOADTEST_CONCURRENCY) --pregen $(LOADTEST_PREGEN) $(LOADTEST_FLAGS)
 
 # The admin API's list and filter queries at 100,000 devices, 300,000
 # attestation records and 430,000 audit entries: p50 and p99 per query

@@ -13,6 +13,8 @@
 # without it, the backups taken of this cluster would not restore.
 # Binaries come from $BIN (default bin), backups are suggested in $BACKUPS
 # (default build/backups: outside what make cluster-clean deletes).
+# CPU_PROFILE=1 (start): each node writes a Go CPU profile to
+# DIR/node-N.cpu.pprof until it stops (make loadtest LOADTEST_PROFILE=1).
 set -euo pipefail
 cd "$(dirname "$0")"
 BIN=${BIN:-bin}
@@ -53,14 +55,16 @@ start() {
     --ek-roots "$roots" --trust-domain demo.gatehouse.internal \
     --listen "$(cat "$D/api-1")" --raft-addr "$(cat "$D/raft-1")" --cert-validity 720h --approval-retry 2s >/dev/null
   cp "$D/node-1/ca/root.crt" "$D/root.crt"
-  $BIN/gatehouse serve --data-dir "$D/node-1" --password-file "$D/ca-password" >>"$D/node-1.log" 2>&1 &
+  $BIN/gatehouse serve --data-dir "$D/node-1" --password-file "$D/ca-password" \
+    ${CPU_PROFILE:+--cpu-profile "$D/node-1.cpu.pprof"} >>"$D/node-1.log" 2>&1 &
   echo $! >>"$D/pids"
   wait_for "$D/node-1.log" "msg=ready" 30
   for i in 2 3; do
     $BIN/gatehouse cluster token create --data-dir "$D/node-1" >"$D/token-$i" 2>/dev/null
     $BIN/gatehouse serve --data-dir "$D/node-$i" --password-file "$D/ca-password" \
       --join "$(cat "$D/api-1")" --token-file "$D/token-$i" --node-id "node-$i" \
-      --listen "$(cat "$D/api-$i")" --raft-addr "$(cat "$D/raft-$i")" >>"$D/node-$i.log" 2>&1 &
+      --listen "$(cat "$D/api-$i")" --raft-addr "$(cat "$D/raft-$i")" \
+      ${CPU_PROFILE:+--cpu-profile "$D/node-$i.cpu.pprof"} >>"$D/node-$i.log" 2>&1 &
     echo $! >>"$D/pids"
     wait_for "$D/node-$i.log" "msg=ready" 30
     wait_for "$D/node-$i.log" "registered in the cluster" 30
@@ -70,7 +74,7 @@ start() {
 
 # is_node PID: PID is a live `gatehouse serve` (not a recycled PID).
 is_node() {
-  tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q 'gatehouse serve'
+  tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" | grep -q 'gatehouse serve'
 }
 
 running() {

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -207,7 +208,7 @@ func readPassword(path string) ([]byte, error) {
 }
 
 func serveCmd() *cobra.Command {
-	var passwordFile, listen, join, tokenFile string
+	var passwordFile, listen, join, tokenFile, cpuProfile string
 	var logFlags cmdutil.LogFlags
 	joinCfg := server.DefaultConfig()
 	c := &cobra.Command{
@@ -229,6 +230,13 @@ func serveCmd() *cobra.Command {
 			log := logFlags.New(cmd.ErrOrStderr())
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if cpuProfile != "" {
+				stopProfile, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stopProfile()
+			}
 			if join != "" {
 				if _, err := server.LoadConfig(dataDir(cmd)); err == nil {
 					// A token at hand must be for this directory's cluster.
@@ -288,5 +296,24 @@ func serveCmd() *cobra.Command {
 	f.StringVar(&joinCfg.RaftAddr, "raft-addr", joinCfg.RaftAddr, "with --join: this node's Raft address")
 	f.StringSliceVar(&joinCfg.Hostnames, "hostname", joinCfg.Hostnames, "with --join: DNS names and IPs for this node's certificates")
 	f.StringVar(&joinCfg.AuditSink, "audit-sink", "", "with --join: where this node also writes each signed audit checkpoint (file:PATH, syslog, syslog:NETWORK:ADDRESS)")
+	f.StringVar(&cpuProfile, "cpu-profile", "", "write a Go CPU profile (pprof) of this node to `FILE` from start until it stops on SIGINT or SIGTERM; off by default, for benchmarks (make loadtest)")
 	return c
+}
+
+// startCPUProfile profiles the process into path until the returned
+// function is called. Only an operator's flag turns it on: the profile
+// holds no secrets, but costs a few percent of CPU.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
