@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"net/http"
+	"time"
 )
 
 // Problem is an RFC 9457 problem details body. Code is stable and
@@ -14,6 +15,9 @@ type Problem struct {
 	Detail        string `json:"detail,omitempty"`
 	Code          string `json:"code"`
 	AttestationID uint64 `json:"attestation_id,omitempty"`
+	// RetryAfter is the answer's Retry-After header, as a client read it
+	// (429 and 503 carry one); not part of the body.
+	RetryAfter time.Duration `json:"-"`
 }
 
 // Error makes a Problem usable as a Go error on the client side.

@@ -51,6 +51,18 @@ func (d *Daemon) retryDelay(n int) time.Duration {
 	return p.Delay(n)
 }
 
+// failureDelay is the wait after the n-th consecutive failure: the
+// backoff's, but never sooner than the server's Retry-After (a 429 or a
+// 503 from an overloaded or leaderless cluster says when to come back).
+func (d *Daemon) failureDelay(n int, err error) time.Duration {
+	wait := d.retryDelay(n)
+	var p *api.Problem
+	if errors.As(err, &p) {
+		wait = max(wait, p.RetryAfter)
+	}
+	return wait
+}
+
 // RenewalDelay is the default schedule: renew at two thirds of the
 // lifetime, plus or minus a twelfth of it at random, so a fleet enrolled at
 // once does not renew at once.
@@ -103,7 +115,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				log.Error("the certificate is revoked; stopping", "err", err)
 				return err
 			}
-			wait := d.retryDelay(failures)
+			wait := d.failureDelay(failures, err)
 			failures++
 			log.Warn("identity upkeep failed; retrying", "err", err, "in", wait.Round(time.Millisecond))
 			if !sleep(ctx, wait) {

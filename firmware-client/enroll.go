@@ -391,6 +391,9 @@ func decodeResponse(resp *http.Response, out any) error {
 	if resp.StatusCode != http.StatusOK {
 		var p api.Problem
 		if json.Unmarshal(b, &p) == nil && p.Code != "" {
+			if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+				p.RetryAfter = time.Duration(s) * time.Second
+			}
 			return &p
 		}
 		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))

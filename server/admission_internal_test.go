@@ -2,7 +2,10 @@ package server
 
 import (
 	"bytes"
+	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -116,3 +119,26 @@ func TestCheckpointSinkKeepsHeadsAfterRollback(t *testing.T) {
 type nopCloser struct{ io.Writer }
 
 func (nopCloser) Close() error { return nil }
+
+// A 503 tells the device when to come back (overload and elections are
+// answered with 429 or 503 plus Retry-After, never a bare refusal); a
+// Retry-After already set (the rate limiter's) is kept.
+func TestUnavailableCarriesRetryAfter(t *testing.T) {
+	w := httptest.NewRecorder()
+	e := &Enroller{}
+	writeProblem(w, e.commitFailed(fmt.Errorf("commit: %w", cluster.ErrNotLeader)))
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") != unavailableRetryAfter {
+		t.Fatalf("no leader: %d Retry-After %q, want 503 with %q", w.Code, w.Header().Get("Retry-After"), unavailableRetryAfter)
+	}
+	w = httptest.NewRecorder()
+	w.Header().Set("Retry-After", "9")
+	writeProblem(w, e.commitFailed(cluster.ErrNotLeader))
+	if got := w.Header().Get("Retry-After"); got != "9" {
+		t.Fatalf("a set Retry-After became %q", got)
+	}
+	w = httptest.NewRecorder()
+	writeProblem(w, attest.ErrEKUntrusted)
+	if w.Code == http.StatusServiceUnavailable || w.Header().Get("Retry-After") != "" {
+		t.Fatalf("a refusal: %d with Retry-After %q, want neither", w.Code, w.Header().Get("Retry-After"))
+	}
+}

@@ -172,8 +172,15 @@ func writeResult(w http.ResponseWriter, status int, v any, err error) {
 	writeJSON(w, status, v)
 }
 
+// unavailableRetryAfter is the Retry-After of a 503 that sets none: about
+// one Raft election.
+const unavailableRetryAfter = "2"
+
 func writeProblem(w http.ResponseWriter, err error) {
 	p := problemFor(err)
+	if p.Status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
+		w.Header().Set("Retry-After", unavailableRetryAfter)
+	}
 	w.Header().Set("Content-Type", api.ContentTypeProblem)
 	w.WriteHeader(p.Status)
 	_ = json.NewEncoder(w).Encode(p)
