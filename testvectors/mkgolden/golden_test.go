@@ -43,8 +43,9 @@ import (
 
 var update = flag.Bool("update", false, "write the fixtures to testvectors/golden/<UTC date> (which must not exist yet)")
 
-// bootLog is the real event log model devices boot with.
-const bootLog = "eventlogs/go-tpm-tools/ubuntu-2104-no-secure-boot.bin"
+// bootLog is the real event log model devices boot with (a small one:
+// every record carries it).
+const bootLog = "eventlogs/go-tpm-tools/arch-linux-workstation.bin"
 
 // Policy v1 admits every device; v2 routes by claimed model (untrusted,
 // which is fine: the fixture only needs realistic commands), keeps a group
@@ -171,7 +172,7 @@ func TestMakeGolden(t *testing.T) {
 	// the quote, and this one is another machine's.
 	gwID, err := e.Client.Enroll(ctx, gw, fwclient.WithAKAlgorithm(goattest.ECDSA), fwclient.WithClaims(api.Claims{Model: "gateway"}))
 	must("re-enroll gateway", err)
-	wrongLog, err := os.ReadFile(testvectors.Path("eventlogs/go-tpm-tools/debian-10.bin"))
+	wrongLog, err := os.ReadFile(testvectors.Path("eventlogs/go-tpm-tools/glinux-alex.bin"))
 	must("other log", err)
 	if _, err := e.Client.Renew(ctx, gw, gwID, wrongLog); err == nil {
 		t.Fatal("a renewal with another machine's event log succeeded")
