@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -218,5 +219,24 @@ func TestSnapshotUnknownFormatRefused(t *testing.T) {
 			t.Errorf("%s: applied index %d, last %d after a refused restore", name, dst.appliedIndex(), dst.last.Load())
 		}
 		dst.close()
+	}
+}
+
+// The leader refuses a forwarded command it does not apply (a newer
+// build's follower sent it) before it reaches the log, where every replica
+// would have to stop on it.
+func TestApplyForwardedRefusesUnknownCommand(t *testing.T) {
+	n := openNode(t, t.TempDir(), WithFatalHook(func(err error) { t.Errorf("fatal: %v", err) }))
+	before := n.raft.LastIndex()
+	for _, cmd := range []string{
+		`{"type":"renewal.accept","version":99,"time":"2026-01-01T00:00:00Z","payload":{}}`,
+		`{"type":"device.teleport","version":1,"time":"2026-01-01T00:00:00Z","payload":{}}`,
+	} {
+		if _, err := n.ApplyForwarded(context.Background(), []byte(cmd)); !errors.Is(err, ErrUnknownCommand) {
+			t.Errorf("%s: %v, want ErrUnknownCommand", cmd, err)
+		}
+	}
+	if after := n.raft.LastIndex(); after != before {
+		t.Fatalf("the log moved from %d to %d", before, after)
 	}
 }
