@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
@@ -218,8 +219,39 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 
 type fsmSnapshot struct{ tx *bolt.Tx }
 
-// Persist writes a consistent copy of the whole database.
+// SnapshotFormat is the version of the snapshot format Persist writes: a
+// header line, snapshotHeader as JSON, then the bbolt file. Restore reads
+// every version up to it, and snapshots without a header (format 0: the
+// bbolt file alone, written before formats existed; a backup's state still
+// is one). A change to what a snapshot holds that an older Restore would
+// misread gets a new version, so an older node refuses it (ErrSnapshotFormat)
+// instead of misreading it.
+const SnapshotFormat = 1
+
+// snapshotHeader opens every snapshot of format 1 and later.
+type snapshotHeader struct {
+	Format  string `json:"format"` // snapshotFormatName
+	Version int    `json:"version"`
+}
+
+const (
+	snapshotFormatName = "gatehouse-fsm-snapshot"
+	// maxSnapshotHeader bounds the header line Restore reads.
+	maxSnapshotHeader = 4096
+)
+
+// Persist writes a consistent copy of the whole database after the format
+// header.
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	hdr, err := json.Marshal(snapshotHeader{Format: snapshotFormatName, Version: SnapshotFormat})
+	if err != nil {
+		sink.Cancel()
+		return err
+	}
+	if _, err := sink.Write(append(hdr, '\n')); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
 	if _, err := s.tx.WriteTo(sink); err != nil {
 		sink.Cancel()
 		return fmt.Errorf("persist snapshot: %w", err)
@@ -233,14 +265,22 @@ func (s *fsmSnapshot) Release() { _ = s.tx.Rollback() }
 // a snapshot restored into another cluster (disaster recovery) comes with
 // indexes that mean nothing there, and raft re-applies everything after the
 // snapshot anyway.
+//
+// The snapshot's format is read first: one this build does not know (a
+// newer build's) is refused with ErrSnapshotFormat before anything is
+// written, so the current state stays whole.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	body, _, err := readSnapshotHeader(rc) // format 0 and 1 hold the same bbolt file
+	if err != nil {
+		return err
+	}
 	tmp := f.path + ".restore"
 	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, rc); err != nil {
+	if _, err := io.Copy(out, body); err != nil {
 		out.Close()
 		os.Remove(tmp)
 		return fmt.Errorf("restore: %w", err)
@@ -290,6 +330,37 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.kvGen.Add(1)
 	f.confGen.Add(1)
 	return err
+}
+
+// readSnapshotHeader reads a snapshot's format header, if any, and returns
+// the rest of the stream (the bbolt file) and the format version: 0 for a
+// snapshot without a header (a bbolt file starts with its zero page ID, so
+// never with '{'), else the header's, which must be at most SnapshotFormat.
+func readSnapshotHeader(r io.Reader) (io.Reader, int, error) {
+	br := bufio.NewReaderSize(r, maxSnapshotHeader)
+	first, err := br.Peek(1)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: empty or unreadable snapshot: %v", ErrSnapshotFormat, err)
+	}
+	if first[0] != '{' {
+		return br, 0, nil
+	}
+	buf, _ := br.Peek(maxSnapshotHeader)
+	n := bytes.IndexByte(buf, '\n')
+	if n < 0 {
+		return nil, 0, fmt.Errorf("%w: header line missing or over %d bytes", ErrSnapshotFormat, maxSnapshotHeader)
+	}
+	var h snapshotHeader
+	if err := json.Unmarshal(buf[:n], &h); err != nil || h.Format != snapshotFormatName || h.Version < 1 {
+		return nil, 0, fmt.Errorf("%w: header %.100q", ErrSnapshotFormat, buf[:n])
+	}
+	if h.Version > SnapshotFormat {
+		return nil, 0, fmt.Errorf("%w: version %d, written by a newer build (this one reads up to %d): upgrade this node", ErrSnapshotFormat, h.Version, SnapshotFormat)
+	}
+	if _, err := br.Discard(n + 1); err != nil {
+		return nil, 0, err
+	}
+	return br, h.Version, nil
 }
 
 // stateHash hashes every bucket but meta, in a fixed order: two replicas

@@ -21,6 +21,10 @@ var (
 	// ErrUnknownCommand: a command type or version this build cannot apply.
 	// A replica that met one stops (see WithFatalHook) rather than diverge.
 	ErrUnknownCommand = errors.New("unknown command")
+	// ErrSnapshotFormat: a snapshot whose format this build cannot read (a
+	// newer build's, or a malformed header). Restore refuses it before
+	// touching the current state.
+	ErrSnapshotFormat = errors.New("unsupported snapshot format")
 	// ErrDeviceInactive: a disabled, quarantined, revoked or deleted device
 	// cannot enroll again until an operator changes its state.
 	ErrDeviceInactive = errors.New("device is not active")
