@@ -64,9 +64,12 @@ type options struct {
 	raftConfig   func(*raft.Config)
 	fatal        func(error)
 	applyTimeout time.Duration
-	forwarder    Forwarder
-	faults       *Faults
-	now          func() time.Time
+	// transportTimeout bounds each Raft RPC's reads and writes (tests
+	// shorten it).
+	transportTimeout time.Duration
+	forwarder        Forwarder
+	faults           *Faults
+	now              func() time.Time
 	// validateSettings judges settings commands at apply (settings.go).
 	validateSettings SettingsValidator
 }
@@ -121,7 +124,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	o := options{applyTimeout: 10 * time.Second, now: time.Now}
+	o := options{applyTimeout: 10 * time.Second, transportTimeout: 10 * time.Second, now: time.Now}
 	o.fatal = func(err error) {
 		log.Error("registry state machine cannot continue", "err", err)
 		panic(err)
@@ -157,8 +160,8 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 			return nil, listenError(cfg.RaftAddr, err)
 		}
 		n.stream = stream
-		n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog})
-	} else if n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, hlog); err != nil {
+		n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, Timeout: o.transportTimeout, Logger: hlog})
+	} else if n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, o.transportTimeout, hlog); err != nil {
 		return nil, listenError(cfg.RaftAddr, err)
 	}
 
