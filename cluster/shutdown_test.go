@@ -2,8 +2,15 @@ package cluster
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"io"
+	"math/big"
 	"net"
 	"runtime"
 	"strings"
@@ -151,9 +158,15 @@ func stuckRaft() string {
 // followers are closed at cleanup (bounded): the test closes the leader.
 func trio(t *testing.T, peerAddr func(id, addr string) string, opts ...Option) (*Node, []*Node, []string) {
 	t.Helper()
+	return trioTLS(t, nil, peerAddr, opts...)
+}
+
+// trioTLS is trio with Raft over TLS when cfg is set.
+func trioTLS(t *testing.T, cfg *tls.Config, peerAddr func(id, addr string) string, opts ...Option) (*Node, []*Node, []string) {
+	t.Helper()
 	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
 	all := append([]Option{WithRaftConfig(fastRaft)}, opts...)
-	leader, err := Open(Config{NodeID: "n1", DataDir: dirs[0], RaftAddr: "127.0.0.1:0", Bootstrap: true}, all...)
+	leader, err := Open(Config{NodeID: "n1", DataDir: dirs[0], RaftAddr: "127.0.0.1:0", TLS: cfg, Bootstrap: true}, all...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +177,7 @@ func trio(t *testing.T, peerAddr func(id, addr string) string, opts ...Option) (
 	}
 	var followers []*Node
 	for i, id := range []string{"n2", "n3"} {
-		f, err := Open(Config{NodeID: id, DataDir: dirs[i+1], RaftAddr: "127.0.0.1:0"}, all...)
+		f, err := Open(Config{NodeID: id, DataDir: dirs[i+1], RaftAddr: "127.0.0.1:0", TLS: cfg}, all...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -218,12 +231,12 @@ func waitIndex(t *testing.T, n *Node, idx uint64) {
 
 // checkAcked reopens a closed node's data directory and finds every
 // acknowledged record there: a bounded shutdown loses nothing it acknowledged.
-func checkAcked(t *testing.T, dir, id string, acked []uint64) {
+func checkAcked(t *testing.T, dir, id string, cfg *tls.Config, acked []uint64) {
 	t.Helper()
 	if len(acked) == 0 {
 		t.Fatal("no write was acknowledged: the test put no load on the cluster")
 	}
-	n, err := Open(Config{NodeID: id, DataDir: dir, RaftAddr: "127.0.0.1:0"}, WithRaftConfig(fastRaft))
+	n, err := Open(Config{NodeID: id, DataDir: dir, RaftAddr: "127.0.0.1:0", TLS: cfg}, WithRaftConfig(fastRaft))
 	if err != nil {
 		t.Fatalf("reopen %s: %v", id, err)
 	}
@@ -235,45 +248,92 @@ func checkAcked(t *testing.T, dir, id string, acked []uint64) {
 	}
 }
 
-// The herd load test's hang: a leader replicating under load to a follower
-// whose Raft connection stopped answering never finished raft.Shutdown (its
-// replication goroutine deadlocked in hashicorp/raft's pipeline,
-// hashicorp/raft#612). Close must return within a bound, and keep every
-// write it acknowledged.
-func TestCloseBoundedWhenFollowerStopsAnswering(t *testing.T) {
-	var proxy *stallProxy
-	leader, followers, dirs := trio(t, func(id, addr string) string {
-		if id != "n3" {
-			return addr
-		}
-		proxy = newStallProxy(t, addr)
-		return proxy.Addr()
-	}, withTransportTimeout(500*time.Millisecond))
-
-	stop := make(chan struct{})
-	acked := load(leader, stop)
-	// n3 follows under load (replication to it is in full swing), then stops answering.
-	waitIndex(t, followers[1], 200)
-	proxy.Stall()
-	// Several transport timeouts pass while the leader keeps committing with n2.
-	time.Sleep(3 * time.Second)
-	before := leader.fsm.last.Load()
-	time.Sleep(200 * time.Millisecond)
-	if leader.fsm.last.Load() == before {
-		t.Fatal("the leader stopped committing with one follower stalled")
-	}
-
-	start := time.Now()
-	err, ok := closeWithin(leader, 10*time.Second)
-	if !ok {
-		t.Fatal("leader Close did not return within 10 s with a follower that stopped answering")
-	}
+// testRaftTLS is a mutual TLS config for Raft over loopback: one
+// self-signed certificate is every node's and the only root.
+func testRaftTLS(t *testing.T) *tls.Config {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatalf("leader Close: %v", err)
+		t.Fatal(err)
 	}
-	t.Logf("leader closed in %s", time.Since(start))
-	close(stop)
-	checkAcked(t, dirs[0], "n1", <-acked)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "raft"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+		RootCAs:      pool, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert,
+		ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13,
+	}
+}
+
+// The herd load test's hang: a leader replicating under load to a follower
+// whose Raft connection stopped answering. Close must return within a
+// bound, and keep every write it acknowledged. Over TLS (the appliance's
+// transport) Close closes every Raft connection, so it does not wait out
+// the transport's 10 s timeout either.
+func TestCloseBoundedWhenFollowerStopsAnswering(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		opts  []Option
+		tls   bool
+		bound time.Duration
+	}{
+		{name: "tcp", opts: []Option{withTransportTimeout(500 * time.Millisecond)}, bound: 10 * time.Second},
+		{name: "tls", tls: true, bound: 3 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var proxy *stallProxy
+			var cfg *tls.Config
+			if tc.tls {
+				cfg = testRaftTLS(t)
+			}
+			leader, followers, dirs := trioTLS(t, cfg, func(id, addr string) string {
+				if id != "n3" {
+					return addr
+				}
+				proxy = newStallProxy(t, addr)
+				return proxy.Addr()
+			}, tc.opts...)
+
+			stop := make(chan struct{})
+			acked := load(leader, stop)
+			// n3 follows under load, then stops answering.
+			waitIndex(t, followers[1], 200)
+			proxy.Stall()
+			time.Sleep(3 * time.Second)
+			before := leader.fsm.last.Load()
+			time.Sleep(200 * time.Millisecond)
+			if leader.fsm.last.Load() == before {
+				t.Fatal("the leader stopped committing with one follower stalled")
+			}
+
+			start := time.Now()
+			err, ok := closeWithin(leader, tc.bound)
+			if !ok {
+				t.Fatalf("leader Close did not return within %s with a follower that stopped answering", tc.bound)
+			}
+			if err != nil {
+				t.Fatalf("leader Close: %v", err)
+			}
+			t.Logf("leader closed in %s", time.Since(start))
+			close(stop)
+			checkAcked(t, dirs[0], "n1", cfg, <-acked)
+		})
+	}
 }
 
 // Two nodes closing at once while entries are in flight wait on each other
@@ -302,7 +362,7 @@ func TestCloseBoundedWhenTwoNodesCloseAtOnce(t *testing.T) {
 		}
 	}
 	close(stop)
-	checkAcked(t, dirs[0], "n1", <-acked)
+	checkAcked(t, dirs[0], "n1", nil, <-acked)
 }
 
 // The hang of the herd load test happened before SIGTERM: a follower
