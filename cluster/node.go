@@ -473,9 +473,9 @@ var ErrCloseTimeout = errors.New("raft did not shut down in time")
 //
 // Order: Raft's shutdown begins; then the transport and every Raft
 // connection close, so no goroutine keeps waiting on a peer that stopped
-// answering or is itself shutting down and waiting on this node (each side's
-// RPCs to the other were otherwise answered only after both had stopped);
-// then, once Raft's goroutines are gone, the log and state stores close.
+// answering, or on one that is itself shutting down and waiting on this node
+// (a node's transport used to answer RPCs only after its own Raft had
+// stopped); then, once Raft's goroutines are gone, the log and state stores close.
 // Nothing acknowledged is lost by cutting the network: a write is
 // acknowledged only once a quorum has it in its fsynced log, and nothing is
 // truncated at shutdown.
@@ -498,12 +498,7 @@ func (n *Node) Close() error {
 				return
 			}
 		}
-		if n.transport != nil {
-			errs = append(errs, n.transport.Close())
-		}
-		if n.stream != nil {
-			n.stream.conns.closeAll()
-		}
+		n.closeTransport() // again, for a node whose Raft never started
 		if n.store != nil {
 			errs = append(errs, n.store.Close())
 		}
