@@ -69,6 +69,9 @@ type options struct {
 	now          func() time.Time
 	// validateSettings judges settings commands at apply (settings.go).
 	validateSettings SettingsValidator
+	// transportTimeout bounds each Raft RPC's reads and writes (tests
+	// shorten it).
+	transportTimeout time.Duration
 }
 
 // WithForwarder lets a follower forward writes to the leader. Without one, a
@@ -121,7 +124,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	o := options{applyTimeout: 10 * time.Second, now: time.Now}
+	o := options{applyTimeout: 10 * time.Second, transportTimeout: 10 * time.Second, now: time.Now}
 	o.fatal = func(err error) {
 		log.Error("registry state machine cannot continue", "err", err)
 		panic(err)
@@ -157,8 +160,8 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 			return nil, listenError(cfg.RaftAddr, err)
 		}
 		n.stream = stream
-		n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog})
-	} else if n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, hlog); err != nil {
+		n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, Timeout: o.transportTimeout, Logger: hlog})
+	} else if n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, o.transportTimeout, hlog); err != nil {
 		return nil, listenError(cfg.RaftAddr, err)
 	}
 
@@ -179,7 +182,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if n.existing, err = raft.HasExistingState(n.store, n.store, snaps); err != nil {
 		return nil, err
 	}
-	if n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, n.transport); err != nil {
+	if n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, noPipeline{n.transport}); err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	if !n.existing && cfg.Bootstrap {
@@ -454,16 +457,48 @@ func (n *Node) StateHash() (string, error) { return n.fsm.stateHash() }
 // Snapshot makes Raft take a snapshot now.
 func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
 
-// Close stops Raft and closes the stores. It is idempotent.
+// closeWait bounds how long Close waits for Raft's goroutines once shutdown
+// began: applying a last batch or writing a snapshot to disk may take a
+// while; network waits do not (Close cuts them short).
+const closeWait = 30 * time.Second
+
+// ErrCloseTimeout: Raft's goroutines did not stop within closeWait. Close
+// then leaves the stores open, as a goroutine still running may use them;
+// they are released when the process exits, and their files are consistent
+// (every bbolt commit is atomic and fsynced).
+var ErrCloseTimeout = errors.New("raft did not shut down in time")
+
+// Close stops Raft and closes the stores. It is idempotent and bounded: it
+// returns within closeWait, with ErrCloseTimeout if Raft had not stopped.
+//
+// Order: Raft's shutdown begins; then the transport and every Raft
+// connection close, so no goroutine keeps waiting on a peer that stopped
+// answering, or on one that is itself shutting down and waiting on this node
+// (a node's transport used to answer RPCs only after its own Raft had
+// stopped); then, once Raft's goroutines are gone, the log and state stores close.
+// Nothing acknowledged is lost by cutting the network: a write is
+// acknowledged only once a quorum has it in its fsynced log, and nothing is
+// truncated at shutdown.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		var errs []error
 		if n.raft != nil {
-			errs = append(errs, n.raft.Shutdown().Error())
+			start := time.Now()
+			shutdown := n.raft.Shutdown()
+			n.closeTransport()
+			done := make(chan error, 1)
+			go func() { done <- shutdown.Error() }()
+			select {
+			case err := <-done:
+				errs = append(errs, err)
+				n.log.Info("raft stopped", "took", time.Since(start).Round(time.Millisecond))
+			case <-time.After(closeWait):
+				n.log.Error("raft did not stop: leaving its stores open until the process exits", "waited", closeWait)
+				n.closeErr = fmt.Errorf("cluster: %w (waited %s for its goroutines)", ErrCloseTimeout, closeWait)
+				return
+			}
 		}
-		if n.transport != nil {
-			errs = append(errs, n.transport.Close())
-		}
+		n.closeTransport() // again, for a node whose Raft never started
 		if n.store != nil {
 			errs = append(errs, n.store.Close())
 		}
@@ -473,6 +508,19 @@ func (n *Node) Close() error {
 		n.closeErr = errors.Join(errs...)
 	})
 	return n.closeErr
+}
+
+// closeTransport stops accepting and fails every Raft RPC in flight:
+// pooled and in-use connections, inbound and outbound, close now.
+func (n *Node) closeTransport() {
+	if n.transport == nil {
+		return
+	}
+	n.transport.Close()
+	n.transport.CloseStreams()
+	if n.stream != nil {
+		n.stream.conns.closeAll()
+	}
 }
 
 // WriteState writes a consistent copy of the registry (a bbolt file) to w and

@@ -25,6 +25,7 @@ type tlsStreamLayer struct {
 	faults  *Faults // nil outside partition tests
 	refused peerRefusals
 	inbound inboundRefusals
+	conns   connSet // every open Raft connection, closed at shutdown
 }
 
 var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
@@ -152,9 +153,13 @@ func (s *tlsStreamLayer) Accept() (net.Conn, error) {
 		if c, err = s.Listener.Accept(); err != nil {
 			return nil, err
 		}
-		if s.faults.track(c) == nil {
-			break
+		if s.faults.track(c) != nil {
+			continue
 		}
+		if c, err = s.conns.add(c); err != nil {
+			return nil, err
+		}
+		break
 	}
 	tc := tls.Server(c, s.cfg)
 	_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
@@ -193,6 +198,9 @@ func (s *tlsStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (n
 	if err := s.faults.track(c); err != nil {
 		return nil, fmt.Errorf("raft dial %s: %w", addr, err)
 	}
+	if c, err = s.conns.add(c); err != nil {
+		return nil, fmt.Errorf("raft dial %s: %w", addr, err)
+	}
 	tc := tls.Client(c, s.cfg)
 	_ = tc.SetDeadline(time.Now().Add(timeout))
 	if err := tc.Handshake(); err != nil {
@@ -205,6 +213,74 @@ func (s *tlsStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (n
 	_ = tc.SetDeadline(time.Time{})
 	s.refused.accepted(string(addr))
 	return tc, nil
+}
+
+// connSet tracks open connections so that shutdown can close them all:
+// NetworkTransport.Close closes only the listener, and an RPC blocked on a
+// peer that stopped answering would otherwise wait out its timeout (an
+// InstallSnapshot's grows with the snapshot's size).
+type connSet struct {
+	mu     sync.Mutex
+	closed bool
+	m      map[*setConn]struct{}
+}
+
+// setConn leaves its set when closed.
+type setConn struct {
+	net.Conn
+	set *connSet
+}
+
+func (c *setConn) Close() error {
+	c.set.mu.Lock()
+	delete(c.set.m, c)
+	c.set.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// add tracks c; after closeAll it closes c and fails.
+func (s *connSet) add(c net.Conn) (net.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		c.Close()
+		return nil, errStreamClosed
+	}
+	if s.m == nil {
+		s.m = map[*setConn]struct{}{}
+	}
+	sc := &setConn{Conn: c, set: s}
+	s.m[sc] = struct{}{}
+	return sc, nil
+}
+
+// closeAll closes every tracked connection and refuses new ones.
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	open := s.m
+	s.m, s.closed = nil, true
+	s.mu.Unlock()
+	for c := range open {
+		c.Conn.Close()
+	}
+}
+
+var errStreamClosed = errors.New("raft stream layer closed (node shutting down)")
+
+// noPipeline is the network transport without pipelined replication.
+// hashicorp/raft v1.7.3's pipeline deadlocks when a follower answers with a
+// newer term or a rejection while more entries are in flight
+// (hashicorp/raft#612): the replication goroutine waits forever to hand an
+// entry to the response decoder, which waits forever for a reader that has
+// gone. The follower then gets no more entries from that leader, and
+// raft.Shutdown waits for the goroutine forever (the herd load test's hang).
+// Without the pipeline Raft sends one AppendEntries (up to MaxAppendEntries
+// entries) at a time per follower, each bounded by the transport's timeout;
+// on a LAN that costs little (hashicorp/raft#541).
+type noPipeline struct{ *raft.NetworkTransport }
+
+func (noPipeline) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+	return nil, raft.ErrPipelineReplicationNotSupported
 }
 
 // Faults cuts a node's Raft traffic on demand, for partition tests: while

@@ -281,8 +281,12 @@ func serveCmd() *cobra.Command {
 			}
 			log.Info("ready", "device_api", "https://"+a.Addr())
 			<-ctx.Done()
-			log.Info("shutting down")
-			return a.Close()
+			stop() // a second SIGINT or SIGTERM ends the process at once
+			log.Info("shutting down (a second signal stops at once)")
+			start := time.Now()
+			err = a.Close()
+			log.Info("stopped", "took", time.Since(start).Round(time.Millisecond), "err", err)
+			return err
 		},
 	}
 	f := c.Flags()
