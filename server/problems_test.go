@@ -31,6 +31,8 @@ var notRefusals = map[string]string{
 	"cluster.ErrAuditRange":           "offline audit verification finding, not an HTTP answer",
 	"cluster.ErrIndexMismatch":        "a registry fault (Node.VerifyIndexes, or a query meeting one): an internal error, logged",
 	"server.errACMEDevice":            "answered as an RFC 8555 problem (unauthorized) by step-ca's ACME handlers, not through the problem tables",
+	"cluster.ErrCloseTimeout":         "shutdown error (Node.Close), logged; not an HTTP answer",
+	"cluster.ErrSnapshotFormat":       "snapshot install error inside Raft (the node refuses the snapshot, changing nothing); not an HTTP answer",
 	"cluster.ErrCertificateValidity":  "the server built an inconsistent accept (validity it decided itself): an internal error, logged",
 }
 
