@@ -172,7 +172,7 @@ echo "    all three registries hold the same state (sha256 ${h[1]:0:16}…)"
 
 step "stopping"
 ./cluster.sh stop "$D"
-for i in 1 2 3; do grep -q 'msg="shutting down"' "$D/node-$i.log" || die "node-$i did not shut down cleanly (see $D/node-$i.log)"; done
+for i in 1 2 3; do grep -q 'msg=stopped .*err=<nil>' "$D/node-$i.log" || die "node-$i did not shut down cleanly (see $D/node-$i.log)"; done
 cleanup
 pids=()
 echo
