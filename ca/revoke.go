@@ -194,7 +194,7 @@ func (c *CA) IssueAdmin(ctx context.Context, csr *x509.CertificateRequest, trust
 		return nil, fmt.Errorf("%w: CSR signature: %v", ErrBadProfile, err)
 	}
 	id := Identity{Path: PathAdmin, Role: role, ID: name}.SPIFFEID(trustDomain)
-	notBefore, notAfter := DeviceValidity(time.Now(), validity)
+	notBefore, notAfter := DeviceValidity(c.now(), validity)
 	return c.sign(ctx, csr, notBefore, notAfter, PathAdmin, func(crt *x509.Certificate) {
 		crt.Subject = pkix.Name{CommonName: "gatehouse " + role + " " + name}
 		crt.DNSNames, crt.IPAddresses, crt.EmailAddresses = nil, nil, nil

@@ -1,0 +1,169 @@
+package server_test
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/api"
+	"github.com/gatehouse-dev/gatehouse/ca"
+	"github.com/gatehouse-dev/gatehouse/cluster"
+	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
+	"github.com/gatehouse-dev/gatehouse/server"
+	"github.com/gatehouse-dev/gatehouse/server/servertest"
+)
+
+// A node whose clock runs ca.MaxClockSkew fast or slow issues certificates
+// that are valid at the true time, the time of every other node, device and
+// client: its HTTPS certificate (IssueServer), a device certificate
+// (IssueDevice), an admin certificate (IssueAdmin). What the registry
+// records is exactly the certificate's validity.
+func TestCertificatesFromSkewedNodeValidAtTrueTime(t *testing.T) {
+	for _, skew := range []time.Duration{ca.MaxClockSkew, -ca.MaxClockSkew} {
+		t.Run(skew.String(), func(t *testing.T) {
+			e := newEnv(t)
+			e.App.Close()
+			e.Clock.Advance(skew)
+			// Restarting issues the HTTPS certificate by the skewed clock;
+			// Start's client verifies it by the true one (crypto/tls).
+			e.Start()
+
+			verify := func(what string, leaf *x509.Certificate, chain []*x509.Certificate, eku x509.ExtKeyUsage) {
+				t.Helper()
+				inter := x509.NewCertPool()
+				for _, c := range chain {
+					inter.AddCert(c)
+				}
+				roots := x509.NewCertPool()
+				roots.AddCert(e.App.Root())
+				if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: time.Now(), KeyUsages: []x509.ExtKeyUsage{eku}}); err != nil {
+					t.Fatalf("%s issued by a node %v off, verified at the true time: %v (valid %v..%v)", what, skew, err, leaf.NotBefore, leaf.NotAfter)
+				}
+			}
+
+			resp, err := e.HTTP.Get(e.URL() + "/healthz")
+			if err != nil {
+				t.Fatalf("HTTPS to a node %v off: %v", skew, err)
+			}
+			resp.Body.Close()
+			st := resp.TLS.PeerCertificates
+			verify("the HTTPS certificate", st[0], st[1:], x509.ExtKeyUsageServerAuth)
+
+			d := servertest.NewDevice(t, e.Mfr)
+			id, err := e.Client.Enroll(context.Background(), d.TPM)
+			if err != nil {
+				t.Fatalf("enroll through a node %v off: %v", skew, err)
+			}
+			verify("the device certificate", id.Certificate, id.Chain, x509.ExtKeyUsageClientAuth)
+			dev, err := e.App.Node().Device(id.DeviceID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !dev.CertificateNotAfter.Equal(id.Certificate.NotAfter) {
+				t.Fatalf("the registry records notAfter %v, the certificate says %v", dev.CertificateNotAfter, id.Certificate.NotAfter)
+			}
+			recs, err := e.App.Node().Attestations(cluster.AttestationQuery{DeviceID: id.DeviceID, Limit: 1})
+			if err != nil || len(recs) != 1 {
+				t.Fatalf("attestations: %v, %v", recs, err)
+			}
+			if r := recs[0]; !r.CertificateNotBefore.Equal(id.Certificate.NotBefore) || !r.CertificateNotAfter.Equal(id.Certificate.NotAfter) {
+				t.Fatalf("the record says %v..%v, the certificate %v..%v", r.CertificateNotBefore, r.CertificateNotAfter, id.Certificate.NotBefore, id.Certificate.NotAfter)
+			}
+
+			admin := e.AdminCert(t, "operator", "skew")
+			leaf, err := x509.ParseCertificate(admin.Certificate[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			var chain []*x509.Certificate
+			for _, der := range admin.Certificate[1:] {
+				c, err := x509.ParseCertificate(der)
+				if err != nil {
+					t.Fatal(err)
+				}
+				chain = append(chain, c)
+			}
+			verify("the admin certificate", leaf, chain, x509.ExtKeyUsageClientAuth)
+		})
+	}
+}
+
+// routeComplete sends the second enrollment round trip to another node, as
+// a load balancer may.
+type routeComplete struct {
+	rt   http.RoundTripper
+	host string
+}
+
+func (r routeComplete) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Path == api.PathComplete {
+		req = req.Clone(req.Context())
+		req.URL.Host, req.Host = r.host, r.host
+	}
+	return r.rt.RoundTrip(req)
+}
+
+// A session made on one node and completed on another, one of the two
+// running ca.MaxClockSkew fast or slow, completes with the default
+// SessionTTL: neither a slow maker nor a fast completer makes it expired at
+// birth. It still expires: past its expiry by the completing node's clock
+// it is refused.
+func TestSessionAcrossSkewedNodes(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	skewed := &servertest.Clock{}
+	tok, err := e.App.CreateJoinToken(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := server.DefaultConfig()
+	cfg.NodeID, cfg.Listen, cfg.RaftAddr = "node-2", "127.0.0.1:0", servertest.FreeAddr(t)
+	servertest.Unthrottled(&cfg)
+	dir := t.TempDir()
+	if err := server.Join(ctx, dir, servertest.Password, e.App.Addr(), tok.String(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	f, err := server.Open(dir, servertest.Password, server.WithClock(skewed.Now),
+		server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft), cluster.WithClock(skewed.Now)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	waitFor(t, "the follower to join", 20*time.Second, func() bool {
+		_, err := f.Node().Member(e.App.Node().LeaderID())
+		return voters(t, e.App) == 2 && err == nil
+	})
+	if !e.App.Node().IsLeader() {
+		t.Fatalf("leader %q, want the node with the true clock", e.App.Node().LeaderID())
+	}
+
+	enroll := func(maker, completer *server.Appliance) error {
+		hc := &http.Client{Timeout: 30 * time.Second, Transport: routeComplete{e.HTTP.Transport, completer.Addr()}}
+		d := servertest.NewDevice(t, e.Mfr)
+		_, err := fwclient.NewClient("https://"+maker.Addr(), e.App.Root()).Enroll(ctx, d.TPM, fwclient.WithHTTPClient(hc))
+		return err
+	}
+	for _, skew := range []time.Duration{ca.MaxClockSkew, -ca.MaxClockSkew} {
+		skewed.Advance(skew)
+		if err := enroll(f, e.App); err != nil {
+			t.Errorf("session made on a node %v off, completed on the leader: %v", skew, err)
+		}
+		if err := enroll(e.App, f); err != nil {
+			t.Errorf("session made on the leader, completed on a node %v off: %v", skew, err)
+		}
+		skewed.Advance(-skew)
+	}
+
+	// Sessions still expire: SessionTTL plus the tolerated skew past the
+	// maker's clock, by the completer's.
+	ttl := server.DefaultConfig().SessionTTL.Duration
+	e.Clock.Advance(ttl + ca.MaxClockSkew + time.Second)
+	err = enroll(f, e.App)
+	var p *api.Problem
+	if !errors.As(err, &p) || p.Code != api.CodeTokenExpired {
+		t.Fatalf("a session completed past its expiry: %v, want %s", err, api.CodeTokenExpired)
+	}
+}
