@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -91,6 +92,44 @@ func TestCertificatesFromSkewedNodeValidAtTrueTime(t *testing.T) {
 	}
 }
 
+// skewedFollower joins a second node to e whose clock (its appliance's and
+// its Raft node's) is skewed, set through the returned clock. e, whose
+// clock is true, stays the leader.
+func skewedFollower(t *testing.T, e *env) (*server.Appliance, *servertest.Clock) {
+	t.Helper()
+	ctx := context.Background()
+	skewed := &servertest.Clock{}
+	tok, err := e.App.CreateJoinToken(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := server.Join(ctx, dir, servertest.Password, e.App.Addr(), tok.String(), joinConfig(t, "node-2")); err != nil {
+		t.Fatal(err)
+	}
+	f, err := server.Open(dir, servertest.Password, server.WithClock(skewed.Now),
+		server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft), cluster.WithClock(skewed.Now)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	waitFor(t, "the follower to join", 20*time.Second, func() bool {
+		_, err := f.Node().Member(e.App.Node().LeaderID())
+		return voters(t, e.App) == 2 && err == nil
+	})
+	if !e.App.Node().IsLeader() {
+		t.Fatalf("leader %q, want the node with the true clock", e.App.Node().LeaderID())
+	}
+	return f, skewed
+}
+
+func joinConfig(t *testing.T, id string) server.Config {
+	cfg := server.DefaultConfig()
+	cfg.NodeID, cfg.Listen, cfg.RaftAddr = id, "127.0.0.1:0", servertest.FreeAddr(t)
+	servertest.Unthrottled(&cfg)
+	return cfg
+}
+
 // routeComplete sends the second enrollment round trip to another node, as
 // a load balancer may.
 type routeComplete struct {
@@ -114,31 +153,7 @@ func (r routeComplete) RoundTrip(req *http.Request) (*http.Response, error) {
 func TestSessionAcrossSkewedNodes(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	skewed := &servertest.Clock{}
-	tok, err := e.App.CreateJoinToken(ctx, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := server.DefaultConfig()
-	cfg.NodeID, cfg.Listen, cfg.RaftAddr = "node-2", "127.0.0.1:0", servertest.FreeAddr(t)
-	servertest.Unthrottled(&cfg)
-	dir := t.TempDir()
-	if err := server.Join(ctx, dir, servertest.Password, e.App.Addr(), tok.String(), cfg); err != nil {
-		t.Fatal(err)
-	}
-	f, err := server.Open(dir, servertest.Password, server.WithClock(skewed.Now),
-		server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft), cluster.WithClock(skewed.Now)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	waitFor(t, "the follower to join", 20*time.Second, func() bool {
-		_, err := f.Node().Member(e.App.Node().LeaderID())
-		return voters(t, e.App) == 2 && err == nil
-	})
-	if !e.App.Node().IsLeader() {
-		t.Fatalf("leader %q, want the node with the true clock", e.App.Node().LeaderID())
-	}
+	f, skewed := skewedFollower(t, e)
 
 	enroll := func(maker, completer *server.Appliance) error {
 		hc := &http.Client{Timeout: 30 * time.Second, Transport: routeComplete{e.HTTP.Transport, completer.Addr()}}
@@ -161,9 +176,58 @@ func TestSessionAcrossSkewedNodes(t *testing.T) {
 	// maker's clock, by the completer's.
 	ttl := server.DefaultConfig().SessionTTL.Duration
 	e.Clock.Advance(ttl + ca.MaxClockSkew + time.Second)
-	err = enroll(f, e.App)
+	err := enroll(f, e.App)
 	var p *api.Problem
 	if !errors.As(err, &p) || p.Code != api.CodeTokenExpired {
 		t.Fatalf("a session completed past its expiry: %v, want %s", err, api.CodeTokenExpired)
+	}
+}
+
+// Join tokens with one node ca.MaxClockSkew off, a one-minute TTL each:
+// made on a slow node and used through the leader; made on the leader and
+// checked on a fast node; judged by a fast leader. None is refused early,
+// and a token past its TTL plus the tolerated skew by the leader's clock is
+// still refused.
+func TestJoinTokenAcrossSkewedNodes(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	f, skewed := skewedFollower(t, e)
+	n := 2
+	join := func(maker, via *server.Appliance, ttl time.Duration) error {
+		t.Helper()
+		tok, err := maker.CreateJoinToken(ctx, ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// An operator copies the token: by then every node has it.
+		waitFor(t, "the token to replicate", 10*time.Second, func() bool {
+			return via.Node().CheckJoinToken(tok.ID, tok.Secret, time.Time{}) == nil
+		})
+		n++
+		return server.Join(ctx, t.TempDir(), servertest.Password, via.Addr(), tok.String(), joinConfig(t, fmt.Sprintf("node-%d", n)))
+	}
+
+	skewed.Advance(-ca.MaxClockSkew)
+	if err := join(f, e.App, time.Minute); err != nil {
+		t.Errorf("token made on a node %v off, used through the leader: %v", -ca.MaxClockSkew, err)
+	}
+	skewed.Advance(2 * ca.MaxClockSkew)
+	if err := join(e.App, f, time.Minute); err != nil {
+		t.Errorf("token made on the leader, checked on a node %v off: %v", ca.MaxClockSkew, err)
+	}
+
+	// The fast node leads: it judges expiry when the token is used.
+	if err := e.App.Node().TransferLeadership(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the fast node to lead", 10*time.Second, func() bool { return f.Node().IsLeader() && e.App.Node().LeaderID() != "" })
+	if err := join(e.App, e.App, time.Minute); err != nil {
+		t.Errorf("token made on a node with the true clock, used under a leader %v off: %v", ca.MaxClockSkew, err)
+	}
+	skewed.Advance(3 * time.Second)
+	err := join(e.App, e.App, time.Second)
+	var p *api.Problem
+	if !errors.As(err, &p) || p.Code != api.CodeJoinTokenExpired {
+		t.Fatalf("token past its TTL plus %v by the leader's clock: %v, want %s", ca.MaxClockSkew, err, api.CodeJoinTokenExpired)
 	}
 }
