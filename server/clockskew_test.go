@@ -45,6 +45,11 @@ func TestCertificatesFromSkewedNodeValidAtTrueTime(t *testing.T) {
 				}
 			}
 
+			// Its certificates, issued before the clock moved (Init) or
+			// after, pass its own readiness check.
+			if c := e.App.Readiness(false).Checks[server.CheckCertificate]; !c.OK {
+				t.Errorf("readiness of a node %v off: %v", skew, c.Reasons)
+			}
 			resp, err := e.HTTP.Get(e.URL() + "/healthz")
 			if err != nil {
 				t.Fatalf("HTTPS to a node %v off: %v", skew, err)
@@ -163,6 +168,10 @@ func TestSessionAcrossSkewedNodes(t *testing.T) {
 	}
 	for _, skew := range []time.Duration{ca.MaxClockSkew, -ca.MaxClockSkew} {
 		skewed.Advance(skew)
+		// Its clock stepped by skew after its certificates were issued.
+		if c := f.Readiness(true).Checks[server.CheckCertificate]; !c.OK {
+			t.Errorf("readiness of a node %v off: %v", skew, c.Reasons)
+		}
 		if err := enroll(f, e.App); err != nil {
 			t.Errorf("session made on a node %v off, completed on the leader: %v", skew, err)
 		}
