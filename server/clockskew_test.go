@@ -240,3 +240,37 @@ func TestJoinTokenAcrossSkewedNodes(t *testing.T) {
 		t.Fatalf("token past its TTL plus %v by the leader's clock: %v, want %s", ca.MaxClockSkew, err, api.CodeJoinTokenExpired)
 	}
 }
+
+// An ACME device-attest-01 certificate from a node ca.MaxClockSkew fast is
+// valid at the true time, and the registry records its validity exactly.
+func TestACMECertificateFromFastNode(t *testing.T) {
+	e := newEnv(t)
+	aca := servertest.NewTestAKCA(t)
+	if err := e.App.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.Clock.Advance(ca.MaxClockSkew)
+	e.Start(aca.Option())
+	applyPolicy(t, e, acmePolicy)
+	d := servertest.NewACMEDevice(t, e.Env, aca, "")
+	c := servertest.ACMEClient(t, e.App)
+	o, key, err := servertest.OrderAndProve(t, c, d, d.ID)
+	if err != nil {
+		t.Fatalf("order and prove: %v", err)
+	}
+	chain, err := servertest.Finalize(c, o, key, d.ID)
+	if err != nil {
+		t.Fatalf("finalize: %v", err)
+	}
+	leaf := chain[0]
+	if now := time.Now(); now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter) {
+		t.Fatalf("ACME certificate from a node %v fast: valid %v..%v, not at the true time %v", ca.MaxClockSkew, leaf.NotBefore, leaf.NotAfter, now)
+	}
+	recs, err := e.App.Node().Attestations(cluster.AttestationQuery{DeviceID: d.ID, Limit: 1})
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("attestations: %v, %v", recs, err)
+	}
+	if r := recs[0]; !r.CertificateNotBefore.Equal(leaf.NotBefore) || !r.CertificateNotAfter.Equal(leaf.NotAfter) {
+		t.Fatalf("the record says %v..%v, the certificate %v..%v", r.CertificateNotBefore, r.CertificateNotAfter, leaf.NotBefore, leaf.NotAfter)
+	}
+}
