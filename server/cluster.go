@@ -73,8 +73,8 @@ type JoinToken struct {
 	ID       string
 	Secret   []byte
 	RootHash string // hex SHA-256 of the root certificate (DER)
-	// Expires is when the cluster stops accepting it, by the leader's
-	// clock (not part of the token's string form).
+	// Expires is the expiry stored with it: the leader refuses the token
+	// once its own clock passes it (not part of the token's string form).
 	Expires time.Time
 }
 
