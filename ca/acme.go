@@ -180,7 +180,7 @@ func (s *acmeCAS) CreateCertificate(req *apiv1.CreateCertificateRequest) (*apiv1
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	now := s.c.now()
 	notBefore, notAfter := p.NotBefore, p.NotAfter
 	if notBefore.IsZero() {
 		notBefore, notAfter = DeviceValidity(now, p.Validity)

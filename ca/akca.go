@@ -155,7 +155,7 @@ func (c *CA) IssueAK(p AKProfile) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	now := c.now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          new(big.Int).Set(p.Serial),
 		NotBefore:             now.Add(-backdate),

@@ -6,8 +6,9 @@
 //     directory alone does not yield a usable key.
 //   - Device certificates carry exactly the identity the appliance decided:
 //     CN = device ID and one SPIFFE URI SAN; whatever names the CSR asks
-//     for are dropped. They are valid now (notBefore is backdated one minute,
-//     notAfter set explicitly), for client authentication only.
+//     for are dropped. They are valid now, by every clock within MaxClockSkew
+//     of the issuing node's (notBefore is backdated past it, notAfter set
+//     explicitly), for client authentication only.
 //   - The serial and the validity of a device certificate are chosen by the
 //     caller (NewSerial, DeviceValidity), so they can be committed to the
 //     registry before the certificate exists, and the certificate carries
@@ -77,9 +78,19 @@ var (
 const (
 	rootValidity         = 20 * 365 * 24 * time.Hour
 	intermediateValidity = 10 * 365 * 24 * time.Hour
-	backdate             = time.Minute
-	maxLeafValidity      = 365 * 24 * time.Hour
+	// backdate exceeds MaxClockSkew: a certificate issued by a node whose
+	// clock runs MaxClockSkew fast is already valid by everyone else's.
+	backdate        = MaxClockSkew + time.Minute
+	maxLeafValidity = 365 * 24 * time.Hour
 )
+
+// MaxClockSkew is how far one node's clock may run from true time (or a
+// device's, a peer's, the step CLI's) without breaking a validity decision:
+// every certificate is backdated by more than it (step-ca backdates one
+// minute, Vault 30 seconds; a cluster of appliances whose clocks drift
+// independently needs the larger margin). A clock further off than this is
+// not tolerated: NTP is a deployment requirement.
+const MaxClockSkew = 5 * time.Minute
 
 // InitOption configures Init.
 type InitOption func(*initOptions)
@@ -180,6 +191,7 @@ type CA struct {
 	crlURL       string
 	crl          crlCache
 	reserved     func() []string // DNS names no device certificate may carry
+	now          func() time.Time
 }
 
 // Option configures Open.
@@ -201,6 +213,10 @@ func WithCRLDistributionPoint(url string) Option { return func(c *CA) { c.crlURL
 func WithReservedNames(names func() []string) Option {
 	return func(c *CA) { c.reserved = names }
 }
+
+// WithClock sets the clock certificates are dated by (default time.Now;
+// tests skew it).
+func WithClock(now func() time.Time) Option { return func(c *CA) { c.now = now } }
 
 // Open decrypts the intermediate key in dir and starts an in-process step-ca
 // authority that signs with it.
@@ -228,7 +244,7 @@ func Open(dir string, password []byte, opts ...Option) (*CA, error) {
 	if !ok || !signer.PublicKey.Equal(inter.PublicKey) {
 		return nil, fmt.Errorf("%s does not match %s", intermediateKeyFile, IntermediateCertFile)
 	}
-	c := &CA{root: root, intermediate: inter, signer: signer, tokenKey: deriveKey(signer, "gatehouse session-token v1")}
+	c := &CA{root: root, intermediate: inter, signer: signer, tokenKey: deriveKey(signer, "gatehouse session-token v1"), now: time.Now}
 	for _, fn := range opts {
 		fn(c)
 	}
@@ -392,7 +408,7 @@ func (p DeviceProfile) uris() []*url.URL {
 }
 
 // DeviceValidity is the validity of a certificate valid for validity from
-// now: notBefore backdated one minute (clock skew), both in UTC and to the
+// now: notBefore backdated past MaxClockSkew, both in UTC and to the
 // second, as X.509 encodes them, so a value recorded before signing equals
 // the signed certificate's.
 func DeviceValidity(now time.Time, validity time.Duration) (notBefore, notAfter time.Time) {
@@ -409,7 +425,7 @@ func (c *CA) IssueDevice(ctx context.Context, csr *x509.CertificateRequest, p De
 	}
 	notBefore, notAfter := p.NotBefore, p.NotAfter
 	if notBefore.IsZero() {
-		notBefore, notAfter = DeviceValidity(time.Now(), p.Validity)
+		notBefore, notAfter = DeviceValidity(c.now(), p.Validity)
 	}
 	return c.sign(ctx, csr, notBefore, notAfter, PathDevice, func(crt *x509.Certificate) { c.shapeDevice(crt, p) })
 }
@@ -438,7 +454,7 @@ func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, notBefore, 
 	if !ok {
 		return nil, fmt.Errorf("%w: unknown issuance path %q", ErrBadProfile, path)
 	}
-	now := time.Now()
+	now := c.now()
 	chain, err := c.auth.SignWithContext(ctx, csr, provisioner.SignOptions{
 		NotBefore: provisioner.NewTimeDuration(notBefore),
 		NotAfter:  provisioner.NewTimeDuration(notAfter),
@@ -520,7 +536,7 @@ func (c *CA) issueWithFreshKey(validity time.Duration, path Path, shape func(*x5
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	notBefore, notAfter := DeviceValidity(time.Now(), validity)
+	notBefore, notAfter := DeviceValidity(c.now(), validity)
 	chain, err := c.sign(context.Background(), csr, notBefore, notAfter, path, func(crt *x509.Certificate) {
 		crt.URIs, crt.EmailAddresses = nil, nil
 		shape(crt)

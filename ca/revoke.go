@@ -77,7 +77,8 @@ type crlCache struct {
 // CRL returns the DER CRL of everything step-ca has revoked, signed by the
 // intermediate. It is rebuilt when the revocations change or half its
 // validity has passed. Its number is thisUpdate in Unix seconds: increasing
-// over time, and the same on every node without coordination.
+// over time, and the same on every node without coordination. Its
+// thisUpdate field is backdated past MaxClockSkew, as certificates are.
 func (c *CA) CRL(now time.Time) ([]byte, error) {
 	if c.db == nil {
 		return nil, ErrNoDatabase
@@ -107,8 +108,11 @@ func (c *CA) CRL(now time.Time) ([]byte, error) {
 		return c.crl.der, nil
 	}
 	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
-		Number:                    big.NewInt(thisUpdate.Unix()),
-		ThisUpdate:                thisUpdate,
+		Number: big.NewInt(thisUpdate.Unix()),
+		// Backdated like certificates: a CRL served by a node whose clock
+		// runs MaxClockSkew fast is not "not yet valid" to a verifier
+		// (OpenSSL checks) with the true time.
+		ThisUpdate:                thisUpdate.Add(-backdate),
 		NextUpdate:                thisUpdate.Add(CRLValidity),
 		RevokedCertificateEntries: entries,
 	}, c.intermediate, c.signer)
@@ -194,7 +198,7 @@ func (c *CA) IssueAdmin(ctx context.Context, csr *x509.CertificateRequest, trust
 		return nil, fmt.Errorf("%w: CSR signature: %v", ErrBadProfile, err)
 	}
 	id := Identity{Path: PathAdmin, Role: role, ID: name}.SPIFFEID(trustDomain)
-	notBefore, notAfter := DeviceValidity(time.Now(), validity)
+	notBefore, notAfter := DeviceValidity(c.now(), validity)
 	return c.sign(ctx, csr, notBefore, notAfter, PathAdmin, func(crt *x509.Certificate) {
 		crt.Subject = pkix.Name{CommonName: "gatehouse " + role + " " + name}
 		crt.DNSNames, crt.IPAddresses, crt.EmailAddresses = nil, nil, nil

@@ -134,6 +134,12 @@ func TestRevokeAndCRL(t *testing.T) {
 	if !crl.NextUpdate.After(now) || crl.ThisUpdate.After(now) {
 		t.Fatalf("CRL validity %v..%v", crl.ThisUpdate, crl.NextUpdate)
 	}
+	// Served by this node with its clock MaxClockSkew fast, the CRL
+	// (thisUpdate: the revocation, just now) is already valid for a
+	// verifier with the true time.
+	if verifier := now.Add(-MaxClockSkew); crl.ThisUpdate.After(verifier) {
+		t.Fatalf("CRL thisUpdate %v is in the future for a verifier %v behind (%v)", crl.ThisUpdate, MaxClockSkew, verifier)
+	}
 	// Revoking the second moves the CRL forward.
 	if err := c.Revoke(ctx, certs[1].SerialNumber, ReasonCessationOfOperation, "retired"); err != nil {
 		t.Fatal(err)

@@ -94,7 +94,7 @@ func TestACMEDeviceAttest(t *testing.T) {
 		t.Errorf("verify against the Gatehouse root: %v", err)
 	}
 	settingsValidity := server.DefaultConfig().CertValidity.Duration
-	if got := leaf.NotAfter.Sub(leaf.NotBefore); got < settingsValidity || got > settingsValidity+2*time.Minute {
+	if got := leaf.NotAfter.Sub(leaf.NotBefore); got < settingsValidity || got > settingsValidity+ca.MaxClockSkew+2*time.Minute {
 		t.Errorf("validity %v, want the cluster setting %v", got, settingsValidity)
 	}
 

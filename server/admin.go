@@ -288,7 +288,7 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 			writeProblem(w, a.clusterProblem(err))
 			return
 		}
-		writeJSON(w, http.StatusOK, tokenResponse{Token: tok.String(), Expires: time.Now().Add(req.TTL.Duration)})
+		writeJSON(w, http.StatusOK, tokenResponse{Token: tok.String(), Expires: tok.Expires})
 	})
 	add(ca.RoleOperator, "GET "+adminMembers, func(w http.ResponseWriter, r *http.Request) {
 		ms, err := a.node.Members()

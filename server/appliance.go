@@ -245,7 +245,8 @@ func WithRateLimit(perSecond float64, burst int) Option {
 	return func(o *options) { o.rateLimit, o.rateBurst = perSecond, burst }
 }
 
-// WithClock sets the clock used for session expiry and records (tests).
+// WithClock sets the clock used for session expiry, records and the
+// validity of the certificates this node issues (tests).
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
 
 // Appliance is one running Gatehouse node.
@@ -324,6 +325,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		ca.WithDatabase(kv),
 		ca.WithCRLDistributionPoint("https://" + a.publicAddr() + "/crl"),
 		ca.WithReservedNames(a.reservedNames),
+		ca.WithClock(o.now),
 	}
 	acmeHook := &acmeIssuer{}
 	if o.acmeRoots == nil {

@@ -68,7 +68,7 @@ func (e *Enroller) VerifyAttestation(ctx context.Context, req *acme.AttestReques
 		return nil, e.reject(ctx, rec, nil, malformed(fmt.Sprintf("a TPM info field over %d bytes", maxTPMInfo)))
 	}
 	creq := &api.ChallengeRequest{EKPublic: req.EK, EKCertificate: chooseEKCert(req)}
-	sess := &session{Expires: now.Add(e.conf.view().settings.SessionTTL.Duration), Raw: cluster.RawEvidence{
+	sess := &session{Expires: e.sessionExpires(now), Raw: cluster.RawEvidence{
 		EKCertificate: creq.EKCertificate, EKPublic: req.EK,
 		AK: cluster.RawKey{Public: req.Params.Public, CreateData: req.Params.CreateData, CreateAttestation: req.Params.CreateAttestation, CreateSignature: req.Params.CreateSignature},
 	}}

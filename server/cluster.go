@@ -73,6 +73,9 @@ type JoinToken struct {
 	ID       string
 	Secret   []byte
 	RootHash string // hex SHA-256 of the root certificate (DER)
+	// Expires is the expiry stored with it: the leader refuses the token
+	// once its own clock passes it (not part of the token's string form).
+	Expires time.Time
 }
 
 func (t JoinToken) String() string {
@@ -97,10 +100,16 @@ func rootHash(root *x509.Certificate) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// CreateJoinToken makes a one-time token valid for ttl.
+// CreateJoinToken makes a one-time token valid for ttl plus
+// ca.MaxClockSkew by this node's clock. The leader judges its expiry by its
+// own clock when the token is used, and the node serving a join check by
+// its own: the added skew keeps a token made on a node running slow, or
+// checked on one running fast, from being refused early. Non-guarantee: by
+// the true time a token lives up to ttl + 2*ca.MaxClockSkew.
 func (a *Appliance) CreateJoinToken(ctx context.Context, ttl time.Duration) (JoinToken, error) {
-	t := JoinToken{ID: randomHex(8), Secret: randomBytes(32), RootHash: rootHash(a.ca.Root())}
-	return t, a.node.CreateJoinToken(ctx, t.ID, t.Secret, time.Now().Add(ttl))
+	t := JoinToken{ID: randomHex(8), Secret: randomBytes(32), RootHash: rootHash(a.ca.Root()),
+		Expires: a.enroller.now().Add(ttl + ca.MaxClockSkew).UTC()}
+	return t, a.node.CreateJoinToken(ctx, t.ID, t.Secret, t.Expires)
 }
 
 // verifyNode checks a peer's chain to the cluster root and its node identity.
@@ -228,12 +237,12 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 		// spends the token. It gets only what the join would give it,
 		// and only for a token the join would accept now. The local
 		// check comes first, so a guessed token costs no Raft round trip.
-		err = a.node.CheckJoinToken(tok.ID, tok.Secret, time.Now())
+		err = a.node.CheckJoinToken(tok.ID, tok.Secret, a.enroller.now())
 		if err == nil {
 			err = a.node.Linearize(r.Context())
 		}
 		if err == nil {
-			err = a.node.CheckJoinToken(tok.ID, tok.Secret, time.Now())
+			err = a.node.CheckJoinToken(tok.ID, tok.Secret, a.enroller.now())
 		}
 	} else {
 		// ConsumeJoinToken checks the token before any Raft write: a

@@ -117,7 +117,7 @@ func (e *Enroller) Challenge(ctx context.Context, req *api.ChallengeRequest) (re
 	defer func(start time.Time) { e.metrics.observe(stageChallenge, start, err) }(time.Now())
 	now := e.now()
 	rec := cluster.AttestationRecord{Time: now, Node: e.nodeID, Stage: stageChallenge, Evidence: cluster.Evidence{Claims: claims(req.Claims)}}
-	sess := &session{Expires: now.Add(e.conf.view().settings.SessionTTL.Duration), Claims: rec.Evidence.Claims, Raw: cluster.RawEvidence{
+	sess := &session{Expires: e.sessionExpires(now), Claims: rec.Evidence.Claims, Raw: cluster.RawEvidence{
 		EKCertificate: req.EKCertificate, EKPublic: req.EKPublic, EKPublicArea: req.EKPublicArea,
 		AK: cluster.RawKey{Public: req.AK.Public, CreateData: req.AK.CreateData, CreateAttestation: req.AK.CreateAttestation, CreateSignature: req.AK.CreateSignature},
 	}}
@@ -342,7 +342,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		return nil, e.internal(err)
 	}
 	profile.Serial = serial
-	decideValidity(&profile)
+	decideValidity(&profile, e.now())
 	if err := e.ca.CheckDevice(profile); err != nil { // before commit: no record without a certificate
 		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
 	}
@@ -379,11 +379,11 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 }
 
 // decideValidity sets the certificate's validity before commit, so the
-// registry records what the CA then signs exactly. It reads the CA's
-// clock (time.Now), not e.now: the CA checks on it that what it signs is
-// valid now.
-func decideValidity(p *ca.DeviceProfile) {
-	p.NotBefore, p.NotAfter = ca.DeviceValidity(time.Now(), p.Validity)
+// registry records what the CA then signs exactly. It reads now, the
+// node's clock, which is the CA's too (ca.WithClock): the CA checks on it
+// that what it signs is valid now.
+func decideValidity(p *ca.DeviceProfile, now time.Time) {
+	p.NotBefore, p.NotAfter = ca.DeviceValidity(now, p.Validity)
 }
 
 // recordCertificate puts the certificate's validity on the accepted record

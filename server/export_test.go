@@ -28,7 +28,7 @@ func (a *Appliance) ResealForTest(token, serialHex string) (string, error) {
 		return "", err
 	}
 	sess.ID = randomHex(16)
-	sess.Expires = a.enroller.now().Add(a.enroller.conf.view().settings.SessionTTL.Duration)
+	sess.Expires = a.enroller.sessionExpires(a.enroller.now())
 	if serialHex != "" {
 		sess.Serial = serialHex
 	}

@@ -30,7 +30,7 @@ var errRenewalIdentity = errors.New("renewal evidence is not from the enrolled T
 // sealed in a token bound to the device and its certificate.
 func (e *Enroller) RenewChallenge(dev cluster.Device, leaf *x509.Certificate) (*api.RenewChallengeResponse, error) {
 	now := e.now()
-	sess := &session{ID: randomHex(16), Expires: now.Add(e.conf.view().settings.SessionTTL.Duration), Nonce: randomBytes(32), DeviceID: dev.ID, Purpose: purposeRenew, Serial: leaf.SerialNumber.Text(16)}
+	sess := &session{ID: randomHex(16), Expires: e.sessionExpires(now), Nonce: randomBytes(32), DeviceID: dev.ID, Purpose: purposeRenew, Serial: leaf.SerialNumber.Text(16)}
 	token, err := e.tokens.seal(sess)
 	if err != nil {
 		return nil, e.internal(err)
@@ -119,7 +119,7 @@ func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Cer
 	if profile.Serial, err = e.ca.NewSerial(); err != nil {
 		return nil, e.internal(err)
 	}
-	decideValidity(&profile)
+	decideValidity(&profile, e.now())
 	if err := e.ca.CheckDevice(profile); err != nil {
 		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
 	}

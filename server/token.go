@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/ca"
 	"github.com/gatehouse-dev/gatehouse/cluster"
 )
 
@@ -49,6 +50,17 @@ type session struct {
 }
 
 const purposeRenew = "renew"
+
+// sessionExpires is when a session made at now, by the making node's clock,
+// expires: SessionTTL plus ca.MaxClockSkew. Whichever node completes the
+// session and whichever leader commits it judge that time by their own
+// clocks, so a session made on a node running MaxClockSkew slow still lives
+// SessionTTL by theirs instead of being born expired. Non-guarantee: one
+// made on a node running fast lives up to SessionTTL + 2*MaxClockSkew by
+// the true time; the session stays single-use (the FSM records it used).
+func (e *Enroller) sessionExpires(now time.Time) time.Time {
+	return now.Add(e.conf.view().settings.SessionTTL.Duration + ca.MaxClockSkew)
+}
 
 // sealer seals sessions with AES-256-GCM. Format, base64url without padding:
 // version(1) || nonce(12) || ciphertext+tag.
