@@ -218,6 +218,9 @@ func WithReservedNames(names func() []string) Option {
 // tests skew it).
 func WithClock(now func() time.Time) Option { return func(c *CA) { c.now = now } }
 
+// Now is the time certificates are dated by (WithClock).
+func (c *CA) Now() time.Time { return c.now() }
+
 // Open decrypts the intermediate key in dir and starts an in-process step-ca
 // authority that signs with it.
 func Open(dir string, password []byte, opts ...Option) (*CA, error) {

@@ -136,7 +136,7 @@ func (h *acmeIssuer) ReserveACME(ctx context.Context, req ca.ACMERequest) (ca.De
 		return ca.DeviceProfile{}, stepacme.WrapErrorISE(err, "serial")
 	}
 	profile.Serial = serial
-	decideValidity(&profile, e.now())
+	decideValidity(&profile, e.ca.Now())
 	if err := e.ca.CheckDevice(profile); err != nil {
 		return ca.DeviceProfile{}, stepacme.WrapErrorISE(err, "device profile")
 	}

@@ -223,6 +223,7 @@ type options struct {
 	listen      string
 	clusterOpts []cluster.Option
 	now         func() time.Time
+	caNow       func() time.Time // the CA's clock; nil: time.Now
 	rateLimit   float64
 	rateBurst   int
 	acmeRoots   func(*ca.CA) []*x509.Certificate // nil: the AK CA (acme.go)
@@ -246,8 +247,14 @@ func WithRateLimit(perSecond float64, burst int) Option {
 }
 
 // WithClock sets the clock used for session expiry, records and the
-// validity of the certificates this node issues (tests).
+// node's decisions (tests). Certificates are dated by the CA's clock
+// (WithCAClock), so a test that moves this one to let time pass still gets
+// certificates its clients accept now.
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// WithCAClock sets the clock the node's CA dates certificates by (default
+// time.Now): tests of a node whose clock is skewed.
+func WithCAClock(now func() time.Time) Option { return func(o *options) { o.caNow = now } }
 
 // Appliance is one running Gatehouse node.
 type Appliance struct {
@@ -325,7 +332,9 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		ca.WithDatabase(kv),
 		ca.WithCRLDistributionPoint("https://" + a.publicAddr() + "/crl"),
 		ca.WithReservedNames(a.reservedNames),
-		ca.WithClock(o.now),
+	}
+	if o.caNow != nil {
+		caOpts = append(caOpts, ca.WithClock(o.caNow))
 	}
 	acmeHook := &acmeIssuer{}
 	if o.acmeRoots == nil {

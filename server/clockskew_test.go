@@ -30,7 +30,7 @@ func TestCertificatesFromSkewedNodeValidAtTrueTime(t *testing.T) {
 			e.Clock.Advance(skew)
 			// Restarting issues the HTTPS certificate by the skewed clock;
 			// Start's client verifies it by the true one (crypto/tls).
-			e.Start()
+			e.Start(server.WithCAClock(e.Clock.Now))
 
 			verify := func(what string, leaf *x509.Certificate, chain []*x509.Certificate, eku x509.ExtKeyUsage) {
 				t.Helper()
@@ -112,7 +112,7 @@ func skewedFollower(t *testing.T, e *env) (*server.Appliance, *servertest.Clock)
 	if err := server.Join(ctx, dir, servertest.Password, e.App.Addr(), tok.String(), joinConfig(t, "node-2")); err != nil {
 		t.Fatal(err)
 	}
-	f, err := server.Open(dir, servertest.Password, server.WithClock(skewed.Now),
+	f, err := server.Open(dir, servertest.Password, server.WithClock(skewed.Now), server.WithCAClock(skewed.Now),
 		server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft), cluster.WithClock(skewed.Now)))
 	if err != nil {
 		t.Fatal(err)
@@ -250,7 +250,7 @@ func TestACMECertificateFromFastNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.Clock.Advance(ca.MaxClockSkew)
-	e.Start(aca.Option())
+	e.Start(aca.Option(), server.WithCAClock(e.Clock.Now))
 	applyPolicy(t, e, acmePolicy)
 	d := servertest.NewACMEDevice(t, e.Env, aca, "")
 	c := servertest.ACMEClient(t, e.App)

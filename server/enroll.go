@@ -42,6 +42,7 @@ type issuer interface {
 	NewSerial() (*big.Int, error)
 	CheckDevice(p ca.DeviceProfile) error
 	IssueDevice(ctx context.Context, csr *x509.CertificateRequest, p ca.DeviceProfile) ([]*x509.Certificate, error)
+	Now() time.Time // the clock certificates are dated by
 }
 
 // Enroller runs the enrollment protocol: attest (verify), then cluster
@@ -342,7 +343,7 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 		return nil, e.internal(err)
 	}
 	profile.Serial = serial
-	decideValidity(&profile, e.now())
+	decideValidity(&profile, e.ca.Now())
 	if err := e.ca.CheckDevice(profile); err != nil { // before commit: no record without a certificate
 		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
 	}
@@ -379,9 +380,8 @@ func (e *Enroller) Complete(ctx context.Context, req *api.CompleteRequest) (resp
 }
 
 // decideValidity sets the certificate's validity before commit, so the
-// registry records what the CA then signs exactly. It reads now, the
-// node's clock, which is the CA's too (ca.WithClock): the CA checks on it
-// that what it signs is valid now.
+// registry records what the CA then signs exactly. now is the CA's clock
+// (e.ca.Now): the CA checks on it that what it signs is valid now.
 func decideValidity(p *ca.DeviceProfile, now time.Time) {
 	p.NotBefore, p.NotAfter = ca.DeviceValidity(now, p.Validity)
 }

@@ -119,7 +119,7 @@ func (e *Enroller) Renew(ctx context.Context, dev cluster.Device, leaf *x509.Cer
 	if profile.Serial, err = e.ca.NewSerial(); err != nil {
 		return nil, e.internal(err)
 	}
-	decideValidity(&profile, e.now())
+	decideValidity(&profile, e.ca.Now())
 	if err := e.ca.CheckDevice(profile); err != nil {
 		return nil, e.reject(ctx, rec, sess, fmt.Errorf("%w: certificate profile of group %s: %v", attest.ErrPolicyDenied, decision.Group, err))
 	}
