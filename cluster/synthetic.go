@@ -223,11 +223,14 @@ func LoadSynthetic(dataDir string, s SyntheticFleet) error {
 		return err
 	}
 	defer f.close()
+	// One sync at the end instead of one per transaction: a load that
+	// fails half way is thrown away anyway.
+	f.db.NoSync = true
 	type entry struct {
 		cmd *command
 		op  op
 	}
-	const batch = 10000
+	const batch = 1000
 	var buf []entry
 	index := uint64(SyntheticIDBase)
 	flush := func() error {
@@ -262,6 +265,9 @@ func LoadSynthetic(dataDir string, s SyntheticFleet) error {
 	})
 	if err == nil {
 		err = flush()
+	}
+	if err == nil {
+		err = f.db.Sync()
 	}
 	if err != nil {
 		return fmt.Errorf("load synthetic registry: %w", err)
