@@ -165,6 +165,24 @@ func checkIndexable(vs ...string) error {
 	return nil
 }
 
+// appendFill is how full bolt fills the pages of a bucket whose keys grow:
+// records and audit entries (keyed by ID and seq), and the indexes of few
+// values whose sort key is a time. New keys land at the end, so a page
+// split at bolt's default (half) would leave every page half empty for
+// good: the registry, its snapshots and what a joining node copies would
+// be nearly twice as large.
+const appendFill = 0.95
+
+// appendIndexes are the index buckets filled to appendFill.
+var appendIndexes = [][]byte{bIxAttTime, bIxAttOutcome, bIxAttCode, bIxAttGroup, bIxAudTime, bIxAudType}
+
+// appendBucket is bucket name of tx, its pages filled to appendFill.
+func appendBucket(tx *bolt.Tx, name []byte) *bolt.Bucket {
+	b := tx.Bucket(name)
+	b.FillPercent = appendFill
+	return b
+}
+
 func putEntries(tx *bolt.Tx, es []ixEntry) error {
 	for _, e := range es {
 		if bytes.Equal(e.bucket, bIxCounts) {
@@ -173,7 +191,11 @@ func putEntries(tx *bolt.Tx, es []ixEntry) error {
 			}
 			continue
 		}
-		if err := tx.Bucket(e.bucket).Put(e.key, nil); err != nil {
+		b := tx.Bucket(e.bucket)
+		if slices.ContainsFunc(appendIndexes, func(a []byte) bool { return bytes.Equal(a, e.bucket) }) {
+			b = appendBucket(tx, e.bucket)
+		}
+		if err := b.Put(e.key, nil); err != nil {
 			return err
 		}
 	}

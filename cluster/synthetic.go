@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -231,40 +232,62 @@ func LoadSynthetic(dataDir string, s SyntheticFleet) error {
 		op  op
 	}
 	const batch = 1000
-	var buf []entry
-	index := uint64(SyntheticIDBase)
-	flush := func() error {
-		if len(buf) == 0 {
-			return nil
-		}
-		err := f.db.Update(func(tx *bolt.Tx) error {
-			for _, e := range buf {
-				if r := e.op.apply(tx, index, e.cmd.Time); r.Err != nil {
-					return fmt.Errorf("%s v%d at index %d: %w", e.cmd.Type, e.cmd.Version, index, r.Err)
-				}
-				index++
-			}
-			return pruneSessions(tx, buf[len(buf)-1].cmd.Time)
-		})
-		buf = buf[:0]
-		return err
+	// Commands are made, encoded and decoded on one goroutine while the
+	// batch before is applied on this one, as a leader's encoding and a
+	// replica's apply run apart.
+	batches, free := make(chan []entry, 2), make(chan []entry, 4)
+	for range 4 {
+		free <- make([]entry, 0, batch)
 	}
-	err = s.commands(func(at time.Time, typ string, version int, payload any) error {
-		b, err := encodeCommand(typ, version, at.UTC(), payload)
-		if err != nil {
-			return err
+	stop := make(chan struct{})
+	made := make(chan error, 1)
+	go func() {
+		defer close(batches)
+		buf := <-free
+		err := s.commands(func(at time.Time, typ string, version int, payload any) error {
+			b, err := encodeCommand(typ, version, at.UTC(), payload)
+			if err != nil {
+				return err
+			}
+			c, o, err := decodeCommand(b)
+			if err != nil {
+				return err
+			}
+			if buf = append(buf, entry{c, o}); len(buf) == batch {
+				select {
+				case batches <- buf:
+				case <-stop:
+					return errors.New("stopped")
+				}
+				buf = (<-free)[:0]
+			}
+			return nil
+		})
+		if err == nil && len(buf) > 0 {
+			batches <- buf
 		}
-		c, o, err := decodeCommand(b)
-		if err != nil {
-			return err
+		made <- err
+	}()
+	index := uint64(SyntheticIDBase)
+	for buf := range batches {
+		if err == nil {
+			err = f.db.Update(func(tx *bolt.Tx) error {
+				for _, e := range buf {
+					if r := e.op.apply(tx, index, e.cmd.Time); r.Err != nil {
+						return fmt.Errorf("%s v%d at index %d: %w", e.cmd.Type, e.cmd.Version, index, r.Err)
+					}
+					index++
+				}
+				return pruneSessions(tx, buf[len(buf)-1].cmd.Time)
+			})
+			if err != nil {
+				close(stop)
+			}
 		}
-		if buf = append(buf, entry{c, o}); len(buf) == batch {
-			return flush()
-		}
-		return nil
-	})
-	if err == nil {
-		err = flush()
+		free <- buf
+	}
+	if mErr := <-made; err == nil {
+		err = mErr
 	}
 	if err == nil {
 		err = f.db.Sync()
