@@ -96,7 +96,7 @@ bench: deps
 	$(MAKE) bench-console
 
 # The admin API's list and filter queries at 100,000 devices, 300,000
-# attestation records and 430,000 audit entries: p50 and p99 per query
+# attestation records and about 420,000 audit entries: p50 and p99 per query
 # (see BenchmarkAdminQueries).
 bench-queries: deps
 	@mkdir -p build
