@@ -146,7 +146,8 @@ func pct(lat []time.Duration, p float64) float64 {
 //	scale: devices=N records=N get_p99_ms=N page_p99_ms=N rss_mib=N snapshot_mib=N snapshot_s=N join_s=N restart_s=N
 //
 // GATEHOUSE_SCALE_DIR puts the data directories there (make scale: under
-// build/), removed at the end.
+// build/), removed at the end; GATEHOUSE_SCALE_LOGS keeps the nodes' logs
+// (scale-node-N.log) there.
 func TestScale(t *testing.T) {
 	devices := 5000
 	if s := os.Getenv("GATEHOUSE_SCALE_DEVICES"); s != "" {
@@ -163,6 +164,13 @@ func TestScale(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { os.RemoveAll(work) })
+	}
+	logs := work // GATEHOUSE_SCALE_LOGS keeps the nodes' logs (make scale: build/)
+	if d := os.Getenv("GATEHOUSE_SCALE_LOGS"); d != "" {
+		logs = d
+	}
+	for i := 1; i <= 2; i++ { // a previous run's: waitLog must not see its lines
+		os.Remove(filepath.Join(logs, fmt.Sprintf("scale-node-%d.log", i)))
 	}
 	ctx := context.Background()
 	m := swtpm.NewTestManufacturer(t)
@@ -231,7 +239,7 @@ func TestScale(t *testing.T) {
 	}
 
 	// Restart, as a process.
-	log1 := filepath.Join(work, "node-1.log")
+	log1 := filepath.Join(logs, "scale-node-1.log")
 	t0 = time.Now()
 	p1 := scaleNode(t, log1, "serve", "--data-dir", n1, "--password-file", pw)
 	waitLog(t, log1, "msg=ready", 5*time.Minute, p1)
@@ -328,7 +336,7 @@ func TestScale(t *testing.T) {
 	// A new node joins and installs the snapshot.
 	tok := filepath.Join(work, "node-2.token")
 	os.WriteFile(tok, scaleRun(t, "cluster", "token", "create", "--data-dir", n1), 0o600)
-	log2 := filepath.Join(work, "node-2.log")
+	log2 := filepath.Join(logs, "scale-node-2.log")
 	t0 = time.Now()
 	p2 := scaleNode(t, log2, "serve", "--data-dir", n2, "--password-file", pw, "--join", api1, "--token-file", tok,
 		"--node-id", "node-2", "--listen", api2, "--raft-addr", servertest.FreeAddr(t))
