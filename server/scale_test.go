@@ -427,10 +427,11 @@ func scaleMatch(query string, d cluster.Device) bool {
 	return true
 }
 
-// scaleEnv is the environment of a node process running args: this one's,
-// without the run's own settings (the command would take them for flags).
+// scaleEnv is the environment of a node process running args: this one's
+// without GATEHOUSE_* (the run's own settings, make's GATEHOUSE_STEP), which
+// the command would take for flags.
 func scaleEnv(args []string) []string {
-	env := slices.DeleteFunc(os.Environ(), func(v string) bool { return strings.HasPrefix(v, "GATEHOUSE_SCALE_") })
+	env := slices.DeleteFunc(os.Environ(), func(v string) bool { return strings.HasPrefix(v, "GATEHOUSE_") })
 	b, _ := json.Marshal(args)
 	return append(env, scaleNodeArgs+"="+string(b))
 }
