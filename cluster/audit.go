@@ -111,7 +111,7 @@ func KeyID(pub ed25519.PublicKey) string {
 // appendAudit adds an entry at the head of the chain. detail is marshalled
 // to compact JSON (nil: none).
 func appendAudit(tx *bolt.Tx, at time.Time, typ, actor, subject string, detail any) error {
-	b := tx.Bucket(bAudit)
+	b := appendBucket(tx, bAudit)
 	e := AuditEntry{Seq: 1, Time: at.UTC(), Type: typ, Actor: actor, Subject: subject, Prev: genesisHash}
 	if k, v := b.Cursor().Last(); k != nil {
 		var last AuditEntry

@@ -336,20 +336,20 @@ func putJSON(b *bolt.Bucket, k []byte, v any) error {
 
 func putAttestation(tx *bolt.Tx, a AttestationRecord) error {
 	if len(a.RawEvidenceGzip) > 0 {
-		if err := tx.Bucket(bRawEvidence).Put(be64(a.ID), a.RawEvidenceGzip); err != nil {
+		if err := appendBucket(tx, bRawEvidence).Put(be64(a.ID), a.RawEvidenceGzip); err != nil {
 			return err
 		}
 		a.RawEvidenceGzip = nil
 		a.HasRawEvidence = true
 	}
 	if len(a.EventLogGzip) > 0 {
-		if err := tx.Bucket(bEvidence).Put(be64(a.ID), a.EventLogGzip); err != nil {
+		if err := appendBucket(tx, bEvidence).Put(be64(a.ID), a.EventLogGzip); err != nil {
 			return err
 		}
 		a.EventLogGzip = nil
 		a.HasEventLog = true
 	}
-	if err := putJSON(tx.Bucket(bAttestations), be64(a.ID), a); err != nil {
+	if err := putJSON(appendBucket(tx, bAttestations), be64(a.ID), a); err != nil {
 		return err
 	}
 	if err := putEntries(tx, attestationIndexEntries(a)); err != nil {

@@ -530,3 +530,48 @@ func TestHugeClaimIsNotIndexed(t *testing.T) {
 		t.Fatalf("filter by a huge model: %v", err)
 	}
 }
+
+// VerifyIndexes finds a missing, a stray and a changed index key, and
+// names the bucket.
+func TestVerifyIndexesFindsDamage(t *testing.T) {
+	dir := t.TempDir()
+	if err := LoadSynthetic(dir, SyntheticFleet{Devices: 200, Attestations: 600, Audit: 100, End: t0, Span: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "fsm.db")
+	for _, c := range []struct {
+		bucket []byte
+		want   string
+		damage func(b *bolt.Bucket) error
+	}{
+		{bIxDevLabel, "holds", func(b *bolt.Bucket) error { k, _ := b.Cursor().First(); return b.Delete(k) }},
+		{bIxAttCode, "stray key", func(b *bolt.Bucket) error { return b.Put(append(lp("pcr_mismatch"), be64(1)...), nil) }},
+		{bIxAudActor, "stray key", func(b *bolt.Bucket) error {
+			k, _ := b.Cursor().Last()
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+			return b.Put(append(lp("operator-9"), k[len(k)-16:]...), nil)
+		}},
+	} {
+		f, err := openFSM(path, func(error) {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.verifyIndexes(); err != nil {
+			t.Fatalf("before damaging %s: %v", c.bucket, err)
+		}
+		if err := f.db.Update(func(tx *bolt.Tx) error { return c.damage(tx.Bucket(c.bucket)) }); err != nil {
+			t.Fatal(err)
+		}
+		err = f.verifyIndexes()
+		if !errors.Is(err, ErrIndexMismatch) || !strings.Contains(err.Error(), string(c.bucket)) || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("%s damaged: %v", c.bucket, err)
+		}
+		// Repair for the next case.
+		if err := f.db.Update(func(tx *bolt.Tx) error { return ensureIndexes(tx, true) }); err != nil {
+			t.Fatal(err)
+		}
+		f.close()
+	}
+}

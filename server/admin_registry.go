@@ -328,26 +328,29 @@ func (a *Appliance) revokeSerials(ctx context.Context, id, reason string) (int, 
 // SweepRevocations completes revocations interrupted between their state
 // change and their serials (the leader runs it every
 // audit_checkpoint_every): every certificate of a device that was ever
-// revoked, or is deleted, is revoked.
+// revoked, or is deleted, is revoked. Revocation is final but for delete,
+// so those are the revoked and deleted devices, read page by page.
 func (a *Appliance) SweepRevocations(ctx context.Context) error {
-	devs, err := a.node.Devices()
-	if err != nil {
-		return err
-	}
 	var errs []error
-	for _, d := range devs {
-		i := slices.IndexFunc(d.History, func(c cluster.StateChange) bool {
-			return c.Op == cluster.OpRevoke || c.Op == cluster.OpDelete
+	for _, state := range []string{cluster.DeviceRevoked, cluster.DeviceDeleted} {
+		err := a.eachDevice(state, func(d cluster.Device) error {
+			i := slices.IndexFunc(d.History, func(c cluster.StateChange) bool {
+				return c.Op == cluster.OpRevoke || c.Op == cluster.OpDelete
+			})
+			if i < 0 {
+				return nil
+			}
+			n, err := a.revokeSerials(ctx, d.ID, d.History[i].Reason)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if n > 0 {
+				a.log.Warn("completed an interrupted device revocation", "device_id", d.ID, "certificates", n)
+			}
+			return nil
 		})
-		if i < 0 {
-			continue
-		}
-		n, err := a.revokeSerials(ctx, d.ID, d.History[i].Reason)
 		if err != nil {
 			errs = append(errs, err)
-		}
-		if n > 0 {
-			a.log.Warn("completed an interrupted device revocation", "device_id", d.ID, "certificates", n)
 		}
 	}
 	return errors.Join(errs...)

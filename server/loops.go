@@ -125,20 +125,49 @@ func (a *Appliance) MarkStale(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	devs, err := a.node.Devices()
-	if err != nil {
-		return err
-	}
 	now := a.enroller.now()
 	cutoffs := map[string]time.Time{}
-	for _, d := range devs {
+	err = a.eachDevice(cluster.DeviceActive, func(d cluster.Device) error {
 		g := p.GroupNamed(d.Group)
-		if g == nil || d.Status != cluster.DeviceActive || d.Stale {
-			continue
+		if g == nil || d.Stale {
+			return nil
 		}
 		if every := g.ReattestEvery(); every > 0 && now.Sub(d.LastAttestedAt) > every {
 			cutoffs[d.ID] = now.Add(-every)
 		}
+		if len(cutoffs) < staleBatch {
+			return nil
+		}
+		err := a.node.MarkStale(ctx, cutoffs)
+		clear(cutoffs)
+		return err
+	})
+	if err != nil || len(cutoffs) == 0 {
+		return err
 	}
 	return a.node.MarkStale(ctx, cutoffs)
+}
+
+// staleBatch bounds the devices one stale-marking command carries.
+const staleBatch = 5000
+
+// eachDevice hands fn every device in state, one page of the state index
+// at a time: a duty over the whole fleet holds one page, not the registry
+// (gigabytes at a million devices).
+func (a *Appliance) eachDevice(state string, fn func(cluster.Device) error) error {
+	for cursor := ""; ; {
+		page, next, err := a.node.QueryDevices(cluster.DeviceQuery{State: state, Cursor: cursor, Limit: cluster.MaxPageLimit})
+		if err != nil {
+			return err
+		}
+		for _, d := range page {
+			if err := fn(d); err != nil {
+				return err
+			}
+		}
+		if next == "" {
+			return nil
+		}
+		cursor = next
+	}
 }

@@ -143,9 +143,9 @@ func (e *Env) Start(opts ...server.Option) {
 // URL is the device API's base URL.
 func (e *Env) URL() string { return "https://" + e.App.Addr() }
 
-// Seed stops the node, loads fleet straight into its registry
-// (cluster.LoadSynthetic: no Raft commit per record, so 100,000 devices
-// take seconds, not hours) and starts it again, which reads them back.
+// Seed stops the node, builds fleet in its registry (cluster.LoadSynthetic:
+// the commands' apply without a Raft commit each, so 100,000 devices take
+// about a minute, not hours) and starts it again, which reads them back.
 func (e *Env) Seed(fleet cluster.SyntheticFleet) {
 	e.T.Helper()
 	e.App.Close()
