@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bufio"
-	"context"
 	"crypto/x509"
 	"os"
 	"path/filepath"
@@ -28,33 +27,7 @@ func TestDaemonEnrollsThenRenews(t *testing.T) {
 	}
 	defer tpm.Close()
 	dir := t.TempDir()
-	renewed := make(chan *fwclient.Identity, 10)
-	d := &fwclient.Daemon{
-		Client:   fwclient.NewClient(e.URL(), e.App.Root()),
-		TPM:      tpm,
-		Dir:      dir,
-		Server:   e.URL(),
-		Schedule: func(*x509.Certificate, time.Time) time.Duration { return 100 * time.Millisecond },
-		Renewed:  func(id *fwclient.Identity) { renewed <- id },
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	var ids []*fwclient.Identity
-	for len(ids) < 3 {
-		select {
-		case id := <-renewed:
-			ids = append(ids, id)
-		case err := <-done:
-			t.Fatalf("daemon stopped: %v", err)
-		case <-time.After(30 * time.Second):
-			t.Fatalf("only %d identities after 30s", len(ids))
-		}
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("daemon returned %v on stop", err)
-	}
+	ids := e.RunDaemon(t, tpm, dir, 100*time.Millisecond, 3)
 	for i := 1; i < len(ids); i++ {
 		if ids[i].DeviceID != ids[0].DeviceID || ids[i].Certificate.SerialNumber.Cmp(ids[i-1].Certificate.SerialNumber) == 0 ||
 			string(ids[i].Certificate.RawSubjectPublicKeyInfo) != string(ids[0].Certificate.RawSubjectPublicKeyInfo) {

@@ -3,7 +3,6 @@ package tpmmodel_test
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"errors"
 	"os"
 	"testing"
@@ -158,33 +157,7 @@ func TestModelDaemon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	renewed := make(chan *fwclient.Identity, 10)
-	d := &fwclient.Daemon{
-		Client:   e.Client,
-		TPM:      dev,
-		Dir:      t.TempDir(),
-		Server:   e.URL(),
-		Schedule: func(*x509.Certificate, time.Time) time.Duration { return 50 * time.Millisecond },
-		Renewed:  func(id *fwclient.Identity) { renewed <- id },
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	var ids []*fwclient.Identity
-	for len(ids) < 2 {
-		select {
-		case id := <-renewed:
-			ids = append(ids, id)
-		case err := <-done:
-			t.Fatalf("daemon stopped: %v", err)
-		case <-time.After(30 * time.Second):
-			t.Fatalf("only %d identities after 30s", len(ids))
-		}
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("daemon returned %v on stop", err)
-	}
+	ids := e.RunDaemon(t, dev, t.TempDir(), 50*time.Millisecond, 2)
 	if ids[1].DeviceID != ids[0].DeviceID || ids[1].Certificate.SerialNumber.Cmp(ids[0].Certificate.SerialNumber) == 0 {
 		t.Fatalf("enrolled %s serial %s, then %s serial %s: want one device, a renewed certificate", ids[0].DeviceID, ids[0].Certificate.SerialNumber, ids[1].DeviceID, ids[1].Certificate.SerialNumber)
 	}
