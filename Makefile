@@ -138,9 +138,10 @@ bench-console: deps
 # build/scale.log (the nodes' build/scale-node-N.log), the last line the
 # summary.
 SCALE_DEVICES ?= 1000000
+SCALE_SEED ?=
 scale: deps
 	@mkdir -p build/scale
-	@GATEHOUSE_SCALE_DEVICES=$(SCALE_DEVICES) GATEHOUSE_SCALE_DIR=$(CURDIR)/build/scale GATEHOUSE_SCALE_LOGS=$(CURDIR)/build $(GO) test -run '^TestScale$$' -count=1 -timeout 3h -v ./server/ > build/scale.log 2>&1; rc=$$?; \
+	@GATEHOUSE_SCALE_DEVICES=$(SCALE_DEVICES) GATEHOUSE_SCALE_SEED=$(if $(SCALE_SEED),$(abspath $(SCALE_SEED))) GATEHOUSE_SCALE_DIR=$(CURDIR)/build/scale GATEHOUSE_SCALE_LOGS=$(CURDIR)/build $(GO) test -run '^TestScale$$' -count=1 -timeout 3h -v ./server/ > build/scale.log 2>&1; rc=$$?; \
 	  grep -E '^\s+scale_test.go:[0-9]+: ' build/scale.log | sed -E 's/^\s+scale_test.go:[0-9]+: /  /'; \
 	  grep -E '^(scale:|--- FAIL|FAIL|panic)' build/scale.log || tail -n 30 build/scale.log; \
 	  rm -rf build/scale; exit $$rc

@@ -147,7 +147,7 @@ func pct(lat []time.Duration, p float64) float64 {
 //
 // GATEHOUSE_SCALE_DIR puts the data directories there (make scale: under
 // build/), removed at the end; GATEHOUSE_SCALE_LOGS keeps the nodes' logs
-// (scale-node-N.log) there.
+// (scale-node-N.log) there; GATEHOUSE_SCALE_SEED keeps the seeded node.
 func TestScale(t *testing.T) {
 	devices := 5000
 	if s := os.Getenv("GATEHOUSE_SCALE_DEVICES"); s != "" {
@@ -179,8 +179,24 @@ func TestScale(t *testing.T) {
 	os.WriteFile(pw, servertest.Password, 0o600)
 	n1, n2 := filepath.Join(work, "node-1"), filepath.Join(work, "node-2")
 	api1, api2 := servertest.FreeAddr(t), servertest.FreeAddr(t)
-	scaleRun(t, "init", "--data-dir", n1, "--node-id", "node-1", "--password-file", pw, "--ek-roots", roots,
-		"--listen", api1, "--raft-addr", servertest.FreeAddr(t))
+	// GATEHOUSE_SCALE_SEED (make scale SCALE_SEED=dir) keeps the seeded
+	// node-1 there, and a later run of the same size measures it again
+	// without the load (45 minutes at a million devices). The marker,
+	// written once the indexes are verified, holds node-1's API address.
+	marker, reuse := "", false
+	if d := os.Getenv("GATEHOUSE_SCALE_SEED"); d != "" {
+		n1 = filepath.Join(d, fmt.Sprintf("node-1-%d", devices))
+		marker = filepath.Join(n1, "scale-seeded")
+		if b, err := os.ReadFile(marker); err == nil {
+			api1, reuse = string(b), true
+		} else if err := os.RemoveAll(n1); err != nil { // a load that did not finish
+			t.Fatal(err)
+		}
+	}
+	if !reuse {
+		scaleRun(t, "init", "--data-dir", n1, "--node-id", "node-1", "--password-file", pw, "--ek-roots", roots,
+			"--listen", api1, "--raft-addr", servertest.FreeAddr(t))
+	}
 
 	// First start (bootstrap), then the registry, through the commands'
 	// apply, while the node is closed.
@@ -200,11 +216,13 @@ func TestScale(t *testing.T) {
 		}
 		return app
 	}
-	openNode().Close()
 	fleet := cluster.SyntheticFleet{Devices: devices, Attestations: 3 * devices, End: time.Now(), Span: 90 * 24 * time.Hour}
 	t0 := time.Now()
-	if err := cluster.LoadSynthetic(filepath.Join(n1, "raft"), fleet); err != nil {
-		t.Fatal(err)
+	if !reuse {
+		openNode().Close()
+		if err := cluster.LoadSynthetic(filepath.Join(n1, "raft"), fleet); err != nil {
+			t.Fatal(err)
+		}
 	}
 	seed := time.Since(t0)
 	fsmSize := fileSize(t, filepath.Join(n1, "raft", "fsm.db"))
@@ -218,6 +236,11 @@ func TestScale(t *testing.T) {
 		t.Fatalf("query indexes after the load: %v", err)
 	}
 	verify := time.Since(t0)
+	if marker != "" && !reuse {
+		if err := os.WriteFile(marker, []byte(api1), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := app.Node().AppendAudit(ctx, "scale.seeded", "node:node-1", "", map[string]int{"devices": devices}); err != nil {
 		t.Fatal(err)
 	}
@@ -335,6 +358,11 @@ func TestScale(t *testing.T) {
 	anon1, file1 := procStatus(t, p1.Process.Pid, "RssAnon"), procStatus(t, p1.Process.Pid, "RssFile")
 
 	// A new node joins and installs the snapshot.
+	// node-2 joins node-1's configuration: the seed is reusable again only
+	// once node-2 is removed from it (below), or node-1 alone has no quorum.
+	if marker != "" {
+		os.Remove(marker)
+	}
 	tok := filepath.Join(work, "node-2.token")
 	os.WriteFile(tok, scaleRun(t, "cluster", "token", "create", "--data-dir", n1), 0o600)
 	log2 := filepath.Join(logs, "scale-node-2.log")
@@ -368,10 +396,23 @@ func TestScale(t *testing.T) {
 		t.Fatalf("node-2: device %s is %q", want.ID, d.ID)
 	}
 	rss2, hwm2 := procStatus(t, p2.Process.Pid, "VmRSS"), procStatus(t, p2.Process.Pid, "VmHWM")
+	if marker != "" {
+		if err := server.NewAdminClient(n1).RemoveMember(ctx, "node-2"); err != nil {
+			t.Fatalf("removing node-2 to keep the seed: %v", err)
+		}
+		if err := os.WriteFile(marker, []byte(api1), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	mib := func(b int64) float64 { return float64(b) / (1 << 20) }
-	t.Logf("seeded %d devices and %d records through the commands' apply in %s (registry %.0f MiB); indexes verified in %s",
-		devices, fleet.Attestations, seed.Round(time.Millisecond), mib(fsmSize), verify.Round(time.Millisecond))
+	if reuse {
+		t.Logf("reused the registry of %d devices and %d records seeded by an earlier run in %s (registry %.0f MiB); indexes verified in %s",
+			devices, fleet.Attestations, n1, mib(fsmSize), verify.Round(time.Millisecond))
+	} else {
+		t.Logf("seeded %d devices and %d records through the commands' apply in %s (registry %.0f MiB); indexes verified in %s",
+			devices, fleet.Attestations, seed.Round(time.Millisecond), mib(fsmSize), verify.Round(time.Millisecond))
+	}
 	t.Logf("snapshot: %.0f MiB in %s", mib(snapSize), snapTime.Round(time.Millisecond))
 	t.Logf("restart (exec to ready): %s", restart.Round(time.Millisecond))
 	t.Logf("node-1 RSS %d MiB (peak %d MiB; %d MiB heap and stacks, %d MiB pages of files: the mapped registry); node-2 RSS %d MiB (peak %d MiB)",
