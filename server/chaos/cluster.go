@@ -199,75 +199,83 @@ func (c *Cluster) AdminClient(i int) *server.AdminClient {
 	return server.NewAdminClient(c.Nodes[i].Dir)
 }
 
-// Leader returns the index of the node that says it is the leader, when
-// every other node that answers names it too; a node that is down, paused
-// or cut off and does not answer within a second is left out. It is -1
-// when no such node exists (no leader, or two that disagree).
-func (c *Cluster) Leader() int {
-	leader, agreed := -1, true
-	var named string
-	for i, n := range c.Nodes {
-		if !n.Running() {
+// statusTimeout bounds a status call: a node's status asks every member
+// for its version, and gives a member that does not answer 2 s.
+const statusTimeout = 5 * time.Second
+
+// statuses asks the running nodes among idx for their status, in
+// parallel and from their own state, and returns the answers by index.
+func (c *Cluster) statuses(idx []int) map[int]server.Status {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	out := map[int]server.Status{}
+	for _, i := range idx {
+		if !c.Nodes[i].Running() {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		cl := c.AdminClient(i)
-		cl.StaleReads = true
-		s, err := cl.StatusBrief(ctx)
-		cancel()
-		if err != nil {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+			defer cancel()
+			cl := c.AdminClient(i)
+			cl.StaleReads = true
+			if s, err := cl.StatusBrief(ctx); err == nil {
+				mu.Lock()
+				out[i] = s
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// Leader returns the index of the node that says it is the leader, when
+// every other node that answers names it too; a node that is down, paused
+// or cut off from the test does not answer. It is -1 when no such node
+// exists (no leader, or two that disagree).
+func (c *Cluster) Leader() int {
+	all := make([]int, len(c.Nodes))
+	for i := range all {
+		all[i] = i
+	}
+	return c.LeaderAmong(all...)
+}
+
+// LeaderAmong is like Leader but asks only the nodes in among (one side of
+// a partition, say) and returns the leader only if it is one of them and
+// at least one other node of among confirms it (with one node in among,
+// its own word).
+func (c *Cluster) LeaderAmong(among ...int) int {
+	st := c.statuses(among)
+	leader, confirmed := -1, len(among) == 1
+	for _, i := range among {
+		s, ok := st[i]
+		if !ok {
 			continue
 		}
 		if s.Leader {
 			if leader >= 0 {
-				agreed = false
+				return -1 // two leaders answer: terms still settling
 			}
 			leader = i
 		}
-		if s.LeaderID != "" {
-			if named != "" && named != s.LeaderID {
-				agreed = false
-			}
-			named = s.LeaderID
-		}
 	}
-	if !agreed || leader < 0 || c.Nodes[leader].ID != named {
+	if leader < 0 {
+		return -1
+	}
+	for i, s := range st {
+		if i == leader {
+			continue
+		}
+		if s.LeaderID != c.Nodes[leader].ID {
+			return -1
+		}
+		confirmed = true
+	}
+	if !confirmed {
 		return -1
 	}
 	return leader
-}
-
-// LeaderAmong is like Leader but asks only the nodes in among (a majority
-// side, say) and returns the leader only if it is one of them.
-func (c *Cluster) LeaderAmong(among ...int) int {
-	for _, i := range among {
-		if !c.Nodes[i].Running() {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		cl := c.AdminClient(i)
-		cl.StaleReads = true
-		s, err := cl.StatusBrief(ctx)
-		cancel()
-		if err != nil || !s.Leader {
-			continue
-		}
-		// Leader must be confirmed by another member of the side.
-		for _, j := range among {
-			if j == i {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			cj := c.AdminClient(j)
-			cj.StaleReads = true
-			sj, err := cj.StatusBrief(ctx)
-			cancel()
-			if err == nil && sj.LeaderID == s.NodeID {
-				return i
-			}
-		}
-	}
-	return -1
 }
 
 // WaitLeader waits up to d for Leader to name a node and returns it.

@@ -143,6 +143,8 @@ func minorityRefuses(t testing.TB, f *fleet, m int, tag string) string {
 	cancel()
 	if err == nil {
 		t.Errorf("%s: the minority node %s acknowledged an enrollment (device %s, attestation %d)", tag, c.Nodes[m].ID, a.DeviceID, a.AttestationID)
+	} else {
+		t.Logf("%s: enrollment through the minority node %s: %v", tag, c.Nodes[m].ID, err)
 	}
 	key := "chaos-minority-" + tag
 	ctx, cancel = context.WithTimeout(context.Background(), minorityTry)
@@ -150,6 +152,8 @@ func minorityRefuses(t testing.TB, f *fleet, m int, tag string) string {
 	cancel()
 	if err == nil {
 		t.Errorf("%s: the minority node %s acknowledged an admin write", tag, c.Nodes[m].ID)
+	} else {
+		t.Logf("%s: admin write through the minority node %s: %v", tag, c.Nodes[m].ID, err)
 	}
 	// A linearizable read must be refused, with 503, not served stale. An
 	// isolated leader may need its lease to run out before it knows; a
@@ -164,6 +168,7 @@ func minorityRefuses(t testing.TB, f *fleet, m int, tag string) string {
 			break
 		}
 		if chaos.IsUnavailable(err) {
+			t.Logf("%s: linearizable read on the minority node %s: %v", tag, c.Nodes[m].ID, err)
 			break
 		}
 		if time.Now().After(end) {
