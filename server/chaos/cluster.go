@@ -63,7 +63,9 @@ type Node struct {
 
 // Options configure NewCluster.
 type Options struct {
-	// Bin is the gatehouse binary; default ../../bin/gatehouse (make build).
+	// Bin is the gatehouse binary; by default NewCluster builds one from
+	// this module's source (with the build flags in GOFLAGS, as make sets
+	// them), so that the nodes never run a stale binary.
 	Bin string
 	// Nodes is the cluster's size; default 3.
 	Nodes int
@@ -85,15 +87,16 @@ func NewCluster(t testing.TB, opts Options) *Cluster {
 	if opts.Nodes == 0 {
 		opts.Nodes = 3
 	}
-	if opts.Bin == "" {
-		opts.Bin = "../../bin/gatehouse"
+	bin := opts.Bin
+	if bin == "" {
+		bin = buildGatehouse(t)
 	}
-	bin, err := filepath.Abs(opts.Bin)
+	bin, err := filepath.Abs(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("%s: run make build first (make chaos does)", bin)
+		t.Fatalf("the gatehouse binary: %v", err)
 	}
 	lab, err := newNetLab(opts.Nodes)
 	if err != nil {
@@ -171,6 +174,23 @@ func NewCluster(t testing.TB, opts Options) *Cluster {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// buildGatehouse builds cmd/gatehouse of the module the test runs in into
+// a temporary directory and returns the binary's path.
+func buildGatehouse(t testing.TB) string {
+	t.Helper()
+	mod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil || len(bytes.TrimSpace(mod)) == 0 {
+		t.Fatalf("go env GOMOD: %v (%s)", err, mod)
+	}
+	bin := filepath.Join(t.TempDir(), "gatehouse")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/gatehouse")
+	cmd.Dir = filepath.Dir(string(bytes.TrimSpace(mod)))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/gatehouse: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // URL is node i's device API base URL (https://IP:port).

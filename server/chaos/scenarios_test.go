@@ -37,6 +37,9 @@ type fleet struct {
 	seq  int
 	// labeled is a device every scenario writes labels on.
 	labeled string
+	// quiet is held by stream's enrollments (read) and by a convergence
+	// check (write), which needs no writes in flight.
+	quiet sync.RWMutex
 }
 
 func newFleet(t testing.TB, c *chaos.Cluster, m *swtpm.Manufacturer) *fleet {
@@ -101,9 +104,11 @@ func (f *fleet) stream(n int, stop <-chan struct{}) *sync.WaitGroup {
 					return
 				default:
 				}
+				f.quiet.RLock()
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				_, err := f.enroll(ctx, k%len(f.c.Nodes), name, d)
 				cancel()
+				f.quiet.RUnlock()
 				if err != nil {
 					time.Sleep(50 * time.Millisecond)
 				}
@@ -224,6 +229,8 @@ func healed(t testing.TB, f *fleet, tag string, present, absent []string) {
 	if err := c.HealAll(); err != nil {
 		t.Fatal(err)
 	}
+	f.quiet.Lock() // the background stream, if any, waits
+	defer f.quiet.Unlock()
 	conv, err := c.WaitConverged(converge)
 	if err != nil {
 		t.Fatalf("%s: no convergence after healing: %v", tag, err)
