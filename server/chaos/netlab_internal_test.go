@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -163,4 +164,41 @@ func TestNetLabRemovesStale(t *testing.T) {
 	if !nsExists(live+"n0") || !linkExists(live+"br") {
 		t.Errorf("a live process's namespace or bridge (%s) was removed", live)
 	}
+}
+
+// TestFaultPrimitives checks which pairs each network fault cuts (the
+// drop itself is TestNetLabDropsSilently's) and that bad groupings are
+// refused.
+func TestFaultPrimitives(t *testing.T) {
+	l, err := newNetLab(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.close() })
+	c := &Cluster{Nodes: make([]*Node, 3), lab: l}
+	check := func(what string, err error, want ...[2]int) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if got := c.Cuts(); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: cuts %v, want %v", what, got, want)
+		}
+	}
+	check("split 2/1", c.Partition([]int{0, 1}, []int{2}), [2]int{0, 2}, [2]int{1, 2})
+	check("isolate 1", c.Isolate(1), [2]int{0, 1}, [2]int{1, 2})
+	check("bridge 0-1-2", c.Bridge(0, 1, 2), [2]int{0, 2})
+	check("cut 0-1 too", c.Cut(1, 0), [2]int{0, 1}, [2]int{0, 2})
+	check("link 0-2", c.Link(0, 2), [2]int{0, 1})
+	check("flap 1-2", c.Flap(context.Background(), 1, 2, time.Millisecond, 2), [2]int{0, 1})
+	check("heal", c.HealAll())
+	for _, bad := range [][][]int{{{0, 1}}, {{0, 1}, {1, 2}}, {{0, 1, 2, 3}}} {
+		if err := c.Partition(bad...); err == nil {
+			t.Errorf("Partition(%v) accepted", bad)
+		}
+	}
+	if err := c.Bridge(0, 0, 2); err == nil {
+		t.Error("Bridge(0, 0, 2) accepted")
+	}
+	check("after refusals", nil)
 }

@@ -110,9 +110,10 @@ func (c *Cluster) HealAll() error { return c.lab.setCut(map[[2]int]bool{}) }
 // i < j.
 func (c *Cluster) Cuts() [][2]int {
 	var out [][2]int
+	cut := c.lab.cuts()
 	for i := range c.Nodes {
 		for j := i + 1; j < len(c.Nodes); j++ {
-			if c.lab.cuts()[pair(i, j)] {
+			if cut[pair(i, j)] {
 				out = append(out, [2]int{i, j})
 			}
 		}
