@@ -59,10 +59,11 @@ func TestChaos(t *testing.T) {
 	faults[1].run = faults[0].run
 	end := time.Now().Add(duration)
 	counts := map[string]int{}
-	for time.Now().Before(end) {
-		// Every fault once per round, in a random order.
+	for round := 0; time.Now().Before(end); round++ {
+		// Every fault once per round, in a random order; the first round
+		// runs whole even past CHAOS_DURATION, so every scenario runs.
 		for _, k := range rand.Perm(len(faults)) {
-			if !time.Now().Before(end) {
+			if round > 0 && !time.Now().Before(end) {
 				break
 			}
 			time.Sleep(5*time.Second + rand.N(5*time.Second))
