@@ -404,6 +404,9 @@ func (n *Node) Start() error {
 	// reach it directly.
 	cmd := exec.Command("ip", append([]string{"netns", "exec", n.netns, n.bin}, n.args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// A test binary that dies without its cleanup (go test -timeout)
+	// takes its nodes with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return err

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
 // namePrefix starts every namespace, link and nft table this package makes;
@@ -246,6 +247,16 @@ func removeStale() {
 	if out, err := exec.Command("ip", "netns", "list").Output(); err == nil {
 		for _, line := range strings.Split(string(out), "\n") {
 			if f := strings.Fields(line); len(f) > 0 && dead(f[0]) {
+				// Processes the dead run started there (its nodes, if
+				// they outlived it) go first: they would keep the
+				// namespace alive after its name is deleted.
+				if pids, err := exec.Command("ip", "netns", "pids", f[0]).Output(); err == nil {
+					for _, p := range strings.Fields(string(pids)) {
+						if pid, err := strconv.Atoi(p); err == nil {
+							syscall.Kill(pid, syscall.SIGKILL)
+						}
+					}
+				}
 				run("ip", "netns", "del", f[0])
 			}
 		}

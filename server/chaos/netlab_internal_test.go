@@ -122,8 +122,9 @@ func TestNetLabDropsSilently(t *testing.T) {
 }
 
 // TestNetLabRemovesStale checks that a namespace and a link left by a run
-// whose process is gone are removed when a lab starts, and that those of a
-// live process are not.
+// whose process is gone are removed when a lab starts, with any process
+// still running in that namespace, and that those of a live process are
+// not.
 func TestNetLabRemovesStale(t *testing.T) {
 	b, err := os.ReadFile("/proc/sys/kernel/pid_max")
 	if err != nil {
@@ -153,11 +154,24 @@ func TestNetLabRemovesStale(t *testing.T) {
 			}
 		}
 	})
+	// A node the dead run left running in its namespace.
+	orphan := exec.Command("ip", "netns", "exec", dead+"n0", "sleep", "300")
+	if err := orphan.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- orphan.Wait() }()
+	t.Cleanup(func() { orphan.Process.Kill() })
 	l, err := newNetLab(1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.close()
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Error("a process left in the dead run's namespace still runs")
+	}
 	if nsExists(dead+"n0") || linkExists(dead+"br") {
 		t.Errorf("the dead run's namespace or bridge (%s) was not removed", dead)
 	}
