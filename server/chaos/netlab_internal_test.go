@@ -216,3 +216,18 @@ func TestFaultPrimitives(t *testing.T) {
 	}
 	check("after refusals", nil)
 }
+
+// TestMissingToolsFail checks that without ip and nft the harness fails
+// naming both and the command that installs them (it must never skip).
+func TestMissingToolsFail(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	err := checkTools()
+	if err == nil {
+		t.Fatal("no error with an empty PATH")
+	}
+	for _, want := range []string{"ip (Debian package iproute2)", "nft (Debian package nftables)", "make deps"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q does not say %q", err, want)
+		}
+	}
+}
