@@ -12,8 +12,9 @@ PKGS    := ./...
 # Debian packages the TPM tests and the demo need, the browser the
 # console's browser test drives (console/browser_test.go), and socat, which
 # bridges swtpm to the UNIX socket the step CLI's tpmkms opens
-# (server/stepcli_e2e_test.go).
-APT_PKGS := swtpm swtpm-tools openssl chromium systemd dpkg socat
+# (server/stepcli_e2e_test.go), and ip and nft, which make the network
+# namespaces and partitions of server/chaos.
+APT_PKGS := swtpm swtpm-tools openssl chromium systemd dpkg socat iproute2 nftables
 
 .PHONY: all build test bench loadtest bench-queries bench-console scale demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary step-cli
 
@@ -32,10 +33,10 @@ build:
 	$(GO) build -o $(BIN)/mkdevices ./testvectors/mkdevices
 	$(GO) build -o $(BIN)/gatehouse-load ./cmd/gatehouse-load
 
-# deps installs swtpm, chromium, systemd-analyze, dpkg-deb and socat when missing. It never
+# deps installs swtpm, chromium, systemd-analyze, dpkg-deb, socat, ip and nft when missing. It never
 # pretends: without root or apt-get it stops and says what to install.
 deps:
-	@missing=""; for c in swtpm swtpm_setup swtpm_localca openssl chromium systemd-analyze dpkg-deb socat; do \
+	@missing=""; for c in swtpm swtpm_setup swtpm_localca openssl chromium systemd-analyze dpkg-deb socat ip nft; do \
 	  command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	echo "deps: missing:$$missing; installing $(APT_PKGS) with apt-get"; \
@@ -45,7 +46,7 @@ deps:
 	  echo "deps: FAILED: not root and no sudo; run as root: apt-get install -y $(APT_PKGS)" >&2; exit 1; }; fi; \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq || { echo "deps: FAILED: apt-get update failed (no access to the Debian archive?)" >&2; exit 1; }; \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null || { echo "deps: FAILED: apt-get install $(APT_PKGS) failed" >&2; exit 1; }; \
-	for c in swtpm swtpm_setup swtpm_localca chromium systemd-analyze dpkg-deb socat; do command -v $$c >/dev/null 2>&1 || { \
+	for c in swtpm swtpm_setup swtpm_localca chromium systemd-analyze dpkg-deb socat ip nft; do command -v $$c >/dev/null 2>&1 || { \
 	  echo "deps: FAILED: $$c still missing after install" >&2; exit 1; }; done; \
 	echo "deps: installed $$(swtpm --version 2>&1 | head -n1), $$(chromium --version 2>/dev/null | head -n1), $$(socat -V 2>/dev/null | grep -m1 "socat version")"
 
@@ -190,13 +191,15 @@ package:
 	rm -rf build/packages
 	cd packaging && $(GO) run . -src .. -bin ../$(PKG_BIN) -out ../build/packages
 
-# chaos: three node processes, a random one SIGKILLed every 5-10 s for
-# CHAOS_DURATION (default 3m); the last line is the invariants line.
+# chaos: three node processes, each in its own network namespace, and
+# every 5-10 s for CHAOS_DURATION (default 3m) a fault: a random node
+# SIGKILLed, or a partition or pause scenario with its checks
+# (server/chaos); the last line is the invariants line.
 CHAOS_DURATION ?= 3m
 chaos: deps build
 	@mkdir -p build
-	@CHAOS_DURATION=$(CHAOS_DURATION) $(GO) test -tags=$(TAGS),chaos -run '^TestChaos$$' -count=1 -timeout 6m -v ./server/ > build/chaos.log 2>&1; \
-	  rc=$$?; grep -E '^\s+chaos_test.go' build/chaos.log | tail -n 5; \
+	@CHAOS_DURATION=$(CHAOS_DURATION) $(GO) test -tags=$(TAGS),chaos -run '^TestChaos$$' -count=1 -timeout 11m -v ./server/chaos/ > build/chaos.log 2>&1; \
+	  rc=$$?; grep -E '^\s+(chaos|scenarios)_test.go' build/chaos.log | tail -n 12; \
 	  grep '^invariants:' build/chaos.log | tail -n 1 || { tail -n 30 build/chaos.log; echo "invariants: chaos run failed before the check (see build/chaos.log)"; }; \
 	  exit $$rc
 
