@@ -25,11 +25,16 @@ type Invariants struct {
 	Acked   int // acknowledged enrollments
 	Present int // of those, held with the same device and serial by every node
 	Lost    int // Acked - Present
-	// DuplicateIDs counts devices the registry holds beyond one per
-	// acknowledged TPM: a TPM acknowledged under two device IDs, or a
-	// device that no client was ever told about (an enrollment committed
-	// although it was refused, or never answered, on every try).
+	// DuplicateIDs counts device IDs beyond one per TPM: a TPM
+	// acknowledged under two device IDs, or an EK the registry holds under
+	// two devices. A device no client was told about is not one: an
+	// enrollment whose answer was lost (a timeout, a 503 after
+	// forwarding) may still commit, even after a partition heals, when
+	// the forwarded request reaches the leader late; it is Unacknowledged.
 	DuplicateIDs int
+	// Unacknowledged counts devices the registry holds that no
+	// acknowledgement named (reported, not a violation).
+	Unacknowledged int
 	// CertsWithoutRecord counts certificates some node's log says it
 	// issued that no accepted attestation record on some node names.
 	CertsWithoutRecord int
@@ -56,10 +61,10 @@ func (c *Cluster) CheckInvariants(ctx context.Context, acks []Ack) (Invariants, 
 	if err != nil {
 		return v, err
 	}
-	ids := map[string]string{}
+	ids, dupAcked := map[string]string{}, 0
 	for _, a := range acks {
 		if prev, ok := ids[a.Device]; ok && prev != a.DeviceID {
-			v.DuplicateIDs++
+			dupAcked++
 		}
 		ids[a.Device] = a.DeviceID
 	}
@@ -93,9 +98,23 @@ func (c *Cluster) CheckInvariants(ctx context.Context, acks []Ack) (Invariants, 
 		if err != nil {
 			return v, fmt.Errorf("%s: %w", c.Nodes[i].ID, err)
 		}
-		if extra := len(devs) - len(ids); extra > v.DuplicateIDs {
-			v.DuplicateIDs = extra
+		told := map[string]bool{}
+		for _, id := range ids {
+			told[id] = true
 		}
+		byEK, unacked := map[string]int{}, 0
+		for _, d := range devs {
+			byEK[d.EK.PublicSHA256]++
+			if !told[d.ID] {
+				unacked++
+			}
+		}
+		dup := 0
+		for _, n := range byEK {
+			dup += n - 1
+		}
+		v.DuplicateIDs = max(v.DuplicateIDs, dupAcked+dup)
+		v.Unacknowledged = max(v.Unacknowledged, unacked)
 	}
 	v.Lost, v.Present, v.CertsWithoutRecord = len(missing), len(acks)-len(missing), len(withoutRecord)
 	return v, nil

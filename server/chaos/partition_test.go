@@ -53,16 +53,31 @@ func TestPartitions(t *testing.T) {
 	if err != nil || v.Lost != 1 || v.Present != v.Acked-1 {
 		t.Errorf("a fabricated acknowledgement: %v, %v; want lost=1", v, err)
 	}
-	// And a device in the registry that no client was acknowledged is
-	// counted: leave out every acknowledgement of one TPM.
+	// A device in the registry that no client was acknowledged is
+	// counted apart (an answer lost is not a duplicate): leave out every
+	// acknowledgement of one TPM.
+	acks := f.acked()
 	var without []chaos.Ack
-	for _, a := range f.acked() {
-		if a.Device != f.acked()[0].Device {
+	for _, a := range acks {
+		if a.Device != acks[0].Device {
 			without = append(without, a)
 		}
 	}
 	v, err = f.c.CheckInvariants(ctx, without)
-	if err != nil || v.DuplicateIDs != 1 {
-		t.Errorf("a device nobody was acknowledged: %v, %v; want duplicate_ids=1", v, err)
+	if err != nil || v.Unacknowledged != 1 || v.DuplicateIDs != 0 || !v.OK() {
+		t.Errorf("a device nobody was acknowledged: %+v, %v; want unacknowledged 1, duplicate_ids=0", v, err)
+	}
+	// One TPM told two device IDs is a duplicate.
+	var other chaos.Ack
+	for _, a := range acks {
+		if a.DeviceID != acks[0].DeviceID {
+			other = a
+			break
+		}
+	}
+	twice := append(append([]chaos.Ack(nil), acks...), chaos.Ack{Device: acks[0].Device, DeviceID: other.DeviceID, AttestationID: other.AttestationID, Serial: other.Serial})
+	v, err = f.c.CheckInvariants(ctx, twice)
+	if err != nil || v.DuplicateIDs != 1 || v.Lost != 0 {
+		t.Errorf("a TPM acknowledged under two device IDs: %+v, %v; want duplicate_ids=1 lost=0", v, err)
 	}
 }

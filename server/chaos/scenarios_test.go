@@ -313,9 +313,14 @@ func scenarioSplitFollower(t testing.TB, f *fleet) {
 		t.Fatal(err)
 	}
 	tag := fmt.Sprintf("split-follower-%d", time.Now().UnixNano())
-	absent := minorityRefuses(t, f, m, tag)
+	minorityRefuses(t, f, m, tag)
 	present := majorityAcknowledges(t, f, side, tag)
-	healed(t, f, tag, []string{present}, []string{absent})
+	// The refused write is not checked absent: the follower forwarded it
+	// to the leader, and the request, still in its TCP send buffer when
+	// the client gave up, may reach the leader and commit once the
+	// partition heals. Its outcome is unknown, not refused (the checker
+	// records it so); what must hold is that it was never acknowledged.
+	healed(t, f, tag, []string{present}, nil)
 }
 
 // scenarioPauseLeader SIGSTOPs the leader: the others elect a leader and
