@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
@@ -274,5 +275,182 @@ func TestClassifyError(t *testing.T) {
 		if got := ClassifyError(tc.kind, tc.err); got.Outcome != tc.want {
 			t.Errorf("%s %v: %s, want %s", tc.kind, tc.err, got.Outcome, tc.want)
 		}
+	}
+}
+
+// simRegistry is an imperative registry, written apart from the model, to
+// answer simulated operations at their linearization points.
+type simRegistry struct {
+	status map[int]string
+	tokens map[string]string // "" unused, "used"
+}
+
+func (s *simRegistry) apply(in Input) Output {
+	switch in.Kind {
+	case KindEnroll:
+		switch st := s.status[in.Device]; st {
+		case "", stateActive:
+			s.status[in.Device] = stateActive
+			return enrolled(fmt.Sprintf("id-%d", in.Device))
+		default:
+			return refused(api.CodeDeviceInactive)
+		}
+	case KindTransition:
+		st := s.status[in.Device]
+		if st == "" {
+			return refused(api.CodeNotFound)
+		}
+		next := map[string]map[string]string{
+			"disable":    {statePending: stateDisabled, stateActive: stateDisabled, stateQuarantined: stateDisabled},
+			"enable":     {stateDisabled: stateActive, stateQuarantined: stateActive},
+			"quarantine": {stateActive: stateQuarantined},
+			"revoke":     {statePending: stateRevoked, stateActive: stateRevoked, stateDisabled: stateRevoked, stateQuarantined: stateRevoked, stateRevoked: stateRevoked},
+			"delete":     {statePending: stateDeleted, stateActive: stateDeleted, stateDisabled: stateDeleted, stateQuarantined: stateDeleted, stateRevoked: stateDeleted},
+			"approve":    {statePending: stateActive},
+		}[in.Op][st]
+		if next == "" {
+			return refused(api.CodeIllegalTransition)
+		}
+		s.status[in.Device] = next
+		return ok()
+	case KindRead:
+		if st := s.status[in.Device]; st != "" {
+			return state(fmt.Sprintf("id-%d", in.Device), st)
+		}
+		return refused(api.CodeNotFound)
+	case KindTokenCreate:
+		s.tokens[in.Token] = ""
+		return ok()
+	case KindTokenConsume, KindTokenCheck:
+		u, made := s.tokens[in.Token]
+		switch {
+		case !made:
+			return refused(api.CodeJoinTokenInvalid)
+		case u == "used":
+			return refused(api.CodeJoinTokenUsed)
+		}
+		if in.Kind == KindTokenConsume {
+			s.tokens[in.Token] = "used"
+		}
+		return ok()
+	}
+	panic(in.Kind)
+}
+
+// simulate makes a linearizable history of n operations by clients
+// concurrent clients: each operation takes effect at a random point of its
+// interval, and one in unknownIn is indeterminate (its effect applied or
+// dropped at random).
+func simulate(rnd *rand.Rand, clients, devices, n, unknownIn int) []Op {
+	type simOp struct {
+		Op
+		at    time.Duration
+		apply bool
+	}
+	var ops []simOp
+	tokens := []string{"t0", "t1", "t2"}
+	for i, tok := range tokens { // made first, by client 0
+		ops = append(ops, simOp{Op: Op{Client: 0, Input: token(KindTokenCreate, tok), Call: time.Duration(3 * i), Return: time.Duration(3*i + 2)}, at: time.Duration(3*i + 1), apply: true})
+	}
+	next := make([]time.Duration, clients)
+	for c := range next {
+		next[c] = 10
+	}
+	ops1 := []string{"disable", "enable", "enable", "quarantine", "revoke", "delete", "approve"}
+	for range n {
+		c := rnd.IntN(clients)
+		var in Input
+		switch d := rnd.IntN(devices); rnd.IntN(5) {
+		case 0:
+			in = enroll(d)
+		case 1, 2:
+			in = transition(d, ops1[rnd.IntN(len(ops1))])
+			if in.Op == "delete" && rnd.IntN(8) != 0 || in.Op == "revoke" && rnd.IntN(4) != 0 {
+				in.Op = "disable" // keep devices alive most of the run
+			}
+		case 3:
+			in = read(d)
+		default:
+			in = token([]Kind{KindTokenConsume, KindTokenCheck, KindTokenCheck}[rnd.IntN(3)], tokens[rnd.IntN(len(tokens))])
+		}
+		call := next[c] + time.Duration(rnd.IntN(5))
+		ret := call + 1 + time.Duration(rnd.IntN(40))
+		next[c] = ret + 1
+		ops = append(ops, simOp{Op: Op{Client: c, Input: in, Call: call, Return: ret}, at: call + time.Duration(rnd.Int64N(int64(ret-call)+1)), apply: true})
+	}
+	// Indeterminate ones: their effect happens at their point, or never.
+	for i := len(tokens); i < len(ops); i++ {
+		if rnd.IntN(unknownIn) == 0 {
+			ops[i].Output.Outcome = Unknown
+			ops[i].apply = rnd.IntN(2) == 0
+		}
+	}
+	order := make([]int, len(ops))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return int(ops[a].at - ops[b].at) })
+	reg := &simRegistry{status: map[int]string{}, tokens: map[string]string{}}
+	for _, i := range order {
+		if ops[i].Output.Outcome == Unknown {
+			if ops[i].apply {
+				reg.apply(ops[i].Input)
+			}
+			ops[i].Output.Err = "simulated timeout"
+			continue
+		}
+		ops[i].Output = reg.apply(ops[i].Input)
+	}
+	out := make([]Op, len(ops))
+	for i, o := range ops {
+		out[i] = o.Op
+	}
+	return out
+}
+
+// Simulated histories, linearizable by construction, with indeterminate
+// operations, are accepted, in reasonable time; one wrong answer planted in
+// each is found: a second device ID, a join token spent twice.
+func TestCheckerSimulatedRegistry(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for round := range 6 {
+		// The last round is a run where one operation in three timed out
+		// (nodes paused for long): a harder search.
+		ops := simulate(rnd, 8, 4, 3000, map[bool]int{false: 20, true: 3}[round == 5])
+		t0 := time.Now()
+		res := check(t, ops, "")
+		if !res.Linearizable {
+			t.Fatalf("round %d: a linearizable history refused: %+v", round, res)
+		}
+		if took := time.Since(t0); took > 10*time.Second {
+			t.Errorf("round %d: the check took %v", round, took)
+		}
+		if res.Indeterminate == 0 || res.Ops != len(ops) {
+			t.Fatalf("round %d: %+v", round, res)
+		}
+		t.Logf("round %d: %s in %v, %d indeterminate", round, res, time.Since(t0).Round(time.Millisecond), res.Indeterminate)
+
+		plant := func(what string, match func(Op) bool, wrong Output, partition func(Op) string) {
+			bad := slices.Clone(ops)
+			var seen int
+			for i := range bad {
+				if match(bad[i]) {
+					if seen++; seen == 2 { // the second: the first one alone may be right
+						bad[i].Output = wrong
+						res := check(t, bad, "")
+						if res.Linearizable || !slices.Equal(res.Illegal, []string{partition(bad[i])}) {
+							t.Fatalf("round %d: %s not found: %+v", round, what, res)
+						}
+						return
+					}
+				}
+			}
+			t.Fatalf("round %d: nothing to plant %s in", round, what)
+		}
+		plant("a second device ID", func(o Op) bool { return o.Input.Kind == KindEnroll && o.Output.Outcome == OK },
+			enrolled("another-id"), func(o Op) string { return partitionKey(o.Input) })
+		plant("a token spent twice", func(o Op) bool {
+			return o.Input.Kind == KindTokenConsume && o.Output.Outcome == Refused && o.Output.Code == api.CodeJoinTokenUsed
+		}, ok(), func(o Op) string { return partitionKey(o.Input) })
 	}
 }
