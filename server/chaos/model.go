@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -322,65 +323,97 @@ func neverSent(err error) bool {
 type CheckResult struct {
 	// Linearizable: porcupine found a linearization of every partition.
 	Linearizable bool
-	// TimedOut: the check ran out of time before deciding (Linearizable is
-	// then false and Illegal empty).
-	TimedOut bool
 	// Ops is how many operations were checked (NoEffect ones are not);
 	// Indeterminate how many of them were Unknown; NoEffect how many were
 	// left out. Partitions is how many devices and tokens were checked.
 	Ops, Indeterminate, NoEffect, Partitions int
 	// ByKind counts checked operations per kind.
 	ByKind map[Kind]int
-	// Illegal names each partition with no linearization ("device 3",
-	// "token 5f0c...").
-	Illegal []string
-	// Visualization is the path of porcupine's HTML visualization, written
-	// when the history is not linearizable (and a directory was given).
+	// Illegal names each partition that has no linearization ("device 3",
+	// "token 5f0c..."); TimedOut each one the check could not decide in
+	// time (Linearizable is then false too).
+	Illegal, TimedOut []string
+	// Visualization is the path of porcupine's HTML visualization of the
+	// illegal partitions, written when there are some (and a directory
+	// was given).
 	Visualization string
 }
 
-// String is the summary for an invariants line: "linearizable=yes ops=N".
+// String is the summary for an invariants line: "linearizable=yes ops=N"
+// ("no" when a partition is illegal, "unknown" when none is but one could
+// not be decided in time).
 func (r CheckResult) String() string {
 	v := "no"
 	switch {
 	case r.Linearizable:
 		v = "yes"
-	case r.TimedOut:
+	case len(r.Illegal) == 0:
 		v = "unknown"
 	}
 	return fmt.Sprintf("linearizable=%s ops=%d", v, r.Ops)
 }
 
-// Check tests ops for linearizability against RegistryModel, within
-// timeout (0: none). When the history is not linearizable and visDir is
-// not empty, it writes porcupine's visualization there
-// (linearizability.html) and names it in the result.
+// Detail says what was checked, for a log line.
+func (r CheckResult) Detail() string {
+	var kinds []string
+	for _, k := range []Kind{KindEnroll, KindTransition, KindRead, KindTokenCreate, KindTokenConsume, KindTokenCheck} {
+		kinds = append(kinds, fmt.Sprintf("%s=%d", k, r.ByKind[k]))
+	}
+	s := fmt.Sprintf("%d operations checked (%s) over %d partitions, %d of them indeterminate; %d without effect left out",
+		r.Ops, strings.Join(kinds, " "), r.Partitions, r.Indeterminate, r.NoEffect)
+	if len(r.Illegal) > 0 {
+		s += "; not linearizable: " + strings.Join(r.Illegal, ", ")
+	}
+	if len(r.TimedOut) > 0 {
+		s += "; undecided in time: " + strings.Join(r.TimedOut, ", ")
+	}
+	if r.Visualization != "" {
+		s += "; visualization: " + r.Visualization
+	}
+	return s
+}
+
+// Check tests ops for linearizability against RegistryModel. Each partition
+// (device slot, join token) is checked on its own, all at once, each
+// within timeout (0: none). When some are not linearizable and visDir is
+// not empty, it writes porcupine's visualization of those to
+// visDir/linearizability.html (taking up to timeout again).
+//
+// Cost: a linearizable partition is decided greedily, in milliseconds for
+// thousands of operations. An illegal one needs an exhaustive search,
+// exponential in how many operations overlap; indeterminate ones overlap
+// everything after their invocation, so a partition with many of them may
+// end undecided (TimedOut) rather than Illegal.
 func Check(ops []Op, timeout time.Duration, visDir string) (CheckResult, error) {
 	res := CheckResult{ByKind: map[Kind]int{}}
-	hist := porcupineOps(ops, &res)
-	keys := map[string]bool{}
-	for _, op := range hist {
-		keys[partitionKey(op.Input.(Input))] = true
+	parts := partitionOps(porcupineOps(ops, &res))
+	res.Partitions = len(parts)
+	verdicts := make([]porcupine.CheckResult, len(parts))
+	var wg sync.WaitGroup
+	for i, part := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			verdicts[i] = porcupine.CheckOperationsTimeout(RegistryModel, part, timeout)
+		}()
 	}
-	res.Partitions = len(keys)
-	verdict, info := porcupine.CheckOperationsVerbose(RegistryModel, hist, timeout)
-	switch verdict {
-	case porcupine.Ok:
-		res.Linearizable = true
-		return res, nil
-	case porcupine.Unknown:
-		res.TimedOut = true
-		return res, nil
-	}
-	// Name the partitions without a linearization: check each alone.
-	for _, part := range partitionOps(hist) {
-		if porcupine.CheckOperationsTimeout(RegistryModel, part, timeout) != porcupine.Ok {
-			res.Illegal = append(res.Illegal, partitionKey(part[0].Input.(Input)))
+	wg.Wait()
+	var illegal []porcupine.Operation
+	for i, v := range verdicts {
+		key := partitionKey(parts[i][0].Input.(Input))
+		switch v {
+		case porcupine.Illegal:
+			res.Illegal = append(res.Illegal, key)
+			illegal = append(illegal, parts[i]...)
+		case porcupine.Unknown:
+			res.TimedOut = append(res.TimedOut, key)
 		}
 	}
-	if visDir == "" {
+	res.Linearizable = len(res.Illegal) == 0 && len(res.TimedOut) == 0
+	if len(illegal) == 0 || visDir == "" {
 		return res, nil
 	}
+	_, info := porcupine.CheckOperationsVerbose(RegistryModel, illegal, timeout)
 	if err := os.MkdirAll(visDir, 0o755); err != nil {
 		return res, err
 	}

@@ -147,10 +147,9 @@ func TestWorkloadLinearizable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%s: %d operations checked in %v over %d partitions (%v), %d indeterminate, %d without effect left out",
-		res, res.Ops, time.Since(t0).Round(time.Millisecond), res.Partitions, res.ByKind, res.Indeterminate, res.NoEffect)
+	t.Logf("%s in %v: %s", res, time.Since(t0).Round(time.Millisecond), res.Detail())
 	if !res.Linearizable {
-		t.Fatalf("%s: not linearizable in %v; visualization: %s", res, res.Illegal, res.Visualization)
+		t.Fatalf("%s: %s", res, res.Detail())
 	}
 	os.RemoveAll(vis)
 	for _, k := range []chaos.Kind{chaos.KindEnroll, chaos.KindTransition, chaos.KindRead, chaos.KindTokenCreate, chaos.KindTokenConsume, chaos.KindTokenCheck} {
