@@ -62,8 +62,9 @@ type Workload struct {
 	OpTimeout time.Duration
 	// Pause is each operator's pause between operations (default 10 ms);
 	// EnrollPause each enroller's (default 100 ms; enrollments cost the
-	// cluster far more CPU than the rest).
-	Pause, EnrollPause time.Duration
+	// cluster far more CPU than the rest); ErrorPause any client's after
+	// an operation that failed without a refusal (default 300 ms).
+	Pause, EnrollPause, ErrorPause time.Duration
 	// Mortal is the fraction of device slots operators may also revoke
 	// and delete (default 0.25): both are final, so the others stay
 	// alive to the end.
@@ -93,6 +94,9 @@ func (w *Workload) defaults() error {
 	}
 	if w.EnrollPause == 0 {
 		w.EnrollPause = 100 * time.Millisecond
+	}
+	if w.ErrorPause == 0 {
+		w.ErrorPause = 300 * time.Millisecond
 	}
 	if w.Mortal == 0 {
 		w.Mortal = 0.25
@@ -186,12 +190,20 @@ func (r *run) opContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), r.w.OpTimeout)
 }
 
-func (r *run) record(call Call, out Output) {
+// record completes call with out and returns how long its client pauses
+// before its next operation: longer after a failure, so that clients do not
+// pile up indeterminate operations (each one makes the check costlier)
+// while the cluster has no leader or a node is down.
+func (r *run) record(call Call, out Output, pause time.Duration) time.Duration {
 	if out.Outcome == Unknown && r.w.Logf != nil {
 		op := r.h.op(call)
 		r.w.Logf("chaos: indeterminate after %v: client %d %s: %s", time.Since(r.h.start)-op.Call, op.Client, describeInput(op.Input), out.Err)
 	}
 	call.Return(out)
+	if out.Outcome == Unknown || out.Outcome == NoEffect {
+		return r.w.ErrorPause
+	}
+	return pause
 }
 
 func (r *run) enroller(ctx context.Context, client int, rnd *rand.Rand, slot int) {
@@ -211,8 +223,7 @@ func (r *run) enroller(ctx context.Context, client int, rnd *rand.Rand, slot int
 		default:
 			out = ClassifyError(KindEnroll, err)
 		}
-		r.record(call, out)
-		sleep(ctx, rnd, r.w.EnrollPause)
+		sleep(ctx, rnd, r.record(call, out, r.w.EnrollPause))
 	}
 }
 
@@ -224,6 +235,7 @@ func (r *run) operator(ctx context.Context, client int, rnd *rand.Rand) {
 		slot, node := rnd.IntN(len(r.ids)), rnd.IntN(len(r.targets))
 		admin := r.targets[node].Admin
 		opCtx, cancel := r.opContext()
+		var pause time.Duration
 		if rnd.IntN(2) == 0 {
 			call := r.h.Invoke(client, Input{Kind: KindRead, Device: slot, Node: node})
 			d, err := admin.Device(opCtx, r.ids[slot])
@@ -231,15 +243,15 @@ func (r *run) operator(ctx context.Context, client int, rnd *rand.Rand) {
 			if err == nil {
 				out.DeviceID, out.Status = d.ID, d.Status
 			}
-			r.record(call, out)
+			pause = r.record(call, out, r.w.Pause)
 		} else {
 			op := pickOp(rnd, slot < mortal)
 			call := r.h.Invoke(client, Input{Kind: KindTransition, Device: slot, Op: op, Node: node})
 			_, err := admin.TransitionDevice(opCtx, r.ids[slot], op, "chaos-operator", "linearizability check")
-			r.record(call, ClassifyError(KindTransition, err))
+			pause = r.record(call, ClassifyError(KindTransition, err), r.w.Pause)
 		}
 		cancel()
-		sleep(ctx, rnd, r.w.Pause)
+		sleep(ctx, rnd, pause)
 	}
 }
 
@@ -276,8 +288,9 @@ func (r *run) tokenClient(ctx context.Context, client int, rnd *rand.Rand) {
 		}
 		r.mu.Unlock()
 		opCtx, cancel := r.opContext()
+		var pause time.Duration
 		if tok.id == "" {
-			r.createToken(opCtx, client, node)
+			pause = r.createToken(opCtx, client, node)
 		} else {
 			kind, path := KindTokenCheck, pathJoinCheck
 			if rnd.IntN(3) == 0 {
@@ -285,14 +298,14 @@ func (r *run) tokenClient(ctx context.Context, client int, rnd *rand.Rand) {
 			}
 			call := r.h.Invoke(client, Input{Kind: kind, Token: tok.id, Node: node})
 			err := r.join(opCtx, node, path, tok.secret, fmt.Sprintf("chaos-client-%d", client))
-			r.record(call, ClassifyError(kind, err))
+			pause = r.record(call, ClassifyError(kind, err), r.w.Pause)
 		}
 		cancel()
-		sleep(ctx, rnd, r.w.Pause)
+		sleep(ctx, rnd, pause)
 	}
 }
 
-func (r *run) createToken(ctx context.Context, client, node int) {
+func (r *run) createToken(ctx context.Context, client, node int) time.Duration {
 	// The token's ID is known only from the answer: the invocation is
 	// recorded before the call and its input completed after.
 	call := r.h.Invoke(client, Input{Kind: KindTokenCreate, Node: node})
@@ -313,12 +326,13 @@ func (r *run) createToken(ctx context.Context, client, node int) {
 		out.Outcome = NoEffect
 	}
 	r.h.setToken(call, id)
-	r.record(call, out)
+	pause := r.record(call, out, r.w.Pause)
 	if id != "" {
 		r.mu.Lock()
 		r.tokens = append(r.tokens, knownToken{id: id, secret: secret})
 		r.mu.Unlock()
 	}
+	return pause
 }
 
 // join posts a token to the join or join-check route.

@@ -32,19 +32,7 @@ func inProcessCluster(t *testing.T) (*servertest.Env, []*server.Appliance, []str
 	e := servertest.NewWithConfig(t, func(c *server.Config) { c.Listen = servertest.FreeAddr(t) })
 	apps, dirs := []*server.Appliance{e.App}, []string{e.Dir}
 	for _, id := range []string{"node-2", "node-3"} {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		tok, err := e.App.CreateJoinToken(ctx, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := server.DefaultConfig()
-		cfg.NodeID, cfg.Listen, cfg.RaftAddr = id, servertest.FreeAddr(t), servertest.FreeAddr(t)
-		servertest.Unthrottled(&cfg)
-		dir := t.TempDir()
-		if err := server.Join(ctx, dir, servertest.Password, e.App.Addr(), tok.String(), cfg); err != nil {
-			t.Fatalf("join %s: %v", id, err)
-		}
-		cancel()
+		dir := joinNode(t, e, id)
 		apps, dirs = append(apps, servertest.StartNode(t, dir)), append(dirs, dir)
 	}
 	for _, a := range apps {
@@ -60,6 +48,34 @@ func inProcessCluster(t *testing.T) (*servertest.Env, []*server.Appliance, []str
 		})
 	}
 	return e, apps, dirs
+}
+
+// joinNode prepares a data directory for node id joining e's cluster, on a
+// fixed API address. On a loaded machine the fast test elections can cost
+// a token or a join its leader: it tries again, with a fresh token and
+// directory, for up to 30 s.
+func joinNode(t *testing.T, e *servertest.Env, id string) string {
+	cfg := server.DefaultConfig()
+	cfg.NodeID, cfg.Listen, cfg.RaftAddr = id, servertest.FreeAddr(t), servertest.FreeAddr(t)
+	servertest.Unthrottled(&cfg)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		tok, err := e.App.CreateJoinToken(ctx, time.Minute)
+		dir := t.TempDir()
+		if err == nil {
+			err = server.Join(ctx, dir, servertest.Password, e.App.Addr(), tok.String(), cfg)
+		}
+		cancel()
+		if err == nil {
+			return dir
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("join %s: %v", id, err)
+		}
+		t.Logf("join %s: %v (trying again)", id, err)
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // A short real run: the workload on three in-process nodes for 16 s, a
