@@ -81,6 +81,12 @@ type Output struct {
 	// Status is the device state a read returned, or the state an
 	// enrollment answered with (active, or pending).
 	Status string
+	// AttestationID and Serial are an acknowledged enrollment's record and
+	// certificate serial (hex), for durability checks beside the
+	// linearizability check (every acknowledged record must be present on
+	// every node afterwards); the model does not read them.
+	AttestationID uint64
+	Serial        string
 	// Err is the client's error, for NoEffect and Unknown (reports only).
 	Err string
 }
@@ -181,4 +187,16 @@ func (h *History) setToken(c Call, id string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.ops[c.i].Input.Token = id
+}
+
+// Enrollments returns the acknowledged enrollments among ops (Outcome OK,
+// with a certificate): what a durability check must find on every node.
+func Enrollments(ops []Op) []Op {
+	var out []Op
+	for _, op := range ops {
+		if op.Input.Kind == KindEnroll && op.Output.Outcome == OK && op.Output.Serial != "" {
+			out = append(out, op)
+		}
+	}
+	return out
 }

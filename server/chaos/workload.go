@@ -217,7 +217,7 @@ func (r *run) enroller(ctx context.Context, client int, rnd *rand.Rand, slot int
 		var pending *api.Pending
 		switch {
 		case err == nil:
-			out = Output{Outcome: OK, DeviceID: id.DeviceID, Status: stateActive}
+			out = Output{Outcome: OK, DeviceID: id.DeviceID, Status: stateActive, AttestationID: id.AttestationID, Serial: id.Certificate.SerialNumber.Text(16)}
 		case errors.As(err, &pending):
 			out = Output{Outcome: OK, DeviceID: pending.DeviceID, Status: statePending}
 		default:

@@ -173,6 +173,25 @@ func TestWorkloadLinearizable(t *testing.T) {
 			t.Errorf("no %s operation was checked", k)
 		}
 	}
+	// The history serves the durability check too: every acknowledged
+	// enrollment's record, read linearizably through each node, is there
+	// with the serial the device got.
+	acked := chaos.Enrollments(r.h.Ops())
+	if len(acked) == 0 {
+		t.Fatal("no enrollment was acknowledged")
+	}
+	for i, dir := range dirs {
+		admin := server.NewAdminClient(dir)
+		for _, op := range acked {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			rec, err := admin.Attestation(ctx, op.Output.AttestationID)
+			cancel()
+			if err != nil || rec.DeviceID != op.Output.DeviceID || rec.CertificateSerial != op.Output.Serial {
+				t.Fatalf("node %d: acknowledged enrollment %d (serial %s): %+v, %v", i+1, op.Output.AttestationID, op.Output.Serial, rec, err)
+			}
+		}
+	}
+	t.Logf("%d acknowledged enrollments present on every node", len(acked))
 	if res.Ops < 300 {
 		t.Errorf("only %d operations checked: too few to mean much", res.Ops)
 	}
