@@ -15,7 +15,9 @@
 package chaos
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 )
@@ -199,4 +201,31 @@ func Enrollments(ops []Op) []Op {
 		}
 	}
 	return out
+}
+
+// WriteOps writes ops as JSON lines (one Op each, times in nanoseconds),
+// for a history to be checked again, or read, after the run.
+func WriteOps(w io.Writer, ops []Op) error {
+	enc := json.NewEncoder(w)
+	for _, op := range ops {
+		if err := enc.Encode(op); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ReadOps reads what WriteOps wrote.
+func ReadOps(r io.Reader) ([]Op, error) {
+	var ops []Op
+	dec := json.NewDecoder(r)
+	for {
+		var op Op
+		if err := dec.Decode(&op); err == io.EOF {
+			return ops, nil
+		} else if err != nil {
+			return ops, fmt.Errorf("history line %d: %w", len(ops)+1, err)
+		}
+		ops = append(ops, op)
+	}
 }

@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -377,7 +378,8 @@ func (r CheckResult) Detail() string {
 // (device slot, join token) is checked on its own, all at once, each
 // within timeout (0: none). When some are not linearizable and visDir is
 // not empty, it writes porcupine's visualization of those to
-// visDir/linearizability.html (taking up to timeout again).
+// visDir/linearizability.html (taking up to timeout again), and the whole
+// history to visDir/history.jsonl (WriteOps).
 //
 // Cost: a linearizable partition is decided greedily, in milliseconds for
 // thousands of operations. An illegal one needs an exhaustive search,
@@ -415,6 +417,14 @@ func Check(ops []Op, timeout time.Duration, visDir string) (CheckResult, error) 
 	}
 	_, info := porcupine.CheckOperationsVerbose(RegistryModel, illegal, timeout)
 	if err := os.MkdirAll(visDir, 0o755); err != nil {
+		return res, err
+	}
+	// The whole history beside it, to check again or read (ReadOps).
+	var buf bytes.Buffer
+	if err := WriteOps(&buf, ops); err != nil {
+		return res, err
+	}
+	if err := os.WriteFile(filepath.Join(visDir, "history.jsonl"), buf.Bytes(), 0o644); err != nil {
 		return res, err
 	}
 	path := filepath.Join(visDir, "linearizability.html")

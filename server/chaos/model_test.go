@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -210,6 +211,19 @@ func TestCheckerControls(t *testing.T) {
 			}
 			if b, err := os.ReadFile(res.Visualization); err != nil || !strings.Contains(string(b), "<html") {
 				t.Fatalf("visualization %q: %v", res.Visualization, err)
+			}
+			// The history written beside it reads back whole and fails again.
+			hf, err := os.Open(filepath.Join(vis, "history.jsonl"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			again, err := ReadOps(hf)
+			hf.Close()
+			if err != nil || !slices.Equal(again, f.ops) {
+				t.Fatalf("history read back: %v (%d of %d operations)", err, len(again), len(f.ops))
+			}
+			if res := check(t, again, ""); !slices.Equal(res.Illegal, []string{tc.partition}) {
+				t.Fatalf("history read back checks differently: %+v", res)
 			}
 			f = background()
 			tc.legal(f)

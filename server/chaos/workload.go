@@ -42,6 +42,20 @@ const (
 // spend join tokens. Every operation goes to a node picked at random, with
 // its own timeout, and is recorded in the History with the outcome model.go
 // reads from its answer.
+//
+// Not exercised: renewals, approve-mode groups (approve is sent, and must
+// be refused), ACME, policy changes, stale reads. Device state is only ever
+// read through the admin API (GET /admin/v1/devices/{id}, linearizable).
+//
+// From a test over a cluster of node processes:
+//
+//	targets := make([]chaos.Target, n)
+//	for i := range targets {
+//		targets[i] = chaos.Target{Name: id(i), URL: url(i), Root: root, Admin: server.NewAdminClient(dataDir(i))}
+//	}
+//	h, err := chaos.Workload{Devices: devices, Duration: d}.Run(ctx, targets)
+//	res, err := chaos.Check(h.Ops(), 5*time.Minute, "build/chaos")
+//	fmt.Println("invariants: ... " + res.String()) // linearizable=yes ops=N
 type Workload struct {
 	// Devices enroll again and again; swtpm TPMs (servertest.NewDevice)
 	// or model devices (tpmmodel) both do. Required.
