@@ -1,18 +1,15 @@
-// Package chaos proves a Gatehouse cluster correct under faults: a harness
-// of node processes that it kills, partitions and pauses, and a
-// linearizability check of what concurrent clients saw meanwhile.
-//
-// The check (history.go, model.go, workload.go): a Workload drives
-// concurrent clients against every node (enrollments, device state
-// transitions, revocations, linearizable reads of device state, join
-// tokens), a History records each operation with its invocation and
-// completion times on one monotonic clock, and Check tests the history
-// with porcupine (github.com/anishathalye/porcupine) against RegistryModel,
-// a sequential specification of the registry written from its documented
-// behaviour, not from its code. See model.go for how each answer is read:
-// which errors prove an operation had no effect, and which leave its
-// outcome unknown.
 package chaos
+
+// The linearizability check (history.go, model.go, workload.go): a
+// Workload drives concurrent clients against every node (enrollments,
+// device state transitions, revocations, linearizable reads of device
+// state, join tokens), a History records each operation with its
+// invocation and completion times on one monotonic clock, and Check tests
+// the history with porcupine (github.com/anishathalye/porcupine) against
+// RegistryModel, a sequential specification of the registry written from
+// its documented behaviour, not from its code. See model.go for how each
+// answer is read: which errors prove an operation had no effect, and which
+// leave its outcome unknown. (The package comment is in doc.go.)
 
 import (
 	"encoding/json"

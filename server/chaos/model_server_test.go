@@ -48,7 +48,7 @@ func TestModelMatchesServer(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(e.App.Root())
-	r := &run{
+	r := &workloadRun{
 		targets: []Target{{URL: e.URL(), Root: e.App.Root(), Admin: server.NewAdminClient(e.Dir)}},
 		https:   []*http.Client{{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}},
 	}

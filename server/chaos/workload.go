@@ -138,7 +138,7 @@ func (w Workload) Run(ctx context.Context, targets []Target) (*History, error) {
 			return nil, fmt.Errorf("device %d: %w", i, err)
 		}
 	}
-	r := &run{w: w, targets: targets, ids: ids, h: NewHistory()}
+	r := &workloadRun{w: w, targets: targets, ids: ids, h: NewHistory()}
 	for _, t := range targets {
 		r.enroll = append(r.enroll, fwclient.NewClient(t.URL, t.Root))
 		pool := x509.NewCertPool()
@@ -171,7 +171,7 @@ func (w Workload) Run(ctx context.Context, targets []Target) (*History, error) {
 	return r.h, nil
 }
 
-type run struct {
+type workloadRun struct {
 	w       Workload
 	targets []Target
 	ids     []string
@@ -200,7 +200,7 @@ func sleep(ctx context.Context, rnd *rand.Rand, d time.Duration) bool {
 // opContext bounds one operation. It is not derived from the run's
 // context: an operation that started runs to its answer or its timeout, so
 // that the end of the run cuts none off as Unknown.
-func (r *run) opContext() (context.Context, context.CancelFunc) {
+func (r *workloadRun) opContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), r.w.OpTimeout)
 }
 
@@ -208,7 +208,7 @@ func (r *run) opContext() (context.Context, context.CancelFunc) {
 // before its next operation: longer after a failure, so that clients do not
 // pile up indeterminate operations (each one makes the check costlier)
 // while the cluster has no leader or a node is down.
-func (r *run) record(call Call, out Output, pause time.Duration) time.Duration {
+func (r *workloadRun) record(call Call, out Output, pause time.Duration) time.Duration {
 	if out.Outcome == Unknown && r.w.Logf != nil {
 		op := r.h.op(call)
 		r.w.Logf("chaos: indeterminate after %v: client %d %s: %s", time.Since(r.h.start)-op.Call, op.Client, describeInput(op.Input), out.Err)
@@ -220,7 +220,7 @@ func (r *run) record(call Call, out Output, pause time.Duration) time.Duration {
 	return pause
 }
 
-func (r *run) enroller(ctx context.Context, client int, rnd *rand.Rand, slot int) {
+func (r *workloadRun) enroller(ctx context.Context, client int, rnd *rand.Rand, slot int) {
 	for ctx.Err() == nil {
 		node := rnd.IntN(len(r.targets))
 		opCtx, cancel := r.opContext()
@@ -243,7 +243,7 @@ func (r *run) enroller(ctx context.Context, client int, rnd *rand.Rand, slot int
 
 // operator transitions and reads devices: half reads, half operations.
 // Slots below Mortal*len(Devices) may also be revoked and deleted.
-func (r *run) operator(ctx context.Context, client int, rnd *rand.Rand) {
+func (r *workloadRun) operator(ctx context.Context, client int, rnd *rand.Rand) {
 	mortal := int(r.w.Mortal * float64(len(r.w.Devices)))
 	for ctx.Err() == nil {
 		slot, node := rnd.IntN(len(r.ids)), rnd.IntN(len(r.targets))
@@ -290,7 +290,7 @@ func pickOp(rnd *rand.Rand, mortal bool) string {
 
 // tokenClient makes join tokens, checks them and spends them, several
 // clients on the same tokens.
-func (r *run) tokenClient(ctx context.Context, client int, rnd *rand.Rand) {
+func (r *workloadRun) tokenClient(ctx context.Context, client int, rnd *rand.Rand) {
 	for ctx.Err() == nil {
 		node := rnd.IntN(len(r.targets))
 		r.mu.Lock()
@@ -319,7 +319,7 @@ func (r *run) tokenClient(ctx context.Context, client int, rnd *rand.Rand) {
 	}
 }
 
-func (r *run) createToken(ctx context.Context, client, node int) time.Duration {
+func (r *workloadRun) createToken(ctx context.Context, client, node int) time.Duration {
 	// The token's ID is known only from the answer: the invocation is
 	// recorded before the call and its input completed after.
 	call := r.h.Invoke(client, Input{Kind: KindTokenCreate, Node: node})
@@ -350,7 +350,7 @@ func (r *run) createToken(ctx context.Context, client, node int) time.Duration {
 }
 
 // join posts a token to the join or join-check route.
-func (r *run) join(ctx context.Context, node int, path, token, nodeID string) error {
+func (r *workloadRun) join(ctx context.Context, node int, path, token, nodeID string) error {
 	body, _ := json.Marshal(map[string]string{"token": token, "node_id": nodeID})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(r.targets[node].URL, "/")+path, bytes.NewReader(body))
 	if err != nil {
