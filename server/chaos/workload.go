@@ -80,8 +80,8 @@ type Workload struct {
 	// an operation that failed without a refusal (default 300 ms).
 	Pause, EnrollPause, ErrorPause time.Duration
 	// Mortal is the fraction of device slots operators may also revoke
-	// and delete (default 0.25): both are final, so the others stay
-	// alive to the end.
+	// and delete (default 0.25; negative: none): both are final, so the
+	// others stay alive to the end.
 	Mortal float64
 	// Logf, if set, gets a line per Unknown operation.
 	Logf func(format string, args ...any)
@@ -168,6 +168,9 @@ func (w Workload) Run(ctx context.Context, targets []Target) (*History, error) {
 		spawn(r.tokenClient)
 	}
 	wg.Wait()
+	for _, hc := range r.https {
+		hc.CloseIdleConnections()
+	}
 	return r.h, nil
 }
 
@@ -244,7 +247,7 @@ func (r *workloadRun) enroller(ctx context.Context, client int, rnd *rand.Rand, 
 // operator transitions and reads devices: half reads, half operations.
 // Slots below Mortal*len(Devices) may also be revoked and deleted.
 func (r *workloadRun) operator(ctx context.Context, client int, rnd *rand.Rand) {
-	mortal := int(r.w.Mortal * float64(len(r.w.Devices)))
+	mortal := int(max(r.w.Mortal, 0) * float64(len(r.w.Devices)))
 	for ctx.Err() == nil {
 		slot, node := rnd.IntN(len(r.ids)), rnd.IntN(len(r.targets))
 		admin := r.targets[node].Admin
