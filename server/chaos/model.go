@@ -64,7 +64,7 @@ import (
 //     linearizable read, by design (server/cluster.go handleJoin: a
 //     guessed token costs no Raft round trip).
 //
-// Outcomes (classify): what an error proves.
+// Outcomes (ClassifyError): what an error proves.
 //   - OK and Refused as above.
 //   - NoEffect, left out of the check: a request that was never sent (the
 //     connection was refused, the admin socket is missing: the node is
@@ -75,7 +75,8 @@ import (
 //     (it changed nothing and tells nothing).
 //   - Unknown, completion at infinity (porcupine: it may be linearized at
 //     any point after its invocation, including after every other
-//     operation, which is "never took effect"): any 5xx (a 503 after a
+//     operation, which is "never took effect"; Check puts its return just
+//     after the history's last event, which is the same): any 5xx (a 503 after a
 //     leader stepped down may still commit what it had appended; a 500
 //     after a delete or revoke committed, while revoking serials), a
 //     timeout, a reset connection, a response that did not arrive whole,
@@ -87,6 +88,13 @@ import (
 // legal it takes effect, otherwise it is refused and changes nothing. An
 // Unknown enrollment that takes effect leaves the ID unknown until an
 // acknowledged one names it.
+//
+// Not seen by the check: anything the model does not keep (labels, flags,
+// configuration, serial and attestation history: the durability check
+// compares those records); what only NoEffect operations saw; and some
+// 503s are Unknown although the node refused before proposing (no leader
+// known): the answer does not say which, so the check is weaker there, not
+// wrong.
 
 // Device states (cluster.Device*, as the README documents them).
 const (
