@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/api"
@@ -138,7 +139,7 @@ func (w Workload) Run(ctx context.Context, targets []Target) (*History, error) {
 			return nil, fmt.Errorf("device %d: %w", i, err)
 		}
 	}
-	r := &workloadRun{w: w, targets: targets, ids: ids, h: NewHistory()}
+	r := &workloadRun{w: w, targets: targets, ids: ids, h: NewHistory(), acked: make([]atomic.Bool, len(ids))}
 	for _, t := range targets {
 		r.enroll = append(r.enroll, fwclient.NewClient(t.URL, t.Root))
 		pool := x509.NewCertPool()
@@ -181,6 +182,12 @@ type workloadRun struct {
 	h       *History
 	enroll  []*fwclient.Client
 	https   []*http.Client
+
+	// acked marks the slots with an acknowledged enrollment: only those
+	// are revoked or deleted, so that every device the registry ends up
+	// holding was acknowledged to some client (a durability check counts
+	// a registered device no client was told about as a duplicate).
+	acked []atomic.Bool
 
 	mu     sync.Mutex
 	tokens []knownToken
@@ -234,6 +241,7 @@ func (r *workloadRun) enroller(ctx context.Context, client int, rnd *rand.Rand, 
 		var pending *api.Pending
 		switch {
 		case err == nil:
+			r.acked[slot].Store(true)
 			out = Output{Outcome: OK, DeviceID: id.DeviceID, Status: stateActive, AttestationID: id.AttestationID, Serial: id.Certificate.SerialNumber.Text(16)}
 		case errors.As(err, &pending):
 			out = Output{Outcome: OK, DeviceID: pending.DeviceID, Status: statePending}
@@ -245,7 +253,8 @@ func (r *workloadRun) enroller(ctx context.Context, client int, rnd *rand.Rand, 
 }
 
 // operator transitions and reads devices: half reads, half operations.
-// Slots below Mortal*len(Devices) may also be revoked and deleted.
+// Slots below Mortal*len(Devices) may also be revoked and deleted, once
+// an enrollment of theirs was acknowledged.
 func (r *workloadRun) operator(ctx context.Context, client int, rnd *rand.Rand) {
 	mortal := int(max(r.w.Mortal, 0) * float64(len(r.w.Devices)))
 	for ctx.Err() == nil {
@@ -262,7 +271,7 @@ func (r *workloadRun) operator(ctx context.Context, client int, rnd *rand.Rand) 
 			}
 			pause = r.record(call, out, r.w.Pause)
 		} else {
-			op := pickOp(rnd, slot < mortal)
+			op := pickOp(rnd, slot < mortal && r.acked[slot].Load())
 			call := r.h.Invoke(client, Input{Kind: KindTransition, Device: slot, Op: op, Node: node})
 			_, err := admin.TransitionDevice(opCtx, r.ids[slot], op, "chaos-operator", "linearizability check")
 			pause = r.record(call, ClassifyError(KindTransition, err), r.w.Pause)

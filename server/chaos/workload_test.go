@@ -110,7 +110,9 @@ func TestWorkloadLinearizable(t *testing.T) {
 		targets[i] = chaos.Target{Name: dirs[i], URL: "https://" + a.Addr(), Root: a.Root(), Admin: server.NewAdminClient(dirs[i])}
 	}
 
-	w := chaos.Workload{Devices: devices, Duration: 16 * time.Second, Logf: t.Logf}
+	// Half the devices may be revoked and deleted: revocations happen in
+	// every run (about 8 tried on average), and the others stay alive.
+	w := chaos.Workload{Devices: devices, Duration: 16 * time.Second, Mortal: 0.5, Logf: t.Logf}
 	type ran struct {
 		h   *chaos.History
 		err error
@@ -192,6 +194,15 @@ func TestWorkloadLinearizable(t *testing.T) {
 		}
 	}
 	t.Logf("%d acknowledged enrollments present on every node", len(acked))
+	revoked := 0
+	for _, op := range r.h.Ops() {
+		if op.Input.Kind == chaos.KindTransition && op.Input.Op == "revoke" && op.Output.Outcome == chaos.OK {
+			revoked++
+		}
+	}
+	if revoked == 0 {
+		t.Error("no revocation was acknowledged")
+	}
 	if res.Ops < 300 {
 		t.Errorf("only %d operations checked: too few to mean much", res.Ops)
 	}
