@@ -86,6 +86,19 @@ type Workload struct {
 	Mortal float64
 	// Logf, if set, gets a line per Unknown operation.
 	Logf func(format string, args ...any)
+	// Gate, if set, is held for reading through every operation: whoever
+	// takes it for writing waits for the operations in flight, and none
+	// starts until it lets go (a convergence check needs a quiet cluster).
+	Gate *sync.RWMutex
+}
+
+// hold takes the gate, if any, for one operation; the result lets it go.
+func (r *workloadRun) hold() func() {
+	if r.w.Gate == nil {
+		return func() {}
+	}
+	r.w.Gate.RLock()
+	return r.w.Gate.RUnlock
 }
 
 func (w *Workload) defaults() error {
@@ -233,10 +246,12 @@ func (r *workloadRun) record(call Call, out Output, pause time.Duration) time.Du
 func (r *workloadRun) enroller(ctx context.Context, client int, rnd *rand.Rand, slot int) {
 	for ctx.Err() == nil {
 		node := rnd.IntN(len(r.targets))
+		release := r.hold()
 		opCtx, cancel := r.opContext()
 		call := r.h.Invoke(client, Input{Kind: KindEnroll, Device: slot, Node: node})
 		id, err := r.enroll[node].Enroll(opCtx, r.w.Devices[slot], r.w.EnrollOptions...)
 		cancel()
+		release()
 		var out Output
 		var pending *api.Pending
 		switch {
@@ -260,6 +275,7 @@ func (r *workloadRun) operator(ctx context.Context, client int, rnd *rand.Rand) 
 	for ctx.Err() == nil {
 		slot, node := rnd.IntN(len(r.ids)), rnd.IntN(len(r.targets))
 		admin := r.targets[node].Admin
+		release := r.hold()
 		opCtx, cancel := r.opContext()
 		var pause time.Duration
 		if rnd.IntN(2) == 0 {
@@ -277,6 +293,7 @@ func (r *workloadRun) operator(ctx context.Context, client int, rnd *rand.Rand) 
 			pause = r.record(call, ClassifyError(KindTransition, err), r.w.Pause)
 		}
 		cancel()
+		release()
 		sleep(ctx, rnd, pause)
 	}
 }
@@ -313,6 +330,7 @@ func (r *workloadRun) tokenClient(ctx context.Context, client int, rnd *rand.Ran
 			tok = r.tokens[n-1-rnd.IntN(min(n, 3))]
 		}
 		r.mu.Unlock()
+		release := r.hold()
 		opCtx, cancel := r.opContext()
 		var pause time.Duration
 		if tok.id == "" {
@@ -327,6 +345,7 @@ func (r *workloadRun) tokenClient(ctx context.Context, client int, rnd *rand.Ran
 			pause = r.record(call, ClassifyError(kind, err), r.w.Pause)
 		}
 		cancel()
+		release()
 		sleep(ctx, rnd, pause)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
+	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
 	"github.com/gatehouse-dev/gatehouse/firmware-client/tpmmodel"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/chaos"
@@ -85,26 +86,7 @@ func joinNode(t *testing.T, e *servertest.Env, id string) string {
 // pauses.)
 func TestWorkloadLinearizable(t *testing.T) {
 	e, apps, dirs := inProcessCluster(t)
-	key, err := e.Mfr.SigningKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mfr, err := tpmmodel.NewManufacturer(e.Mfr.Intermediate, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plat, err := tpmmodel.NewPlatform(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var devices []fwclient.Device
-	for range 6 {
-		d, err := mfr.NewDevice(plat, fwclient.EKECCP256)
-		if err != nil {
-			t.Fatal(err)
-		}
-		devices = append(devices, d)
-	}
+	devices := modelDevices(t, e.Mfr, 6)
 	targets := make([]chaos.Target, len(apps))
 	for i, a := range apps {
 		targets[i] = chaos.Target{Name: dirs[i], URL: "https://" + a.Addr(), Root: a.Root(), Admin: server.NewAdminClient(dirs[i])}
@@ -206,4 +188,31 @@ func TestWorkloadLinearizable(t *testing.T) {
 	if res.Ops < 300 {
 		t.Errorf("only %d operations checked: too few to mean much", res.Ops)
 	}
+}
+
+// modelDevices makes n software-model TPMs whose EK certificates m's
+// intermediate signs (the cluster trusts m's roots).
+func modelDevices(t testing.TB, m *swtpm.Manufacturer, n int) []fwclient.Device {
+	t.Helper()
+	key, err := m.SigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mfr, err := tpmmodel.NewManufacturer(m.Intermediate, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plat, err := tpmmodel.NewPlatform(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []fwclient.Device
+	for range n {
+		d, err := mfr.NewDevice(plat, fwclient.EKECCP256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, d)
+	}
+	return out
 }
