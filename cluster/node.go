@@ -143,12 +143,24 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	}()
 	hlog := newHCLog(log)
 
-	if n.fsm, err = openFSM(filepath.Join(cfg.DataDir, "fsm.db"), o.fatal); err != nil {
-		return nil, storeError(filepath.Join(cfg.DataDir, "fsm.db"), "registry", err)
+	// Both stores are checked before they are opened for writing, and
+	// opened under guard: bbolt panics on pages it cannot parse.
+	fsmPath, raftPath := filepath.Join(cfg.DataDir, "fsm.db"), filepath.Join(cfg.DataDir, "raft.db")
+	if err := checkStore(fsmPath); err != nil {
+		return nil, storeError(fsmPath, "registry", err)
+	}
+	if err := checkStore(raftPath); err != nil {
+		return nil, storeError(raftPath, "Raft log", err)
+	}
+	if err := guard(func() (err error) { n.fsm, err = openFSM(fsmPath, o.fatal); return err }); err != nil {
+		return nil, storeError(fsmPath, "registry", err)
 	}
 	n.fsm.validateSettings = o.validateSettings
-	if n.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
-		return nil, storeError(filepath.Join(cfg.DataDir, "raft.db"), "Raft log", err)
+	if err := guard(func() (err error) {
+		n.store, err = raftboltdb.New(raftboltdb.Options{Path: raftPath})
+		return err
+	}); err != nil {
+		return nil, storeError(raftPath, "Raft log", err)
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hlog)
 	if err != nil {
@@ -175,14 +187,32 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	// start would only roll it back. Restore only when it is missing or
 	// behind the newest snapshot (fsm.db lost or replaced).
 	applied := n.fsm.appliedIndex()
+	var snapIndex uint64
 	if metas, err := snaps.List(); err == nil {
 		rc.NoSnapshotRestoreOnStart = applied > 0 && (len(metas) == 0 || applied >= metas[0].Index)
+		if len(metas) > 0 {
+			snapIndex = metas[0].Index
+		}
+	}
+	// An entry is in raft.db before the FSM applies it, so an FSM ahead of
+	// the log means raft.db lost entries (an older copy put back, a meta
+	// page rolled back): new entries would reuse indexes the FSM skips.
+	if last, err := n.store.LastIndex(); err == nil && applied > max(last, snapIndex) {
+		return nil, fmt.Errorf("Raft log %s: %w (it ends at index %d and the newest snapshot at %d, but %s has applied up to %d: the log lost entries)",
+			raftPath, ErrCorruptState, last, snapIndex, fsmPath, applied)
 	}
 
-	if n.existing, err = raft.HasExistingState(n.store, n.store, snaps); err != nil {
-		return nil, err
-	}
-	if n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, noPipeline{n.transport}); err != nil {
+	// NewRaft reads the log after the newest snapshot (and panics on an
+	// entry it cannot read): a damaged page there is found here.
+	if err := guard(func() (err error) {
+		if n.existing, err = raft.HasExistingState(n.store, n.store, snaps); err != nil {
+			return err
+		}
+		n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, noPipeline{n.transport})
+		return err
+	}); errors.Is(err, ErrCorruptState) {
+		return nil, storeError(raftPath, "Raft log", err)
+	} else if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	if !n.existing && cfg.Bootstrap {
@@ -217,10 +247,16 @@ func storeError(path, what string, err error) error {
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return fmt.Errorf("%s %s is locked: is another gatehouse node running on this data directory? %w", what, path, err)
 	}
-	for _, cause := range []error{bolterrors.ErrInvalid, bolterrors.ErrChecksum, bolterrors.ErrVersionMismatch, bolterrors.ErrInvalidMapping} {
+	if errors.Is(err, ErrCorruptState) {
+		return fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	for _, cause := range corruptCauses {
 		if errors.Is(err, cause) {
 			return fmt.Errorf("%s %s: %w (%v)", what, path, ErrCorruptState, cause)
 		}
+	}
+	if isTooSmall(err) {
+		return fmt.Errorf("%s %s: %w (truncated: %v)", what, path, ErrCorruptState, err)
 	}
 	return fmt.Errorf("%s %s: %w", what, path, err)
 }
