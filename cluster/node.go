@@ -106,6 +106,8 @@ type Node struct {
 	now          func() time.Time
 	existing     bool // had Raft state when opened
 	barrierTerm  atomic.Uint64
+	disk         diskState     // failed writes: ErrStorageFull, Problems
+	stop         chan struct{} // closed when Close begins
 	closeOnce    sync.Once
 	closeErr     error
 }
@@ -135,7 +137,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, forwarder: o.forwarder, now: o.now}
+	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, forwarder: o.forwarder, now: o.now, stop: make(chan struct{})}
 	defer func() { // n, not the named result: that is nil on every error return
 		if err != nil {
 			n.Close()
@@ -156,12 +158,24 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 		return nil, storeError(fsmPath, "registry", err)
 	}
 	n.fsm.validateSettings = o.validateSettings
+	n.fsm.disk, n.fsm.log, n.fsm.stop = &n.disk, log, n.stop
+	// A leader that cannot apply would hold every write: hand over.
+	n.fsm.onStall = func() {
+		if n.raft != nil && n.IsLeader() {
+			go func() {
+				if err := n.raft.LeadershipTransfer().Error(); err != nil {
+					log.Warn("cannot hand over leadership while fsm.db is full", "err", err)
+				}
+			}()
+		}
+	}
 	if err := guard(func() (err error) {
 		n.store, err = raftboltdb.New(raftboltdb.Options{Path: raftPath})
 		return err
 	}); err != nil {
 		return nil, storeError(raftPath, "Raft log", err)
 	}
+	logs := &logStore{BoltStore: n.store, disk: &n.disk, log: log}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hlog)
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
@@ -205,10 +219,10 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	// NewRaft reads the log after the newest snapshot (and panics on an
 	// entry it cannot read): a damaged page there is found here.
 	if err := guard(func() (err error) {
-		if n.existing, err = raft.HasExistingState(n.store, n.store, snaps); err != nil {
+		if n.existing, err = raft.HasExistingState(logs, logs, snaps); err != nil {
 			return err
 		}
-		n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, noPipeline{n.transport})
+		n.raft, err = raft.NewRaft(rc, n.fsm, logs, logs, snaps, noPipeline{n.transport})
 		return err
 	}); errors.Is(err, ErrCorruptState) {
 		return nil, storeError(raftPath, "Raft log", err)
@@ -277,6 +291,9 @@ func (n *Node) Problems() []string {
 	if n.LeaderID() == "" {
 		out = append(out, "no Raft leader known")
 	}
+	if err := n.disk.problem(); err != nil {
+		out = append(out, err.Error())
+	}
 	return out
 }
 
@@ -336,6 +353,10 @@ func (n *Node) CommitRejection(ctx context.Context, sessionID string, sessionExp
 }
 
 func (n *Node) apply(ctx context.Context, typ string, version int, payload any) (uint64, error) {
+	// A node that cannot store what it would acknowledge takes no writes.
+	if err := n.disk.problem(); err != nil {
+		return 0, err
+	}
 	// The time is provisional on a follower: the leader stamps its own
 	// (ApplyForwarded) before the command reaches the log.
 	b, err := encodeCommand(typ, version, n.now().UTC(), payload)
@@ -372,6 +393,9 @@ func (n *Node) ApplyForwarded(ctx context.Context, cmd []byte) (Applied, error) 
 	if n.raft.State() != raft.Leader {
 		return Applied{}, ErrNotLeader
 	}
+	if err := n.disk.problem(); err != nil {
+		return Applied{}, err
+	}
 	c.Time = n.now().UTC()
 	stamped, err := json.Marshal(c)
 	if err != nil {
@@ -386,7 +410,10 @@ func (n *Node) applyLocal(ctx context.Context, b []byte) (Applied, error) {
 		timeout = time.Until(dl)
 	}
 	f := n.raft.Apply(b, timeout)
-	if err := f.Error(); err != nil {
+	if err := n.waitFuture(ctx, f); err != nil {
+		if isNoSpace(err) { // the leader's log append failed: nothing was replicated
+			return Applied{}, fmt.Errorf("%w: not written: %v", ErrStorageFull, err)
+		}
 		// A leadership transfer refuses new entries until it ends: like no
 		// leader, a reason to retry (503), not an internal error.
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrRaftShutdown) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
@@ -399,6 +426,29 @@ func (n *Node) applyLocal(ctx context.Context, b []byte) (Applied, error) {
 		return Applied{}, fmt.Errorf("cluster: unexpected apply response %T", f.Response())
 	}
 	return Applied{Result: res.Result, Index: f.Index()}, res.Err
+}
+
+// waitFuture waits for an entry's outcome. It stops waiting, without an
+// acknowledgement, when ctx ends or when this node's FSM stalls for lack of
+// space (the entry may still commit and apply later, as with any unanswered
+// write: the caller's retry meets its effects).
+func (n *Node) waitFuture(ctx context.Context, f raft.ApplyFuture) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			return fmt.Errorf("%w: no outcome before the request ended: %v", ErrNotLeader, ctx.Err())
+		case <-t.C:
+			if err := n.disk.problem(); err != nil && n.disk.applyStalled() {
+				return fmt.Errorf("%w; not acknowledged", err)
+			}
+		}
+	}
 }
 
 // ReadIndex is the leader's side of a linearizable read. Every write this
@@ -453,6 +503,9 @@ func (n *Node) waitApplied(ctx context.Context, idx uint64) error {
 	t := time.NewTicker(time.Millisecond)
 	defer t.Stop()
 	for n.fsm.last.Load() < idx {
+		if err := n.disk.problem(); err != nil && n.disk.applyStalled() {
+			return fmt.Errorf("waiting to apply index %d (at %d): %w", idx, n.fsm.last.Load(), err)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w: waiting to apply index %d (at %d): %v", ErrNotLeader, idx, n.fsm.last.Load(), ctx.Err())
@@ -517,6 +570,7 @@ var ErrCloseTimeout = errors.New("raft did not shut down in time")
 // truncated at shutdown.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		close(n.stop) // a batch waiting for space gives up: nothing stored, nothing skipped
 		var errs []error
 		if n.raft != nil {
 			start := time.Now()
