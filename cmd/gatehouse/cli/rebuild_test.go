@@ -153,3 +153,69 @@ func TestRebuildNodeFromPeers(t *testing.T) {
 	// It takes part again: a write through it commits.
 	write(e.App, 1)
 }
+
+// serve on a damaged raft.db or fsm.db exits non-zero, never panics, and
+// says which file, what is wrong and what to do.
+func TestServeRefusesDamagedStore(t *testing.T) {
+	e := servertest.New(t)
+	e.App.Close()
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, servertest.Password, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clean := map[string][]byte{}
+	for _, f := range []string{"raft.db", "fsm.db"} {
+		b, err := os.ReadFile(filepath.Join(e.Dir, "raft", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		clean[f] = b
+	}
+	for _, c := range []struct {
+		file, kind, detail string
+		damage             func(b []byte) []byte
+	}{
+		{"raft.db", "truncated", "truncated", func(b []byte) []byte { return b[:len(b)/4] }},
+		{"fsm.db", "truncated", "truncated", func(b []byte) []byte { return b[:len(b)/4] }},
+		{"fsm.db", "meta pages overwritten", "invalid", func(b []byte) []byte {
+			b = append([]byte(nil), b...)
+			copy(b, strings.Repeat("garbage!", 1024)) // both 4 KiB meta pages
+			return b
+		}},
+		{"raft.db", "meta pages overwritten", "invalid", func(b []byte) []byte {
+			b = append([]byte(nil), b...)
+			copy(b, strings.Repeat("garbage!", 1024))
+			return b
+		}},
+	} {
+		t.Run(c.file+"/"+c.kind, func(t *testing.T) {
+			for f, b := range clean {
+				d := b
+				if f == c.file {
+					d = c.damage(b)
+				}
+				if err := os.WriteFile(filepath.Join(e.Dir, "raft", f), d, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			args := []string{"serve", "--data-dir", e.Dir, "--password-file", pw}
+			done := make(chan error, 1)
+			go func() { _, err := run(t, args...); done <- err }()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("serve started on a damaged store")
+			}
+			path := filepath.Join(e.Dir, "raft", c.file)
+			if !errors.Is(err, cluster.ErrCorruptState) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), c.detail) ||
+				!strings.Contains(err.Error(), "gatehouse cluster rebuild --data-dir") {
+				t.Fatalf("serve: %v", err)
+			}
+			t.Logf("serve: %v", err)
+			if code := Run(args); code == 0 {
+				t.Fatal("serve exited 0")
+			}
+		})
+	}
+}
