@@ -117,7 +117,8 @@ type Node struct {
 //
 // A node that cannot start fails with an error naming the cause: ErrAddrInUse
 // with the Raft address, or ErrCorruptState with the path of raft.db or
-// fsm.db; whatever it opened is closed again.
+// fsm.db and what is wrong (never a panic: see checkStore and guard);
+// whatever it opened is closed again.
 func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if cfg.NodeID == "" || cfg.DataDir == "" || cfg.RaftAddr == "" {
 		return nil, errors.New("cluster: NodeID, DataDir and RaftAddr are required")
@@ -243,8 +244,10 @@ var (
 	// ErrAddrInUse: another process listens on the node's Raft address.
 	ErrAddrInUse = errors.New("address already in use")
 	// ErrCorruptState: raft.db or fsm.db is not a readable database (a
-	// damaged disk, or a file that is not this node's state). Restore the
-	// node from a backup or remove it and join it again.
+	// damaged disk, a truncated file, or a file that is not this node's
+	// state), or the log lost entries the registry applied. Rebuild the
+	// node from its peers (the appliance's `cluster rebuild`) or restore
+	// from a backup.
 	ErrCorruptState = errors.New("corrupt node state")
 )
 
