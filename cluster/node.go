@@ -212,7 +212,9 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	// An entry is in raft.db before the FSM applies it, so an FSM ahead of
 	// the log means raft.db lost entries (an older copy put back, a meta
 	// page rolled back): new entries would reuse indexes the FSM skips.
-	if last, err := n.store.LastIndex(); err == nil && applied > max(last, snapIndex) {
+	// An empty log (no entry, no snapshot) is left alone: tools build a
+	// registry for a node without one (LoadSynthetic, tests).
+	if last, err := n.store.LastIndex(); err == nil && max(last, snapIndex) > 0 && applied > max(last, snapIndex) {
 		return nil, fmt.Errorf("Raft log %s: %w (it ends at index %d and the newest snapshot at %d, but %s has applied up to %d: the log lost entries)",
 			raftPath, ErrCorruptState, last, snapIndex, fsmPath, applied)
 	}
@@ -266,6 +268,9 @@ func storeError(path, what string, err error) error {
 	}
 	if errors.Is(err, ErrCorruptState) {
 		return fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	if isNoSpace(err) {
+		return fmt.Errorf("%s %s: %w (free space on its file system and start again): %v", what, path, ErrStorageFull, err)
 	}
 	for _, cause := range corruptCauses {
 		if errors.Is(err, cause) {
