@@ -198,8 +198,8 @@ func converge(t *testing.T, nodes []*Node, acked []uint64) {
 				t.Fatalf("%s lost acknowledged record %d: %v", n.cfg.NodeID, id, err)
 			}
 		}
-		if p := n.Problems(); len(p) != 0 {
-			t.Errorf("%s still reports problems after space returned: %q", n.cfg.NodeID, p)
+		if err := n.disk.problem(); err != nil {
+			t.Errorf("%s still reports its disk full after space returned: %v", n.cfg.NodeID, err)
 		}
 	}
 }

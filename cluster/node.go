@@ -108,6 +108,7 @@ type Node struct {
 	barrierTerm  atomic.Uint64
 	disk         diskState     // failed writes: ErrStorageFull, Problems
 	stop         chan struct{} // closed when Close begins
+	started      atomic.Bool   // n.raft is set (the FSM may run before)
 	closeOnce    sync.Once
 	closeErr     error
 }
@@ -162,7 +163,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	n.fsm.disk, n.fsm.log, n.fsm.stop = &n.disk, log, n.stop
 	// A leader that cannot apply would hold every write: hand over.
 	n.fsm.onStall = func() {
-		if n.raft != nil && n.IsLeader() {
+		if n.started.Load() && n.IsLeader() {
 			go func() {
 				if err := n.raft.LeadershipTransfer().Error(); err != nil {
 					log.Warn("cannot hand over leadership while fsm.db is full", "err", err)
@@ -232,6 +233,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
+	n.started.Store(true)
 	if !n.existing && cfg.Bootstrap {
 		boot := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: n.transport.LocalAddr()}}}
 		if err := n.raft.BootstrapCluster(boot).Error(); err != nil {
@@ -452,8 +454,10 @@ func (n *Node) waitFuture(ctx context.Context, f raft.ApplyFuture) error {
 		case <-ctx.Done():
 			return fmt.Errorf("%w: no outcome before the request ended: %v", ErrNotLeader, ctx.Err())
 		case <-t.C:
-			if err := n.disk.problem(); err != nil && n.disk.applyStalled() {
-				return fmt.Errorf("%w; not acknowledged", err)
+			if n.disk.applyStalled() {
+				if err := n.disk.problem(); err != nil {
+					return fmt.Errorf("%w; not acknowledged", err)
+				}
 			}
 		}
 	}
@@ -511,8 +515,10 @@ func (n *Node) waitApplied(ctx context.Context, idx uint64) error {
 	t := time.NewTicker(time.Millisecond)
 	defer t.Stop()
 	for n.fsm.last.Load() < idx {
-		if err := n.disk.problem(); err != nil && n.disk.applyStalled() {
-			return fmt.Errorf("waiting to apply index %d (at %d): %w", idx, n.fsm.last.Load(), err)
+		if n.disk.applyStalled() {
+			if err := n.disk.problem(); err != nil {
+				return fmt.Errorf("waiting to apply index %d (at %d): %w", idx, n.fsm.last.Load(), err)
+			}
 		}
 		select {
 		case <-ctx.Done():
