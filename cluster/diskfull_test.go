@@ -97,17 +97,24 @@ func bigRecord(r *rand.Rand) AttestationRecord {
 }
 
 // diskTrio starts three nodes, the one at full (0, 1 or 2) on a small
-// tmpfs; node 0 bootstraps and leads. Logs of the small-disk node go to
-// its buffer.
-func diskTrio(t *testing.T, full int) ([]*Node, string, *syncBuffer) {
+// tmpfs (with registryOnly, only its fsm.db, through a symlink: its Raft
+// log stays writable); node 0 bootstraps and leads. Logs of the small-disk
+// node go to its buffer.
+func diskTrio(t *testing.T, full int, registryOnly ...bool) ([]*Node, string, *syncBuffer) {
 	t.Helper()
 	small := tmpfsDir(t, 8<<20)
 	logs := &syncBuffer{}
 	var nodes []*Node
 	for i, id := range []string{"n1", "n2", "n3"} {
 		cfg := Config{NodeID: id, DataDir: t.TempDir(), RaftAddr: "127.0.0.1:0", Bootstrap: i == 0}
-		if i == full {
+		if i == full && len(registryOnly) > 0 && registryOnly[0] {
+			if err := os.Symlink(filepath.Join(small, "fsm.db"), filepath.Join(cfg.DataDir, "fsm.db")); err != nil {
+				t.Fatal(err)
+			}
+		} else if i == full {
 			cfg.DataDir = filepath.Join(small, "raft")
+		}
+		if i == full {
 			cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 		}
 		n, err := Open(cfg, WithRaftConfig(fastRaft), WithApplyTimeout(3*time.Second))
@@ -439,4 +446,63 @@ func TestApplyWaitsForSpace(t *testing.T) {
 		}
 		break
 	}
+}
+
+// The dangerous case: the leader's Raft log takes an entry, a quorum
+// commits it, and the leader cannot apply it to its registry. The leader
+// must not acknowledge it, must not move past it, and hands leadership to
+// a node that can apply; once space returns it applies that very entry and
+// converges.
+func TestDiskFullLeaderRegistry(t *testing.T) {
+	nodes, small, logs := diskTrio(t, 0, true)
+	r := rand.New(rand.NewPCG(7, 8))
+	var acked []uint64
+	for range 3 {
+		acked = append(acked, commitLeader(t, nodes, 0, r))
+	}
+	filler := fillDisk(t, small)
+
+	var full error
+	deadline := time.Now().Add(20 * time.Second)
+	for full == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("writes through the leader never met its full registry disk")
+		}
+		id, err := commitOn(nodes[0], r)
+		switch {
+		case err == nil:
+			acked = append(acked, id)
+		case errors.Is(err, ErrStorageFull):
+			full = err
+		case !errors.Is(err, ErrNotLeader):
+			t.Fatalf("write through the leader: %v", err)
+		}
+	}
+	t.Logf("leader refused: %v", full)
+	if !nodes[0].disk.applyStalled() || !strings.Contains(logs.String(), "applying paused until space returns") {
+		t.Fatalf("the leader's registry is not reported stalled: %v\n%s", nodes[0].disk.problem(), logs.String())
+	}
+	stuck := nodes[0].fsm.last.Load()
+	// Leadership moves; the others take writes; the old leader stays put.
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		if l := leaderOf(nodes[1:]); l != nil {
+			if id, err := commitOn(l, r); err == nil {
+				acked = append(acked, id)
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leadership did not move off the stalled leader within 20 s (it leads: %v)", nodes[0].IsLeader())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := nodes[0].fsm.last.Load(); got != stuck {
+		t.Fatalf("the stalled registry moved from %d to %d with its disk still full", stuck, got)
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	converge(t, nodes, acked)
 }
