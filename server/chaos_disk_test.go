@@ -11,6 +11,8 @@ package server_test
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
@@ -118,7 +120,15 @@ func TestChaosDiskFull(t *testing.T) {
 		ms, err := server.NewAdminClient(nodes[0].dir).Members(context.Background())
 		return err == nil && len(ms) == 3
 	})
-	root, err := readRoot(filepath.Join(nodes[0].dir, "ca", "root.crt"))
+	rootPEM, err := os.ReadFile(filepath.Join(nodes[0].dir, "ca", "root.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(rootPEM)
+	if blk == nil {
+		t.Fatal("ca/root.crt: no PEM block")
+	}
+	root, err := x509.ParseCertificate(blk.Bytes)
 	if err != nil {
 		t.Fatal(err)
 	}
