@@ -99,6 +99,10 @@ const (
 	// 5xx
 	CodeInternal    = "internal_error"
 	CodeUnavailable = "unavailable" // no leader, retry
+	// CodeStorageFull (503): the answering node's disk is full (or the
+	// leader's, for a forwarded write): nothing was written; retry, on
+	// another node or later.
+	CodeStorageFull = "storage_full"
 
 	// 429: too many requests from this client without a client
 	// certificate; the Retry-After header says when to retry.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"slices"
 	"sync"
@@ -59,6 +60,14 @@ type fsm struct {
 	// validateSettings, when set, judges every settings command at apply
 	// (WithSettingsValidator).
 	validateSettings SettingsValidator
+
+	// A batch the store cannot take for lack of space is retried until
+	// space returns (disk records it meanwhile, onStall is called once per
+	// episode), or until stop closes (the node is closing).
+	disk    *diskState
+	log     *slog.Logger
+	stop    chan struct{}
+	onStall func()
 }
 
 var (
@@ -153,33 +162,44 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	err := f.db.Update(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bMeta)
-		var applied uint64
-		if v := meta.Get(keyAppliedIndex); len(v) == 8 {
-			applied = binary.BigEndian.Uint64(v)
-		}
-		var last time.Time
-		for i, l := range logs {
-			if l.Index <= applied || ops[i].op == nil {
-				continue // already applied before a restart, or not a command
+	write := func() error {
+		return f.db.Update(func(tx *bolt.Tx) error {
+			meta := tx.Bucket(bMeta)
+			var applied uint64
+			if v := meta.Get(keyAppliedIndex); len(v) == 8 {
+				applied = binary.BigEndian.Uint64(v)
 			}
-			results[i] = ops[i].op.apply(tx, l.Index, ops[i].cmd.Time)
-			last = ops[i].cmd.Time
-		}
-		if !last.IsZero() {
-			if err := pruneSessions(tx, last); err != nil {
-				return err
+			var last time.Time
+			for i, l := range logs {
+				if l.Index <= applied || ops[i].op == nil {
+					continue // already applied before a restart, or not a command
+				}
+				results[i] = ops[i].op.apply(tx, l.Index, ops[i].cmd.Time)
+				last = ops[i].cmd.Time
 			}
-		}
-		if top := logs[len(logs)-1].Index; top > applied {
-			if err := meta.Put(keyIndexMark, indexMark(top)); err != nil {
-				return err
+			if !last.IsZero() {
+				if err := pruneSessions(tx, last); err != nil {
+					return err
+				}
 			}
-			return meta.Put(keyAppliedIndex, be64(top))
+			if top := logs[len(logs)-1].Index; top > applied {
+				if err := meta.Put(keyIndexMark, indexMark(top)); err != nil {
+					return err
+				}
+				return meta.Put(keyAppliedIndex, be64(top))
+			}
+			return nil
+		})
+	}
+	err := write()
+	if isNoSpace(err) {
+		if err = f.retryNoSpace(logs, err, write); errors.Is(err, ErrStorageFull) {
+			for i := range results {
+				results[i] = applyResult{Err: err}
+			}
+			return results // closing: nothing stored, the index does not move
 		}
-		return nil
-	})
+	}
 	if err == nil {
 		// Before last moves: a writer that waits for its index sees it.
 		for _, d := range ops {
@@ -204,6 +224,45 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		}
 	}
 	return results
+}
+
+// retryNoSpace retries a batch the store refused for lack of space until it
+// is written, fails otherwise, or the node closes (ErrStorageFull). A
+// committed entry is never skipped: the FSM does not move past it, so Raft's
+// queue to the FSM fills and this node stops applying, and waits.
+func (f *fsm) retryNoSpace(logs []*raft.Log, err error, write func() error) error {
+	log := f.log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	first, last := logs[0].Index, logs[len(logs)-1].Index
+	start, said := time.Now(), time.Now()
+	log.Error("cannot write the registry (fsm.db): applying paused until space returns; this node refuses writes meanwhile",
+		"first_index", first, "last_index", last, "err", err)
+	if f.disk != nil {
+		f.disk.setApply(err)
+		defer f.disk.setApply(nil)
+	}
+	if f.onStall != nil {
+		f.onStall()
+	}
+	backoff := 10 * time.Millisecond
+	for isNoSpace(err) {
+		select {
+		case <-f.stop:
+			return fmt.Errorf("%w: entries %d to %d not applied (the node is closing): %v", ErrStorageFull, first, last, err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+		if err = write(); isNoSpace(err) && time.Since(said) > 30*time.Second {
+			said = time.Now()
+			log.Error("registry (fsm.db) still cannot be written: applying paused", "first_index", first, "waited", time.Since(start).Round(time.Second), "err", err)
+		}
+	}
+	if err == nil {
+		log.Info("registry (fsm.db) writable again: applying resumed", "first_index", first, "waited", time.Since(start).Round(time.Millisecond))
+	}
+	return err
 }
 
 // Snapshot opens a read transaction (cheap); Persist streams it.

@@ -106,6 +106,9 @@ type Node struct {
 	now          func() time.Time
 	existing     bool // had Raft state when opened
 	barrierTerm  atomic.Uint64
+	disk         diskState     // failed writes: ErrStorageFull, Problems
+	stop         chan struct{} // closed when Close begins
+	started      atomic.Bool   // n.raft is set (the FSM may run before)
 	closeOnce    sync.Once
 	closeErr     error
 }
@@ -115,7 +118,8 @@ type Node struct {
 //
 // A node that cannot start fails with an error naming the cause: ErrAddrInUse
 // with the Raft address, or ErrCorruptState with the path of raft.db or
-// fsm.db; whatever it opened is closed again.
+// fsm.db and what is wrong (never a panic: see checkStore and guard);
+// whatever it opened is closed again.
 func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if cfg.NodeID == "" || cfg.DataDir == "" || cfg.RaftAddr == "" {
 		return nil, errors.New("cluster: NodeID, DataDir and RaftAddr are required")
@@ -135,7 +139,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, forwarder: o.forwarder, now: o.now}
+	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, forwarder: o.forwarder, now: o.now, stop: make(chan struct{})}
 	defer func() { // n, not the named result: that is nil on every error return
 		if err != nil {
 			n.Close()
@@ -143,13 +147,37 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	}()
 	hlog := newHCLog(log)
 
-	if n.fsm, err = openFSM(filepath.Join(cfg.DataDir, "fsm.db"), o.fatal); err != nil {
-		return nil, storeError(filepath.Join(cfg.DataDir, "fsm.db"), "registry", err)
+	// Both stores are checked before they are opened for writing, and
+	// opened under guard: bbolt panics on pages it cannot parse.
+	fsmPath, raftPath := filepath.Join(cfg.DataDir, "fsm.db"), filepath.Join(cfg.DataDir, "raft.db")
+	if err := checkStore(fsmPath); err != nil {
+		return nil, storeError(fsmPath, "registry", err)
+	}
+	if err := checkStore(raftPath); err != nil {
+		return nil, storeError(raftPath, "Raft log", err)
+	}
+	if err := guard(func() (err error) { n.fsm, err = openFSM(fsmPath, o.fatal); return err }); err != nil {
+		return nil, storeError(fsmPath, "registry", err)
 	}
 	n.fsm.validateSettings = o.validateSettings
-	if n.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
-		return nil, storeError(filepath.Join(cfg.DataDir, "raft.db"), "Raft log", err)
+	n.fsm.disk, n.fsm.log, n.fsm.stop = &n.disk, log, n.stop
+	// A leader that cannot apply would hold every write: hand over.
+	n.fsm.onStall = func() {
+		if n.started.Load() && n.IsLeader() {
+			go func() {
+				if err := n.raft.LeadershipTransfer().Error(); err != nil {
+					log.Warn("cannot hand over leadership while fsm.db is full", "err", err)
+				}
+			}()
+		}
 	}
+	if err := guard(func() (err error) {
+		n.store, err = raftboltdb.New(raftboltdb.Options{Path: raftPath})
+		return err
+	}); err != nil {
+		return nil, storeError(raftPath, "Raft log", err)
+	}
+	logs := &logStore{BoltStore: n.store, disk: &n.disk, log: log}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hlog)
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
@@ -175,16 +203,37 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	// start would only roll it back. Restore only when it is missing or
 	// behind the newest snapshot (fsm.db lost or replaced).
 	applied := n.fsm.appliedIndex()
+	var snapIndex uint64
 	if metas, err := snaps.List(); err == nil {
 		rc.NoSnapshotRestoreOnStart = applied > 0 && (len(metas) == 0 || applied >= metas[0].Index)
+		if len(metas) > 0 {
+			snapIndex = metas[0].Index
+		}
+	}
+	// An entry is in raft.db before the FSM applies it, so an FSM ahead of
+	// the log means raft.db lost entries (an older copy put back, a meta
+	// page rolled back): new entries would reuse indexes the FSM skips.
+	// An empty log (no entry, no snapshot) is left alone: tools build a
+	// registry for a node without one (LoadSynthetic, tests).
+	if last, err := n.store.LastIndex(); err == nil && max(last, snapIndex) > 0 && applied > max(last, snapIndex) {
+		return nil, fmt.Errorf("Raft log %s: %w (it ends at index %d and the newest snapshot at %d, but %s has applied up to %d: the log lost entries)",
+			raftPath, ErrCorruptState, last, snapIndex, fsmPath, applied)
 	}
 
-	if n.existing, err = raft.HasExistingState(n.store, n.store, snaps); err != nil {
-		return nil, err
-	}
-	if n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, snaps, noPipeline{n.transport}); err != nil {
+	// NewRaft reads the log after the newest snapshot (and panics on an
+	// entry it cannot read): a damaged page there is found here.
+	if err := guard(func() (err error) {
+		if n.existing, err = raft.HasExistingState(logs, logs, snaps); err != nil {
+			return err
+		}
+		n.raft, err = raft.NewRaft(rc, n.fsm, logs, logs, snaps, noPipeline{n.transport})
+		return err
+	}); errors.Is(err, ErrCorruptState) {
+		return nil, storeError(raftPath, "Raft log", err)
+	} else if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
+	n.started.Store(true)
 	if !n.existing && cfg.Bootstrap {
 		boot := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: n.transport.LocalAddr()}}}
 		if err := n.raft.BootstrapCluster(boot).Error(); err != nil {
@@ -199,8 +248,10 @@ var (
 	// ErrAddrInUse: another process listens on the node's Raft address.
 	ErrAddrInUse = errors.New("address already in use")
 	// ErrCorruptState: raft.db or fsm.db is not a readable database (a
-	// damaged disk, or a file that is not this node's state). Restore the
-	// node from a backup or remove it and join it again.
+	// damaged disk, a truncated file, or a file that is not this node's
+	// state), or the log lost entries the registry applied. Rebuild the
+	// node from its peers (the appliance's `cluster rebuild`) or restore
+	// from a backup.
 	ErrCorruptState = errors.New("corrupt node state")
 )
 
@@ -217,10 +268,19 @@ func storeError(path, what string, err error) error {
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return fmt.Errorf("%s %s is locked: is another gatehouse node running on this data directory? %w", what, path, err)
 	}
-	for _, cause := range []error{bolterrors.ErrInvalid, bolterrors.ErrChecksum, bolterrors.ErrVersionMismatch, bolterrors.ErrInvalidMapping} {
+	if errors.Is(err, ErrCorruptState) {
+		return fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	if isNoSpace(err) {
+		return fmt.Errorf("%s %s: %w (free space on its file system and start again): %v", what, path, ErrStorageFull, err)
+	}
+	for _, cause := range corruptCauses {
 		if errors.Is(err, cause) {
 			return fmt.Errorf("%s %s: %w (%v)", what, path, ErrCorruptState, cause)
 		}
+	}
+	if isTooSmall(err) {
+		return fmt.Errorf("%s %s: %w (truncated: %v)", what, path, ErrCorruptState, err)
 	}
 	return fmt.Errorf("%s %s: %w", what, path, err)
 }
@@ -240,6 +300,9 @@ func (n *Node) Problems() []string {
 	}
 	if n.LeaderID() == "" {
 		out = append(out, "no Raft leader known")
+	}
+	if err := n.disk.problem(); err != nil {
+		out = append(out, err.Error())
 	}
 	return out
 }
@@ -300,6 +363,10 @@ func (n *Node) CommitRejection(ctx context.Context, sessionID string, sessionExp
 }
 
 func (n *Node) apply(ctx context.Context, typ string, version int, payload any) (uint64, error) {
+	// A node that cannot store what it would acknowledge takes no writes.
+	if err := n.disk.problem(); err != nil {
+		return 0, err
+	}
 	// The time is provisional on a follower: the leader stamps its own
 	// (ApplyForwarded) before the command reaches the log.
 	b, err := encodeCommand(typ, version, n.now().UTC(), payload)
@@ -336,6 +403,9 @@ func (n *Node) ApplyForwarded(ctx context.Context, cmd []byte) (Applied, error) 
 	if n.raft.State() != raft.Leader {
 		return Applied{}, ErrNotLeader
 	}
+	if err := n.disk.problem(); err != nil {
+		return Applied{}, err
+	}
 	c.Time = n.now().UTC()
 	stamped, err := json.Marshal(c)
 	if err != nil {
@@ -350,7 +420,10 @@ func (n *Node) applyLocal(ctx context.Context, b []byte) (Applied, error) {
 		timeout = time.Until(dl)
 	}
 	f := n.raft.Apply(b, timeout)
-	if err := f.Error(); err != nil {
+	if err := n.waitFuture(ctx, f); err != nil {
+		if isNoSpace(err) { // the leader's log append failed: nothing was replicated
+			return Applied{}, fmt.Errorf("%w: not written: %v", ErrStorageFull, err)
+		}
 		// A leadership transfer refuses new entries until it ends: like no
 		// leader, a reason to retry (503), not an internal error.
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrRaftShutdown) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
@@ -363,6 +436,31 @@ func (n *Node) applyLocal(ctx context.Context, b []byte) (Applied, error) {
 		return Applied{}, fmt.Errorf("cluster: unexpected apply response %T", f.Response())
 	}
 	return Applied{Result: res.Result, Index: f.Index()}, res.Err
+}
+
+// waitFuture waits for an entry's outcome. It stops waiting, without an
+// acknowledgement, when ctx ends or when this node's FSM stalls for lack of
+// space (the entry may still commit and apply later, as with any unanswered
+// write: the caller's retry meets its effects).
+func (n *Node) waitFuture(ctx context.Context, f raft.ApplyFuture) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			return fmt.Errorf("%w: no outcome before the request ended: %v", ErrNotLeader, ctx.Err())
+		case <-t.C:
+			if n.disk.applyStalled() {
+				if err := n.disk.problem(); err != nil {
+					return fmt.Errorf("%w; not acknowledged", err)
+				}
+			}
+		}
+	}
 }
 
 // ReadIndex is the leader's side of a linearizable read. Every write this
@@ -417,6 +515,11 @@ func (n *Node) waitApplied(ctx context.Context, idx uint64) error {
 	t := time.NewTicker(time.Millisecond)
 	defer t.Stop()
 	for n.fsm.last.Load() < idx {
+		if n.disk.applyStalled() {
+			if err := n.disk.problem(); err != nil {
+				return fmt.Errorf("waiting to apply index %d (at %d): %w", idx, n.fsm.last.Load(), err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w: waiting to apply index %d (at %d): %v", ErrNotLeader, idx, n.fsm.last.Load(), ctx.Err())
@@ -481,6 +584,7 @@ var ErrCloseTimeout = errors.New("raft did not shut down in time")
 // truncated at shutdown.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		close(n.stop) // a batch waiting for space gives up: nothing stored, nothing skipped
 		var errs []error
 		if n.raft != nil {
 			start := time.Now()

@@ -23,6 +23,9 @@ type Progress struct {
 	// PeerRefusals: Raft peers that refused this node's TLS handshake in
 	// the last minute (see Problems).
 	PeerRefusals []string
+	// Storage is why this node cannot write its Raft log or registry (a
+	// full disk: ErrStorageFull), or "".
+	Storage string
 }
 
 // Progress reports where this node stands; see Progress.
@@ -36,6 +39,9 @@ func (n *Node) Progress() Progress {
 	}
 	if n.stream != nil {
 		p.PeerRefusals = n.stream.refused.problems(peerRefusalWindow)
+	}
+	if err := n.disk.problem(); err != nil {
+		p.Storage = err.Error()
 	}
 	return p
 }

@@ -364,16 +364,29 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		return nil, err
 	}
 	installRaftMetrics()
+	// A node rebuilt from its peers (RebuildNode) waits for its leader
+	// instead of bootstrapping a cluster of its own.
+	rebuilt := rebuilding(dataDir)
 	a.node, err = cluster.Open(cluster.Config{
 		NodeID:    cfg.NodeID,
 		DataDir:   filepath.Join(dataDir, raftDir),
 		RaftAddr:  cfg.RaftAddr,
 		TLS:       a.raftTLS(),
-		Bootstrap: cfg.JoinSeed == "",
+		Bootstrap: cfg.JoinSeed == "" && !rebuilt,
 		Logger:    o.logger.With("component", "raft"),
 	}, append([]cluster.Option{cluster.WithForwarder(forwarder{a}), cluster.WithSettingsValidator(validateSettingsDocument)}, o.clusterOpts...)...)
-	if err != nil {
+	if errors.Is(err, cluster.ErrCorruptState) {
+		return nil, fmt.Errorf("open cluster node: %w; to rebuild this node from its peers (its identity and credentials are kept), stop it and run `gatehouse cluster rebuild --data-dir %s`, then serve again; or restore the cluster from a backup", err, dataDir)
+	} else if err != nil {
 		return nil, fmt.Errorf("open cluster node: %w", err)
+	}
+	switch {
+	case rebuilt && a.node.Fresh():
+		a.log.Warn("rebuilt node: waiting for the leader to send the registry (snapshot or log); it tolerates no other failure until caught up")
+	case rebuilt:
+		if err := os.Remove(filepath.Join(dataDir, raftDir, rebuildMarker)); err != nil {
+			a.log.Warn("cannot remove the rebuild marker", "err", err)
+		}
 	}
 	kv.node.Store(a.node)
 	a.conf.node = a.node

@@ -362,6 +362,7 @@ var clusterErrors = []struct {
 	{cluster.ErrJoinTokenExpired, http.StatusForbidden, api.CodeJoinTokenExpired},
 	{cluster.ErrJoinTokenUsed, http.StatusForbidden, api.CodeJoinTokenUsed},
 	{cluster.ErrUnknownCommand, http.StatusBadRequest, api.CodeUnknownCommand},
+	{cluster.ErrStorageFull, http.StatusServiceUnavailable, api.CodeStorageFull},
 	{cluster.ErrNotLeader, http.StatusServiceUnavailable, api.CodeUnavailable},
 	{cluster.ErrDeviceInactive, http.StatusForbidden, api.CodeDeviceInactive},
 	{cluster.ErrIllegalTransition, http.StatusConflict, api.CodeIllegalTransition},

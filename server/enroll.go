@@ -682,6 +682,9 @@ func (e *Enroller) internal(err error) *api.Problem {
 // commitFailed maps a failed Raft commit: without a leader the device should
 // retry; anything else is an internal error.
 func (e *Enroller) commitFailed(err error) *api.Problem {
+	if errors.Is(err, cluster.ErrStorageFull) {
+		return newProblem(http.StatusServiceUnavailable, api.CodeStorageFull, "this node cannot store the enrollment (its disk is full): nothing was recorded; retry")
+	}
 	if errors.Is(err, cluster.ErrNotLeader) {
 		return newProblem(http.StatusServiceUnavailable, api.CodeUnavailable, "the cluster has no leader; retry")
 	}

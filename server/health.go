@@ -55,6 +55,7 @@ const (
 	CheckApplied     = "applied"     // the registry has applied up to the commit index
 	CheckCA          = "ca"          // the CA is loaded and its certificates are valid
 	CheckCertificate = "certificate" // peers accept this node's certificates
+	CheckStorage     = "storage"     // the node can write its Raft log and registry (disk not full)
 )
 
 // Health is the body of GET /healthz.
@@ -110,6 +111,8 @@ func (a *Appliance) readyz(w http.ResponseWriter, r *http.Request) {
 //   - leader: the node knows a leader.
 //   - applied: the registry's applied index trails the commit index this
 //     node learned by at most maxApplyLag entries.
+//   - storage: the node can write its Raft log and registry (a full disk
+//     refuses writes with storage_full until space returns).
 //   - ca: the CA is open and its root and intermediate certificates are
 //     within their validity at the node's clock.
 //   - certificate: peers accept this node's certificates: its node
@@ -147,6 +150,12 @@ func (a *Appliance) Readiness(withLeader bool) Readiness {
 		why = append(why, fmt.Sprintf("the registry applied index %d trails the commit index %d by %d entries (at most %d)", p.Applied, p.Commit, p.Commit-p.Applied, maxApplyLag))
 	}
 	add(CheckApplied, why)
+
+	why = nil
+	if p.Storage != "" {
+		why = append(why, p.Storage)
+	}
+	add(CheckStorage, why)
 
 	why = nil
 	if a.ca == nil {

@@ -28,6 +28,7 @@ var notRefusals = map[string]string{
 	"server.ErrNoAuditKeyCert":        "offline audit verification (CLI, console) error, not an HTTP answer",
 	"cluster.ErrAddrInUse":            "startup error: the Raft address is taken",
 	"cluster.ErrCorruptState":         "startup error: raft.db or fsm.db is unreadable",
+	"server.ErrNodeRunning":           "offline CLI error (cluster rebuild on a running node), not an HTTP answer",
 	"cluster.ErrAuditRange":           "offline audit verification finding, not an HTTP answer",
 	"cluster.ErrIndexMismatch":        "a registry fault (Node.VerifyIndexes, or a query meeting one): an internal error, logged",
 	"server.errACMEDevice":            "answered as an RFC 8555 problem (unauthorized) by step-ca's ACME handlers, not through the problem tables",

@@ -169,6 +169,35 @@ func clusterCmd() *cobra.Command {
 	addOutputFlag(inspect)
 	backup.AddCommand(inspect)
 	remove.Long = "Remove a node from the cluster. A node ID that is not a member is an error (see cluster members)."
-	c.AddCommand(token, members, remove, transfer, backup, restore, statusCmd())
+	c.AddCommand(token, members, remove, transfer, backup, restore, rebuildCmd(), statusCmd())
 	return c
+}
+
+// rebuildCmd is the offline half of rebuilding a node from its peers; the
+// next serve does the rest (server.RebuildNode).
+func rebuildCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rebuild",
+		Short: "Move this stopped node's Raft log, registry and snapshots aside so that it catches up from its peers on the next serve",
+		Long: `Rebuild a node whose raft.db or fsm.db is damaged (serve refuses to start,
+naming the file) from its peers. The node must be stopped. raft.db, fsm.db and
+snapshots/ move to DATADIR/raft/rebuild-TIME/; the node's identity and
+credentials (config.json, CA, cluster-root) stay. The next serve waits for the
+leader, which still lists the node, to send it the registry.
+
+Rebuild one node at a time with the other nodes up, and wait until
+'gatehouse cluster status' shows it caught up: until then the cluster
+tolerates no other failure.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			r, err := server.RebuildNode(dataDir(cmd), time.Now())
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "moved aside to %s: %v\n", r.MovedTo, r.Moved)
+			fmt.Fprintf(w, "next: gatehouse serve --data-dir %s (it catches up from the leader; check with 'gatehouse cluster status')\n", dataDir(cmd))
+			return nil
+		},
+	}
 }
