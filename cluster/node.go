@@ -25,6 +25,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
 
@@ -147,6 +148,10 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 		return nil, storeError(filepath.Join(cfg.DataDir, "fsm.db"), "registry", err)
 	}
 	n.fsm.validateSettings = o.validateSettings
+	if err := n.fsm.view(func(tx *bolt.Tx) error { return checkRegistryFeature(tx, "registry "+n.fsm.path) }); err != nil {
+		return nil, err
+	}
+	n.fsm.onHalt = n.logHalt
 	if n.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")}); err != nil {
 		return nil, storeError(filepath.Join(cfg.DataDir, "raft.db"), "Raft log", err)
 	}
@@ -241,7 +246,25 @@ func (n *Node) Problems() []string {
 	if n.LeaderID() == "" {
 		out = append(out, "no Raft leader known")
 	}
+	if h := n.Halted(); h != nil {
+		out = append(out, h.String())
+	}
 	return out
+}
+
+// logHalt is the FSM's halt hook: it logs the halt at error level, naming
+// the entry, and a leader hands leadership on, since it can no longer
+// apply (so acknowledge) anything.
+func (n *Node) logHalt(h *Halt) {
+	n.log.Error("registry halted: this build cannot apply a committed entry; it applies nothing more until upgraded",
+		"index", h.Index, "type", h.Type, "version", h.Version, "reason", h.Reason, "build_feature_version", FeatureVersion)
+	if n.raft != nil && n.raft.State() == raft.Leader {
+		go func() {
+			if err := n.raft.LeadershipTransfer().Error(); err != nil {
+				n.log.Error("halted leader could not hand leadership on", "err", err)
+			}
+		}()
+	}
 }
 
 // Fresh reports whether the node started without Raft state (a new node).
@@ -300,6 +323,9 @@ func (n *Node) CommitRejection(ctx context.Context, sessionID string, sessionExp
 }
 
 func (n *Node) apply(ctx context.Context, typ string, version int, payload any) (uint64, error) {
+	if err := n.commandEnabled(typ, version); err != nil {
+		return 0, err
+	}
 	// The time is provisional on a follower: the leader stamps its own
 	// (ApplyForwarded) before the command reaches the log.
 	b, err := encodeCommand(typ, version, n.now().UTC(), payload)
@@ -335,6 +361,9 @@ func (n *Node) ApplyForwarded(ctx context.Context, cmd []byte) (Applied, error) 
 	}
 	if n.raft.State() != raft.Leader {
 		return Applied{}, ErrNotLeader
+	}
+	if err := n.commandEnabled(c.Type, c.Version); err != nil {
+		return Applied{}, err
 	}
 	c.Time = n.now().UTC()
 	stamped, err := json.Marshal(c)
