@@ -27,6 +27,10 @@ import (
 // commandSince and raises FeatureVersion to it.
 const FeatureVersion = 1
 
+// buildFeatureVersion is FeatureVersion, what every check below compares
+// with; a variable only so a test can stand in for a newer build.
+var buildFeatureVersion = FeatureVersion
+
 // keyFeature holds the committed feature version in the settings bucket,
 // which the state hash covers (a registry that never committed one has no
 // key, so its hash is what it was before feature versions).
@@ -93,8 +97,8 @@ func (c *raiseFeature) apply(tx *bolt.Tx, _ uint64, at time.Time) applyResult {
 // checkFeature refuses a decoded cluster.feature entry this build cannot
 // apply: it is an entry the build does not understand.
 func checkFeature(o op) error {
-	if r, ok := o.(*raiseFeature); ok && r.Version > FeatureVersion {
-		return fmt.Errorf("%w: cluster.feature raises to version %d, this build applies up to %d", ErrFeatureVersion, r.Version, FeatureVersion)
+	if r, ok := o.(*raiseFeature); ok && r.Version > buildFeatureVersion {
+		return fmt.Errorf("%w: cluster.feature raises to version %d, this build applies up to %d", ErrFeatureVersion, r.Version, buildFeatureVersion)
 	}
 	return nil
 }
@@ -123,9 +127,9 @@ func checkRegistryFeature(tx *bolt.Tx, what string) error {
 	if err != nil {
 		return fmt.Errorf("%s: feature version record: %w", what, err)
 	}
-	if r.Version > FeatureVersion {
+	if r.Version > buildFeatureVersion {
 		return fmt.Errorf("%w: %s is at cluster feature version %d (raised %s), this build applies up to %d: run a build that supports it (the one the rest of the cluster runs)",
-			ErrFeatureVersion, what, r.Version, r.Time.UTC().Format(time.RFC3339), FeatureVersion)
+			ErrFeatureVersion, what, r.Version, r.Time.UTC().Format(time.RFC3339), buildFeatureVersion)
 	}
 	return nil
 }
@@ -150,8 +154,8 @@ func (n *Node) Feature() (FeatureRecord, error) {
 // appliance) must first know that every member applies version: an older
 // build halts on the entry.
 func (n *Node) RaiseFeatureVersion(ctx context.Context, version int, actor string) (int, error) {
-	if version > FeatureVersion {
-		return 0, fmt.Errorf("%w: version %d, this build applies up to %d", ErrFeatureVersion, version, FeatureVersion)
+	if version > buildFeatureVersion {
+		return 0, fmt.Errorf("%w: version %d, this build applies up to %d", ErrFeatureVersion, version, buildFeatureVersion)
 	}
 	v, err := n.apply(ctx, "cluster.feature", 1, &raiseFeature{Version: version, Actor: actor})
 	return int(v), err
@@ -183,7 +187,7 @@ type Halt struct {
 
 func (h *Halt) String() string {
 	return fmt.Sprintf("registry halted at Raft index %d (%s v%d) since %s: %s; this build (feature version %d) cannot apply it: upgrade this node",
-		h.Index, h.Type, h.Version, h.Since.UTC().Format(time.RFC3339), h.Reason, FeatureVersion)
+		h.Index, h.Type, h.Version, h.Since.UTC().Format(time.RFC3339), h.Reason, buildFeatureVersion)
 }
 
 // Halted is why this node's registry stopped applying entries, or nil.

@@ -82,8 +82,10 @@ func WithForwarder(f Forwarder) Option { return func(o *options) { o.forwarder =
 // WithRaftConfig adjusts the Raft configuration (tests shorten timeouts).
 func WithRaftConfig(fn func(*raft.Config)) Option { return func(o *options) { o.raftConfig = fn } }
 
-// WithFatalHook replaces what happens when the FSM meets an entry it cannot
-// apply (default: log and panic, so the replica stops instead of diverging).
+// WithFatalHook replaces what happens when the FSM's store cannot take a
+// batch (default: log and panic, so the replica stops instead of
+// diverging). An entry this build does not understand is not fatal: the
+// FSM halts on it (Node.Halted) and the process stays up to report it.
 func WithFatalHook(fn func(error)) Option { return func(o *options) { o.fatal = fn } }
 
 // WithClock sets the clock this node stamps on the commands it applies as
