@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -192,3 +194,21 @@ func (h *Halt) String() string {
 
 // Halted is why this node's registry stopped applying entries, or nil.
 func (n *Node) Halted() *Halt { return n.fsm.halted.Load() }
+
+// CommandFeature is the feature version from which a command ("type/version",
+// as Commands lists it) applies, and whether this build knows it.
+func CommandFeature(cmd string) (int, bool) {
+	i := strings.LastIndexByte(cmd, '/')
+	if i < 0 {
+		return 0, false
+	}
+	v, err := strconv.Atoi(cmd[i+1:])
+	if err != nil {
+		return 0, false
+	}
+	k := cmdKey{cmd[:i], v}
+	if _, ok := commandTypes[k]; !ok {
+		return 0, false
+	}
+	return commandSince[k], true
+}

@@ -60,6 +60,10 @@ type joinResponse struct {
 type joinRequest struct {
 	Token  string `json:"token"`
 	NodeID string `json:"node_id"`
+	// FeatureVersion is the highest cluster feature version the joiner's
+	// build applies (absent: a build before feature versions); the
+	// cluster refuses a joiner below its committed one.
+	FeatureVersion int `json:"feature_version,omitempty"`
 }
 
 type readIndexResponse struct {
@@ -232,6 +236,13 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	check := r.URL.Path == pathClusterCheck
+	// Before the token is looked at or spent: a build too old for the
+	// cluster's feature version would halt on its log.
+	if err := a.checkJoinFeature(req.FeatureVersion); err != nil {
+		a.log.Warn("join refused", "node_id", req.NodeID, "check", check, "err", err)
+		writeProblem(w, newProblem(http.StatusConflict, api.CodeBuildTooOld, err.Error()))
+		return
+	}
 	if check {
 		// A joining node checks its password against the key before it
 		// spends the token. It gets only what the join would give it,
@@ -378,6 +389,9 @@ var clusterErrors = []struct {
 	{cluster.ErrSettingsConflict, http.StatusConflict, api.CodeSettingsConflict},
 	{cluster.ErrEKRootInvalid, http.StatusBadRequest, api.CodeEKRootInvalid},
 	{cluster.ErrSettingsInvalid, http.StatusBadRequest, api.CodeSettingsInvalid},
+	{cluster.ErrFeatureVersion, http.StatusConflict, api.CodeFeatureVersion},
+	{cluster.ErrFeatureDisabled, http.StatusConflict, api.CodeFeatureDisabled},
+	{cluster.ErrHalted, http.StatusServiceUnavailable, api.CodeHalted},
 }
 
 func (a *Appliance) clusterProblem(err error) *api.Problem {
@@ -615,7 +629,7 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
 	trusted := &http.Client{Timeout: 30 * time.Second, Transport: api.WrapTransport(&http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}})}
-	reqBody, _ := json.Marshal(joinRequest{Token: token, NodeID: cfg.NodeID})
+	reqBody, _ := json.Marshal(joinRequest{Token: token, NodeID: cfg.NodeID, FeatureVersion: joinFeature()})
 	post := func(path string) (joinResponse, error) {
 		var jr joinResponse
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+seedAddr+path, bytes.NewReader(reqBody))
