@@ -15,7 +15,7 @@ PKGS    := ./...
 # (server/stepcli_e2e_test.go).
 APT_PKGS := swtpm swtpm-tools openssl chromium systemd dpkg socat
 
-.PHONY: all build test bench loadtest bench-queries bench-console scale demo deps vet clean chaos cluster cluster-stop cluster-clean package fuzz roots adversary step-cli
+.PHONY: all build test bench loadtest bench-queries bench-console scale demo deps vet clean chaos upgrade cluster cluster-stop cluster-clean package fuzz roots adversary step-cli
 
 # The stock step CLI the ACME device-attest-01 end-to-end test runs
 # (server/stepcli_e2e_test.go), pinned: `@latest` resolves to an old
@@ -190,13 +190,27 @@ package:
 	cd packaging && $(GO) run . -src .. -bin ../$(PKG_BIN) -out ../build/packages
 
 # chaos: three node processes, a random one SIGKILLed every 5-10 s for
-# CHAOS_DURATION (default 3m); the last line is the invariants line.
+# CHAOS_DURATION (default 3m); the last line is the invariants line. Then
+# the rolling upgrade (make upgrade).
 CHAOS_DURATION ?= 3m
 chaos: deps build
 	@mkdir -p build
 	@CHAOS_DURATION=$(CHAOS_DURATION) $(GO) test -tags=$(TAGS),chaos -run '^TestChaos$$' -count=1 -timeout 6m -v ./server/ > build/chaos.log 2>&1; \
 	  rc=$$?; grep -E '^\s+chaos_test.go' build/chaos.log | tail -n 5; \
 	  grep '^invariants:' build/chaos.log | tail -n 1 || { tail -n 30 build/chaos.log; echo "invariants: chaos run failed before the check (see build/chaos.log)"; }; \
+	  [ $$rc = 0 ] || exit $$rc; $(MAKE) --no-print-directory upgrade
+
+# upgrade: three node processes of the previous release (the commit in
+# testvectors/golden/PREVIOUS_RELEASE, built once from a temporary git
+# worktree into build/upgrade/) under enrollments from swtpm devices,
+# replaced one at a time by bin/gatehouse; the last line is
+#   upgrade: from=COMMIT acked=N lost=0 state=HASH feature_version=N
+# (server/upgrade_test.go TestRollingUpgrade). Part of make chaos.
+upgrade: deps build
+	@mkdir -p build
+	@$(GO) test -tags=$(TAGS),chaos -run '^TestRollingUpgrade$$' -count=1 -timeout 10m -v ./server/ > build/upgrade.log 2>&1; \
+	  rc=$$?; grep -E '^\s+upgrade_test.go' build/upgrade.log | tail -n 8; \
+	  grep '^upgrade:' build/upgrade.log | tail -n 1 || { tail -n 40 build/upgrade.log; echo "upgrade: the rolling upgrade failed before its check (see build/upgrade.log)"; }; \
 	  exit $$rc
 
 clean:
