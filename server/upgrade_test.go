@@ -8,9 +8,9 @@ package server_test
 // of them, and the nodes replaced one at a time (SIGTERM, then this
 // build's bin/gatehouse on the same data directory), followers first.
 // Checked: no acknowledged enrollment is lost, every node keeps applying
-// the log throughout (old ones included), all end at one state hash, and
-// the cluster's feature version moves only after the last old node is
-// replaced.
+// the log throughout (old ones included, also under a new leader once two
+// nodes are new), all end at one state hash, and the cluster's feature
+// version moves only after the last old node is replaced.
 
 import (
 	"bufio"
@@ -213,6 +213,40 @@ func TestRollingUpgrade(t *testing.T) {
 				t.Fatalf("feature version %v with %d node(s) still on %s", f, len(order)-1-k, commit)
 			}
 			t.Logf("%s: replaced %s (%d of 3); feature version 0 on every node; %d enrollments acknowledged", time.Now().Format(time.TimeOnly), n.id, k+1, count())
+		}
+		if k == len(order)-2 {
+			// Two nodes are new: one of them takes the lead from the old
+			// one, which stays a running member. The new leader must
+			// not raise the version (the old build would stop on
+			// cluster.feature), and the old node must apply what the new
+			// leader commits.
+			old := order[len(order)-1]
+			if err := server.NewAdminClient(old.dir).TransferLeadership(context.Background()); err != nil {
+				t.Fatalf("transfer leadership from %s: %v", old.id, err)
+			}
+			var leader *chaosNode
+			waitFor(t, "a new node leads", 30*time.Second, func() bool {
+				s, err := server.NewAdminClient(old.dir).StatusBrief(context.Background())
+				if err != nil || s.LeaderID == "" || s.LeaderID == old.id {
+					return false
+				}
+				for _, n := range nodes {
+					if n.id == s.LeaderID {
+						leader = n
+					}
+				}
+				return true
+			})
+			time.Sleep(3 * server.FeatureCheckEvery)
+			allApply("new leader " + leader.id + ", old member " + old.id)
+			if f := features(); f[0] != 0 || f[1] != 0 || f[2] != 0 {
+				t.Fatalf("feature version %v raised by the new leader %s while %s runs %s", f, leader.id, old.id, commit)
+			}
+			b, _ := os.ReadFile(leader.log)
+			if !strings.Contains(string(b), "cluster feature version not raised yet") || !strings.Contains(string(b), old.id+": its build") {
+				t.Fatalf("the new leader %s never said why it did not raise the feature version:\n%s", leader.id, tail(b, 4096))
+			}
+			t.Logf("%s: %s (this build) leads, %s (%s) follows and applies; feature version 0; %d enrollments acknowledged", time.Now().Format(time.TimeOnly), leader.id, old.id, commit, count())
 		}
 	}
 	waitFor(t, "feature version raised on every node after the last replacement", 30*time.Second, func() bool {
