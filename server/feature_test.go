@@ -32,6 +32,9 @@ func TestFeatureVersionRaisedAfterTheLastMember(t *testing.T) {
 	if err != nil || st.FeatureVersion != 0 || st.BuildFeatureVersion != 0 {
 		t.Fatalf("an older build's cluster: status %+v, %v", st, err)
 	}
+	if mf := scrape(t, e); value(mf, "gatehouse_cluster_feature_version", nil) != 0 || value(mf, "gatehouse_registry_halted", nil) != 0 {
+		t.Fatalf("metrics before the upgrade: feature version %v, halted %v", value(mf, "gatehouse_cluster_feature_version", nil), value(mf, "gatehouse_registry_halted", nil))
+	}
 
 	// Upgraded one at a time, node-3 last; the leader is among the first
 	// two, so it is the one that would raise too early.
@@ -98,6 +101,14 @@ func TestFeatureVersionRaisedAfterTheLastMember(t *testing.T) {
 	}
 	if st, err = admin.Status(ctx); err != nil || st.FeatureVersion != cluster.FeatureVersion || st.BuildFeatureVersion != cluster.FeatureVersion || st.Halted != nil {
 		t.Fatalf("status after the upgrade %+v, %v", st, err)
+	}
+
+	mf := scrape(t, e)
+	if v := value(mf, "gatehouse_cluster_feature_version", nil); v != cluster.FeatureVersion {
+		t.Fatalf("metric gatehouse_cluster_feature_version %v after the upgrade", v)
+	}
+	if v := value(mf, "gatehouse_build_feature_version", nil); v != cluster.FeatureVersion {
+		t.Fatalf("metric gatehouse_build_feature_version %v after the upgrade", v)
 	}
 
 	// A node of the older build cannot join now; the token is not spent.
