@@ -181,6 +181,17 @@ func TestUnknownCommandHalts(t *testing.T) {
 	if err := n.Snapshot(); err == nil {
 		t.Fatal("a halted replica took a snapshot past the entry it could not apply")
 	}
+	// As leader it proposes nothing more and gives no read index.
+	last := n.raft.LastIndex()
+	if _, err := n.CommitRejection(context.Background(), "", time.Time{}, record("d3", OutcomeRejected)); !errors.Is(err, ErrHalted) {
+		t.Fatalf("a write on a halted leader: %v", err)
+	}
+	if n.raft.LastIndex() != last {
+		t.Fatal("a halted leader proposed an entry")
+	}
+	if _, err := n.ReadIndex(context.Background()); !errors.Is(err, ErrHalted) {
+		t.Fatalf("a read index from a halted leader: %v", err)
+	}
 	if p := strings.Join(n.Problems(), "; "); !strings.Contains(p, fmt.Sprintf("halted at Raft index %d (device.teleport v1)", h.Index)) {
 		t.Fatalf("problems: %s", p)
 	}

@@ -259,7 +259,7 @@ func (n *Node) Problems() []string {
 // apply (so acknowledge) anything.
 func (n *Node) logHalt(h *Halt) {
 	n.log.Error("registry halted: this build cannot apply a committed entry; it applies nothing more until upgraded",
-		"index", h.Index, "type", h.Type, "version", h.Version, "reason", h.Reason, "build_feature_version", FeatureVersion)
+		"index", h.Index, "type", h.Type, "version", h.Version, "reason", h.Reason, "build_feature_version", buildFeatureVersion)
 	if n.raft != nil && n.raft.State() == raft.Leader {
 		go func() {
 			if err := n.raft.LeadershipTransfer().Error(); err != nil {
@@ -376,6 +376,11 @@ func (n *Node) ApplyForwarded(ctx context.Context, cmd []byte) (Applied, error) 
 }
 
 func (n *Node) applyLocal(ctx context.Context, b []byte) (Applied, error) {
+	// A halted leader proposes nothing: it could not apply (so answer
+	// for) the entry, which the others would commit all the same.
+	if h := n.Halted(); h != nil {
+		return Applied{}, fmt.Errorf("%w: %s", ErrHalted, h)
+	}
 	timeout := n.applyTimeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
@@ -405,6 +410,11 @@ func (n *Node) applyLocal(ctx context.Context, b []byte) (Applied, error) {
 func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
 	if n.raft.State() != raft.Leader {
 		return 0, ErrNotLeader
+	}
+	// A halted leader's applied index is not the commit point: a read
+	// index from it could miss writes committed after its halt.
+	if h := n.Halted(); h != nil {
+		return 0, fmt.Errorf("%w: %s", ErrHalted, h)
 	}
 	if term := n.raft.CurrentTerm(); n.barrierTerm.Load() != term {
 		if err := n.raft.Barrier(n.applyTimeout).Error(); err != nil {

@@ -21,9 +21,18 @@ const featureCheckEvery = 2 * time.Second
 // featureLoop raises the cluster's committed feature version to this
 // build's (cluster.FeatureVersion) once every member advertises a build
 // that applies it: the leader's duty, so at most one node proposes it.
+// A halted node found leading hands leadership on.
 func (a *Appliance) featureLoop() {
 	var last string // the last reason logged, so a wait is logged once
 	a.periodically(featureCheckEvery, func(ctx context.Context) {
+		// A halted node that was elected leader again hands leadership
+		// on: it cannot apply, so acknowledge, anything.
+		if a.node.Halted() != nil && a.node.IsLeader() {
+			if err := a.node.TransferLeadership(); err != nil {
+				a.log.Error("halted registry: handing leadership on failed", "err", err)
+			}
+			return
+		}
 		why, err := a.raiseFeature(ctx)
 		msg := ""
 		if err != nil {
