@@ -236,13 +236,6 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	check := r.URL.Path == pathClusterCheck
-	// Before the token is looked at or spent: a build too old for the
-	// cluster's feature version would halt on its log.
-	if err := a.checkJoinFeature(req.FeatureVersion); err != nil {
-		a.log.Warn("join refused", "node_id", req.NodeID, "check", check, "err", err)
-		writeProblem(w, newProblem(http.StatusConflict, api.CodeBuildTooOld, err.Error()))
-		return
-	}
 	if check {
 		// A joining node checks its password against the key before it
 		// spends the token. It gets only what the join would give it,
@@ -265,6 +258,15 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 		p := a.clusterProblem(err)
 		a.countJoinRefusal(p.Code)
 		writeProblem(w, p)
+		return
+	}
+	// Only for a valid token (the cluster's version is not for anyone
+	// who asks): a build too old for the cluster's feature version would
+	// halt on its log. A joiner's check comes first, so its token stays
+	// unused; a join posted without one has spent it.
+	if err := a.checkJoinFeature(req.FeatureVersion); err != nil {
+		a.log.Warn("join refused", "node_id", req.NodeID, "check", check, "err", err)
+		writeProblem(w, newProblem(http.StatusConflict, api.CodeBuildTooOld, err.Error()))
 		return
 	}
 	key, err := ca.EncryptedKeyPEM(filepath.Join(a.dataDir, caDir))
