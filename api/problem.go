@@ -89,6 +89,18 @@ const (
 	CodeSettingsInvalid = "settings_invalid"
 	// CodeSettingsConflict: 409, the settings changed since they were read.
 	CodeSettingsConflict = "settings_conflict"
+	// CodeBuildTooOld: 409, a joining node's build does not apply the
+	// cluster's committed feature version (install the build the cluster runs).
+	CodeBuildTooOld = "build_too_old"
+	// CodeFeatureVersion: 409, a cluster feature version this build does
+	// not apply (a forwarded raise beyond the leader's build).
+	CodeFeatureVersion = "feature_version_unsupported"
+	// CodeFeatureDisabled: 409, a command that needs a newer cluster
+	// feature version than the committed one (a rolling upgrade not done).
+	CodeFeatureDisabled = "feature_not_enabled"
+	// CodeHalted: 503, the node's registry halted at an entry its build
+	// does not understand (upgrade the node).
+	CodeHalted = "registry_halted"
 
 	// 404
 	CodeNotFound = "not_found"

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -131,7 +132,11 @@ func TestSessionCompletesOnce(t *testing.T) {
 	}
 }
 
-func TestUnknownCommandIsFatal(t *testing.T) {
+// An entry of unknown type or version halts the replica, loudly and for
+// good: nothing at or after it applies (it is never skipped), the applied
+// index stays before it, no snapshot is taken past it, and the node's
+// health names it.
+func TestUnknownCommandHalts(t *testing.T) {
 	if _, _, err := decodeCommand([]byte(`{"type":"device.teleport","version":1,"payload":{}}`)); !errors.Is(err, ErrUnknownCommand) {
 		t.Fatalf("unknown type: %v", err)
 	}
@@ -142,27 +147,72 @@ func TestUnknownCommandIsFatal(t *testing.T) {
 		t.Fatalf("garbage: %v", err)
 	}
 
-	fatal := make(chan error, 4)
-	n := openNode(t, t.TempDir(), WithFatalHook(func(err error) { fatal <- err }))
+	var logs lockedBuffer
+	n := openConfigured(t, Config{NodeID: "n1", DataDir: t.TempDir(), RaftAddr: "127.0.0.1:0", Bootstrap: true, Logger: jsonLogger(&logs, slog.LevelInfo)},
+		WithFatalHook(func(err error) { t.Errorf("fatal: %v", err) }))
+	enroll(t, n, "s1", "d1")
 	before, _ := n.StateHash()
+	applied := n.fsm.appliedIndex()
 	f := n.raft.Apply([]byte(`{"type":"device.teleport","version":1,"time":"2026-01-01T00:00:00Z","payload":{}}`), time.Second)
 	if err := f.Error(); err != nil {
 		t.Fatal(err)
 	}
-	if res, _ := f.Response().(applyResult); !errors.Is(res.Err, ErrUnknownCommand) {
+	if res, _ := f.Response().(applyResult); !errors.Is(res.Err, ErrHalted) {
 		t.Fatalf("response %+v", f.Response())
 	}
-	select {
-	case err := <-fatal:
-		if !errors.Is(err, ErrUnknownCommand) {
-			t.Fatalf("fatal hook got %v", err)
-		}
-	case <-time.After(time.Second):
-		t.Fatal("fatal hook not called for an unknown command")
+	h := n.Halted()
+	if h == nil || h.Index != f.Index() || h.Type != "device.teleport" || h.Version != 1 || !strings.Contains(h.Reason, "unknown command") {
+		t.Fatalf("halt %+v, want index %d device.teleport v1", h, f.Index())
+	}
+	// A valid command after it is not applied either.
+	g := n.raft.Apply(mustEncode(t, "attestation.reject", 1, &rejectAttestation{Attestation: record("d2", OutcomeRejected)}), time.Second)
+	if err := g.Error(); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := g.Response().(applyResult); !errors.Is(res.Err, ErrHalted) {
+		t.Fatalf("a later entry: %+v", g.Response())
 	}
 	if after, _ := n.StateHash(); after != before {
-		t.Fatal("unknown command changed the state")
+		t.Fatal("a halted replica changed its state")
 	}
+	if got := n.fsm.appliedIndex(); got != applied || n.fsm.last.Load() != applied {
+		t.Fatalf("applied index %d, last %d; want %d (before the unknown entry)", got, n.fsm.last.Load(), applied)
+	}
+	if err := n.Snapshot(); err == nil {
+		t.Fatal("a halted replica took a snapshot past the entry it could not apply")
+	}
+	// As leader it proposes nothing more and gives no read index.
+	last := n.raft.LastIndex()
+	if _, err := n.CommitRejection(context.Background(), "", time.Time{}, record("d3", OutcomeRejected)); !errors.Is(err, ErrHalted) {
+		t.Fatalf("a write on a halted leader: %v", err)
+	}
+	if n.raft.LastIndex() != last {
+		t.Fatal("a halted leader proposed an entry")
+	}
+	if _, err := n.ReadIndex(context.Background()); !errors.Is(err, ErrHalted) {
+		t.Fatalf("a read index from a halted leader: %v", err)
+	}
+	if p := strings.Join(n.Problems(), "; "); !strings.Contains(p, fmt.Sprintf("halted at Raft index %d (device.teleport v1)", h.Index)) {
+		t.Fatalf("problems: %s", p)
+	}
+	logged := false
+	for _, r := range logs.records(t) {
+		if r["level"] == "ERROR" && strings.HasPrefix(r["msg"].(string), "registry halted") && r["type"] == "device.teleport" && r["index"] == float64(h.Index) {
+			logged = true
+		}
+	}
+	if !logged {
+		t.Fatal("the halt was not logged at error level naming the entry")
+	}
+}
+
+func mustEncode(t *testing.T, typ string, version int, payload any) []byte {
+	t.Helper()
+	b, err := encodeCommand(typ, version, time.Now().UTC(), payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func TestSessionsArePruned(t *testing.T) {

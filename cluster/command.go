@@ -66,6 +66,7 @@ var commandTypes = map[cmdKey]func(json.RawMessage) (op, error){
 	{"ekroots.add", 1}:        decodeAs[addEKRoots],
 	{"ekroots.remove", 1}:     decodeAs[removeEKRoot],
 	{"settings.set", 1}:       decodeAs[setSettings],
+	{"cluster.feature", 1}:    decodeAs[raiseFeature], // feature.go
 }
 
 // ValidityCommands are the accept commands that record the issued
@@ -101,7 +102,10 @@ func decodeAs[T any, PT interface {
 }
 
 // decodeCommand parses an entry. An unknown type or version is an error
-// wrapping ErrUnknownCommand; the FSM treats it as fatal.
+// wrapping ErrUnknownCommand, a cluster.feature above this build's
+// FeatureVersion one wrapping ErrFeatureVersion; the FSM halts on either
+// (fsm.halt). The command is returned with the error when its envelope
+// decoded, so the halt can name it.
 func decodeCommand(b []byte) (*command, op, error) {
 	var c command
 	if err := json.Unmarshal(b, &c); err != nil {
@@ -109,11 +113,14 @@ func decodeCommand(b []byte) (*command, op, error) {
 	}
 	dec, ok := commandTypes[cmdKey{c.Type, c.Version}]
 	if !ok {
-		return nil, nil, fmt.Errorf("%w: type %q version %d", ErrUnknownCommand, c.Type, c.Version)
+		return &c, nil, fmt.Errorf("%w: type %q version %d", ErrUnknownCommand, c.Type, c.Version)
 	}
 	o, err := dec(c.Payload)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %s v%d payload: %v", ErrUnknownCommand, c.Type, c.Version, err)
+		return &c, nil, fmt.Errorf("%w: %s v%d payload: %v", ErrUnknownCommand, c.Type, c.Version, err)
+	}
+	if err := checkFeature(o); err != nil {
+		return &c, nil, err
 	}
 	return &c, o, nil
 }

@@ -68,6 +68,13 @@ type fsm struct {
 	log     *slog.Logger
 	stop    chan struct{}
 	onStall func()
+	// feature is the committed cluster feature version (feature.go).
+	feature atomic.Int64
+	// halted is set at the first entry this build does not understand;
+	// from then on nothing is applied (see halt).
+	halted atomic.Pointer[Halt]
+	// onHalt, when set, is called once when the FSM halts.
+	onHalt func(*Halt)
 }
 
 var (
@@ -87,6 +94,10 @@ func openFSM(path string, fatal func(error)) (*fsm, error) {
 	}
 	f := &fsm{path: path, fatal: fatal, db: db}
 	f.last.Store(f.appliedIndex())
+	_ = db.View(func(tx *bolt.Tx) error {
+		f.feature.Store(int64(featureVersion(tx)))
+		return nil
+	})
 	return f, nil
 }
 
@@ -138,8 +149,19 @@ func (f *fsm) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
 
 // ApplyBatch decodes the entries outside the write transaction, then applies
 // them all in one bolt transaction: one fsync per batch instead of per entry.
+//
+// An entry this build does not understand halts the FSM (halt): the
+// entries before it apply, it and every later one do not, in this batch
+// and every later one, and the applied index stays before it. Never
+// skipped: a replica that skipped it would silently diverge.
 func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	results := make([]any, len(logs))
+	if h := f.halted.Load(); h != nil {
+		for i := range results {
+			results[i] = applyResult{Err: fmt.Errorf("%w: %s", ErrHalted, h)}
+		}
+		return results
+	}
 	type decoded struct {
 		cmd *command
 		op  op
@@ -151,17 +173,24 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		}
 		c, o, err := decodeCommand(l.Data)
 		if err != nil {
-			f.fatal(fmt.Errorf("raft index %d: %w", l.Index, err))
-			results[i] = applyResult{Err: err}
-			continue
+			h := f.halt(l.Index, c, err)
+			for j := i; j < len(logs); j++ {
+				results[j] = applyResult{Err: fmt.Errorf("%w: %s", ErrHalted, h)}
+			}
+			logs, ops = logs[:i], ops[:i]
+			break
 		}
 		if s, ok := o.(*setSettings); ok {
 			s.validate = f.validateSettings
 		}
 		ops[i] = decoded{c, o}
 	}
+	if len(logs) == 0 {
+		return results
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	feature := f.feature.Load()
 	write := func() error {
 		return f.db.Update(func(tx *bolt.Tx) error {
 			meta := tx.Bucket(bMeta)
@@ -169,13 +198,26 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 			if v := meta.Get(keyAppliedIndex); len(v) == 8 {
 				applied = binary.BigEndian.Uint64(v)
 			}
+			feature = int64(featureVersion(tx))
 			var last time.Time
 			for i, l := range logs {
 				if l.Index <= applied || ops[i].op == nil {
 					continue // already applied before a restart, or not a command
 				}
-				results[i] = ops[i].op.apply(tx, l.Index, ops[i].cmd.Time)
-				last = ops[i].cmd.Time
+				c := ops[i].cmd
+				// Judged against the committed version, which an earlier
+				// entry of this batch may have raised: the same on every
+				// replica.
+				if since := commandSince[cmdKey{c.Type, c.Version}]; int64(since) > feature {
+					results[i] = applyResult{Err: fmt.Errorf("%w: %s v%d needs feature version %d, the cluster is at %d", ErrFeatureDisabled, c.Type, c.Version, since, feature)}
+					last = c.Time
+					continue
+				}
+				results[i] = ops[i].op.apply(tx, l.Index, c.Time)
+				last = c.Time
+				if _, ok := ops[i].op.(*raiseFeature); ok {
+					feature = int64(featureVersion(tx))
+				}
 			}
 			if !last.IsZero() {
 				if err := pruneSessions(tx, last); err != nil {
@@ -201,6 +243,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		}
 	}
 	if err == nil {
+		f.feature.Store(feature)
 		// Before last moves: a writer that waits for its index sees it.
 		for _, d := range ops {
 			switch d.op.(type) {
@@ -265,8 +308,13 @@ func (f *fsm) retryNoSpace(logs []*raft.Log, err error, write func() error) erro
 	return err
 }
 
-// Snapshot opens a read transaction (cheap); Persist streams it.
+// Snapshot opens a read transaction (cheap); Persist streams it. A halted
+// FSM refuses: Raft would label the snapshot with an index past the entry
+// it could not apply, and compact that entry out of the log.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	if h := f.halted.Load(); h != nil {
+		return nil, fmt.Errorf("%w: no snapshot: %s", ErrHalted, h)
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	tx, err := f.db.Begin(false)
@@ -330,6 +378,9 @@ func (s *fsmSnapshot) Release() { _ = s.tx.Rollback() }
 // written, so the current state stays whole.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	if h := f.halted.Load(); h != nil {
+		return fmt.Errorf("%w: no restore: %s", ErrHalted, h)
+	}
 	body, _, err := readSnapshotHeader(rc) // format 0 and 1 hold the same bbolt file
 	if err != nil {
 		return err
@@ -358,10 +409,17 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore: snapshot is not a registry: %w", err)
 	}
 	var snapIndex uint64
+	var feature int
 	err = check.Update(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bMeta).Get(keyAppliedIndex); len(v) == 8 {
 			snapIndex = binary.BigEndian.Uint64(v)
 		}
+		// A registry at a feature version this build does not apply is
+		// refused whole, before the current state is touched.
+		if err := checkRegistryFeature(tx, "snapshot"); err != nil {
+			return err
+		}
+		feature = featureVersion(tx)
 		// A snapshot from a build without query indexes (or older ones)
 		// gets them now; a current one keeps its own.
 		if err := ensureIndexes(tx, false); err != nil {
@@ -374,6 +432,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	})
 	check.Close()
 	if err != nil {
+		os.Remove(tmp)
 		return err
 	}
 	f.mu.Lock()
@@ -386,6 +445,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.db, err = openBolt(f.path)
 	f.last.Store(snapIndex)
+	f.feature.Store(int64(feature))
 	f.kvGen.Add(1)
 	f.confGen.Add(1)
 	return err
@@ -420,6 +480,22 @@ func readSnapshotHeader(r io.Reader) (io.Reader, int, error) {
 		return nil, 0, err
 	}
 	return br, h.Version, nil
+}
+
+// halt stops the FSM at the entry at index, which this build cannot apply
+// (cause wraps ErrUnknownCommand or ErrFeatureVersion; c is its envelope,
+// if it decoded). Loud: logged at error level through onHalt, reported by
+// Node.Halted and the node's health. It is never undone while the process
+// runs; a restart on a build that understands the entry applies it.
+func (f *fsm) halt(index uint64, c *command, cause error) *Halt {
+	h := &Halt{Index: index, Reason: cause.Error(), Since: time.Now(), cause: cause}
+	if c != nil {
+		h.Type, h.Version = c.Type, c.Version
+	}
+	if f.halted.CompareAndSwap(nil, h) && f.onHalt != nil {
+		f.onHalt(h)
+	}
+	return f.halted.Load()
 }
 
 // stateHash hashes every bucket but meta, in a fixed order: two replicas

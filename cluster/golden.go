@@ -126,7 +126,7 @@ func ExportGolden(raftDir string, log, snap io.Writer) (GoldenFacts, error) {
 // ReplayGolden applies a log fixture (as ExportGolden writes it) entry by
 // entry to a fresh FSM in dir, through the FSM's apply path as Raft drives
 // it, and returns the state's facts after VerifyIndexes passed. An entry
-// the FSM refuses (ErrUnknownCommand: a command this build lost) fails it.
+// the FSM halts on (ErrUnknownCommand: a command this build lost) fails it.
 func ReplayGolden(dir string, log io.Reader) (GoldenFacts, error) {
 	zr, err := gzip.NewReader(log)
 	if err != nil {
@@ -172,6 +172,9 @@ func ReplayGolden(dir string, log io.Reader) (GoldenFacts, error) {
 		f.ApplyBatch([]*raft.Log{l})
 		if fatal != nil {
 			return GoldenFacts{}, fatal
+		}
+		if h := f.halted.Load(); h != nil {
+			return GoldenFacts{}, fmt.Errorf("log index %d: %w", h.Index, h.cause)
 		}
 	}
 	if err := sc.Err(); err != nil {

@@ -75,7 +75,7 @@ func TestGoldenFixtures(t *testing.T) {
 
 // A log holding a command this build does not apply (a newer build's
 // version) stops the replay with ErrUnknownCommand, as it stops a replica
-// (TestUnknownCommandIsFatal); it is never skipped.
+// (TestUnknownCommandHalts); it is never skipped.
 func TestGoldenReplayRefusesUnknownCommand(t *testing.T) {
 	dirs, _ := filepath.Glob(testvectors.Path("golden/*"))
 	if len(dirs) == 0 {

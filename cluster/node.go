@@ -25,6 +25,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
 
@@ -81,8 +82,10 @@ func WithForwarder(f Forwarder) Option { return func(o *options) { o.forwarder =
 // WithRaftConfig adjusts the Raft configuration (tests shorten timeouts).
 func WithRaftConfig(fn func(*raft.Config)) Option { return func(o *options) { o.raftConfig = fn } }
 
-// WithFatalHook replaces what happens when the FSM meets an entry it cannot
-// apply (default: log and panic, so the replica stops instead of diverging).
+// WithFatalHook replaces what happens when the FSM's store cannot take a
+// batch (default: log and panic, so the replica stops instead of
+// diverging). An entry this build does not understand is not fatal: the
+// FSM halts on it (Node.Halted) and the process stays up to report it.
 func WithFatalHook(fn func(error)) Option { return func(o *options) { o.fatal = fn } }
 
 // WithClock sets the clock this node stamps on the commands it applies as
@@ -160,6 +163,10 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 		return nil, storeError(fsmPath, "registry", err)
 	}
 	n.fsm.validateSettings = o.validateSettings
+	if err := n.fsm.view(func(tx *bolt.Tx) error { return checkRegistryFeature(tx, "registry "+n.fsm.path) }); err != nil {
+		return nil, err
+	}
+	n.fsm.onHalt = n.logHalt
 	n.fsm.disk, n.fsm.log, n.fsm.stop = &n.disk, log, n.stop
 	// A leader that cannot apply would hold every write: hand over.
 	n.fsm.onStall = func() {
@@ -304,7 +311,25 @@ func (n *Node) Problems() []string {
 	if err := n.disk.problem(); err != nil {
 		out = append(out, err.Error())
 	}
+	if h := n.Halted(); h != nil {
+		out = append(out, h.String())
+	}
 	return out
+}
+
+// logHalt is the FSM's halt hook: it logs the halt at error level, naming
+// the entry, and a leader hands leadership on, since it can no longer
+// apply (so acknowledge) anything.
+func (n *Node) logHalt(h *Halt) {
+	n.log.Error("registry halted: this build cannot apply a committed entry; it applies nothing more until upgraded",
+		"index", h.Index, "type", h.Type, "version", h.Version, "reason", h.Reason, "build_feature_version", buildFeatureVersion)
+	if n.raft != nil && n.raft.State() == raft.Leader {
+		go func() {
+			if err := n.raft.LeadershipTransfer().Error(); err != nil {
+				n.log.Error("halted leader could not hand leadership on", "err", err)
+			}
+		}()
+	}
 }
 
 // Fresh reports whether the node started without Raft state (a new node).
@@ -367,6 +392,9 @@ func (n *Node) apply(ctx context.Context, typ string, version int, payload any) 
 	if err := n.disk.problem(); err != nil {
 		return 0, err
 	}
+	if err := n.commandEnabled(typ, version); err != nil {
+		return 0, err
+	}
 	// The time is provisional on a follower: the leader stamps its own
 	// (ApplyForwarded) before the command reaches the log.
 	b, err := encodeCommand(typ, version, n.now().UTC(), payload)
@@ -406,6 +434,9 @@ func (n *Node) ApplyForwarded(ctx context.Context, cmd []byte) (Applied, error) 
 	if err := n.disk.problem(); err != nil {
 		return Applied{}, err
 	}
+	if err := n.commandEnabled(c.Type, c.Version); err != nil {
+		return Applied{}, err
+	}
 	c.Time = n.now().UTC()
 	stamped, err := json.Marshal(c)
 	if err != nil {
@@ -415,6 +446,11 @@ func (n *Node) ApplyForwarded(ctx context.Context, cmd []byte) (Applied, error) 
 }
 
 func (n *Node) applyLocal(ctx context.Context, b []byte) (Applied, error) {
+	// A halted leader proposes nothing: it could not apply (so answer
+	// for) the entry, which the others would commit all the same.
+	if h := n.Halted(); h != nil {
+		return Applied{}, fmt.Errorf("%w: %s", ErrHalted, h)
+	}
 	timeout := n.applyTimeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
@@ -472,6 +508,11 @@ func (n *Node) waitFuture(ctx context.Context, f raft.ApplyFuture) error {
 func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
 	if n.raft.State() != raft.Leader {
 		return 0, ErrNotLeader
+	}
+	// A halted leader's applied index is not the commit point: a read
+	// index from it could miss writes committed after its halt.
+	if h := n.Halted(); h != nil {
+		return 0, fmt.Errorf("%w: %s", ErrHalted, h)
 	}
 	if term := n.raft.CurrentTerm(); n.barrierTerm.Load() != term {
 		if err := n.raft.Barrier(n.applyTimeout).Error(); err != nil {

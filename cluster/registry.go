@@ -19,7 +19,7 @@ var (
 	// clock when the command applied; nothing is written.
 	ErrSessionExpired = errors.New("session expired")
 	// ErrUnknownCommand: a command type or version this build cannot apply.
-	// A replica that met one stops (see WithFatalHook) rather than diverge.
+	// A replica that met one halts (Node.Halted) rather than diverge.
 	ErrUnknownCommand = errors.New("unknown command")
 	// ErrSnapshotFormat: a snapshot whose format this build cannot read (a
 	// newer build's, or a malformed header). Restore refuses it before

@@ -74,6 +74,13 @@ type Status struct {
 	// part in its cluster (see cluster.Node.Problems).
 	Healthy  bool     `json:"healthy"`
 	Problems []string `json:"problems,omitempty"`
+	// FeatureVersion is the cluster's committed feature version in this
+	// node's replica; BuildFeatureVersion the highest this build applies.
+	// Halted is set when the registry stopped at an entry the build does
+	// not understand (cluster.Node.Halted).
+	FeatureVersion      int           `json:"feature_version"`
+	BuildFeatureVersion int           `json:"build_feature_version"`
+	Halted              *cluster.Halt `json:"halted,omitempty"`
 	// Version is this node's build; Nodes every member with the build it
 	// reports (asked live, so a member that is down shows an error).
 	Version api.BuildInfo `json:"version"`
@@ -162,6 +169,7 @@ func (a *Appliance) registerAdmin(add func(role, pattern string, h http.HandlerF
 			NodeID: a.cfg.NodeID, Leader: a.node.IsLeader(), LeaderID: a.node.LeaderID(), TrustDomain: a.cfg.TrustDomain,
 			DeviceAPI: "https://" + a.publicAddr(), RaftAddr: a.node.RaftAddr(), StateHash: h, CertificatesIssued: a.CertificatesIssued(),
 			Healthy: len(problems) == 0, Problems: problems, Version: buildInfo, Nodes: nodes,
+			FeatureVersion: a.node.FeatureVersion(), BuildFeatureVersion: a.buildFeature(), Halted: a.node.Halted(),
 		}, a.adminErr(err))
 	})
 	add(ca.RoleAuditor, "GET "+adminDevices, a.read(func(w http.ResponseWriter, r *http.Request) {

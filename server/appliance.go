@@ -286,6 +286,7 @@ type Appliance struct {
 	peerCmds          peerCommands             // what each member applies (version.go)
 	validityGate      commandGate              // whether every member applies the v3 accepts (version.go)
 	commandsHook      atomic.Pointer[[]string] // tests: the commands this node claims to apply (an older build's)
+	featureHook       atomic.Pointer[int64]    // tests: the feature version this node claims to apply (an older build's)
 	acme              http.Handler             // step-ca's ACME API and GET /provisioners (acme.go)
 	acmeDB            *acme.DB
 }
@@ -419,6 +420,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	go a.registerLoop(cfg.JoinSeed, a.node.Fresh())
 	go a.seedLoop()
 	go a.leaderLoop()
+	go a.featureLoop()
 	go a.refusalSummaryLoop(cfg.RefusalSummaryEvery.Duration)
 	return a, nil
 }
@@ -483,7 +485,8 @@ func (a *Appliance) Node() *cluster.Node { return a.node }
 
 // WaitReady blocks until the node can commit and, on a node that creates
 // its cluster now (no Raft state yet), until the replicated EK roots and
-// settings are written (ekroots.go seedLoop), so what it serves next is
+// settings are written and its build's feature version raised (ekroots.go
+// seedLoop), so what it serves next is
 // the cluster's state. A node that restarts does not wait for them: in a
 // cluster being upgraded they wait for the last old member
 // (membersApply), and its local files stand in meanwhile.
@@ -494,7 +497,7 @@ func (a *Appliance) WaitReady(ctx context.Context) error {
 	// The node creating a cluster is ready once its own first writes (the
 	// seed and its member record, both asynchronous) are in: nothing it
 	// serves afterwards races them.
-	for a.cfg.JoinSeed == "" && a.node.Fresh() && !(a.seeded() && a.registered()) {
+	for a.cfg.JoinSeed == "" && a.node.Fresh() && !(a.seeded() && a.registered() && a.featureSeeded()) {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("writing the initial EK roots, settings and member record to the cluster: %w", ctx.Err())

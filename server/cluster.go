@@ -60,6 +60,10 @@ type joinResponse struct {
 type joinRequest struct {
 	Token  string `json:"token"`
 	NodeID string `json:"node_id"`
+	// FeatureVersion is the highest cluster feature version the joiner's
+	// build applies (absent: a build before feature versions); the
+	// cluster refuses a joiner below its committed one.
+	FeatureVersion int `json:"feature_version,omitempty"`
 }
 
 type readIndexResponse struct {
@@ -256,6 +260,15 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, p)
 		return
 	}
+	// Only for a valid token (the cluster's version is not for anyone
+	// who asks): a build too old for the cluster's feature version would
+	// halt on its log. A joiner's check comes first, so its token stays
+	// unused; a join posted without one has spent it.
+	if err := a.checkJoinFeature(req.FeatureVersion); err != nil {
+		a.log.Warn("join refused", "node_id", req.NodeID, "check", check, "err", err)
+		writeProblem(w, newProblem(http.StatusConflict, api.CodeBuildTooOld, err.Error()))
+		return
+	}
 	key, err := ca.EncryptedKeyPEM(filepath.Join(a.dataDir, caDir))
 	if err != nil {
 		writeProblem(w, a.enroller.internal(err))
@@ -379,6 +392,9 @@ var clusterErrors = []struct {
 	{cluster.ErrSettingsConflict, http.StatusConflict, api.CodeSettingsConflict},
 	{cluster.ErrEKRootInvalid, http.StatusBadRequest, api.CodeEKRootInvalid},
 	{cluster.ErrSettingsInvalid, http.StatusBadRequest, api.CodeSettingsInvalid},
+	{cluster.ErrFeatureVersion, http.StatusConflict, api.CodeFeatureVersion},
+	{cluster.ErrFeatureDisabled, http.StatusConflict, api.CodeFeatureDisabled},
+	{cluster.ErrHalted, http.StatusServiceUnavailable, api.CodeHalted},
 }
 
 func (a *Appliance) clusterProblem(err error) *api.Problem {
@@ -616,7 +632,7 @@ func Join(ctx context.Context, dataDir string, password []byte, seedAddr, token 
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
 	trusted := &http.Client{Timeout: 30 * time.Second, Transport: api.WrapTransport(&http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}})}
-	reqBody, _ := json.Marshal(joinRequest{Token: token, NodeID: cfg.NodeID})
+	reqBody, _ := json.Marshal(joinRequest{Token: token, NodeID: cfg.NodeID, FeatureVersion: joinFeature()})
 	post := func(path string) (joinResponse, error) {
 		var jr joinResponse
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+seedAddr+path, bytes.NewReader(reqBody))

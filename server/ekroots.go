@@ -424,7 +424,7 @@ func (a *Appliance) seed(ctx context.Context) error {
 	needRoots := a.node.IsLeader() && len(roots) == 0
 	needSettings := a.cfg.JoinSeed == "" && a.node.LeaderID() != "" && errors.Is(err, cluster.ErrNotFound)
 	if !needRoots && !needSettings {
-		return nil
+		return a.seedFeature(ctx)
 	}
 	if err := a.membersApply(ctx, cluster.ConfigCommands...); err != nil {
 		return err
@@ -436,6 +436,7 @@ func (a *Appliance) seed(ctx context.Context) error {
 	if needSettings {
 		errs = append(errs, a.seedSettings(ctx))
 	}
+	errs = append(errs, a.seedFeature(ctx))
 	return errors.Join(errs...)
 }
 

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
 	"net/http"
 
@@ -60,6 +61,38 @@ func SetCommandsForTest(a *Appliance, cmds []string) {
 	a.commandsHook.Store(&cmds)
 }
 
+// SetFeatureVersionForTest makes a advertise (GET /cluster/v1/info), and
+// raise the cluster to, feature version v, as an older build would
+// (negative: its own).
+func SetFeatureVersionForTest(a *Appliance, v int) {
+	if v < 0 {
+		a.featureHook.Store(nil)
+		return
+	}
+	x := int64(v)
+	a.featureHook.Store(&x)
+}
+
+// SetDefaultFeatureVersionForTest makes every node of this process that
+// has no SetFeatureVersionForTest of its own claim feature version v, from
+// its start (negative: its build's), as an older build would.
+func SetDefaultFeatureVersionForTest(v int) {
+	if v < 0 {
+		featureForTest.Store(nil)
+		return
+	}
+	x := int64(v)
+	featureForTest.Store(&x)
+}
+
 // ACMESizesForTest reports the ACME database's node-local state: used
 // nonces and cached pre-proof updates.
 func (a *Appliance) ACMESizesForTest() (usedNonces, pending int) { return a.acmeDB.Sizes() }
+
+// FeatureCheckEvery is how often the leader looks whether it can raise
+// the cluster's feature version.
+const FeatureCheckEvery = featureCheckEvery
+
+// RaiseFeatureForTest runs the leader's feature version check once: the
+// members it counted when it raised the version, or why it did not.
+func RaiseFeatureForTest(a *Appliance) (string, error) { return a.raiseFeature(context.Background()) }

@@ -149,6 +149,9 @@ func (a *Appliance) Readiness(withLeader bool) Readiness {
 	if p.Commit > p.Applied && p.Commit-p.Applied > maxApplyLag {
 		why = append(why, fmt.Sprintf("the registry applied index %d trails the commit index %d by %d entries (at most %d)", p.Applied, p.Commit, p.Commit-p.Applied, maxApplyLag))
 	}
+	if h := a.node.Halted(); h != nil {
+		why = append(why, h.String())
+	}
 	add(CheckApplied, why)
 
 	why = nil

@@ -154,12 +154,15 @@ var (
 	descAuditHead = prometheus.NewDesc("gatehouse_audit_head_seq", "Sequence number of the newest audit entry in this node's replica.", nil, nil)
 	descReady     = prometheus.NewDesc("gatehouse_ready", "1 if GET /readyz would answer 200 (every readiness check passes), else 0.", nil, nil)
 	descACMEState = prometheus.NewDesc("gatehouse_acme_node_state", "ACME state this node keeps in memory (acme/DESIGN.md): used nonces, pending (pre-proof) updates, and their bytes.", []string{"kind"}, nil)
+	descFeature   = prometheus.NewDesc("gatehouse_cluster_feature_version", "The cluster's committed feature version in this node's replica (see README, Upgrades).", nil, nil)
+	descBuildFeat = prometheus.NewDesc("gatehouse_build_feature_version", "The highest cluster feature version this node's build applies.", nil, nil)
+	descHalted    = prometheus.NewDesc("gatehouse_registry_halted", "1 if this node's registry stopped at a committed entry its build does not understand (upgrade the node), else 0.", nil, nil)
 	deviceStates  = []string{cluster.DevicePending, cluster.DeviceActive, cluster.DeviceDisabled, cluster.DeviceQuarantined, cluster.DeviceRevoked, cluster.DeviceDeleted}
 	_             = prometheus.Collector((*stateCollector)(nil))
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDevices, descApprovals, descLeader, descHasLeader, descApplied, descCommit, descAuditHead, descReady, descACMEState} {
+	for _, d := range []*prometheus.Desc{descDevices, descApprovals, descLeader, descHasLeader, descApplied, descCommit, descAuditHead, descReady, descACMEState, descFeature, descBuildFeat, descHalted} {
 		ch <- d
 	}
 }
@@ -174,6 +177,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descApplied, float64(p.Applied))
 	gauge(descCommit, float64(p.Commit))
 	gauge(descReady, boolGauge(c.a.Readiness(true).Ready))
+	gauge(descFeature, float64(c.a.node.FeatureVersion()))
+	gauge(descBuildFeat, float64(c.a.buildFeature()))
+	gauge(descHalted, boolGauge(c.a.node.Halted() != nil))
 	if db := c.a.acmeDB; db != nil {
 		used, pending := db.Sizes()
 		gauge(descACMEState, float64(used), "used_nonces")

@@ -35,6 +35,7 @@ var notRefusals = map[string]string{
 	"cluster.ErrCloseTimeout":         "shutdown error (Node.Close), logged; not an HTTP answer",
 	"cluster.ErrSnapshotFormat":       "snapshot install error inside Raft (the node refuses the snapshot, changing nothing); not an HTTP answer",
 	"cluster.ErrCertificateValidity":  "the server built an inconsistent accept (validity it decided itself): an internal error, logged",
+	"server.errBuildTooOld":           "answered 409 build_too_old by handleJoin itself (a joiner's build, not a device or admin refusal)",
 }
 
 // sentinels returns every package-level `var X = errors.New(...)` of the

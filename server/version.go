@@ -30,6 +30,11 @@ type NodeInfo struct {
 	// Commands are the Raft commands the node's build applies
 	// (cluster.Commands): see membersApply.
 	Commands []string `json:"commands,omitempty"`
+	// FeatureVersion is the highest cluster feature version the node's
+	// build applies (cluster.FeatureVersion; 0 or absent: a build before
+	// feature versions). The leader raises the cluster's once every
+	// member's is at least its own (featureLoop).
+	FeatureVersion int `json:"feature_version,omitempty"`
 }
 
 // NodeStatus is one member of the cluster in Status: its addresses and
@@ -41,7 +46,10 @@ type NodeStatus struct {
 	Voter   bool           `json:"voter"`
 	Leader  bool           `json:"leader"`
 	Version *api.BuildInfo `json:"version,omitempty"`
-	Error   string         `json:"error,omitempty"`
+	// FeatureVersion is the highest cluster feature version the member's
+	// build applies, as it reports it (0: a build before feature versions).
+	FeatureVersion int    `json:"feature_version"`
+	Error          string `json:"error,omitempty"`
 }
 
 // nodeInfoTimeout bounds how long status waits for each peer's answer.
@@ -52,7 +60,7 @@ func (a *Appliance) handleNodeInfo(w http.ResponseWriter, _ *http.Request) {
 	if h := a.commandsHook.Load(); h != nil {
 		cmds = *h
 	}
-	writeJSON(w, http.StatusOK, NodeInfo{NodeID: a.cfg.NodeID, Version: buildInfo, Commands: cmds})
+	writeJSON(w, http.StatusOK, NodeInfo{NodeID: a.cfg.NodeID, Version: buildInfo, Commands: cmds, FeatureVersion: a.buildFeature()})
 }
 
 // featurePolicyACME is advertised among a node's commands (NodeInfo) so
@@ -78,7 +86,7 @@ func (a *Appliance) nodeStatuses(ctx context.Context) ([]NodeStatus, error) {
 		switch {
 		case m.ID == a.cfg.NodeID:
 			v := buildInfo
-			out[i].Version, out[i].APIAddr = &v, a.apiAddr()
+			out[i].Version, out[i].APIAddr, out[i].FeatureVersion = &v, a.apiAddr(), a.buildFeature()
 		case m.APIAddr == "":
 			out[i].Error = "has not registered its API address yet"
 		default:
@@ -90,7 +98,7 @@ func (a *Appliance) nodeStatuses(ctx context.Context) ([]NodeStatus, error) {
 					out[i].Error = err.Error()
 					return
 				}
-				out[i].Version = &info.Version
+				out[i].Version, out[i].FeatureVersion = &info.Version, info.FeatureVersion
 			})
 		}
 	}

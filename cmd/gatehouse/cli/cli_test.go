@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -170,6 +171,13 @@ func TestClusterCommands(t *testing.T) {
 		t.Fatal("a single node transferred leadership to nobody")
 	}
 	if out, err := run(t, "cluster", "status", "--data-dir", e.Dir); err != nil || !regexp.MustCompile(`health:\s+ok`).MatchString(out) {
+		t.Fatalf("status: %v %s", err, out)
+	}
+	// A cluster this build created is at its feature version; the node
+	// table says what each member's build applies.
+	if out, err := run(t, "cluster", "status", "--data-dir", e.Dir); err != nil ||
+		!regexp.MustCompile(fmt.Sprintf(`feature version:\s+%d \(this build applies up to %d\)`, cluster.FeatureVersion, cluster.FeatureVersion)).MatchString(out) ||
+		!regexp.MustCompile(fmt.Sprintf(`(?m)^node-1\s+leader\s+.*\s%d$`, cluster.FeatureVersion)).MatchString(out) {
 		t.Fatalf("status: %v %s", err, out)
 	}
 

@@ -57,8 +57,12 @@ func statusCmd() *cobra.Command {
 					fmt.Fprintf(w, "health:\tUNHEALTHY: %s\n", p)
 				}
 				fmt.Fprintf(w, "version:\t%s\n", s.Version)
+				fmt.Fprintf(w, "feature version:\t%d (this build applies up to %d)\n", s.FeatureVersion, s.BuildFeatureVersion)
+				if s.Halted != nil {
+					fmt.Fprintf(w, "registry:\tHALTED: %s\n", s.Halted)
+				}
 				fmt.Fprintln(w)
-				fmt.Fprintln(w, "NODE\tROLE\tAPI\tVERSION")
+				fmt.Fprintln(w, "NODE\tROLE\tAPI\tVERSION\tFEATURES")
 				for _, n := range s.Nodes {
 					role := "follower"
 					if n.Leader {
@@ -70,7 +74,11 @@ func statusCmd() *cobra.Command {
 					if n.Version != nil {
 						version = n.Version.String()
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", n.ID, role, orDash(n.APIAddr), version)
+					features := "-"
+					if n.Version != nil {
+						features = strconv.Itoa(n.FeatureVersion)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", n.ID, role, orDash(n.APIAddr), version, features)
 				}
 			})
 		},
