@@ -107,7 +107,7 @@ func decodeAs[T any, PT interface {
 // type or version, or a malformed entry, is an error wrapping
 // ErrUnknownCommand; the FSM treats it as fatal.
 func decodeCommand(b []byte) (*command, op, error) {
-	if isEnvelope(b) {
+	if IsEnvelope(b) {
 		return decodeEnvelope(b)
 	}
 	var c command

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // The binary envelope carries the hot commands (enrollment.accept and
@@ -61,8 +63,12 @@ func decodeRecordAs[T any, PT interface {
 	return v, nil
 }
 
-// isEnvelope reports whether b is framed in the binary envelope.
-func isEnvelope(b []byte) bool { return bytes.HasPrefix(b, envelopeMagic[:]) }
+// EnvelopeMediaType is the media type of a command in the binary envelope
+// on the wire (a follower forwarding it to the leader).
+const EnvelopeMediaType = "application/vnd.gatehouse.raft-command"
+
+// IsEnvelope reports whether b is framed in the binary envelope.
+func IsEnvelope(b []byte) bool { return bytes.HasPrefix(b, envelopeMagic[:]) }
 
 // errEnvelope is how a malformed envelope is refused: like any entry this
 // build cannot decode (ErrUnknownCommand), with what is wrong.
@@ -103,7 +109,7 @@ func appendBytes(b, v []byte) []byte {
 // decodeEnvelope parses an entry framed in the binary envelope. The op's
 // blobs alias b.
 func decodeEnvelope(b []byte) (*command, op, error) {
-	if !isEnvelope(b) {
+	if !IsEnvelope(b) {
 		return nil, nil, errEnvelope("no magic")
 	}
 	if len(b) < envelopeTimeEnd {
@@ -191,7 +197,7 @@ func (r *envelopeReader) bytes(what string) []byte {
 // commandName is an entry's "type/version" without decoding its payload
 // (golden fixtures count commands by it).
 func commandName(b []byte) (string, error) {
-	if isEnvelope(b) {
+	if IsEnvelope(b) {
 		c, _, err := decodeEnvelope(b)
 		if err != nil {
 			return "", err
@@ -203,4 +209,19 @@ func commandName(b []byte) (string, error) {
 		return "", err
 	}
 	return fmt.Sprintf("%s/%d", c.Type, c.Version), nil
+}
+
+// LogCommand names the command at a Raft log index, as "type/version"
+// (Commands' form): which framing and version the cluster committed.
+// ErrNotFound if this node's log does not hold the index (compacted, or
+// not written yet) or the entry is not a command.
+func (n *Node) LogCommand(index uint64) (string, error) {
+	var l raft.Log
+	if err := n.store.GetLog(index, &l); err != nil {
+		return "", fmt.Errorf("%w: log index %d: %v", ErrNotFound, index, err)
+	}
+	if l.Type != raft.LogCommand {
+		return "", fmt.Errorf("%w: log index %d is a %s entry", ErrNotFound, index, l.Type)
+	}
+	return commandName(l.Data)
 }

@@ -92,7 +92,7 @@ func ExportGolden(raftDir string, log, snap io.Writer) (GoldenFacts, error) {
 			}
 			cmds[fmt.Sprintf("%s/%d", c.Type, c.Version)]++
 			lastCommand = l.Index
-			if isEnvelope(l.Data) {
+			if IsEnvelope(l.Data) {
 				e.Data = l.Data // not JSON: base64 in Data
 			} else {
 				e.Command = l.Data

@@ -366,7 +366,7 @@ func (n *Node) ApplyForwarded(ctx context.Context, cmd []byte) (Applied, error) 
 	if n.raft.State() != raft.Leader {
 		return Applied{}, ErrNotLeader
 	}
-	if isEnvelope(cmd) {
+	if IsEnvelope(cmd) {
 		return n.applyLocal(ctx, restampEnvelope(cmd, n.now().UTC()))
 	}
 	c.Time = n.now().UTC()

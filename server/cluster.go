@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"os"
@@ -196,7 +197,7 @@ func (a *Appliance) clusterRoutes(mux *routeMux) {
 	mux.HandleFunc("POST "+pathClusterJoin, requireJSON(a.handleJoin))
 	mux.HandleFunc("POST "+pathClusterCheck, requireJSON(a.handleJoin))
 	mux.HandleFunc("POST "+pathClusterMembers, a.requireNode(a.handleAddMember))
-	mux.HandleFunc("POST "+pathClusterApply, a.requireNode(a.handleApply))
+	mux.HandleFunc("POST "+pathClusterApply, a.requireNodeAs(requireCommand(a.handleApply)))
 	mux.HandleFunc("POST "+pathClusterRead, a.requireNode(a.handleReadIndex))
 	mux.HandleFunc("GET "+pathClusterInfo, a.requireNode(a.handleNodeInfo))
 	mux.HandleFunc("POST "+pathClusterOp, a.requireNode(func(w http.ResponseWriter, r *http.Request) {
@@ -214,6 +215,12 @@ func (a *Appliance) clusterRoutes(mux *routeMux) {
 }
 
 func (a *Appliance) requireNode(h http.HandlerFunc) http.HandlerFunc {
+	return a.requireNodeAs(requireJSON(h))
+}
+
+// requireNodeAs is requireNode for a handler that judges the body's media
+// type itself.
+func (a *Appliance) requireNodeAs(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil {
 			writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, "a node certificate is required"))
@@ -223,7 +230,21 @@ func (a *Appliance) requireNode(h http.HandlerFunc) http.HandlerFunc {
 			writeProblem(w, newProblem(http.StatusUnauthorized, api.CodeUnauthenticated, err.Error()))
 			return
 		}
-		requireJSON(h)(w, r)
+		h(w, r)
+	}
+}
+
+// requireCommand admits a forwarded command declared as JSON
+// (requireJSON) or as the binary envelope (cluster.EnvelopeMediaType);
+// handleApply checks that the body is what it is declared as.
+func requireCommand(h http.HandlerFunc) http.HandlerFunc {
+	asJSON := requireJSON(h)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err == nil && mt == cluster.EnvelopeMediaType {
+			h(w, r)
+			return
+		}
+		asJSON(w, r)
 	}
 }
 
@@ -341,6 +362,11 @@ func (a *Appliance) handleApply(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, malformed(err.Error()))
 		return
 	}
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if cluster.IsEnvelope(cmd) != (mt == cluster.EnvelopeMediaType) {
+		writeProblem(w, malformed("the command's framing is not its Content-Type, "+mt))
+		return
+	}
 	res, err := a.node.ApplyForwarded(r.Context(), cmd)
 	if errors.Is(err, cluster.ErrNotLeader) {
 		a.misdirected(w)
@@ -431,7 +457,11 @@ func (f forwarder) Forward(ctx context.Context, leaderID string, cmd []byte) (cl
 	if err != nil {
 		return out, err
 	}
-	return out, f.a.nodeRPC(ctx, addr, pathClusterApply, bytes.NewReader(cmd), &out)
+	ct := "application/json"
+	if cluster.IsEnvelope(cmd) {
+		ct = cluster.EnvelopeMediaType
+	}
+	return out, f.a.nodeRPCAs(ctx, addr, pathClusterApply, ct, bytes.NewReader(cmd), &out)
 }
 
 func (f forwarder) ReadIndex(ctx context.Context, leaderID string) (uint64, error) {
@@ -454,11 +484,16 @@ func (f forwarder) leaderAPI(leaderID string) (string, error) {
 // nodeRPC POSTs to a peer as this node. A 421 answer is returned as
 // ErrNotLeader, so callers retry.
 func (a *Appliance) nodeRPC(ctx context.Context, addr, path string, body io.Reader, out any) error {
+	return a.nodeRPCAs(ctx, addr, path, "application/json", body, out)
+}
+
+// nodeRPCAs is nodeRPC with a body of media type contentType.
+func (a *Appliance) nodeRPCAs(ctx context.Context, addr, path, contentType string, body io.Reader, out any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+path, body)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Type", contentType)
 	resp, err := a.nodeHTTP.Do(req)
 	if err != nil {
 		return fmt.Errorf("%w: %v", cluster.ErrNotLeader, err)
