@@ -156,7 +156,7 @@ FUZZTIME ?= 30s
 # Minimizing each new input for long starves targets whose executions
 # are slow (server:FuzzComplete runs a live node): bound it.
 FUZZMINIMIZETIME ?= 5s
-FUZZ_TARGETS := attest:FuzzParseEventLog attest:FuzzEventLogDifferential attest:FuzzParseEKCertificate attest:FuzzParsePolicy cluster:FuzzVerifyAudit server:FuzzComplete server:FuzzRenew
+FUZZ_TARGETS := attest:FuzzParseEventLog attest:FuzzEventLogDifferential attest:FuzzParseEKCertificate attest:FuzzParsePolicy cluster:FuzzVerifyAudit cluster:FuzzDecodeEnvelope server:FuzzComplete server:FuzzRenew
 fuzz:
 	@for t in $(FUZZ_TARGETS); do p=$${t%%:*}; f=$${t#*:}; echo "fuzz: $$p $$f for $(FUZZTIME)"; \
 	  $(GO) test ./$$p/ -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) || exit 1; done

@@ -82,8 +82,11 @@ var ValidityCommands = []string{"enrollment.accept/3", "renewal.accept/3"}
 // once every member lists it: during a rolling upgrade, not before the
 // last old member is upgraded.
 func Commands() []string {
-	out := make([]string, 0, len(commandTypes))
+	out := make([]string, 0, len(commandTypes)+len(binaryCommandTypes))
 	for k := range commandTypes {
+		out = append(out, k.typ+"/"+strconv.Itoa(k.version))
+	}
+	for k := range binaryCommandTypes {
 		out = append(out, k.typ+"/"+strconv.Itoa(k.version))
 	}
 	slices.Sort(out)
@@ -101,12 +104,16 @@ func decodeAs[T any, PT interface {
 	return v, nil
 }
 
-// decodeCommand parses an entry. An unknown type or version is an error
-// wrapping ErrUnknownCommand, a cluster.feature above this build's
-// FeatureVersion one wrapping ErrFeatureVersion; the FSM halts on either
-// (fsm.halt). The command is returned with the error when its envelope
-// decoded, so the halt can name it.
+// decodeCommand parses an entry, JSON or in the binary envelope. An unknown
+// type or version, or a malformed entry, is an error wrapping
+// ErrUnknownCommand, a cluster.feature above this build's FeatureVersion one
+// wrapping ErrFeatureVersion; the FSM halts on either (fsm.halt). The
+// command is returned with the error when its envelope decoded, so the halt
+// can name it.
 func decodeCommand(b []byte) (*command, op, error) {
+	if IsEnvelope(b) {
+		return decodeEnvelope(b)
+	}
 	var c command
 	if err := json.Unmarshal(b, &c); err != nil {
 		return nil, nil, fmt.Errorf("%w: undecodable entry: %v", ErrUnknownCommand, err)
@@ -509,13 +516,18 @@ func (c *acceptRenewalV3) apply(tx *bolt.Tx, index uint64, at time.Time) applyRe
 // included), and with ErrSessionExpired if the session expired by the
 // leader's clock, writing nothing. A record carrying the certificate's
 // validity (notAfter its end) commits as renewal.accept v3, which every
-// member must apply (the caller checks, see Commands); one without as v2.
+// member must apply (the caller checks, see Commands), or v4 (the same in
+// the binary envelope) when WithEnvelope says every member applies it; one
+// without as v2.
 func (n *Node) CommitRenewal(ctx context.Context, sessionID string, sessionExpires time.Time, a AttestationRecord, notAfter time.Time) (uint64, error) {
 	c := acceptRenewal{SessionID: sessionID, SessionExpires: sessionExpires, Attestation: a, NotAfter: notAfter}
 	if a.Policy != nil {
 		c.Group, c.Mode, c.PolicyVersion = a.Policy.Group, a.Policy.Mode, a.Policy.PolicyVersion
 	}
 	if !a.CertificateNotBefore.IsZero() || !a.CertificateNotAfter.IsZero() {
+		if n.envelope != nil && n.envelope(ctx) {
+			return n.applyEnvelope(ctx, "renewal.accept", 4, &acceptRenewalV3{c})
+		}
 		return n.apply(ctx, "renewal.accept", 3, &acceptRenewalV3{c})
 	}
 	return n.apply(ctx, "renewal.accept", 2, &acceptRenewalV2{c})

@@ -243,8 +243,8 @@ func must[T any](v T, _ error) T { return v }
 // typo would make every node wait forever for members to know it.
 func TestConfigCommandsAreCommands(t *testing.T) {
 	all := Commands()
-	if len(all) != len(commandTypes) {
-		t.Fatalf("Commands lists %d, the registry has %d", len(all), len(commandTypes))
+	if len(all) != len(commandTypes)+len(binaryCommandTypes) {
+		t.Fatalf("Commands lists %d, the registries have %d", len(all), len(commandTypes)+len(binaryCommandTypes))
 	}
 	for _, c := range ConfigCommands {
 		found := false

@@ -23,8 +23,8 @@ import (
 // that would break rolling upgrades and nodes restarting on old logs.
 
 // GoldenEntry is one Raft log entry of a log fixture (one JSON line of a
-// gzip file): Command holds a LogCommand's bytes as written (they are
-// JSON), Data any other entry's bytes.
+// gzip file): Command holds a JSON LogCommand's bytes as written, Data any
+// other entry's bytes, a command in the binary envelope included.
 type GoldenEntry struct {
 	Index      uint64          `json:"index"`
 	Term       uint64          `json:"term"`
@@ -91,7 +91,12 @@ func ExportGolden(raftDir string, log, snap io.Writer) (GoldenFacts, error) {
 				return GoldenFacts{}, fmt.Errorf("log index %d: %w", i, err)
 			}
 			cmds[fmt.Sprintf("%s/%d", c.Type, c.Version)]++
-			e.Command, lastCommand = l.Data, l.Index
+			lastCommand = l.Index
+			if IsEnvelope(l.Data) {
+				e.Data = l.Data // not JSON: base64 in Data
+			} else {
+				e.Command = l.Data
+			}
 		} else {
 			e.Data = l.Data
 		}
@@ -158,10 +163,11 @@ func ReplayGolden(dir string, log io.Reader) (GoldenFacts, error) {
 		prev = e.Index
 		l := &raft.Log{Index: e.Index, Term: e.Term, Type: t, Data: e.Data, AppendedAt: e.AppendedAt}
 		if t == raft.LogCommand {
-			l.Data = e.Command
-			var c command
-			if err := json.Unmarshal(e.Command, &c); err == nil {
-				cmds[fmt.Sprintf("%s/%d", c.Type, c.Version)]++
+			if len(e.Command) > 0 {
+				l.Data = e.Command
+			}
+			if name, err := commandName(l.Data); err == nil {
+				cmds[name]++
 			}
 		}
 		// As Raft's runFSM sends a BatchingFSM: commands and

@@ -73,6 +73,7 @@ type options struct {
 	// transportTimeout bounds each Raft RPC's reads and writes (tests
 	// shorten it).
 	transportTimeout time.Duration
+	envelope         func(context.Context) bool
 }
 
 // WithForwarder lets a follower forward writes to the leader. Without one, a
@@ -92,6 +93,14 @@ func WithFatalHook(fn func(error)) Option { return func(o *options) { o.fatal = 
 // leader (default time.Now; tests skew it).
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
 
+// WithEnvelope lets CommitEnrollment and CommitRenewal propose the binary
+// envelope's accepts (EnvelopeCommands) when members(ctx) reports that
+// every member applies them; it is asked per commit, so it should be cheap
+// (the appliance caches its answer). Without it, they commit JSON v3.
+func WithEnvelope(members func(context.Context) bool) Option {
+	return func(o *options) { o.envelope = members }
+}
+
 // WithApplyTimeout bounds how long a commit waits to enter the Raft pipeline.
 func WithApplyTimeout(d time.Duration) Option { return func(o *options) { o.applyTimeout = d } }
 
@@ -107,7 +116,8 @@ type Node struct {
 	applyTimeout time.Duration
 	forwarder    Forwarder
 	now          func() time.Time
-	existing     bool // had Raft state when opened
+	envelope     func(context.Context) bool // WithEnvelope
+	existing     bool                       // had Raft state when opened
 	barrierTerm  atomic.Uint64
 	disk         diskState     // failed writes: ErrStorageFull, Problems
 	stop         chan struct{} // closed when Close begins
@@ -142,7 +152,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, forwarder: o.forwarder, now: o.now, stop: make(chan struct{})}
+	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, forwarder: o.forwarder, now: o.now, envelope: o.envelope, stop: make(chan struct{})}
 	defer func() { // n, not the named result: that is nil on every error return
 		if err != nil {
 			n.Close()
@@ -370,13 +380,18 @@ func (n *Node) RaftAddr() string { return string(n.transport.LocalAddr()) }
 // and with ErrSessionExpired if it expired by the leader's clock. A record
 // carrying the certificate's validity (notAfter the device's
 // CertificateNotAfter) commits as enrollment.accept v3, which every member
-// must apply (the caller checks, see Commands); one without as v2.
+// must apply (the caller checks, see Commands), or v4 (the same in the
+// binary envelope) when WithEnvelope says every member applies it; one
+// without as v2.
 func (n *Node) CommitEnrollment(ctx context.Context, sessionID string, sessionExpires time.Time, d Device, a AttestationRecord, flags ...Flag) (uint64, error) {
 	if sessionID == "" || d.ID == "" {
 		return 0, errors.New("cluster: an enrollment needs a session and a device ID")
 	}
 	c := acceptEnrollment{SessionID: sessionID, SessionExpires: sessionExpires, Device: d, Attestation: a, Flags: flags}
 	if !a.CertificateNotBefore.IsZero() || !a.CertificateNotAfter.IsZero() {
+		if n.envelope != nil && n.envelope(ctx) {
+			return n.applyEnvelope(ctx, "enrollment.accept", 4, &acceptEnrollmentV3{c})
+		}
 		return n.apply(ctx, "enrollment.accept", 3, &acceptEnrollmentV3{c})
 	}
 	return n.apply(ctx, "enrollment.accept", 2, &acceptEnrollmentV2{c})
@@ -401,6 +416,21 @@ func (n *Node) apply(ctx context.Context, typ string, version int, payload any) 
 	if err != nil {
 		return 0, err
 	}
+	return n.propose(ctx, b)
+}
+
+// applyEnvelope is apply for a command framed in the binary envelope.
+func (n *Node) applyEnvelope(ctx context.Context, typ string, version int, c carriesRecord) (uint64, error) {
+	b, err := encodeEnvelope(typ, version, n.now().UTC(), c)
+	if err != nil {
+		return 0, err
+	}
+	return n.propose(ctx, b)
+}
+
+// propose commits an encoded command, through the leader if this node
+// follows.
+func (n *Node) propose(ctx context.Context, b []byte) (uint64, error) {
 	if n.raft.State() != raft.Leader && n.forwarder != nil {
 		leader := n.LeaderID()
 		if leader == "" {
@@ -436,6 +466,9 @@ func (n *Node) ApplyForwarded(ctx context.Context, cmd []byte) (Applied, error) 
 	}
 	if err := n.commandEnabled(c.Type, c.Version); err != nil {
 		return Applied{}, err
+	}
+	if IsEnvelope(cmd) {
+		return n.applyLocal(ctx, restampEnvelope(cmd, n.now().UTC()))
 	}
 	c.Time = n.now().UTC()
 	stamped, err := json.Marshal(c)

@@ -285,6 +285,7 @@ type Appliance struct {
 	health            healthState
 	peerCmds          peerCommands             // what each member applies (version.go)
 	validityGate      commandGate              // whether every member applies the v3 accepts (version.go)
+	envelopeGate      commandGate              // whether every member applies the binary accepts (version.go)
 	commandsHook      atomic.Pointer[[]string] // tests: the commands this node claims to apply (an older build's)
 	featureHook       atomic.Pointer[int64]    // tests: the feature version this node claims to apply (an older build's)
 	acme              http.Handler             // step-ca's ACME API and GET /provisioners (acme.go)
@@ -375,7 +376,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		TLS:       a.raftTLS(),
 		Bootstrap: cfg.JoinSeed == "" && !rebuilt,
 		Logger:    o.logger.With("component", "raft"),
-	}, append([]cluster.Option{cluster.WithForwarder(forwarder{a}), cluster.WithSettingsValidator(validateSettingsDocument)}, o.clusterOpts...)...)
+	}, append([]cluster.Option{cluster.WithForwarder(forwarder{a}), cluster.WithSettingsValidator(validateSettingsDocument), cluster.WithEnvelope(a.binaryEnvelope)}, o.clusterOpts...)...)
 	if errors.Is(err, cluster.ErrCorruptState) {
 		return nil, fmt.Errorf("open cluster node: %w; to rebuild this node from its peers (its identity and credentials are kept), stop it and run `gatehouse cluster rebuild --data-dir %s`, then serve again; or restore the cluster from a backup", err, dataDir)
 	} else if err != nil {

@@ -119,10 +119,18 @@ func (a *Appliance) recoverPanics(next http.Handler) http.Handler {
 	})
 }
 
+// maxPresize bounds the buffer decode allocates before the body arrives.
+const maxPresize = 128 << 10
+
 // decode reads a size-limited JSON body. A body that is too large or not
 // well formed is refused and recorded as a rejected attestation.
 func (a *Appliance) decode(w http.ResponseWriter, r *http.Request, stage string, limit int64, v any) error {
-	body, err := io.ReadAll(limitBody(w, r.Body, limit))
+	// Sized from Content-Length (io.ReadAll doubling its way to a 60 KB
+	// evidence body cost more than the copy), but never past maxPresize:
+	// a claimed length costs the sender nothing to send.
+	buf := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 0), limit, maxPresize)+bytes.MinRead))
+	_, err := buf.ReadFrom(limitBody(w, r.Body, limit))
+	body := buf.Bytes()
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {

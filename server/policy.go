@@ -91,23 +91,42 @@ func gzipJSON(v any) []byte {
 	return gzipBytes(b)
 }
 
-// gzipBytes compresses evidence before it enters the Raft log, so every
-// replica stores the same bytes. Writers are pooled: a new one allocates
+// gzipBytes wraps evidence in gzip before it enters the Raft log, so every
+// replica stores the same bytes and every reader inflates them as before.
+// The gzip holds stored (uncompressed) blocks unless those would exceed
+// maxStoredBlob: deflating a 38 KB event log, even at the fastest level,
+// cost 0.5 ms of the request's CPU to save a third of its size (its
+// SHA-256 digests do not compress), where a stored block costs a CRC. A
+// blob that fits maxStoredBlob only deflated is deflated, so nothing kept
+// before is dropped now. Writers are pooled: a new deflating one allocates
 // about 800 KB, more than the rest of an enrollment together.
 func gzipBytes(b []byte) []byte {
+	if out := gzipWith(&storedWriters, b); len(out) <= maxStoredBlob {
+		return out
+	}
+	return gzipWith(&gzipWriters, b)
+}
+
+func gzipWith(pool *sync.Pool, b []byte) []byte {
 	var buf bytes.Buffer
-	w := gzipWriters.Get().(*gzip.Writer)
+	w := pool.Get().(*gzip.Writer)
 	w.Reset(&buf)
 	w.Write(b) // writes to a bytes.Buffer cannot fail
 	w.Close()
-	gzipWriters.Put(w)
+	pool.Put(w)
 	return buf.Bytes()
 }
 
-var gzipWriters = sync.Pool{New: func() any {
-	w, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed) // the level is valid
-	return w
-}}
+var (
+	gzipWriters = sync.Pool{New: func() any {
+		w, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed) // the level is valid
+		return w
+	}}
+	storedWriters = sync.Pool{New: func() any {
+		w, _ := gzip.NewWriterLevel(nil, gzip.NoCompression) // the level is valid
+		return w
+	}}
+)
 
 // gunzipBytes inflates a stored log, refusing one beyond maxEventLog.
 func gunzipBytes(b []byte) ([]byte, error) {

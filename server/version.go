@@ -238,20 +238,35 @@ type commandGate struct {
 // Non-guarantee: a member that joins with an older build between this
 // check and the commit stops on the v3 entry, as for any gated command.
 func (a *Appliance) recordsValidity(ctx context.Context) bool {
+	return a.validityGate.open(ctx, a, "recording certificates without their validity", cluster.ValidityCommands...)
+}
+
+// binaryEnvelope reports whether enrollments and renewals may commit in the
+// binary envelope (cluster.EnvelopeCommands, cluster.WithEnvelope): every
+// member is known to apply those commands. Otherwise they commit the JSON
+// v3 accepts, which cost every replica a JSON and base64 decode of the
+// evidence. Non-guarantee: as for recordsValidity.
+func (a *Appliance) binaryEnvelope(ctx context.Context) bool {
+	return a.envelopeGate.open(ctx, a, "committing enrollments and renewals as JSON", cluster.EnvelopeCommands...)
+}
+
+// open reports whether every member applies cmds (membersApply). After a
+// no it says no, logging warn once, for behindRecheck before asking again.
+func (g *commandGate) open(ctx context.Context, a *Appliance, warn string, cmds ...string) bool {
 	now := a.enroller.now()
-	a.validityGate.mu.Lock()
-	behind := now.Before(a.validityGate.behind)
-	a.validityGate.mu.Unlock()
+	g.mu.Lock()
+	behind := now.Before(g.behind)
+	g.mu.Unlock()
 	if behind {
 		return false
 	}
 	// Not the request's cancellation: one client leaving must not make the
 	// answer "behind" for everyone (membersApply bounds each ask anyway).
-	if err := a.membersApply(context.WithoutCancel(ctx), cluster.ValidityCommands...); err != nil {
-		a.log.Warn("recording certificates without their validity", "err", err)
-		a.validityGate.mu.Lock()
-		a.validityGate.behind = now.Add(behindRecheck)
-		a.validityGate.mu.Unlock()
+	if err := a.membersApply(context.WithoutCancel(ctx), cmds...); err != nil {
+		a.log.Warn(warn, "err", err)
+		g.mu.Lock()
+		g.behind = now.Add(behindRecheck)
+		g.mu.Unlock()
 		return false
 	}
 	return true

@@ -36,7 +36,7 @@ import (
 
 func init() {
 	// Bodies the document describes as opaque strings.
-	for _, ct := range []string{"application/x-tar", "application/pkix-crl", "application/pem-certificate-chain", "application/x-pem-file", "application/jsonl"} {
+	for _, ct := range []string{"application/x-tar", "application/pkix-crl", "application/pem-certificate-chain", "application/x-pem-file", "application/jsonl", "application/vnd.gatehouse.raft-command"} {
 		openapi3filter.RegisterBodyDecoder(ct, openapi3filter.FileBodyDecoder)
 	}
 }

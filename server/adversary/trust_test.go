@@ -1096,6 +1096,33 @@ func trustAttacks() []Attack {
 			return r
 		}})
 
+	add(Attack{Name: "cluster apply: a JSON command declared as the binary envelope (genuine node certificate)", Category: catProtocol, Expect: ExpectProblem,
+		Control: func(h *Harness) error {
+			c, err := h.nodeCert()
+			if err != nil {
+				return err
+			}
+			hc := h.tlsClient(c)
+			defer hc.CloseIdleConnections()
+			r := h.post(hc, "/cluster/v1/apply", "application/json", h.labelCommand("json"))
+			return mustf(r.Status == http.StatusOK && h.peerLabel() == "json", "apply as JSON: %v (label %q)", r, h.peerLabel())
+		},
+		Attack: func(h *Harness) Result {
+			c, err := h.nodeCert()
+			if err != nil {
+				return harnessErr("%v", err)
+			}
+			hc := h.tlsClient(c)
+			defer hc.CloseIdleConnections()
+			r := h.post(hc, "/cluster/v1/apply", cluster.EnvelopeMediaType, h.labelCommand("mislabelled"))
+			if h.peerLabel() == "mislabelled" {
+				r.Violation = "the command was applied"
+			} else if r.Problem != nil && r.Problem.Code != api.CodeMalformed {
+				r.Violation = "not refused as malformed: " + r.Problem.Code
+			}
+			return r
+		}})
+
 	// ---- refusal floods: the audit log stays bounded ----
 	add(Attack{Name: "flood of 40 admin requests with a forged admin certificate (audit growth bounded)", Category: catFlood, Expect: ExpectProblem,
 		Control: func(h *Harness) error {

@@ -228,7 +228,7 @@ func TestMakeGolden(t *testing.T) {
 	must("export", err)
 	want := facts.StateHash
 	for _, c := range []string{"policy.apply/1", "settings.set/1", "ekroots.add/1", "ekroots.remove/1", "enrollment.import/1", "enrollment.delete/1",
-		"enrollment.accept/3", "renewal.accept/3", "attestation.reject/1", "audit.append/1", "device.transition/1", "device.labels/1", "device.config/1",
+		"enrollment.accept/4", "renewal.accept/4", "attestation.reject/1", "audit.append/1", "device.transition/1", "device.labels/1", "device.config/1",
 		"stepca.update/1", "jointoken.create/1", "jointoken.consume/1", "member.set/1", "audit.checkpoint/1", "retention.compact/1"} {
 		if facts.Commands[c] == 0 {
 			t.Errorf("the history has no %s command: %v", c, facts.Commands)
