@@ -181,17 +181,19 @@ func TestEnvelopeMalformedRefused(t *testing.T) {
 			if !errors.Is(err, ErrUnknownCommand) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("%v, want ErrUnknownCommand saying %q", err, tc.want)
 			}
-			var fatal error
-			f, err := openFSM(filepath.Join(t.TempDir(), "fsm.db"), func(err error) { fatal = err })
+			// The FSM halts at the entry (never skips it, never applies
+			// it): the applied index stays before it.
+			f, err := openFSM(filepath.Join(t.TempDir(), "fsm.db"), func(err error) { t.Errorf("fatal: %v", err) })
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer f.close()
 			res := f.ApplyBatch([]*raft.Log{{Index: 1, Type: raft.LogCommand, Data: tc.b}})[0].(applyResult)
-			if !errors.Is(fatal, ErrUnknownCommand) || !errors.Is(res.Err, ErrUnknownCommand) {
-				t.Fatalf("FSM: fatal %v, result %v", fatal, res.Err)
+			h := f.halted.Load()
+			if !errors.Is(res.Err, ErrHalted) || h == nil || !strings.Contains(h.String(), tc.want) {
+				t.Fatalf("FSM: halted %v, result %v", h, res.Err)
 			}
-			if f.last.Load() != 1 {
+			if f.last.Load() != 0 {
 				t.Fatalf("applied index %d", f.last.Load())
 			}
 			if _, err := f.attestation(1); !errors.Is(err, ErrNotFound) {
