@@ -746,9 +746,12 @@ func clientFor(app *server.Appliance) *http.Client {
 
 // ---- joins ----
 
+// joinBody is what a joining node sends: a build of today's feature
+// version, so a refusal is about the token, never the build.
 type joinBody struct {
-	Token  string `json:"token"`
-	NodeID string `json:"node_id"`
+	Token          string `json:"token"`
+	NodeID         string `json:"node_id"`
+	FeatureVersion int    `json:"feature_version"`
 }
 
 func (h *Harness) joinToken() (server.JoinToken, error) {
@@ -764,7 +767,7 @@ func (h *Harness) joinToken() (server.JoinToken, error) {
 }
 
 func (h *Harness) join(path, token string) Result {
-	body, _ := json.Marshal(joinBody{Token: token, NodeID: "adversary-joiner"})
+	body, _ := json.Marshal(joinBody{Token: token, NodeID: "adversary-joiner", FeatureVersion: cluster.FeatureVersion})
 	return h.post(nil, path, "application/json", body)
 }
 
@@ -1317,7 +1320,7 @@ func trustAttacks() []Attack {
 			if err != nil {
 				return harnessErr("%v", err)
 			}
-			body, _ := json.Marshal(joinBody{Token: tok.String(), NodeID: "adversary-joiner"})
+			body, _ := json.Marshal(joinBody{Token: tok.String(), NodeID: "adversary-joiner", FeatureVersion: cluster.FeatureVersion})
 			r := h.post(nil, "/cluster/v1/join/check", "text/plain", body)
 			if r.Problem != nil && r.Problem.Code != api.CodeUnsupportedMediaType {
 				r.Violation = "not refused for its media type: " + r.Problem.Code

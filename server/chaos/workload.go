@@ -18,6 +18,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	"github.com/gatehouse-dev/gatehouse/attest"
+	"github.com/gatehouse-dev/gatehouse/cluster"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/server"
 )
@@ -382,7 +383,9 @@ func (r *workloadRun) createToken(ctx context.Context, client, node int) time.Du
 
 // join posts a token to the join or join-check route.
 func (r *workloadRun) join(ctx context.Context, node int, path, token, nodeID string) error {
-	body, _ := json.Marshal(map[string]string{"token": token, "node_id": nodeID})
+	// As a joining node of this build: the refusal, if any, is about the
+	// token, not the joiner's feature version.
+	body, _ := json.Marshal(map[string]any{"token": token, "node_id": nodeID, "feature_version": cluster.FeatureVersion})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(r.targets[node].URL, "/")+path, bytes.NewReader(body))
 	if err != nil {
 		return err
