@@ -34,6 +34,7 @@ var notRefusals = map[string]string{
 	"cluster.ErrCloseTimeout":         "shutdown error (Node.Close), logged; not an HTTP answer",
 	"cluster.ErrSnapshotFormat":       "snapshot install error inside Raft (the node refuses the snapshot, changing nothing); not an HTTP answer",
 	"cluster.ErrCertificateValidity":  "the server built an inconsistent accept (validity it decided itself): an internal error, logged",
+	"cluster.ErrNotSent":              "always wrapped with ErrNotLeader (503 unavailable); tells Node.submit a command may be sent again",
 }
 
 // sentinels returns every package-level `var X = errors.New(...)` of the
