@@ -98,10 +98,23 @@ func WithApplyTimeout(d time.Duration) Option { return func(o *options) { o.appl
 // with ErrNotLeader (default DefaultLeaderWait; 0 fails at once).
 func WithLeaderWait(d time.Duration) Option { return func(o *options) { o.leaderWait = d } }
 
-// DefaultLeaderWait covers an election with Raft's default timeouts (a
-// follower notices a silent leader after 1–2 s, an election takes one or
-// two more rounds of 1–2 s), like Consul's RPC hold timeout.
+// DefaultLeaderWait covers an election (a follower notices a silent leader
+// after 0.5–1.5 s, an election takes one or two rounds of 0.5–1 s) with
+// room for a busy machine, like Consul's RPC hold timeout.
 const DefaultLeaderWait = 5 * time.Second
+
+// Raft's timeouts, halved from hashicorp/raft's defaults (1 s each) so a
+// follower notices a dead leader and an election ends sooner: the leader
+// still heartbeats every HeartbeatTimeout/10 (50 ms), ten times within the
+// timeout, from its own goroutine, apart from log appends and their fsyncs
+// (a few ms on the test machines), and pre-vote keeps one starved follower
+// from deposing a healthy leader. The leader lease stays at its default,
+// 500 ms. Only availability depends on them, never safety: reads are
+// read-index reads (ReadIndex), not lease reads.
+const (
+	HeartbeatTimeout = 500 * time.Millisecond
+	ElectionTimeout  = 500 * time.Millisecond
+)
 
 // Node is one member of the registry's Raft cluster.
 type Node struct {
@@ -180,6 +193,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.Logger = hlog
+	rc.HeartbeatTimeout, rc.ElectionTimeout = HeartbeatTimeout, ElectionTimeout
 	if o.raftConfig != nil {
 		o.raftConfig(rc)
 	}
