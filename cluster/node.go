@@ -130,6 +130,7 @@ type Node struct {
 	forwarder    Forwarder
 	now          func() time.Time
 	existing     bool // had Raft state when opened
+	opened       time.Time
 	barrierTerm  atomic.Uint64
 	closeOnce    sync.Once
 	closeErr     error
@@ -160,7 +161,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, leaderWait: o.leaderWait, forwarder: o.forwarder, now: o.now}
+	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, leaderWait: o.leaderWait, forwarder: o.forwarder, now: o.now, opened: time.Now()}
 	defer func() { // n, not the named result: that is nil on every error return
 		if err != nil {
 			n.Close()

@@ -122,8 +122,9 @@ type nopCloser struct{ io.Writer }
 func (nopCloser) Close() error { return nil }
 
 // A 503 tells the device when to come back (overload and elections are
-// answered with 429 or 503 plus Retry-After, never a bare refusal); a
-// Retry-After already set (the rate limiter's) is kept.
+// answered with 429 or 503 plus Retry-After, never a bare refusal), later
+// the longer the node has had no leader; a Retry-After already set (the
+// rate limiter's) is kept.
 func TestUnavailableCarriesRetryAfter(t *testing.T) {
 	w := httptest.NewRecorder()
 	e := &Enroller{}
@@ -136,6 +137,19 @@ func TestUnavailableCarriesRetryAfter(t *testing.T) {
 	writeProblem(w, e.commitFailed(cluster.ErrNotLeader))
 	if got := w.Header().Get("Retry-After"); got != "9" {
 		t.Fatalf("a set Retry-After became %q", got)
+	}
+	// The longer the node has been without a leader, the later the device
+	// is told to come back (it follows Retry-After), up to maxRetryAfter.
+	for _, tc := range []struct {
+		leaderless time.Duration
+		want       string
+	}{{0, "2"}, {3 * time.Second, "2"}, {30 * time.Second, "15"}, {10 * time.Minute, "300"}, {5 * time.Hour, "300"}} {
+		e.leaderless = func() time.Duration { return tc.leaderless }
+		w = httptest.NewRecorder()
+		writeProblem(w, e.commitFailed(cluster.ErrNotLeader))
+		if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") != tc.want {
+			t.Errorf("no leader for %v: %d Retry-After %q, want 503 with %q", tc.leaderless, w.Code, w.Header().Get("Retry-After"), tc.want)
+		}
 	}
 	w = httptest.NewRecorder()
 	writeProblem(w, attest.ErrEKUntrusted)

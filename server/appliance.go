@@ -408,6 +408,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		unproven:    newRefusalCounts(o.now),
 	}
 	a.enroller.recordValidity = a.recordsValidity
+	a.enroller.leaderless = a.node.LeaderlessFor
 	a.enroller.attestCA = acme.NewAttestationCA(a.enroller, acme.WithClock(o.now))
 	if err := a.openACME(acmeHook, kv); err != nil {
 		return nil, err

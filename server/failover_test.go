@@ -35,8 +35,8 @@ func TestWriteHeldThroughElection(t *testing.T) {
 			rest = append(rest, n)
 		}
 	}
-	if rest[0].Node().LeaderID() == "" {
-		t.Fatal("the follower knows no leader before the stop")
+	if rest[0].Node().LeaderID() == "" || rest[0].Node().LeaderlessFor() != 0 {
+		t.Fatalf("the follower knows no leader before the stop (leaderless for %v)", rest[0].Node().LeaderlessFor())
 	}
 	nodes[li].Close()
 	// A request already on a pooled connection to it fails ambiguously
@@ -70,5 +70,10 @@ func TestWriteHeldThroughElection(t *testing.T) {
 		cluster.AttestationRecord{Time: time.Now(), Stage: "complete", Outcome: cluster.OutcomeRejected})
 	if took := time.Since(start); !errors.Is(err, cluster.ErrNotLeader) || took < cluster.DefaultLeaderWait/2 || took > cluster.DefaultLeaderWait+5*time.Second {
 		t.Fatalf("write without a quorum: %v after %v, want ErrNotLeader after about %v", err, took, cluster.DefaultLeaderWait)
+	}
+	// It knows it has been without a leader at least that long (the
+	// Retry-After of its 503s grows with it).
+	if lf := rest[0].Node().LeaderlessFor(); lf < cluster.DefaultLeaderWait/2 {
+		t.Fatalf("LeaderlessFor %v after the wait, want at least %v", lf, cluster.DefaultLeaderWait/2)
 	}
 }
