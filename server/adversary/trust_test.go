@@ -1876,7 +1876,7 @@ func trustAttacks() []Attack {
 			return r
 		}})
 
-	add(Attack{Name: "a challenge past the node's bound on enrollments in progress (503 overloaded, Retry-After, body unread, no Raft entry)", Category: catRate, Expect: ExpectProblem,
+	add(Attack{Name: "a challenge past the node's bound on enrollments in progress (503 overloaded, Retry-After, body unread, no Raft entry)", Category: catRate, Expect: ExpectShed,
 		Control: func(h *Harness) error {
 			g, err := h.gated()
 			if err != nil {
