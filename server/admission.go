@@ -226,15 +226,20 @@ func (g *workGate) acquire(class int, now time.Time) (release func(), retryAfter
 
 // roll closes the second of counting that ended before now: a saturated
 // second measures the rate; an unsaturated one only bounds it from below.
+// A saturated second without a finished completion says nothing (the
+// first completions of a herd are still on their way, or a commit waits
+// out an election): it leaves the estimate, which would otherwise halve
+// and push every later slot out.
 func (g *workGate) roll(now time.Time) {
 	el := now.Sub(g.bucket)
 	if el < time.Second {
 		return
 	}
 	perSec := float64(g.finished) / el.Seconds()
-	if g.saturated {
+	switch {
+	case g.saturated && g.finished > 0:
 		g.rate = (g.rate + perSec) / 2
-	} else {
+	case !g.saturated:
 		g.rate = max(g.rate, perSec)
 	}
 	g.rate = max(g.rate, 1)

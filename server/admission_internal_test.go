@@ -221,6 +221,16 @@ func TestWorkGate(t *testing.T) {
 	if g.rate < 1.9 || g.rate > 2.1 {
 		t.Fatalf("measured rate %.2f/s, want about 2", g.rate)
 	}
+	// Saturated seconds without a finished completion (a herd's first
+	// completions still on their way) leave the estimate alone.
+	g2 := newWorkGate(64, now)
+	for sec := 1; sec <= 5; sec++ {
+		g2.saturated = true
+		g2.roll(now.Add(time.Duration(sec) * time.Second))
+	}
+	if g2.rate != 64 {
+		t.Fatalf("after 5 saturated seconds without a completion the rate is %.2f/s, want the assumed 64", g2.rate)
+	}
 	hold, _ := g.acquire(workStart, now.Add(13*time.Second))
 	at := now.Add(13 * time.Second)
 	for i := range 20 {
