@@ -107,7 +107,8 @@ bench: deps
 # LOADTEST_FLAGS adds gatehouse-load flags (e.g. --kill-leader-after 10s,
 # --rate 500, --ek rsa-2048 --ak rsa, --herd 10000). LOADTEST_PROFILE=1: each
 # node writes a CPU profile, build/loadtest/node-N.cpu.pprof (serve
-# --cpu-profile). Not part of `make test`.
+# --cpu-profile) and a heap profile at its peak in-use heap,
+# build/loadtest/node-N.heap.pprof (serve --heap-profile). Not part of `make test`.
 LOADTEST_MODE ?= enroll,renew,mixed
 LOADTEST_DURATION ?= 20s
 LOADTEST_CONCURRENCY ?= 200
@@ -115,7 +116,7 @@ LOADTEST_PREGEN ?= 5000
 LOADTEST_FLAGS ?=
 LOADTEST_PROFILE ?=
 loadtest: deps build
-	@CPU_PROFILE=$(LOADTEST_PROFILE) ./loadtest.sh build/loadtest --mode $(LOADTEST_MODE) --duration $(LOADTEST_DURATION) \
+	@CPU_PROFILE=$(LOADTEST_PROFILE) HEAP_PROFILE=$(LOADTEST_PROFILE) ./loadtest.sh build/loadtest --mode $(LOADTEST_MODE) --duration $(LOADTEST_DURATION) \
 	  --concurrency $(LOADTEST_CONCURRENCY) --pregen $(LOADTEST_PREGEN) $(LOADTEST_FLAGS)
 
 # The admin API's list and filter queries at 100,000 devices, 300,000

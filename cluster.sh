@@ -15,6 +15,8 @@
 # (default build/backups: outside what make cluster-clean deletes).
 # CPU_PROFILE=1 (start): each node writes a Go CPU profile to
 # DIR/node-N.cpu.pprof until it stops (make loadtest LOADTEST_PROFILE=1).
+# HEAP_PROFILE=1 (start): each node writes a heap profile at its in-use
+# heap's peak to DIR/node-N.heap.pprof (serve --heap-profile).
 set -euo pipefail
 cd "$(dirname "$0")"
 BIN=${BIN:-bin}
@@ -56,7 +58,7 @@ start() {
     --listen "$(cat "$D/api-1")" --raft-addr "$(cat "$D/raft-1")" --cert-validity 720h --approval-retry 2s >/dev/null
   cp "$D/node-1/ca/root.crt" "$D/root.crt"
   $BIN/gatehouse serve --data-dir "$D/node-1" --password-file "$D/ca-password" \
-    ${CPU_PROFILE:+--cpu-profile "$D/node-1.cpu.pprof"} >>"$D/node-1.log" 2>&1 &
+    ${CPU_PROFILE:+--cpu-profile "$D/node-1.cpu.pprof"} ${HEAP_PROFILE:+--heap-profile "$D/node-1.heap.pprof"} >>"$D/node-1.log" 2>&1 &
   echo $! >>"$D/pids"
   wait_for "$D/node-1.log" "msg=ready" 30
   for i in 2 3; do
@@ -64,7 +66,7 @@ start() {
     $BIN/gatehouse serve --data-dir "$D/node-$i" --password-file "$D/ca-password" \
       --join "$(cat "$D/api-1")" --token-file "$D/token-$i" --node-id "node-$i" \
       --listen "$(cat "$D/api-$i")" --raft-addr "$(cat "$D/raft-$i")" \
-      ${CPU_PROFILE:+--cpu-profile "$D/node-$i.cpu.pprof"} >>"$D/node-$i.log" 2>&1 &
+      ${CPU_PROFILE:+--cpu-profile "$D/node-$i.cpu.pprof"} ${HEAP_PROFILE:+--heap-profile "$D/node-$i.heap.pprof"} >>"$D/node-$i.log" 2>&1 &
     echo $! >>"$D/pids"
     wait_for "$D/node-$i.log" "msg=ready" 30
     wait_for "$D/node-$i.log" "registered in the cluster" 30

@@ -119,4 +119,7 @@ const (
 	// 429: too many requests from this client without a client
 	// certificate; the Retry-After header says when to retry.
 	CodeRateLimited = "rate_limited"
+	// 503: the node has as many enrollments in progress as it takes;
+	// Retry-After gives this client its own time to come back.
+	CodeOverloaded = "overloaded"
 )

@@ -219,6 +219,20 @@ func (n *Node) LeaderID() string {
 	return string(id)
 }
 
+// LeaderlessFor is how long this node has known no leader: 0 while it
+// knows one, else the time since its last contact with a leader, or since
+// it opened if it had none since.
+func (n *Node) LeaderlessFor() time.Duration {
+	if n.LeaderID() != "" {
+		return 0
+	}
+	since := n.raft.LastContact()
+	if since.Before(n.opened) {
+		since = n.opened
+	}
+	return time.Since(since)
+}
+
 // Members lists the Raft configuration with each node's recorded addresses.
 func (n *Node) Members() ([]Member, error) {
 	cf := n.raft.GetConfiguration()

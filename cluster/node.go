@@ -74,6 +74,7 @@ type options struct {
 	// shorten it).
 	transportTimeout time.Duration
 	envelope         func(context.Context) bool
+	leaderWait       time.Duration
 }
 
 // WithForwarder lets a follower forward writes to the leader. Without one, a
@@ -104,6 +105,29 @@ func WithEnvelope(members func(context.Context) bool) Option {
 // WithApplyTimeout bounds how long a commit waits to enter the Raft pipeline.
 func WithApplyTimeout(d time.Duration) Option { return func(o *options) { o.applyTimeout = d } }
 
+// WithLeaderWait bounds how long a write waits for a leader (during an
+// election, or after the known leader stopped answering) before it fails
+// with ErrNotLeader (default DefaultLeaderWait; 0 fails at once).
+func WithLeaderWait(d time.Duration) Option { return func(o *options) { o.leaderWait = d } }
+
+// DefaultLeaderWait covers an election (a follower notices a silent leader
+// after 0.5–1.5 s, an election takes one or two rounds of 0.5–1 s) with
+// room for a busy machine, like Consul's RPC hold timeout.
+const DefaultLeaderWait = 5 * time.Second
+
+// Raft's timeouts, halved from hashicorp/raft's defaults (1 s each) so a
+// follower notices a dead leader and an election ends sooner: the leader
+// still heartbeats every HeartbeatTimeout/10 (50 ms), ten times within the
+// timeout, from its own goroutine, apart from log appends and their fsyncs
+// (a few ms on the test machines), and pre-vote keeps one starved follower
+// from deposing a healthy leader. The leader lease stays at its default,
+// 500 ms. Only availability depends on them, never safety: reads are
+// read-index reads (ReadIndex), not lease reads.
+const (
+	HeartbeatTimeout = 500 * time.Millisecond
+	ElectionTimeout  = 500 * time.Millisecond
+)
+
 // Node is one member of the registry's Raft cluster.
 type Node struct {
 	cfg          Config
@@ -114,10 +138,12 @@ type Node struct {
 	transport    *raft.NetworkTransport
 	stream       *tlsStreamLayer // nil on plain TCP
 	applyTimeout time.Duration
+	leaderWait   time.Duration
 	forwarder    Forwarder
 	now          func() time.Time
 	envelope     func(context.Context) bool // WithEnvelope
 	existing     bool                       // had Raft state when opened
+	opened       time.Time
 	barrierTerm  atomic.Uint64
 	disk         diskState     // failed writes: ErrStorageFull, Problems
 	stop         chan struct{} // closed when Close begins
@@ -141,7 +167,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	o := options{applyTimeout: 10 * time.Second, transportTimeout: 10 * time.Second, now: time.Now}
+	o := options{applyTimeout: 10 * time.Second, transportTimeout: 10 * time.Second, leaderWait: DefaultLeaderWait, now: time.Now}
 	o.fatal = func(err error) {
 		log.Error("registry state machine cannot continue", "err", err)
 		panic(err)
@@ -152,7 +178,8 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, forwarder: o.forwarder, now: o.now, envelope: o.envelope, stop: make(chan struct{})}
+	n := &Node{cfg: cfg, log: log, applyTimeout: o.applyTimeout, leaderWait: o.leaderWait, forwarder: o.forwarder, now: o.now, envelope: o.envelope,
+		stop: make(chan struct{}), opened: time.Now()}
 	defer func() { // n, not the named result: that is nil on every error return
 		if err != nil {
 			n.Close()
@@ -213,6 +240,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.Logger = hlog
+	rc.HeartbeatTimeout, rc.ElectionTimeout = HeartbeatTimeout, ElectionTimeout
 	if o.raftConfig != nil {
 		o.raftConfig(rc)
 	}
@@ -431,20 +459,43 @@ func (n *Node) applyEnvelope(ctx context.Context, typ string, version int, c car
 // propose commits an encoded command, through the leader if this node
 // follows.
 func (n *Node) propose(ctx context.Context, b []byte) (uint64, error) {
-	if n.raft.State() != raft.Leader && n.forwarder != nil {
-		leader := n.LeaderID()
-		if leader == "" {
-			return 0, fmt.Errorf("%w: no leader elected", ErrNotLeader)
-		}
-		res, err := n.forwarder.Forward(ctx, leader, b)
-		if err != nil {
-			return 0, err
-		}
-		// Read-your-writes: a write acknowledged by this node is visible here.
-		return res.Result, n.waitApplied(ctx, res.Index)
-	}
-	res, err := n.applyLocal(ctx, b)
+	res, err := n.submit(ctx, b)
 	return res.Result, err
+}
+
+// submit commits a command through the leader: locally on the leader, else
+// forwarded (with read-your-writes: acknowledged only once applied here).
+// Through an election it holds the command for up to leaderWait: while no
+// leader is known, or the known one could not be reached before the
+// command entered its log (ErrNotSent: a killed leader refuses the
+// connection), it waits for the next leader, which may be this node. A
+// command that may have entered a leader's log is never sent again: that
+// error is returned.
+func (n *Node) submit(ctx context.Context, b []byte) (Applied, error) {
+	deadline := time.Now().Add(n.leaderWait)
+	for {
+		var res Applied
+		var err error
+		switch leader := n.LeaderID(); {
+		case n.raft.State() == raft.Leader || n.forwarder == nil:
+			res, err = n.applyLocal(ctx, b)
+		case leader == "":
+			err = fmt.Errorf("%w: %w: no leader elected", ErrNotLeader, ErrNotSent)
+		default:
+			if res, err = n.forwarder.Forward(ctx, leader, b); err == nil {
+				// Read-your-writes: a write acknowledged by this node is visible here.
+				return res, n.waitApplied(ctx, res.Index)
+			}
+		}
+		if n.forwarder == nil || !errors.Is(err, ErrNotSent) || !time.Now().Before(deadline) {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return res, err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // ApplyForwarded applies a command a follower forwarded. The command is
@@ -495,7 +546,12 @@ func (n *Node) applyLocal(ctx context.Context, b []byte) (Applied, error) {
 		}
 		// A leadership transfer refuses new entries until it ends: like no
 		// leader, a reason to retry (503), not an internal error.
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrRaftShutdown) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+		// These three refuse the entry before it is appended: it may be
+		// sent again. After ErrLeadershipLost it may still commit.
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return Applied{}, fmt.Errorf("%w: %w: %v", ErrNotLeader, ErrNotSent, err)
+		}
+		if errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrRaftShutdown) {
 			return Applied{}, fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
 		return Applied{}, err

@@ -34,6 +34,10 @@ var (
 	ErrCertificateValidity = errors.New("invalid certificate validity")
 	// ErrNotLeader: this node cannot commit now; retry (against the leader).
 	ErrNotLeader = errors.New("not the Raft leader")
+	// ErrNotSent: a command that never entered a leader's log (the leader
+	// could not be dialled, or refused it before appending), so sending it
+	// again cannot apply it twice. It comes wrapped with ErrNotLeader.
+	ErrNotSent = errors.New("command not sent to a leader")
 )
 
 // Attestation outcomes.

@@ -51,16 +51,23 @@ func (d *Daemon) retryDelay(n int) time.Duration {
 	return p.Delay(n)
 }
 
-// failureDelay is the wait after the n-th consecutive failure: the
-// backoff's, but never sooner than the server's Retry-After (a 429 or a
-// 503 from an overloaded or leaderless cluster says when to come back).
+// failureDelay is the wait after the n-th consecutive failure. A 429 or
+// 503 with a Retry-After (an overloaded node handing this device its own
+// time to come back, or a cluster between leaders) is followed: that
+// long, plus a jitter uniform in [0, 1s + Retry-After/10), which spreads
+// the devices told the same whole second over it instead of having them
+// knock at once. Any other failure waits the backoff's full-jitter delay:
+// the device knows nothing better.
 func (d *Daemon) failureDelay(n int, err error) time.Duration {
-	wait := d.retryDelay(n)
 	var p *api.Problem
-	if errors.As(err, &p) {
-		wait = max(wait, p.RetryAfter)
+	if errors.As(err, &p) && p.RetryAfter > 0 {
+		r := d.Backoff.Rand
+		if r == nil {
+			r = rand.Int64N
+		}
+		return p.RetryAfter + time.Duration(r(int64(time.Second+p.RetryAfter/10)))
 	}
-	return wait
+	return d.retryDelay(n)
 }
 
 // RenewalDelay is the default schedule: renew at two thirds of the

@@ -1,6 +1,7 @@
 package fwclient
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -47,8 +48,10 @@ func TestDaemonRetryFullJitter(t *testing.T) {
 }
 
 // TestDaemonHonoursRetryAfter: a 429 or 503 problem's Retry-After is read
-// from the answer, and the agent waits at least that long even when its
-// jittered backoff drew less; other failures keep the backoff's wait.
+// from the answer and followed, never undercut, plus a jitter drawn from
+// [0, 1s + Retry-After/10) (not the backoff's window: the server's schedule
+// spreads an overloaded fleet, the jitter spreads each second of it);
+// other failures keep the backoff's wait.
 func TestDaemonHonoursRetryAfter(t *testing.T) {
 	answer := func(status int, retryAfter string) error {
 		h := http.Header{"Content-Type": {api.ContentTypeProblem}}
@@ -58,16 +61,40 @@ func TestDaemonHonoursRetryAfter(t *testing.T) {
 		body := fmt.Sprintf(`{"type":"x","title":"t","status":%d,"code":"%s"}`, status, api.CodeUnavailable)
 		return decodeResponse(&http.Response{StatusCode: status, Header: h, Body: io.NopCloser(strings.NewReader(body))}, nil)
 	}
+	var windows []time.Duration
 	d := &Daemon{}
 	d.Backoff = DefaultBackoff
+	draw := func(frac float64) {
+		d.Backoff.Rand = func(n int64) int64 { windows = append(windows, time.Duration(n)); return int64(float64(n) * frac) }
+	}
+	draw(0)
+	for _, tc := range []struct {
+		err    error
+		n      int
+		window time.Duration
+	}{
+		{answer(http.StatusServiceUnavailable, "7"), 0, 1700 * time.Millisecond},
+		{fmt.Errorf("enroll: %w", answer(http.StatusTooManyRequests, "3")), 4, 1300 * time.Millisecond},
+		{answer(http.StatusServiceUnavailable, "60"), 9, 7 * time.Second},
+	} {
+		p := tc.err
+		for errors.Unwrap(p) != nil {
+			p = errors.Unwrap(p)
+		}
+		ra := p.(*api.Problem).RetryAfter
+		for _, frac := range []float64{0, 0.5, 0.999} {
+			windows = nil
+			draw(frac)
+			got := d.failureDelay(tc.n, tc.err)
+			if len(windows) != 1 || windows[0] != tc.window {
+				t.Fatalf("%v: jitter drawn from %v, want one draw from [0, %v)", tc.err, windows, tc.window)
+			}
+			if want := ra + time.Duration(float64(tc.window)*frac); got != want || got < ra {
+				t.Errorf("%v, failure %d, draw %.3f: waits %v, want %v", tc.err, tc.n, frac, got, want)
+			}
+		}
+	}
 	d.Backoff.Rand = func(int64) int64 { return int64(time.Second) } // the backoff draws 1s
-
-	if got := d.failureDelay(0, answer(http.StatusServiceUnavailable, "7")); got != 7*time.Second {
-		t.Errorf("503 with Retry-After 7: waits %v, want 7s", got)
-	}
-	if got := d.failureDelay(0, fmt.Errorf("enroll: %w", answer(http.StatusTooManyRequests, "3"))); got != 3*time.Second {
-		t.Errorf("wrapped 429 with Retry-After 3: waits %v, want 3s", got)
-	}
 	if got := d.failureDelay(0, answer(http.StatusServiceUnavailable, "")); got != time.Second {
 		t.Errorf("503 without Retry-After: waits %v, want the backoff's 1s", got)
 	}
@@ -75,10 +102,22 @@ func TestDaemonHonoursRetryAfter(t *testing.T) {
 		t.Errorf("Retry-After 0: waits %v, want the backoff's 1s", got)
 	}
 	d.Backoff.Rand = func(int64) int64 { return int64(20 * time.Second) }
-	if got := d.failureDelay(0, answer(http.StatusServiceUnavailable, "2")); got != 20*time.Second {
-		t.Errorf("backoff 20s, Retry-After 2: waits %v, want 20s", got)
-	}
 	if got := d.failureDelay(0, io.ErrUnexpectedEOF); got != 20*time.Second {
 		t.Errorf("a transport failure: waits %v, want the backoff's 20s", got)
+	}
+
+	// With real randomness, 200 devices told the same 2 s spread over
+	// [2s, 3.2s) rather than all coming back at 2 s.
+	var zero Daemon
+	seen := map[time.Duration]bool{}
+	for range 200 {
+		w := zero.failureDelay(0, answer(http.StatusServiceUnavailable, "2"))
+		if w < 2*time.Second || w >= 3200*time.Millisecond {
+			t.Fatalf("Retry-After 2 with jitter: waits %v, outside [2s, 3.2s)", w)
+		}
+		seen[w.Truncate(100*time.Millisecond)] = true
+	}
+	if len(seen) < 10 {
+		t.Errorf("200 devices told Retry-After 2 came back in only %d of 12 tenths of a second", len(seen))
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -107,15 +108,163 @@ func (a *Appliance) admit(next http.Handler) http.Handler {
 			}
 		}
 		host := clientKey(r.RemoteAddr)
-		ok, wait := a.admission.allow(host, time.Now())
-		if ok {
+		now := time.Now()
+		ok, wait := a.admission.allow(host, now)
+		if !ok {
+			a.countUnrecorded(limitedStage(r.URL.Path), api.CodeRateLimited)
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+			writeProblem(w, newProblem(http.StatusTooManyRequests, api.CodeRateLimited, "too many requests from "+host+"; retry later"))
+			return
+		}
+		class := workClass(r.URL.Path)
+		if class == workNone {
 			next.ServeHTTP(w, r)
 			return
 		}
-		a.countUnrecorded(limitedStage(r.URL.Path), api.CodeRateLimited)
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		writeProblem(w, newProblem(http.StatusTooManyRequests, api.CodeRateLimited, "too many requests from "+host+"; retry later"))
+		release, wait := a.work.acquire(class, now)
+		if release == nil {
+			// Before the body is read or any verification runs. The
+			// connection is closed: a client told to come back in a minute
+			// should not hold a goroutine and TLS buffers here meanwhile.
+			a.countUnrecorded(limitedStage(r.URL.Path), api.CodeOverloaded)
+			w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)))
+			w.Header().Set("Connection", "close")
+			writeProblem(w, newProblem(http.StatusServiceUnavailable, api.CodeOverloaded, "this node is at its limit of enrollments in progress; retry after the time given"))
+			return
+		}
+		defer release()
+		next.ServeHTTP(w, r)
 	})
+}
+
+// DefaultMaxInFlight is Config.MaxInFlight's default: enough enrollments
+// in progress at once to keep a node's Raft batches full (a completion
+// waits a few hundred milliseconds for its commit), few enough that their
+// request bodies and decoded evidence stay within tens of MiB.
+const DefaultMaxInFlight = 64
+
+// Work classes of anonymous requests the work gate bounds.
+const (
+	workNone  = iota
+	workStart // a challenge: the start of an enrollment
+	workFinish
+)
+
+// workClass says which anonymous requests cost verification work: the
+// start of an enrollment (or of an attestation CA activation) and its
+// completion.
+func workClass(path string) int {
+	switch path {
+	case api.PathChallenge, api.PathAttestationAttest:
+		return workStart
+	case api.PathComplete, api.PathAttestationSecret:
+		return workFinish
+	}
+	return workNone
+}
+
+// workGate bounds a node's anonymous enrollment work in progress and tells
+// the clients it sheds when to come back (DESIGN.md "Admission control").
+//
+// Guarantees: at most limit starts and 2·limit requests in all are in
+// progress at once (a completion has room a new start has not, so a device
+// that got its challenge is not turned away for newcomers); a shed request
+// costs no body read, no verification and no Raft entry. Each shed start is
+// given its own return slot: slots are 1/rate apart from the last one
+// handed out, rate being the completions the node finished per second when
+// it was saturated, so a herd comes back at about the pace the node
+// serves it, in the order it was turned away, instead of all at once.
+// Non-guarantees: the slots are whole seconds (Retry-After), advice a
+// client may ignore (the per-address rate limit still holds), and bounded
+// by maxRetryAfter; many addresses can fill the slots ahead of a device.
+type workGate struct {
+	limit    int64
+	inFlight atomic.Int64
+
+	mu        sync.Mutex
+	rate      float64   // completions per second when saturated
+	bucket    time.Time // start of the current second of counting
+	finished  int       // completions finished since bucket
+	saturated bool      // something was shed since bucket
+	next      time.Time // the latest return slot handed out
+}
+
+const (
+	minRetryAfter = time.Second
+	// maxRetryAfter bounds the slots: past it, clients are told this.
+	maxRetryAfter = 5 * time.Minute
+)
+
+func newWorkGate(limit int, now time.Time) *workGate {
+	// Until it has measured, the gate assumes each request takes a
+	// second: optimistic (a completion commits faster), so the first shed
+	// devices come back early rather than late.
+	return &workGate{limit: int64(limit), rate: float64(limit), bucket: now}
+}
+
+// acquire takes a place for a request of class, and returns the function
+// that gives it back; or nil and how long the shed client should wait.
+func (g *workGate) acquire(class int, now time.Time) (release func(), retryAfter time.Duration) {
+	bound := g.limit
+	if class == workFinish {
+		bound *= 2
+	}
+	if g.inFlight.Add(1) > bound {
+		g.inFlight.Add(-1)
+		return nil, g.shed(class, now)
+	}
+	return func() {
+		g.inFlight.Add(-1)
+		if class == workFinish {
+			g.mu.Lock()
+			g.roll(time.Now())
+			g.finished++
+			g.mu.Unlock()
+		}
+	}, 0
+}
+
+// roll closes the second of counting that ended before now: a saturated
+// second measures the rate; an unsaturated one only bounds it from below.
+// A saturated second without a finished completion says nothing (the
+// first completions of a herd are still on their way, or a commit waits
+// out an election): it leaves the estimate, which would otherwise halve
+// and push every later slot out.
+func (g *workGate) roll(now time.Time) {
+	el := now.Sub(g.bucket)
+	if el < time.Second {
+		return
+	}
+	perSec := float64(g.finished) / el.Seconds()
+	switch {
+	case g.saturated && g.finished > 0:
+		g.rate = (g.rate + perSec) / 2
+	case !g.saturated:
+		g.rate = max(g.rate, perSec)
+	}
+	g.rate = max(g.rate, 1)
+	g.bucket, g.finished, g.saturated = now, 0, false
+}
+
+// shed hands out a return slot: a start gets the next one, a completion
+// (its device is half-way through) the earliest.
+func (g *workGate) shed(class int, now time.Time) time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.roll(now)
+	g.saturated = true
+	if class == workFinish {
+		return minRetryAfter
+	}
+	if g.next.Before(now) {
+		g.next = now
+	}
+	g.next = g.next.Add(time.Duration(float64(time.Second) / g.rate))
+	if g.next.Sub(now) > maxRetryAfter {
+		g.next = now.Add(maxRetryAfter)
+	}
+	// Whole seconds, rounded up: never sooner than the slot.
+	return max(minRetryAfter, (g.next.Sub(now) + time.Second - 1).Truncate(time.Second))
 }
 
 // limitedStage names a rate-limited request by route for counting: a

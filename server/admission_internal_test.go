@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -121,8 +122,9 @@ type nopCloser struct{ io.Writer }
 func (nopCloser) Close() error { return nil }
 
 // A 503 tells the device when to come back (overload and elections are
-// answered with 429 or 503 plus Retry-After, never a bare refusal); a
-// Retry-After already set (the rate limiter's) is kept.
+// answered with 429 or 503 plus Retry-After, never a bare refusal), later
+// the longer the node has had no leader; a Retry-After already set (the
+// rate limiter's) is kept.
 func TestUnavailableCarriesRetryAfter(t *testing.T) {
 	w := httptest.NewRecorder()
 	e := &Enroller{}
@@ -136,9 +138,118 @@ func TestUnavailableCarriesRetryAfter(t *testing.T) {
 	if got := w.Header().Get("Retry-After"); got != "9" {
 		t.Fatalf("a set Retry-After became %q", got)
 	}
+	// The longer the node has been without a leader, the later the device
+	// is told to come back (it follows Retry-After), up to maxRetryAfter.
+	for _, tc := range []struct {
+		leaderless time.Duration
+		want       string
+	}{{0, "2"}, {3 * time.Second, "2"}, {30 * time.Second, "15"}, {10 * time.Minute, "300"}, {5 * time.Hour, "300"}} {
+		e.leaderless = func() time.Duration { return tc.leaderless }
+		w = httptest.NewRecorder()
+		writeProblem(w, e.commitFailed(cluster.ErrNotLeader))
+		if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") != tc.want {
+			t.Errorf("no leader for %v: %d Retry-After %q, want 503 with %q", tc.leaderless, w.Code, w.Header().Get("Retry-After"), tc.want)
+		}
+	}
 	w = httptest.NewRecorder()
 	writeProblem(w, attest.ErrEKUntrusted)
 	if w.Code == http.StatusServiceUnavailable || w.Header().Get("Retry-After") != "" {
 		t.Fatalf("a refusal: %d with Retry-After %q, want neither", w.Code, w.Header().Get("Retry-After"))
 	}
+}
+
+// The work gate: at most limit starts and 2·limit requests in all; shed
+// starts get return slots 1/rate apart in the order they were shed (the
+// rate measured from completions finished while saturated), clamped to
+// maxRetryAfter; a shed completion is told the minimum.
+func TestWorkGate(t *testing.T) {
+	now := time.Unix(1000, 0)
+	g := newWorkGate(4, now)
+	var held []func()
+	for i := range 4 {
+		rel, _ := g.acquire(workStart, now)
+		if rel == nil {
+			t.Fatalf("start %d within the limit shed", i)
+		}
+		held = append(held, rel)
+	}
+	var slots []time.Duration
+	for range 8 {
+		rel, wait := g.acquire(workStart, now)
+		if rel != nil {
+			t.Fatal("a start past the limit admitted")
+		}
+		slots = append(slots, wait)
+	}
+	// Assumed rate before any measurement: limit per second, so 8 shed
+	// starts take the next 2 s, in whole seconds rounded up.
+	for i, w := range slots {
+		if want := time.Duration((i+4)/4) * time.Second; w != want {
+			t.Fatalf("shed start %d: Retry-After %v, want %v (slots %v)", i, w, want, slots)
+		}
+	}
+	for i := range 4 {
+		rel, _ := g.acquire(workFinish, now)
+		if rel == nil {
+			t.Fatalf("completion %d within 2·limit shed", i)
+		}
+		held = append(held, rel)
+	}
+	if rel, wait := g.acquire(workFinish, now); rel != nil || wait != minRetryAfter {
+		t.Fatalf("a completion past 2·limit: admitted %v, Retry-After %v, want shed with %v", rel != nil, wait, minRetryAfter)
+	}
+	if g.inFlight.Load() != 8 {
+		t.Fatalf("%d in flight, want 8", g.inFlight.Load())
+	}
+	for _, rel := range held {
+		rel()
+	}
+	if g.inFlight.Load() != 0 {
+		t.Fatalf("%d in flight after every place was given back", g.inFlight.Load())
+	}
+
+	// Measured: a saturated node finishing 2 completions a second hands
+	// out slots half a second apart (the estimate halves towards it).
+	g = newWorkGate(1, now)
+	for sec := 1; sec <= 12; sec++ {
+		t0 := now.Add(time.Duration(sec) * time.Second)
+		g.roll(t0)
+		g.saturated = true
+		g.finished = 2
+	}
+	g.roll(now.Add(13 * time.Second))
+	if g.rate < 1.9 || g.rate > 2.1 {
+		t.Fatalf("measured rate %.2f/s, want about 2", g.rate)
+	}
+	// Saturated seconds without a finished completion (a herd's first
+	// completions still on their way) leave the estimate alone.
+	g2 := newWorkGate(64, now)
+	for sec := 1; sec <= 5; sec++ {
+		g2.saturated = true
+		g2.roll(now.Add(time.Duration(sec) * time.Second))
+	}
+	if g2.rate != 64 {
+		t.Fatalf("after 5 saturated seconds without a completion the rate is %.2f/s, want the assumed 64", g2.rate)
+	}
+	hold, _ := g.acquire(workStart, now.Add(13*time.Second))
+	at := now.Add(13 * time.Second)
+	for i := range 20 {
+		_, wait := g.acquire(workStart, at)
+		want := time.Duration(math.Ceil(float64(i+1)/g.rate)) * time.Second // slot i+1, rounded up
+		if d := wait - want; d < -time.Second || d > time.Second {
+			t.Fatalf("shed start %d at 2/s: Retry-After %v, want about %v", i, wait, want)
+		}
+	}
+	hold()
+	// A flood does not push slots past maxRetryAfter.
+	g = newWorkGate(1, now)
+	hold, _ = g.acquire(workStart, now)
+	var last time.Duration
+	for range 2000 {
+		_, last = g.acquire(workStart, now)
+	}
+	if last != maxRetryAfter {
+		t.Fatalf("after 2000 shed starts at 1/s: Retry-After %v, want the bound %v", last, maxRetryAfter)
+	}
+	hold()
 }

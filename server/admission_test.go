@@ -438,3 +438,112 @@ func reopenThrottled(t *testing.T, e *servertest.Env) *server.Appliance {
 	e.Start(server.WithRateLimit(1, 3))
 	return e.App
 }
+
+// Past its bound on anonymous enrollment work in progress, a node sheds a
+// new request with 503 overloaded, a Retry-After and Connection: close
+// before it reads the body (the shed request's body is never sent) and
+// without a Raft entry; a completion still has room a new challenge has
+// not; a place given back admits the next request.
+func TestWorkGateShedsBeforeWork(t *testing.T) {
+	e := servertest.New(t)
+	e.App.Close()
+	e.Start(server.WithMaxInFlight(1))
+	app := e.App
+	pool := x509.NewCertPool()
+	pool.AddCert(app.Root())
+	hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	base := "https://" + app.Addr()
+	type answer struct {
+		resp *http.Response
+		p    api.Problem
+		err  error
+	}
+	// post sends a request whose body comes from the returned pipe.
+	post := func(path string) (*io.PipeWriter, chan answer) {
+		pr, pw := io.Pipe()
+		req, _ := http.NewRequest(http.MethodPost, base+path, pr)
+		req.Header.Set("Content-Type", "application/json")
+		ch := make(chan answer, 1)
+		go func() {
+			resp, err := hc.Do(req)
+			a := answer{resp: resp, err: err}
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				_ = json.Unmarshal(b, &a.p)
+			}
+			ch <- a
+		}()
+		return pw, ch
+	}
+	wait := func(ch chan answer) answer {
+		t.Helper()
+		select {
+		case a := <-ch:
+			if a.err != nil {
+				t.Fatal(a.err)
+			}
+			return a
+		case <-time.After(15 * time.Second):
+			t.Fatal("no answer")
+		}
+		return answer{}
+	}
+	// hold starts a request and returns once its handler reads the body:
+	// it is past the gate and in progress until the pipe closes.
+	hold := func(path string) (*io.PipeWriter, chan answer) {
+		t.Helper()
+		pw, ch := post(path)
+		if _, err := pw.Write([]byte(`{`)); err != nil {
+			t.Fatal(err)
+		}
+		return pw, ch
+	}
+	shed := func(path string) {
+		t.Helper()
+		before := app.Node().Stats()["last_log_index"]
+		pw, ch := post(path) // its body is never written
+		a := wait(ch)
+		pw.Close()
+		if a.resp.StatusCode != http.StatusServiceUnavailable || a.p.Code != api.CodeOverloaded {
+			t.Fatalf("%s past the bound: %d %+v, want 503 %s", path, a.resp.StatusCode, a.p, api.CodeOverloaded)
+		}
+		if ra, err := strconv.Atoi(a.resp.Header.Get("Retry-After")); err != nil || ra < 1 {
+			t.Fatalf("%s shed with Retry-After %q, want whole seconds ≥ 1", path, a.resp.Header.Get("Retry-After"))
+		}
+		if !a.resp.Close {
+			t.Fatalf("%s shed without Connection: close", path)
+		}
+		if after := app.Node().Stats()["last_log_index"]; after != before {
+			t.Fatalf("shedding %s wrote to Raft: last index %s → %s", path, before, after)
+		}
+	}
+	// The reopened node's own writes (registration, leader duties) first.
+	for last, stable := "", 0; stable < 10; time.Sleep(100 * time.Millisecond) {
+		if idx := app.Node().Stats()["last_log_index"]; idx == last {
+			stable++
+		} else {
+			last, stable = idx, 0
+		}
+	}
+	challenge, chAnswer := hold(api.PathChallenge)
+	shed(api.PathChallenge)
+	complete, coAnswer := hold(api.PathComplete) // room for a completion
+	shed(api.PathComplete)
+	shed(api.PathChallenge)
+	for _, h := range []struct {
+		pw *io.PipeWriter
+		ch chan answer
+	}{{challenge, chAnswer}, {complete, coAnswer}} {
+		h.pw.Close()
+		if a := wait(h.ch); a.resp.StatusCode != http.StatusBadRequest || a.p.Code != api.CodeMalformed {
+			t.Fatalf("held request: %d %+v, want 400 %s (it was admitted)", a.resp.StatusCode, a.p, api.CodeMalformed)
+		}
+	}
+	pw, ch := post(api.PathChallenge)
+	pw.Write([]byte(`{}`))
+	pw.Close()
+	if a := wait(ch); a.resp.StatusCode != http.StatusBadRequest || a.p.Code != api.CodeMalformed {
+		t.Fatalf("after the places were given back: %d %+v, want 400 %s", a.resp.StatusCode, a.p, api.CodeMalformed)
+	}
+}

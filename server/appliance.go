@@ -5,6 +5,7 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
@@ -72,6 +73,10 @@ type Config struct {
 	RateLimit           float64  `json:"rate_limit"`
 	RateBurst           int      `json:"rate_burst"`
 	RefusalSummaryEvery Duration `json:"refusal_summary_every"`
+	// MaxInFlight bounds the anonymous enrollment requests a node works
+	// on at once (challenges; completions get twice as many); past it they
+	// are shed with 503 and a Retry-After. 0 means DefaultMaxInFlight.
+	MaxInFlight int `json:"max_in_flight,omitempty"`
 	// Retention (DESIGN.md "Retention"): refused attestation records and
 	// raw evidence older than these are removed by the leader, audited.
 	// Zero keeps them forever.
@@ -138,6 +143,8 @@ func (c Config) validate() error {
 		return errors.New("config: audit_checkpoint_every must be at least 1s")
 	case !(c.RateLimit > 0) || c.RateBurst < 1:
 		return errors.New("config: rate_limit must be positive and rate_burst at least 1")
+	case c.MaxInFlight < 0:
+		return errors.New("config: max_in_flight must not be negative (0: the default)")
 	case c.RefusalSummaryEvery.Duration < time.Second:
 		return errors.New("config: refusal_summary_every must be at least 1s")
 	case c.RetainRefused.Duration < 0 || c.RetainRawEvidence.Duration < 0:
@@ -226,6 +233,7 @@ type options struct {
 	caNow       func() time.Time // the CA's clock; nil: time.Now
 	rateLimit   float64
 	rateBurst   int
+	maxInFlight int
 	acmeRoots   func(*ca.CA) []*x509.Certificate // nil: the AK CA (acme.go)
 }
 
@@ -245,6 +253,10 @@ func WithClusterOptions(opts ...cluster.Option) Option {
 func WithRateLimit(perSecond float64, burst int) Option {
 	return func(o *options) { o.rateLimit, o.rateBurst = perSecond, burst }
 }
+
+// WithMaxInFlight overrides the configured bound on anonymous enrollment
+// requests in progress at once (Config.MaxInFlight).
+func WithMaxInFlight(n int) Option { return func(o *options) { o.maxInFlight = n } }
 
 // WithClock sets the clock used for session expiry, records and the
 // node's decisions (tests). Certificates are dated by the CA's clock
@@ -281,6 +293,7 @@ type Appliance struct {
 	revokeHook        func(deviceID string) // tests: runs between RevokeDevice's two steps
 	tlsRefusedLimit   deniedLimiter
 	admission         *clientLimiter
+	work              *workGate
 	crlCache          crlCache
 	health            healthState
 	peerCmds          peerCommands             // what each member applies (version.go)
@@ -309,6 +322,9 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	}
 	if o.rateLimit > 0 && o.rateBurst > 0 {
 		cfg.RateLimit, cfg.RateBurst = o.rateLimit, o.rateBurst
+	}
+	if o.maxInFlight > 0 {
+		cfg.MaxInFlight = o.maxInFlight
 	}
 	rootsPEM, err := os.ReadFile(filepath.Join(dataDir, ekRootsFile))
 	if err != nil {
@@ -407,11 +423,13 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		unproven:    newRefusalCounts(o.now),
 	}
 	a.enroller.recordValidity = a.recordsValidity
+	a.enroller.leaderless = a.node.LeaderlessFor
 	a.enroller.attestCA = acme.NewAttestationCA(a.enroller, acme.WithClock(o.now))
 	if err := a.openACME(acmeHook, kv); err != nil {
 		return nil, err
 	}
 	a.admission = newClientLimiter(cfg.RateLimit, cfg.RateBurst)
+	a.work = newWorkGate(cmp.Or(cfg.MaxInFlight, DefaultMaxInFlight), time.Now())
 	if err := a.serveDevices(); err != nil {
 		return nil, err
 	}

@@ -493,13 +493,14 @@ func (f forwarder) ReadIndex(ctx context.Context, leaderID string) (uint64, erro
 func (f forwarder) leaderAPI(leaderID string) (string, error) {
 	m, err := f.a.node.Member(leaderID)
 	if err != nil {
-		return "", fmt.Errorf("%w: leader %s has not registered its address yet", cluster.ErrNotLeader, leaderID)
+		return "", fmt.Errorf("%w: %w: leader %s has not registered its address yet", cluster.ErrNotLeader, cluster.ErrNotSent, leaderID)
 	}
 	return m.APIAddr, nil
 }
 
 // nodeRPC POSTs to a peer as this node. A 421 answer is returned as
-// ErrNotLeader, so callers retry.
+// ErrNotLeader, so callers retry; a peer that could not be dialled also
+// as ErrNotSent (nothing reached it: the request may be sent again).
 func (a *Appliance) nodeRPC(ctx context.Context, addr, path string, body io.Reader, out any) error {
 	return a.nodeRPCAs(ctx, addr, path, "application/json", body, out)
 }
@@ -513,6 +514,10 @@ func (a *Appliance) nodeRPCAs(ctx context.Context, addr, path, contentType strin
 	req.Header.Set("Content-Type", contentType)
 	resp, err := a.nodeHTTP.Do(req)
 	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return fmt.Errorf("%w: %w: %v", cluster.ErrNotLeader, cluster.ErrNotSent, err)
+		}
 		return fmt.Errorf("%w: %v", cluster.ErrNotLeader, err)
 	}
 	defer resp.Body.Close()

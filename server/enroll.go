@@ -68,6 +68,8 @@ type Enroller struct {
 	// unproven counts refusals before TPM possession was proven, which are
 	// not committed one by one (see refuse).
 	unproven *refusalCounts
+	// leaderless says how long the node has had no leader (nil: unknown).
+	leaderless func() time.Duration
 }
 
 // checkPolicy names the policy's verdict among a record's checks.
@@ -673,6 +675,15 @@ func malformed(detail string) *api.Problem {
 	return newProblem(http.StatusBadRequest, api.CodeMalformed, detail)
 }
 
+// unavailableWait is the Retry-After of a commit that found no leader:
+// about one election at first, then half the time the node has been
+// without a leader, up to maxRetryAfter. The agent follows Retry-After, so
+// a fleet waiting out a long loss of quorum comes back less and less often
+// instead of every few seconds.
+func unavailableWait(leaderless time.Duration) time.Duration {
+	return min(max(2*time.Second, leaderless/2), maxRetryAfter).Truncate(time.Second)
+}
+
 // internal logs the cause and returns a problem that does not leak it.
 func (e *Enroller) internal(err error) *api.Problem {
 	e.log.Error("internal error", "err", err)
@@ -686,7 +697,11 @@ func (e *Enroller) commitFailed(err error) *api.Problem {
 		return newProblem(http.StatusServiceUnavailable, api.CodeStorageFull, "this node cannot store the enrollment (its disk is full): nothing was recorded; retry")
 	}
 	if errors.Is(err, cluster.ErrNotLeader) {
-		return newProblem(http.StatusServiceUnavailable, api.CodeUnavailable, "the cluster has no leader; retry")
+		p := newProblem(http.StatusServiceUnavailable, api.CodeUnavailable, "the cluster has no leader; retry")
+		if e.leaderless != nil {
+			p.RetryAfter = unavailableWait(e.leaderless())
+		}
+		return p
 	}
 	return e.internal(fmt.Errorf("commit: %w", err))
 }

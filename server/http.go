@@ -180,14 +180,18 @@ func writeResult(w http.ResponseWriter, status int, v any, err error) {
 	writeJSON(w, status, v)
 }
 
-// unavailableRetryAfter is the Retry-After of a 503 that sets none: about
-// one Raft election.
+// unavailableRetryAfter is the Retry-After of a 503 that sets none (a
+// problem's RetryAfter, if set, is used instead): about one Raft election.
 const unavailableRetryAfter = "2"
 
 func writeProblem(w http.ResponseWriter, err error) {
 	p := problemFor(err)
 	if p.Status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
-		w.Header().Set("Retry-After", unavailableRetryAfter)
+		if p.RetryAfter >= time.Second {
+			w.Header().Set("Retry-After", strconv.Itoa(int(p.RetryAfter/time.Second)))
+		} else {
+			w.Header().Set("Retry-After", unavailableRetryAfter)
+		}
 	}
 	w.Header().Set("Content-Type", api.ContentTypeProblem)
 	w.WriteHeader(p.Status)

@@ -22,7 +22,7 @@ import (
 // after that the replicated values win and a node whose config.json
 // differs logs it at start. Node-local settings (node_id, listen,
 // raft_addr, hostnames, audit_sink, join_seed, rate_limit, rate_burst,
-// refusal_summary_every) stay in config.json.
+// refusal_summary_every, max_in_flight) stay in config.json.
 type ClusterSettings struct {
 	// TrustDomain is fixed when the cluster is created: it is in every
 	// certificate. It is shown, never changed.

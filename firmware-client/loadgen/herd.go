@@ -40,7 +40,8 @@ type HerdConfig struct {
 	Dir          string        // identity directories (one per device)
 	Timeout      time.Duration // per HTTP request (default 60s, the agent's)
 	// Backoff is the retry policy; the zero value is the agent's
-	// (fwclient.DefaultBackoff: full jitter from 30 s, capped at 1 h).
+	// (fwclient.DefaultBackoff: full jitter from 30 s, capped at 1 h, and
+	// a Retry-After followed, with its jitter: Daemon.failureDelay).
 	Backoff backoff.Policy
 	Log     func(format string, args ...any)
 }
@@ -52,6 +53,7 @@ type HerdResult struct {
 	LastEnrolled            time.Duration // from the first device's start
 	P50, P99                time.Duration // each device's start → enrolled
 	Attempts                int           // enrollments tried (first tries and retries)
+	MaxAttempts             int           // the most one device tried
 	Status429, Status503    int           // answers with those statuses
 	WithRetryAfter          int           // of those, how many carried Retry-After
 	Failures                map[string]int
@@ -64,13 +66,14 @@ type HerdResult struct {
 type countingTransport struct {
 	rt                   http.RoundTripper
 	s429, s503, retryHdr *atomic.Int64
-	attempts             *atomic.Int64
+	attempts, mine       *atomic.Int64 // all devices', this device's
 	challenge            string
 }
 
 func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.URL.Path == c.challenge {
 		c.attempts.Add(1)
+		c.mine.Add(1)
 	}
 	resp, err := c.rt.RoundTrip(r)
 	if err == nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
@@ -157,13 +160,14 @@ func Herd(ctx context.Context, cfg HerdConfig) (*HerdResult, error) {
 	defer cancel()
 	start := time.Now()
 	took := make([]time.Duration, cfg.N)
+	tries := make([]atomic.Int64, cfg.N)
 	var enrolled, gaveUp, lastAt atomic.Int64
 	var wg sync.WaitGroup
 	for i := range cfg.N {
 		dev := <-g.devices
 		t := g.all[i%len(g.all)]
 		hc := g.deviceHTTP()
-		hc.Transport = &countingTransport{rt: hc.Transport, s429: &s429, s503: &s503, retryHdr: &retryHdr, attempts: &attempts, challenge: api.PathChallenge}
+		hc.Transport = &countingTransport{rt: hc.Transport, s429: &s429, s503: &s503, retryHdr: &retryHdr, attempts: &attempts, mine: &tries[i], challenge: api.PathChallenge}
 		dctx, dcancel := context.WithCancel(ctx)
 		var begun time.Time
 		d := &fwclient.Daemon{
@@ -210,6 +214,9 @@ func Herd(ctx context.Context, cfg HerdConfig) (*HerdResult, error) {
 	res.Enrolled, res.GaveUp = int(enrolled.Load()), int(gaveUp.Load())
 	res.Status429, res.Status503, res.WithRetryAfter, res.Attempts = int(s429.Load()), int(s503.Load()), int(retryHdr.Load()), int(attempts.Load())
 	res.Failures = fails.by
+	for i := range tries {
+		res.MaxAttempts = max(res.MaxAttempts, int(tries[i].Load()))
+	}
 	var done []time.Duration
 	for _, d := range took {
 		if d > 0 {
@@ -229,13 +236,13 @@ func Herd(ctx context.Context, cfg HerdConfig) (*HerdResult, error) {
 
 // WriteHerd writes a herd's table and its last line:
 //
-//	herd: devices=N enrolled=N gave_up=N last_enrolled_s=N max_rss_mib=N status_429=N status_503=N
+//	herd: devices=N enrolled=N gave_up=N last_enrolled_s=N max_rss_mib=N status_429=N status_503=N max_attempts=N
 func WriteHerd(w io.Writer, r *HerdResult) {
 	fmt.Fprintf(w, "herd: %d devices started within 1 s (made beforehand in %.1f s), each running the agent's loop and backoff\n", r.N, r.Pregen.Seconds())
 	fmt.Fprintf(w, "  enrolled %d, gave up %d, still trying at the end %d; last enrolled %.1f s after the start\n",
 		r.Enrolled, r.GaveUp, r.N-r.Enrolled-r.GaveUp, r.LastEnrolled.Seconds())
-	fmt.Fprintf(w, "  per device, start to enrolled: p50 %.1f s, p99 %.1f s; enrollment attempts %d (%.2f per device)\n",
-		r.P50.Seconds(), r.P99.Seconds(), r.Attempts, float64(r.Attempts)/float64(r.N))
+	fmt.Fprintf(w, "  per device, start to enrolled: p50 %.1f s, p99 %.1f s; enrollment attempts %d (%.2f per device, at most %d)\n",
+		r.P50.Seconds(), r.P99.Seconds(), r.Attempts, float64(r.Attempts)/float64(r.N), r.MaxAttempts)
 	fmt.Fprintf(w, "  overload answers: %d × 429, %d × 503 (%d with Retry-After)\n", r.Status429, r.Status503, r.WithRetryAfter)
 	if len(r.Failures) > 0 {
 		fmt.Fprintln(w, "  failed attempts (the agent retried each after its backoff):")
@@ -261,6 +268,6 @@ func WriteHerd(w io.Writer, r *HerdResult) {
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "  server CPU (all nodes) %.1f s, generator CPU %.1f s, over %.1f s\n", r.ServerCPU.Seconds(), r.GeneratorCPU.Seconds(), r.Elapsed.Seconds())
-	fmt.Fprintf(w, "herd: devices=%d enrolled=%d gave_up=%d last_enrolled_s=%.1f max_rss_mib=%.0f status_429=%d status_503=%d\n",
-		r.N, r.Enrolled, r.GaveUp, r.LastEnrolled.Seconds(), float64(maxRSS)/(1<<20), r.Status429, r.Status503)
+	fmt.Fprintf(w, "herd: devices=%d enrolled=%d gave_up=%d last_enrolled_s=%.1f max_rss_mib=%.0f status_429=%d status_503=%d max_attempts=%d\n",
+		r.N, r.Enrolled, r.GaveUp, r.LastEnrolled.Seconds(), float64(maxRSS)/(1<<20), r.Status429, r.Status503, r.MaxAttempts)
 }

@@ -103,6 +103,9 @@ func judge(a Attack, r Result, newSerials []string) verdict {
 	switch {
 	case r.Harness != nil:
 		v.verdict = verdictHarness
+	case a.Expect == ExpectShed && r.Err == nil && r.Status == http.StatusServiceUnavailable && r.Problem != nil &&
+		r.Problem.Code != "" && r.RetryAfter != "" && r.Violation == "" && !v.issued:
+		v.verdict = verdictRefused
 	case r.Status >= http.StatusInternalServerError:
 		v.verdict = verdictCrash
 	case r.Err != nil && !(a.Expect == ExpectTLSRefused && r.TLSRefused) && !(a.Expect == ExpectClosed && r.Closed):

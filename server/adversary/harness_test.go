@@ -53,6 +53,11 @@ const (
 	// refused when it was answered below 500 and every invariant the
 	// attack checks held (Result.Violation empty).
 	ExpectHeld
+	// ExpectShed: overload is the point (a node past its bound on work in
+	// progress): refused when answered 503 with a problem code and a
+	// Retry-After, every invariant the attack checks held; any other 5xx
+	// is still a crash.
+	ExpectShed
 )
 
 // Attack is one row of the suite. Control plays the same flow untampered

@@ -76,6 +76,7 @@ type trustState struct {
 	oldHead     cluster.AuditRange
 	backup      []byte            // the control's untouched backup
 	throttled   *server.Appliance // a second node (another cluster), rate limit on
+	gated       *server.Appliance // a third node (another cluster), one enrollment at a time
 	token       server.JoinToken  // a genuine join token, unspent
 	otherDir    string
 	crlDev      *Enrolled
@@ -736,6 +737,100 @@ func (h *Harness) other() (*server.Appliance, error) {
 	}
 	st.throttled, st.otherDir = app, dir
 	return app, nil
+}
+
+// gated is an appliance of another cluster that works on one anonymous
+// enrollment request at a time (server.WithMaxInFlight(1)): the overload
+// row plays against it.
+func (h *Harness) gated() (*server.Appliance, error) {
+	st := h.trust()
+	if st.gated != nil {
+		return st.gated, nil
+	}
+	dir := h.T.TempDir()
+	cfg := server.DefaultConfig()
+	cfg.TrustDomain = "gated.gatehouse.internal"
+	cfg.Listen = "127.0.0.1:0"
+	cfg.RaftAddr = servertest.FreeAddr(h.T)
+	if err := server.Init(dir, servertest.Password, cfg, servertest.EKRoots(h.Env.Mfr)); err != nil {
+		return nil, err
+	}
+	app, err := server.Open(dir, servertest.Password, server.WithMaxInFlight(1),
+		server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
+	if err != nil {
+		return nil, err
+	}
+	h.T.Cleanup(func() { app.Close() })
+	ctx, cancel := context.WithTimeout(h.Ctx, 10*time.Second)
+	defer cancel()
+	if err := app.WaitReady(ctx); err != nil {
+		return nil, err
+	}
+	st.gated = app
+	return app, nil
+}
+
+// overloadAttack holds one challenge in progress on the gated node (its
+// body half sent) and sends another, whose body is never sent: it must be
+// shed with 503 overloaded, Retry-After and Connection: close, before its
+// body is read, without a Raft entry.
+func (h *Harness) overloadAttack() Result {
+	g, err := h.gated()
+	if err != nil {
+		return harnessErr("%v", err)
+	}
+	hc := clientFor(g)
+	defer hc.CloseIdleConnections()
+	base := "https://" + g.Addr()
+	post := func(body io.Reader) (*http.Response, error) {
+		req, err := http.NewRequestWithContext(h.Ctx, http.MethodPost, base+api.PathChallenge, body)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		return hc.Do(req)
+	}
+	heldR, heldW := io.Pipe()
+	held := make(chan error, 1)
+	go func() {
+		resp, err := post(heldR)
+		if err == nil {
+			resp.Body.Close()
+		}
+		held <- err
+	}()
+	defer func() { heldW.Close(); <-held }()
+	if _, err := heldW.Write([]byte(`{`)); err != nil { // read by its handler: in progress
+		return harnessErr("holding a challenge: %v", err)
+	}
+	before := g.Node().Stats()["last_log_index"]
+	unsent, unsentW := io.Pipe()
+	defer unsentW.Close()
+	resp, err := post(unsent)
+	if err != nil {
+		return harnessErr("second challenge: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	r := Result{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), RetryAfter: resp.Header.Get("Retry-After")}
+	var p api.Problem
+	if json.Unmarshal(b, &p) == nil && p.Code != "" {
+		r.Problem = &p
+	}
+	ra, raErr := strconv.Atoi(r.RetryAfter)
+	switch {
+	case r.Status != http.StatusServiceUnavailable:
+		r.Violation = fmt.Sprintf("a challenge past the bound was not shed: %d", r.Status)
+	case r.Problem == nil || r.Problem.Code != api.CodeOverloaded:
+		r.Violation = "503 without the overloaded code"
+	case raErr != nil || ra < 1:
+		r.Violation = fmt.Sprintf("shed without a Retry-After in whole seconds ≥ 1: %q", r.RetryAfter)
+	case !resp.Close:
+		r.Violation = "shed without Connection: close"
+	case g.Node().Stats()["last_log_index"] != before:
+		r.Violation = "shedding wrote to Raft"
+	}
+	return r
 }
 
 func clientFor(app *server.Appliance) *http.Client {
@@ -1810,6 +1905,22 @@ func trustAttacks() []Attack {
 			}
 			return r
 		}})
+
+	add(Attack{Name: "a challenge past the node's bound on enrollments in progress (503 overloaded, Retry-After, body unread, no Raft entry)", Category: catRate, Expect: ExpectShed,
+		Control: func(h *Harness) error {
+			g, err := h.gated()
+			if err != nil {
+				return err
+			}
+			hc := clientFor(g)
+			defer hc.CloseIdleConnections()
+			h.NoRetry = true
+			defer func() { h.NoRetry = false }()
+			r := h.sendTo(hc, "https://"+g.Addr(), http.MethodPost, api.PathChallenge, "application/json", []byte(`{}`)).Result
+			return mustf(r.Status == http.StatusBadRequest && r.Problem != nil && r.Problem.Code == api.CodeMalformed,
+				"a challenge within the bound is handled (400 malformed_request): %v", r)
+		},
+		Attack: (*Harness).overloadAttack})
 
 	// ---- backups (last: the controls restore the registry) ----
 	add(backupAttack("backup with a revoked device edited to active in the registry", "does not match its checksum", func(h *Harness, names *[]string, f map[string][]byte) error {

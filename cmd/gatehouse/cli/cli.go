@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -208,7 +209,7 @@ func readPassword(path string) ([]byte, error) {
 }
 
 func serveCmd() *cobra.Command {
-	var passwordFile, listen, join, tokenFile, cpuProfile string
+	var passwordFile, listen, join, tokenFile, cpuProfile, heapProfile string
 	var logFlags cmdutil.LogFlags
 	joinCfg := server.DefaultConfig()
 	c := &cobra.Command{
@@ -236,6 +237,13 @@ func serveCmd() *cobra.Command {
 					return err
 				}
 				defer stopProfile()
+			}
+			if heapProfile != "" {
+				stopHeap, err := startHeapProfile(heapProfile, time.Second)
+				if err != nil {
+					return err
+				}
+				defer stopHeap()
 			}
 			if join != "" {
 				if _, err := server.LoadConfig(dataDir(cmd)); err == nil {
@@ -301,7 +309,59 @@ func serveCmd() *cobra.Command {
 	f.StringSliceVar(&joinCfg.Hostnames, "hostname", joinCfg.Hostnames, "with --join: DNS names and IPs for this node's certificates")
 	f.StringVar(&joinCfg.AuditSink, "audit-sink", "", "with --join: where this node also writes each signed audit checkpoint (file:PATH, syslog, syslog:NETWORK:ADDRESS)")
 	f.StringVar(&cpuProfile, "cpu-profile", "", "write a Go CPU profile (pprof) of this node to `FILE` from start until it stops on SIGINT or SIGTERM; off by default, for benchmarks (make loadtest)")
+	f.StringVar(&heapProfile, "heap-profile", "", "write a Go heap profile (pprof) of this node to `FILE` each time its in-use heap reaches a new peak (checked every second), so the file shows what held the memory at its highest; off by default, for benchmarks (make loadtest)")
 	return c
+}
+
+// startHeapProfile checks the in-use heap every interval and, whenever it
+// is the highest seen, overwrites path with a heap profile (written to a
+// temporary file and renamed, so a reader never sees half of one), until
+// the returned function is called. A peak between two checks is missed;
+// the profile is the runtime's sample (one per 512 KiB allocated).
+func startHeapProfile(path string, every time.Duration) (func(), error) {
+	write := func() error {
+		tmp := path + ".tmp"
+		f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fmt.Errorf("--heap-profile: %w", err)
+		}
+		err = pprof.Lookup("heap").WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(tmp, path)
+		}
+		if err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("--heap-profile: %w", err)
+		}
+		return nil
+	}
+	if err := write(); err != nil {
+		return nil, err
+	}
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		var peak uint64
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak {
+				peak = ms.HeapInuse
+				_ = write() // the path was writable at start; a later failure keeps the last profile
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }, nil
 }
 
 // startCPUProfile profiles the process into path until the returned
