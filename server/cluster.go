@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -585,6 +586,10 @@ func (a *Appliance) registerLoop(joinSeed string, fresh bool) {
 			if errors.As(err, &nl) && nl.leader != "" {
 				target = nl.leader
 			}
+		} else if m, merr := a.node.Member(self.ID); merr == nil && m.RaftAddr == self.RaftAddr && m.APIAddr == self.APIAddr && slices.Equal(m.Hostnames, self.Hostnames) {
+			// A restart with the same addresses: nothing to write (a Raft
+			// entry and an audit entry per restart otherwise).
+			return
 		} else {
 			err = a.node.SetMember(a.ctx, self)
 		}
