@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -372,5 +373,27 @@ func BenchmarkDecodeAccept(b *testing.B) {
 			}
 			b.ReportMetric(float64(len(tc.b)), "entry-bytes")
 		})
+	}
+}
+
+// The envelope path checks what every write checks before it proposes: a
+// node whose disk is full refuses with ErrStorageFull and proposes nothing.
+func TestEnvelopeRefusedWhileStorageFull(t *testing.T) {
+	n := openNode(t, t.TempDir(), WithEnvelope(func(context.Context) bool { return true }),
+		WithFatalHook(func(err error) { t.Errorf("fatal: %v", err) }))
+	nb := time.Now().UTC().Truncate(time.Second)
+	r := envelopeRecord("dev-full", "c1", nb, nb.Add(time.Hour))
+	last := n.raft.LastIndex()
+	n.disk.setLog(syscall.ENOSPC)
+	_, err := n.CommitEnrollment(context.Background(), "s-full", time.Now().Add(time.Hour), Device{ID: "dev-full", Status: DeviceActive, CertificateSerial: "c1", CertificateNotAfter: nb.Add(time.Hour)}, r)
+	if !errors.Is(err, ErrStorageFull) {
+		t.Fatalf("enrollment while the disk is full: %v, want ErrStorageFull", err)
+	}
+	if got := n.raft.LastIndex(); got != last {
+		t.Fatalf("Raft log %d -> %d: a refused write was proposed", last, got)
+	}
+	n.disk.setLog(nil)
+	if _, err := n.CommitEnrollment(context.Background(), "s-full", time.Now().Add(time.Hour), Device{ID: "dev-full", Status: DeviceActive, CertificateSerial: "c1", CertificateNotAfter: nb.Add(time.Hour)}, r); err != nil {
+		t.Fatalf("after space returned: %v", err)
 	}
 }

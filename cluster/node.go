@@ -431,11 +431,7 @@ func (n *Node) CommitRejection(ctx context.Context, sessionID string, sessionExp
 }
 
 func (n *Node) apply(ctx context.Context, typ string, version int, payload any) (uint64, error) {
-	// A node that cannot store what it would acknowledge takes no writes.
-	if err := n.disk.problem(); err != nil {
-		return 0, err
-	}
-	if err := n.commandEnabled(typ, version); err != nil {
+	if err := n.mayPropose(typ, version); err != nil {
 		return 0, err
 	}
 	// The time is provisional on a follower: the leader stamps its own
@@ -449,11 +445,25 @@ func (n *Node) apply(ctx context.Context, typ string, version int, payload any) 
 
 // applyEnvelope is apply for a command framed in the binary envelope.
 func (n *Node) applyEnvelope(ctx context.Context, typ string, version int, c carriesRecord) (uint64, error) {
+	if err := n.mayPropose(typ, version); err != nil {
+		return 0, err
+	}
 	b, err := encodeEnvelope(typ, version, n.now().UTC(), c)
 	if err != nil {
 		return 0, err
 	}
 	return n.propose(ctx, b)
+}
+
+// mayPropose: what every write checks before it is encoded and proposed,
+// in JSON or in the binary envelope. A node that cannot store what it would
+// acknowledge takes no writes, and no command goes past the cluster's
+// committed feature version.
+func (n *Node) mayPropose(typ string, version int) error {
+	if err := n.disk.problem(); err != nil {
+		return err
+	}
+	return n.commandEnabled(typ, version)
 }
 
 // propose commits an encoded command, through the leader if this node
