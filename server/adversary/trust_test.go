@@ -1383,6 +1383,26 @@ func trustAttacks() []Attack {
 			}
 			return last
 		}})
+	for _, claim := range []int{0, -1} {
+		add(Attack{Name: fmt.Sprintf("join with the genuine token from a build claiming feature version %d, below the cluster's (409 build_too_old, token unspent)", claim),
+			Category: catJoin, Expect: ExpectProblem,
+			Control: (*Harness).joinCheckOK,
+			Attack: func(h *Harness) Result {
+				tok, err := h.joinToken()
+				if err != nil {
+					return harnessErr("%v", err)
+				}
+				body, _ := json.Marshal(joinBody{Token: tok.String(), NodeID: "adversary-old-build", FeatureVersion: claim})
+				r := h.post(nil, "/cluster/v1/join", "application/json", body)
+				if r.Problem == nil || r.Problem.Code != api.CodeBuildTooOld || r.Status != http.StatusConflict {
+					r.Violation = fmt.Sprintf("a joiner below the cluster's feature version got %v, want 409 build_too_old", r)
+				}
+				if err := h.joinCheckOK(); err != nil {
+					r.Violation = "the genuine token was spent by a refused old build: " + err.Error()
+				}
+				return r
+			}})
+	}
 	add(Attack{Name: "join with a real token ID and a wrong secret (token must stay unspent)", Category: catJoin, Expect: ExpectProblem,
 		Control: (*Harness).joinCheckOK,
 		Attack: func(h *Harness) Result {
