@@ -282,27 +282,40 @@ func (a *Appliance) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	check := r.URL.Path == pathClusterCheck
-	// The token is checked locally first, so a guessed token costs no
-	// Raft round trip (counted in the node's refusal summary). Then, only
-	// for a valid token (the cluster's version is not for anyone who
-	// asks), the joiner's build: one too old for the cluster's feature
-	// version would halt on its log, and is refused before its token is
-	// spent. Then the check confirms the token through a linearizable
-	// read; the join spends it (ConsumeJoinToken checks it again).
-	err = a.node.CheckJoinToken(tok.ID, tok.Secret, a.enroller.now())
+	if check {
+		// A joining node checks its password against the key before it
+		// spends the token. It gets only what the join would give it,
+		// and only for a token the join would accept now. The local
+		// check comes first, so a guessed token costs no Raft round trip.
+		err = a.node.CheckJoinToken(tok.ID, tok.Secret, a.enroller.now())
+		if err == nil {
+			err = a.node.Linearize(r.Context())
+		}
+		if err == nil {
+			err = a.node.CheckJoinToken(tok.ID, tok.Secret, a.enroller.now())
+		}
+	} else {
+		// As ConsumeJoinToken judges it (a read index, then the token;
+		// expiry is the FSM's, by the leader's clock at apply).
+		err = a.node.Linearize(r.Context())
+		if err == nil {
+			err = a.node.CheckJoinToken(tok.ID, tok.Secret, time.Time{})
+		}
+	}
+	// Only for a valid token (the cluster's version is not for anyone who
+	// asks), and before the token is spent: a build too old for the
+	// cluster's feature version would halt on its log.
 	if err == nil {
 		if ferr := a.checkJoinFeature(req.FeatureVersion); ferr != nil {
 			a.log.Warn("join refused", "node_id", req.NodeID, "check", check, "err", ferr)
 			writeProblem(w, newProblem(http.StatusConflict, api.CodeBuildTooOld, ferr.Error()))
 			return
 		}
-		if check {
-			if err = a.node.Linearize(r.Context()); err == nil {
-				err = a.node.CheckJoinToken(tok.ID, tok.Secret, a.enroller.now())
-			}
-		} else {
-			err = a.node.ConsumeJoinToken(r.Context(), tok.ID, tok.Secret, req.NodeID)
-		}
+	}
+	if err == nil && !check {
+		// ConsumeJoinToken checks the token again before its Raft write:
+		// a guess costs a read, counted in the node's refusal summary.
+		err = a.node.ConsumeJoinToken(r.Context(), tok.ID, tok.Secret, req.NodeID)
 	}
 	if err != nil {
 		a.log.Warn("join refused", "node_id", req.NodeID, "check", check, "err", err)
