@@ -491,11 +491,19 @@ func TestWorkGateShedsBeforeWork(t *testing.T) {
 	}
 	// hold starts a request and returns once its handler reads the body:
 	// it is past the gate and in progress until the pipe closes.
+	// The pipe write returns once the transport has the byte, not once
+	// the handler does: the gate's own count says when it is past.
 	hold := func(path string) (*io.PipeWriter, chan answer) {
 		t.Helper()
+		before := app.WorkInFlightForTest()
 		pw, ch := post(path)
 		if _, err := pw.Write([]byte(`{`)); err != nil {
 			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(15 * time.Second); app.WorkInFlightForTest() <= before; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s held: the gate never counted it", path)
+			}
 		}
 		return pw, ch
 	}

@@ -96,3 +96,7 @@ const FeatureCheckEvery = featureCheckEvery
 // RaiseFeatureForTest runs the leader's feature version check once: the
 // members it counted when it raised the version, or why it did not.
 func RaiseFeatureForTest(a *Appliance) (string, error) { return a.raiseFeature(context.Background()) }
+
+// WorkInFlightForTest is how many requests the work gate counts in
+// progress (tests: a held request is past the gate only once counted).
+func (a *Appliance) WorkInFlightForTest() int64 { return a.work.inFlight.Load() }

@@ -332,7 +332,7 @@ func (p *Process) logTail() string {
 // control port is the data port plus one, by convention here).
 func freePortPair() (int, error) {
 	for i := 0; i < 50; i++ {
-		p := 20000 + 2*mrand.IntN(20000)
+		p := 20000 + 2*mrand.IntN(6000) // below the ephemeral range (32768 up)
 		l1, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
 			continue

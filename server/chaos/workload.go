@@ -153,7 +153,7 @@ func (w Workload) Run(ctx context.Context, targets []Target) (*History, error) {
 			return nil, fmt.Errorf("device %d: %w", i, err)
 		}
 	}
-	r := &workloadRun{w: w, targets: targets, ids: ids, h: NewHistory(), acked: make([]atomic.Bool, len(ids))}
+	r := &workloadRun{w: w, targets: targets, ids: ids, h: NewHistory(), acked: make([]atomic.Bool, len(ids)), revoked: make([]atomic.Bool, len(ids))}
 	for _, t := range targets {
 		r.enroll = append(r.enroll, fwclient.NewClient(t.URL, t.Root))
 		pool := x509.NewCertPool()
@@ -202,6 +202,11 @@ type workloadRun struct {
 	// holding was acknowledged to some client (a durability check counts
 	// a registered device no client was told about as a duplicate).
 	acked []atomic.Bool
+	// revoked marks the slots whose revocation was acknowledged: only
+	// those are deleted. A delete is final (the tombstone refuses the
+	// device's enrollments), and a slot deleted before it was ever revoked
+	// would leave a short run without a revocation to check.
+	revoked []atomic.Bool
 
 	mu     sync.Mutex
 	tokens []knownToken
@@ -288,9 +293,12 @@ func (r *workloadRun) operator(ctx context.Context, client int, rnd *rand.Rand) 
 			}
 			pause = r.record(call, out, r.w.Pause)
 		} else {
-			op := pickOp(rnd, slot < mortal && r.acked[slot].Load())
+			op := pickOp(rnd, slot < mortal && r.acked[slot].Load(), r.revoked[slot].Load())
 			call := r.h.Invoke(client, Input{Kind: KindTransition, Device: slot, Op: op, Node: node})
 			_, err := admin.TransitionDevice(opCtx, r.ids[slot], op, "chaos-operator", "linearizability check")
+			if err == nil && op == "revoke" {
+				r.revoked[slot].Store(true)
+			}
 			pause = r.record(call, ClassifyError(KindTransition, err), r.w.Pause)
 		}
 		cancel()
@@ -300,13 +308,14 @@ func (r *workloadRun) operator(ctx context.Context, client int, rnd *rand.Rand) 
 }
 
 // pickOp chooses a lifecycle operation: mostly ones that keep the device
-// alive, and approve (refused: no group here approves) now and then.
-func pickOp(rnd *rand.Rand, mortal bool) string {
+// alive, and approve (refused: no group here approves) now and then. A
+// mortal device may be revoked; a revoked one deleted.
+func pickOp(rnd *rand.Rand, mortal, deletable bool) string {
 	n := rnd.IntN(100)
 	switch {
 	case mortal && n < 4:
 		return "revoke"
-	case mortal && n < 7:
+	case deletable && n < 7:
 		return "delete"
 	case n < 40:
 		return "disable"

@@ -11,6 +11,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -267,13 +269,22 @@ func StartNode(t testing.TB, dir string, opts ...cluster.Option) *server.Applian
 }
 
 // FreeAddr returns a loopback address with a port nobody listens on. Raft
-// addresses are part of the cluster configuration, so they must be fixed.
+// addresses are part of the cluster configuration, so they must be fixed,
+// and the port stays unbound from here until the node opens. It is drawn
+// at random below the kernel's ephemeral range (and below swtpm's ports,
+// 20000 and up): a port the kernel hands out for a connection or a ":0"
+// listener in a parallel test package could otherwise take it meanwhile.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 10000+mrand.IntN(10000))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return addr
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free loopback port in 10000-19999")
+	return ""
 }
