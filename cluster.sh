@@ -47,6 +47,8 @@ start() {
   mkdir -p "$D"
   [ -f "$D/pids" ] && die "$D/pids exists: a cluster may be running (cluster.sh stop $D)"
   : >"$D/pids"
+  # 18300 up: apart from the tests' fixed Raft ports (10000-17999), swtpm's
+  # (20000 up) and the kernel's ephemeral range (32768 up).
   local api=18443 raft=18300
   for i in 1 2 3; do
     api=$(free_port $((api + 1))); raft=$(free_port $((raft + 1)))

@@ -41,7 +41,12 @@ type Config struct {
 	// Bootstrap makes a node without Raft state form a single-node cluster.
 	// A joining node leaves it false and waits for the leader to add it.
 	Bootstrap bool
-	Logger    *slog.Logger
+	// Rebuilt marks a member whose Raft state was lost and moved aside (the
+	// appliance's `cluster rebuild`): it grants no vote and starts no
+	// election until it has caught up with its leader (rebuilt.go,
+	// Node.CaughtUp). It never bootstraps.
+	Rebuilt bool
+	Logger  *slog.Logger
 }
 
 // Forwarder reaches the leader for a follower; the appliance implements it
@@ -150,6 +155,7 @@ type Node struct {
 	started      atomic.Bool   // n.raft is set (the FSM may run before)
 	closeOnce    sync.Once
 	closeErr     error
+	catchUp      *catchUp // Config.Rebuilt, until caught up
 }
 
 // Open starts a node. A node with no Raft state bootstraps a single-node
@@ -244,6 +250,14 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	if o.raftConfig != nil {
 		o.raftConfig(rc)
 	}
+	var trans raft.Transport = noPipeline{n.transport}
+	heartbeat, election := rc.HeartbeatTimeout, rc.ElectionTimeout
+	if cfg.Rebuilt {
+		n.catchUp = newCatchUp(n.transport.Consumer())
+		trans = rebuiltTransport{noPipeline{n.transport}, n.catchUp}
+		rc.HeartbeatTimeout, rc.ElectionTimeout = rebuildHeartbeat, rebuildHeartbeat
+		go n.catchUp.filter(n.stop)
+	}
 	// The FSM persists its applied index; restoring a snapshot over it at
 	// start would only roll it back. Restore only when it is missing or
 	// behind the newest snapshot (fsm.db lost or replaced).
@@ -271,7 +285,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 		if n.existing, err = raft.HasExistingState(logs, logs, snaps); err != nil {
 			return err
 		}
-		n.raft, err = raft.NewRaft(rc, n.fsm, logs, logs, snaps, noPipeline{n.transport})
+		n.raft, err = raft.NewRaft(rc, n.fsm, logs, logs, snaps, trans)
 		return err
 	}); errors.Is(err, ErrCorruptState) {
 		return nil, storeError(raftPath, "Raft log", err)
@@ -279,7 +293,11 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	n.started.Store(true)
-	if !n.existing && cfg.Bootstrap {
+	if n.catchUp != nil {
+		log.Warn("rebuilt node: no vote and no election until it has caught up with its leader")
+		go n.catchUp.watch(n.stop, n.fsm.last.Load, n.raft, heartbeat, election, log)
+	}
+	if !n.existing && cfg.Bootstrap && !cfg.Rebuilt {
 		boot := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: n.transport.LocalAddr()}}}
 		if err := n.raft.BootstrapCluster(boot).Error(); err != nil {
 			return nil, fmt.Errorf("bootstrap: %w", err)

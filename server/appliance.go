@@ -391,6 +391,7 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 		RaftAddr:  cfg.RaftAddr,
 		TLS:       a.raftTLS(),
 		Bootstrap: cfg.JoinSeed == "" && !rebuilt,
+		Rebuilt:   rebuilt,
 		Logger:    o.logger.With("component", "raft"),
 	}, append([]cluster.Option{cluster.WithForwarder(forwarder{a}), cluster.WithSettingsValidator(validateSettingsDocument), cluster.WithEnvelope(a.binaryEnvelope)}, o.clusterOpts...)...)
 	if errors.Is(err, cluster.ErrCorruptState) {
@@ -398,13 +399,21 @@ func Open(dataDir string, password []byte, opts ...Option) (_ *Appliance, err er
 	} else if err != nil {
 		return nil, fmt.Errorf("open cluster node: %w", err)
 	}
-	switch {
-	case rebuilt && a.node.Fresh():
-		a.log.Warn("rebuilt node: waiting for the leader to send the registry (snapshot or log); it tolerates no other failure until caught up")
-	case rebuilt:
-		if err := os.Remove(filepath.Join(dataDir, raftDir, rebuildMarker)); err != nil {
-			a.log.Warn("cannot remove the rebuild marker", "err", err)
-		}
+	if rebuilt {
+		// The marker stays until the node has caught up: restarted before,
+		// it waits again (no vote, no election) instead of trusting a log
+		// it may not have finished receiving.
+		a.log.Warn("rebuilt node: waiting for the leader to send the registry (snapshot or log); no vote and no election until caught up")
+		go func() {
+			select {
+			case <-a.node.CaughtUp():
+			case <-a.ctx.Done():
+				return
+			}
+			if err := os.Remove(filepath.Join(dataDir, raftDir, rebuildMarker)); err != nil {
+				a.log.Warn("cannot remove the rebuild marker", "err", err)
+			}
+		}()
 	}
 	kv.node.Store(a.node)
 	a.conf.node = a.node

@@ -37,6 +37,7 @@ var notRefusals = map[string]string{
 	"cluster.ErrCertificateValidity":  "the server built an inconsistent accept (validity it decided itself): an internal error, logged",
 	"server.errBuildTooOld":           "answered 409 build_too_old by handleJoin itself (a joiner's build, not a device or admin refusal)",
 	"cluster.ErrNotSent":              "always wrapped with ErrNotLeader (503 unavailable); tells Node.submit a command may be sent again",
+	"cluster.ErrCatchingUp":           "a Raft RPC answer (a rebuilt node refusing a vote), between nodes; not an HTTP answer",
 }
 
 // sentinels returns every package-level `var X = errors.New(...)` of the

@@ -35,12 +35,12 @@ type Rebuilt struct {
 // with its ID and address, sends it a snapshot (or the whole log) and the
 // node catches up; reads and writes through it work once it has.
 //
-// The node must be stopped (ErrNodeRunning otherwise). Non-guarantee: the
-// rebuilt node forgets the entries it had acknowledged to the leader, so
-// until it has caught up the cluster tolerates no further failure: an
-// entry committed only by the leader and this node is lost if the leader
-// fails before the third node has it. Rebuild one node at a time, with the
-// other nodes up, and wait until `cluster status` shows it caught up.
+// The node must be stopped (ErrNodeRunning otherwise). The rebuilt node
+// forgot the entries it had acknowledged to the leader, so until it has
+// caught up it grants no vote and starts no election (cluster.Config.Rebuilt):
+// a candidate lacking an entry committed by the leader and this node cannot
+// win with its vote; if the leader fails meanwhile, the cluster waits for
+// it. Rebuild one node at a time, with the other nodes up.
 func RebuildNode(dataDir string, now time.Time) (Rebuilt, error) {
 	if _, err := LoadConfig(dataDir); err != nil {
 		return Rebuilt{}, err

@@ -271,13 +271,14 @@ func StartNode(t testing.TB, dir string, opts ...cluster.Option) *server.Applian
 // FreeAddr returns a loopback address with a port nobody listens on. Raft
 // addresses are part of the cluster configuration, so they must be fixed,
 // and the port stays unbound from here until the node opens. It is drawn
-// at random below the kernel's ephemeral range (and below swtpm's ports,
-// 20000 and up): a port the kernel hands out for a connection or a ":0"
-// listener in a parallel test package could otherwise take it meanwhile.
+// at random from 10000-17999: below the kernel's ephemeral range (32768
+// up), where a connection or a ":0" listener in a parallel test package
+// could take it meanwhile, and apart from cluster.sh's ports (18300 up) and
+// swtpm's (20000 up).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
 	for range 100 {
-		addr := fmt.Sprintf("127.0.0.1:%d", 10000+mrand.IntN(10000))
+		addr := fmt.Sprintf("127.0.0.1:%d", 10000+mrand.IntN(8000))
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			continue
@@ -285,6 +286,6 @@ func FreeAddr(t testing.TB) string {
 		l.Close()
 		return addr
 	}
-	t.Fatal("no free loopback port in 10000-19999")
+	t.Fatal("no free loopback port in 10000-17999")
 	return ""
 }

@@ -185,9 +185,10 @@ snapshots/ move to DATADIR/raft/rebuild-TIME/; the node's identity and
 credentials (config.json, CA, cluster-root) stay. The next serve waits for the
 leader, which still lists the node, to send it the registry.
 
-Rebuild one node at a time with the other nodes up, and wait until
-'gatehouse cluster status' shows it caught up: until then the cluster
-tolerates no other failure.`,
+Until it has caught up with the leader the node grants no vote and starts
+no election (it forgot what it had acknowledged); its log says when it
+has. Rebuild one node at a time with the other nodes up: if the leader
+fails meanwhile, the cluster waits for it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := server.RebuildNode(dataDir(cmd), time.Now())

@@ -94,6 +94,10 @@ func TestRebuildNodeFromPeers(t *testing.T) {
 		t.Fatal("the rebuilt node, alone, bootstrapped a cluster of its own")
 	}
 	lone.Close()
+	marker := filepath.Join(e.Dir, "raft", "rebuilt")
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the rebuild marker is gone before the node caught up: %v", err)
+	}
 	var peers []*server.Appliance
 	for _, dir := range []string{n2Dir, dir3} {
 		app, err := server.Open(dir, servertest.Password, server.WithClusterOptions(cluster.WithRaftConfig(servertest.FastRaft)))
@@ -148,6 +152,19 @@ func TestRebuildNodeFromPeers(t *testing.T) {
 	for _, id := range acked {
 		if _, err := node.Attestation(id); err != nil {
 			t.Fatalf("rebuilt node lacks acknowledged record %d: %v", id, err)
+		}
+	}
+	// Caught up, it votes again and forgets it was rebuilt.
+	select {
+	case <-node.CaughtUp():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the rebuilt node converged but never counted itself caught up")
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(marker); errors.Is(err, os.ErrNotExist) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the rebuild marker is still there after the node caught up: %v", err)
 		}
 	}
 	// It takes part again: a write through it commits.
