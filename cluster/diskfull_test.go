@@ -4,68 +4,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/gatehouse-dev/gatehouse/internal/testdisk"
 )
-
-// tmpfsDir mounts a tmpfs of size bytes for a node's data directory,
-// unmounted at cleanup. The test needs root and mount(8): without them it
-// fails, saying so.
-func tmpfsDir(t *testing.T, size int) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "small-disk")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount a tmpfs for the full disk (needs root and mount(8)): %v: %s", err, out)
-	}
-	t.Cleanup(func() { // registered after TempDir's: runs before its removal
-		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
-}
-
-// fillDisk writes a file in dir until the file system is full and returns
-// its path; removing it gives the space back.
-func fillDisk(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
-	// Page by page for the last partial chunk.
-	for {
-		if _, err := f.Write(buf[:4096]); err != nil {
-			break
-		}
-	}
-	return path
-}
 
 // syncBuffer collects a node's log lines.
 type syncBuffer struct {
@@ -102,7 +53,7 @@ func bigRecord(r *rand.Rand) AttestationRecord {
 // node go to its buffer.
 func diskTrio(t *testing.T, full int, registryOnly ...bool) ([]*Node, string, *syncBuffer) {
 	t.Helper()
-	small := tmpfsDir(t, 8<<20)
+	small := testdisk.Small(t, 8<<20)
 	logs := &syncBuffer{}
 	var nodes []*Node
 	for i, id := range []string{"n1", "n2", "n3"} {
@@ -249,7 +200,7 @@ func TestDiskFullFollower(t *testing.T) {
 	for range 3 {
 		acked = append(acked, commitLeader(t, nodes, 1, r))
 	}
-	filler := fillDisk(t, small)
+	filler := testdisk.Fill(t, small)
 	start := time.Now()
 
 	// The leader goes on; the follower fails to store, and says so.
@@ -298,7 +249,7 @@ func TestDiskFullLeader(t *testing.T) {
 	for range 3 {
 		acked = append(acked, commitLeader(t, nodes, 0, r))
 	}
-	filler := fillDisk(t, small)
+	filler := testdisk.Fill(t, small)
 
 	var full error
 	deadline := time.Now().Add(20 * time.Second)
@@ -361,7 +312,7 @@ func bigLog(t *testing.T, index uint64, r *rand.Rand) *raft.Log {
 // returns; when the node closes instead, it returns ErrStorageFull for
 // every entry and the applied index stays where it was.
 func TestApplyWaitsForSpace(t *testing.T) {
-	dir := tmpfsDir(t, 4<<20)
+	dir := testdisk.Small(t, 4<<20)
 	r := rand.New(rand.NewPCG(5, 6))
 	f, err := openFSM(filepath.Join(dir, "fsm.db"), func(err error) { t.Errorf("fatal: %v", err) })
 	if err != nil {
@@ -371,7 +322,7 @@ func TestApplyWaitsForSpace(t *testing.T) {
 	f.disk, f.stop = &diskState{}, make(chan struct{})
 	stalled := make(chan struct{}, 1)
 	f.onStall = func() { stalled <- struct{}{} }
-	filler := fillDisk(t, dir)
+	filler := testdisk.Fill(t, dir)
 
 	// Batches until one meets the full disk: it must not return.
 	idx := uint64(0)
@@ -422,7 +373,7 @@ func TestApplyWaitsForSpace(t *testing.T) {
 	}
 
 	// Full again, and the node closes while a batch waits.
-	filler = fillDisk(t, dir)
+	filler = testdisk.Fill(t, dir)
 	defer os.Remove(filler)
 	for {
 		idx++
@@ -460,7 +411,7 @@ func TestDiskFullLeaderRegistry(t *testing.T) {
 	for range 3 {
 		acked = append(acked, commitLeader(t, nodes, 0, r))
 	}
-	filler := fillDisk(t, small)
+	filler := testdisk.Fill(t, small)
 
 	var full error
 	deadline := time.Now().Add(20 * time.Second)

@@ -286,7 +286,7 @@ func TestFollowerClockDoesNotStretchExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { follower.Close() })
-	waitFor(t, "the follower to join", 20*time.Second, func() bool {
+	servertest.WaitFor(t, "the follower to join", 20*time.Second, func() bool {
 		_, err := follower.Node().Member(e.App.Node().LeaderID())
 		return voters(t, e.App) == 2 && err == nil
 	})
@@ -324,7 +324,7 @@ func TestCRLServedWithoutLeader(t *testing.T) {
 	f := &cluster.Faults{}
 	e := servertest.New(t)
 	follower, _ := e.Join(t, "node-2", cluster.WithFaults(f))
-	waitFor(t, "two voters", 20*time.Second, func() bool { return voters(t, e.App) == 2 })
+	servertest.WaitFor(t, "two voters", 20*time.Second, func() bool { return voters(t, e.App) == 2 })
 	pool := x509.NewCertPool()
 	pool.AddCert(follower.Root())
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
@@ -408,7 +408,7 @@ func TestUnauthenticatedAdminRefusalsSummarized(t *testing.T) {
 		}
 	}
 	var sum server.RefusalSummary
-	waitFor(t, "every refused handshake counted or audited", 10*time.Second, func() bool {
+	servertest.WaitFor(t, "every refused handshake counted or audited", 10*time.Second, func() bool {
 		resp, err := e.HTTP.Get(e.URL() + "/metrics")
 		if err != nil {
 			t.Fatal(err)

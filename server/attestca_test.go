@@ -152,7 +152,7 @@ func TestAttestationCAIssuesAKCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []*server.Appliance{e.App, n2} {
-		waitFor(t, "the ak_certificate record on every node", 10*time.Second, func() bool {
+		servertest.WaitFor(t, "the ak_certificate record on every node", 10*time.Second, func() bool {
 			recs, _ := n.Node().Attestations(cluster.AttestationQuery{DeviceID: d.id})
 			return len(recs) == 1 && recs[0].Stage == "ak_certificate" && recs[0].Outcome == cluster.OutcomeAccepted && recs[0].CertificateSerial == ak.SerialNumber.Text(16)
 		})

@@ -21,58 +21,16 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
 	"github.com/gatehouse-dev/gatehouse/firmware-client/swtpm"
+	"github.com/gatehouse-dev/gatehouse/internal/testdisk"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
-
-type diskProc struct {
-	id, dir, api, log string
-	cmd               *exec.Cmd
-	exited            chan error
-}
-
-func (p *diskProc) start(t *testing.T, bin string, args ...string) {
-	t.Helper()
-	logf, err := os.OpenFile(p.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.exited = make(chan error, 1)
-	go func() { p.exited <- p.cmd.Wait(); logf.Close() }()
-	t.Cleanup(func() {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(30 * time.Second):
-			p.cmd.Process.Kill()
-		}
-	})
-}
-
-func (p *diskProc) logText() string { b, _ := os.ReadFile(p.log); return string(b) }
-
-func until(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
 
 func TestChaosDiskFull(t *testing.T) {
 	bin, err := filepath.Abs("../bin/gatehouse")
@@ -83,15 +41,15 @@ func TestChaosDiskFull(t *testing.T) {
 		t.Fatalf("%s: run make build first (make chaos-disk does)", bin)
 	}
 	work := t.TempDir()
-	small := smallDisk(t, 64<<20)
+	small := testdisk.Small(t, 64<<20)
 	m := swtpm.NewTestManufacturer(t)
 	roots, pw := filepath.Join(work, "ek-roots.pem"), filepath.Join(work, "password")
 	os.WriteFile(roots, servertest.EKRoots(m), 0o644)
 	os.WriteFile(pw, servertest.Password, 0o600)
 
-	var nodes []*diskProc
+	var nodes []*chaosNode
 	for i := 1; i <= 3; i++ {
-		p := &diskProc{id: fmt.Sprintf("node-%d", i), dir: filepath.Join(work, fmt.Sprintf("node-%d", i)),
+		p := &chaosNode{id: fmt.Sprintf("node-%d", i), dir: filepath.Join(work, fmt.Sprintf("node-%d", i)),
 			api: servertest.FreeAddr(t), log: filepath.Join(work, fmt.Sprintf("node-%d.log", i))}
 		if i == 2 {
 			p.dir = filepath.Join(small, "node-2")
@@ -102,7 +60,7 @@ func TestChaosDiskFull(t *testing.T) {
 				"--listen", p.api, "--raft-addr", raftAddr).CombinedOutput(); err != nil {
 				t.Fatalf("init: %v\n%s", err, out)
 			}
-			p.start(t, bin, "serve", "--data-dir", p.dir, "--password-file", pw)
+			p.args = []string{"serve", "--data-dir", p.dir, "--password-file", pw}
 		} else {
 			tok, err := exec.Command(bin, "cluster", "token", "create", "--data-dir", nodes[0].dir).Output()
 			if err != nil {
@@ -110,13 +68,15 @@ func TestChaosDiskFull(t *testing.T) {
 			}
 			tf := filepath.Join(work, p.id+".token")
 			os.WriteFile(tf, tok, 0o600)
-			p.start(t, bin, "serve", "--data-dir", p.dir, "--password-file", pw, "--join", nodes[0].api, "--token-file", tf,
-				"--node-id", p.id, "--listen", p.api, "--raft-addr", raftAddr)
+			p.args = []string{"serve", "--data-dir", p.dir, "--password-file", pw, "--join", nodes[0].api, "--token-file", tf,
+				"--node-id", p.id, "--listen", p.api, "--raft-addr", raftAddr}
 		}
+		p.start(t, bin)
+		t.Cleanup(p.stop)
 		nodes = append(nodes, p)
-		until(t, p.id+" ready", 60*time.Second, func() bool { return strings.Contains(p.logText(), "msg=ready") })
+		servertest.WaitFor(t, p.id+" ready", 60*time.Second, func() bool { return strings.Contains(p.logText(), "msg=ready") })
 	}
-	until(t, "three voters", 30*time.Second, func() bool {
+	servertest.WaitFor(t, "three voters", 30*time.Second, func() bool {
 		ms, err := server.NewAdminClient(nodes[0].dir).Members(context.Background())
 		return err == nil && len(ms) == 3
 	})
@@ -187,9 +147,9 @@ func TestChaosDiskFull(t *testing.T) {
 	diskFull = true
 	before := len(acks)
 	mu.Unlock()
-	filler := fill(t, small)
+	filler := testdisk.Fill(t, small)
 	t.Logf("node-2's disk full after %d enrollments", before)
-	until(t, "node-2 to refuse an enrollment with storage_full", 60*time.Second, func() bool {
+	servertest.WaitFor(t, "node-2 to refuse an enrollment with storage_full", 60*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return storageFull > 0
@@ -211,7 +171,7 @@ func TestChaosDiskFull(t *testing.T) {
 
 	// node-2 catches up without a restart.
 	var hashes []string
-	until(t, "convergence after space returned", 60*time.Second, func() bool {
+	servertest.WaitFor(t, "convergence after space returned", 60*time.Second, func() bool {
 		hashes = hashes[:0]
 		for _, n := range nodes {
 			s, err := server.NewAdminClient(n.dir).Status(context.Background())
@@ -226,8 +186,8 @@ func TestChaosDiskFull(t *testing.T) {
 	lost := 0
 	for _, n := range nodes {
 		select {
-		case err := <-n.exited:
-			t.Fatalf("%s exited: %v", n.id, err)
+		case <-n.exited:
+			t.Fatalf("%s exited; see %s", n.id, n.log)
 		default:
 		}
 		if strings.Contains(n.logText(), "panic:") {

@@ -118,7 +118,7 @@ func skewedFollower(t *testing.T, e *env) (*server.Appliance, *servertest.Clock)
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	waitFor(t, "the follower to join", 20*time.Second, func() bool {
+	servertest.WaitFor(t, "the follower to join", 20*time.Second, func() bool {
 		_, err := f.Node().Member(e.App.Node().LeaderID())
 		return voters(t, e.App) == 2 && err == nil
 	})
@@ -209,7 +209,7 @@ func TestJoinTokenAcrossSkewedNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 		// An operator copies the token: by then every node has it.
-		waitFor(t, "the token to replicate", 10*time.Second, func() bool {
+		servertest.WaitFor(t, "the token to replicate", 10*time.Second, func() bool {
 			return via.Node().CheckJoinToken(tok.ID, tok.Secret, time.Time{}) == nil
 		})
 		n++
@@ -229,7 +229,7 @@ func TestJoinTokenAcrossSkewedNodes(t *testing.T) {
 	if err := e.App.Node().TransferLeadership(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the fast node to lead", 10*time.Second, func() bool { return f.Node().IsLeader() && e.App.Node().LeaderID() != "" })
+	servertest.WaitFor(t, "the fast node to lead", 10*time.Second, func() bool { return f.Node().IsLeader() && e.App.Node().LeaderID() != "" })
 	if err := join(e.App, e.App, time.Minute); err != nil {
 		t.Errorf("token made on a node with the true clock, used under a leader %v off: %v", ca.MaxClockSkew, err)
 	}

@@ -27,18 +27,6 @@ import (
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func voters(t *testing.T, a *server.Appliance) int {
 	ms, err := a.Node().Members()
 	if err != nil {
@@ -62,7 +50,7 @@ func TestThreeNodeCluster(t *testing.T) {
 	n3, _ := e.Join(t, "node-3")
 	nodes := []*server.Appliance{e.App, n2, n3}
 	for _, n := range nodes {
-		waitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
+		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
 	}
 
 	ctx := context.Background()
@@ -112,7 +100,7 @@ func TestThreeNodeCluster(t *testing.T) {
 
 	want, _ := e.App.Node().StateHash()
 	for _, n := range nodes {
-		waitFor(t, "identical registries", 10*time.Second, func() bool {
+		servertest.WaitFor(t, "identical registries", 10*time.Second, func() bool {
 			h, _ := n.Node().StateHash()
 			if h == want {
 				return true
@@ -146,7 +134,7 @@ func TestThreeNodeCluster(t *testing.T) {
 	}
 	exports := make([][]byte, len(nodes))
 	for i, n := range nodes {
-		waitFor(t, "identical audit chains", 10*time.Second, func() bool {
+		servertest.WaitFor(t, "identical audit chains", 10*time.Second, func() bool {
 			entries, err := n.Node().AuditEntries(time.Time{}, 0)
 			if err != nil {
 				t.Fatal(err)
@@ -293,7 +281,7 @@ func TestRemoveMember(t *testing.T) {
 	if err := server.NewAdminClient(dirs[fi]).RemoveMember(ctx, victimID); err != nil {
 		t.Fatalf("remove through a follower: %v", err)
 	}
-	waitFor(t, "two members", 10*time.Second, func() bool {
+	servertest.WaitFor(t, "two members", 10*time.Second, func() bool {
 		ms, _ := nodes[li].Node().Members()
 		return len(ms) == 2
 	})

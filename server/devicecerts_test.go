@@ -128,7 +128,7 @@ func TestDeviceCertificatesFallBackWhileAMemberIsBehind(t *testing.T) {
 	if c := certs[1]; !c.NotAfter.IsZero() {
 		t.Fatalf("a superseded certificate committed by v2 listed with an expiry: %+v", c)
 	}
-	waitFor(t, "node-2 to hold the same registry", 10*time.Second, func() bool {
+	servertest.WaitFor(t, "node-2 to hold the same registry", 10*time.Second, func() bool {
 		h1, err1 := e.App.Node().StateHash()
 		h2, err2 := n2.Node().StateHash()
 		return err1 == nil && err2 == nil && h1 == h2

@@ -3,63 +3,19 @@ package server_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/api"
 	fwclient "github.com/gatehouse-dev/gatehouse/firmware-client"
+	"github.com/gatehouse-dev/gatehouse/internal/testdisk"
 	"github.com/gatehouse-dev/gatehouse/server"
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
-
-// smallDisk mounts a tmpfs of size bytes, unmounted at cleanup; it needs
-// root and mount(8), and fails saying so without them.
-func smallDisk(t *testing.T, size int) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "small-disk")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount a tmpfs for the full disk (needs root and mount(8)): %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
-}
-
-// fill writes a file in dir until its file system is full.
-func fill(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	for _, chunk := range []int{1 << 20, 4096} {
-		buf := make([]byte, chunk)
-		for {
-			if _, err := f.Write(buf); err != nil {
-				if !errors.Is(err, syscall.ENOSPC) {
-					t.Fatal(err)
-				}
-				break
-			}
-		}
-	}
-	return path
-}
 
 // Through the HTTP API, a node whose disk is full answers an enrollment and
 // an admin write with 503 storage_full (nothing written), and /readyz
@@ -70,7 +26,7 @@ func TestDiskFullNodeAnswersStorageFull(t *testing.T) {
 	e := servertest.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	small := smallDisk(t, 48<<20)
+	small := testdisk.Small(t, 48<<20)
 
 	// node-2 lives on the small disk.
 	tok, err := e.App.CreateJoinToken(ctx, time.Minute)
@@ -87,7 +43,7 @@ func TestDiskFullNodeAnswersStorageFull(t *testing.T) {
 	n2 := servertest.StartNode(t, dir2)
 	e.Join(t, "node-3")
 
-	filler := fill(t, small)
+	filler := testdisk.Fill(t, small)
 	// The leader writes (join tokens) until node-2 fails to store them.
 	deadline := time.Now().Add(30 * time.Second)
 	for {

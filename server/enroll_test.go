@@ -478,7 +478,7 @@ func TestRestartKeepsRecords(t *testing.T) {
 	}
 	// The node registers its API address (member.set) in the background
 	// after it starts; the hash is taken once nothing else is on its way.
-	waitFor(t, "the node's API address registered", 10*time.Second, func() bool {
+	servertest.WaitFor(t, "the node's API address registered", 10*time.Second, func() bool {
 		ms, err := e.App.Node().Members()
 		return err == nil && len(ms) == 1 && ms[0].APIAddr != ""
 	})

@@ -68,7 +68,7 @@ func TestEnrollmentsUseEnvelopeOnceEveryMemberApplies(t *testing.T) {
 	if rep := server.Recheck(b, roots); !rep.Reproduced {
 		t.Fatalf("a v4 enrollment does not re-check from its bundle: %+v", rep)
 	}
-	waitFor(t, "node-2 to hold the same registry", 10*time.Second, func() bool {
+	servertest.WaitFor(t, "node-2 to hold the same registry", 10*time.Second, func() bool {
 		h1, err1 := e.App.Node().StateHash()
 		h2, err2 := n2.Node().StateHash()
 		return err1 == nil && err2 == nil && h1 == h2

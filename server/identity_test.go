@@ -269,7 +269,7 @@ func TestRevokedAdminOnStaleFollower(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	follower, _ := e.Join(t, "node-2")
-	waitFor(t, "two voters", 20*time.Second, func() bool { return voters(t, e.App) == 2 })
+	servertest.WaitFor(t, "two voters", 20*time.Second, func() bool { return voters(t, e.App) == 2 })
 	aud := adminCert(t, e, ca.RoleAuditor, "audrey")
 	viaFollower := server.NewRemoteAdminClient("https://"+follower.Addr(), aud, e.App.Root())
 	viaFollower.StaleReads = true
@@ -293,7 +293,7 @@ func TestRevokedAdminOnStaleFollower(t *testing.T) {
 		t.Fatalf("stale read: %v", err)
 	}
 	e.App.Close()
-	waitFor(t, "the follower to lose its leader", 10*time.Second, func() bool { return !follower.Node().IsLeader() && follower.Node().LeaderID() == "" })
+	servertest.WaitFor(t, "the follower to lose its leader", 10*time.Second, func() bool { return !follower.Node().IsLeader() && follower.Node().LeaderID() == "" })
 	if _, err := viaFollower2.Devices(ctx, ""); !errors.As(err, &p) || p.Code != api.CodeUnavailable {
 		t.Fatalf("stale read with an admin certificate on a leaderless follower: %v", err)
 	}

@@ -110,7 +110,7 @@ func TestMetrics(t *testing.T) {
 	resp.Body.Close()
 
 	var after map[string]*dto.MetricFamily
-	waitFor(t, "the devices counted", 5*time.Second, func() bool { // recounted at most once a second
+	servertest.WaitFor(t, "the devices counted", 5*time.Second, func() bool { // recounted at most once a second
 		after = scrape(t, e)
 		return value(after, "gatehouse_devices", map[string]string{"state": "pending"}) == max(value(before, "gatehouse_devices", map[string]string{"state": "pending"}), 0)+1
 	})

@@ -123,10 +123,10 @@ func TestProbesReadyAndNotReady(t *testing.T) {
 func TestReadyzNoLeader(t *testing.T) {
 	e := servertest.New(t)
 	peer, _ := e.Join(t, "node-2")
-	waitFor(t, "node-2 as a voter", 20*time.Second, func() bool { return voters(t, e.App) == 2 })
+	servertest.WaitFor(t, "node-2 as a voter", 20*time.Second, func() bool { return voters(t, e.App) == 2 })
 	peer.Close()
 	var rd server.Readiness
-	waitFor(t, "no leader", 20*time.Second, func() bool {
+	servertest.WaitFor(t, "no leader", 20*time.Second, func() bool {
 		rd = server.Readiness{}
 		return probe(t, e.App, "/readyz", &rd) == http.StatusServiceUnavailable
 	})
@@ -158,7 +158,7 @@ func TestReadyzPeerRefusesCertificate(t *testing.T) {
 	}
 	defer member.Close()
 	var rd server.Readiness
-	waitFor(t, "the refusal in /readyz", 20*time.Second, func() bool {
+	servertest.WaitFor(t, "the refusal in /readyz", 20*time.Second, func() bool {
 		rd = server.Readiness{}
 		return probe(t, member, "/readyz?noleader", &rd) == http.StatusServiceUnavailable
 	})

@@ -4,8 +4,9 @@ package server_test
 
 // chaosNode is a `gatehouse serve` process on the loopback interface, for
 // the tests that run a given binary per node (the rolling upgrade runs
-// the previous release's). The partition and linearizability runs use
-// server/chaos, whose nodes live in network namespaces.
+// the previous release's) or need it on a file system of their own (the
+// full disk). The partition and linearizability runs use server/chaos,
+// whose nodes live in network namespaces.
 
 import (
 	"crypto/x509"
@@ -16,6 +17,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 type chaosNode struct {
@@ -23,8 +25,10 @@ type chaosNode struct {
 	args              []string
 	mu                sync.Mutex
 	cmd               *exec.Cmd
+	exited            chan struct{} // closed once cmd has exited
 }
 
+// start runs bin with n.args, its output appended to n.log.
 func (n *chaosNode) start(t *testing.T, bin string) {
 	t.Helper()
 	logf, err := os.OpenFile(n.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
@@ -36,31 +40,36 @@ func (n *chaosNode) start(t *testing.T, bin string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { cmd.Wait(); logf.Close() }()
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(exited) }()
 	n.mu.Lock()
-	n.cmd = cmd
+	n.cmd, n.exited = cmd, exited
 	n.mu.Unlock()
 }
 
-func (n *chaosNode) kill() {
+func (n *chaosNode) kill() { n.signal(syscall.SIGKILL) }
+
+// stop asks the node to shut down (SIGTERM), and kills it after 30 s.
+func (n *chaosNode) stop() { n.signal(syscall.SIGTERM) }
+
+func (n *chaosNode) signal(sig syscall.Signal) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.cmd != nil {
-		n.cmd.Process.Signal(syscall.SIGKILL)
-		n.cmd.Wait()
-		n.cmd = nil
+	if n.cmd == nil {
+		return
 	}
+	n.cmd.Process.Signal(sig)
+	select {
+	case <-n.exited:
+	case <-time.After(30 * time.Second):
+		n.cmd.Process.Kill()
+		<-n.exited
+	}
+	n.cmd = nil
 }
 
-func (n *chaosNode) stop() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.cmd != nil {
-		n.cmd.Process.Signal(syscall.SIGTERM)
-		n.cmd.Wait()
-		n.cmd = nil
-	}
-}
+// logText is what the node has logged so far.
+func (n *chaosNode) logText() string { b, _ := os.ReadFile(n.log); return string(b) }
 
 func readRoot(path string) (*x509.Certificate, error) {
 	b, err := os.ReadFile(path)

@@ -43,7 +43,7 @@ func TestRaftHandshakeRefusalsLogBounded(t *testing.T) {
 		}
 		c.Close()
 	}
-	waitFor(t, "the refusals to be handled", 10*time.Second, func() bool {
+	servertest.WaitFor(t, "the refusals to be handled", 10*time.Second, func() bool {
 		out := logs.String()
 		return strings.Count(out, "refused an incoming connection")+strings.Count(out, "failed to decode incoming command") >= 5
 	})

@@ -83,7 +83,7 @@ func TestEKRootsReplicated(t *testing.T) {
 		t.Fatalf("before the add: %q, want %s", code, api.CodeEKUntrusted)
 	}
 	// Every node seeded from init's bundle: the first manufacturer's two CAs.
-	waitFor(t, "the seeded set on every node", 10*time.Second, func() bool {
+	servertest.WaitFor(t, "the seeded set on every node", 10*time.Second, func() bool {
 		for _, n := range nodes {
 			if !hasRoot(t, n.Node(), fingerprint(e.Mfr.Intermediate.Raw)) {
 				return false
@@ -96,7 +96,7 @@ func TestEKRootsReplicated(t *testing.T) {
 	if err != nil || res.Written != 2 || len(res.Roots) != 2 {
 		t.Fatalf("add on node-2: %+v %v", res, err)
 	}
-	waitFor(t, "node-3 applies the add", 10*time.Second, func() bool { return hasRoot(t, nodes[2].Node(), inter) })
+	servertest.WaitFor(t, "node-3 applies the add", 10*time.Second, func() bool { return hasRoot(t, nodes[2].Node(), inter) })
 	if code := enrollCode(t, nodes[2], m2); code != "" {
 		t.Fatalf("enroll on node-3 after the add on node-2: %q", code)
 	}
@@ -113,7 +113,7 @@ func TestEKRootsReplicated(t *testing.T) {
 	if err := server.NewAdminClient(dirs[0]).RemoveEKRoot(ctx, "bob", inter); err != nil {
 		t.Fatalf("remove on node-1: %v", err)
 	}
-	waitFor(t, "node-2 applies the remove", 10*time.Second, func() bool { return !hasRoot(t, nodes[1].Node(), inter) })
+	servertest.WaitFor(t, "node-2 applies the remove", 10*time.Second, func() bool { return !hasRoot(t, nodes[1].Node(), inter) })
 	if code := enrollCode(t, nodes[1], m2); code != api.CodeEKUntrusted {
 		t.Fatalf("enroll on node-2 after the remove: %q, want %s", code, api.CodeEKUntrusted)
 	}
@@ -324,7 +324,7 @@ func TestClusterSettingsReachJoiners(t *testing.T) {
 	n3, d3 := e.Join(t, "node-3")
 	nodes := []*server.Appliance{e.App, n2, n3}
 	for _, n := range nodes {
-		waitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
+		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
 	}
 	ctx := context.Background()
 
@@ -367,7 +367,7 @@ func TestClusterSettingsReachJoiners(t *testing.T) {
 	if err != nil || v.Settings.ApprovalRetry.Duration != 9*time.Second || v.Settings.CertValidity.Duration != 48*time.Hour || v.Version != 2 {
 		t.Fatalf("settings set: %+v %v", v, err)
 	}
-	waitFor(t, "node-2 applies the settings", 10*time.Second, func() bool { return n2.Settings().Version == 2 })
+	servertest.WaitFor(t, "node-2 applies the settings", 10*time.Second, func() bool { return n2.Settings().Version == 2 })
 	if got := retryAfter(n2); got != 9 {
 		t.Fatalf("node-2 answers Retry-After %d after settings set, want 9", got)
 	}
@@ -482,8 +482,8 @@ func TestLeaderDutiesUseReplicatedSettings(t *testing.T) {
 	if _, err := server.NewAdminClient(e.Dir).ChangeSettings(ctx, "alice", 0, json.RawMessage(`{"retain_refused":"1s","audit_checkpoint_every":"1s"}`)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a checkpoint at the replicated interval", 10*time.Second, func() bool { return checkpoints() > before })
-	waitFor(t, "the refused record compacted at the replicated retention", 10*time.Second, func() bool { return refused() == 0 })
+	servertest.WaitFor(t, "a checkpoint at the replicated interval", 10*time.Second, func() bool { return checkpoints() > before })
+	servertest.WaitFor(t, "the refused record compacted at the replicated retention", 10*time.Second, func() bool { return refused() == 0 })
 	if cfg, _ := server.LoadConfig(e.Dir); cfg.RetainRefused.Duration != 90*24*time.Hour || cfg.AuditCheckpointEvery.Duration != 5*time.Minute {
 		t.Fatalf("config.json changed: %+v", cfg)
 	}
@@ -518,7 +518,7 @@ func TestEKRootsAndSettingsMigratedOnce(t *testing.T) {
 	}
 	e.Start()
 	// A restart does not wait for the migration (WaitReady): it follows.
-	waitFor(t, "the migration", 10*time.Second, func() bool {
+	servertest.WaitFor(t, "the migration", 10*time.Second, func() bool {
 		_, err := e.App.Node().Settings()
 		roots, _ := e.App.Node().EKRoots()
 		return err == nil && len(roots) > 0

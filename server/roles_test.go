@@ -155,7 +155,7 @@ func TestAdminAuthorizationMatrix(t *testing.T) {
 	if _, err := foreign.Get(e.URL() + "/admin/v1/devices"); err == nil {
 		t.Fatal("a foreign CA's certificate passed TLS")
 	}
-	waitFor(t, "the refused TLS handshake in the audit log", 10*time.Second, func() bool {
+	servertest.WaitFor(t, "the refused TLS handshake in the audit log", 10*time.Second, func() bool {
 		entries, _ := e.App.Node().AuditEntries(time.Time{}, 0)
 		for _, en := range entries {
 			if en.Type == cluster.AuditTLSRefused && strings.Contains(en.Detail, "certificate") {

@@ -24,7 +24,7 @@ import (
 func TestReplicatedConfigJudgedAtApply(t *testing.T) {
 	e := servertest.New(t)
 	n2, _ := e.Join(t, "node-2")
-	waitFor(t, "two registered voters", 20*time.Second, func() bool { return voters(t, e.App) == 2 && voters(t, n2) == 2 })
+	servertest.WaitFor(t, "two registered voters", 20*time.Second, func() bool { return voters(t, e.App) == 2 && voters(t, n2) == 2 })
 	ctx := context.Background()
 	leader, follower := e.App, n2
 	if !leader.Node().IsLeader() {
@@ -60,7 +60,7 @@ func TestReplicatedConfigJudgedAtApply(t *testing.T) {
 	if _, err := leader.Node().SetSettings(ctx, "mallory", before.Version, doc(func(s *server.ClusterSettings) { s.SessionTTL.Duration = 2 * time.Minute })); err != nil {
 		t.Fatalf("control: a valid document through the registry: %v", err)
 	}
-	waitFor(t, "both nodes apply version 2", 10*time.Second, func() bool {
+	servertest.WaitFor(t, "both nodes apply version 2", 10*time.Second, func() bool {
 		return leader.Settings().Version == 2 && follower.Settings().Version == 2
 	})
 	for _, n := range []*server.Appliance{leader, follower} {
@@ -142,7 +142,7 @@ func TestReplicatedConfigWaitsForEveryMember(t *testing.T) {
 	n2, d2 := e.Join(t, "node-2")
 	n3, d3 := e.Join(t, "node-3")
 	for _, n := range []*server.Appliance{e.App, n2, n3} {
-		waitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
+		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
 	}
 	e.App.Close()
 	n2.Close()
@@ -205,7 +205,7 @@ func TestReplicatedConfigWaitsForEveryMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []*server.Appliance{n1, n2, n3} {
-		waitFor(t, "the seed once every member applies it", 20*time.Second, func() bool {
+		servertest.WaitFor(t, "the seed once every member applies it", 20*time.Second, func() bool {
 			roots, _ := n.Node().EKRoots()
 			_, err := n.Node().Settings()
 			return len(roots) == 2 && err == nil

@@ -185,7 +185,7 @@ func TestNodeRefusedByPeersIsUnhealthy(t *testing.T) {
 	}
 	defer member.Close()
 	var st server.Status
-	waitFor(t, "the refused peer in status", 20*time.Second, func() bool {
+	servertest.WaitFor(t, "the refused peer in status", 20*time.Second, func() bool {
 		st, err = server.NewAdminClient(memberDir).Status(ctx)
 		return err == nil && slices.ContainsFunc(st.Problems, func(p string) bool { return strings.Contains(p, refuser) && strings.Contains(p, "refused") })
 	})
@@ -217,7 +217,7 @@ func memberRefusedByPeer(t *testing.T, whole func(member *server.Appliance, memb
 		t.Fatal(err)
 	}
 	member := servertest.StartNode(t, memberDir)
-	waitFor(t, "node-2 as a voter", 20*time.Second, func() bool { return voters(t, seed) == 2 })
+	servertest.WaitFor(t, "node-2 as a voter", 20*time.Second, func() bool { return voters(t, seed) == 2 })
 	whole(member, memberDir)
 	member.Close()
 	seed.Close()

@@ -267,7 +267,7 @@ func TestStepCLIDeviceAttest(t *testing.T) {
 	// carries the certificate's serial.
 	serial := leaf.SerialNumber.Text(16)
 	for i, n := range nodes {
-		waitFor(t, fmt.Sprintf("node %d: records ak_certificate and acme (serial %s) for %s", i+1, serial, a.id), 15*time.Second, func() bool {
+		servertest.WaitFor(t, fmt.Sprintf("node %d: records ak_certificate and acme (serial %s) for %s", i+1, serial, a.id), 15*time.Second, func() bool {
 			recs := stepRecords(t, n, a.id)
 			return stepHasRecord(recs, "ak_certificate", cluster.OutcomeAccepted, "") && stepHasRecord(recs, "acme", cluster.OutcomeAccepted, serial)
 		})
@@ -306,7 +306,7 @@ func TestStepCLIDeviceAttest(t *testing.T) {
 	// revoked its ACME certificate on every node.
 	// Revocation is idempotent and safe to rerun; a loaded machine can
 	// cost the three in-process nodes an election meanwhile.
-	waitFor(t, "device "+a.id+" revoked", 30*time.Second, func() bool {
+	servertest.WaitFor(t, "device "+a.id+" revoked", 30*time.Second, func() bool {
 		_, err := e.App.RevokeDevice(ctx, a.id, "test", "lost")
 		if err != nil {
 			t.Logf("revoke (will retry): %v", err)
@@ -314,7 +314,7 @@ func TestStepCLIDeviceAttest(t *testing.T) {
 		return err == nil
 	})
 	for i, n := range nodes {
-		waitFor(t, fmt.Sprintf("node %d: serial %s revoked", i+1, serial), 15*time.Second, func() bool {
+		servertest.WaitFor(t, fmt.Sprintf("node %d: serial %s revoked", i+1, serial), 15*time.Second, func() bool {
 			ok, err := n.IsRevoked(leaf.SerialNumber)
 			return err == nil && ok
 		})
@@ -339,7 +339,7 @@ func TestStepCLIDeviceAttest(t *testing.T) {
 	r = stepCertificate(t, step, rootFile, nodes[2], c, c.id, "k1")
 	stepWantRefusedAt(t, r, "https://"+nodes[2].Addr()+"/attestation/secret", "403")
 	for i, n := range nodes {
-		waitFor(t, fmt.Sprintf("node %d: %s pending, its ak_certificate record pending", i+1, c.id), 15*time.Second, func() bool {
+		servertest.WaitFor(t, fmt.Sprintf("node %d: %s pending, its ak_certificate record pending", i+1, c.id), 15*time.Second, func() bool {
 			d, err := n.Node().Device(c.id)
 			return err == nil && d.Status == cluster.DevicePending && stepHasRecord(stepRecords(t, n, c.id), "ak_certificate", cluster.OutcomePending, "")
 		})
@@ -353,7 +353,7 @@ func TestStepCLIDeviceAttest(t *testing.T) {
 	}
 	cleaf := stepReadChain(t, r.crt)[0]
 	for i, n := range nodes {
-		waitFor(t, fmt.Sprintf("node %d: the acme record of the approved %s", i+1, c.id), 15*time.Second, func() bool {
+		servertest.WaitFor(t, fmt.Sprintf("node %d: the acme record of the approved %s", i+1, c.id), 15*time.Second, func() bool {
 			return stepHasRecord(stepRecords(t, n, c.id), "acme", cluster.OutcomeAccepted, cleaf.SerialNumber.Text(16))
 		})
 	}

@@ -25,7 +25,7 @@ func threeNodes(t *testing.T, opts ...cluster.Option) (*servertest.Env, []*serve
 	n3, d3 := e.Join(t, "node-3", opts...)
 	nodes := []*server.Appliance{e.App, n2, n3}
 	for _, n := range nodes {
-		waitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
+		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
 	}
 	return e, nodes, []string{e.Dir, d2, d3}
 }
@@ -155,7 +155,7 @@ func checkAcked(t *testing.T, name string, n *server.Appliance, acks []ack, issu
 
 func sameState(t *testing.T, nodes ...*server.Appliance) {
 	t.Helper()
-	waitFor(t, "identical registries", 15*time.Second, func() bool {
+	servertest.WaitFor(t, "identical registries", 15*time.Second, func() bool {
 		want, _ := nodes[0].Node().StateHash()
 		for _, n := range nodes[1:] {
 			if h, _ := n.Node().StateHash(); h != want {
@@ -176,7 +176,7 @@ func TestLeaderKilledMidStream(t *testing.T) {
 		devs = append(devs, servertest.NewDevice(t, e.Mfr))
 	}
 	s := startStream(t, devs, nodes)
-	waitFor(t, "enrollments flowing", 20*time.Second, func() bool { return s.count() >= 12 })
+	servertest.WaitFor(t, "enrollments flowing", 20*time.Second, func() bool { return s.count() >= 12 })
 
 	li := leaderIndex(nodes)
 	if li < 0 {
@@ -194,8 +194,8 @@ func TestLeaderKilledMidStream(t *testing.T) {
 			survivors = append(survivors, n)
 		}
 	}
-	waitFor(t, "a new leader", 10*time.Second, func() bool { return leaderIndex(survivors) >= 0 })
-	waitFor(t, "enrollments to resume", 20*time.Second, func() bool { return s.count() >= acksAtKill+8 })
+	servertest.WaitFor(t, "a new leader", 10*time.Second, func() bool { return leaderIndex(survivors) >= 0 })
+	servertest.WaitFor(t, "enrollments to resume", 20*time.Second, func() bool { return s.count() >= acksAtKill+8 })
 	t.Logf("failover: new leader and %d more enrollments within %v", s.count()-acksAtKill, time.Since(killedAt))
 	acks := s.finish()
 
@@ -267,14 +267,14 @@ func TestMinorityPartition(t *testing.T) {
 	n3, _ := e.Join(t, "node-3", cluster.WithFaults(faults[2]))
 	nodes := []*server.Appliance{e.App, n2, n3}
 	for _, n := range nodes {
-		waitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
+		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
 	}
 	// Make a node with a fault injector the leader.
 	if li := leaderIndex(nodes); li == 0 {
 		if err := server.NewAdminClient(e.Dir).TransferLeadership(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "leadership to move", 10*time.Second, func() bool { li := leaderIndex(nodes); return li > 0 })
+		servertest.WaitFor(t, "leadership to move", 10*time.Second, func() bool { li := leaderIndex(nodes); return li > 0 })
 	}
 	li := leaderIndex(nodes)
 	minority := nodes[li]
@@ -288,7 +288,7 @@ func TestMinorityPartition(t *testing.T) {
 			majority = append(majority, n)
 		}
 	}
-	waitFor(t, "a leader in the majority", 10*time.Second, func() bool { return leaderIndex(majority) >= 0 })
+	servertest.WaitFor(t, "a leader in the majority", 10*time.Second, func() bool { return leaderIndex(majority) >= 0 })
 
 	// The isolated node acknowledges nothing, before or after it notices.
 	before, _ := minority.Node().StateHash()
@@ -340,7 +340,7 @@ func restoreIntoFreshNode(t *testing.T, archive []byte) *server.Appliance {
 		t.Fatal(err)
 	}
 	fresh := servertest.StartNode(t, dir)
-	waitFor(t, "the fresh node to lead", 10*time.Second, fresh.Node().IsLeader)
+	servertest.WaitFor(t, "the fresh node to lead", 10*time.Second, fresh.Node().IsLeader)
 	meta, err := server.NewAdminClient(dir).Restore(context.Background(), bytes.NewReader(archive))
 	if err != nil {
 		t.Fatalf("restore: %v", err)

@@ -81,7 +81,7 @@ func TestRollingUpgrade(t *testing.T) {
 		}
 		n.start(t, oldBin)
 		nodes = append(nodes, n)
-		waitFor(t, n.id+" ready", 60*time.Second, func() bool { return readyCount(n) == 1 })
+		servertest.WaitFor(t, n.id+" ready", 60*time.Second, func() bool { return readyCount(n) == 1 })
 	}
 	t.Cleanup(func() {
 		for _, n := range nodes {
@@ -94,7 +94,7 @@ func TestRollingUpgrade(t *testing.T) {
 			}
 		}
 	})
-	waitFor(t, "three voters", 30*time.Second, func() bool {
+	servertest.WaitFor(t, "three voters", 30*time.Second, func() bool {
 		ms, err := server.NewAdminClient(nodes[0].dir).Members(context.Background())
 		if err != nil || len(ms) != 3 {
 			return false
@@ -154,7 +154,7 @@ func TestRollingUpgrade(t *testing.T) {
 		}
 		wg.Wait()
 	}()
-	waitFor(t, "enrollments on the previous release", 60*time.Second, func() bool { return count() >= 3 })
+	servertest.WaitFor(t, "enrollments on the previous release", 60*time.Second, func() bool { return count() >= 3 })
 
 	// Every node, old or new, keeps applying: it reaches the index the
 	// leader applied when asked, under load.
@@ -203,8 +203,8 @@ func TestRollingUpgrade(t *testing.T) {
 		before := count()
 		n.stop()
 		n.start(t, newBin)
-		waitFor(t, n.id+" ready on this build", 60*time.Second, func() bool { return readyCount(n) == 2 })
-		waitFor(t, "enrollments after replacing "+n.id, 60*time.Second, func() bool { return count() >= before+3 })
+		servertest.WaitFor(t, n.id+" ready on this build", 60*time.Second, func() bool { return readyCount(n) == 2 })
+		servertest.WaitFor(t, "enrollments after replacing "+n.id, 60*time.Second, func() bool { return count() >= before+3 })
 		if k < len(order)-1 {
 			// Give the leader time to raise the version, if it wrongly would.
 			time.Sleep(3 * server.FeatureCheckEvery)
@@ -225,7 +225,7 @@ func TestRollingUpgrade(t *testing.T) {
 				t.Fatalf("transfer leadership from %s: %v", old.id, err)
 			}
 			var leader *chaosNode
-			waitFor(t, "a new node leads", 30*time.Second, func() bool {
+			servertest.WaitFor(t, "a new node leads", 30*time.Second, func() bool {
 				s, err := server.NewAdminClient(old.dir).StatusBrief(context.Background())
 				if err != nil || s.LeaderID == "" || s.LeaderID == old.id {
 					return false
@@ -249,21 +249,21 @@ func TestRollingUpgrade(t *testing.T) {
 			t.Logf("%s: %s (this build) leads, %s (%s) follows and applies; feature version 0; %d enrollments acknowledged", time.Now().Format(time.TimeOnly), leader.id, old.id, commit, count())
 		}
 	}
-	waitFor(t, "feature version raised on every node after the last replacement", 30*time.Second, func() bool {
+	servertest.WaitFor(t, "feature version raised on every node after the last replacement", 30*time.Second, func() bool {
 		f := features()
 		return f[0] == cluster.FeatureVersion && f[1] == cluster.FeatureVersion && f[2] == cluster.FeatureVersion
 	})
 	t.Logf("%s: replaced the last node; feature version %d on every node", time.Now().Format(time.TimeOnly), cluster.FeatureVersion)
 	allApply("on this build")
 	before := count()
-	waitFor(t, "enrollments at the new feature version", 60*time.Second, func() bool { return count() >= before+3 })
+	servertest.WaitFor(t, "enrollments at the new feature version", 60*time.Second, func() bool { return count() >= before+3 })
 	close(stop)
 	wg.Wait()
 
 	// Independent check, as in the chaos run: converge, then read every
 	// node's own registry.
 	var hashes []string
-	waitFor(t, "one state hash", 60*time.Second, func() bool {
+	servertest.WaitFor(t, "one state hash", 60*time.Second, func() bool {
 		hashes = hashes[:0]
 		for _, n := range nodes {
 			s, err := server.NewAdminClient(n.dir).Status(context.Background())

@@ -14,18 +14,6 @@ import (
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
 
-// waitUntilTrue polls cond until it holds or d passes.
-func waitUntilTrue(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // inProcessCluster starts three in-process nodes, each on a fixed API
 // address (so a restarted node is where its clients left it), and returns
 // their appliances and data directories.
@@ -37,7 +25,7 @@ func inProcessCluster(t *testing.T) (*servertest.Env, []*server.Appliance, []str
 		apps, dirs = append(apps, servertest.StartNode(t, dir)), append(dirs, dir)
 	}
 	for _, a := range apps {
-		waitUntilTrue(t, "three registered voters", 30*time.Second, func() bool {
+		servertest.WaitFor(t, "three registered voters", 30*time.Second, func() bool {
 			ms, err := a.Node().Members()
 			n := 0
 			for _, m := range ms {

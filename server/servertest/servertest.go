@@ -289,3 +289,15 @@ func FreeAddr(t testing.TB) string {
 	t.Fatal("no free loopback port in 10000-17999")
 	return ""
 }
+
+// WaitFor polls cond until it holds, failing the test after d.
+func WaitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
