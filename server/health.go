@@ -110,7 +110,8 @@ func (a *Appliance) readyz(w http.ResponseWriter, r *http.Request) {
 // skips the leader check.
 //   - leader: the node knows a leader.
 //   - applied: the registry's applied index trails the commit index this
-//     node learned by at most maxApplyLag entries.
+//     node learned by at most maxApplyLag entries, the registry is not
+//     halted, and a rebuilt node has caught up with its leader.
 //   - storage: the node can write its Raft log and registry (a full disk
 //     refuses writes with storage_full until space returns).
 //   - ca: the CA is open and its root and intermediate certificates are
@@ -151,6 +152,11 @@ func (a *Appliance) Readiness(withLeader bool) Readiness {
 	}
 	if h := a.node.Halted(); h != nil {
 		why = append(why, h.String())
+	}
+	select {
+	case <-a.node.CaughtUp():
+	default:
+		why = append(why, "rebuilt node catching up with its leader (no vote until it has)")
 	}
 	add(CheckApplied, why)
 

@@ -114,19 +114,25 @@ type Result struct {
 	AllLat                Latency
 	Errors                map[string]int // by problem code or transport error class
 	ErrorCount            int
-	Nodes                 []NodeResult
-	ServerCPU             time.Duration // summed over the nodes
-	GeneratorCPU          time.Duration // this process, during the window
-	Setup                 time.Duration // pre-generation and warm-up enrollments, before the window
-	SetupCPU              time.Duration
-	SetupDevices          int
-	SetupEnrollments      int
-	LeaderKilled          string        // node ID, "" when none
-	KilledAt              time.Duration // into the window
-	NewLeaderAfter        time.Duration // kill → a survivor's /readyz names a new leader
-	WritesBackAfter       time.Duration // kill → first acknowledged operation started after it; -1: never
-	Verified, Lost        int           // acknowledged operations checked, and missing
-	VerifyErr             error
+	// Deferred counts the answers that told a device to come back later
+	// (429 or 503 with Retry-After: an overloaded node, no leader), by
+	// code. The worker waits as told, as the agent does; they are not
+	// errors.
+	Deferred         map[string]int
+	DeferredCount    int
+	Nodes            []NodeResult
+	ServerCPU        time.Duration // summed over the nodes
+	GeneratorCPU     time.Duration // this process, during the window
+	Setup            time.Duration // pre-generation and warm-up enrollments, before the window
+	SetupCPU         time.Duration
+	SetupDevices     int
+	SetupEnrollments int
+	LeaderKilled     string        // node ID, "" when none
+	KilledAt         time.Duration // into the window
+	NewLeaderAfter   time.Duration // kill → a survivor's /readyz names a new leader
+	WritesBackAfter  time.Duration // kill → first acknowledged operation started after it; -1: never
+	Verified, Lost   int           // acknowledged operations checked, and missing
+	VerifyErr        error
 }
 
 type target struct {
@@ -157,6 +163,25 @@ type ack struct {
 type stats struct {
 	enroll, renew []time.Duration
 	errors        map[string]int
+	deferred      map[string]int
+}
+
+// failed counts err, and waits out a Retry-After (bounded by end) as the
+// agent would.
+func (st *stats) failed(ctx context.Context, end time.Time, err error) {
+	var p *api.Problem
+	if !errors.As(err, &p) || p.RetryAfter <= 0 || p.Status != http.StatusTooManyRequests && p.Status != http.StatusServiceUnavailable {
+		st.errors[Classify(err)]++
+		return
+	}
+	st.deferred[Classify(err)]++
+	wait := min(p.RetryAfter+time.Duration(rand.Int64N(int64(p.RetryAfter/10)+1)), time.Until(end))
+	t := time.NewTimer(max(wait, 0))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // owned is an enrolled device a worker renews.
@@ -363,7 +388,7 @@ func (g *gen) worker(ctx context.Context, end time.Time, mine []*owned, st *stat
 		if doEnroll {
 			o, err := g.enroll(ctx)
 			if err != nil {
-				st.errors[Classify(err)]++
+				st.failed(ctx, end, err)
 				continue
 			}
 			st.enroll = append(st.enroll, time.Since(start))
@@ -376,7 +401,7 @@ func (g *gen) worker(ctx context.Context, end time.Time, mine []*owned, st *stat
 		o := mine[next%len(mine)]
 		next++
 		if err := g.renew(ctx, o); err != nil {
-			st.errors[Classify(err)]++
+			st.failed(ctx, end, err)
 			continue
 		}
 		st.renew = append(st.renew, time.Since(start))
@@ -392,7 +417,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	g := newGen(cfg)
-	res := &Result{Mode: cfg.Mode, Concurrency: cfg.Concurrency, Errors: map[string]int{}, WritesBackAfter: -1}
+	res := &Result{Mode: cfg.Mode, Concurrency: cfg.Concurrency, Errors: map[string]int{}, Deferred: map[string]int{}, WritesBackAfter: -1}
 	ids, err := g.nodeIDs(ctx)
 	if err != nil {
 		return nil, err
@@ -442,7 +467,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	sts := make([]stats, cfg.Concurrency)
 	var wg sync.WaitGroup
 	for w := range cfg.Concurrency {
-		sts[w].errors = map[string]int{}
+		sts[w].errors, sts[w].deferred = map[string]int{}, map[string]int{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -468,6 +493,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		for k, v := range s.errors {
 			res.Errors[k] += v
 			res.ErrorCount += v
+		}
+		for k, v := range s.deferred {
+			res.Deferred[k] += v
+			res.DeferredCount += v
 		}
 	}
 	res.Enrollments, res.Renewals = len(en), len(rn)

@@ -198,3 +198,36 @@ func TestHerd(t *testing.T) {
 		t.Fatalf("herd line missing:\n%s", buf.String())
 	}
 }
+
+// A worker told to come back later (429 or 503 with Retry-After) waits as
+// told, bounded by the window's end, and counts the answer apart from the
+// errors; any other failure, a 503 without Retry-After included, is an
+// error and costs no wait.
+func TestWorkerFollowsRetryAfter(t *testing.T) {
+	st := stats{errors: map[string]int{}, deferred: map[string]int{}}
+	ctx := context.Background()
+	overloaded := &api.Problem{Status: http.StatusServiceUnavailable, Code: api.CodeOverloaded, RetryAfter: 300 * time.Millisecond}
+	start := time.Now()
+	st.failed(ctx, start.Add(time.Minute), overloaded)
+	if waited := time.Since(start); waited < 300*time.Millisecond || waited > 2*time.Second {
+		t.Fatalf("waited %v after Retry-After 300ms", waited)
+	}
+	start = time.Now()
+	st.failed(ctx, start.Add(50*time.Millisecond), &api.Problem{Status: http.StatusTooManyRequests, Code: api.CodeRateLimited, RetryAfter: time.Minute})
+	if waited := time.Since(start); waited > time.Second {
+		t.Fatalf("waited %v past the window's end", waited)
+	}
+	start = time.Now()
+	st.failed(ctx, start.Add(time.Minute), &api.Problem{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable})
+	st.failed(ctx, start.Add(time.Minute), &api.Problem{Status: http.StatusForbidden, Code: api.CodePolicyDenied, RetryAfter: time.Second})
+	st.failed(ctx, start.Add(time.Minute), io.ErrUnexpectedEOF)
+	if waited := time.Since(start); waited > 100*time.Millisecond {
+		t.Fatalf("an error cost a wait of %v", waited)
+	}
+	if st.deferred[Classify(overloaded)] != 1 || len(st.deferred) != 2 {
+		t.Fatalf("told to come back: %v", st.deferred)
+	}
+	if n := st.errors["unavailable (503)"] + st.errors["policy_denied (403)"]; n != 2 || len(st.errors) != 3 {
+		t.Fatalf("errors: %v", st.errors)
+	}
+}

@@ -90,19 +90,23 @@ func WriteTable(w io.Writer, r *Result) {
 		row("all", total, r.AllLat, perOp(r.ServerCPU, total), perOp(r.GeneratorCPU, total))
 	}
 	tw.Flush()
-	if r.ErrorCount == 0 {
-		fmt.Fprintln(w, "  errors: none")
-	} else {
-		fmt.Fprintf(w, "  errors: %d\n", r.ErrorCount)
-		keys := make([]string, 0, len(r.Errors))
-		for k := range r.Errors {
+	counts := func(what string, n int, by map[string]int) {
+		if n == 0 {
+			fmt.Fprintf(w, "  %s: none\n", what)
+			return
+		}
+		fmt.Fprintf(w, "  %s: %d\n", what, n)
+		keys := make([]string, 0, len(by))
+		for k := range by {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
 		for _, k := range keys {
-			fmt.Fprintf(w, "    %6d  %s\n", r.Errors[k], k)
+			fmt.Fprintf(w, "    %6d  %s\n", by[k], k)
 		}
 	}
+	counts("errors", r.ErrorCount, r.Errors)
+	counts("told to come back (Retry-After followed)", r.DeferredCount, r.Deferred)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "  node\tapi\tpid\tcpu_s\tcpu_%\trss_mib\tpeak_rss_mib\t")
 	for _, n := range r.Nodes {

@@ -93,6 +93,9 @@ func TestRebuildNodeFromPeers(t *testing.T) {
 	if lone.Node().IsLeader() || !lone.Node().Fresh() {
 		t.Fatal("the rebuilt node, alone, bootstrapped a cluster of its own")
 	}
+	if c := lone.Readiness(false).Checks[server.CheckApplied]; c.OK || !strings.Contains(strings.Join(c.Reasons, " "), "catching up") {
+		t.Fatalf("readiness of the rebuilt node before it caught up: %+v", c)
+	}
 	lone.Close()
 	marker := filepath.Join(e.Dir, "raft", "rebuilt")
 	if _, err := os.Stat(marker); err != nil {
@@ -154,11 +157,14 @@ func TestRebuildNodeFromPeers(t *testing.T) {
 			t.Fatalf("rebuilt node lacks acknowledged record %d: %v", id, err)
 		}
 	}
-	// Caught up, it votes again and forgets it was rebuilt.
+	// Caught up, it votes again, is ready, and forgets it was rebuilt.
 	select {
 	case <-node.CaughtUp():
 	case <-time.After(10 * time.Second):
 		t.Fatal("the rebuilt node converged but never counted itself caught up")
+	}
+	if c := e.App.Readiness(false).Checks[server.CheckApplied]; !c.OK {
+		t.Fatalf("readiness of the rebuilt node once caught up: %+v", c)
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := os.Stat(marker); errors.Is(err, os.ErrNotExist) {
