@@ -295,7 +295,7 @@ func Open(cfg Config, opts ...Option) (_ *Node, err error) {
 	n.started.Store(true)
 	if n.catchUp != nil {
 		log.Warn("rebuilt node: no vote and no election until it has caught up with its leader")
-		go n.catchUp.watch(n.stop, n.fsm.last.Load, n.raft, heartbeat, election, log)
+		go n.catchUp.watch(n.stop, n.raft.AppliedIndex, n.raft, heartbeat, election, log)
 	}
 	if !n.existing && cfg.Bootstrap && !cfg.Rebuilt {
 		boot := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: n.transport.LocalAddr()}}}

@@ -96,7 +96,10 @@ func (c *catchUp) filter(stop <-chan struct{}) {
 }
 
 // watch ends the catch-up once applied() reaches the target, and gives the
-// node back its heartbeat and election timeouts.
+// node back its heartbeat and election timeouts. applied is Raft's applied
+// index, which counts every entry: the FSM's own index skips the leader's
+// no-op and configuration entries, and the target is often the no-op a new
+// leader appended.
 func (c *catchUp) watch(stop <-chan struct{}, applied func() uint64, r *raft.Raft, heartbeat, election time.Duration, log *slog.Logger) {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -99,7 +100,18 @@ func TestRebuiltNodeVotesOnlyOnceCaughtUp(t *testing.T) {
 			addr1, addr2 := fixedAddr(t), fixedAddr(t)
 			dir1, dir3 := t.TempDir(), t.TempDir()
 			all := []Option{WithRaftConfig(fastRaft)}
-			n1, err := Open(Config{NodeID: "n1", DataDir: dir1, RaftAddr: addr1, Bootstrap: true}, all...)
+			logs := map[string]*syncBuffer{"n1": {}, "n2": {}, "n3": {}}
+			logger := func(id string) *slog.Logger {
+				return slog.New(slog.NewTextHandler(logs[id], nil)).With("node", id)
+			}
+			defer func() {
+				if t.Failed() {
+					for _, id := range []string{"n1", "n2", "n3"} {
+						t.Logf("--- %s\n%s", id, logs[id])
+					}
+				}
+			}()
+			n1, err := Open(Config{NodeID: "n1", DataDir: dir1, RaftAddr: addr1, Bootstrap: true, Logger: logger("n1")}, all...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -109,12 +121,12 @@ func TestRebuiltNodeVotesOnlyOnceCaughtUp(t *testing.T) {
 			if err := n1.WaitLeader(ctx); err != nil {
 				t.Fatal(err)
 			}
-			n2, err := Open(Config{NodeID: "n2", DataDir: t.TempDir(), RaftAddr: addr2}, all...)
+			n2, err := Open(Config{NodeID: "n2", DataDir: t.TempDir(), RaftAddr: addr2, Logger: logger("n2")}, all...)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer func() { n2.Close() }()
-			n3, err := Open(Config{NodeID: "n3", DataDir: dir3, RaftAddr: "127.0.0.1:0"}, all...)
+			n3, err := Open(Config{NodeID: "n3", DataDir: dir3, RaftAddr: "127.0.0.1:0", Logger: logger("n3")}, all...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -140,7 +152,7 @@ func TestRebuiltNodeVotesOnlyOnceCaughtUp(t *testing.T) {
 			n2.Close()
 			n1.Close()
 			// n2's state is lost: it comes back empty, at its address.
-			n2, err = Open(Config{NodeID: "n2", DataDir: t.TempDir(), RaftAddr: addr2, Rebuilt: guarded}, all...)
+			n2, err = Open(Config{NodeID: "n2", DataDir: t.TempDir(), RaftAddr: addr2, Rebuilt: guarded, Logger: logger("n2")}, all...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -170,7 +182,7 @@ func TestRebuiltNodeVotesOnlyOnceCaughtUp(t *testing.T) {
 				t.Fatal("n2 caught up with no leader")
 			default:
 			}
-			n1, err = Open(Config{NodeID: "n1", DataDir: dir1, RaftAddr: addr1}, all...)
+			n1, err = Open(Config{NodeID: "n1", DataDir: dir1, RaftAddr: addr1, Logger: logger("n1")}, all...)
 			if err != nil {
 				t.Fatal(err)
 			}

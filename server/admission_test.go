@@ -112,13 +112,27 @@ func diskUsage(t *testing.T, dir string) (allocated, apparent int64) {
 	return allocated, apparent
 }
 
+// lastLogIndex is a's Raft last index once settled (the same for 300 ms):
+// a node's own writes (start-up records, leader duties) land when they
+// land, and an operation that wrote late is counted at "after".
 func lastLogIndex(t *testing.T, a *server.Appliance) uint64 {
 	t.Helper()
-	idx, err := strconv.ParseUint(a.Node().Stats()["last_log_index"], 10, 64)
-	if err != nil {
-		t.Fatal(err)
+	var last uint64
+	for stable, deadline := time.Now(), time.Now().Add(10*time.Second); ; time.Sleep(20 * time.Millisecond) {
+		idx, err := strconv.ParseUint(a.Node().Stats()["last_log_index"], 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if idx != last {
+			last, stable = idx, time.Now()
+		}
+		if time.Since(stable) >= 300*time.Millisecond {
+			return last
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the Raft log never settled: last index %d", last)
+		}
 	}
-	return idx
 }
 
 // A flood of unauthenticated requests that fail before TPM possession is
