@@ -161,7 +161,7 @@ func TestRollingUpgrade(t *testing.T) {
 	allApply := func(phase string) {
 		t.Helper()
 		var target uint64
-		waitSlowly(t, phase+": the leader's applied index", 20*time.Second, func() bool {
+		servertest.WaitEvery(t, phase+": the leader's applied index", 20*time.Second, 250*time.Millisecond, func() bool {
 			for _, n := range nodes {
 				if v, err := scrapeGauge(hc, n, "gatehouse_cluster_leader"); err == nil && v == 1 {
 					a, err := scrapeGauge(hc, n, "gatehouse_cluster_applied_index")
@@ -172,7 +172,7 @@ func TestRollingUpgrade(t *testing.T) {
 			return false
 		})
 		for _, n := range nodes {
-			waitSlowly(t, fmt.Sprintf("%s: %s applies past index %d", phase, n.id, target), 30*time.Second, func() bool {
+			servertest.WaitEvery(t, fmt.Sprintf("%s: %s applies past index %d", phase, n.id, target), 30*time.Second, 250*time.Millisecond, func() bool {
 				a, err := scrapeGauge(hc, n, "gatehouse_cluster_applied_index")
 				return err == nil && uint64(a) >= target
 			})
@@ -354,19 +354,6 @@ func previousRelease(t *testing.T) (bin, commit string) {
 	}
 	t.Logf("built the previous release %s in %s", commit, time.Since(start).Round(time.Second))
 	return bin, commit
-}
-
-// waitSlowly is waitFor polling every 250 ms: it scrapes /metrics, which
-// counts against the nodes' per-address rate limit, as the devices do.
-func waitSlowly(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
 }
 
 // readyCount is how many times the node's log says it was ready.

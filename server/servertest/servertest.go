@@ -290,14 +290,21 @@ func FreeAddr(t testing.TB) string {
 	return ""
 }
 
-// WaitFor polls cond until it holds, failing the test after d.
+// WaitFor polls cond every 20 ms until it holds, failing the test after d.
 func WaitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	WaitEvery(t, what, d, 20*time.Millisecond, cond)
+}
+
+// WaitEvery is WaitFor polling every interval (a condition that costs the
+// nodes something, such as a /metrics scrape, is polled slowly).
+func WaitEvery(t testing.TB, what string, d, interval time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
