@@ -11,13 +11,10 @@ package server_test
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -47,48 +44,13 @@ func TestChaosDiskFull(t *testing.T) {
 	os.WriteFile(roots, servertest.EKRoots(m), 0o644)
 	os.WriteFile(pw, servertest.Password, 0o600)
 
-	var nodes []*chaosNode
-	for i := 1; i <= 3; i++ {
-		p := &chaosNode{id: fmt.Sprintf("node-%d", i), dir: filepath.Join(work, fmt.Sprintf("node-%d", i)),
-			api: servertest.FreeAddr(t), log: filepath.Join(work, fmt.Sprintf("node-%d.log", i))}
+	nodes := startProcCluster(t, bin, work, roots, pw, func(i int) string {
 		if i == 2 {
-			p.dir = filepath.Join(small, "node-2")
+			return filepath.Join(small, "node-2") // node-2 lives on the small disk
 		}
-		raftAddr := servertest.FreeAddr(t)
-		if i == 1 {
-			if out, err := exec.Command(bin, "init", "--data-dir", p.dir, "--node-id", p.id, "--password-file", pw, "--ek-roots", roots,
-				"--listen", p.api, "--raft-addr", raftAddr).CombinedOutput(); err != nil {
-				t.Fatalf("init: %v\n%s", err, out)
-			}
-			p.args = []string{"serve", "--data-dir", p.dir, "--password-file", pw}
-		} else {
-			tok, err := exec.Command(bin, "cluster", "token", "create", "--data-dir", nodes[0].dir).Output()
-			if err != nil {
-				t.Fatalf("token: %v", err)
-			}
-			tf := filepath.Join(work, p.id+".token")
-			os.WriteFile(tf, tok, 0o600)
-			p.args = []string{"serve", "--data-dir", p.dir, "--password-file", pw, "--join", nodes[0].api, "--token-file", tf,
-				"--node-id", p.id, "--listen", p.api, "--raft-addr", raftAddr}
-		}
-		p.start(t, bin)
-		t.Cleanup(p.stop)
-		nodes = append(nodes, p)
-		servertest.WaitFor(t, p.id+" ready", 60*time.Second, func() bool { return strings.Contains(p.logText(), "msg=ready") })
-	}
-	servertest.WaitFor(t, "three voters", 30*time.Second, func() bool {
-		ms, err := server.NewAdminClient(nodes[0].dir).Members(context.Background())
-		return err == nil && len(ms) == 3
+		return filepath.Join(work, fmt.Sprintf("node-%d", i))
 	})
-	rootPEM, err := os.ReadFile(filepath.Join(nodes[0].dir, "ca", "root.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(rootPEM)
-	if blk == nil {
-		t.Fatal("ca/root.crt: no PEM block")
-	}
-	root, err := x509.ParseCertificate(blk.Bytes)
+	root, err := readRoot(filepath.Join(nodes[0].dir, "ca", "root.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,55 +57,7 @@ func TestRollingUpgrade(t *testing.T) {
 	os.WriteFile(pw, servertest.Password, 0o600)
 
 	// Three nodes of the previous release.
-	var nodes []*chaosNode
-	for i := 1; i <= 3; i++ {
-		n := &chaosNode{id: fmt.Sprintf("node-%d", i), dir: filepath.Join(work, fmt.Sprintf("node-%d", i)),
-			api: servertest.FreeAddr(t), log: filepath.Join(work, fmt.Sprintf("node-%d.log", i))}
-		raftAddr := servertest.FreeAddr(t)
-		if i == 1 {
-			out, err := exec.Command(oldBin, "init", "--data-dir", n.dir, "--node-id", n.id, "--password-file", pw, "--ek-roots", roots,
-				"--listen", n.api, "--raft-addr", raftAddr).CombinedOutput()
-			if err != nil {
-				t.Fatalf("init (previous release): %v\n%s", err, out)
-			}
-			n.args = []string{"serve", "--data-dir", n.dir, "--password-file", pw}
-		} else {
-			tok, err := exec.Command(oldBin, "cluster", "token", "create", "--data-dir", nodes[0].dir).Output()
-			if err != nil {
-				t.Fatalf("token (previous release): %v", err)
-			}
-			tf := filepath.Join(work, n.id+".token")
-			os.WriteFile(tf, tok, 0o600)
-			n.args = []string{"serve", "--data-dir", n.dir, "--password-file", pw, "--join", nodes[0].api, "--token-file", tf,
-				"--node-id", n.id, "--listen", n.api, "--raft-addr", raftAddr}
-		}
-		n.start(t, oldBin)
-		nodes = append(nodes, n)
-		servertest.WaitFor(t, n.id+" ready", 60*time.Second, func() bool { return readyCount(n) == 1 })
-	}
-	t.Cleanup(func() {
-		for _, n := range nodes {
-			n.kill()
-		}
-		if t.Failed() {
-			for _, n := range nodes {
-				b, _ := os.ReadFile(n.log)
-				t.Logf("%s log (last 4 KiB):\n%s", n.id, tail(b, 4096))
-			}
-		}
-	})
-	servertest.WaitFor(t, "three voters", 30*time.Second, func() bool {
-		ms, err := server.NewAdminClient(nodes[0].dir).Members(context.Background())
-		if err != nil || len(ms) != 3 {
-			return false
-		}
-		for _, m := range ms {
-			if m.APIAddr == "" {
-				return false
-			}
-		}
-		return true
-	})
+	nodes := startProcCluster(t, oldBin, work, roots, pw, nil)
 	root, err := readRoot(filepath.Join(nodes[0].dir, "ca", "root.crt"))
 	if err != nil {
 		t.Fatal(err)
@@ -356,12 +308,6 @@ func previousRelease(t *testing.T) (bin, commit string) {
 	return bin, commit
 }
 
-// readyCount is how many times the node's log says it was ready.
-func readyCount(n *chaosNode) int {
-	b, _ := os.ReadFile(n.log)
-	return strings.Count(string(b), "msg=ready")
-}
-
 // slicesWithLeaderLast orders the nodes followers first.
 func slicesWithLeaderLast(t *testing.T, nodes []*chaosNode) []*chaosNode {
 	t.Helper()
@@ -399,11 +345,4 @@ func scrapeGauge(hc *http.Client, n *chaosNode, name string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("%s: no %s", n.id, name)
-}
-
-func tail(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[len(b)-n:]
-	}
-	return b
 }
