@@ -302,7 +302,7 @@ func TestFollowerClockDoesNotStretchExpiry(t *testing.T) {
 	t.Cleanup(func() { follower.Close() })
 	servertest.WaitFor(t, "the follower to join", 20*time.Second, func() bool {
 		_, err := follower.Node().Member(e.App.Node().LeaderID())
-		return voters(t, e.App) == 2 && err == nil
+		return voters(e.App) == 2 && err == nil
 	})
 
 	// The follower's enroller thinks the session has five minutes left;
@@ -338,7 +338,7 @@ func TestCRLServedWithoutLeader(t *testing.T) {
 	f := &cluster.Faults{}
 	e := servertest.New(t)
 	follower, _ := e.Join(t, "node-2", cluster.WithFaults(f))
-	servertest.WaitFor(t, "two voters", 20*time.Second, func() bool { return voters(t, e.App) == 2 })
+	servertest.WaitFor(t, "two voters", 20*time.Second, func() bool { return voters(e.App) == 2 })
 	pool := x509.NewCertPool()
 	pool.AddCert(follower.Root())
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}

@@ -120,7 +120,7 @@ func skewedFollower(t *testing.T, e *env) (*server.Appliance, *servertest.Clock)
 	t.Cleanup(func() { f.Close() })
 	servertest.WaitFor(t, "the follower to join", 20*time.Second, func() bool {
 		_, err := f.Node().Member(e.App.Node().LeaderID())
-		return voters(t, e.App) == 2 && err == nil
+		return voters(e.App) == 2 && err == nil
 	})
 	if !e.App.Node().IsLeader() {
 		t.Fatalf("leader %q, want the node with the true clock", e.App.Node().LeaderID())

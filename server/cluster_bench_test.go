@@ -12,7 +12,6 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/cluster"
 	"github.com/gatehouse-dev/gatehouse/server"
-	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
 
 // BenchmarkClusterCommits measures record commits per second through a
@@ -20,17 +19,7 @@ import (
 // records on the leader, and Raft batches their appends (up to 64 per
 // AppendEntries, one FSM transaction per batch).
 func BenchmarkClusterCommits(b *testing.B) {
-	e := servertest.New(b)
-	n2, _ := e.Join(b, "node-2")
-	n3, _ := e.Join(b, "node-3")
-	nodes := []*server.Appliance{e.App, n2, n3}
-	deadline := time.Now().Add(20 * time.Second)
-	for leaderIndex(nodes) < 0 || voterCount(nodes[0]) < 3 {
-		if time.Now().After(deadline) {
-			b.Fatal("cluster did not form")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	_, nodes, _ := threeNodes(b)
 	leader := nodes[leaderIndex(nodes)].Node()
 	rec := cluster.AttestationRecord{Time: time.Now(), Node: "bench", Stage: "complete", Outcome: cluster.OutcomeRejected, Code: "bench", Reason: "benchmark record",
 		Evidence: cluster.Evidence{Nonce: "0011223344556677889900112233445566778899001122334455667788990011"}}
@@ -59,17 +48,6 @@ func BenchmarkClusterCommits(b *testing.B) {
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "commits/s")
 }
 
-func voterCount(a *server.Appliance) int {
-	ms, _ := a.Node().Members()
-	n := 0
-	for _, m := range ms {
-		if m.Voter && m.APIAddr != "" {
-			n++
-		}
-	}
-	return n
-}
-
 // BenchmarkFailover measures, with Raft's default timeouts (heartbeat and
 // election 1 s, lease 500 ms), the time from the leader's abrupt stop to the
 // first write acknowledged by the new leader. Each iteration forms a new
@@ -79,17 +57,7 @@ func BenchmarkFailover(b *testing.B) {
 	var total time.Duration
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		e := servertest.New(b, defaults)
-		n2, _ := e.Join(b, "node-2", defaults)
-		n3, _ := e.Join(b, "node-3", defaults)
-		nodes := []*server.Appliance{e.App, n2, n3}
-		deadline := time.Now().Add(30 * time.Second)
-		for leaderIndex(nodes) < 0 || voterCount(nodes[0]) < 3 {
-			if time.Now().After(deadline) {
-				b.Fatal("cluster did not form")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		_, nodes, _ := threeNodes(b, defaults)
 		li := leaderIndex(nodes)
 		var rest []*server.Appliance
 		for j, n := range nodes {

@@ -27,7 +27,9 @@ import (
 	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
 
-func voters(t *testing.T, a *server.Appliance) int {
+// voters counts a's registered voters: members that vote and whose API
+// address the registry holds.
+func voters(a *server.Appliance) int {
 	ms, err := a.Node().Members()
 	if err != nil {
 		return 0
@@ -50,7 +52,7 @@ func TestThreeNodeCluster(t *testing.T) {
 	n3, _ := e.Join(t, "node-3")
 	nodes := []*server.Appliance{e.App, n2, n3}
 	for _, n := range nodes {
-		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
+		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(n) == 3 })
 	}
 
 	ctx := context.Background()

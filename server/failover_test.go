@@ -8,7 +8,6 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/cluster"
 	"github.com/gatehouse-dev/gatehouse/server"
-	"github.com/gatehouse-dev/gatehouse/server/servertest"
 )
 
 // A write on a follower right after the leader stops is held through the
@@ -17,17 +16,7 @@ import (
 // answered 503 at once. A follower with no leader to wait for gives up
 // after its leader wait with ErrNotLeader.
 func TestWriteHeldThroughElection(t *testing.T) {
-	e := servertest.New(t)
-	n2, _ := e.Join(t, "node-2")
-	n3, _ := e.Join(t, "node-3")
-	nodes := []*server.Appliance{e.App, n2, n3}
-	deadline := time.Now().Add(30 * time.Second)
-	for leaderIndex(nodes) < 0 || voterCount(nodes[0]) < 3 {
-		if time.Now().After(deadline) {
-			t.Fatal("cluster did not form")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	_, nodes, _ := threeNodes(t)
 	li := leaderIndex(nodes)
 	var rest []*server.Appliance
 	for j, n := range nodes {

@@ -269,7 +269,7 @@ func TestRevokedAdminOnStaleFollower(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	follower, _ := e.Join(t, "node-2")
-	servertest.WaitFor(t, "two voters", 20*time.Second, func() bool { return voters(t, e.App) == 2 })
+	servertest.WaitFor(t, "two voters", 20*time.Second, func() bool { return voters(e.App) == 2 })
 	aud := adminCert(t, e, ca.RoleAuditor, "audrey")
 	viaFollower := server.NewRemoteAdminClient("https://"+follower.Addr(), aud, e.App.Root())
 	viaFollower.StaleReads = true

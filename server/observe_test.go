@@ -123,7 +123,7 @@ func TestProbesReadyAndNotReady(t *testing.T) {
 func TestReadyzNoLeader(t *testing.T) {
 	e := servertest.New(t)
 	peer, _ := e.Join(t, "node-2")
-	servertest.WaitFor(t, "node-2 as a voter", 20*time.Second, func() bool { return voters(t, e.App) == 2 })
+	servertest.WaitFor(t, "node-2 as a voter", 20*time.Second, func() bool { return voters(e.App) == 2 })
 	peer.Close()
 	var rd server.Readiness
 	servertest.WaitFor(t, "no leader", 20*time.Second, func() bool {

@@ -324,7 +324,7 @@ func TestClusterSettingsReachJoiners(t *testing.T) {
 	n3, d3 := e.Join(t, "node-3")
 	nodes := []*server.Appliance{e.App, n2, n3}
 	for _, n := range nodes {
-		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
+		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(n) == 3 })
 	}
 	ctx := context.Background()
 

@@ -24,7 +24,7 @@ import (
 func TestReplicatedConfigJudgedAtApply(t *testing.T) {
 	e := servertest.New(t)
 	n2, _ := e.Join(t, "node-2")
-	servertest.WaitFor(t, "two registered voters", 20*time.Second, func() bool { return voters(t, e.App) == 2 && voters(t, n2) == 2 })
+	servertest.WaitFor(t, "two registered voters", 20*time.Second, func() bool { return voters(e.App) == 2 && voters(n2) == 2 })
 	ctx := context.Background()
 	leader, follower := e.App, n2
 	if !leader.Node().IsLeader() {
@@ -142,7 +142,7 @@ func TestReplicatedConfigWaitsForEveryMember(t *testing.T) {
 	n2, d2 := e.Join(t, "node-2")
 	n3, d3 := e.Join(t, "node-3")
 	for _, n := range []*server.Appliance{e.App, n2, n3} {
-		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
+		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(n) == 3 })
 	}
 	e.App.Close()
 	n2.Close()

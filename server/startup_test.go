@@ -217,7 +217,7 @@ func memberRefusedByPeer(t *testing.T, whole func(member *server.Appliance, memb
 		t.Fatal(err)
 	}
 	member := servertest.StartNode(t, memberDir)
-	servertest.WaitFor(t, "node-2 as a voter", 20*time.Second, func() bool { return voters(t, seed) == 2 })
+	servertest.WaitFor(t, "node-2 as a voter", 20*time.Second, func() bool { return voters(seed) == 2 })
 	whole(member, memberDir)
 	member.Close()
 	seed.Close()

@@ -18,15 +18,16 @@ import (
 )
 
 // threeNodes starts a cluster and waits until all three are registered voters.
-func threeNodes(t *testing.T, opts ...cluster.Option) (*servertest.Env, []*server.Appliance, []string) {
+func threeNodes(t testing.TB, opts ...cluster.Option) (*servertest.Env, []*server.Appliance, []string) {
 	t.Helper()
-	e := servertest.New(t)
+	e := servertest.New(t, opts...)
 	n2, d2 := e.Join(t, "node-2", opts...)
 	n3, d3 := e.Join(t, "node-3", opts...)
 	nodes := []*server.Appliance{e.App, n2, n3}
 	for _, n := range nodes {
-		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
+		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(n) == 3 })
 	}
+	servertest.WaitFor(t, "a leader", 20*time.Second, func() bool { return leaderIndex(nodes) >= 0 })
 	return e, nodes, []string{e.Dir, d2, d3}
 }
 
@@ -267,7 +268,7 @@ func TestMinorityPartition(t *testing.T) {
 	n3, _ := e.Join(t, "node-3", cluster.WithFaults(faults[2]))
 	nodes := []*server.Appliance{e.App, n2, n3}
 	for _, n := range nodes {
-		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(t, n) == 3 })
+		servertest.WaitFor(t, "three registered voters", 20*time.Second, func() bool { return voters(n) == 3 })
 	}
 	// Make a node with a fault injector the leader.
 	if li := leaderIndex(nodes); li == 0 {
