@@ -1167,59 +1167,38 @@ func trustAttacks() []Attack {
 		return h.forged([]string{td + "/device/" + h.peer().ID.DeviceID})
 	}))
 
-	add(Attack{Name: "cluster apply with Content-Type text/plain (genuine node certificate)", Category: catProtocol, Expect: ExpectProblem,
-		Control: func(h *Harness) error {
-			c, err := h.nodeCert()
-			if err != nil {
-				return err
-			}
-			hc := h.tlsClient(c)
-			defer hc.CloseIdleConnections()
-			r := h.post(hc, "/cluster/v1/apply", "application/json", h.labelCommand("json"))
-			return mustf(r.Status == http.StatusOK && h.peerLabel() == "json", "apply as JSON: %v (label %q)", r, h.peerLabel())
-		},
-		Attack: func(h *Harness) Result {
-			c, err := h.nodeCert()
-			if err != nil {
-				return harnessErr("%v", err)
-			}
-			hc := h.tlsClient(c)
-			defer hc.CloseIdleConnections()
-			r := h.post(hc, "/cluster/v1/apply", "text/plain", h.labelCommand("text"))
-			if h.peerLabel() == "text" {
-				r.Violation = "the command was applied"
-			} else if r.Problem != nil && r.Problem.Code != api.CodeUnsupportedMediaType {
-				r.Violation = "not refused for its media type: " + r.Problem.Code
-			}
-			return r
-		}})
-
-	add(Attack{Name: "cluster apply: a JSON command declared as the binary envelope (genuine node certificate)", Category: catProtocol, Expect: ExpectProblem,
-		Control: func(h *Harness) error {
-			c, err := h.nodeCert()
-			if err != nil {
-				return err
-			}
-			hc := h.tlsClient(c)
-			defer hc.CloseIdleConnections()
-			r := h.post(hc, "/cluster/v1/apply", "application/json", h.labelCommand("json"))
-			return mustf(r.Status == http.StatusOK && h.peerLabel() == "json", "apply as JSON: %v (label %q)", r, h.peerLabel())
-		},
-		Attack: func(h *Harness) Result {
-			c, err := h.nodeCert()
-			if err != nil {
-				return harnessErr("%v", err)
-			}
-			hc := h.tlsClient(c)
-			defer hc.CloseIdleConnections()
-			r := h.post(hc, "/cluster/v1/apply", cluster.EnvelopeMediaType, h.labelCommand("mislabelled"))
-			if h.peerLabel() == "mislabelled" {
-				r.Violation = "the command was applied"
-			} else if r.Problem != nil && r.Problem.Code != api.CodeMalformed {
-				r.Violation = "not refused as malformed: " + r.Problem.Code
-			}
-			return r
-		}})
+	// A genuine node's apply, mislabelled: the control applies the same
+	// command as JSON; the attack must be refused with want and apply nothing.
+	applyAs := func(name, mediaType, label, want string) Attack {
+		return Attack{Name: name, Category: catProtocol, Expect: ExpectProblem,
+			Control: func(h *Harness) error {
+				c, err := h.nodeCert()
+				if err != nil {
+					return err
+				}
+				hc := h.tlsClient(c)
+				defer hc.CloseIdleConnections()
+				r := h.post(hc, "/cluster/v1/apply", "application/json", h.labelCommand("json"))
+				return mustf(r.Status == http.StatusOK && h.peerLabel() == "json", "apply as JSON: %v (label %q)", r, h.peerLabel())
+			},
+			Attack: func(h *Harness) Result {
+				c, err := h.nodeCert()
+				if err != nil {
+					return harnessErr("%v", err)
+				}
+				hc := h.tlsClient(c)
+				defer hc.CloseIdleConnections()
+				r := h.post(hc, "/cluster/v1/apply", mediaType, h.labelCommand(label))
+				if h.peerLabel() == label {
+					r.Violation = "the command was applied"
+				} else if r.Problem != nil && r.Problem.Code != want {
+					r.Violation = "not refused as " + want + ": " + r.Problem.Code
+				}
+				return r
+			}}
+	}
+	add(applyAs("cluster apply with Content-Type text/plain (genuine node certificate)", "text/plain", "text", api.CodeUnsupportedMediaType))
+	add(applyAs("cluster apply: a JSON command declared as the binary envelope (genuine node certificate)", cluster.EnvelopeMediaType, "mislabelled", api.CodeMalformed))
 
 	// ---- refusal floods: the audit log stays bounded ----
 	add(Attack{Name: "flood of 40 admin requests with a forged admin certificate (audit growth bounded)", Category: catFlood, Expect: ExpectProblem,
