@@ -238,8 +238,12 @@ func Open(dir string, password []byte, opts ...Option) (*CA, error) {
 	}
 	key, err := pemutil.Parse(keyPEM, pemutil.WithPassword(password))
 	if err != nil {
-		if strings.Contains(err.Error(), "password") || strings.Contains(err.Error(), "decrypt") {
-			return nil, fmt.Errorf("%s: %w", intermediateKeyFile, ErrBadPassword)
+		// The encryption has no MAC: about one wrong password in 256 passes
+		// the padding check and yields garbage that fails to parse. Every
+		// failure to read an encrypted key is therefore the password's (or
+		// a damaged file's, which cannot be told apart).
+		if blk, _ := pem.Decode(keyPEM); blk != nil && blk.Type == "ENCRYPTED PRIVATE KEY" {
+			return nil, fmt.Errorf("%s: %w (or the file is damaged): %v", intermediateKeyFile, ErrBadPassword, err)
 		}
 		return nil, fmt.Errorf("%s: %w", intermediateKeyFile, err)
 	}

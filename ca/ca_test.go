@@ -9,11 +9,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/pem"
 	"errors"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -186,6 +189,38 @@ func TestOpenAndInitErrors(t *testing.T) {
 	}
 	if err := Init(t.TempDir(), nil); !errors.Is(err, ErrNoPassword) {
 		t.Fatalf("empty password: %v", err)
+	}
+}
+
+// The key's encryption has no MAC: about one wrong password in 256 decrypts
+// to garbage instead of failing (this flaked TestOpenAndInitErrors). So
+// every unreadable encrypted key is ErrBadPassword, naming a damaged file as
+// the other cause; shown here with the right password and a damaged
+// ciphertext, which decrypts to garbage the same way.
+func TestUnreadableEncryptedKeyIsBadPassword(t *testing.T) {
+	_, dir := openTestCA(t)
+	path := filepath.Join(dir, intermediateKeyFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	var info struct {
+		Algo asn1.RawValue
+		Data []byte
+	}
+	if _, err := asn1.Unmarshal(blk.Bytes, &info); err != nil || len(info.Data) < 48 {
+		t.Fatalf("encrypted key: %v (%d bytes of ciphertext)", err, len(info.Data))
+	}
+	// The second cipher block: the PKCS #8 header decrypts to garbage, the
+	// padding in the last block stays valid.
+	blk.Bytes[len(blk.Bytes)-len(info.Data)+20] ^= 0xff
+	if err := os.WriteFile(path, pem.EncodeToMemory(blk), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(dir, pw)
+	if !errors.Is(err, ErrBadPassword) || !strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("damaged encrypted key: %v, want ErrBadPassword naming a damaged file", err)
 	}
 }
 
